@@ -1,0 +1,46 @@
+"""The farm: board server, tracker, proxy and the host client.
+
+``import farm`` stays standard-library only, so a board runs it on a bare
+Python; the host client (which needs numpy) loads on first use of
+``farm.connect`` and friends.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import (
+    ArgumentError,
+    BoardBusyError,
+    FarmError,
+    HandshakeError,
+    PathEscapeError,
+    ProtocolError,
+    RemoteError,
+    SessionLostError,
+)
+
+__version__ = "0.1.0"
+
+_CLIENT_NAMES = ("connect", "RemoteArray", "RemoteDevice", "RemoteFunction", "RemoteModule", "RemoteSession")
+
+__all__ = [
+    "ArgumentError",
+    "BoardBusyError",
+    "FarmError",
+    "HandshakeError",
+    "PathEscapeError",
+    "ProtocolError",
+    "RemoteError",
+    "SessionLostError",
+    "__version__",
+    *_CLIENT_NAMES,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CLIENT_NAMES:
+        from . import client
+
+        return getattr(client, name)
+    raise AttributeError("module 'farm' has no attribute %r" % name)

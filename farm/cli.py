@@ -1,0 +1,32 @@
+"""The ``farm`` command: one subcommand per daemon or task."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from . import __version__, demo, server
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="farm", description="Run and use a farm of remote boards.")
+    parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module, help_text in (
+        ("server", server, "run a board server (same as python -m farm.server)"),
+        ("demo", demo, "start a board, run a compiled kernel on it and check it against numpy"),
+    ):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,479 @@
+"""Host side: connect to a board and drive a session.
+
+with farm.connect("127.0.0.1", 9090, key="rasp4") as remote:
+    remote.upload("libvadd.so")
+    vadd = remote.load_module("libvadd.so").get_function(
+        "vadd", signature="void vadd(const float *a, const float *b, float *c, int64_t n)")
+    a, b = remote.array(x), remote.array(y)
+    c = remote.empty(x.shape, "float32")
+    vadd(a, b, c, x.size)
+    np.testing.assert_allclose(c.numpy(), x + y)
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import socket
+import weakref
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .errors import (
+    ArgumentError,
+    BoardBusyError,
+    HandshakeError,
+    PathEscapeError,
+    ProtocolError,
+    RemoteError,
+    SessionLostError,
+)
+from .protocol.framing import Frame, FrameReader
+from .protocol.handshake import CODE_BUSY, CODE_MISMATCH, CODE_SUCCESS, ReplyReader, encode_hello
+from .protocol.ops import Op
+from .signature import DTYPE_SIZES, Signature, parse_signature
+from .transport import ConnectionClosed, FramedSocket, tune
+
+PathLike = Union[str, "os.PathLike[str]"]
+SUPPORTED_DTYPES = tuple(sorted(DTYPE_SIZES))
+
+#: pickle protocol for ``run``: the newest every supported board Python reads.
+PICKLE_PROTOCOL = 4
+
+
+class RemotePathEscapeError(RemoteError, PathEscapeError):
+    """The board refused a file name outside the session directory."""
+
+
+class RemoteArgumentError(RemoteError, ArgumentError):
+    """The board refused a call's arguments."""
+
+
+_REMOTE_ERRORS = {"PathEscapeError": RemotePathEscapeError, "ArgumentError": RemoteArgumentError}
+
+
+def connect(
+    host: str,
+    port: int,
+    key: str = "",
+    session_timeout: Optional[float] = None,
+    connect_timeout: float = 10.0,
+) -> RemoteSession:
+    """Open a session on the board at ``host:port``.
+
+    ``key`` must match the board's key unless either is empty.
+    ``session_timeout`` (seconds) asks the board to end the session after
+    that long, whatever it is doing. Raises :class:`BoardBusyError` when the
+    board serves another session and :class:`HandshakeError` on a key
+    mismatch or a peer that is not a board.
+    """
+    where = "%s:%d" % (host, port)
+    sock = socket.create_connection((host, port), timeout=connect_timeout)
+    try:
+        tune(sock)
+        sock.sendall(encode_hello("client", key, session_timeout))
+        reader = ReplyReader()
+        reply = None
+        while reply is None:
+            data = sock.recv(4096)
+            if not data:
+                raise HandshakeError("the board at %s closed the connection during the handshake" % where)
+            reply = reader.feed(data)
+        if reply.code == CODE_BUSY:
+            raise BoardBusyError(reply.text)
+        if reply.code == CODE_MISMATCH:
+            raise HandshakeError("the board at %s refused key %r (key mismatch)" % (where, key))
+        if reply.code != CODE_SUCCESS:
+            raise HandshakeError("the board at %s answered the handshake with code 0x%X" % (where, reply.code))
+        sock.settimeout(None)
+    except socket.timeout:
+        sock.close()
+        raise HandshakeError("no handshake reply from %s within %g s" % (where, connect_timeout)) from None
+    except ProtocolError as exc:
+        sock.close()
+        raise HandshakeError("the peer at %s is not a board: %s" % (where, exc)) from None
+    except BaseException:
+        sock.close()
+        raise
+    return RemoteSession(sock, host, port, reply.text.partition(":")[2], reader.leftover())
+
+
+def _as_host_array(data: Any) -> np.ndarray:
+    """A C-contiguous, native-byte-order ndarray of a supported dtype."""
+    array = np.asarray(data)
+    if array.dtype.name not in DTYPE_SIZES:
+        raise ArgumentError("dtype %s is not supported; supported: %s" % (array.dtype, ", ".join(SUPPORTED_DTYPES)))
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    if not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array)
+    return array
+
+
+def _byte_view(array: np.ndarray) -> memoryview:
+    return memoryview(array.reshape(-1).view(np.uint8))
+
+
+def _shape(shape: Union[int, Sequence[int]]) -> Tuple[int, ...]:
+    dims = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    if not all(isinstance(dim, (int, np.integer)) and dim >= 0 for dim in dims):
+        raise ArgumentError("shape %r is not a sequence of non-negative integers" % (shape,))
+    return tuple(int(dim) for dim in dims)
+
+
+def _dtype(dtype: Any) -> np.dtype:
+    resolved = np.dtype(dtype)
+    if resolved.name not in DTYPE_SIZES:
+        raise ArgumentError("dtype %s is not supported; supported: %s" % (resolved, ", ".join(SUPPORTED_DTYPES)))
+    return resolved
+
+
+class RemoteSession:
+    """A session on one board; use :func:`connect` to open one. Closing it frees the board."""
+
+    def __init__(self, sock: socket.socket, host: str, port: int, key: str, leftover: bytes = b"") -> None:
+        self.host = host
+        self.port = port
+        self.key = key
+        self._conn = FramedSocket(sock, FrameReader(), initial=leftover)
+        self._next_id = 1
+        self._release: List[int] = []
+        self._closed = False
+        self._lost: Optional[SessionLostError] = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "lost" if self._lost else "open"
+        return "<RemoteSession %r at %s:%d, %s>" % (self.key, self.host, self.port, state)
+
+    def __enter__(self) -> RemoteSession:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # --- requests -------------------------------------------------------------
+
+    def _request(
+        self, op: int, meta: Optional[dict] = None, payload: Any = b"", into: Optional[memoryview] = None
+    ) -> Frame:
+        if self._lost is not None:
+            raise self._lost
+        if self._closed:
+            raise RemoteError("the session with %s:%d is closed" % (self.host, self.port))
+        if self._release:
+            meta = dict(meta or {}, release=self._release)
+            self._release = []
+        request_id = self._next_id
+        self._next_id = request_id % 0xFFFFFFFF + 1
+        try:
+            self._conn.send(op, request_id, meta, payload)
+        except OSError as exc:
+            raise self._connection_lost("sending a request", exc) from None
+        reader = self._conn.reader
+        default_allocate = reader.allocate
+        if into is not None:
+            reader.allocate = lambda _op, _meta, nbytes: into if nbytes == into.nbytes else bytearray(nbytes)
+        try:
+            frame = self._conn.recv()
+        except (OSError, ProtocolError) as exc:
+            raise self._connection_lost("waiting for a reply", exc) from None
+        finally:
+            reader.allocate = default_allocate
+        return self._check_reply(frame, request_id)
+
+    def _check_reply(self, frame: Frame, request_id: int) -> Frame:
+        if frame.op == Op.SESSION_END:
+            raise self._session_ended(frame.meta)
+        if frame.op == Op.ERROR:
+            error_class = _REMOTE_ERRORS.get(frame.meta.get("type", ""), RemoteError)
+            error = error_class(
+                "%s: %s" % (frame.meta.get("type", "Error"), frame.meta.get("message", "")),
+                frame.meta.get("type", ""),
+                frame.meta.get("traceback", ""),
+            )
+            if frame.meta.get("type") != "ProtocolError":
+                raise error
+            self._lost = SessionLostError("the board closed the session: %s" % error)  # it does after protocol errors
+            self._conn.close()
+            raise self._lost
+        if frame.op != Op.RESULT or frame.request_id != request_id:
+            raise self._connection_lost(
+                "reading a reply", ProtocolError("unexpected frame %d for request %d" % (frame.op, frame.request_id))
+            )
+        return frame
+
+    def _session_ended(self, notice: dict) -> SessionLostError:
+        self._lost = SessionLostError(
+            "session on board %r at %s:%d ended: %s" % (self.key, self.host, self.port, notice.get("message", "")),
+            signal=notice.get("signal"),
+            exit_code=notice.get("exit_code"),
+            timed_out=bool(notice.get("timed_out")),
+        )
+        self._conn.close()
+        return self._lost
+
+    def _connection_lost(self, doing: str, exc: BaseException) -> SessionLostError:
+        """Turn a broken connection into a :class:`SessionLostError`, with the board's notice if it sent one."""
+        if isinstance(exc, OSError) and not isinstance(exc, ConnectionClosed):
+            try:
+                self._conn.sock.settimeout(1.0)
+                frame = self._conn.recv()
+                if frame.op == Op.SESSION_END:
+                    return self._session_ended(frame.meta)
+            except (OSError, ProtocolError):
+                pass
+        self._lost = SessionLostError(
+            "connection to board %r at %s:%d lost while %s: %s" % (self.key, self.host, self.port, doing, exc)
+        )
+        self._conn.close()
+        return self._lost
+
+    def close(self, timeout: float = 10.0) -> None:
+        """End the session; returns once the board has cleaned up and is free for the next client."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._lost is None:
+            try:
+                self._conn.send(Op.CLOSE, 0)
+                self._conn.sock.settimeout(timeout)
+                while True:  # the board closes its side only after the session is gone
+                    self._conn.recv()
+            except (OSError, ProtocolError):
+                pass
+        self._conn.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self._lost is not None
+
+    def ping(self) -> None:
+        """One round trip to the board and back."""
+        self._request(Op.PING)
+
+    def system_info(self) -> Dict[str, Any]:
+        """The board's architecture, OS, Python version, hostname, key and server version."""
+        return dict(self._request(Op.SYSTEM_INFO).meta)
+
+    # --- files -----------------------------------------------------------------
+
+    def upload(self, data: Union[PathLike, bytes, bytearray, memoryview], target: Optional[str] = None) -> str:
+        """Copy a host file (or bytes) into the session directory; returns its name there."""
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            if not target:
+                raise ArgumentError("upload of bytes needs a target name")
+            return self._request(Op.UPLOAD, {"name": target}, data).meta["name"]
+        path = os.fspath(data)
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            contents = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        try:
+            return self._request(Op.UPLOAD, {"name": target or os.path.basename(path)}, contents).meta["name"]
+        finally:
+            if size:
+                contents.close()
+
+    def download(self, name: str) -> bytes:
+        """The contents of a file in the session directory."""
+        return bytes(self._request(Op.DOWNLOAD, {"name": name}).payload)
+
+    def remove(self, name: str) -> None:
+        """Delete a file or directory in the session directory."""
+        self._request(Op.REMOVE, {"name": name})
+
+    def listdir(self, name: str = ".") -> List[str]:
+        """Sorted names in a directory of the session (default: its top)."""
+        return list(self._request(Op.LISTDIR, {"name": name}).meta["names"])
+
+    # --- native code -----------------------------------------------------------
+
+    def load_module(self, name: str) -> RemoteModule:
+        """Load an uploaded shared library on the board."""
+        return RemoteModule(self, self._request(Op.LOAD_MODULE, {"name": name}).meta["id"], name)
+
+    # --- arrays ----------------------------------------------------------------
+
+    def cpu(self, index: int = 0) -> RemoteDevice:
+        """The board's CPU, for code written in TVM's style (``remote.cpu()``)."""
+        return RemoteDevice(self, "cpu", index)
+
+    def array(self, data: Any, device: Optional[RemoteDevice] = None) -> RemoteArray:
+        """Copy a host array to the board (made contiguous on the way)."""
+        host = _as_host_array(data)
+        meta = {"shape": list(host.shape), "dtype": host.dtype.name}
+        array_id = self._request(Op.ARRAY_NEW, meta, _byte_view(host)).meta["id"]
+        return RemoteArray(self, array_id, host.shape, host.dtype)
+
+    def empty(
+        self, shape: Union[int, Sequence[int]], dtype: Any = "float32", device: Optional[RemoteDevice] = None
+    ) -> RemoteArray:
+        """A zero-filled array on the board."""
+        dims, resolved = _shape(shape), _dtype(dtype)
+        array_id = self._request(Op.ARRAY_EMPTY, {"shape": list(dims), "dtype": resolved.name}).meta["id"]
+        return RemoteArray(self, array_id, dims, resolved)
+
+    def _release_later(self, array_id: int) -> None:
+        if not self.closed:
+            self._release.append(array_id)
+
+    # --- Python ----------------------------------------------------------------
+
+    def run(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call ``function(*args, **kwargs)`` in the board's Python and return its result.
+
+        The function travels with cloudpickle, which the board needs too.
+        """
+        import cloudpickle
+
+        payload = cloudpickle.dumps((function, args, kwargs), protocol=PICKLE_PROTOCOL)
+        return pickle.loads(self._request(Op.RUN, None, payload).payload)
+
+
+class RemoteDevice:
+    """A device of the board, as TVM's ``remote.cpu()`` returns."""
+
+    def __init__(self, session: RemoteSession, device_type: str, index: int) -> None:
+        self.session = session
+        self.device_type = device_type
+        self.index = index
+
+    def __repr__(self) -> str:
+        return "remote %s(%d) on %r" % (self.device_type, self.index, self.session)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RemoteDevice) and (other.session, other.device_type, other.index) == (
+            self.session,
+            self.device_type,
+            self.index,
+        )
+
+    def __hash__(self) -> int:
+        return hash((id(self.session), self.device_type, self.index))
+
+    def array(self, data: Any) -> RemoteArray:
+        return self.session.array(data, self)
+
+    def empty(self, shape: Union[int, Sequence[int]], dtype: Any = "float32") -> RemoteArray:
+        return self.session.empty(shape, dtype, self)
+
+    def sync(self) -> None:
+        """Wait for work on the device to finish: calls are synchronous, so this is a round trip."""
+        self.session.ping()
+
+
+class RemoteArray:
+    """An array in the board's memory; freed when dropped or when the session ends."""
+
+    def __init__(self, session: RemoteSession, array_id: int, shape: Tuple[int, ...], dtype: np.dtype) -> None:
+        self.session = session
+        self.id = array_id
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self._finalizer = weakref.finalize(self, session._release_later, array_id)
+
+    def __repr__(self) -> str:
+        return "<RemoteArray %d shape=%s dtype=%s on %r>" % (self.id, self.shape, self.dtype, self.session.key)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    @property
+    def device(self) -> RemoteDevice:
+        return self.session.cpu()
+
+    def numpy(self) -> np.ndarray:
+        """Copy the array back to the host."""
+        out = np.empty(self.shape, self.dtype)
+        view = _byte_view(out)
+        frame = self.session._request(Op.ARRAY_READ, {"id": self.id}, into=view)
+        if len(frame.payload) != out.nbytes:
+            raise ProtocolError("the board sent %d bytes for a %d-byte array" % (len(frame.payload), out.nbytes))
+        return out
+
+    asnumpy = numpy
+
+    def copyfrom(self, data: Any) -> RemoteArray:
+        """Overwrite the array's contents with a host array of the same shape and dtype."""
+        host = _as_host_array(data)
+        if host.shape != self.shape or host.dtype != self.dtype:
+            raise ArgumentError(
+                "copyfrom needs shape %s %s, got %s %s" % (self.shape, self.dtype, host.shape, host.dtype)
+            )
+        self.session._request(Op.ARRAY_WRITE, {"id": self.id}, _byte_view(host))
+        return self
+
+
+class RemoteModule:
+    """A shared library loaded on the board."""
+
+    def __init__(self, session: RemoteSession, module_id: int, name: str) -> None:
+        self.session = session
+        self.id = module_id
+        self.name = name
+        self._functions: Dict[Tuple[str, Optional[str]], RemoteFunction] = {}
+
+    def __repr__(self) -> str:
+        return "<RemoteModule %s on %r>" % (self.name, self.session.key)
+
+    def __getitem__(self, name: str) -> RemoteFunction:
+        return self.get_function(name)
+
+    def get_function(self, name: str, signature: Optional[str] = None) -> RemoteFunction:
+        """Look up a function; a C-like ``signature`` fixes its argument and return types."""
+        cached = self._functions.get((name, signature))
+        if cached is not None:
+            return cached
+        parsed = parse_signature(signature) if signature else None
+        meta = {"module": self.id, "name": name, "signature": signature or ""}
+        function = RemoteFunction(self.session, self.session._request(Op.GET_FUNCTION, meta).meta["id"], name, parsed)
+        self._functions[(name, signature)] = function
+        return function
+
+
+class RemoteFunction:
+    """A native function on the board; call it with remote arrays, ints and floats."""
+
+    def __init__(self, session: RemoteSession, function_id: int, name: str, signature: Optional[Signature]) -> None:
+        self.session = session
+        self.id = function_id
+        self.name = name
+        self.signature = signature
+
+    def __repr__(self) -> str:
+        return "<RemoteFunction %s>" % (self.signature.text if self.signature else self.name)
+
+    def __call__(self, *args: Any) -> Any:
+        encoded: List[list] = []
+        dtypes: List[Optional[str]] = []
+        for index, arg in enumerate(args):
+            dtype = None
+            if isinstance(arg, RemoteArray):
+                if arg.session is not self.session:
+                    raise ArgumentError("argument %d is an array of another session" % (index + 1))
+                encoded.append(["a", arg.id])
+                dtype = arg.dtype.name
+            elif arg is None:
+                encoded.append(["n", None])
+            elif isinstance(arg, (bool, int, np.integer, np.bool_)):
+                encoded.append(["i", int(arg)])
+            elif isinstance(arg, (float, np.floating)):
+                encoded.append(["f", float(arg)])
+            elif isinstance(arg, np.ndarray):
+                raise ArgumentError(
+                    "argument %d is a host numpy array; copy it to the board first with session.array()" % (index + 1)
+                )
+            else:
+                raise ArgumentError(
+                    "argument %d has type %s; pass remote arrays, ints or floats" % (index + 1, type(arg).__name__)
+                )
+            dtypes.append(dtype)
+        if self.signature is not None:
+            self.signature.check(encoded, dtypes)
+        return self.session._request(Op.CALL, {"function": self.id, "args": encoded}).meta.get("result")

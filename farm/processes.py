@@ -1,0 +1,129 @@
+"""Start board daemons as child processes and wait until they listen (host side).
+
+The daemon binds its own port (port 0 or a range) and logs ``bind to HOST:PORT``;
+the caller reads the address from that line instead of probing for a free port.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from typing import IO, List, Mapping, Optional, Sequence, Tuple
+
+logger = logging.getLogger("farm.processes")
+
+_BIND = re.compile(r"bind to (\S+):(\d+)")
+
+
+class DaemonError(RuntimeError):
+    """A daemon exited or did not start listening in time."""
+
+
+class DaemonProcess:
+    """A daemon in its own process group, logging to a file."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        log_path: str,
+        env: Optional[Mapping[str, str]] = None,
+        cwd: Optional[str] = None,
+    ) -> None:
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.address: Optional[Tuple[str, int]] = None
+        self._log: IO[bytes] = open(log_path, "ab")
+        self.process = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_text(self) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+
+    def wait_for_bind(self, timeout: float = 15.0) -> Tuple[str, int]:
+        """Wait for the ``bind to HOST:PORT`` line and return that address."""
+        deadline = time.monotonic() + timeout
+        while True:
+            match = _BIND.search(self.log_text())
+            if match:
+                self.address = (match.group(1), int(match.group(2)))
+                return self.address
+            if self.process.poll() is not None:
+                raise DaemonError(
+                    "%s exited with code %s before listening:\n%s"
+                    % (" ".join(self.argv), self.process.returncode, self.log_text()[-4000:])
+                )
+            if time.monotonic() > deadline:
+                raise DaemonError(
+                    "%s did not listen within %g s:\n%s" % (" ".join(self.argv), timeout, self.log_text()[-4000:])
+                )
+            time.sleep(0.02)
+
+    def stop(self, timeout: float = 10.0) -> Optional[int]:
+        """SIGTERM, then SIGKILL to the whole process group after ``timeout``; returns the exit code."""
+        if self.process.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                logger.warning("%s did not stop within %g s; killing it", self.argv[0], timeout)
+        self._signal_group(signal.SIGKILL)  # whatever else is left in its group
+        self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+    def _signal_group(self, number: int) -> None:
+        try:
+            os.killpg(self.process.pid, number)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def __enter__(self) -> DaemonProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def board_command(
+    key: str = "", host: str = "127.0.0.1", port: int = 0, python: str = sys.executable, extra: Sequence[str] = ()
+) -> List[str]:
+    """The command line of a board server."""
+    return [python, "-m", "farm.server", "--host", host, "--port", str(port), "--key", key, *extra]
+
+
+def start_board(
+    log_path: str,
+    key: str = "",
+    host: str = "127.0.0.1",
+    port: int = 0,
+    python: str = sys.executable,
+    extra: Sequence[str] = (),
+    env: Optional[Mapping[str, str]] = None,
+    cwd: Optional[str] = None,
+    timeout: float = 15.0,
+) -> DaemonProcess:
+    """Start ``python -m farm.server`` and return it once it listens."""
+    daemon = DaemonProcess(board_command(key, host, port, python, extra), log_path, env, cwd)
+    try:
+        daemon.wait_for_bind(timeout)
+    except BaseException:
+        daemon.stop()
+        raise
+    return daemon

@@ -1,0 +1,23 @@
+"""Wire protocols, sans-IO: bytes in, events out, no sockets.
+
+``handshake``: TVM's data-plane handshake. ``framing``: this project's frames
+after it. ``ops``: the operation codes. The blocking board and client
+(:mod:`farm.transport`) and the asyncio daemons share these.
+"""
+
+from .framing import Frame, FrameReader, encode_frame
+from .handshake import Hello, HelloReader, Reply, ReplyReader, encode_hello, encode_reply
+from .ops import Op
+
+__all__ = [
+    "Frame",
+    "FrameReader",
+    "Hello",
+    "HelloReader",
+    "Op",
+    "Reply",
+    "ReplyReader",
+    "encode_frame",
+    "encode_hello",
+    "encode_reply",
+]

@@ -1,0 +1,448 @@
+"""The board daemon: ``python -m farm.server --host 127.0.0.1 --port 9090 --key rasp4``.
+
+One process listens and does handshakes; each accepted session runs in a
+forked child with its own process group and working directory. The daemon
+outlives whatever the session's code does: when the child dies (a segfault,
+an abort, ``os._exit``, a kill, the session timeout) the daemon tells the
+client how, removes the session directory, and accepts the next client.
+Standard library only, Python >= 3.8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import os
+import selectors
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from typing import Dict, Optional, Sequence, Tuple
+
+from .errors import ProtocolError
+from .protocol.framing import DEFAULT_MAX_PAYLOAD, FrameReader, encode_frame
+from .protocol.handshake import CODE_BUSY, CODE_MISMATCH, CODE_SUCCESS, Hello, HelloReader, encode_reply
+from .protocol.ops import Op
+from .session import Session, SessionStatus
+from .transport import FramedSocket, send_buffers, tune
+
+logger = logging.getLogger("farm.server")
+
+#: Connections still in their handshake at once; more are closed at accept.
+MAX_PENDING_HANDSHAKES = 64
+
+
+class _Pending:
+    def __init__(self, sock: socket.socket, peer: str, deadline: float) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.deadline = deadline
+        self.reader = HelloReader()
+
+
+class _Active:
+    """The session being served: its process, connection and directory."""
+
+    def __init__(self, pid: int, sock: socket.socket, peer: str, directory: str, timeout: Optional[float]) -> None:
+        self.pid = pid
+        self.sock = sock
+        self.peer = peer
+        self.directory = directory
+        self.status = SessionStatus()
+        self.started = time.monotonic()
+        self.timeout = timeout
+        self.deadline = self.started + timeout if timeout else None
+        self.timed_out = False
+
+
+def bind_first_free(host: str, port: int, port_end: int) -> socket.socket:
+    """A listening socket on the first port of ``port..port_end-1`` that binds (``port`` 0: any)."""
+    ports = range(port, port_end) if port and port_end > port else [port]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    last_error: Optional[OSError] = None
+    for candidate in ports:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, candidate))
+        except OSError as exc:
+            sock.close()
+            last_error = exc
+            continue
+        sock.listen(128)
+        return sock
+    raise OSError("no free port in %d..%d on %s (last error: %s)" % (ports[0], ports[-1], host, last_error))
+
+
+def describe_exit(wait_status: int) -> Tuple[str, Optional[int], Optional[int]]:
+    """``("was killed by signal 11 (SIGSEGV)", 11, None)`` or ``("exited with code 3", None, 3)``."""
+    if os.WIFSIGNALED(wait_status):
+        number = os.WTERMSIG(wait_status)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = "unknown signal"
+        return "was killed by signal %d (%s)" % (number, name), number, None
+    code = os.WEXITSTATUS(wait_status)
+    return "exited with code %d" % code, None, code
+
+
+class BoardServer:
+    """Serves one session at a time on ``host:port``; see the module docstring."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 9090,
+        port_end: int = 9199,
+        key: str = "",
+        work_dir: Optional[str] = None,
+        max_message_size: int = DEFAULT_MAX_PAYLOAD,
+        handshake_timeout: float = 10.0,
+    ) -> None:
+        self.host = host
+        self.key = key
+        self.max_message_size = max_message_size
+        self.handshake_timeout = handshake_timeout
+        self._listener = bind_first_free(host, port, port_end)
+        self.port = self._listener.getsockname()[1]
+        self._own_work_dir = work_dir is None
+        self.work_dir = tempfile.mkdtemp(prefix="farm-board-") if work_dir is None else work_dir
+        os.makedirs(self.work_dir, exist_ok=True)
+        self._selector = selectors.DefaultSelector()
+        self._pending: Dict[socket.socket, _Pending] = {}
+        self._active: Optional[_Active] = None
+        self._stopping = False
+        self._wakeup_r, self._wakeup_w = os.pipe()
+
+    @property
+    def address(self) -> Tuple[str, int]:
+        return self.host, self.port
+
+    # --- the daemon loop ----------------------------------------------------
+
+    def serve_forever(self) -> None:
+        """Serve until SIGTERM or SIGINT; then end any session and clean up."""
+        logger.info("bind to %s:%d", self.host, self.port)
+        self._listener.setblocking(False)
+        self._selector.register(self._listener, selectors.EVENT_READ)
+        os.set_blocking(self._wakeup_r, False)
+        os.set_blocking(self._wakeup_w, False)
+        self._selector.register(self._wakeup_r, selectors.EVENT_READ)
+        signal.set_wakeup_fd(self._wakeup_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, self._on_stop_signal)
+        try:
+            while not self._stopping:
+                for key, _ in self._selector.select(self._next_timeout()):
+                    if key.fileobj is self._listener:
+                        self._accept()
+                    elif key.fileobj == self._wakeup_r:
+                        self._drain_wakeups()
+                    else:
+                        self._on_handshake_data(key.data)
+                self._reap()
+                self._expire(time.monotonic())
+        finally:
+            self._shutdown()
+
+    def _on_stop_signal(self, number: int, _frame: object) -> None:
+        logger.info("received %s, shutting down", signal.Signals(number).name)
+        self._stopping = True
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wakeup_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _next_timeout(self) -> float:
+        deadlines = [pending.deadline for pending in self._pending.values()]
+        if self._active is not None and self._active.deadline is not None:
+            deadlines.append(self._active.deadline)
+        if not deadlines:
+            return 1.0
+        return max(0.0, min(min(deadlines) - time.monotonic(), 1.0))
+
+    # --- handshakes ---------------------------------------------------------
+
+    def _accept(self) -> None:
+        try:
+            sock, address = self._listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        peer = "%s:%d" % address[:2]
+        if len(self._pending) >= MAX_PENDING_HANDSHAKES:
+            logger.warning("refusing %s: %d handshakes already pending", peer, len(self._pending))
+            sock.close()
+            return
+        sock.setblocking(False)
+        pending = _Pending(sock, peer, time.monotonic() + self.handshake_timeout)
+        self._pending[sock] = pending
+        self._selector.register(sock, selectors.EVENT_READ, pending)
+
+    def _drop_pending(self, pending: _Pending, close: bool = True) -> None:
+        self._selector.unregister(pending.sock)
+        del self._pending[pending.sock]
+        if close:
+            pending.sock.close()
+
+    def _on_handshake_data(self, pending: _Pending) -> None:
+        try:
+            data = pending.sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            logger.info("handshake from %s failed: %s", pending.peer, exc)
+            self._drop_pending(pending)
+            return
+        if not data:
+            logger.info("%s closed the connection during the handshake", pending.peer)
+            self._drop_pending(pending)
+            return
+        try:
+            hello = pending.reader.feed(data)
+            if hello is not None:
+                hello.timeout  # noqa: B018  (validates -timeout now, while the peer can be told)
+        except ProtocolError as exc:
+            logger.warning("bad handshake from %s: %s; closing", pending.peer, exc)
+            self._drop_pending(pending)
+            return
+        if hello is not None:
+            self._drop_pending(pending, close=False)
+            self._admit(pending.sock, pending.peer, hello, pending.reader.leftover())
+
+    def _key_matches(self, hello: Hello) -> bool:
+        return hello.role == "client" and (not hello.key or not self.key or hello.key == self.key)
+
+    def _admit(self, sock: socket.socket, peer: str, hello: Hello, leftover: bytes) -> None:
+        sock.setblocking(True)
+        sock.settimeout(5.0)
+        try:
+            if not self._key_matches(hello):
+                logger.warning("key mismatch from %s: %s:%s (this board: %r)", peer, hello.role, hello.key, self.key)
+                sock.sendall(encode_reply(CODE_MISMATCH))
+            elif self._active is not None:
+                busy = "board %r at %s:%d is busy: it serves a session from %s since %.1f s" % (
+                    self.key,
+                    self.host,
+                    self.port,
+                    self._active.peer,
+                    time.monotonic() - self._active.started,
+                )
+                logger.info("refusing %s: busy", peer)
+                sock.sendall(encode_reply(CODE_BUSY, busy))
+            else:
+                sock.sendall(encode_reply(CODE_SUCCESS, "server:" + self.key))
+                sock.settimeout(None)
+                tune(sock)
+                self._start_session(sock, peer, hello.timeout, leftover)
+                return
+        except OSError as exc:
+            logger.info("handshake reply to %s failed: %s", peer, exc)
+        sock.close()
+
+    # --- sessions -----------------------------------------------------------
+
+    def _start_session(self, sock: socket.socket, peer: str, timeout: Optional[float], leftover: bytes) -> None:
+        directory = tempfile.mkdtemp(prefix="session-", dir=self.work_dir)
+        active = _Active(0, sock, peer, directory, timeout)
+        pid = os.fork()
+        if pid == 0:
+            self._run_child(active, leftover)
+        active.pid = pid
+        try:
+            os.setpgid(pid, pid)
+        except OSError:
+            pass  # the child already did it, or already exited
+        self._active = active
+        logger.info("session from %s started (pid %d%s)", peer, pid, ", timeout %g s" % timeout if timeout else "")
+
+    def _run_child(self, active: _Active, leftover: bytes) -> None:
+        """The session process: serve, then ``os._exit`` without running the daemon's cleanup."""
+        code = 1
+        try:
+            _die_with_parent()
+            os.setpgid(0, 0)
+            signal.set_wakeup_fd(-1)
+            for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+                signal.signal(number, signal.SIG_DFL)
+            self._selector.close()
+            self._listener.close()
+            for pending in self._pending.values():
+                pending.sock.close()
+            os.close(self._wakeup_r)
+            os.close(self._wakeup_w)
+            os.chdir(active.directory)
+            reader = FrameReader(max_payload=self.max_message_size)
+            conn = FramedSocket(active.sock, reader, initial=leftover)
+            Session(conn, active.directory, self.key, active.status, self.max_message_size).serve()
+            active.status.set(SessionStatus.FINISHED)
+            code = 0
+        except BaseException:
+            logger.exception("session process failed")
+        finally:
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            os._exit(code)
+
+    def _reap(self) -> None:
+        active = self._active
+        if active is None:
+            return
+        if hasattr(os, "waitid"):
+            if os.waitid(os.P_PID, active.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                return
+            # The exited child is still a zombie, so its process group id cannot be reused
+            # yet: kill whatever the session's code left running in that group, then reap.
+            self._kill_group(active.pid)
+            _, wait_status = os.waitpid(active.pid, 0)
+        else:
+            pid, wait_status = os.waitpid(active.pid, os.WNOHANG)
+            if pid == 0:
+                return
+            self._kill_group(active.pid)
+        self._end_session(active, wait_status)
+
+    def _kill_group(self, pgid: int) -> None:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _expire(self, now: float) -> None:
+        for pending in [p for p in self._pending.values() if p.deadline <= now]:
+            logger.warning("handshake from %s timed out after %g s; closing", pending.peer, self.handshake_timeout)
+            self._drop_pending(pending)
+        active = self._active
+        if active is not None and active.deadline is not None and now >= active.deadline and not active.timed_out:
+            logger.warning("session from %s reached its timeout of %g s; killing it", active.peer, active.timeout)
+            active.timed_out = True
+            self._kill_group(active.pid)
+
+    def _end_session(self, active: _Active, wait_status: int) -> None:
+        self._active = None
+        how, signal_number, exit_code = describe_exit(wait_status)
+        state = active.status.state
+        activity = active.status.activity or "waiting for a request"
+        if active.timed_out:
+            message = "the session timeout of %g s expired while %s; the board ended the session" % (
+                active.timeout,
+                activity,
+            )
+        elif signal_number is None and exit_code == 0 and state == SessionStatus.FINISHED:
+            message = ""
+        else:
+            message = "the board's session process %s while %s" % (how, activity)
+        elapsed = time.monotonic() - active.started
+        if message:
+            logger.warning("session from %s ended after %.1f s: %s", active.peer, elapsed, message)
+            if state != SessionStatus.SENDING:  # else a reply was cut short and no frame can follow
+                notice = {
+                    "message": message,
+                    "signal": signal_number,
+                    "exit_code": exit_code,
+                    "timed_out": active.timed_out,
+                }
+                self._notify(active.sock, notice)
+        else:
+            logger.info("session from %s ended after %.1f s", active.peer, elapsed)
+        shutil.rmtree(active.directory, ignore_errors=True)
+        active.sock.close()
+
+    def _notify(self, sock: socket.socket, notice: dict) -> None:
+        try:
+            sock.settimeout(2.0)
+            send_buffers(sock, encode_frame(Op.SESSION_END, 0, notice))
+            sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            logger.info("could not tell the client: %s", exc)
+
+    def _shutdown(self) -> None:
+        signal.set_wakeup_fd(-1)
+        active = self._active
+        if active is not None:
+            self._kill_group(active.pid)
+            os.waitpid(active.pid, 0)
+            self._active = None
+            self._notify(
+                active.sock,
+                {"message": "the board daemon shut down", "signal": None, "exit_code": None, "timed_out": False},
+            )
+            shutil.rmtree(active.directory, ignore_errors=True)
+            active.sock.close()
+        for pending in list(self._pending.values()):
+            self._drop_pending(pending)
+        self._selector.close()
+        self._listener.close()
+        os.close(self._wakeup_r)
+        os.close(self._wakeup_w)
+        if self._own_work_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+        logger.info("board server stopped")
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this process when the daemon dies, even by SIGKILL."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return  # not Linux: the daemon's own cleanup is all there is
+    if os.getppid() == 1:  # the daemon died before prctl took effect
+        os._exit(1)
+
+
+# --- command line -------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The board server's options, shared by ``python -m farm.server`` and ``farm server``."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=9090, help="first port to try; 0 lets the system pick")
+    parser.add_argument("--port-end", type=int, default=9199, help="end of the port range, exclusive")
+    parser.add_argument("--key", default="", help="the board's key, e.g. rasp4")
+    parser.add_argument("--work-dir", help="where session directories go (default: a fresh temporary directory)")
+    parser.add_argument(
+        "--max-message-size",
+        type=int,
+        default=DEFAULT_MAX_PAYLOAD,
+        help="largest payload of one message, in bytes (default: %d)" % DEFAULT_MAX_PAYLOAD,
+    )
+    parser.add_argument(
+        "--handshake-timeout", type=float, default=10.0, help="seconds a new connection has to say hello"
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def run(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level)
+    try:
+        server = BoardServer(
+            args.host, args.port, args.port_end, args.key, args.work_dir, args.max_message_size, args.handshake_timeout
+        )
+    except OSError as exc:
+        logger.error("cannot listen: %s", exc)
+        return 1
+    server.serve_forever()
+    return 0
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m farm.server", description="Run a board server.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

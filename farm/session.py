@@ -1,0 +1,425 @@
+"""What one client session does on the board: files, modules, arrays, calls.
+
+A :class:`Session` runs in the session's own child process, in its own
+working directory, and serves frames until the client closes. Standard
+library only; cloudpickle is imported only when the client uses ``run``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import mmap
+import os
+import pickle
+import platform
+import shutil
+import socket
+import sys
+import traceback
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+
+from . import __version__
+from .elf import elf_machine, interpreter_machine
+from .errors import ArgumentError, FarmError, PathEscapeError, ProtocolError
+from .protocol.framing import Buffer, Frame
+from .protocol.ops import Op
+from .signature import DTYPE_SIZES, Signature, parse_signature
+from .transport import ConnectionClosed, FramedSocket
+
+logger = logging.getLogger("farm.session")
+
+#: pickle protocol for ``run``: the newest every supported Python reads.
+PICKLE_PROTOCOL = 4
+
+Reply = Tuple[Optional[dict], Buffer]
+
+
+class SessionStatus:
+    """What the session process is doing, in memory shared with the board daemon.
+
+    The daemon reads it after the process died to tell the client what was
+    running, and whether a reply was half sent (then no notice can follow).
+    """
+
+    IDLE, RUNNING, SENDING, FINISHED = range(4)
+    _SIZE = 4096
+
+    def __init__(self) -> None:
+        self._mm = mmap.mmap(-1, self._SIZE)  # anonymous and MAP_SHARED: survives fork
+
+    def set(self, state: int, activity: str = "") -> None:
+        data = activity.encode("utf-8", "replace")[: self._SIZE - 3]
+        self._mm[1:3] = len(data).to_bytes(2, "little")
+        self._mm[3 : 3 + len(data)] = data
+        self._mm[0] = state
+
+    @property
+    def state(self) -> int:
+        return self._mm[0]
+
+    @property
+    def activity(self) -> str:
+        length = int.from_bytes(self._mm[1:3], "little")
+        return self._mm[3 : 3 + length].decode("utf-8", "replace")
+
+
+class _Array(NamedTuple):
+    storage: Any  # an anonymous mmap: page aligned, zero filled
+    address: int
+    shape: Tuple[int, ...]
+    dtype: str
+    nbytes: int
+
+
+class _Function(NamedTuple):
+    cfunc: Any
+    label: str
+    signature: Optional[Signature]
+
+
+def _field(meta: dict, name: str, kind: Any, default: Any = ...) -> Any:
+    """A request field of the expected type, or a :class:`ProtocolError` naming it."""
+    if name not in meta:
+        if default is ...:
+            raise ProtocolError("request is missing the field %r" % name)
+        return default
+    value = meta[name]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise ProtocolError("request field %r has type %s" % (name, type(value).__name__))
+    return value
+
+
+def _new_storage(nbytes: int) -> mmap.mmap:
+    """Array storage: anonymous memory, page aligned and zero filled (never empty, so it has an address)."""
+    return mmap.mmap(-1, max(nbytes, 1))
+
+
+class Session:
+    """Serves one client's requests over ``conn`` with ``root`` as its directory."""
+
+    def __init__(
+        self,
+        conn: FramedSocket,
+        root: str,
+        key: str = "",
+        status: Optional[SessionStatus] = None,
+        max_payload: int = 4 << 30,
+    ) -> None:
+        self.conn = conn
+        self.root = os.path.realpath(root)
+        self.key = key
+        self.status = status or SessionStatus()
+        self.max_payload = max_payload
+        self._arrays: Dict[int, _Array] = {}
+        self._modules: Dict[int, Tuple[Any, str]] = {}
+        self._functions: Dict[int, _Function] = {}
+        self._next_id = 1
+        self._handlers: Dict[int, Callable[[Frame], Reply]] = {
+            Op.PING: lambda frame: (None, b""),
+            Op.SYSTEM_INFO: self._system_info,
+            Op.UPLOAD: self._upload,
+            Op.DOWNLOAD: self._download,
+            Op.REMOVE: self._remove,
+            Op.LISTDIR: self._listdir,
+            Op.LOAD_MODULE: self._load_module,
+            Op.GET_FUNCTION: self._get_function,
+            Op.CALL: self._call,
+            Op.ARRAY_NEW: self._array_new,
+            Op.ARRAY_EMPTY: self._array_empty,
+            Op.ARRAY_READ: self._array_read,
+            Op.ARRAY_WRITE: self._array_write,
+            Op.RUN: self._run,
+        }
+        conn.reader.allocate = self._allocate
+        conn.reader.max_payload = max_payload
+
+    # --- the request loop -------------------------------------------------
+
+    def serve(self) -> None:
+        """Answer requests until the client closes or breaks the protocol."""
+        while True:
+            try:
+                frame = self.conn.recv()
+            except ConnectionClosed:
+                return
+            except ProtocolError as exc:
+                logger.warning("closing session: %s", exc)
+                self._reply_error(self.conn.reader.request_id, exc, with_traceback=False)
+                return
+            if frame.op == Op.CLOSE:
+                self._send(Op.RESULT, frame.request_id)
+                return
+            handler = self._handlers.get(frame.op)
+            if handler is None:
+                logger.warning("closing session: unknown operation %d", frame.op)
+                self._reply_error(frame.request_id, ProtocolError("unknown operation %d" % frame.op), False)
+                return
+            try:
+                self._release(frame.meta.get("release"))
+                meta, payload = handler(frame)
+            except ProtocolError as exc:
+                logger.warning("closing session: %s", exc)
+                self._reply_error(frame.request_id, exc, with_traceback=False)
+                return
+            except Exception as exc:
+                self._reply_error(frame.request_id, exc)
+                continue
+            finally:
+                self.status.set(SessionStatus.IDLE)
+            self._send(Op.RESULT, frame.request_id, meta, payload)
+
+    def _send(self, op: int, request_id: int, meta: Optional[dict] = None, payload: Buffer = b"") -> None:
+        self.status.set(SessionStatus.SENDING)
+        self.conn.send(op, request_id, meta, payload)
+        self.status.set(SessionStatus.IDLE)
+
+    def _reply_error(self, request_id: int, exc: BaseException, with_traceback: bool = True) -> None:
+        meta = {
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "traceback": traceback.format_exc() if with_traceback and not isinstance(exc, FarmError) else "",
+        }
+        try:
+            self._send(Op.ERROR, request_id, meta)
+        except OSError:
+            pass
+
+    def _allocate(self, op: int, meta: dict, nbytes: int) -> Buffer:
+        """Where a request's payload lands: array payloads go straight into array storage."""
+        if op == Op.ARRAY_NEW:
+            return _new_storage(nbytes)
+        if op == Op.ARRAY_WRITE:
+            target = self._arrays.get(meta.get("id"))  # type: ignore[arg-type]
+            if target is not None and target.nbytes == nbytes:
+                return memoryview(target.storage)[:nbytes]
+        return bytearray(nbytes)
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id - 1
+
+    def _release(self, ids: Any) -> None:
+        if ids is None:
+            return
+        if not isinstance(ids, list):
+            raise ProtocolError("request field 'release' has type %s" % type(ids).__name__)
+        for array_id in ids:
+            self._arrays.pop(array_id, None)
+
+    # --- files --------------------------------------------------------------
+
+    def resolve(self, name: Any, follow: bool = True) -> str:
+        """The absolute path of ``name`` inside the session directory, or :class:`PathEscapeError`."""
+        if not isinstance(name, str) or not name or "\0" in name:
+            raise PathEscapeError("file name %r is not a non-empty string" % (name,))
+        if os.path.isabs(name):
+            raise PathEscapeError("%r is an absolute path; names are relative to the session directory" % name)
+        path = os.path.normpath(os.path.join(self.root, name))
+        if follow:
+            path = os.path.realpath(path)
+        else:
+            path = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+        if os.path.commonpath([path, self.root]) != self.root:
+            raise PathEscapeError("%r points outside the session directory" % name)
+        return path
+
+    def _upload(self, frame: Frame) -> Reply:
+        name = _field(frame.meta, "name", str)
+        path = self.resolve(name)
+        if path == self.root:
+            raise PathEscapeError("%r names the session directory itself" % name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(frame.payload)
+        return {"name": os.path.relpath(path, self.root), "size": len(frame.payload)}, b""
+
+    def _download(self, frame: Frame) -> Reply:
+        path = self.resolve(_field(frame.meta, "name", str))
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > self.max_payload:
+                raise FarmError("%s is %d bytes, more than the message limit of %d" % (path, size, self.max_payload))
+            contents = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        return {"size": size}, contents
+
+    def _remove(self, frame: Frame) -> Reply:
+        name = _field(frame.meta, "name", str)
+        path = self.resolve(name, follow=False)
+        if path == self.root:
+            raise PathEscapeError("%r names the session directory itself" % name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+        return None, b""
+
+    def _listdir(self, frame: Frame) -> Reply:
+        path = self.resolve(_field(frame.meta, "name", str, "."))
+        return {"names": sorted(os.listdir(path))}, b""
+
+    def _system_info(self, frame: Frame) -> Reply:
+        info = {
+            "machine": platform.machine(),
+            "os": platform.system(),
+            "os_release": platform.release(),
+            "python": platform.python_version(),
+            "python_implementation": platform.python_implementation(),
+            "hostname": socket.gethostname(),
+            "key": self.key,
+            "server_version": __version__,
+            "byteorder": sys.byteorder,
+            "cpu_count": os.cpu_count(),
+            "session_dir": self.root,
+            "pid": os.getpid(),
+        }
+        return info, b""
+
+    # --- native code --------------------------------------------------------
+
+    def _load_module(self, frame: Frame) -> Reply:
+        name = _field(frame.meta, "name", str)
+        path = self.resolve(name)
+        built_for, board = elf_machine(path), interpreter_machine()
+        if built_for and board and built_for != board:
+            raise FarmError("%s is built for %s, but this board runs %s code" % (name, built_for, board))
+        library = ctypes.CDLL(path, mode=getattr(os, "RTLD_LOCAL", 0))
+        module_id = self._new_id()
+        self._modules[module_id] = (library, name)
+        return {"id": module_id}, b""
+
+    def _get_function(self, frame: Frame) -> Reply:
+        module_id = _field(frame.meta, "module", int)
+        name = _field(frame.meta, "name", str)
+        text = _field(frame.meta, "signature", str, "")
+        if module_id not in self._modules:
+            raise FarmError("module %d is not loaded in this session" % module_id)
+        library, module_name = self._modules[module_id]
+        try:
+            cfunc = library[name]
+        except AttributeError:
+            raise FarmError("%s has no function %r" % (module_name, name)) from None
+        signature = parse_signature(text) if text else None
+        if signature is not None:
+            cfunc.argtypes = [param.type.ctype for param in signature.params]
+            cfunc.restype = signature.restype.ctype
+        function_id = self._new_id()
+        self._functions[function_id] = _Function(cfunc, "%s() from %s" % (name, module_name), signature)
+        return {"id": function_id}, b""
+
+    def _call(self, frame: Frame) -> Reply:
+        function = self._functions.get(_field(frame.meta, "function", int))
+        if function is None:
+            raise FarmError("function %d was not looked up in this session" % frame.meta["function"])
+        args = _field(frame.meta, "args", list)
+        values = self._call_arguments(args, function.signature)
+        self.status.set(SessionStatus.RUNNING, "running " + function.label)
+        result = function.cfunc(*values)
+        return {"result": result}, b""
+
+    def _call_arguments(self, args: List[Any], signature: Optional[Signature]) -> List[Any]:
+        dtypes: List[Optional[str]] = []
+        values: List[Any] = []
+        for index, pair in enumerate(args):
+            if not isinstance(pair, list) or len(pair) != 2 or pair[0] not in ("a", "i", "f", "n"):
+                raise ProtocolError("call argument %d is not a [tag, value] pair" % (index + 1))
+            tag, value = pair
+            dtype = None
+            if tag == "a":
+                array = self._arrays.get(value)
+                if array is None:
+                    raise ArgumentError(
+                        "argument %d is an array that was freed or is not of this session" % (index + 1)
+                    )
+                dtype, value = array.dtype, array.address
+            elif tag == "i" and not isinstance(value, int) or tag == "f" and not isinstance(value, (int, float)):
+                raise ProtocolError("call argument %d has tag %r but value %r" % (index + 1, tag, value))
+            dtypes.append(dtype)
+            values.append(value if signature else _default_argument(index, tag, value))
+        if signature is not None:
+            signature.check(args, dtypes)
+        return values
+
+    # --- arrays -------------------------------------------------------------
+
+    def _array_spec(self, meta: dict) -> Tuple[Tuple[int, ...], str, int]:
+        shape = _field(meta, "shape", list)
+        dtype = _field(meta, "dtype", str)
+        if dtype not in DTYPE_SIZES:
+            raise ProtocolError("unsupported dtype %r" % dtype)
+        if not all(isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0 for dim in shape):
+            raise ProtocolError("array shape %r is not a list of non-negative integers" % (shape,))
+        nbytes = DTYPE_SIZES[dtype]
+        for dim in shape:
+            nbytes *= dim
+        if nbytes > self.max_payload:
+            raise FarmError("an array of %d bytes exceeds the board's limit of %d" % (nbytes, self.max_payload))
+        return tuple(shape), dtype, nbytes
+
+    def _store(self, storage: Any, shape: Tuple[int, ...], dtype: str, nbytes: int) -> Reply:
+        array_id = self._new_id()
+        address = ctypes.addressof(ctypes.c_char.from_buffer(storage))
+        self._arrays[array_id] = _Array(storage, address, shape, dtype, nbytes)
+        return {"id": array_id}, b""
+
+    def _array_new(self, frame: Frame) -> Reply:
+        shape, dtype, nbytes = self._array_spec(frame.meta)
+        if len(frame.payload) != nbytes:
+            raise ProtocolError(
+                "array of shape %s %s needs %d bytes, got %d" % (shape, dtype, nbytes, len(frame.payload))
+            )
+        storage = frame.payload.obj if nbytes else _new_storage(0)
+        return self._store(storage, shape, dtype, nbytes)
+
+    def _array_empty(self, frame: Frame) -> Reply:
+        shape, dtype, nbytes = self._array_spec(frame.meta)
+        return self._store(_new_storage(nbytes), shape, dtype, nbytes)
+
+    def _array(self, meta: dict) -> _Array:
+        array_id = _field(meta, "id", int)
+        array = self._arrays.get(array_id)
+        if array is None:
+            raise FarmError("array %d was freed or is not of this session" % array_id)
+        return array
+
+    def _array_read(self, frame: Frame) -> Reply:
+        array = self._array(frame.meta)
+        return None, memoryview(array.storage)[: array.nbytes]
+
+    def _array_write(self, frame: Frame) -> Reply:
+        array = self._array(frame.meta)
+        if len(frame.payload) != array.nbytes:
+            raise ArgumentError(
+                "array %d holds %d bytes, got %d" % (frame.meta["id"], array.nbytes, len(frame.payload))
+            )
+        if frame.payload.obj is not array.storage:
+            memoryview(array.storage)[: array.nbytes] = frame.payload
+        return None, b""
+
+    # --- Python -------------------------------------------------------------
+
+    def _run(self, frame: Frame) -> Reply:
+        try:
+            import cloudpickle  # noqa: F401  (its pickles refer to it)
+        except ImportError as exc:
+            raise FarmError(
+                "run() needs cloudpickle on the board, and this board's Python cannot import it (%s); "
+                "install it there or use a packed server that bundles it" % exc
+            ) from None
+        function, args, kwargs = pickle.loads(frame.payload)
+        self.status.set(SessionStatus.RUNNING, "running %s()" % getattr(function, "__name__", "a function"))
+        result = function(*args, **kwargs)
+        return None, pickle.dumps(result, protocol=PICKLE_PROTOCOL)
+
+
+def _default_argument(index: int, tag: str, value: Any) -> Any:
+    """ctypes values for a call without a signature: pointers, C ``int`` and ``double``."""
+    if tag == "a":
+        return ctypes.c_void_p(value)
+    if tag == "f":
+        return ctypes.c_double(value)
+    if tag == "i" and not -(1 << 31) <= value < (1 << 31):
+        raise ArgumentError(
+            "argument %d is %d, which does not fit a C int; give the function a signature" % (index + 1, value)
+        )
+    return value

@@ -1,0 +1,71 @@
+"""Blocking socket I/O for data-plane frames, shared by the board and the client.
+
+Frames go out with one ``sendmsg`` over the header and the payload's
+memoryview, and come in with ``recv_into`` straight into the buffer
+:class:`~farm.protocol.framing.FrameReader` names, so array bytes are
+never copied in user space. Standard library only.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import List, Optional
+
+from .protocol.framing import Buffer, Frame, FrameReader, encode_frame
+
+
+class ConnectionClosed(ConnectionError):
+    """The peer closed the connection (``partial`` if it did so mid-frame)."""
+
+    def __init__(self, partial: bool) -> None:
+        super().__init__("connection closed mid-frame" if partial else "connection closed")
+        self.partial = partial
+
+
+def send_buffers(sock: socket.socket, parts: List[Buffer]) -> None:
+    """Send every byte of ``parts`` with as few ``sendmsg`` calls as the kernel allows."""
+    views = [memoryview(part).cast("B") for part in parts]
+    while views:
+        sent = sock.sendmsg(views)
+        while views and sent >= len(views[0]):
+            sent -= len(views[0])
+            views.pop(0)
+        if views and sent:
+            views[0] = views[0][sent:]
+
+
+def tune(sock: socket.socket) -> None:
+    """Options every data-plane socket wants: no Nagle delay, keepalive."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+
+class FramedSocket:
+    """A connected socket that sends and receives whole frames."""
+
+    def __init__(self, sock: socket.socket, reader: Optional[FrameReader] = None, initial: bytes = b"") -> None:
+        self.sock = sock
+        self.reader = reader or FrameReader()
+        if initial:
+            self.reader.push(initial)
+
+    def send(self, op: int, request_id: int, meta: Optional[dict] = None, payload: Buffer = b"") -> None:
+        send_buffers(self.sock, encode_frame(op, request_id, meta, payload))
+
+    def recv(self) -> Frame:
+        """The next frame; raises :class:`ConnectionClosed` at end of stream."""
+        reader = self.reader
+        frame = reader.next_frame()
+        while frame is None:
+            count = self.sock.recv_into(reader.writable())
+            if not count:
+                raise ConnectionClosed(reader.pending)
+            reader.advance(count)
+            frame = reader.next_frame()
+        return frame
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass

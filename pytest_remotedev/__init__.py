@@ -1,0 +1,1 @@
+"""pytest plugin: run tests on boards of a remote-device farm."""
