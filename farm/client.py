@@ -30,6 +30,7 @@ from .errors import (
     RemoteError,
     SessionLostError,
 )
+from .protocol.calls import decode_result, encode_call, tag_of
 from .protocol.framing import Frame, FrameReader
 from .protocol.handshake import CODE_BUSY, CODE_MISMATCH, CODE_SUCCESS, ReplyReader, encode_hello
 from .protocol.ops import Op
@@ -445,26 +446,28 @@ class RemoteFunction:
         self.id = function_id
         self.name = name
         self.signature = signature
+        self._returns_bool = signature is not None and signature.restype.kind == "bool"
 
     def __repr__(self) -> str:
         return "<RemoteFunction %s>" % (self.signature.text if self.signature else self.name)
 
     def __call__(self, *args: Any) -> Any:
-        encoded: List[list] = []
+        tags: List[str] = []
+        values: List[Any] = []
         dtypes: List[Optional[str]] = []
         for index, arg in enumerate(args):
             dtype = None
             if isinstance(arg, RemoteArray):
                 if arg.session is not self.session:
                     raise ArgumentError("argument %d is an array of another session" % (index + 1))
-                encoded.append(["a", arg.id])
-                dtype = arg.dtype.name
+                tag, value, dtype = "a", arg.id, arg.dtype.name
             elif arg is None:
-                encoded.append(["n", None])
-            elif isinstance(arg, (bool, int, np.integer, np.bool_)):
-                encoded.append(["i", int(arg)])
+                tag, value = "n", 0
             elif isinstance(arg, (float, np.floating)):
-                encoded.append(["f", float(arg)])
+                tag, value = "f", float(arg)
+            elif isinstance(arg, (int, np.integer, np.bool_)):
+                value = int(arg)
+                tag = tag_of(value)
             elif isinstance(arg, np.ndarray):
                 raise ArgumentError(
                     "argument %d is a host numpy array; copy it to the board first with session.array()" % (index + 1)
@@ -473,7 +476,14 @@ class RemoteFunction:
                 raise ArgumentError(
                     "argument %d has type %s; pass remote arrays, ints or floats" % (index + 1, type(arg).__name__)
                 )
+            tags.append(tag)
+            values.append(value)
             dtypes.append(dtype)
+        tag_string = "".join(tags)
         if self.signature is not None:
-            self.signature.check(encoded, dtypes)
-        return self.session._request(Op.CALL, {"function": self.id, "args": encoded}).meta.get("result")
+            self.signature.check(tag_string, dtypes)
+        payload = encode_call(self.id, tag_string, values)
+        result = decode_result(self.session._request(Op.CALL, None, payload).payload)
+        if self._returns_bool and result is not None:
+            return bool(result)
+        return result

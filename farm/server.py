@@ -283,7 +283,7 @@ class BoardServer:
             reader = FrameReader(max_payload=self.max_message_size)
             conn = FramedSocket(active.sock, reader, initial=leftover)
             Session(conn, active.directory, self.key, active.status, self.max_message_size).serve()
-            active.status.set(SessionStatus.FINISHED)
+            active.status.state = SessionStatus.FINISHED
             code = 0
         except BaseException:
             logger.exception("session process failed")
@@ -330,7 +330,7 @@ class BoardServer:
         self._active = None
         how, signal_number, exit_code = describe_exit(wait_status)
         state = active.status.state
-        activity = active.status.activity or "waiting for a request"
+        activity = active.status.activity
         if active.timed_out:
             message = "the session timeout of %g s expired while %s; the board ended the session" % (
                 active.timeout,

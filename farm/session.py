@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 from . import __version__
 from .elf import elf_machine, interpreter_machine
 from .errors import ArgumentError, FarmError, PathEscapeError, ProtocolError
+from .protocol.calls import decode_call, encode_result
 from .protocol.framing import Buffer, Frame
 from .protocol.ops import Op
 from .signature import DTYPE_SIZES, Signature, parse_signature
@@ -48,18 +49,26 @@ class SessionStatus:
     def __init__(self) -> None:
         self._mm = mmap.mmap(-1, self._SIZE)  # anonymous and MAP_SHARED: survives fork
 
-    def set(self, state: int, activity: str = "") -> None:
-        data = activity.encode("utf-8", "replace")[: self._SIZE - 3]
-        self._mm[1:3] = len(data).to_bytes(2, "little")
-        self._mm[3 : 3 + len(data)] = data
-        self._mm[0] = state
-
     @property
     def state(self) -> int:
         return self._mm[0]
 
+    @state.setter
+    def state(self, value: int) -> None:
+        self._mm[0] = value
+
+    def running(self, activity: str) -> None:
+        """Mark the session as running user code, described as ``activity``."""
+        data = activity.encode("utf-8", "replace")[: self._SIZE - 3]
+        self._mm[1:3] = len(data).to_bytes(2, "little")
+        self._mm[3 : 3 + len(data)] = data
+        self._mm[0] = self.RUNNING
+
     @property
     def activity(self) -> str:
+        """What the session was doing: the running activity, else waiting for a request."""
+        if self._mm[0] != self.RUNNING:
+            return "waiting for a request"
         length = int.from_bytes(self._mm[1:3], "little")
         return self._mm[3 : 3 + length].decode("utf-8", "replace")
 
@@ -74,7 +83,7 @@ class _Array(NamedTuple):
 
 class _Function(NamedTuple):
     cfunc: Any
-    label: str
+    activity: str  # "running vadd() from libvadd.so"
     signature: Optional[Signature]
 
 
@@ -147,32 +156,37 @@ class Session:
                 logger.warning("closing session: %s", exc)
                 self._reply_error(self.conn.reader.request_id, exc, with_traceback=False)
                 return
+            if not self.handle(frame):
+                return
+
+    def handle(self, frame: Frame) -> bool:
+        """Answer one request; False when the session must end."""
+        handler = self._handlers.get(frame.op)
+        if handler is None:
             if frame.op == Op.CLOSE:
                 self._send(Op.RESULT, frame.request_id)
-                return
-            handler = self._handlers.get(frame.op)
-            if handler is None:
-                logger.warning("closing session: unknown operation %d", frame.op)
-                self._reply_error(frame.request_id, ProtocolError("unknown operation %d" % frame.op), False)
-                return
-            try:
-                self._release(frame.meta.get("release"))
-                meta, payload = handler(frame)
-            except ProtocolError as exc:
-                logger.warning("closing session: %s", exc)
-                self._reply_error(frame.request_id, exc, with_traceback=False)
-                return
-            except Exception as exc:
-                self._reply_error(frame.request_id, exc)
-                continue
-            finally:
-                self.status.set(SessionStatus.IDLE)
-            self._send(Op.RESULT, frame.request_id, meta, payload)
+                return False
+            logger.warning("closing session: unknown operation %d", frame.op)
+            self._reply_error(frame.request_id, ProtocolError("unknown operation %d" % frame.op), False)
+            return False
+        try:
+            if "release" in frame.meta:
+                self._release(frame.meta["release"])
+            meta, payload = handler(frame)
+        except ProtocolError as exc:
+            logger.warning("closing session: %s", exc)
+            self._reply_error(frame.request_id, exc, with_traceback=False)
+            return False
+        except Exception as exc:
+            self._reply_error(frame.request_id, exc)
+            return True
+        self._send(Op.RESULT, frame.request_id, meta, payload)
+        return True
 
     def _send(self, op: int, request_id: int, meta: Optional[dict] = None, payload: Buffer = b"") -> None:
-        self.status.set(SessionStatus.SENDING)
+        self.status.state = SessionStatus.SENDING
         self.conn.send(op, request_id, meta, payload)
-        self.status.set(SessionStatus.IDLE)
+        self.status.state = SessionStatus.IDLE
 
     def _reply_error(self, request_id: int, exc: BaseException, with_traceback: bool = True) -> None:
         meta = {
@@ -200,8 +214,6 @@ class Session:
         return self._next_id - 1
 
     def _release(self, ids: Any) -> None:
-        if ids is None:
-            return
         if not isinstance(ids, list):
             raise ProtocolError("request field 'release' has type %s" % type(ids).__name__)
         for array_id in ids:
@@ -304,41 +316,33 @@ class Session:
             cfunc.argtypes = [param.type.ctype for param in signature.params]
             cfunc.restype = signature.restype.ctype
         function_id = self._new_id()
-        self._functions[function_id] = _Function(cfunc, "%s() from %s" % (name, module_name), signature)
+        self._functions[function_id] = _Function(cfunc, "running %s() from %s" % (name, module_name), signature)
         return {"id": function_id}, b""
 
     def _call(self, frame: Frame) -> Reply:
-        function = self._functions.get(_field(frame.meta, "function", int))
+        function_id, tags, raw_values = decode_call(frame.payload)
+        function = self._functions.get(function_id)
         if function is None:
-            raise FarmError("function %d was not looked up in this session" % frame.meta["function"])
-        args = _field(frame.meta, "args", list)
-        values = self._call_arguments(args, function.signature)
-        self.status.set(SessionStatus.RUNNING, "running " + function.label)
-        result = function.cfunc(*values)
-        return {"result": result}, b""
-
-    def _call_arguments(self, args: List[Any], signature: Optional[Signature]) -> List[Any]:
-        dtypes: List[Optional[str]] = []
-        values: List[Any] = []
-        for index, pair in enumerate(args):
-            if not isinstance(pair, list) or len(pair) != 2 or pair[0] not in ("a", "i", "f", "n"):
-                raise ProtocolError("call argument %d is not a [tag, value] pair" % (index + 1))
-            tag, value = pair
-            dtype = None
-            if tag == "a":
-                array = self._arrays.get(value)
-                if array is None:
-                    raise ArgumentError(
-                        "argument %d is an array that was freed or is not of this session" % (index + 1)
-                    )
-                dtype, value = array.dtype, array.address
-            elif tag == "i" and not isinstance(value, int) or tag == "f" and not isinstance(value, (int, float)):
-                raise ProtocolError("call argument %d has tag %r but value %r" % (index + 1, tag, value))
-            dtypes.append(dtype)
-            values.append(value if signature else _default_argument(index, tag, value))
-        if signature is not None:
-            signature.check(args, dtypes)
-        return values
+            raise FarmError("function %d was not looked up in this session" % function_id)
+        values: List[Any] = list(raw_values)
+        dtypes: List[Optional[str]] = [None] * len(values)
+        if "a" in tags or "n" in tags:
+            for index, tag in enumerate(tags):
+                if tag == "a":
+                    array = self._arrays.get(values[index])
+                    if array is None:
+                        raise ArgumentError(
+                            "argument %d is an array that was freed or is not of this session" % (index + 1)
+                        )
+                    dtypes[index], values[index] = array.dtype, array.address
+                elif tag == "n":
+                    values[index] = None
+        if function.signature is not None:
+            function.signature.check(tags, dtypes)
+        else:
+            values = [_default_argument(index, tag, value) for index, (tag, value) in enumerate(zip(tags, values))]
+        self.status.running(function.activity)
+        return None, encode_result(function.cfunc(*values))
 
     # --- arrays -------------------------------------------------------------
 
@@ -407,18 +411,18 @@ class Session:
                 "install it there or use a packed server that bundles it" % exc
             ) from None
         function, args, kwargs = pickle.loads(frame.payload)
-        self.status.set(SessionStatus.RUNNING, "running %s()" % getattr(function, "__name__", "a function"))
+        self.status.running("running %s()" % getattr(function, "__name__", "a function"))
         result = function(*args, **kwargs)
         return None, pickle.dumps(result, protocol=PICKLE_PROTOCOL)
 
 
 def _default_argument(index: int, tag: str, value: Any) -> Any:
     """ctypes values for a call without a signature: pointers, C ``int`` and ``double``."""
-    if tag == "a":
+    if tag in "an":
         return ctypes.c_void_p(value)
     if tag == "f":
         return ctypes.c_double(value)
-    if tag == "i" and not -(1 << 31) <= value < (1 << 31):
+    if not -(1 << 31) <= value < (1 << 31):
         raise ArgumentError(
             "argument %d is %d, which does not fit a C int; give the function a signature" % (index + 1, value)
         )

@@ -5,9 +5,9 @@ A signature fixes the argument and return types of a native function::
     parse_signature("void vadd(const float *a, const float *b, float *c, int64_t n)")
     parse_signature("double(double*, size_t)")
 
-Arguments travel as tagged pairs: ``["a", array_id]`` for a remote array
-(passed as its data pointer), ``["i", int]``, ``["f", float]`` and
-``["n", None]`` for a NULL pointer. :meth:`Signature.check` validates them
+Arguments are described by one tag each (see :mod:`farm.protocol.calls`):
+``a`` a remote array (passed as its data pointer), ``i``/``u`` an integer,
+``f`` a float, ``n`` a NULL pointer. :meth:`Signature.check` validates them
 the same way on both sides, so a bad call fails on the host before anything
 is sent. Standard library only.
 """
@@ -156,6 +156,10 @@ def _split_declarator(text: str) -> Tuple[str, str]:
     return text, ""
 
 
+_ACCEPTED_TAGS = {"pointer": "an", "float": "iuf", "int": "iu", "bool": "iu"}
+_TAG_NAMES = {"a": "an array", "i": "an integer", "u": "an integer", "f": "a float", "n": "None"}
+
+
 class Signature(NamedTuple):
     """A parsed C-like signature."""
 
@@ -163,54 +167,41 @@ class Signature(NamedTuple):
     name: str
     params: Tuple[Param, ...]
     text: str
+    pattern: Any  # compiled regex over argument tags, for the fast path of check()
 
     def describe(self, index: int) -> str:
         param = self.params[index]
         label = " '%s'" % param.name if param.name else ""
         return "argument %d%s of %s" % (index + 1, label, self.name or "the function")
 
-    def check(self, args: Sequence[Sequence[Any]], array_dtypes: Sequence[Optional[str]]) -> None:
-        """Raise :class:`ArgumentError` unless the tagged ``args`` fit; ``array_dtypes[i]`` is arg i's dtype."""
-        if len(args) != len(self.params):
+    def check(self, tags: str, array_dtypes: Sequence[Optional[str]]) -> None:
+        """Raise :class:`ArgumentError` unless arguments tagged ``tags`` fit (see :mod:`farm.protocol.calls`).
+
+        ``array_dtypes[i]`` is the dtype of argument i when it is an array.
+        """
+        if self.pattern.fullmatch(tags) and all(
+            tag != "a" or param.type.dtype in (None, dtype)
+            for tag, param, dtype in zip(tags, self.params, array_dtypes)
+        ):
+            return
+        if len(tags) != len(self.params):
+            count = len(self.params)
             raise ArgumentError(
                 "%s takes %d argument%s (%s), got %d"
-                % (
-                    self.name or "the function",
-                    len(self.params),
-                    "" if len(self.params) == 1 else "s",
-                    self.text,
-                    len(args),
-                )
+                % (self.name or "the function", count, "" if count == 1 else "s", self.text, len(tags))
             )
-        for index, ((tag, _value), param) in enumerate(zip(args, self.params)):
-            kind = param.type.kind
-            if kind == "pointer":
-                if tag == "n":
-                    continue
-                if tag != "a":
-                    raise ArgumentError(
-                        "%s expects an array (%s), got %s"
-                        % (self.describe(index), param.type.spelling, _TAG_NAMES[tag])
-                    )
-                wanted, got = param.type.dtype, array_dtypes[index]
-                if wanted is not None and got != wanted:
-                    raise ArgumentError(
-                        "%s expects a %s array (%s), got a %s array"
-                        % (self.describe(index), wanted, param.type.spelling, got)
-                    )
-            elif kind == "float":
-                if tag not in ("i", "f"):
-                    raise ArgumentError(
-                        "%s expects a number (%s), got %s"
-                        % (self.describe(index), param.type.spelling, _TAG_NAMES[tag])
-                    )
-            elif tag != "i":
+        for index, (tag, param) in enumerate(zip(tags, self.params)):
+            kind, spelling = param.type.kind, param.type.spelling
+            if tag not in _ACCEPTED_TAGS[kind]:
+                wanted = {"pointer": "an array", "float": "a number"}.get(kind, "an integer")
                 raise ArgumentError(
-                    "%s expects an integer (%s), got %s" % (self.describe(index), param.type.spelling, _TAG_NAMES[tag])
+                    "%s expects %s (%s), got %s" % (self.describe(index), wanted, spelling, _TAG_NAMES[tag])
                 )
-
-
-_TAG_NAMES = {"a": "an array", "i": "an integer", "f": "a float", "n": "None"}
+            if tag == "a" and param.type.dtype not in (None, array_dtypes[index]):
+                raise ArgumentError(
+                    "%s expects a %s array (%s), got a %s array"
+                    % (self.describe(index), param.type.dtype, spelling, array_dtypes[index])
+                )
 
 
 def parse_signature(text: str) -> Signature:
@@ -228,5 +219,9 @@ def parse_signature(text: str) -> Signature:
             type_text, pname = _split_declarator(part)
             if not type_text:
                 raise ArgumentError("empty parameter in %s" % where)
-            params.append(Param(pname, _parse_type(type_text, where)))
-    return Signature(restype, name, tuple(params), " ".join(text.split()))
+            ptype = _parse_type(type_text, where)
+            if ptype.kind == "void":
+                raise ArgumentError("a parameter cannot be void in %s" % where)
+            params.append(Param(pname, ptype))
+    pattern = re.compile("".join("[%s]" % _ACCEPTED_TAGS[param.type.kind] for param in params))
+    return Signature(restype, name, tuple(params), " ".join(text.split()), pattern)

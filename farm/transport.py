@@ -50,7 +50,11 @@ class FramedSocket:
             self.reader.push(initial)
 
     def send(self, op: int, request_id: int, meta: Optional[dict] = None, payload: Buffer = b"") -> None:
-        send_buffers(self.sock, encode_frame(op, request_id, meta, payload))
+        parts = encode_frame(op, request_id, meta, payload)
+        if len(parts) == 1:
+            self.sock.sendall(parts[0])
+        else:
+            send_buffers(self.sock, parts)
 
     def recv(self) -> Frame:
         """The next frame; raises :class:`ConnectionClosed` at end of stream."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import struct
 from collections import deque
-from typing import Callable, Deque, List, NamedTuple, Optional, Union
+from typing import Callable, Deque, List, NamedTuple, Optional, Tuple, Union
 
 from ..errors import ProtocolError
 
@@ -43,10 +43,17 @@ class Frame(NamedTuple):
     payload: Buffer
 
 
+_ENCODE_JSON = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+_DECODE_JSON = json.JSONDecoder().decode
+_RAW_DECODE_JSON = json.JSONDecoder().raw_decode
+_unpack_header = HEADER.unpack_from
+_EMPTY = memoryview(b"")
+
+
 def encode_frame(op: int, request_id: int, meta: Optional[dict] = None, payload: Buffer = b"") -> List[Buffer]:
     """Header and metadata as one ``bytes``, followed by the payload if there is one."""
-    meta_bytes = json.dumps(meta, separators=(",", ":")).encode("utf-8") if meta else b""
-    size = memoryview(payload).nbytes
+    meta_bytes = _ENCODE_JSON(meta).encode("utf-8") if meta else b""
+    size = len(payload) if type(payload) is bytes else memoryview(payload).nbytes
     head = HEADER.pack(FRAME_MAGIC, VERSION, op, request_id, len(meta_bytes), size) + meta_bytes
     return [head, payload] if size else [head]
 
@@ -63,6 +70,10 @@ class FrameReader:
     Either way, completed frames come out of ``next_frame()``.
     Anything malformed raises :class:`ProtocolError`, after which the
     reader must be dropped with its connection.
+
+    Headers and metadata collect in an internal buffer; a payload goes to the
+    buffer ``allocate`` returned for it, and while it arrives ``writable()``
+    names the rest of that buffer, so large payloads are received in place.
     """
 
     def __init__(
@@ -75,10 +86,11 @@ class FrameReader:
         self.max_payload = max_payload
         self.allocate = allocate
         self._buf = bytearray(_CHUNK)
-        self._start = 0
+        self._view = memoryview(self._buf)
+        self._start = 0  # unparsed bytes are _buf[_start:_end]
         self._end = 0
-        self._header: Optional[tuple] = None
-        self._meta: Optional[dict] = None
+        self._need = HEADER.size  # bytes from _start the next step needs
+        self._frame: Optional[Tuple[int, int, dict]] = None  # op, request id, meta of the payload arriving
         self._payload: Optional[memoryview] = None
         self._filled = 0
         self._frames: Deque[Frame] = deque()
@@ -86,12 +98,16 @@ class FrameReader:
     @property
     def request_id(self) -> int:
         """The request id of the frame being read, or 0 before its header arrived."""
-        return self._header[3] if self._header else 0
+        if self._frame is not None:
+            return self._frame[1]
+        if self._end - self._start >= HEADER.size:
+            return _unpack_header(self._buf, self._start)[3]
+        return 0
 
     @property
     def pending(self) -> bool:
         """True while part of a frame has been received but not all of it."""
-        return self._header is not None or self._end > self._start
+        return self._payload is not None or self._end > self._start
 
     def writable(self) -> memoryview:
         """The buffer the next received bytes should be written into.
@@ -100,22 +116,21 @@ class FrameReader:
         """
         if self._payload is not None:
             return self._payload[self._filled :]
-        need = HEADER.size if self._header is None else self._header[4]
-        if self._start and len(self._buf) - self._start < max(need, _CHUNK // 2):
-            self._buf[: self._end - self._start] = self._buf[self._start : self._end]
-            self._end -= self._start
-            self._start = 0
-        if len(self._buf) < need:
-            self._buf.extend(bytes(need - len(self._buf)))
-        return memoryview(self._buf)[self._end :]
+        if self._end == len(self._buf) or len(self._buf) - self._start < self._need:
+            self._make_room()
+        return self._view[self._end :]
 
     def advance(self, count: int) -> None:
         """Record that ``count`` bytes were written into ``writable()``."""
-        if self._payload is not None:
-            self._filled += count
-        else:
+        if self._payload is None:
             self._end += count
-        self._parse()
+            self._parse()
+            return
+        self._filled += count
+        if self._filled == len(self._payload):
+            op, request_id, meta = self._frame  # type: ignore[misc]
+            self._frames.append(Frame(op, request_id, meta, self._payload))
+            self._frame = self._payload = None
 
     def push(self, data: Buffer) -> None:
         """Copy ``data`` in; completed frames wait in ``next_frame()``."""
@@ -125,7 +140,6 @@ class FrameReader:
             count = min(len(target), len(view))
             target[:count] = view[:count]
             view = view[count:]
-            del target  # a live view would stop the buffer from growing
             self.advance(count)
 
     def feed(self, data: Buffer) -> List[Frame]:
@@ -139,70 +153,67 @@ class FrameReader:
         """The oldest completed frame, or None."""
         return self._frames.popleft() if self._frames else None
 
-    def _parse(self) -> None:
-        while True:
-            available = self._end - self._start
-            if self._header is None:
-                if available < HEADER.size:
-                    return
-                self._header = self._read_header()
-            elif self._meta is None:
-                meta_len = self._header[4]
-                if available < meta_len:
-                    return
-                self._meta = self._read_meta(meta_len)
-                self._start_payload()
-            elif self._filled < len(self._payload):
-                return
-            else:
-                header = self._header
-                self._frames.append(Frame(header[2], header[3], self._meta, self._payload))
-                self._header = self._meta = self._payload = None
-                self._filled = 0
+    def _make_room(self) -> None:
+        """Move the unparsed bytes to the front of a buffer big enough for the next step."""
+        unparsed = self._buf[self._start : self._end]
+        if len(self._buf) < self._need:
+            self._buf = bytearray(self._need)
+            self._view = memoryview(self._buf)
+        self._buf[: len(unparsed)] = unparsed
+        self._start, self._end = 0, len(unparsed)
 
-    def _read_header(self) -> tuple:
-        header = HEADER.unpack_from(self._buf, self._start)
-        magic, version, _op, _rid, meta_len, payload_len = header
+    def _parse(self) -> None:
+        buf, start, end = self._buf, self._start, self._end
+        while end - start >= HEADER.size:
+            magic, version, op, request_id, meta_len, size = _unpack_header(buf, start)
+            if magic != FRAME_MAGIC or version != VERSION or meta_len > self.max_meta or size > self.max_payload:
+                self._start = start
+                self._reject_header(magic, version, meta_len, size)
+            head_end = start + HEADER.size + meta_len
+            if head_end > end:
+                self._need = HEADER.size + meta_len
+                break
+            meta = self._decode_meta(start + HEADER.size, head_end) if meta_len else {}
+            start = head_end
+            if not size:
+                self._frames.append(Frame(op, request_id, meta, _EMPTY))
+                continue
+            payload = memoryview(self.allocate(op, meta, size)).cast("B")
+            if len(payload) != size:
+                raise ValueError("allocator returned %d bytes for a %d-byte payload" % (len(payload), size))
+            count = min(size, end - start)
+            payload[:count] = self._view[start : start + count]
+            start += count
+            if count == size:
+                self._frames.append(Frame(op, request_id, meta, payload))
+                continue
+            self._frame, self._payload, self._filled = (op, request_id, meta), payload, count
+            break
+        else:
+            self._need = HEADER.size
+        if start == end:
+            start = end = 0
+        self._start, self._end = start, end
+
+    def _reject_header(self, magic: bytes, version: int, meta_len: int, size: int) -> None:
         if magic != FRAME_MAGIC:
             raise ProtocolError("bad frame magic %r (expected %r)" % (magic, FRAME_MAGIC))
         if version != VERSION:
             raise ProtocolError("unsupported frame version %d (this side speaks %d)" % (version, VERSION))
         if meta_len > self.max_meta:
             raise ProtocolError("frame metadata of %d bytes exceeds the limit of %d" % (meta_len, self.max_meta))
-        if payload_len > self.max_payload:
-            raise ProtocolError(
-                "frame payload of %d bytes exceeds the limit of %d bytes (max message size)"
-                % (payload_len, self.max_payload)
-            )
-        self._start += HEADER.size
-        return header
+        raise ProtocolError(
+            "frame payload of %d bytes exceeds the limit of %d bytes (max message size)" % (size, self.max_payload)
+        )
 
-    def _read_meta(self, meta_len: int) -> dict:
-        raw = self._buf[self._start : self._start + meta_len]
-        self._start += meta_len
-        if not raw:
-            return {}
+    def _decode_meta(self, begin: int, end: int) -> dict:
         try:
-            meta = json.loads(raw.decode("utf-8"))
+            text = str(self._view[begin:end], "utf-8")
+            meta, stop = _RAW_DECODE_JSON(text)
+            if stop != len(text):
+                meta = _DECODE_JSON(text)  # trailing whitespace is fine, anything else raises
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise ProtocolError("frame metadata is not valid JSON: %s" % str(exc)[:200]) from None
         if not isinstance(meta, dict):
             raise ProtocolError("frame metadata is a JSON %s, not an object" % type(meta).__name__)
         return meta
-
-    def _start_payload(self) -> None:
-        op, size = self._header[2], self._header[5]
-        self._filled = 0
-        if not size:
-            self._payload = memoryview(b"")
-            return
-        payload = memoryview(self.allocate(op, self._meta, size)).cast("B")
-        if len(payload) != size:
-            raise ValueError("allocator returned %d bytes for a %d-byte payload" % (len(payload), size))
-        count = min(size, self._end - self._start)
-        payload[:count] = self._buf[self._start : self._start + count]
-        self._start += count
-        self._filled = count
-        self._payload = payload
-        if self._start == self._end:
-            self._start = self._end = 0
