@@ -8,15 +8,19 @@ from typing import Optional, Sequence
 
 from . import __version__, demo, server
 
+# Subcommands: each module offers add_arguments(parser) and run(args), and imports
+# host-only packages (numpy) inside run, so `farm server` works on a bare board Python.
+COMMANDS = (
+    ("server", server, "run a board server (same as python -m farm.server)"),
+    ("demo", demo, "start a board, run a compiled kernel on it and check it against numpy"),
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="farm", description="Run and use a farm of remote boards.")
     parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module, help_text in (
-        ("server", server, "run a board server (same as python -m farm.server)"),
-        ("demo", demo, "start a board, run a compiled kernel on it and check it against numpy"),
-    ):
+    for name, module, help_text in COMMANDS:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(sub)
         sub.set_defaults(run=module.run)

@@ -12,10 +12,13 @@ with farm.connect("127.0.0.1", 9090, key="rasp4") as remote:
 
 from __future__ import annotations
 
+import json
 import mmap
 import os
 import pickle
 import socket
+import sys
+import time
 import weakref
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -24,6 +27,7 @@ import numpy as np
 from .errors import (
     ArgumentError,
     BoardBusyError,
+    FarmError,
     HandshakeError,
     PathEscapeError,
     ProtocolError,
@@ -42,6 +46,10 @@ SUPPORTED_DTYPES = tuple(sorted(DTYPE_SIZES))
 
 #: pickle protocol for ``run``: the newest every supported board Python reads.
 PICKLE_PROTOCOL = 4
+#: Most freed array ids one request carries to the board.
+MAX_RELEASE = 4096
+#: How long closing waits for the board to finish with a session.
+BOARD_CLEANUP_TIMEOUT = 10.0
 
 
 class RemotePathEscapeError(RemoteError, PathEscapeError):
@@ -143,6 +151,7 @@ class RemoteSession:
         self._release: List[int] = []
         self._closed = False
         self._lost: Optional[SessionLostError] = None
+        self._info: Optional[Dict[str, Any]] = None
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "lost" if self._lost else "open"
@@ -164,8 +173,8 @@ class RemoteSession:
         if self._closed:
             raise RemoteError("the session with %s:%d is closed" % (self.host, self.port))
         if self._release:
-            meta = dict(meta or {}, release=self._release)
-            self._release = []
+            meta = dict(meta or {}, release=self._release[:MAX_RELEASE])
+            del self._release[:MAX_RELEASE]
         request_id = self._next_id
         self._next_id = request_id % 0xFFFFFFFF + 1
         try:
@@ -196,9 +205,7 @@ class RemoteSession:
             )
             if frame.meta.get("type") != "ProtocolError":
                 raise error
-            self._lost = SessionLostError("the board closed the session: %s" % error)  # it does after protocol errors
-            self._conn.close()
-            raise self._lost
+            raise self._end(SessionLostError("the board ended the session: %s" % error))  # after protocol errors
         if frame.op != Op.RESULT or frame.request_id != request_id:
             raise self._connection_lost(
                 "reading a reply", ProtocolError("unexpected frame %d for request %d" % (frame.op, frame.request_id))
@@ -206,14 +213,14 @@ class RemoteSession:
         return frame
 
     def _session_ended(self, notice: dict) -> SessionLostError:
-        self._lost = SessionLostError(
-            "session on board %r at %s:%d ended: %s" % (self.key, self.host, self.port, notice.get("message", "")),
-            signal=notice.get("signal"),
-            exit_code=notice.get("exit_code"),
-            timed_out=bool(notice.get("timed_out")),
+        return self._end(
+            SessionLostError(
+                "session on board %r at %s:%d ended: %s" % (self.key, self.host, self.port, notice.get("message", "")),
+                signal=notice.get("signal"),
+                exit_code=notice.get("exit_code"),
+                timed_out=bool(notice.get("timed_out")),
+            )
         )
-        self._conn.close()
-        return self._lost
 
     def _connection_lost(self, doing: str, exc: BaseException) -> SessionLostError:
         """Turn a broken connection into a :class:`SessionLostError`, with the board's notice if it sent one."""
@@ -225,25 +232,37 @@ class RemoteSession:
                     return self._session_ended(frame.meta)
             except (OSError, ProtocolError):
                 pass
-        self._lost = SessionLostError(
-            "connection to board %r at %s:%d lost while %s: %s" % (self.key, self.host, self.port, doing, exc)
-        )
-        self._conn.close()
-        return self._lost
+        message = "connection to board %r at %s:%d lost while %s: %s" % (self.key, self.host, self.port, doing, exc)
+        return self._end(SessionLostError(message))
 
-    def close(self, timeout: float = 10.0) -> None:
+    def _end(self, error: SessionLostError) -> SessionLostError:
+        """Mark the session lost and let the board finish with it before closing."""
+        self._lost = error
+        self._drain(BOARD_CLEANUP_TIMEOUT)
+        self._conn.close()
+        return error
+
+    def _drain(self, timeout: float) -> None:
+        """Read until the board closes the connection, which it does once the session is gone and it is free."""
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                self._conn.sock.settimeout(max(0.001, deadline - time.monotonic()))
+                self._conn.recv()
+        except (OSError, ProtocolError):
+            pass
+
+    def close(self) -> None:
         """End the session; returns once the board has cleaned up and is free for the next client."""
         if self._closed:
             return
         self._closed = True
         if self._lost is None:
             try:
-                self._conn.send(Op.CLOSE, 0)
-                self._conn.sock.settimeout(timeout)
-                while True:  # the board closes its side only after the session is gone
-                    self._conn.recv()
-            except (OSError, ProtocolError):
+                self._conn.send(Op.CLOSE, self._next_id)
+            except OSError:
                 pass
+            self._drain(BOARD_CLEANUP_TIMEOUT)
         self._conn.close()
 
     @property
@@ -256,7 +275,20 @@ class RemoteSession:
 
     def system_info(self) -> Dict[str, Any]:
         """The board's architecture, OS, Python version, hostname, key and server version."""
-        return dict(self._request(Op.SYSTEM_INFO).meta)
+        self._info = dict(self._request(Op.SYSTEM_INFO).meta)
+        return dict(self._info)
+
+    def _board_info(self) -> Dict[str, Any]:
+        """``system_info()`` as first read in this session."""
+        return self._info if self._info is not None else self.system_info()
+
+    def _check_byteorder(self) -> None:
+        board = self._board_info().get("byteorder", sys.byteorder)
+        if board != sys.byteorder:
+            raise FarmError(
+                "board %r is %s-endian and this host is %s-endian; arrays would arrive byte-swapped"
+                % (self.key, board, sys.byteorder)
+            )
 
     # --- files -----------------------------------------------------------------
 
@@ -274,7 +306,10 @@ class RemoteSession:
             return self._request(Op.UPLOAD, {"name": target or os.path.basename(path)}, contents).meta["name"]
         finally:
             if size:
-                contents.close()
+                try:
+                    contents.close()
+                except BufferError:
+                    pass  # a failed send's traceback still holds a view; the map closes when that goes
 
     def download(self, name: str) -> bytes:
         """The contents of a file in the session directory."""
@@ -286,7 +321,7 @@ class RemoteSession:
 
     def listdir(self, name: str = ".") -> List[str]:
         """Sorted names in a directory of the session (default: its top)."""
-        return list(self._request(Op.LISTDIR, {"name": name}).meta["names"])
+        return list(json.loads(bytes(self._request(Op.LISTDIR, {"name": name}).payload).decode("utf-8")))
 
     # --- native code -----------------------------------------------------------
 
@@ -303,6 +338,7 @@ class RemoteSession:
     def array(self, data: Any, device: Optional[RemoteDevice] = None) -> RemoteArray:
         """Copy a host array to the board (made contiguous on the way)."""
         host = _as_host_array(data)
+        self._check_byteorder()
         meta = {"shape": list(host.shape), "dtype": host.dtype.name}
         array_id = self._request(Op.ARRAY_NEW, meta, _byte_view(host)).meta["id"]
         return RemoteArray(self, array_id, host.shape, host.dtype)
@@ -312,6 +348,7 @@ class RemoteSession:
     ) -> RemoteArray:
         """A zero-filled array on the board."""
         dims, resolved = _shape(shape), _dtype(dtype)
+        self._check_byteorder()
         array_id = self._request(Op.ARRAY_EMPTY, {"shape": list(dims), "dtype": resolved.name}).meta["id"]
         return RemoteArray(self, array_id, dims, resolved)
 
@@ -431,7 +468,7 @@ class RemoteModule:
         cached = self._functions.get((name, signature))
         if cached is not None:
             return cached
-        parsed = parse_signature(signature) if signature else None
+        parsed = parse_signature(signature, self.session._board_info().get("c_type_sizes")) if signature else None
         meta = {"module": self.id, "name": name, "signature": signature or ""}
         function = RemoteFunction(self.session, self.session._request(Op.GET_FUNCTION, meta).meta["id"], name, parsed)
         self._functions[(name, signature)] = function
@@ -481,7 +518,7 @@ class RemoteFunction:
             dtypes.append(dtype)
         tag_string = "".join(tags)
         if self.signature is not None:
-            self.signature.check(tag_string, dtypes)
+            self.signature.check(tag_string, dtypes, values)
         payload = encode_call(self.id, tag_string, values)
         result = decode_result(self.session._request(Op.CALL, None, payload).payload)
         if self._returns_bool and result is not None:

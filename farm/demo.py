@@ -9,9 +9,6 @@ import tempfile
 import time
 from typing import Optional, Tuple
 
-import numpy as np
-
-from .client import connect
 from .processes import start_board
 from .toolchain import compile_shared
 
@@ -50,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _demo(address: Tuple[str, int], key: str, size: int, workdir: str) -> int:
+    import numpy as np
+
+    from .client import connect
+
     library = compile_shared([KERNEL], os.path.join(workdir, "libvadd.so"))
     print("built %s with the host compiler" % os.path.basename(library))
     rng = np.random.default_rng(0)

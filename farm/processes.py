@@ -37,7 +37,7 @@ class DaemonProcess:
         self.argv = list(argv)
         self.log_path = log_path
         self.address: Optional[Tuple[str, int]] = None
-        self._log: IO[bytes] = open(log_path, "ab")
+        self._log: IO[bytes] = open(log_path, "wb")
         self.process = subprocess.Popen(
             self.argv,
             stdin=subprocess.DEVNULL,

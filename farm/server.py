@@ -61,7 +61,9 @@ class _Active:
 
 def bind_first_free(host: str, port: int, port_end: int) -> socket.socket:
     """A listening socket on the first port of ``port..port_end-1`` that binds (``port`` 0: any)."""
-    ports = range(port, port_end) if port and port_end > port else [port]
+    if not 0 <= port <= 65535:
+        raise OSError("port %d is outside 0..65535" % port)
+    ports = range(port, min(port_end, 65536)) if port and port_end > port else [port]
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     last_error: Optional[OSError] = None
     for candidate in ports:
@@ -209,7 +211,7 @@ class BoardServer:
         try:
             hello = pending.reader.feed(data)
             if hello is not None:
-                hello.timeout  # noqa: B018  (validates -timeout now, while the peer can be told)
+                hello.timeout  # noqa: B018  (a malformed -timeout is a bad handshake)
         except ProtocolError as exc:
             logger.warning("bad handshake from %s: %s; closing", pending.peer, exc)
             self._drop_pending(pending)
@@ -253,9 +255,10 @@ class BoardServer:
     def _start_session(self, sock: socket.socket, peer: str, timeout: Optional[float], leftover: bytes) -> None:
         directory = tempfile.mkdtemp(prefix="session-", dir=self.work_dir)
         active = _Active(0, sock, peer, directory, timeout)
+        daemon_pid = os.getpid()
         pid = os.fork()
         if pid == 0:
-            self._run_child(active, leftover)
+            self._run_child(active, leftover, daemon_pid)
         active.pid = pid
         try:
             os.setpgid(pid, pid)
@@ -264,11 +267,11 @@ class BoardServer:
         self._active = active
         logger.info("session from %s started (pid %d%s)", peer, pid, ", timeout %g s" % timeout if timeout else "")
 
-    def _run_child(self, active: _Active, leftover: bytes) -> None:
+    def _run_child(self, active: _Active, leftover: bytes, daemon_pid: int) -> None:
         """The session process: serve, then ``os._exit`` without running the daemon's cleanup."""
         code = 1
         try:
-            _die_with_parent()
+            _die_with_parent(daemon_pid)
             os.setpgid(0, 0)
             signal.set_wakeup_fd(-1)
             for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
@@ -388,14 +391,14 @@ class BoardServer:
         logger.info("board server stopped")
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(daemon_pid: int) -> None:
     """Ask Linux to kill this process when the daemon dies, even by SIGKILL."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return  # not Linux: the daemon's own cleanup is all there is
-    if os.getppid() == 1:  # the daemon died before prctl took effect
+    if os.getppid() != daemon_pid:  # the daemon died before prctl took effect
         os._exit(1)
 
 

@@ -8,6 +8,7 @@ library only; cloudpickle is imported only when the client uses ``run``.
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import mmap
 import os
@@ -25,7 +26,7 @@ from .errors import ArgumentError, FarmError, PathEscapeError, ProtocolError
 from .protocol.calls import decode_call, encode_result
 from .protocol.framing import Buffer, Frame
 from .protocol.ops import Op
-from .signature import DTYPE_SIZES, Signature, parse_signature
+from .signature import DTYPE_SIZES, Signature, c_type_sizes, parse_signature
 from .transport import ConnectionClosed, FramedSocket
 
 logger = logging.getLogger("farm.session")
@@ -74,7 +75,7 @@ class SessionStatus:
 
 
 class _Array(NamedTuple):
-    storage: Any  # an anonymous mmap: page aligned, zero filled
+    storage: memoryview  # exactly nbytes, aligned (see _new_storage)
     address: int
     shape: Tuple[int, ...]
     dtype: str
@@ -99,9 +100,33 @@ def _field(meta: dict, name: str, kind: Any, default: Any = ...) -> Any:
     return value
 
 
-def _new_storage(nbytes: int) -> mmap.mmap:
-    """Array storage: anonymous memory, page aligned and zero filled (never empty, so it has an address)."""
-    return mmap.mmap(-1, max(nbytes, 1))
+#: Arrays at least this big get their own anonymous mapping, returned to the system when freed.
+MMAP_THRESHOLD = 256 << 10
+#: Array storage is aligned for any SIMD load.
+ALIGNMENT = 64
+#: Longest error message or traceback sent back; the middle of longer ones is cut.
+MAX_ERROR_TEXT = 64 << 10
+
+
+def _address_of(view: memoryview) -> int:
+    return ctypes.addressof(ctypes.c_char.from_buffer(view))
+
+
+def _new_storage(nbytes: int) -> Tuple[memoryview, int]:
+    """Zero-filled array storage: a writable view of exactly ``nbytes`` and its aligned address."""
+    if nbytes >= MMAP_THRESHOLD:
+        view = memoryview(mmap.mmap(-1, nbytes))  # page aligned
+        return view, _address_of(view)
+    owner = (ctypes.c_char * (nbytes + ALIGNMENT))()
+    offset = -ctypes.addressof(owner) % ALIGNMENT
+    return memoryview(owner).cast("B")[offset : offset + nbytes], ctypes.addressof(owner) + offset
+
+
+def _clip(text: str, limit: int = MAX_ERROR_TEXT) -> str:
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return "%s\n[... %d characters cut ...]\n%s" % (text[:half], len(text) - 2 * half, text[-half:])
 
 
 class Session:
@@ -189,10 +214,14 @@ class Session:
         self.status.state = SessionStatus.IDLE
 
     def _reply_error(self, request_id: int, exc: BaseException, with_traceback: bool = True) -> None:
+        try:
+            message = str(exc)
+        except Exception:
+            message = "(the %s could not be turned into text)" % type(exc).__name__
         meta = {
             "type": type(exc).__name__,
-            "message": str(exc),
-            "traceback": traceback.format_exc() if with_traceback and not isinstance(exc, FarmError) else "",
+            "message": _clip(message),
+            "traceback": _clip(traceback.format_exc()) if with_traceback and not isinstance(exc, FarmError) else "",
         }
         try:
             self._send(Op.ERROR, request_id, meta)
@@ -201,13 +230,17 @@ class Session:
 
     def _allocate(self, op: int, meta: dict, nbytes: int) -> Buffer:
         """Where a request's payload lands: array payloads go straight into array storage."""
-        if op == Op.ARRAY_NEW:
-            return _new_storage(nbytes)
-        if op == Op.ARRAY_WRITE:
-            target = self._arrays.get(meta.get("id"))  # type: ignore[arg-type]
-            if target is not None and target.nbytes == nbytes:
-                return memoryview(target.storage)[:nbytes]
-        return bytearray(nbytes)
+        try:
+            if op == Op.ARRAY_NEW:
+                return _new_storage(nbytes)[0]
+            target_id = meta.get("id")
+            if op == Op.ARRAY_WRITE and isinstance(target_id, int) and target_id in self._arrays:
+                target = self._arrays[target_id]
+                if target.nbytes == nbytes:
+                    return target.storage
+            return bytearray(nbytes)
+        except (MemoryError, OSError, ValueError, OverflowError) as exc:
+            raise ProtocolError("the board cannot allocate %d bytes for a payload: %s" % (nbytes, exc)) from None
 
     def _new_id(self) -> int:
         self._next_id += 1
@@ -268,7 +301,7 @@ class Session:
 
     def _listdir(self, frame: Frame) -> Reply:
         path = self.resolve(_field(frame.meta, "name", str, "."))
-        return {"names": sorted(os.listdir(path))}, b""
+        return None, json.dumps(sorted(os.listdir(path))).encode("utf-8")
 
     def _system_info(self, frame: Frame) -> Reply:
         info = {
@@ -284,6 +317,8 @@ class Session:
             "cpu_count": os.cpu_count(),
             "session_dir": self.root,
             "pid": os.getpid(),
+            "c_type_sizes": c_type_sizes(),
+            "live_arrays": len(self._arrays),
         }
         return info, b""
 
@@ -338,7 +373,7 @@ class Session:
                 elif tag == "n":
                     values[index] = None
         if function.signature is not None:
-            function.signature.check(tags, dtypes)
+            function.signature.check(tags, dtypes, values)
         else:
             values = [_default_argument(index, tag, value) for index, (tag, value) in enumerate(zip(tags, values))]
         self.status.running(function.activity)
@@ -360,10 +395,9 @@ class Session:
             raise FarmError("an array of %d bytes exceeds the board's limit of %d" % (nbytes, self.max_payload))
         return tuple(shape), dtype, nbytes
 
-    def _store(self, storage: Any, shape: Tuple[int, ...], dtype: str, nbytes: int) -> Reply:
+    def _store(self, storage: memoryview, address: int, shape: Tuple[int, ...], dtype: str) -> Reply:
         array_id = self._new_id()
-        address = ctypes.addressof(ctypes.c_char.from_buffer(storage))
-        self._arrays[array_id] = _Array(storage, address, shape, dtype, nbytes)
+        self._arrays[array_id] = _Array(storage, address, shape, dtype, len(storage))
         return {"id": array_id}, b""
 
     def _array_new(self, frame: Frame) -> Reply:
@@ -372,12 +406,13 @@ class Session:
             raise ProtocolError(
                 "array of shape %s %s needs %d bytes, got %d" % (shape, dtype, nbytes, len(frame.payload))
             )
-        storage = frame.payload.obj if nbytes else _new_storage(0)
-        return self._store(storage, shape, dtype, nbytes)
+        if not nbytes:
+            return self._store(*_new_storage(0), shape, dtype)
+        return self._store(frame.payload, _address_of(frame.payload), shape, dtype)
 
     def _array_empty(self, frame: Frame) -> Reply:
         shape, dtype, nbytes = self._array_spec(frame.meta)
-        return self._store(_new_storage(nbytes), shape, dtype, nbytes)
+        return self._store(*_new_storage(nbytes), shape, dtype)
 
     def _array(self, meta: dict) -> _Array:
         array_id = _field(meta, "id", int)
@@ -388,7 +423,7 @@ class Session:
 
     def _array_read(self, frame: Frame) -> Reply:
         array = self._array(frame.meta)
-        return None, memoryview(array.storage)[: array.nbytes]
+        return None, array.storage
 
     def _array_write(self, frame: Frame) -> Reply:
         array = self._array(frame.meta)
@@ -396,8 +431,8 @@ class Session:
             raise ArgumentError(
                 "array %d holds %d bytes, got %d" % (frame.meta["id"], array.nbytes, len(frame.payload))
             )
-        if frame.payload.obj is not array.storage:
-            memoryview(array.storage)[: array.nbytes] = frame.payload
+        if array.nbytes and _address_of(frame.payload) != array.address:  # else it was received in place
+            array.storage[:] = frame.payload
         return None, b""
 
     # --- Python -------------------------------------------------------------
@@ -411,8 +446,12 @@ class Session:
                 "install it there or use a packed server that bundles it" % exc
             ) from None
         function, args, kwargs = pickle.loads(frame.payload)
-        self.status.running("running %s()" % getattr(function, "__name__", "a function"))
-        result = function(*args, **kwargs)
+        name = getattr(function, "__name__", "a function")
+        self.status.running("running %s()" % name)
+        try:
+            result = function(*args, **kwargs)
+        except SystemExit as exc:
+            raise FarmError("%s() called sys.exit(%r); the session goes on" % (name, exc.code)) from None
         return None, pickle.dumps(result, protocol=PICKLE_PROTOCOL)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import re
-from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from .errors import ArgumentError
 
@@ -48,13 +48,32 @@ _INT_CTYPES = {
 }
 
 
-def _sized(kind: str, ctype: Any) -> Tuple[str, Any]:
-    size = ctypes.sizeof(ctype)
-    return "%s%d" % (kind, size * 8), _INT_CTYPES[(kind, size)]
+# C integer types whose size depends on the platform: kind and local ctypes type.
+_PLATFORM_TYPES = {
+    "short": ("int", ctypes.c_short),
+    "unsigned short": ("uint", ctypes.c_ushort),
+    "int": ("int", ctypes.c_int),
+    "signed": ("int", ctypes.c_int),
+    "unsigned": ("uint", ctypes.c_uint),
+    "unsigned int": ("uint", ctypes.c_uint),
+    "long": ("int", ctypes.c_long),
+    "unsigned long": ("uint", ctypes.c_ulong),
+    "long long": ("int", ctypes.c_longlong),
+    "unsigned long long": ("uint", ctypes.c_ulonglong),
+    "size_t": ("uint", ctypes.c_size_t),
+    "ssize_t": ("int", ctypes.c_ssize_t),
+    "intptr_t": ("int", ctypes.c_ssize_t),
+    "uintptr_t": ("uint", ctypes.c_size_t),
+    "ptrdiff_t": ("int", ctypes.c_ssize_t),
+}
 
 
-# C scalar type spelling -> (dtype name of the type, ctypes type). Platform
-# dependent sizes (long, size_t) are resolved on the side that parses.
+def c_type_sizes() -> Dict[str, int]:
+    """Sizes in bytes of the platform-dependent C integer types here (a board reports its own)."""
+    return {name: ctypes.sizeof(ctype) for name, (_kind, ctype) in _PLATFORM_TYPES.items()}
+
+
+# C scalar type spelling -> (dtype name of the type, ctypes type), for fixed-size types.
 _SCALARS = {
     "bool": ("bool", ctypes.c_bool),
     "_Bool": ("bool", ctypes.c_bool),
@@ -66,21 +85,6 @@ _SCALARS = {
     "float16_t": ("float16", None),
     "signed char": ("int8", ctypes.c_int8),
     "unsigned char": ("uint8", ctypes.c_uint8),
-    "short": _sized("int", ctypes.c_short),
-    "unsigned short": _sized("uint", ctypes.c_ushort),
-    "int": _sized("int", ctypes.c_int),
-    "signed": _sized("int", ctypes.c_int),
-    "unsigned": _sized("uint", ctypes.c_uint),
-    "unsigned int": _sized("uint", ctypes.c_uint),
-    "long": _sized("int", ctypes.c_long),
-    "unsigned long": _sized("uint", ctypes.c_ulong),
-    "long long": _sized("int", ctypes.c_longlong),
-    "unsigned long long": _sized("uint", ctypes.c_ulonglong),
-    "size_t": _sized("uint", ctypes.c_size_t),
-    "ssize_t": _sized("int", ctypes.c_ssize_t),
-    "intptr_t": _sized("int", ctypes.c_ssize_t),
-    "uintptr_t": _sized("uint", ctypes.c_size_t),
-    "ptrdiff_t": _sized("int", ctypes.c_ssize_t),
 }
 for _bits in (8, 16, 32, 64):
     _SCALARS["int%d_t" % _bits] = ("int%d" % _bits, _INT_CTYPES[("int", _bits // 8)])
@@ -117,24 +121,32 @@ class Param(NamedTuple):
 _RAW_MEMORY = ("void", "char", "signed char", "unsigned char")
 
 
-def _parse_type(text: str, where: str) -> CType:
+def _scalar(base: str, sizes: Mapping[str, int]) -> Optional[Tuple[str, Any]]:
+    """(dtype, ctypes type) of a scalar C type, platform types sized by ``sizes``; None if unknown."""
+    if base in _PLATFORM_TYPES:
+        kind, local = _PLATFORM_TYPES[base]
+        size = sizes.get(base) or ctypes.sizeof(local)
+        return "%s%d" % (kind, size * 8), _INT_CTYPES[(kind, size)]
+    return _SCALARS.get(base)
+
+
+def _parse_type(text: str, where: str, sizes: Mapping[str, int]) -> CType:
     stars = text.count("*")
     words = [w for w in re.split(r"[\s*]+", text) if w and w not in _QUALIFIERS]
     base = _ALIASES.get(" ".join(words), " ".join(words))
     spelling = base + " *" * stars
-    if stars:
-        if base in _RAW_MEMORY or stars > 1:
-            return CType(spelling, "pointer", ctypes.c_void_p, None)  # raw memory: any array
-        if base not in _SCALARS:
-            raise ArgumentError("unknown type %r in %s" % (text.strip(), where))
-        return CType(spelling, "pointer", ctypes.c_void_p, _SCALARS[base][0])
+    if stars and (base in _RAW_MEMORY or stars > 1):
+        return CType(spelling, "pointer", ctypes.c_void_p, None)  # raw memory: any array
     if base == "void":
         return CType("void", "void", None)
     if base == "char":
         return CType("char", "int", ctypes.c_int8, "int8")
-    if base not in _SCALARS:
+    scalar = _scalar(base, sizes)
+    if scalar is None:
         raise ArgumentError("unknown type %r in %s" % (text.strip(), where))
-    dtype, ctype = _SCALARS[base]
+    dtype, ctype = scalar
+    if stars:
+        return CType(spelling, "pointer", ctypes.c_void_p, dtype)
     if ctype is None:
         raise ArgumentError("%s cannot be passed by value (%s); pass it through an array" % (base, where))
     kind = "float" if dtype.startswith("float") else "bool" if dtype == "bool" else "int"
@@ -146,12 +158,13 @@ _TYPE_WORDS = {"void", "char", "short", "int", "long", "signed", "unsigned", "fl
 
 def _split_declarator(text: str) -> Tuple[str, str]:
     """``const float *a`` -> (``const float *``, ``a``); ``unsigned int`` -> (``unsigned int``, "")."""
-    text = re.sub(r"([A-Za-z_]\w*)\s*\[[^\]]*\]\s*$", r"*\1", text.strip())  # float a[] -> float *a
+    text = re.sub(r"([A-Za-z_]\w*)\s*(?:\[[^\]]*\]\s*)+$", r"*\1", text.strip())  # float a[4][4] -> float *a
     text = re.sub(r"\[[^\]]*\]", "*", text)
     match = re.match(r"^(.*?[\s*])([A-Za-z_]\w*)$", text)
     if match:
         type_text, name = match.groups()
-        if name not in _TYPE_WORDS and name not in _SCALARS and name not in _QUALIFIERS and type_text.strip():
+        type_words = [word for word in re.split(r"[\s*]+", type_text) if word and word not in _QUALIFIERS]
+        if name not in _TYPE_WORDS and name not in _QUALIFIERS and (type_words or "*" in type_text):
             return type_text, name
     return text, ""
 
@@ -168,20 +181,29 @@ class Signature(NamedTuple):
     params: Tuple[Param, ...]
     text: str
     pattern: Any  # compiled regex over argument tags, for the fast path of check()
+    int_ranges: Tuple[Tuple[int, int, int], ...]  # (index, lowest, highest + 1) of each integer parameter
 
     def describe(self, index: int) -> str:
         param = self.params[index]
         label = " '%s'" % param.name if param.name else ""
         return "argument %d%s of %s" % (index + 1, label, self.name or "the function")
 
-    def check(self, tags: str, array_dtypes: Sequence[Optional[str]]) -> None:
-        """Raise :class:`ArgumentError` unless arguments tagged ``tags`` fit (see :mod:`farm.protocol.calls`).
+    def check(
+        self, tags: str, array_dtypes: Sequence[Optional[str]], values: Optional[Sequence[Any]] = None
+    ) -> None:
+        """Raise :class:`ArgumentError` unless the arguments fit the signature.
 
-        ``array_dtypes[i]`` is the dtype of argument i when it is an array.
+        ``tags`` has one tag per argument (see :mod:`farm.protocol.calls`),
+        ``array_dtypes[i]`` is the dtype of argument i when it is an array,
+        and integer ``values``, when given, must fit their C types.
         """
-        if self.pattern.fullmatch(tags) and all(
-            tag != "a" or param.type.dtype in (None, dtype)
-            for tag, param, dtype in zip(tags, self.params, array_dtypes)
+        if (
+            self.pattern.fullmatch(tags)
+            and all(
+                tag != "a" or param.type.dtype in (None, dtype)
+                for tag, param, dtype in zip(tags, self.params, array_dtypes)
+            )
+            and (values is None or all(low <= values[index] < high for index, low, high in self.int_ranges))
         ):
             return
         if len(tags) != len(self.params):
@@ -192,6 +214,8 @@ class Signature(NamedTuple):
             )
         for index, (tag, param) in enumerate(zip(tags, self.params)):
             kind, spelling = param.type.kind, param.type.spelling
+            if tag not in _TAG_NAMES:
+                raise ArgumentError("%s has the unknown argument tag %r" % (self.describe(index), tag))
             if tag not in _ACCEPTED_TAGS[kind]:
                 wanted = {"pointer": "an array", "float": "a number"}.get(kind, "an integer")
                 raise ArgumentError(
@@ -202,26 +226,46 @@ class Signature(NamedTuple):
                     "%s expects a %s array (%s), got a %s array"
                     % (self.describe(index), param.type.dtype, spelling, array_dtypes[index])
                 )
+        for index, low, high in self.int_ranges if values is not None else ():
+            if not low <= values[index] < high:
+                raise ArgumentError(
+                    "%s is %d, outside the range of %s (%d to %d)"
+                    % (self.describe(index), values[index], self.params[index].type.spelling, low, high - 1)
+                )
 
 
-def parse_signature(text: str) -> Signature:
-    """Parse ``RET [NAME](TYPE [NAME], ...)``; raise :class:`ArgumentError` if it is not one."""
-    match = re.match(r"^\s*(.+?)\s*\(\s*(.*?)\s*\)\s*;?\s*$", text, re.S)
+def _int_range(dtype: str) -> Tuple[int, int]:
+    bits = int(dtype.lstrip("uint"))
+    return (0, 1 << bits) if dtype.startswith("u") else (-(1 << (bits - 1)), 1 << (bits - 1))
+
+
+def parse_signature(text: str, sizes: Optional[Mapping[str, int]] = None) -> Signature:
+    """Parse ``RET [NAME](TYPE [NAME], ...)``; raise :class:`ArgumentError` if it is not one.
+
+    ``sizes`` gives the board's sizes of ``long``, ``size_t`` and the like
+    (:func:`c_type_sizes` there); by default this platform's.
+    """
+    sizes = sizes or {}
+    compact = " ".join(text.split())
+    match = re.match(r"^(.+?)\s*\(\s*(.*?)\s*\)\s*;?$", compact)
     if not match:
         raise ArgumentError("signature %r is not of the form 'RET NAME(TYPE NAME, ...)'" % text)
     head, body = match.groups()
     ret_text, name = _split_declarator(head)
     where = "signature %r" % text
-    restype = _parse_type(ret_text, where)
+    restype = _parse_type(ret_text, where, sizes)
     params: List[Param] = []
     if body and body != "void":
         for part in body.split(","):
             type_text, pname = _split_declarator(part)
             if not type_text:
                 raise ArgumentError("empty parameter in %s" % where)
-            ptype = _parse_type(type_text, where)
+            ptype = _parse_type(type_text, where, sizes)
             if ptype.kind == "void":
                 raise ArgumentError("a parameter cannot be void in %s" % where)
             params.append(Param(pname, ptype))
     pattern = re.compile("".join("[%s]" % _ACCEPTED_TAGS[param.type.kind] for param in params))
-    return Signature(restype, name, tuple(params), " ".join(text.split()), pattern)
+    int_ranges = tuple(
+        (index, *_int_range(param.type.dtype)) for index, param in enumerate(params) if param.type.kind == "int"
+    )
+    return Signature(restype, name, tuple(params), compact, pattern, int_ranges)

@@ -47,15 +47,23 @@ _ENCODE_JSON = json.JSONEncoder(separators=(",", ":"), check_circular=False).enc
 _DECODE_JSON = json.JSONDecoder().decode
 _RAW_DECODE_JSON = json.JSONDecoder().raw_decode
 _unpack_header = HEADER.unpack_from
+_pack_header = HEADER.pack
+_INLINE_PAYLOAD = 4096
 _EMPTY = memoryview(b"")
 
 
 def encode_frame(op: int, request_id: int, meta: Optional[dict] = None, payload: Buffer = b"") -> List[Buffer]:
-    """Header and metadata as one ``bytes``, followed by the payload if there is one."""
+    """The frame as buffers to send in order: header and metadata, then the payload.
+
+    A small payload is joined to the header (one buffer); a large one stays
+    a separate buffer so it is sent from where it lies, without a copy.
+    """
     meta_bytes = _ENCODE_JSON(meta).encode("utf-8") if meta else b""
     size = len(payload) if type(payload) is bytes else memoryview(payload).nbytes
-    head = HEADER.pack(FRAME_MAGIC, VERSION, op, request_id, len(meta_bytes), size) + meta_bytes
-    return [head, payload] if size else [head]
+    head = _pack_header(FRAME_MAGIC, VERSION, op, request_id, len(meta_bytes), size) + meta_bytes
+    if size > _INLINE_PAYLOAD:
+        return [head, payload]
+    return [head + bytes(payload)] if size else [head]
 
 
 def _allocate_bytearray(op: int, meta: dict, nbytes: int) -> bytearray:
@@ -209,9 +217,12 @@ class FrameReader:
     def _decode_meta(self, begin: int, end: int) -> dict:
         try:
             text = str(self._view[begin:end], "utf-8")
-            meta, stop = _RAW_DECODE_JSON(text)
+            try:
+                meta, stop = _RAW_DECODE_JSON(text)  # the fast path: no whitespace around the object
+            except ValueError:
+                stop = -1
             if stop != len(text):
-                meta = _DECODE_JSON(text)  # trailing whitespace is fine, anything else raises
+                meta = _DECODE_JSON(text)  # accepts surrounding whitespace, raises on anything else
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise ProtocolError("frame metadata is not valid JSON: %s" % str(exc)[:200]) from None
         if not isinstance(meta, dict):

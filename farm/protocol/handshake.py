@@ -49,6 +49,8 @@ class Hello:
             seconds = float(value)
         except ValueError:
             raise ProtocolError("handshake option -timeout=%s is not a number" % value) from None
+        if seconds != seconds or seconds in (float("inf"), float("-inf")):
+            raise ProtocolError("handshake option -timeout=%s is not a finite number" % value)
         if seconds < 0:
             raise ProtocolError("handshake option -timeout=%s is negative" % value)
         return seconds or None
@@ -90,7 +92,7 @@ def encode_reply(code: int, text: str = "") -> bytes:
     """The bytes the accepting side answers with; ``MISMATCH`` and ``DUPLICATE`` carry no text."""
     if code in _CODES_WITHOUT_TEXT:
         return _INT32.pack(code)
-    data = text.encode("utf-8")[:MAX_KEY_LENGTH]
+    data = text.encode("utf-8")[:MAX_KEY_LENGTH].decode("utf-8", "ignore").encode("utf-8")  # whole characters
     return _INT32.pack(code) + _INT32.pack(len(data)) + data
 
 
@@ -140,8 +142,11 @@ class HelloReader(_Reader):
         super().__init__()
         self._magic_seen = False
         self._length: int | None = None
+        self._hello: Hello | None = None
 
     def feed(self, data: bytes) -> Hello | None:
+        if self._hello is not None:
+            raise ProtocolError("the hello was already read")
         self._data += data
         if not self._magic_seen:
             magic = self._take_int()
@@ -155,7 +160,9 @@ class HelloReader(_Reader):
             if self._length is None:
                 return None
         text = self._take_text(self._length)
-        return None if text is None else parse_key(text)
+        if text is not None:
+            self._hello = parse_key(text)
+        return self._hello
 
 
 class ReplyReader(_Reader):
