@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import fcntl
 import logging
 import os
 import selectors
 import shutil
 import signal
 import socket
+import struct
 import sys
 import tempfile
+import termios
 import time
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -129,6 +132,7 @@ class BoardServer:
 
     def serve_forever(self) -> None:
         """Serve until SIGTERM or SIGINT; then end any session and clean up."""
+        self._watchdog = Watchdog()
         logger.info("bind to %s:%d", self.host, self.port)
         self._listener.setblocking(False)
         self._selector.register(self._listener, selectors.EVENT_READ)
@@ -241,10 +245,11 @@ class BoardServer:
                 logger.info("refusing %s: busy", peer)
                 sock.sendall(encode_reply(CODE_BUSY, busy))
             else:
-                sock.sendall(encode_reply(CODE_SUCCESS, "server:" + self.key))
+                reply = encode_reply(CODE_SUCCESS, "server:" + self.key)
+                sock.sendall(reply)
                 sock.settimeout(None)
                 tune(sock)
-                self._start_session(sock, peer, hello.timeout, leftover)
+                self._start_session(sock, peer, hello.timeout, leftover, len(reply))
                 return
         except OSError as exc:
             logger.info("handshake reply to %s failed: %s", peer, exc)
@@ -252,22 +257,25 @@ class BoardServer:
 
     # --- sessions -----------------------------------------------------------
 
-    def _start_session(self, sock: socket.socket, peer: str, timeout: Optional[float], leftover: bytes) -> None:
+    def _start_session(
+        self, sock: socket.socket, peer: str, timeout: Optional[float], leftover: bytes, bytes_sent: int
+    ) -> None:
         directory = tempfile.mkdtemp(prefix="session-", dir=self.work_dir)
         active = _Active(0, sock, peer, directory, timeout)
         daemon_pid = os.getpid()
         pid = os.fork()
         if pid == 0:
-            self._run_child(active, leftover, daemon_pid)
+            self._run_child(active, leftover, bytes_sent, daemon_pid)
         active.pid = pid
         try:
             os.setpgid(pid, pid)
         except OSError:
             pass  # the child already did it, or already exited
+        self._watchdog.watch(pid)
         self._active = active
         logger.info("session from %s started (pid %d%s)", peer, pid, ", timeout %g s" % timeout if timeout else "")
 
-    def _run_child(self, active: _Active, leftover: bytes, daemon_pid: int) -> None:
+    def _run_child(self, active: _Active, leftover: bytes, bytes_sent: int, daemon_pid: int) -> None:
         """The session process: serve, then ``os._exit`` without running the daemon's cleanup."""
         code = 1
         try:
@@ -282,10 +290,12 @@ class BoardServer:
                 pending.sock.close()
             os.close(self._wakeup_r)
             os.close(self._wakeup_w)
+            self._watchdog.close()
             os.chdir(active.directory)
-            reader = FrameReader(max_payload=self.max_message_size)
-            conn = FramedSocket(active.sock, reader, initial=leftover)
-            Session(conn, active.directory, self.key, active.status, self.max_message_size).serve()
+            conn = FramedSocket(active.sock, FrameReader(max_payload=self.max_message_size))
+            Session(
+                conn, active.directory, self.key, active.status, self.max_message_size, leftover, bytes_sent
+            ).serve()
             active.status.state = SessionStatus.FINISHED
             code = 0
         except BaseException:
@@ -344,9 +354,10 @@ class BoardServer:
         else:
             message = "the board's session process %s while %s" % (how, activity)
         elapsed = time.monotonic() - active.started
+        self._watchdog.watch(0)
         if message:
             logger.warning("session from %s ended after %.1f s: %s", active.peer, elapsed, message)
-            if state != SessionStatus.SENDING:  # else a reply was cut short and no frame can follow
+            if not self._reply_cut_short(active):  # else no frame can follow on the connection
                 notice = {
                     "message": message,
                     "signal": signal_number,
@@ -358,6 +369,13 @@ class BoardServer:
             logger.info("session from %s ended after %.1f s", active.peer, elapsed)
         shutil.rmtree(active.directory, ignore_errors=True)
         active.sock.close()
+
+    def _reply_cut_short(self, active: _Active) -> bool:
+        """Whether the dead session process left a reply half sent."""
+        if active.status.state != SessionStatus.SENDING:
+            return False
+        written = bytes_written(active.sock)
+        return written is None or written < active.status.reply_end
 
     def _notify(self, sock: socket.socket, notice: dict) -> None:
         try:
@@ -382,6 +400,7 @@ class BoardServer:
             active.sock.close()
         for pending in list(self._pending.values()):
             self._drop_pending(pending)
+        self._watchdog.stop()
         self._selector.close()
         self._listener.close()
         os.close(self._wakeup_r)
@@ -389,6 +408,69 @@ class BoardServer:
         if self._own_work_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
         logger.info("board server stopped")
+
+
+def bytes_written(sock: socket.socket) -> Optional[int]:
+    """Bytes written to a TCP socket so far by anyone holding it: acknowledged plus queued (Linux)."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+        queued = struct.unpack("<i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+    except (OSError, AttributeError):
+        return None
+    if len(info) < 128:
+        return None
+    return struct.unpack_from("<Q", info, 120)[0] + queued  # tcpi_bytes_acked
+
+
+class Watchdog:
+    """A helper process that kills the session's process group if the daemon dies.
+
+    ``PR_SET_PDEATHSIG`` takes the session process along with a killed daemon,
+    but not what the session's code forked. The watchdog learns each session's
+    process group through a pipe only the daemon writes to; when the daemon
+    dies the pipe closes, and the watchdog kills that group and exits.
+    """
+
+    _RECORD = struct.Struct("<i")
+
+    def __init__(self) -> None:
+        read_fd, self._write_fd = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            self._run(read_fd)
+        os.close(read_fd)
+
+    def watch(self, pgid: int) -> None:
+        """Watch process group ``pgid`` from now on (0: none)."""
+        os.write(self._write_fd, self._RECORD.pack(pgid))
+
+    def close(self) -> None:
+        """Drop this process's end of the pipe (the session process must not hold it)."""
+        os.close(self._write_fd)
+
+    def stop(self) -> None:
+        self.close()
+        os.waitpid(self.pid, 0)
+
+    def _run(self, read_fd: int) -> None:
+        try:
+            os.closerange(3, read_fd)
+            os.closerange(read_fd + 1, os.sysconf("SC_OPEN_MAX"))
+            signal.set_wakeup_fd(-1)
+            for number in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(number, signal.SIG_IGN)  # it ends when the daemon's end of the pipe closes
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            pgid = 0
+            while True:
+                record = os.read(read_fd, self._RECORD.size)
+                if len(record) < self._RECORD.size:
+                    break
+                (pgid,) = self._RECORD.unpack(record)
+            if pgid:
+                os.killpg(pgid, signal.SIGKILL)
+        except BaseException:
+            pass
+        os._exit(0)
 
 
 def _die_with_parent(daemon_pid: int) -> None:

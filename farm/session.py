@@ -24,7 +24,7 @@ from . import __version__
 from .elf import elf_machine, interpreter_machine
 from .errors import ArgumentError, FarmError, PathEscapeError, ProtocolError
 from .protocol.calls import decode_call, encode_result
-from .protocol.framing import Buffer, Frame
+from .protocol.framing import Buffer, Frame, encode_frame
 from .protocol.ops import Op
 from .signature import DTYPE_SIZES, Signature, c_type_sizes, parse_signature
 from .transport import ConnectionClosed, FramedSocket
@@ -41,11 +41,15 @@ class SessionStatus:
     """What the session process is doing, in memory shared with the board daemon.
 
     The daemon reads it after the process died to tell the client what was
-    running, and whether a reply was half sent (then no notice can follow).
+    running, and whether a reply was cut short (then no notice can follow).
+    Layout: state (u8) at 0, the byte count the connection reaches when the
+    reply being sent is complete (u64) at 8, activity text length (u16) at 16
+    and the text from 18.
     """
 
     IDLE, RUNNING, SENDING, FINISHED = range(4)
     _SIZE = 4096
+    _TEXT = 18
 
     def __init__(self) -> None:
         self._mm = mmap.mmap(-1, self._SIZE)  # anonymous and MAP_SHARED: survives fork
@@ -60,18 +64,27 @@ class SessionStatus:
 
     def running(self, activity: str) -> None:
         """Mark the session as running user code, described as ``activity``."""
-        data = activity.encode("utf-8", "replace")[: self._SIZE - 3]
-        self._mm[1:3] = len(data).to_bytes(2, "little")
-        self._mm[3 : 3 + len(data)] = data
+        data = activity.encode("utf-8", "replace")[: self._SIZE - self._TEXT]
+        self._mm[16:18] = len(data).to_bytes(2, "little")
+        self._mm[self._TEXT : self._TEXT + len(data)] = data
         self._mm[0] = self.RUNNING
+
+    def sending(self, reply_end: int) -> None:
+        """Mark the session as sending a reply that ends at byte ``reply_end`` of the connection."""
+        self._mm[8:16] = reply_end.to_bytes(8, "little")
+        self._mm[0] = self.SENDING
+
+    @property
+    def reply_end(self) -> int:
+        return int.from_bytes(self._mm[8:16], "little")
 
     @property
     def activity(self) -> str:
         """What the session was doing: the running activity, else waiting for a request."""
         if self._mm[0] != self.RUNNING:
             return "waiting for a request"
-        length = int.from_bytes(self._mm[1:3], "little")
-        return self._mm[3 : 3 + length].decode("utf-8", "replace")
+        length = int.from_bytes(self._mm[16:18], "little")
+        return self._mm[self._TEXT : self._TEXT + length].decode("utf-8", "replace")
 
 
 class _Array(NamedTuple):
@@ -139,8 +152,12 @@ class Session:
         key: str = "",
         status: Optional[SessionStatus] = None,
         max_payload: int = 4 << 30,
+        received: bytes = b"",
+        bytes_sent: int = 0,
     ) -> None:
         self.conn = conn
+        self._received = received  # bytes that came with the handshake: the first frames
+        self._bytes_sent = bytes_sent  # on this connection so far, the handshake reply included
         self.root = os.path.realpath(root)
         self.key = key
         self.status = status or SessionStatus()
@@ -174,6 +191,9 @@ class Session:
         """Answer requests until the client closes or breaks the protocol."""
         while True:
             try:
+                if self._received:
+                    received, self._received = self._received, b""
+                    self.conn.reader.push(received)
                 frame = self.conn.recv()
             except ConnectionClosed:
                 return
@@ -209,8 +229,10 @@ class Session:
         return True
 
     def _send(self, op: int, request_id: int, meta: Optional[dict] = None, payload: Buffer = b"") -> None:
-        self.status.state = SessionStatus.SENDING
-        self.conn.send(op, request_id, meta, payload)
+        parts = encode_frame(op, request_id, meta, payload)
+        self._bytes_sent += sum(memoryview(part).nbytes for part in parts)
+        self.status.sending(self._bytes_sent)
+        self.conn.send_parts(parts)
         self.status.state = SessionStatus.IDLE
 
     def _reply_error(self, request_id: int, exc: BaseException, with_traceback: bool = True) -> None:

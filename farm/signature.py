@@ -188,9 +188,7 @@ class Signature(NamedTuple):
         label = " '%s'" % param.name if param.name else ""
         return "argument %d%s of %s" % (index + 1, label, self.name or "the function")
 
-    def check(
-        self, tags: str, array_dtypes: Sequence[Optional[str]], values: Optional[Sequence[Any]] = None
-    ) -> None:
+    def check(self, tags: str, array_dtypes: Sequence[Optional[str]], values: Optional[Sequence[Any]] = None) -> None:
         """Raise :class:`ArgumentError` unless the arguments fit the signature.
 
         ``tags`` has one tag per argument (see :mod:`farm.protocol.calls`),

@@ -50,7 +50,10 @@ class FramedSocket:
             self.reader.push(initial)
 
     def send(self, op: int, request_id: int, meta: Optional[dict] = None, payload: Buffer = b"") -> None:
-        parts = encode_frame(op, request_id, meta, payload)
+        self.send_parts(encode_frame(op, request_id, meta, payload))
+
+    def send_parts(self, parts: List[Buffer]) -> None:
+        """Send a frame already encoded by :func:`~farm.protocol.framing.encode_frame`."""
         if len(parts) == 1:
             self.sock.sendall(parts[0])
         else:

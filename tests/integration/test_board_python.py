@@ -1,0 +1,198 @@
+"""The board runs on the standard library alone, and on Python 3.8.
+
+Boards here start with ``python -S`` from a directory holding nothing but a copy of the
+``farm`` package, with an environment that names no site-packages, so numpy, cloudpickle
+and this checkout's installed copy are all out of reach of the board.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import pytest
+
+import farm
+from farm.processes import DaemonProcess
+
+PROJECT = Path(__file__).resolve().parents[2]
+KEY = "bare"
+VADD_SIG = "void vadd(const float *a, const float *b, float *c, int64_t n)"
+BOARD_MODULES_SCRIPT = (
+    "import json, sys, farm.server\n"
+    "names = sorted(n for n in sys.modules if n == 'farm' or n.startswith('farm.'))\n"
+    "print(json.dumps([sys.modules[n].__file__ for n in names]))\n"
+)
+
+
+# --- the bare environment ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bare_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding only a copy of the ``farm`` package."""
+    root = tmp_path_factory.mktemp("bare-board")
+    shutil.copytree(PROJECT / "farm", root / "farm", ignore=shutil.ignore_patterns("__pycache__"))
+    assert os.listdir(root) == ["farm"]
+    return root
+
+
+def bare_env(root: Path) -> Dict[str, str]:
+    """PATH, HOME and LANG from here, and PYTHONPATH naming only ``root``."""
+    env = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "HOME": os.environ.get("HOME", str(root)),
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "PYTHONPATH": str(root),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    assert not any("site-packages" in value or "dist-packages" in value for value in env.values()), env
+    return env
+
+
+def run_bare(root: Path, interpreter: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [interpreter, "-S", *args],
+        env=bare_env(root),
+        cwd=str(root),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def python_version(interpreter: str, root: Path) -> Optional[str]:
+    """``"3.8"`` and the like for a working interpreter, else None."""
+    try:
+        result = run_bare(root, interpreter, "-c", "import sys; print('%d.%d' % sys.version_info[:2])")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def find_python38(root: Path) -> Optional[str]:
+    """A Python 3.8 interpreter: ``python3.8`` on PATH, else one under ~/.pyenv/versions/3.8*."""
+    candidates: List[str] = []
+    on_path = shutil.which("python3.8")
+    if on_path:
+        candidates.append(on_path)
+    pattern = str(Path.home() / ".pyenv" / "versions" / "3.8*" / "bin" / "python3.8")
+    candidates += sorted(glob.glob(pattern), reverse=True)
+    for candidate in candidates:  # a pyenv shim is on PATH even when it cannot run 3.8
+        if python_version(candidate, root) == "3.8":
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module", params=["this-python", "python3.8"])
+def interpreter(request: pytest.FixtureRequest, bare_root: Path) -> str:
+    if request.param == "this-python":
+        return sys.executable
+    found = find_python38(bare_root)
+    if found is None:
+        pytest.skip("no Python 3.8 interpreter was found (python3.8 on PATH or ~/.pyenv/versions/3.8*)")
+    return found
+
+
+@pytest.fixture
+def bare_board(
+    board_factory: Callable[..., DaemonProcess], bare_root: Path, interpreter: str, tmp_path: Path
+) -> DaemonProcess:
+    """``INTERPRETER -S -m farm.server`` run from ``bare_root`` (board_factory runs ``PYTHON -m farm.server``)."""
+    wrapper = tmp_path / "python-without-site"
+    wrapper.write_text('#!/bin/sh\nexec %s -S "$@"\n' % shlex.quote(interpreter))
+    wrapper.chmod(0o755)
+    return board_factory(key=KEY, python=str(wrapper), env=bare_env(bare_root), cwd=str(bare_root))
+
+
+def proc_text(pid: int, name: str) -> str:
+    with open("/proc/%d/%s" % (pid, name), "rb") as handle:
+        return handle.read().replace(b"\0", b"\n").decode("utf-8", "replace")
+
+
+# --- tests ------------------------------------------------------------------------------
+
+
+def test_numpy_is_out_of_reach_of_the_bare_copy(bare_root: Path) -> None:
+    no_numpy = run_bare(bare_root, sys.executable, "-c", "import numpy")
+    assert no_numpy.returncode != 0
+    assert "ModuleNotFoundError" in no_numpy.stderr and "numpy" in no_numpy.stderr, no_numpy.stderr
+    no_cloudpickle = run_bare(bare_root, sys.executable, "-c", "import cloudpickle")
+    assert no_cloudpickle.returncode != 0 and "ModuleNotFoundError" in no_cloudpickle.stderr
+    copy = run_bare(bare_root, sys.executable, "-c", "import farm.server; print(farm.server.__file__)")
+    assert copy.returncode == 0, copy.stderr
+    assert Path(copy.stdout.strip()) == bare_root / "farm" / "server.py"
+
+
+def test_bare_board_runs_vadd(bare_board: DaemonProcess, interpreter: str, kernels: dict, bare_root: Path) -> None:
+    daemon_argv = proc_text(bare_board.pid, "cmdline").split("\n")
+    assert daemon_argv[1:4] == ["-S", "-m", "farm.server"], daemon_argv
+    assert os.path.realpath("/proc/%d/cwd" % bare_board.pid) == os.path.realpath(bare_root)
+    daemon_env = proc_text(bare_board.pid, "environ")
+    assert "PYTHONPATH=%s\n" % bare_root in daemon_env + "\n"
+    assert "site-packages" not in daemon_env
+
+    x = np.linspace(-4, 4, 1001, dtype=np.float32)
+    y = np.cos(x).astype(np.float32)
+    with farm.connect(*bare_board.address, key=KEY) as session:
+        info = session.system_info()
+        expected = python_version(interpreter, bare_root)
+        assert expected and info["python"].startswith(expected + ".")
+        session.upload(kernels["libvadd.so"])
+        vadd = session.load_module("libvadd.so").get_function("vadd", VADD_SIG)
+        a, b = session.array(x), session.array(y)
+        c = session.empty(x.shape, "float32")
+        vadd(a, b, c, x.size)
+        np.testing.assert_array_equal(c.numpy(), x + y)
+        for pid in (bare_board.pid, info["pid"]):  # nothing from site-packages is mapped in the board
+            assert "site-packages" not in proc_text(pid, "maps")
+
+
+def test_run_on_a_bare_board_needs_cloudpickle(bare_board: DaemonProcess) -> None:
+    with farm.connect(*bare_board.address, key=KEY) as session:
+        with pytest.raises(farm.RemoteError) as caught:
+            session.run(os.getpid)
+        assert not isinstance(caught.value, farm.SessionLostError)
+        assert "cloudpickle" in str(caught.value)
+        assert "needs cloudpickle on the board" in str(caught.value)
+        session.ping()  # the session stays usable
+
+
+def test_bare_board_survives_a_segfault(bare_board: DaemonProcess, kernels: dict) -> None:
+    with farm.connect(*bare_board.address, key=KEY) as session:
+        session.upload(kernels["libmisbehave.so"])
+        segfault = session.load_module("libmisbehave.so").get_function("segfault", "void segfault(void)")
+        with pytest.raises(farm.SessionLostError) as caught:
+            segfault()
+    assert caught.value.signal == signal.SIGSEGV and "SIGSEGV" in str(caught.value)
+    assert bare_board.process.poll() is None
+    with farm.connect(*bare_board.address, key=KEY) as session:
+        session.ping()
+
+
+def board_side_modules(root: Path) -> List[str]:
+    """The files of every ``farm`` module that ``import farm.server`` loads, relative to ``root``."""
+    result = run_bare(root, sys.executable, "-c", BOARD_MODULES_SCRIPT)
+    assert result.returncode == 0, result.stderr
+    return sorted(Path(path).resolve().relative_to(root.resolve()).as_posix() for path in json.loads(result.stdout))
+
+
+def test_board_side_modules_are_python38_compatible(bare_root: Path) -> None:
+    modules = board_side_modules(bare_root)
+    for needed in ("farm/server.py", "farm/session.py", "farm/protocol/framing.py"):
+        assert needed in modules, modules
+    assert "farm/client.py" not in modules, modules
+    vermin = Path(sys.executable).with_name("vermin")
+    command = [str(vermin) if vermin.exists() else shutil.which("vermin") or "vermin"]
+    command += ["--no-tips", "--violations", "-t=3.8-", *(str(bare_root / module) for module in modules)]
+    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert result.returncode == 0, "vermin found code that needs more than Python 3.8:\n" + result.stdout
