@@ -46,6 +46,7 @@ SUPPORTED_DTYPES = tuple(sorted(DTYPE_SIZES))
 
 #: pickle protocol for ``run``: the newest every supported board Python reads.
 PICKLE_PROTOCOL = 4
+_RESULT = int(Op.RESULT)
 #: Most freed array ids one request carries to the board.
 MAX_RELEASE = 4096
 #: How long closing waits for the board to finish with a session.
@@ -181,17 +182,23 @@ class RemoteSession:
             self._conn.send(op, request_id, meta, payload)
         except OSError as exc:
             raise self._connection_lost("sending a request", exc) from None
-        reader = self._conn.reader
-        default_allocate = reader.allocate
-        if into is not None:
-            reader.allocate = lambda _op, _meta, nbytes: into if nbytes == into.nbytes else bytearray(nbytes)
         try:
-            frame = self._conn.recv()
+            frame = self._conn.recv() if into is None else self._recv_into(into)
         except (OSError, ProtocolError) as exc:
             raise self._connection_lost("waiting for a reply", exc) from None
+        if frame.op == _RESULT and frame.request_id == request_id:
+            return frame
+        return self._check_reply(frame, request_id)
+
+    def _recv_into(self, into: memoryview) -> Frame:
+        """The next frame, its payload received straight into ``into`` if the sizes match."""
+        reader = self._conn.reader
+        default_allocate = reader.allocate
+        reader.allocate = lambda _op, _meta, nbytes: into if nbytes == into.nbytes else None
+        try:
+            return self._conn.recv()
         finally:
             reader.allocate = default_allocate
-        return self._check_reply(frame, request_id)
 
     def _check_reply(self, frame: Frame, request_id: int) -> Frame:
         if frame.op == Op.SESSION_END:
@@ -409,6 +416,7 @@ class RemoteArray:
         self.id = array_id
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
+        self.dtype_name = self.dtype.name
         self._finalizer = weakref.finalize(self, session._release_later, array_id)
 
     def __repr__(self) -> str:
@@ -485,6 +493,27 @@ class RemoteFunction:
         self.signature = signature
         self._returns_bool = signature is not None and signature.restype.kind == "bool"
 
+    def _encode_argument(self, index: int, arg: Any) -> Tuple[str, Any]:
+        """Tag and value of an argument of a less usual type (the common ones are inlined in ``__call__``)."""
+        if isinstance(arg, RemoteArray):
+            if arg.session is not self.session:
+                raise ArgumentError("argument %d is an array of another session" % (index + 1))
+            return "a", arg.id
+        if arg is None:
+            return "n", 0
+        if isinstance(arg, (float, np.floating)):
+            return "f", float(arg)
+        if isinstance(arg, (int, np.integer, np.bool_)):
+            value = int(arg)
+            return tag_of(value), value
+        if isinstance(arg, np.ndarray):
+            raise ArgumentError(
+                "argument %d is a host numpy array; copy it to the board first with session.array()" % (index + 1)
+            )
+        raise ArgumentError(
+            "argument %d has type %s; pass remote arrays, ints or floats" % (index + 1, type(arg).__name__)
+        )
+
     def __repr__(self) -> str:
         return "<RemoteFunction %s>" % (self.signature.text if self.signature else self.name)
 
@@ -492,30 +521,27 @@ class RemoteFunction:
         tags: List[str] = []
         values: List[Any] = []
         dtypes: List[Optional[str]] = []
-        for index, arg in enumerate(args):
-            dtype = None
-            if isinstance(arg, RemoteArray):
-                if arg.session is not self.session:
-                    raise ArgumentError("argument %d is an array of another session" % (index + 1))
-                tag, value, dtype = "a", arg.id, arg.dtype.name
-            elif arg is None:
-                tag, value = "n", 0
-            elif isinstance(arg, (float, np.floating)):
-                tag, value = "f", float(arg)
-            elif isinstance(arg, (int, np.integer, np.bool_)):
-                value = int(arg)
-                tag = tag_of(value)
-            elif isinstance(arg, np.ndarray):
-                raise ArgumentError(
-                    "argument %d is a host numpy array; copy it to the board first with session.array()" % (index + 1)
-                )
+        for arg in args:
+            kind = type(arg)
+            if kind is RemoteArray and arg.session is self.session:
+                tags.append("a")
+                values.append(arg.id)
+                dtypes.append(arg.dtype_name)
+                continue
+            if kind is int and -(1 << 63) <= arg < (1 << 63):
+                tags.append("i")
+                values.append(arg)
+            elif kind is float:
+                tags.append("f")
+                values.append(arg)
             else:
-                raise ArgumentError(
-                    "argument %d has type %s; pass remote arrays, ints or floats" % (index + 1, type(arg).__name__)
-                )
-            tags.append(tag)
-            values.append(value)
-            dtypes.append(dtype)
+                tag, value = self._encode_argument(len(tags), arg)
+                tags.append(tag)
+                values.append(value)
+                if tag == "a":
+                    dtypes.append(arg.dtype_name)
+                    continue
+            dtypes.append(None)
         tag_string = "".join(tags)
         if self.signature is not None:
             self.signature.check(tag_string, dtypes, values)

@@ -64,9 +64,16 @@ class SessionStatus:
 
     def running(self, activity: str) -> None:
         """Mark the session as running user code, described as ``activity``."""
-        data = activity.encode("utf-8", "replace")[: self._SIZE - self._TEXT]
-        self._mm[16:18] = len(data).to_bytes(2, "little")
-        self._mm[self._TEXT : self._TEXT + len(data)] = data
+        self.running_encoded(self.encode(activity))
+
+    @classmethod
+    def encode(cls, activity: str) -> bytes:
+        """``activity`` as :meth:`running_encoded` takes it."""
+        data = activity.encode("utf-8", "replace")[: cls._SIZE - cls._TEXT]
+        return len(data).to_bytes(2, "little") + data
+
+    def running_encoded(self, activity: bytes) -> None:
+        self._mm[16 : 16 + len(activity)] = activity
         self._mm[0] = self.RUNNING
 
     def sending(self, reply_end: int) -> None:
@@ -97,7 +104,7 @@ class _Array(NamedTuple):
 
 class _Function(NamedTuple):
     cfunc: Any
-    activity: str  # "running vadd() from libvadd.so"
+    activity: bytes  # "running vadd() from libvadd.so", encoded for SessionStatus
     signature: Optional[Signature]
 
 
@@ -117,6 +124,8 @@ def _field(meta: dict, name: str, kind: Any, default: Any = ...) -> Any:
 MMAP_THRESHOLD = 256 << 10
 #: Array storage is aligned for any SIMD load.
 ALIGNMENT = 64
+#: Replies up to this size fit an empty socket buffer, so sending one cannot be cut short.
+ATOMIC_REPLY = 4096
 #: Longest error message or traceback sent back; the middle of longer ones is cut.
 MAX_ERROR_TEXT = 64 << 10
 
@@ -219,18 +228,25 @@ class Session:
                 self._release(frame.meta["release"])
             meta, payload = handler(frame)
         except ProtocolError as exc:
+            self.status.state = SessionStatus.IDLE
             logger.warning("closing session: %s", exc)
             self._reply_error(frame.request_id, exc, with_traceback=False)
             return False
         except Exception as exc:
+            self.status.state = SessionStatus.IDLE
             self._reply_error(frame.request_id, exc)
             return True
+        self.status.state = SessionStatus.IDLE
         self._send(Op.RESULT, frame.request_id, meta, payload)
         return True
 
     def _send(self, op: int, request_id: int, meta: Optional[dict] = None, payload: Buffer = b"") -> None:
         parts = encode_frame(op, request_id, meta, payload)
-        self._bytes_sent += sum(memoryview(part).nbytes for part in parts)
+        size = len(parts[0]) if len(parts) == 1 else sum(memoryview(part).nbytes for part in parts)
+        self._bytes_sent += size
+        if size <= ATOMIC_REPLY:  # goes out whole or not at all: the client reads every reply
+            self.conn.send_parts(parts)
+            return
         self.status.sending(self._bytes_sent)
         self.conn.send_parts(parts)
         self.status.state = SessionStatus.IDLE
@@ -250,7 +266,7 @@ class Session:
         except OSError:
             pass
 
-    def _allocate(self, op: int, meta: dict, nbytes: int) -> Buffer:
+    def _allocate(self, op: int, meta: dict, nbytes: int) -> Optional[Buffer]:
         """Where a request's payload lands: array payloads go straight into array storage."""
         try:
             if op == Op.ARRAY_NEW:
@@ -260,7 +276,7 @@ class Session:
                 target = self._arrays[target_id]
                 if target.nbytes == nbytes:
                     return target.storage
-            return bytearray(nbytes)
+            return None
         except (MemoryError, OSError, ValueError, OverflowError) as exc:
             raise ProtocolError("the board cannot allocate %d bytes for a payload: %s" % (nbytes, exc)) from None
 
@@ -373,7 +389,9 @@ class Session:
             cfunc.argtypes = [param.type.ctype for param in signature.params]
             cfunc.restype = signature.restype.ctype
         function_id = self._new_id()
-        self._functions[function_id] = _Function(cfunc, "running %s() from %s" % (name, module_name), signature)
+        self._functions[function_id] = _Function(
+            cfunc, SessionStatus.encode("running %s() from %s" % (name, module_name)), signature
+        )
         return {"id": function_id}, b""
 
     def _call(self, frame: Frame) -> Reply:
@@ -398,7 +416,7 @@ class Session:
             function.signature.check(tags, dtypes, values)
         else:
             values = [_default_argument(index, tag, value) for index, (tag, value) in enumerate(zip(tags, values))]
-        self.status.running(function.activity)
+        self.status.running_encoded(function.activity)
         return None, encode_result(function.cfunc(*values))
 
     # --- arrays -------------------------------------------------------------

@@ -180,8 +180,10 @@ class Signature(NamedTuple):
     name: str
     params: Tuple[Param, ...]
     text: str
-    pattern: Any  # compiled regex over argument tags, for the fast path of check()
+    pattern: Any  # compiled regex over the argument tags each parameter accepts
     int_ranges: Tuple[Tuple[int, int, int], ...]  # (index, lowest, highest + 1) of each integer parameter
+    usual_tags: str  # the tags of the usual call: arrays for pointers, ints, floats
+    usual_dtypes: Tuple[Optional[str], ...]  # the array dtypes of the usual call
 
     def describe(self, index: int) -> str:
         param = self.params[index]
@@ -195,15 +197,21 @@ class Signature(NamedTuple):
         ``array_dtypes[i]`` is the dtype of argument i when it is an array,
         and integer ``values``, when given, must fit their C types.
         """
-        if (
+        usual = tags == self.usual_tags and tuple(array_dtypes) == self.usual_dtypes
+        if usual or (
             self.pattern.fullmatch(tags)
             and all(
                 tag != "a" or param.type.dtype in (None, dtype)
                 for tag, param, dtype in zip(tags, self.params, array_dtypes)
             )
-            and (values is None or all(low <= values[index] < high for index, low, high in self.int_ranges))
         ):
-            return
+            if values is None:
+                return
+            for index, low, high in self.int_ranges:
+                if not low <= values[index] < high:
+                    break
+            else:
+                return
         if len(tags) != len(self.params):
             count = len(self.params)
             raise ArgumentError(
@@ -266,4 +274,6 @@ def parse_signature(text: str, sizes: Optional[Mapping[str, int]] = None) -> Sig
     int_ranges = tuple(
         (index, *_int_range(param.type.dtype)) for index, param in enumerate(params) if param.type.kind == "int"
     )
-    return Signature(restype, name, tuple(params), compact, pattern, int_ranges)
+    usual_tags = "".join({"pointer": "a", "float": "f"}.get(param.type.kind, "i") for param in params)
+    usual_dtypes = tuple(param.type.dtype if param.type.kind == "pointer" else None for param in params)
+    return Signature(restype, name, tuple(params), compact, pattern, int_ranges, usual_tags, usual_dtypes)

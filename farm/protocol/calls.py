@@ -30,8 +30,11 @@ MAX_ARGS = 256
 
 
 def _values_struct(tags: str) -> struct.Struct:
+    """The struct of the values of arguments tagged ``tags``; ProtocolError for unknown tags."""
     packer = _formats.get(tags)
     if packer is None:
+        if len(tags) > MAX_ARGS or any(tag not in _VALUE_FORMATS for tag in tags):
+            raise ProtocolError("bad call argument tags %r" % tags[:MAX_ARGS])
         if len(_formats) > 1024:
             _formats.clear()
         packer = _formats[tags] = struct.Struct("<" + "".join(_VALUE_FORMATS[tag] for tag in tags))
@@ -62,9 +65,9 @@ def decode_call(payload: Any) -> Tuple[int, str, Tuple[Any, ...]]:
         raise ProtocolError("call payload of %d bytes is shorter than its prefix" % len(payload))
     function_id, count = _PREFIX.unpack_from(payload)
     end = _PREFIX.size + count
-    tags = bytes(payload[_PREFIX.size : end]).decode("ascii", "replace")
-    if count > MAX_ARGS or len(tags) != count or any(tag not in _VALUE_FORMATS for tag in tags):
-        raise ProtocolError("call payload has bad argument tags %r" % tags[:MAX_ARGS])
+    tags = str(payload[_PREFIX.size : end], "ascii", "replace")
+    if len(tags) != count:
+        raise ProtocolError("call payload is too short for %d argument tags" % count)
     values = _values_struct(tags)
     if len(payload) != end + values.size:
         raise ProtocolError("call payload is %d bytes, expected %d" % (len(payload), end + values.size))

@@ -32,8 +32,9 @@ DEFAULT_MAX_PAYLOAD = 4 << 30
 _CHUNK = 1 << 16
 
 Buffer = Union[bytes, bytearray, memoryview]
-#: ``allocate(op, meta, nbytes)`` returns a writable buffer of exactly ``nbytes``.
-Allocator = Callable[[int, dict, int], Buffer]
+#: ``allocate(op, meta, nbytes)`` returns a writable buffer of exactly ``nbytes`` for a
+#: payload to land in, or None to leave it to the reader (a new buffer of its own).
+Allocator = Callable[[int, dict, int], Optional[Buffer]]
 
 
 class Frame(NamedTuple):
@@ -49,7 +50,7 @@ _RAW_DECODE_JSON = json.JSONDecoder().raw_decode
 _unpack_header = HEADER.unpack_from
 _pack_header = HEADER.pack
 _INLINE_PAYLOAD = 4096
-_EMPTY = memoryview(b"")
+_EMPTY = b""
 
 
 def encode_frame(op: int, request_id: int, meta: Optional[dict] = None, payload: Buffer = b"") -> List[Buffer]:
@@ -66,8 +67,8 @@ def encode_frame(op: int, request_id: int, meta: Optional[dict] = None, payload:
     return [head + bytes(payload)] if size else [head]
 
 
-def _allocate_bytearray(op: int, meta: dict, nbytes: int) -> bytearray:
-    return bytearray(nbytes)
+def _allocate_default(op: int, meta: dict, nbytes: int) -> None:
+    return None
 
 
 class FrameReader:
@@ -88,7 +89,7 @@ class FrameReader:
         self,
         max_meta: int = DEFAULT_MAX_META,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
-        allocate: Allocator = _allocate_bytearray,
+        allocate: Allocator = _allocate_default,
     ) -> None:
         self.max_meta = max_meta
         self.max_payload = max_payload
@@ -186,10 +187,20 @@ class FrameReader:
             if not size:
                 self._frames.append(Frame(op, request_id, meta, _EMPTY))
                 continue
-            payload = memoryview(self.allocate(op, meta, size)).cast("B")
+            count = min(size, end - start)
+            buffer = self.allocate(op, meta, size)
+            if buffer is None:
+                if count == size:  # all here: one copy out of the receive buffer
+                    self._frames.append(Frame(op, request_id, meta, bytes(self._view[start : start + size])))
+                    start += size
+                    continue
+                try:
+                    buffer = bytearray(size)
+                except MemoryError:
+                    raise ProtocolError("no memory for a payload of %d bytes" % size) from None
+            payload = memoryview(buffer).cast("B")
             if len(payload) != size:
                 raise ValueError("allocator returned %d bytes for a %d-byte payload" % (len(payload), size))
-            count = min(size, end - start)
             payload[:count] = self._view[start : start + count]
             start += count
             if count == size:
