@@ -46,7 +46,7 @@ SUPPORTED_DTYPES = tuple(sorted(DTYPE_SIZES))
 
 #: pickle protocol for ``run``: the newest every supported board Python reads.
 PICKLE_PROTOCOL = 4
-_RESULT = int(Op.RESULT)
+_RESULT, _CALL = int(Op.RESULT), int(Op.CALL)  # plain ints are quicker to reach on the call path
 #: Most freed array ids one request carries to the board.
 MAX_RELEASE = 4096
 #: How long closing waits for the board to finish with a session.
@@ -546,7 +546,7 @@ class RemoteFunction:
         if self.signature is not None:
             self.signature.check(tag_string, dtypes, values)
         payload = encode_call(self.id, tag_string, values)
-        result = decode_result(self.session._request(Op.CALL, None, payload).payload)
+        result = decode_result(self.session._request(_CALL, None, payload).payload)
         if self._returns_bool and result is not None:
             return bool(result)
         return result

@@ -18,13 +18,13 @@ import shutil
 import socket
 import sys
 import traceback
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import __version__
 from .elf import elf_machine, interpreter_machine
 from .errors import ArgumentError, FarmError, PathEscapeError, ProtocolError
-from .protocol.calls import decode_call, encode_result
-from .protocol.framing import Buffer, Frame, encode_frame
+from .protocol.calls import MAX_ARGS, decode_call, encode_result
+from .protocol.framing import INLINE_PAYLOAD, Buffer, Frame, encode_frame, encode_small_frame
 from .protocol.ops import Op
 from .signature import DTYPE_SIZES, Signature, c_type_sizes, parse_signature
 from .transport import ConnectionClosed, FramedSocket
@@ -124,6 +124,9 @@ def _field(meta: dict, name: str, kind: Any, default: Any = ...) -> Any:
 MMAP_THRESHOLD = 256 << 10
 #: Array storage is aligned for any SIMD load.
 ALIGNMENT = 64
+_NO_ARRAYS = (None,) * MAX_ARGS
+# Plain ints are quicker to reach than enum members on the call path.
+_ARRAY_NEW, _ARRAY_WRITE, _RESULT = int(Op.ARRAY_NEW), int(Op.ARRAY_WRITE), int(Op.RESULT)
 #: Replies up to this size fit an empty socket buffer, so sending one cannot be cut short.
 ATOMIC_REPLY = 4096
 #: Longest error message or traceback sent back; the middle of longer ones is cut.
@@ -137,7 +140,12 @@ def _address_of(view: memoryview) -> int:
 def _new_storage(nbytes: int) -> Tuple[memoryview, int]:
     """Zero-filled array storage: a writable view of exactly ``nbytes`` and its aligned address."""
     if nbytes >= MMAP_THRESHOLD:
-        view = memoryview(mmap.mmap(-1, nbytes))  # page aligned
+        # Private, not the default shared mapping: that one gets no huge pages and faults in
+        # every 4 KiB page, which costs more than receiving the array.
+        storage = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # page aligned
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            storage.madvise(mmap.MADV_HUGEPAGE)
+        view = memoryview(storage)
         return view, _address_of(view)
     owner = (ctypes.c_char * (nbytes + ALIGNMENT))()
     offset = -ctypes.addressof(owner) % ALIGNMENT
@@ -237,10 +245,15 @@ class Session:
             self._reply_error(frame.request_id, exc)
             return True
         self.status.state = SessionStatus.IDLE
-        self._send(Op.RESULT, frame.request_id, meta, payload)
+        self._send(_RESULT, frame.request_id, meta, payload)
         return True
 
     def _send(self, op: int, request_id: int, meta: Optional[dict] = None, payload: Buffer = b"") -> None:
+        if not meta and type(payload) is bytes and len(payload) <= INLINE_PAYLOAD:  # the call path
+            data = encode_small_frame(op, request_id, payload)
+            self._bytes_sent += len(data)
+            self.conn.sock.sendall(data)
+            return
         parts = encode_frame(op, request_id, meta, payload)
         size = len(parts[0]) if len(parts) == 1 else sum(memoryview(part).nbytes for part in parts)
         self._bytes_sent += size
@@ -268,11 +281,13 @@ class Session:
 
     def _allocate(self, op: int, meta: dict, nbytes: int) -> Optional[Buffer]:
         """Where a request's payload lands: array payloads go straight into array storage."""
+        if op != _ARRAY_NEW and op != _ARRAY_WRITE:
+            return None
         try:
-            if op == Op.ARRAY_NEW:
+            if op == _ARRAY_NEW:
                 return _new_storage(nbytes)[0]
             target_id = meta.get("id")
-            if op == Op.ARRAY_WRITE and isinstance(target_id, int) and target_id in self._arrays:
+            if isinstance(target_id, int) and target_id in self._arrays:
                 target = self._arrays[target_id]
                 if target.nbytes == nbytes:
                     return target.storage
@@ -395,29 +410,36 @@ class Session:
         return {"id": function_id}, b""
 
     def _call(self, frame: Frame) -> Reply:
-        function_id, tags, raw_values = decode_call(frame.payload)
+        function_id, tags, values = decode_call(frame.payload)
         function = self._functions.get(function_id)
         if function is None:
             raise FarmError("function %d was not looked up in this session" % function_id)
-        values: List[Any] = list(raw_values)
-        dtypes: List[Optional[str]] = [None] * len(values)
         if "a" in tags or "n" in tags:
-            for index, tag in enumerate(tags):
-                if tag == "a":
-                    array = self._arrays.get(values[index])
-                    if array is None:
-                        raise ArgumentError(
-                            "argument %d is an array that was freed or is not of this session" % (index + 1)
-                        )
-                    dtypes[index], values[index] = array.dtype, array.address
-                elif tag == "n":
-                    values[index] = None
+            values, dtypes = self._pointer_arguments(tags, values)
+        else:
+            dtypes = _NO_ARRAYS[: len(tags)]
         if function.signature is not None:
             function.signature.check(tags, dtypes, values)
         else:
             values = [_default_argument(index, tag, value) for index, (tag, value) in enumerate(zip(tags, values))]
         self.status.running_encoded(function.activity)
         return None, encode_result(function.cfunc(*values))
+
+    def _pointer_arguments(self, tags: str, values: Sequence[Any]) -> Tuple[List[Any], List[Optional[str]]]:
+        """Call values with arrays replaced by their addresses (NULLs by None), and each argument's dtype."""
+        resolved = list(values)
+        dtypes: List[Optional[str]] = [None] * len(resolved)
+        for index, tag in enumerate(tags):
+            if tag == "a":
+                array = self._arrays.get(resolved[index])
+                if array is None:
+                    raise ArgumentError(
+                        "argument %d is an array that was freed or is not of this session" % (index + 1)
+                    )
+                dtypes[index], resolved[index] = array.dtype, array.address
+            elif tag == "n":
+                resolved[index] = None
+        return resolved, dtypes
 
     # --- arrays -------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 from typing import List, Optional
 
-from .protocol.framing import Buffer, Frame, FrameReader, encode_frame
+from .protocol.framing import INLINE_PAYLOAD, Buffer, Frame, FrameReader, encode_frame, encode_small_frame
 
 
 class ConnectionClosed(ConnectionError):
@@ -50,7 +50,10 @@ class FramedSocket:
             self.reader.push(initial)
 
     def send(self, op: int, request_id: int, meta: Optional[dict] = None, payload: Buffer = b"") -> None:
-        self.send_parts(encode_frame(op, request_id, meta, payload))
+        if not meta and type(payload) is bytes and len(payload) <= INLINE_PAYLOAD:
+            self.sock.sendall(encode_small_frame(op, request_id, payload))
+        else:
+            self.send_parts(encode_frame(op, request_id, meta, payload))
 
     def send_parts(self, parts: List[Buffer]) -> None:
         """Send a frame already encoded by :func:`~farm.protocol.framing.encode_frame`."""
@@ -67,8 +70,7 @@ class FramedSocket:
             count = self.sock.recv_into(reader.writable())
             if not count:
                 raise ConnectionClosed(reader.pending)
-            reader.advance(count)
-            frame = reader.next_frame()
+            frame = reader.advance_frame(count)
         return frame
 
     def close(self) -> None:

@@ -14,31 +14,47 @@ and an 8-byte value. All little-endian.
 from __future__ import annotations
 
 import struct
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, NamedTuple, Sequence, Tuple
 
 from ..errors import ArgumentError, ProtocolError
 
 TAGS = "aiufn"
 _VALUE_FORMATS = {"a": "Q", "i": "q", "u": "Q", "f": "d", "n": "Q"}
-_PREFIX = struct.Struct("<IH")
+_PREFIX_SIZE = 6  # function id u32, argument count u16
 _RESULT = {tag: struct.Struct("<c" + fmt) for tag, fmt in _VALUE_FORMATS.items()}
+_RESULT_BY_BYTE = {ord(tag): packer for tag, packer in _RESULT.items() if tag in "iuf"}
 _VOID = b"v" + bytes(8)
-_formats: Dict[str, struct.Struct] = {}
 
 #: Most arguments one call may carry.
 MAX_ARGS = 256
 
 
-def _values_struct(tags: str) -> struct.Struct:
-    """The struct of the values of arguments tagged ``tags``; ProtocolError for unknown tags."""
-    packer = _formats.get(tags)
-    if packer is None:
+class _Layout(NamedTuple):
+    """How a CALL payload with given argument tags is laid out: one struct for all of it."""
+
+    tags: str
+    tag_bytes: bytes
+    whole: struct.Struct  # function id, count, tag bytes, values
+
+
+_by_tags: Dict[str, _Layout] = {}
+_by_tag_bytes: Dict[bytes, _Layout] = {}
+
+
+def _layout(tags: str) -> _Layout:
+    """The (cached) layout for ``tags``; ProtocolError for unknown tags."""
+    layout = _by_tags.get(tags)
+    if layout is None:
         if len(tags) > MAX_ARGS or any(tag not in _VALUE_FORMATS for tag in tags):
             raise ProtocolError("bad call argument tags %r" % tags[:MAX_ARGS])
-        if len(_formats) > 1024:
-            _formats.clear()
-        packer = _formats[tags] = struct.Struct("<" + "".join(_VALUE_FORMATS[tag] for tag in tags))
-    return packer
+        if len(_by_tags) > 1024:
+            _by_tags.clear()
+            _by_tag_bytes.clear()
+        values = "".join(_VALUE_FORMATS[tag] for tag in tags)
+        tag_bytes = tags.encode("ascii")
+        layout = _Layout(tags, tag_bytes, struct.Struct("<IH%ds%s" % (len(tags), values)))
+        _by_tags[tags] = _by_tag_bytes[tag_bytes] = layout
+    return layout
 
 
 def tag_of(value: Any) -> str:
@@ -56,22 +72,25 @@ def encode_call(function_id: int, tags: str, values: Sequence[Any]) -> bytes:
     """The CALL payload for ``values`` tagged by ``tags`` (one character each)."""
     if len(tags) > MAX_ARGS:
         raise ArgumentError("a call takes at most %d arguments, got %d" % (MAX_ARGS, len(tags)))
-    return _PREFIX.pack(function_id, len(tags)) + tags.encode("ascii") + _values_struct(tags).pack(*values)
+    layout = _by_tags.get(tags) or _layout(tags)
+    return layout.whole.pack(function_id, len(tags), layout.tag_bytes, *values)
 
 
 def decode_call(payload: Any) -> Tuple[int, str, Tuple[Any, ...]]:
     """``(function id, tags, values)`` of a CALL payload, or :class:`ProtocolError`."""
-    if len(payload) < _PREFIX.size:
+    if len(payload) < _PREFIX_SIZE:
         raise ProtocolError("call payload of %d bytes is shorter than its prefix" % len(payload))
-    function_id, count = _PREFIX.unpack_from(payload)
-    end = _PREFIX.size + count
-    tags = str(payload[_PREFIX.size : end], "ascii", "replace")
-    if len(tags) != count:
-        raise ProtocolError("call payload is too short for %d argument tags" % count)
-    values = _values_struct(tags)
-    if len(payload) != end + values.size:
-        raise ProtocolError("call payload is %d bytes, expected %d" % (len(payload), end + values.size))
-    return function_id, tags, values.unpack_from(payload, end)
+    count = payload[4] | payload[5] << 8
+    tag_bytes = bytes(payload[_PREFIX_SIZE : _PREFIX_SIZE + count])
+    layout = _by_tag_bytes.get(tag_bytes)
+    if layout is None:
+        if len(tag_bytes) != count:
+            raise ProtocolError("call payload is too short for %d argument tags" % count)
+        layout = _layout(tag_bytes.decode("ascii", "replace"))
+    if len(payload) != layout.whole.size:
+        raise ProtocolError("call payload is %d bytes, expected %d" % (len(payload), layout.whole.size))
+    fields = layout.whole.unpack_from(payload)
+    return fields[0], layout.tags, fields[3:]
 
 
 def encode_result(value: Any) -> bytes:
@@ -86,10 +105,9 @@ def decode_result(payload: Any) -> Any:
     """The value a call returned, from its RESULT payload."""
     if len(payload) != 9:
         raise ProtocolError("call result payload is %d bytes, expected 9" % len(payload))
-    tag = chr(payload[0])
-    if tag == "v":
+    packer = _RESULT_BY_BYTE.get(payload[0])
+    if packer is not None:
+        return packer.unpack_from(payload)[1]
+    if payload[0] == ord("v"):
         return None
-    packer = _RESULT.get(tag)
-    if packer is None or tag in "an":
-        raise ProtocolError("call result has bad tag %r" % tag)
-    return packer.unpack_from(payload)[1]
+    raise ProtocolError("call result has bad tag %r" % chr(payload[0]))

@@ -49,8 +49,13 @@ _DECODE_JSON = json.JSONDecoder().decode
 _RAW_DECODE_JSON = json.JSONDecoder().raw_decode
 _unpack_header = HEADER.unpack_from
 _pack_header = HEADER.pack
-_INLINE_PAYLOAD = 4096
+INLINE_PAYLOAD = 4096
 _EMPTY = b""
+
+
+def encode_small_frame(op: int, request_id: int, payload: bytes = b"") -> bytes:
+    """A frame without metadata whose payload is small bytes, as one ``bytes`` (the call path's)."""
+    return _pack_header(FRAME_MAGIC, VERSION, op, request_id, 0, len(payload)) + payload
 
 
 def encode_frame(op: int, request_id: int, meta: Optional[dict] = None, payload: Buffer = b"") -> List[Buffer]:
@@ -59,10 +64,12 @@ def encode_frame(op: int, request_id: int, meta: Optional[dict] = None, payload:
     A small payload is joined to the header (one buffer); a large one stays
     a separate buffer so it is sent from where it lies, without a copy.
     """
+    if not meta and type(payload) is bytes and len(payload) <= INLINE_PAYLOAD:
+        return [encode_small_frame(op, request_id, payload)]
     meta_bytes = _ENCODE_JSON(meta).encode("utf-8") if meta else b""
     size = len(payload) if type(payload) is bytes else memoryview(payload).nbytes
     head = _pack_header(FRAME_MAGIC, VERSION, op, request_id, len(meta_bytes), size) + meta_bytes
-    if size > _INLINE_PAYLOAD:
+    if size > INLINE_PAYLOAD:
         return [head, payload]
     return [head + bytes(payload)] if size else [head]
 
@@ -125,9 +132,46 @@ class FrameReader:
         """
         if self._payload is not None:
             return self._payload[self._filled :]
+        if not self._end:
+            if len(self._buf) < self._need:
+                self._make_room()
+            return self._view
         if self._end == len(self._buf) or len(self._buf) - self._start < self._need:
             self._make_room()
         return self._view[self._end :]
+
+    def advance_frame(self, count: int) -> Optional[Frame]:
+        """``advance(count)``, then the oldest completed frame or None.
+
+        When the reader was empty and the ``count`` bytes are exactly one frame
+        with a small payload, as calls and their replies are, the frame is
+        built directly, without the general parsing path.
+        """
+        if self._end or self._payload is not None or self._frames or count < HEADER.size:
+            self.advance(count)
+            return self.next_frame()
+        magic, version, op, request_id, meta_len, size = _unpack_header(self._buf)
+        head_end = HEADER.size + meta_len
+        if (
+            count != head_end + size
+            or size > INLINE_PAYLOAD
+            or magic != FRAME_MAGIC
+            or version != VERSION
+            or meta_len > self.max_meta
+        ):
+            self.advance(count)
+            return self.next_frame()
+        meta = self._decode_meta(HEADER.size, head_end) if meta_len else {}
+        if not size:
+            return Frame(op, request_id, meta, _EMPTY)
+        buffer = self.allocate(op, meta, size)
+        if buffer is None:
+            return Frame(op, request_id, meta, bytes(self._view[head_end:count]))
+        payload = memoryview(buffer).cast("B")
+        if len(payload) != size:
+            raise ValueError("allocator returned %d bytes for a %d-byte payload" % (len(payload), size))
+        payload[:] = self._view[head_end:count]
+        return Frame(op, request_id, meta, payload)
 
     def advance(self, count: int) -> None:
         """Record that ``count`` bytes were written into ``writable()``."""
