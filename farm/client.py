@@ -37,15 +37,13 @@ from .errors import (
 from .protocol.calls import decode_result, encode_call, tag_of
 from .protocol.framing import Frame, FrameReader
 from .protocol.handshake import CODE_BUSY, CODE_MISMATCH, CODE_SUCCESS, ReplyReader, encode_hello
-from .protocol.ops import Op
+from .protocol.ops import PICKLE_PROTOCOL, Op
 from .signature import DTYPE_SIZES, Signature, parse_signature
 from .transport import ConnectionClosed, FramedSocket, tune
 
 PathLike = Union[str, "os.PathLike[str]"]
 SUPPORTED_DTYPES = tuple(sorted(DTYPE_SIZES))
 
-#: pickle protocol for ``run``: the newest every supported board Python reads.
-PICKLE_PROTOCOL = 4
 _RESULT, _CALL = int(Op.RESULT), int(Op.CALL)  # plain ints are quicker to reach on the call path
 #: Most freed array ids one request carries to the board.
 MAX_RELEASE = 4096
@@ -98,6 +96,7 @@ def connect(
         if reply.code != CODE_SUCCESS:
             raise HandshakeError("the board at %s answered the handshake with code 0x%X" % (where, reply.code))
         sock.settimeout(None)
+        return RemoteSession(sock, host, port, reply.text.partition(":")[2], reader.leftover())
     except socket.timeout:
         sock.close()
         raise HandshakeError("no handshake reply from %s within %g s" % (where, connect_timeout)) from None
@@ -107,14 +106,12 @@ def connect(
     except BaseException:
         sock.close()
         raise
-    return RemoteSession(sock, host, port, reply.text.partition(":")[2], reader.leftover())
 
 
 def _as_host_array(data: Any) -> np.ndarray:
     """A C-contiguous, native-byte-order ndarray of a supported dtype."""
     array = np.asarray(data)
-    if array.dtype.name not in DTYPE_SIZES:
-        raise ArgumentError("dtype %s is not supported; supported: %s" % (array.dtype, ", ".join(SUPPORTED_DTYPES)))
+    _dtype(array.dtype)
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
     if not array.flags.c_contiguous:
@@ -242,6 +239,12 @@ class RemoteSession:
         message = "connection to board %r at %s:%d lost while %s: %s" % (self.key, self.host, self.port, doing, exc)
         return self._end(SessionLostError(message))
 
+    def _broken_reply(self, what: str) -> SessionLostError:
+        """The board answered nonsense: give up on the session at once (no point waiting for it)."""
+        self._lost = SessionLostError("board %r at %s:%d sent %s" % (self.key, self.host, self.port, what))
+        self._conn.close()
+        return self._lost
+
     def _end(self, error: SessionLostError) -> SessionLostError:
         """Mark the session lost and let the board finish with it before closing."""
         self._lost = error
@@ -288,6 +291,10 @@ class RemoteSession:
     def _board_info(self) -> Dict[str, Any]:
         """``system_info()`` as first read in this session."""
         return self._info if self._info is not None else self.system_info()
+
+    def _check_device(self, device: Optional[RemoteDevice]) -> None:
+        if device is not None and (device.session is not self or device.device_type != "cpu"):
+            raise ArgumentError("%r is not a device of this session; use session.cpu()" % (device,))
 
     def _check_byteorder(self) -> None:
         board = self._board_info().get("byteorder", sys.byteorder)
@@ -344,6 +351,7 @@ class RemoteSession:
 
     def array(self, data: Any, device: Optional[RemoteDevice] = None) -> RemoteArray:
         """Copy a host array to the board (made contiguous on the way)."""
+        self._check_device(device)
         host = _as_host_array(data)
         self._check_byteorder()
         meta = {"shape": list(host.shape), "dtype": host.dtype.name}
@@ -354,6 +362,7 @@ class RemoteSession:
         self, shape: Union[int, Sequence[int]], dtype: Any = "float32", device: Optional[RemoteDevice] = None
     ) -> RemoteArray:
         """A zero-filled array on the board."""
+        self._check_device(device)
         dims, resolved = _shape(shape), _dtype(dtype)
         self._check_byteorder()
         array_id = self._request(Op.ARRAY_EMPTY, {"shape": list(dims), "dtype": resolved.name}).meta["id"]
@@ -440,7 +449,7 @@ class RemoteArray:
         view = _byte_view(out)
         frame = self.session._request(Op.ARRAY_READ, {"id": self.id}, into=view)
         if len(frame.payload) != out.nbytes:
-            raise ProtocolError("the board sent %d bytes for a %d-byte array" % (len(frame.payload), out.nbytes))
+            raise self.session._broken_reply("%d bytes for a %d-byte array" % (len(frame.payload), out.nbytes))
         return out
 
     asnumpy = numpy
@@ -546,7 +555,11 @@ class RemoteFunction:
         if self.signature is not None:
             self.signature.check(tag_string, dtypes, values)
         payload = encode_call(self.id, tag_string, values)
-        result = decode_result(self.session._request(_CALL, None, payload).payload)
+        reply = self.session._request(_CALL, None, payload).payload
+        try:
+            result = decode_result(reply)
+        except ProtocolError as exc:
+            raise self.session._broken_reply("a call result that makes no sense (%s)" % exc) from None
         if self._returns_bool and result is not None:
             return bool(result)
         return result

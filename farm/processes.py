@@ -76,17 +76,30 @@ class DaemonProcess:
             time.sleep(0.02)
 
     def stop(self, timeout: float = 10.0) -> Optional[int]:
-        """SIGTERM, then SIGKILL to the whole process group after ``timeout``; returns the exit code."""
-        if self.process.poll() is None:
-            self._signal_group(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                logger.warning("%s did not stop within %g s; killing it", self.argv[0], timeout)
-        self._signal_group(signal.SIGKILL)  # whatever else is left in its group
+        """SIGTERM, then SIGKILL to the whole process group after ``timeout``; returns the exit code.
+
+        The group is killed before the daemon is reaped, while its process
+        group id cannot yet belong to anyone else.
+        """
+        if self.process.returncode is None:
+            if not self._exited():
+                self._signal_group(signal.SIGTERM)
+                deadline = time.monotonic() + timeout
+                while not self._exited() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                if not self._exited():
+                    logger.warning("%s did not stop within %g s; killing it", self.argv[0], timeout)
+            self._signal_group(signal.SIGKILL)  # whatever else is left in its group
         self.process.wait()
         self._log.close()
         return self.process.returncode
+
+    def _exited(self) -> bool:
+        """Whether the daemon has exited, without reaping it."""
+        try:
+            return os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
 
     def _signal_group(self, number: int) -> None:
         try:

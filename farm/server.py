@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import fcntl
 import logging
 import os
@@ -122,11 +123,9 @@ class BoardServer:
         self._pending: Dict[socket.socket, _Pending] = {}
         self._active: Optional[_Active] = None
         self._stopping = False
+        self._stop_signal = 0
+        self._accept_paused_until = 0.0  # while out of file descriptors
         self._wakeup_r, self._wakeup_w = os.pipe()
-
-    @property
-    def address(self) -> Tuple[str, int]:
-        return self.host, self.port
 
     # --- the daemon loop ----------------------------------------------------
 
@@ -154,12 +153,17 @@ class BoardServer:
                         self._on_handshake_data(key.data)
                 self._reap()
                 self._expire(time.monotonic())
+                if self._accept_paused_until and time.monotonic() >= self._accept_paused_until:
+                    self._accept_paused_until = 0.0
+                    self._selector.register(self._listener, selectors.EVENT_READ)
         finally:
+            if self._stop_signal:
+                logger.info("received %s, shutting down", signal.Signals(self._stop_signal).name)
             self._shutdown()
 
     def _on_stop_signal(self, number: int, _frame: object) -> None:
-        logger.info("received %s, shutting down", signal.Signals(number).name)
         self._stopping = True
+        self._stop_signal = number
 
     def _drain_wakeups(self) -> None:
         try:
@@ -172,6 +176,8 @@ class BoardServer:
         deadlines = [pending.deadline for pending in self._pending.values()]
         if self._active is not None and self._active.deadline is not None:
             deadlines.append(self._active.deadline)
+        if self._accept_paused_until:
+            deadlines.append(self._accept_paused_until)
         if not deadlines:
             return 1.0
         return max(0.0, min(min(deadlines) - time.monotonic(), 1.0))
@@ -182,6 +188,14 @@ class BoardServer:
         try:
             sock, address = self._listener.accept()
         except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                logger.warning("cannot accept connections (%s); pausing for a second", exc)
+                self._selector.unregister(self._listener)  # it would keep reporting ready
+                self._accept_paused_until = time.monotonic() + 1.0
+            else:
+                logger.info("accept failed: %s", exc)
             return
         peer = "%s:%d" % address[:2]
         if len(self._pending) >= MAX_PENDING_HANDSHAKES:
@@ -228,51 +242,71 @@ class BoardServer:
         return hello.role == "client" and (not hello.key or not self.key or hello.key == self.key)
 
     def _admit(self, sock: socket.socket, peer: str, hello: Hello, leftover: bytes) -> None:
+        accepted = False
+        if not self._key_matches(hello):
+            logger.warning("key mismatch from %s: %s:%s (this board: %r)", peer, hello.role, hello.key, self.key)
+            reply = encode_reply(CODE_MISMATCH)
+        elif self._active is not None:
+            logger.info("refusing %s: busy", peer)
+            reply = encode_reply(CODE_BUSY, self._busy_reason())
+        else:
+            reply = encode_reply(CODE_SUCCESS, "server:" + self.key)
+            accepted = True
         sock.setblocking(True)
         sock.settimeout(5.0)
         try:
-            if not self._key_matches(hello):
-                logger.warning("key mismatch from %s: %s:%s (this board: %r)", peer, hello.role, hello.key, self.key)
-                sock.sendall(encode_reply(CODE_MISMATCH))
-            elif self._active is not None:
-                busy = "board %r at %s:%d is busy: it serves a session from %s since %.1f s" % (
-                    self.key,
-                    self.host,
-                    self.port,
-                    self._active.peer,
-                    time.monotonic() - self._active.started,
-                )
-                logger.info("refusing %s: busy", peer)
-                sock.sendall(encode_reply(CODE_BUSY, busy))
-            else:
-                reply = encode_reply(CODE_SUCCESS, "server:" + self.key)
-                sock.sendall(reply)
-                sock.settimeout(None)
-                tune(sock)
-                self._start_session(sock, peer, hello.timeout, leftover, len(reply))
-                return
+            sock.sendall(reply)
         except OSError as exc:
             logger.info("handshake reply to %s failed: %s", peer, exc)
-        sock.close()
+            sock.close()
+            return
+        if not accepted:
+            sock.close()
+            return
+        sock.settimeout(None)
+        tune(sock)
+        self._start_session(sock, peer, hello.timeout, leftover, len(reply))
+
+    def _busy_reason(self) -> str:
+        active = self._active
+        assert active is not None
+        return "board %r at %s:%d is busy: it serves a session from %s since %.1f s" % (
+            self.key,
+            self.host,
+            self.port,
+            active.peer,
+            time.monotonic() - active.started,
+        )
 
     # --- sessions -----------------------------------------------------------
 
     def _start_session(
         self, sock: socket.socket, peer: str, timeout: Optional[float], leftover: bytes, bytes_sent: int
     ) -> None:
-        directory = tempfile.mkdtemp(prefix="session-", dir=self.work_dir)
+        try:
+            directory = tempfile.mkdtemp(prefix="session-", dir=self.work_dir)
+        except OSError as exc:
+            logger.error("cannot make a session directory for %s: %s", peer, exc)
+            sock.close()
+            return
         active = _Active(0, sock, peer, directory, timeout)
         daemon_pid = os.getpid()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            logger.error("cannot start a session process for %s: %s", peer, exc)
+            shutil.rmtree(directory, ignore_errors=True)
+            sock.close()
+            return
         if pid == 0:
             self._run_child(active, leftover, bytes_sent, daemon_pid)
         active.pid = pid
+        self._active = active
         try:
             os.setpgid(pid, pid)
         except OSError:
             pass  # the child already did it, or already exited
         self._watchdog.watch(pid)
-        self._active = active
         logger.info("session from %s started (pid %d%s)", peer, pid, ", timeout %g s" % timeout if timeout else "")
 
     def _run_child(self, active: _Active, leftover: bytes, bytes_sent: int, daemon_pid: int) -> None:
@@ -292,7 +326,7 @@ class BoardServer:
             os.close(self._wakeup_w)
             self._watchdog.close()
             os.chdir(active.directory)
-            conn = FramedSocket(active.sock, FrameReader(max_payload=self.max_message_size))
+            conn = FramedSocket(active.sock, FrameReader())
             Session(
                 conn, active.directory, self.key, active.status, self.max_message_size, leftover, bytes_sent
             ).serve()
@@ -315,12 +349,14 @@ class BoardServer:
             # The exited child is still a zombie, so its process group id cannot be reused
             # yet: kill whatever the session's code left running in that group, then reap.
             self._kill_group(active.pid)
+            self._watchdog.watch(0)
             _, wait_status = os.waitpid(active.pid, 0)
         else:
             pid, wait_status = os.waitpid(active.pid, os.WNOHANG)
             if pid == 0:
                 return
             self._kill_group(active.pid)
+            self._watchdog.watch(0)
         self._end_session(active, wait_status)
 
     def _kill_group(self, pgid: int) -> None:
@@ -339,12 +375,15 @@ class BoardServer:
             active.timed_out = True
             self._kill_group(active.pid)
 
-    def _end_session(self, active: _Active, wait_status: int) -> None:
+    def _end_session(self, active: _Active, wait_status: int, reason: str = "") -> None:
+        """Tell the client how the (reaped) session process ended, unless it ended normally; clean up."""
         self._active = None
         how, signal_number, exit_code = describe_exit(wait_status)
         state = active.status.state
         activity = active.status.activity
-        if active.timed_out:
+        if reason:
+            message = reason
+        elif active.timed_out:
             message = "the session timeout of %g s expired while %s; the board ended the session" % (
                 active.timeout,
                 activity,
@@ -354,7 +393,6 @@ class BoardServer:
         else:
             message = "the board's session process %s while %s" % (how, activity)
         elapsed = time.monotonic() - active.started
-        self._watchdog.watch(0)
         if message:
             logger.warning("session from %s ended after %.1f s: %s", active.peer, elapsed, message)
             if not self._reply_cut_short(active):  # else no frame can follow on the connection
@@ -390,14 +428,9 @@ class BoardServer:
         active = self._active
         if active is not None:
             self._kill_group(active.pid)
-            os.waitpid(active.pid, 0)
-            self._active = None
-            self._notify(
-                active.sock,
-                {"message": "the board daemon shut down", "signal": None, "exit_code": None, "timed_out": False},
-            )
-            shutil.rmtree(active.directory, ignore_errors=True)
-            active.sock.close()
+            self._watchdog.watch(0)
+            _, wait_status = os.waitpid(active.pid, 0)
+            self._end_session(active, wait_status, "the board daemon shut down")
         for pending in list(self._pending.values()):
             self._drop_pending(pending)
         self._watchdog.stop()
@@ -414,12 +447,12 @@ def bytes_written(sock: socket.socket) -> Optional[int]:
     """Bytes written to a TCP socket so far by anyone holding it: acknowledged plus queued (Linux)."""
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
-        queued = struct.unpack("<i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+        queued = struct.unpack("=i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
     except (OSError, AttributeError):
         return None
     if len(info) < 128:
         return None
-    return struct.unpack_from("<Q", info, 120)[0] + queued  # tcpi_bytes_acked
+    return struct.unpack_from("=Q", info, 120)[0] + queued  # tcpi_bytes_acked
 
 
 class Watchdog:
@@ -435,6 +468,7 @@ class Watchdog:
 
     def __init__(self) -> None:
         read_fd, self._write_fd = os.pipe()
+        self._alive = True
         self.pid = os.fork()
         if self.pid == 0:
             self._run(read_fd)
@@ -442,7 +476,12 @@ class Watchdog:
 
     def watch(self, pgid: int) -> None:
         """Watch process group ``pgid`` from now on (0: none)."""
-        os.write(self._write_fd, self._RECORD.pack(pgid))
+        if self._alive:
+            try:
+                os.write(self._write_fd, self._RECORD.pack(pgid))
+            except OSError as exc:
+                self._alive = False
+                logger.warning("the watchdog process is gone (%s); a killed daemon may leave session processes", exc)
 
     def close(self) -> None:
         """Drop this process's end of the pipe (the session process must not hold it)."""
@@ -450,7 +489,10 @@ class Watchdog:
 
     def stop(self) -> None:
         self.close()
-        os.waitpid(self.pid, 0)
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
 
     def _run(self, read_fd: int) -> None:
         try:

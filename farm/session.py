@@ -17,6 +17,7 @@ import platform
 import shutil
 import socket
 import sys
+import tempfile
 import traceback
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -24,15 +25,13 @@ from . import __version__
 from .elf import elf_machine, interpreter_machine
 from .errors import ArgumentError, FarmError, PathEscapeError, ProtocolError
 from .protocol.calls import MAX_ARGS, decode_call, encode_result
-from .protocol.framing import INLINE_PAYLOAD, Buffer, Frame, encode_frame, encode_small_frame
-from .protocol.ops import Op
+from .protocol.framing import DEFAULT_MAX_PAYLOAD, Buffer, Frame, encode_frame
+from .protocol.ops import PICKLE_PROTOCOL, Op
 from .signature import DTYPE_SIZES, Signature, c_type_sizes, parse_signature
-from .transport import ConnectionClosed, FramedSocket
+from .transport import FramedSocket
 
 logger = logging.getLogger("farm.session")
 
-#: pickle protocol for ``run``: the newest every supported Python reads.
-PICKLE_PROTOCOL = 4
 
 Reply = Tuple[Optional[dict], Buffer]
 
@@ -87,7 +86,9 @@ class SessionStatus:
 
     @property
     def activity(self) -> str:
-        """What the session was doing: the running activity, else waiting for a request."""
+        """What the session was doing: the running activity, sending a reply, or waiting for a request."""
+        if self._mm[0] == self.SENDING:
+            return "sending a reply"
         if self._mm[0] != self.RUNNING:
             return "waiting for a request"
         length = int.from_bytes(self._mm[16:18], "little")
@@ -126,11 +127,15 @@ MMAP_THRESHOLD = 256 << 10
 ALIGNMENT = 64
 _NO_ARRAYS = (None,) * MAX_ARGS
 # Plain ints are quicker to reach than enum members on the call path.
-_ARRAY_NEW, _ARRAY_WRITE, _RESULT = int(Op.ARRAY_NEW), int(Op.ARRAY_WRITE), int(Op.RESULT)
+_ARRAY_NEW, _ARRAY_WRITE, _UPLOAD, _RESULT = int(Op.ARRAY_NEW), int(Op.ARRAY_WRITE), int(Op.UPLOAD), int(Op.RESULT)
+# Operations that record what they run themselves (or run nothing worth naming).
+_OWN_ACTIVITY = (int(Op.CALL), int(Op.RUN), int(Op.PING))
+_RTLD_LOCAL = getattr(os, "RTLD_LOCAL", 0)
 #: Replies up to this size fit an empty socket buffer, so sending one cannot be cut short.
 ATOMIC_REPLY = 4096
-#: Longest error message or traceback sent back; the middle of longer ones is cut.
-MAX_ERROR_TEXT = 64 << 10
+#: Longest error message or traceback sent back, in characters; the middle of longer ones is cut.
+#: Two of them fit the metadata limit even when every character takes a 12-byte JSON escape.
+MAX_ERROR_TEXT = 32 << 10
 
 
 def _address_of(view: memoryview) -> int:
@@ -168,7 +173,7 @@ class Session:
         root: str,
         key: str = "",
         status: Optional[SessionStatus] = None,
-        max_payload: int = 4 << 30,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
         received: bytes = b"",
         bytes_sent: int = 0,
     ) -> None:
@@ -180,6 +185,8 @@ class Session:
         self.status = status or SessionStatus()
         self.max_payload = max_payload
         self._arrays: Dict[int, _Array] = {}
+        self._incoming_files: Dict[int, str] = {}  # id of an upload's map -> its temporary file
+        self._loaded_files: Dict[str, Tuple[int, int, int, int]] = {}  # path -> identity when loaded
         self._modules: Dict[int, Tuple[Any, str]] = {}
         self._functions: Dict[int, _Function] = {}
         self._next_id = 1
@@ -205,21 +212,22 @@ class Session:
     # --- the request loop -------------------------------------------------
 
     def serve(self) -> None:
-        """Answer requests until the client closes or breaks the protocol."""
-        while True:
-            try:
-                if self._received:
-                    received, self._received = self._received, b""
-                    self.conn.reader.push(received)
-                frame = self.conn.recv()
-            except ConnectionClosed:
-                return
-            except ProtocolError as exc:
-                logger.warning("closing session: %s", exc)
-                self._reply_error(self.conn.reader.request_id, exc, with_traceback=False)
-                return
-            if not self.handle(frame):
-                return
+        """Answer requests until the client closes, leaves, or breaks the protocol."""
+        try:
+            while True:
+                try:
+                    if self._received:
+                        received, self._received = self._received, b""
+                        self.conn.reader.push(received)
+                    frame = self.conn.recv()
+                except ProtocolError as exc:
+                    logger.warning("closing session: %s", exc)
+                    self._reply_error(self.conn.reader.request_id, exc, with_traceback=False)
+                    return
+                if not self.handle(frame):
+                    return
+        except ConnectionError as exc:  # ConnectionClosed too: the client has gone
+            logger.info("the client left: %s", exc)
 
     def handle(self, frame: Frame) -> bool:
         """Answer one request; False when the session must end."""
@@ -232,6 +240,8 @@ class Session:
             self._reply_error(frame.request_id, ProtocolError("unknown operation %d" % frame.op), False)
             return False
         try:
+            if frame.op not in _OWN_ACTIVITY:
+                self.status.running("handling %s %s" % (Op(frame.op).name, frame.meta.get("name", "")))
             if "release" in frame.meta:
                 self._release(frame.meta["release"])
             meta, payload = handler(frame)
@@ -249,13 +259,8 @@ class Session:
         return True
 
     def _send(self, op: int, request_id: int, meta: Optional[dict] = None, payload: Buffer = b"") -> None:
-        if not meta and type(payload) is bytes and len(payload) <= INLINE_PAYLOAD:  # the call path
-            data = encode_small_frame(op, request_id, payload)
-            self._bytes_sent += len(data)
-            self.conn.sock.sendall(data)
-            return
         parts = encode_frame(op, request_id, meta, payload)
-        size = len(parts[0]) if len(parts) == 1 else sum(memoryview(part).nbytes for part in parts)
+        size = len(parts[0]) + (memoryview(parts[1]).nbytes if len(parts) > 1 else 0)
         self._bytes_sent += size
         if size <= ATOMIC_REPLY:  # goes out whole or not at all: the client reads every reply
             self.conn.send_parts(parts)
@@ -276,14 +281,18 @@ class Session:
         }
         try:
             self._send(Op.ERROR, request_id, meta)
-        except OSError:
-            pass
+        except (OSError, ProtocolError) as exc:
+            logger.info("could not send an error to the client: %s", exc)
 
     def _allocate(self, op: int, meta: dict, nbytes: int) -> Optional[Buffer]:
         """Where a request's payload lands: array payloads go straight into array storage."""
-        if op != _ARRAY_NEW and op != _ARRAY_WRITE:
+        if op != _ARRAY_NEW and op != _ARRAY_WRITE and op != _UPLOAD:
             return None
         try:
+            if op == _UPLOAD:  # straight into a file in the session directory, not into memory
+                path, contents = self._new_incoming_file(nbytes)
+                self._incoming_files[id(contents)] = path
+                return contents
             if op == _ARRAY_NEW:
                 return _new_storage(nbytes)[0]
             target_id = meta.get("id")
@@ -300,8 +309,8 @@ class Session:
         return self._next_id - 1
 
     def _release(self, ids: Any) -> None:
-        if not isinstance(ids, list):
-            raise ProtocolError("request field 'release' has type %s" % type(ids).__name__)
+        if not isinstance(ids, list) or not all(type(array_id) is int for array_id in ids):
+            raise ProtocolError("request field 'release' is not a list of array ids")
         for array_id in ids:
             self._arrays.pop(array_id, None)
 
@@ -323,14 +332,36 @@ class Session:
         return path
 
     def _upload(self, frame: Frame) -> Reply:
-        name = _field(frame.meta, "name", str)
-        path = self.resolve(name)
-        if path == self.root:
-            raise PathEscapeError("%r names the session directory itself" % name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as handle:
-            handle.write(frame.payload)
+        incoming = self._incoming_files.pop(id(getattr(frame.payload, "obj", None)), None)
+        try:
+            name = _field(frame.meta, "name", str)
+            path = self.resolve(name)
+            if path == self.root:
+                raise PathEscapeError("%r names the session directory itself" % name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if incoming is None:  # an empty file: no payload arrived
+                incoming = self._new_incoming_file(0)[0]
+            # A new file, not the old one rewritten: a library loaded from the old file keeps its pages.
+            os.replace(incoming, path)
+        except BaseException:
+            if incoming is not None:
+                os.unlink(incoming)
+            raise
         return {"name": os.path.relpath(path, self.root), "size": len(frame.payload)}, b""
+
+    def _new_incoming_file(self, nbytes: int) -> Tuple[str, Any]:
+        """A temporary file of ``nbytes`` in the session directory, and a writable map of it (None if empty)."""
+        handle, path = tempfile.mkstemp(prefix=".upload-", dir=self.root)
+        try:
+            if not nbytes:
+                return path, None
+            os.ftruncate(handle, nbytes)
+            return path, mmap.mmap(handle, nbytes)
+        except BaseException:
+            os.unlink(path)
+            raise
+        finally:
+            os.close(handle)
 
     def _download(self, frame: Frame) -> Reply:
         path = self.resolve(_field(frame.meta, "name", str))
@@ -383,10 +414,29 @@ class Session:
         built_for, board = elf_machine(path), interpreter_machine()
         if built_for and board and built_for != board:
             raise FarmError("%s is built for %s, but this board runs %s code" % (name, built_for, board))
-        library = ctypes.CDLL(path, mode=getattr(os, "RTLD_LOCAL", 0))
+        info = os.stat(path)
+        identity = (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size)
+        if self._loaded_files.get(path, identity) == identity:
+            library = ctypes.CDLL(path, mode=_RTLD_LOCAL)
+        else:  # the file changed since it was loaded, and dlopen would hand back the old code for its path
+            library = self._load_fresh(path)
+        self._loaded_files[path] = identity
         module_id = self._new_id()
         self._modules[module_id] = (library, name)
         return {"id": module_id}, b""
+
+    def _load_fresh(self, path: str) -> Any:
+        """Load ``path`` under a name never loaded before (a temporary hard link, or a copy)."""
+        directory = tempfile.mkdtemp(prefix=".load-", dir=self.root)
+        fresh = os.path.join(directory, os.path.basename(path))
+        try:
+            try:
+                os.link(path, fresh)
+            except OSError:
+                shutil.copyfile(path, fresh)
+            return ctypes.CDLL(fresh, mode=_RTLD_LOCAL)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)  # the loaded pages stay mapped
 
     def _get_function(self, frame: Frame) -> Reply:
         module_id = _field(frame.meta, "module", int)
@@ -493,7 +543,8 @@ class Session:
             raise ArgumentError(
                 "array %d holds %d bytes, got %d" % (frame.meta["id"], array.nbytes, len(frame.payload))
             )
-        if array.nbytes and _address_of(frame.payload) != array.address:  # else it was received in place
+        received_in_place = isinstance(frame.payload, memoryview) and _address_of(frame.payload) == array.address
+        if array.nbytes and not received_in_place:
             array.storage[:] = frame.payload
         return None, b""
 

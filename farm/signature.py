@@ -126,6 +126,8 @@ def _scalar(base: str, sizes: Mapping[str, int]) -> Optional[Tuple[str, Any]]:
     if base in _PLATFORM_TYPES:
         kind, local = _PLATFORM_TYPES[base]
         size = sizes.get(base) or ctypes.sizeof(local)
+        if (kind, size) not in _INT_CTYPES:
+            raise ArgumentError("the board reports %s as %r bytes, not a supported integer size" % (base, size))
         return "%s%d" % (kind, size * 8), _INT_CTYPES[(kind, size)]
     return _SCALARS.get(base)
 
@@ -157,16 +159,20 @@ _TYPE_WORDS = {"void", "char", "short", "int", "long", "signed", "unsigned", "fl
 
 
 def _split_declarator(text: str) -> Tuple[str, str]:
-    """``const float *a`` -> (``const float *``, ``a``); ``unsigned int`` -> (``unsigned int``, "")."""
-    text = re.sub(r"([A-Za-z_]\w*)\s*(?:\[[^\]]*\]\s*)+$", r"*\1", text.strip())  # float a[4][4] -> float *a
-    text = re.sub(r"\[[^\]]*\]", "*", text)
+    """``const float *a`` -> (``const float *``, ``a``); ``unsigned int`` -> (``unsigned int``, "").
+
+    An array parameter is a pointer: ``float a[4][4]`` -> (``float *``, ``a``).
+    """
+    is_array = "[" in text
+    text = re.sub(r"\s*\[[^\]]*\]", "", text).strip()
+    type_text, name = text, ""
     match = re.match(r"^(.*?[\s*])([A-Za-z_]\w*)$", text)
     if match:
-        type_text, name = match.groups()
-        type_words = [word for word in re.split(r"[\s*]+", type_text) if word and word not in _QUALIFIERS]
-        if name not in _TYPE_WORDS and name not in _QUALIFIERS and (type_words or "*" in type_text):
-            return type_text, name
-    return text, ""
+        words = [word for word in re.split(r"[\s*]+", match.group(1)) if word and word not in _QUALIFIERS]
+        candidate = match.group(2)
+        if candidate not in _TYPE_WORDS and candidate not in _QUALIFIERS and (words or "*" in match.group(1)):
+            type_text, name = match.group(1), candidate
+    return (type_text + " *" if is_array else type_text), name
 
 
 _ACCEPTED_TAGS = {"pointer": "an", "float": "iuf", "int": "iu", "bool": "iu"}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 from typing import List, Optional
 
-from .protocol.framing import INLINE_PAYLOAD, Buffer, Frame, FrameReader, encode_frame, encode_small_frame
+from .protocol.framing import Buffer, Frame, FrameReader, encode_frame
 
 
 class ConnectionClosed(ConnectionError):
@@ -50,10 +50,7 @@ class FramedSocket:
             self.reader.push(initial)
 
     def send(self, op: int, request_id: int, meta: Optional[dict] = None, payload: Buffer = b"") -> None:
-        if not meta and type(payload) is bytes and len(payload) <= INLINE_PAYLOAD:
-            self.sock.sendall(encode_small_frame(op, request_id, payload))
-        else:
-            self.send_parts(encode_frame(op, request_id, meta, payload))
+        self.send_parts(encode_frame(op, request_id, meta, payload))
 
     def send_parts(self, parts: List[Buffer]) -> None:
         """Send a frame already encoded by :func:`~farm.protocol.framing.encode_frame`."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List
 
@@ -75,6 +74,3 @@ def python_env(**extra: str) -> Dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(PROJECT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(extra)
     return env
-
-
-PYTHON = sys.executable

@@ -1,8 +1,9 @@
 """Wire protocols, sans-IO: bytes in, events out, no sockets.
 
 ``handshake``: TVM's data-plane handshake. ``framing``: this project's frames
-after it. ``ops``: the operation codes. The blocking board and client
-(:mod:`farm.transport`) and the asyncio daemons share these.
+after it. ``calls``: the binary payloads of native calls. ``ops``: the
+operation codes. The blocking board and client (:mod:`farm.transport`) use
+them, and any other I/O layer can, since none of them touches a socket.
 """
 
 from .framing import Frame, FrameReader, encode_frame

@@ -53,20 +53,17 @@ INLINE_PAYLOAD = 4096
 _EMPTY = b""
 
 
-def encode_small_frame(op: int, request_id: int, payload: bytes = b"") -> bytes:
-    """A frame without metadata whose payload is small bytes, as one ``bytes`` (the call path's)."""
-    return _pack_header(FRAME_MAGIC, VERSION, op, request_id, 0, len(payload)) + payload
-
-
 def encode_frame(op: int, request_id: int, meta: Optional[dict] = None, payload: Buffer = b"") -> List[Buffer]:
     """The frame as buffers to send in order: header and metadata, then the payload.
 
     A small payload is joined to the header (one buffer); a large one stays
     a separate buffer so it is sent from where it lies, without a copy.
     """
-    if not meta and type(payload) is bytes and len(payload) <= INLINE_PAYLOAD:
-        return [encode_small_frame(op, request_id, payload)]
+    if not meta and type(payload) is bytes and len(payload) <= INLINE_PAYLOAD:  # the call path: one join
+        return [_pack_header(FRAME_MAGIC, VERSION, op, request_id, 0, len(payload)) + payload]
     meta_bytes = _ENCODE_JSON(meta).encode("utf-8") if meta else b""
+    if len(meta_bytes) > DEFAULT_MAX_META:
+        raise ProtocolError("frame metadata of %d bytes exceeds the limit of %d" % (len(meta_bytes), DEFAULT_MAX_META))
     size = len(payload) if type(payload) is bytes else memoryview(payload).nbytes
     head = _pack_header(FRAME_MAGIC, VERSION, op, request_id, len(meta_bytes), size) + meta_bytes
     if size > INLINE_PAYLOAD:
@@ -150,28 +147,17 @@ class FrameReader:
         if self._end or self._payload is not None or self._frames or count < HEADER.size:
             self.advance(count)
             return self.next_frame()
-        magic, version, op, request_id, meta_len, size = _unpack_header(self._buf)
+        self._end = count  # so that request_id names this frame if it is refused
+        _magic, _version, op, request_id, meta_len, size = self._header_at(0)
         head_end = HEADER.size + meta_len
-        if (
-            count != head_end + size
-            or size > INLINE_PAYLOAD
-            or magic != FRAME_MAGIC
-            or version != VERSION
-            or meta_len > self.max_meta
-        ):
+        if count != head_end + size or size > INLINE_PAYLOAD:
+            self._end = 0
             self.advance(count)
             return self.next_frame()
         meta = self._decode_meta(HEADER.size, head_end) if meta_len else {}
-        if not size:
-            return Frame(op, request_id, meta, _EMPTY)
-        buffer = self.allocate(op, meta, size)
-        if buffer is None:
-            return Frame(op, request_id, meta, bytes(self._view[head_end:count]))
-        payload = memoryview(buffer).cast("B")
-        if len(payload) != size:
-            raise ValueError("allocator returned %d bytes for a %d-byte payload" % (len(payload), size))
-        payload[:] = self._view[head_end:count]
-        return Frame(op, request_id, meta, payload)
+        payload = self._place_payload(op, meta, size, self._view[head_end:count]) if size else _EMPTY
+        self._end = 0
+        return Frame(op, request_id, meta, payload)  # type: ignore[arg-type]  (complete: it all arrived)
 
     def advance(self, count: int) -> None:
         """Record that ``count`` bytes were written into ``writable()``."""
@@ -216,47 +202,60 @@ class FrameReader:
         self._start, self._end = 0, len(unparsed)
 
     def _parse(self) -> None:
-        buf, start, end = self._buf, self._start, self._end
+        start, end = self._start, self._end
         while end - start >= HEADER.size:
-            magic, version, op, request_id, meta_len, size = _unpack_header(buf, start)
-            if magic != FRAME_MAGIC or version != VERSION or meta_len > self.max_meta or size > self.max_payload:
-                self._start = start
-                self._reject_header(magic, version, meta_len, size)
+            self._start = start  # request_id names the frame being parsed if it is refused
+            _magic, _version, op, request_id, meta_len, size = self._header_at(start)
             head_end = start + HEADER.size + meta_len
             if head_end > end:
                 self._need = HEADER.size + meta_len
                 break
             meta = self._decode_meta(start + HEADER.size, head_end) if meta_len else {}
             start = head_end
-            if not size:
-                self._frames.append(Frame(op, request_id, meta, _EMPTY))
-                continue
-            count = min(size, end - start)
-            buffer = self.allocate(op, meta, size)
-            if buffer is None:
-                if count == size:  # all here: one copy out of the receive buffer
-                    self._frames.append(Frame(op, request_id, meta, bytes(self._view[start : start + size])))
-                    start += size
-                    continue
-                try:
-                    buffer = bytearray(size)
-                except MemoryError:
-                    raise ProtocolError("no memory for a payload of %d bytes" % size) from None
-            payload = memoryview(buffer).cast("B")
-            if len(payload) != size:
-                raise ValueError("allocator returned %d bytes for a %d-byte payload" % (len(payload), size))
-            payload[:count] = self._view[start : start + count]
-            start += count
-            if count == size:
-                self._frames.append(Frame(op, request_id, meta, payload))
-                continue
-            self._frame, self._payload, self._filled = (op, request_id, meta), payload, count
-            break
+            arrived = min(size, end - start)
+            payload = self._place_payload(op, meta, size, self._view[start : start + arrived]) if size else _EMPTY
+            start += arrived
+            if payload is None:  # the rest goes straight into the payload's buffer
+                self._frame = (op, request_id, meta)
+                break
+            self._frames.append(Frame(op, request_id, meta, payload))
         else:
             self._need = HEADER.size
         if start == end:
             start = end = 0
         self._start, self._end = start, end
+
+    def _header_at(self, offset: int) -> tuple:
+        """The header at ``offset`` of the buffer, or :class:`ProtocolError` naming what is wrong with it."""
+        header = _unpack_header(self._buf, offset)
+        magic, version, _op, _request_id, meta_len, size = header
+        if magic != FRAME_MAGIC or version != VERSION or meta_len > self.max_meta or size > self.max_payload:
+            self._reject_header(magic, version, meta_len, size)
+        return header
+
+    def _place_payload(self, op: int, meta: dict, size: int, arrived: memoryview) -> Optional[Buffer]:
+        """Put a payload's first bytes (``arrived``) where it belongs.
+
+        Returns the payload when ``arrived`` is all of it. Otherwise its buffer
+        becomes the one ``writable()`` names until the rest comes, and the
+        result is None.
+        """
+        buffer = self.allocate(op, meta, size)
+        if buffer is None:
+            if len(arrived) == size:
+                return bytes(arrived)  # one copy out of the receive buffer
+            try:
+                buffer = bytearray(size)
+            except MemoryError:
+                raise ProtocolError("no memory for a payload of %d bytes" % size) from None
+        payload = memoryview(buffer).cast("B")
+        if len(payload) != size:
+            raise ValueError("allocator returned %d bytes for a %d-byte payload" % (len(payload), size))
+        payload[: len(arrived)] = arrived
+        if len(arrived) == size:
+            return payload
+        self._payload, self._filled = payload, len(arrived)
+        return None
 
     def _reject_header(self, magic: bytes, version: int, meta_len: int, size: int) -> None:
         if magic != FRAME_MAGIC:

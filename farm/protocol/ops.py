@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+#: RUN payloads are pickles of this protocol: the newest every supported Python (3.8 on) reads.
+PICKLE_PROTOCOL = 4
+
 
 class Op(IntEnum):
     # Requests, host -> board. The board answers each with RESULT or ERROR.

@@ -108,10 +108,13 @@ def frame_bytes(op: int, request_id: int = 1, meta: Optional[dict] = None, paylo
     return b"".join(bytes(part) for part in encode_frame(op, request_id, meta, payload))
 
 
-def raw_session(address: Address, key: str = KEY) -> Tuple[socket.socket, bytes]:
-    """A raw socket past a successful handshake, and any bytes that came after the reply."""
+def raw_session(address: Address, key: str = KEY, with_hello: bytes = b"") -> Tuple[socket.socket, bytes]:
+    """A raw socket past a successful handshake, and any bytes that came after the reply.
+
+    ``with_hello`` is sent in the same write as the hello, before the reply.
+    """
     sock = socket.create_connection(address, timeout=10)
-    sock.sendall(encode_hello("client", key))
+    sock.sendall(encode_hello("client", key) + with_hello)
     reader = ReplyReader()
     reply = None
     while reply is None:
@@ -624,16 +627,8 @@ def test_malformed_frame_gets_an_error_frame_and_a_close(board: DaemonProcess, s
 )
 def test_malformed_frame_sent_with_the_handshake(board: DaemonProcess, sent: bytes, complaint: str) -> None:
     """A client may send its first frame right behind the hello, before the reply: same answer as after it."""
-    sock = socket.create_connection(board.address, timeout=10)
-    sock.sendall(encode_hello("client", KEY) + sent)
-    reader = ReplyReader()
-    reply = None
-    while reply is None:
-        data = sock.recv(4096)
-        assert data, "the board closed the connection during the handshake"
-        reply = reader.feed(data)
-    assert reply.code == CODE_SUCCESS
-    error = error_frame(frames_until_closed(sock, reader.leftover()))
+    sock, leftover = raw_session(board.address, with_hello=sent)
+    error = error_frame(frames_until_closed(sock, leftover))
     assert complaint in error.meta["message"], error.meta
     assert "session process failed" not in board.log_text()
     assert_board_serves(board)

@@ -423,7 +423,7 @@ def test_load_module_of_missing_file(remote: farm.RemoteSession) -> None:
     with pytest.raises(farm.RemoteError) as info:
         remote.load_module("libmissing.so")
     assert "libmissing.so" in str(info.value)
-    assert info.value.remote_type == "OSError"
+    assert info.value.remote_type == "FileNotFoundError"
     assert not isinstance(info.value, farm.SessionLostError)
     _assert_usable(remote, pid)
 
