@@ -221,6 +221,12 @@ class Session:
                         self.conn.reader.push(received)
                     frame = self.conn.recv()
                 except ProtocolError as exc:
+                    # Frames that arrived whole before the bad one still get their answers.
+                    queued = self.conn.reader.next_frame()
+                    while queued is not None:
+                        if not self.handle(queued):
+                            return
+                        queued = self.conn.reader.next_frame()
                     logger.warning("closing session: %s", exc)
                     self._reply_error(self.conn.reader.request_id, exc, with_traceback=False)
                     return

@@ -537,3 +537,19 @@ def test_platform_types_take_the_board_sizes():
         signature.check("ai", ["int64", None], [1, 1])
     with pytest.raises(ArgumentError, match="outside the range of size_t"):
         signature.check("ai", ["int32", None], [1, 2**32])
+
+
+def test_unnamed_array_and_scalar_parameters():
+    """``int64_t[]`` without a name is an int64 pointer; a bare ``size_t`` is an unnamed size_t."""
+    signature = parse_signature("void f(int64_t[], size_t)")
+    assert summary(signature) == ("void", None, "f", [("", "pointer", "int64"), ("", "int", SIZE_T)])
+    assert [param.type.spelling for param in signature.params] == ["int64_t *", "size_t"]
+    assert signature.params[0].type.ctype is ctypes.c_void_p
+    assert signature.params[1].type.ctype is getattr(ctypes, "c_" + SIZE_T)
+
+
+def test_board_size_without_a_c_integer_type_is_refused():
+    """A board that reports ``long`` as 3 bytes gets an ArgumentError naming the size, not a KeyError."""
+    with pytest.raises(ArgumentError, match="3 bytes") as caught:
+        parse_signature("void f(long x)", sizes={"long": 3})
+    assert "long" in str(caught.value)
