@@ -34,6 +34,7 @@ _CHUNK = 1 << 16
 Buffer = Union[bytes, bytearray, memoryview]
 #: ``allocate(op, meta, nbytes)`` returns a writable buffer of exactly ``nbytes`` for a
 #: payload to land in, or None to leave it to the reader (a new buffer of its own).
+#: A reader without one always uses its own buffers.
 Allocator = Callable[[int, dict, int], Optional[Buffer]]
 
 
@@ -71,10 +72,6 @@ def encode_frame(op: int, request_id: int, meta: Optional[dict] = None, payload:
     return [head + bytes(payload)] if size else [head]
 
 
-def _allocate_default(op: int, meta: dict, nbytes: int) -> None:
-    return None
-
-
 class FrameReader:
     """Turns received bytes into :class:`Frame` events.
 
@@ -93,7 +90,7 @@ class FrameReader:
         self,
         max_meta: int = DEFAULT_MAX_META,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
-        allocate: Allocator = _allocate_default,
+        allocate: Optional[Allocator] = None,
     ) -> None:
         self.max_meta = max_meta
         self.max_payload = max_payload
@@ -240,7 +237,7 @@ class FrameReader:
         becomes the one ``writable()`` names until the rest comes, and the
         result is None.
         """
-        buffer = self.allocate(op, meta, size)
+        buffer = None if self.allocate is None else self.allocate(op, meta, size)
         if buffer is None:
             if len(arrived) == size:
                 return bytes(arrived)  # one copy out of the receive buffer
