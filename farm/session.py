@@ -207,6 +207,7 @@ class Session:
             Op.RUN: self._run,
         }
         conn.reader.allocate = self._allocate
+        conn.reader.allocate_for = (_ARRAY_NEW, _ARRAY_WRITE, _UPLOAD)
         conn.reader.max_payload = max_payload
 
     # --- the request loop -------------------------------------------------
@@ -291,9 +292,7 @@ class Session:
             logger.info("could not send an error to the client: %s", exc)
 
     def _allocate(self, op: int, meta: dict, nbytes: int) -> Optional[Buffer]:
-        """Where a request's payload lands: array payloads go straight into array storage."""
-        if op != _ARRAY_NEW and op != _ARRAY_WRITE and op != _UPLOAD:
-            return None
+        """Where an UPLOAD, ARRAY_NEW or ARRAY_WRITE payload lands (the reader's own buffer for the rest)."""
         try:
             if op == _UPLOAD:  # straight into a file in the session directory, not into memory
                 path, contents = self._new_incoming_file(nbytes)
@@ -301,7 +300,7 @@ class Session:
                 return contents
             if op == _ARRAY_NEW:
                 return _new_storage(nbytes)[0]
-            target_id = meta.get("id")
+            target_id = meta.get("id")  # ARRAY_WRITE: into the array itself when the sizes match
             if isinstance(target_id, int) and target_id in self._arrays:
                 target = self._arrays[target_id]
                 if target.nbytes == nbytes:

@@ -61,13 +61,9 @@ class FramedSocket:
 
     def recv(self) -> Frame:
         """The next frame; raises :class:`ConnectionClosed` at end of stream."""
-        reader = self.reader
-        frame = reader.next_frame()
-        while frame is None:
-            count = self.sock.recv_into(reader.writable())
-            if not count:
-                raise ConnectionClosed(reader.pending)
-            frame = reader.advance_frame(count)
+        frame = self.reader.read_frame(self.sock.recv_into)
+        if frame is None:
+            raise ConnectionClosed(self.reader.pending)
         return frame
 
     def close(self) -> None:

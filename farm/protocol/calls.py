@@ -97,7 +97,7 @@ def encode_result(value: Any) -> bytes:
     """The RESULT payload of a call that returned ``value`` (None, int or float)."""
     if value is None:
         return _VOID
-    tag = tag_of(value)
+    tag = "i" if type(value) is int and -(1 << 63) <= value < (1 << 63) else tag_of(value)
     return _RESULT[tag].pack(tag.encode("ascii"), value)
 
 

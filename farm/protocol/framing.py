@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import struct
 from collections import deque
-from typing import Callable, Deque, List, NamedTuple, Optional, Tuple, Union
+from typing import Callable, Container, Deque, List, NamedTuple, Optional, Tuple, Union
 
 from ..errors import ProtocolError
 
@@ -91,10 +91,12 @@ class FrameReader:
         max_meta: int = DEFAULT_MAX_META,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         allocate: Optional[Allocator] = None,
+        allocate_for: Optional[Container[int]] = None,
     ) -> None:
         self.max_meta = max_meta
         self.max_payload = max_payload
         self.allocate = allocate
+        self.allocate_for = allocate_for  # the ops whose payloads ``allocate`` places (None: all)
         self._buf = bytearray(_CHUNK)
         self._view = memoryview(self._buf)
         self._start = 0  # unparsed bytes are _buf[_start:_end]
@@ -134,27 +136,38 @@ class FrameReader:
             self._make_room()
         return self._view[self._end :]
 
-    def advance_frame(self, count: int) -> Optional[Frame]:
-        """``advance(count)``, then the oldest completed frame or None.
+    def read_frame(self, recv_into: Callable[[memoryview], int]) -> Optional[Frame]:
+        """The next whole frame, receiving with ``recv_into(buffer) -> count`` as needed; None at end of stream.
 
-        When the reader was empty and the ``count`` bytes are exactly one frame
-        with a small payload, as calls and their replies are, the frame is
+        The I/O stays the caller's (a socket's ``recv_into``, or anything
+        alike). When the reader is empty and one read brings exactly one frame
+        with a small payload, as calls and their replies do, the frame is
         built directly, without the general parsing path.
         """
-        if self._end or self._payload is not None or self._frames or count < HEADER.size:
-            self.advance(count)
-            return self.next_frame()
-        self._end = count  # so that request_id names this frame if it is refused
-        _magic, _version, op, request_id, meta_len, size = self._header_at(0)
-        head_end = HEADER.size + meta_len
-        if count != head_end + size or size > INLINE_PAYLOAD:
+        while not self._frames:
+            if self._end or self._payload is not None or len(self._buf) < self._need:
+                count = recv_into(self.writable())
+                if not count:
+                    return None
+                self.advance(count)
+                continue
+            count = recv_into(self._view)
+            if not count:
+                return None
+            self._end = count  # the general path takes over from here, and request_id reads this frame
+            if count < HEADER.size:
+                self._parse()
+                continue
+            _magic, _version, op, request_id, meta_len, size = self._header_at(0)
+            head_end = HEADER.size + meta_len
+            if count != head_end + size or size > INLINE_PAYLOAD:
+                self._parse()
+                continue
+            meta = self._decode_meta(HEADER.size, head_end) if meta_len else {}
+            payload = self._place_payload(op, meta, size, self._view[head_end:count]) if size else _EMPTY
             self._end = 0
-            self.advance(count)
-            return self.next_frame()
-        meta = self._decode_meta(HEADER.size, head_end) if meta_len else {}
-        payload = self._place_payload(op, meta, size, self._view[head_end:count]) if size else _EMPTY
-        self._end = 0
-        return Frame(op, request_id, meta, payload)  # type: ignore[arg-type]  (complete: it all arrived)
+            return Frame(op, request_id, meta, payload)  # type: ignore[arg-type]  (complete: it all arrived)
+        return self._frames.popleft()
 
     def advance(self, count: int) -> None:
         """Record that ``count`` bytes were written into ``writable()``."""
@@ -237,7 +250,8 @@ class FrameReader:
         becomes the one ``writable()`` names until the rest comes, and the
         result is None.
         """
-        buffer = None if self.allocate is None else self.allocate(op, meta, size)
+        placed = self.allocate is not None and (self.allocate_for is None or op in self.allocate_for)
+        buffer = self.allocate(op, meta, size) if placed else None  # type: ignore[misc]
         if buffer is None:
             if len(arrived) == size:
                 return bytes(arrived)  # one copy out of the receive buffer
