@@ -23,6 +23,7 @@ from .errors import (
 __version__ = "0.1.0"
 
 _CLIENT_NAMES = ("connect", "RemoteArray", "RemoteDevice", "RemoteFunction", "RemoteModule", "RemoteSession")
+_TRACKER_NAMES = ("connect_tracker", "NoBoardError", "TrackerClient", "TrackerError")
 
 __all__ = [
     "ArgumentError",
@@ -35,6 +36,7 @@ __all__ = [
     "SessionLostError",
     "__version__",
     *_CLIENT_NAMES,
+    *_TRACKER_NAMES,
 ]
 
 
@@ -43,4 +45,8 @@ def __getattr__(name: str) -> Any:
         from . import client
 
         return getattr(client, name)
+    if name in _TRACKER_NAMES:
+        from . import tracker_client
+
+        return getattr(tracker_client, name)
     raise AttributeError("module 'farm' has no attribute %r" % name)

@@ -9,6 +9,7 @@ import tempfile
 import time
 from typing import Optional, Tuple
 
+from .net import parse_address
 from .processes import start_board
 from .toolchain import compile_shared
 
@@ -20,13 +21,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--board", metavar="HOST:PORT", help="use this running board instead of starting one")
     parser.add_argument("--key", default="demo", help="the board's key (default: demo)")
     parser.add_argument("--size", type=int, default=1 << 20, help="elements per vector (default: 1048576)")
-
-
-def parse_address(text: str) -> Tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError("%r is not HOST:PORT" % text)
-    return host, int(port)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,9 +28,11 @@ import time
 from typing import Dict, Optional, Sequence, Tuple
 
 from .errors import ProtocolError
+from .net import bind_first_free, parse_address
 from .protocol.framing import DEFAULT_MAX_PAYLOAD, FrameReader, encode_frame
 from .protocol.handshake import CODE_BUSY, CODE_MISMATCH, CODE_SUCCESS, Hello, HelloReader, encode_reply
 from .protocol.ops import Op
+from .registration import TrackerLink
 from .session import Session, SessionStatus
 from .transport import FramedSocket, send_buffers, tune
 
@@ -63,27 +65,6 @@ class _Active:
         self.timed_out = False
 
 
-def bind_first_free(host: str, port: int, port_end: int) -> socket.socket:
-    """A listening socket on the first port of ``port..port_end-1`` that binds (``port`` 0: any)."""
-    if not 0 <= port <= 65535:
-        raise OSError("port %d is outside 0..65535" % port)
-    ports = range(port, min(port_end, 65536)) if port and port_end > port else [port]
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    last_error: Optional[OSError] = None
-    for candidate in ports:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, candidate))
-        except OSError as exc:
-            sock.close()
-            last_error = exc
-            continue
-        sock.listen(128)
-        return sock
-    raise OSError("no free port in %d..%d on %s (last error: %s)" % (ports[0], ports[-1], host, last_error))
-
-
 def describe_exit(wait_status: int) -> Tuple[str, Optional[int], Optional[int]]:
     """``("was killed by signal 11 (SIGSEGV)", 11, None)`` or ``("exited with code 3", None, 3)``."""
     if os.WIFSIGNALED(wait_status):
@@ -109,6 +90,8 @@ class BoardServer:
         work_dir: Optional[str] = None,
         max_message_size: int = DEFAULT_MAX_PAYLOAD,
         handshake_timeout: float = 10.0,
+        tracker: Optional[Tuple[str, int]] = None,
+        custom_addr: Optional[str] = None,
     ) -> None:
         self.host = host
         self.key = key
@@ -126,6 +109,9 @@ class BoardServer:
         self._stop_signal = 0
         self._accept_paused_until = 0.0  # while out of file descriptors
         self._wakeup_r, self._wakeup_w = os.pipe()
+        self._link: Optional[TrackerLink] = None
+        if tracker is not None:
+            self._link = TrackerLink(tracker, key, self.port, self._selector, custom_addr)
 
     # --- the daemon loop ----------------------------------------------------
 
@@ -144,15 +130,19 @@ class BoardServer:
             signal.signal(number, self._on_stop_signal)
         try:
             while not self._stopping:
-                for key, _ in self._selector.select(self._next_timeout()):
+                for key, mask in self._selector.select(self._next_timeout()):
                     if key.fileobj is self._listener:
                         self._accept()
                     elif key.fileobj == self._wakeup_r:
                         self._drain_wakeups()
+                    elif isinstance(key.data, TrackerLink):
+                        key.data.on_event(mask)
                     else:
                         self._on_handshake_data(key.data)
                 self._reap()
                 self._expire(time.monotonic())
+                if self._link is not None:
+                    self._link.tick(time.monotonic())
                 if self._accept_paused_until and time.monotonic() >= self._accept_paused_until:
                     self._accept_paused_until = 0.0
                     self._selector.register(self._listener, selectors.EVENT_READ)
@@ -178,6 +168,8 @@ class BoardServer:
             deadlines.append(self._active.deadline)
         if self._accept_paused_until:
             deadlines.append(self._accept_paused_until)
+        if self._link is not None:
+            deadlines.append(self._link.next_deadline())
         if not deadlines:
             return 1.0
         return max(0.0, min(min(deadlines) - time.monotonic(), 1.0))
@@ -239,7 +231,11 @@ class BoardServer:
             self._admit(pending.sock, pending.peer, hello, pending.reader.leftover())
 
     def _key_matches(self, hello: Hello) -> bool:
-        return hello.role == "client" and (not hello.key or not self.key or hello.key == self.key)
+        if hello.role != "client":
+            return False
+        if self._link is not None:  # registered: only the client the tracker handed the board to
+            return self._link.accepts(hello.key)
+        return not hello.key or not self.key or hello.key == self.key
 
     def _admit(self, sock: socket.socket, peer: str, hello: Hello, leftover: bytes) -> None:
         accepted = False
@@ -307,6 +303,8 @@ class BoardServer:
         except OSError:
             pass  # the child already did it, or already exited
         self._watchdog.watch(pid)
+        if self._link is not None:
+            self._link.session_started()
         logger.info("session from %s started (pid %d%s)", peer, pid, ", timeout %g s" % timeout if timeout else "")
 
     def _run_child(self, active: _Active, leftover: bytes, bytes_sent: int, daemon_pid: int) -> None:
@@ -318,7 +316,9 @@ class BoardServer:
             signal.set_wakeup_fd(-1)
             for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
                 signal.signal(number, signal.SIG_DFL)
-            self._selector.close()
+            self._selector.close()  # before anything else: the epoll set is shared with the daemon
+            if self._link is not None:
+                self._link.forget()
             self._listener.close()
             for pending in self._pending.values():
                 pending.sock.close()
@@ -378,6 +378,8 @@ class BoardServer:
     def _end_session(self, active: _Active, wait_status: int, reason: str = "") -> None:
         """Tell the client how the (reaped) session process ended, unless it ended normally; clean up."""
         self._active = None
+        if self._link is not None and not reason:
+            self._link.session_ended()
         how, signal_number, exit_code = describe_exit(wait_status)
         state = active.status.state
         activity = active.status.activity
@@ -434,6 +436,8 @@ class BoardServer:
         for pending in list(self._pending.values()):
             self._drop_pending(pending)
         self._watchdog.stop()
+        if self._link is not None:
+            self._link.close()
         self._selector.close()
         self._listener.close()
         os.close(self._wakeup_r)
@@ -545,6 +549,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--handshake-timeout", type=float, default=10.0, help="seconds a new connection has to say hello"
     )
+    parser.add_argument(
+        "--tracker",
+        metavar="HOST:PORT",
+        type=parse_address,
+        help="register with this tracker; clients come through it",
+    )
+    parser.add_argument("--custom-addr", metavar="ADDR", help="the address the tracker gives clients (default: ours)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -552,7 +563,15 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     try:
         server = BoardServer(
-            args.host, args.port, args.port_end, args.key, args.work_dir, args.max_message_size, args.handshake_timeout
+            args.host,
+            args.port,
+            args.port_end,
+            args.key,
+            args.work_dir,
+            args.max_message_size,
+            args.handshake_timeout,
+            args.tracker,
+            args.custom_addr,
         )
     except OSError as exc:
         logger.error("cannot listen: %s", exc)

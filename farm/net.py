@@ -1,0 +1,40 @@
+"""Small network helpers shared by the daemons and the command line (standard library only)."""
+
+from __future__ import annotations
+
+import socket
+from typing import Optional, Tuple
+
+
+def bind_first_free(host: str, port: int, port_end: int) -> socket.socket:
+    """A listening socket on the first port of ``port..port_end-1`` that binds (``port`` 0: any)."""
+    if not 0 <= port <= 65535:
+        raise OSError("port %d is outside 0..65535" % port)
+    ports = range(port, min(port_end, 65536)) if port and port_end > port else [port]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    last_error: Optional[OSError] = None
+    for candidate in ports:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, candidate))
+        except OSError as exc:
+            sock.close()
+            last_error = exc
+            continue
+        sock.listen(128)
+        return sock
+    raise OSError("no free port in %d..%d on %s (last error: %s)" % (ports[0], ports[-1], host, last_error))
+
+
+def parse_address(text: str, default_port: Optional[int] = None) -> Tuple[str, int]:
+    """``HOST:PORT`` (or ``[V6]:PORT``) -> ``(host, port)``; ValueError naming the problem."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep:
+        if default_port is None:
+            raise ValueError("%r is not HOST:PORT" % text)
+        host, port = text.strip(), str(default_port)
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("%r is not HOST:PORT with a port in 1..65535" % text)
+    return host, int(port)

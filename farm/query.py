@@ -1,0 +1,77 @@
+"""``python -m farm.query --host HOST --port PORT``: the tracker's boards and queues.
+
+The text is laid out as TVM's ``query_rpc_tracker`` prints it (Server List,
+Queue Status), so anyone who read a TVM tutorial recognises it, with who
+holds each board after its key; ``--json`` prints the raw summary for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any, Dict, Optional, Sequence
+
+from .tracker_client import TrackerError, connect_tracker
+
+
+def format_summary(summary: Dict[str, Any], now: Optional[float] = None) -> str:
+    """The Server List and Queue Status tables of a tracker summary."""
+    now = time.time() if now is None else now
+    lines = ["Server List", "-" * 30, "server-address           key", "-" * 30]
+    boards_per_key: Dict[str, int] = {}
+    for server in sorted(summary.get("server_info", []), key=lambda item: str(item.get("key", ""))):
+        key = str(server.get("key", ""))
+        address = ":".join(str(part) for part in server.get("addr", []))
+        line = "%-21s    %s" % (address, key)
+        if server.get("state") == "held":
+            since = server.get("since")
+            held_for = " for %.0f s" % (now - since) if isinstance(since, (int, float)) else ""
+            line += "    held by %s%s" % (server.get("held_by") or "a client", held_for)
+        lines.append(line)
+        board_key = key.split(":", 1)[1] if ":" in key else key
+        boards_per_key[board_key] = boards_per_key.get(board_key, 0) + 1
+    lines += ["-" * 30, ""]
+    queues = summary.get("queue_info", {})
+    width = max([len(key) for key in queues] + [3])
+    title = "%-*s   total  free  pending" % (width, "key")
+    lines += ["Queue Status", "-" * len(title), title, "-" * len(title)]
+    for key in sorted(queues):
+        total = boards_per_key.get(key, 0)
+        free, pending = queues[key].get("free", 0), queues[key].get("pending", 0)
+        if total or pending:
+            lines.append("%-*s   %-5d  %-4d  %-7d" % (width, key, total, free, pending))
+    lines.append("-" * len(title))
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="the tracker's address (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=9190, help="the tracker's port (default: 9190)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        with connect_tracker(args.host, args.port) as tracker:
+            summary = tracker.summary()
+    except TrackerError as exc:
+        print("farm query: %s" % exc, file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        print("Tracker address %s:%d\n" % (args.host, args.port))
+        print(format_summary(summary), end="")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m farm.query", description="Show a tracker's boards and queues.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

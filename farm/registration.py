@@ -1,0 +1,239 @@
+"""A board's registration with a tracker, driven by the board daemon's selector loop.
+
+The board tells the tracker who it is (UPDATE_INFO, with the data protocol
+it speaks) and offers itself under its key with a fresh match key (PUT)
+whenever it is free. Only a client presenting that match key gets a session,
+so nobody skips the queue. As TVM's boards do, it asks the tracker now and
+then which of its match keys are still pending; one that was handed out but
+never used is replaced after a while, so a client that vanished after its
+request does not keep the board. A lost tracker is reconnected with backoff,
+and the board registers again. Standard library only, non-blocking.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import selectors
+import socket
+import time
+from collections import deque
+from typing import Any, Deque, Optional, Tuple
+
+from .errors import ProtocolError
+from .protocol.tracker import FARM_PROTOCOL, Code, MessageReader, encode_magic, encode_message, random_matchkey
+
+logger = logging.getLogger("farm.registration")
+
+#: Seconds between reconnection attempts: doubling from the first to the last.
+RETRY_FIRST, RETRY_LAST = 0.25, 2.0
+#: Seconds between checks of the pending match keys while the board is free.
+POLL_PERIOD = 1.0
+#: A match key handed out but not presented within this many seconds is replaced.
+UNUSED_MATCHKEY_TIMEOUT = 5.0
+
+
+class TrackerLink:
+    """The board's connection to its tracker (see the module docstring)."""
+
+    def __init__(
+        self,
+        address: Tuple[str, int],
+        key: str,
+        port: int,
+        selector: selectors.BaseSelector,
+        custom_addr: Optional[str] = None,
+    ) -> None:
+        self.address = address
+        self.key = key
+        self.port = port
+        self.custom_addr = custom_addr
+        self.matchkey: Optional[str] = None  # what a client must present now; None while in a session
+        self._selector = selector
+        self._sock: Optional[socket.socket] = None
+        self._connected = False
+        self._reader = MessageReader(expect_magic=True)
+        self._out = bytearray()
+        self._expected: Deque[str] = deque()  # what each outstanding request was
+        self._retry_delay = RETRY_FIRST
+        self._next_attempt = 0.0
+        self._next_poll = 0.0
+        self._handed_out_since: Optional[float] = None
+        self._in_session = False
+
+    # --- what the daemon tells it ---------------------------------------------
+
+    def session_started(self) -> None:
+        self._in_session = True
+        self.matchkey = None
+
+    def session_ended(self) -> None:
+        self._in_session = False
+        self._offer()
+
+    def accepts(self, client_key: str) -> bool:
+        return self.matchkey is not None and client_key == self.matchkey
+
+    def next_deadline(self) -> float:
+        return self._next_attempt if self._sock is None else self._next_poll
+
+    def close(self) -> None:
+        self._disconnect(reconnect=False)
+
+    def forget(self) -> None:
+        """Close the connection without touching the selector (in a forked child, whose epoll set is shared)."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    # --- the loop's calls -------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Reconnect when due; poll the pending match keys when due."""
+        if self._sock is None:
+            if now >= self._next_attempt:
+                self._connect()
+            return
+        if self._reader.magic_seen and not self._in_session and now >= self._next_poll and not self._expected:
+            self._next_poll = now + POLL_PERIOD
+            self._send([Code.GET_PENDING_MATCHKEYS], "pending")
+
+    def on_event(self, mask: int) -> None:
+        if self._sock is None:
+            return
+        if mask & selectors.EVENT_WRITE:
+            if not self._connected:
+                error = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if error:
+                    self._lost("cannot reach the tracker: %s" % errno.errorcode.get(error, error))
+                    return
+                self._on_connected()
+            self._flush()
+        if mask & selectors.EVENT_READ and self._sock is not None:
+            self._receive()
+
+    # --- connection -------------------------------------------------------------
+
+    def _connect(self) -> None:
+        family = socket.AF_INET6 if ":" in self.address[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        error = sock.connect_ex(self.address)
+        if error not in (0, errno.EINPROGRESS):
+            sock.close()
+            host, port = self.address
+            self._schedule_retry("cannot reach the tracker at %s:%d: %s" % (host, port, errno.errorcode.get(error)))
+            return
+        self._sock = sock
+        self._connected = False
+        self._reader = MessageReader(expect_magic=True)
+        self._out = bytearray(encode_magic())
+        self._expected.clear()
+        self._selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self)
+
+    def _on_connected(self) -> None:
+        """The TCP connection is up: send the magic alone (TVM's tracker wants it in a segment of its own)."""
+        self._connected = True
+        self._retry_delay = RETRY_FIRST
+
+    def _on_magic_echoed(self) -> None:
+        logger.info("registered with the tracker at %s:%d", *self.address)
+        info = {"key": "server:" + self.key, "addr": [self.custom_addr, self.port], "protocol": FARM_PROTOCOL}
+        self._send([Code.UPDATE_INFO, info], "update_info")
+        if not self._in_session:
+            self._offer()
+
+    def _offer(self) -> None:
+        """Offer the board under a new match key (when connected; else on connecting)."""
+        self.matchkey = random_matchkey(self.key)
+        self._handed_out_since = None
+        self._next_poll = time.monotonic() + POLL_PERIOD
+        if self._reader.magic_seen:
+            self._send([Code.PUT, self.key, [self.port, self.matchkey], self.custom_addr], "put")
+
+    def _send(self, message: Any, kind: str) -> None:
+        self._out += encode_message(message)
+        self._expected.append(kind)
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._sock is None:
+            return
+        sent = 0
+        if self._connected and self._out:
+            try:
+                sent = self._sock.send(self._out)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                self._lost("lost the tracker: %s" % exc)
+                return
+        del self._out[:sent]
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._out or not self._connected else 0)
+        self._selector.modify(self._sock, events, self)
+
+    def _receive(self) -> None:
+        assert self._sock is not None
+        try:
+            data = self._sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._lost("lost the tracker: %s" % exc)
+            return
+        if not data:
+            self._lost("the tracker closed the connection")
+            return
+        echoed = self._reader.magic_seen
+        try:
+            replies = self._reader.feed(data)
+        except ProtocolError as exc:
+            self._lost("the tracker sent nonsense: %s" % exc)
+            return
+        if not echoed and self._reader.magic_seen:
+            self._on_magic_echoed()
+        for reply in replies:
+            kind = self._expected.popleft() if self._expected else "unexpected"
+            self._on_reply(kind, reply)
+
+    def _on_reply(self, kind: str, reply: Any) -> None:
+        if kind == "pending":
+            self._check_pending(reply if isinstance(reply, list) else [])
+        elif reply != Code.SUCCESS:
+            logger.warning("the tracker answered %s with %r", kind, reply)
+
+    def _check_pending(self, pending: list) -> None:
+        if self.matchkey is None or self.matchkey in pending:
+            self._handed_out_since = None
+            return
+        now = time.monotonic()
+        if self._handed_out_since is None:
+            self._handed_out_since = now
+        elif now - self._handed_out_since > UNUSED_MATCHKEY_TIMEOUT:
+            unused = now - self._handed_out_since
+            logger.info("a match key handed out %.0f s ago was never used; offering the board again", unused)
+            self._offer()
+
+    def _lost(self, why: str) -> None:
+        logger.warning("%s; reconnecting", why)
+        self._disconnect(reconnect=True)
+
+    def _disconnect(self, reconnect: bool) -> None:
+        if self._sock is not None:
+            try:
+                self._selector.unregister(self._sock)
+            except (KeyError, ValueError):
+                pass
+            self._sock.close()
+        self._sock = None
+        self._connected = False
+        if not self._in_session:
+            self.matchkey = None  # a new one is offered on reconnecting
+        if reconnect:
+            self._schedule_retry("")
+
+    def _schedule_retry(self, why: str) -> None:
+        if why:
+            logger.info("%s; retrying in %.2f s", why, self._retry_delay)
+        self._next_attempt = time.monotonic() + self._retry_delay
+        self._retry_delay = min(RETRY_LAST, self._retry_delay * 2)

@@ -1,0 +1,404 @@
+"""The tracker: ``python -m farm.tracker --host 127.0.0.1 --port 9190 --port-end 9199``.
+
+Boards register under a key (PUT a match key, UPDATE_INFO about themselves);
+clients REQUEST a key and wait until a board of that key is free: highest
+priority first, first come first served within a priority. It speaks TVM's
+tracker protocol (:mod:`farm.protocol.tracker`), so TVM's boards, clients and
+query tool work with it, plus extensions only this project's peers use.
+
+A connection is its peer's lease: when it closes, the peer's queued requests
+and its boards' offers go with it. asyncio, standard library, one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import logging
+import signal
+import socket
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+
+from .errors import ProtocolError
+from .net import bind_first_free
+from .protocol.tracker import TVM_PROTOCOL, Code, MessageReader, encode_magic, encode_message
+
+logger = logging.getLogger("farm.tracker")
+
+
+class Offer:
+    """A board's PUT: one free slot under a key, claimed with its match key."""
+
+    def __init__(self, peer: Peer, key: str, host: str, port: int, matchkey: str) -> None:
+        self.peer = peer
+        self.key = key
+        self.host = host
+        self.port = port
+        self.matchkey = matchkey
+
+
+class Waiter:
+    """A queued REQUEST."""
+
+    def __init__(self, peer: Peer, key: str, user: str, priority: int, seq: int, options: Dict[str, Any]) -> None:
+        self.peer = peer
+        self.key = key
+        self.user = user
+        self.priority = priority
+        self.seq = seq
+        self.protocols = tuple(options.get("protocols") or (TVM_PROTOCOL,))
+        self.progress = bool(options.get("progress"))
+        self.wait = options.get("wait")
+        self.since = time.monotonic()
+        self.position: Optional[int] = None
+        self.timer: Optional[asyncio.TimerHandle] = None
+
+    @property
+    def order(self) -> Tuple[int, int]:
+        return (-self.priority, self.seq)
+
+
+class Peer:
+    """One connection to the tracker: a board, a client, or a query tool."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        address = writer.get_extra_info("peername") or ("?", 0)
+        self.host = address[0]
+        self.name = "%s:%s" % address[:2]
+        self.info: Dict[str, Any] = {}  # from UPDATE_INFO
+        self.keys: Set[str] = set()  # every key this peer offered a board under
+        self.pending_matchkeys: Set[str] = set()  # offered and not yet handed out
+        self.offers: List[Offer] = []
+        self.waiters: List[Waiter] = []
+        self.held_by: Optional[str] = None  # the user its last handed-out offer went to
+        self.held_since: Optional[float] = None
+        self.closed = False
+
+    @property
+    def protocol(self) -> str:
+        return self.info.get("protocol", TVM_PROTOCOL)
+
+    def send(self, value: Any) -> None:
+        if not self.closed:
+            self.writer.write(encode_message(value))
+
+
+class KeyQueue:
+    """The free boards and the waiting requests of one key."""
+
+    def __init__(self) -> None:
+        self.offers: List[Offer] = []  # first in, first out
+        self.waiters: List[Waiter] = []  # kept in (-priority, arrival) order
+
+    def add_waiter(self, waiter: Waiter) -> None:
+        index = 0
+        while index < len(self.waiters) and self.waiters[index].order < waiter.order:
+            index += 1
+        self.waiters.insert(index, waiter)
+
+    def matches(self) -> List[Tuple[Waiter, Offer]]:
+        """Pair waiters with offers they can use, best waiter first, and remove the pairs."""
+        pairs = []
+        for waiter in list(self.waiters):
+            offer = next((o for o in self.offers if o.peer.protocol in waiter.protocols), None)
+            if offer is None:
+                continue
+            self.waiters.remove(waiter)
+            self.offers.remove(offer)
+            pairs.append((waiter, offer))
+        return pairs
+
+
+def _expect(condition: bool, what: str) -> None:
+    if not condition:
+        raise ProtocolError(what)
+
+
+class Tracker:
+    """The queue of boards per key; see the module docstring."""
+
+    def __init__(self, stop_key: Optional[str] = None) -> None:
+        self.stop_key = stop_key
+        self.queues: Dict[str, KeyQueue] = {}
+        self.peers: Set[Peer] = set()
+        self._seq = itertools.count()
+        self.stopped = asyncio.Event()
+        self.tasks: Set[asyncio.Task[None]] = set()  # one per connection
+
+    # --- connections ----------------------------------------------------------
+
+    async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = Peer(writer)
+        messages = MessageReader(expect_magic=True)
+        self.peers.add(peer)
+        self.tasks.add(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                magic_was_seen = messages.magic_seen
+                received = messages.feed(data)
+                if not magic_was_seen and messages.magic_seen:
+                    writer.write(encode_magic())
+                for message in received:
+                    self._dispatch(peer, message)
+                await writer.drain()
+        except ProtocolError as exc:
+            logger.warning("closing the connection from %s: %s", peer.name, exc)
+        except ConnectionError as exc:
+            logger.info("connection from %s broke: %s", peer.name, exc)
+        except Exception:
+            logger.exception("closing the connection from %s after an internal error", peer.name)
+        finally:
+            self._drop(peer)
+            writer.close()
+            self.tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+
+    def _drop(self, peer: Peer) -> None:
+        """A closed connection takes its queued requests and its boards' offers along."""
+        peer.closed = True
+        self.peers.discard(peer)
+        keys = set()
+        for waiter in peer.waiters:
+            self._remove_waiter(waiter)
+            keys.add(waiter.key)
+        for offer in peer.offers:
+            queue = self.queues.get(offer.key)
+            if queue is not None and offer in queue.offers:
+                queue.offers.remove(offer)
+            keys.add(offer.key)
+        if peer.keys:
+            logger.info("board %s (%s) left", peer.name, ", ".join(sorted(peer.keys)))
+        for key in keys:
+            self._schedule(key)
+
+    # --- messages ---------------------------------------------------------------
+
+    def _dispatch(self, peer: Peer, message: Any) -> None:
+        _expect(isinstance(message, list) and message and type(message[0]) is int, "a request is not [code, ...]")
+        code = message[0]
+        if code == Code.PING:
+            peer.send(Code.SUCCESS)
+        elif code == Code.PUT:
+            self._put(peer, message)
+        elif code == Code.REQUEST:
+            self._request(peer, message)
+        elif code == Code.UPDATE_INFO:
+            self._update_info(peer, message)
+        elif code == Code.SUMMARY:
+            peer.send([Code.SUCCESS, self.summary()])
+        elif code == Code.GET_PENDING_MATCHKEYS:
+            peer.send(sorted(peer.pending_matchkeys))
+        elif code == Code.STOP:
+            if self.stop_key is not None and message[1:2] == [self.stop_key]:
+                peer.send(Code.SUCCESS)
+                self.stopped.set()
+            else:
+                peer.send(Code.FAIL)
+        else:
+            raise ProtocolError("unknown tracker code %r" % code)
+
+    def _put(self, peer: Peer, message: list) -> None:
+        _expect(len(message) >= 3 and isinstance(message[1], str), "PUT is not [3, key, [port, matchkey], host]")
+        key, slot = message[1], message[2]
+        _expect(isinstance(slot, list) and len(slot) == 2, "PUT's second argument is not [port, matchkey]")
+        port, matchkey = slot
+        if isinstance(port, str) and port.isdigit():
+            port = int(port)  # TVM's C++ and Java boards send the port as a string
+        _expect(type(port) is int and 0 < port < 65536, "PUT's port %r is not a port number" % (port,))
+        _expect(isinstance(matchkey, str), "PUT's match key is not a string")
+        host = message[3] if len(message) > 3 and message[3] is not None else peer.host
+        _expect(isinstance(host, str), "PUT's address is not a string")
+        offer = Offer(peer, key, host, port, matchkey)
+        if key not in peer.keys:
+            logger.info("board %s offers key %r at %s:%d", peer.name, key, host, port)
+        peer.keys.add(key)
+        peer.offers.append(offer)
+        peer.pending_matchkeys.add(matchkey)
+        peer.held_by = peer.held_since = None
+        self.queues.setdefault(key, KeyQueue()).offers.append(offer)
+        peer.send(Code.SUCCESS)
+        self._schedule(key)
+
+    def _update_info(self, peer: Peer, message: list) -> None:
+        _expect(len(message) >= 2 and isinstance(message[1], dict), "UPDATE_INFO is not [5, {...}]")
+        info = dict(message[1])
+        addr = info.get("addr")
+        _expect(isinstance(addr, list) and len(addr) == 2, "UPDATE_INFO's addr is not [host, port]")
+        if addr[0] is None:
+            addr = [peer.host, addr[1]]
+        info["addr"] = addr
+        peer.info.update(info)
+        peer.send(Code.SUCCESS)
+
+    def _request(self, peer: Peer, message: list) -> None:
+        _expect(len(message) >= 4 and isinstance(message[1], str), "REQUEST is not [4, key, user, priority]")
+        key, user, priority = message[1], message[2], message[3]
+        _expect(type(priority) in (int, float), "REQUEST's priority %r is not a number" % (priority,))
+        options = message[4] if len(message) > 4 and isinstance(message[4], dict) else {}
+        waiter = Waiter(peer, key, str(user or ""), int(priority), next(self._seq), options)
+        refusal = self._refusal(waiter, options)
+        if refusal:
+            peer.send([Code.FAIL, refusal])
+            return
+        peer.waiters.append(waiter)
+        self.queues.setdefault(key, KeyQueue()).add_waiter(waiter)
+        if isinstance(waiter.wait, (int, float)) and waiter.wait >= 0:
+            waiter.timer = asyncio.get_running_loop().call_later(waiter.wait, self._expire, waiter)
+        self._schedule(key)
+
+    def _refusal(self, waiter: Waiter, options: Dict[str, Any]) -> str:
+        """Why a request cannot ever be served right now ("" if it can wait)."""
+        if options.get("wait_for_key"):
+            return ""
+        boards = self._boards_of(waiter.key)
+        if not boards:
+            keys = sorted({key for peer in self.peers for key in peer.keys})
+            return "no board serves key %r (keys served: %s)" % (waiter.key, ", ".join(keys) or "none")
+        if not any(peer.protocol in waiter.protocols for peer in boards):
+            spoken = sorted({peer.protocol for peer in boards})
+            return "the boards of key %r speak %s, and this client speaks %s" % (
+                waiter.key,
+                " and ".join(spoken),
+                " and ".join(waiter.protocols),
+            )
+        return ""
+
+    def _boards_of(self, key: str) -> List[Peer]:
+        return [peer for peer in self.peers if key in peer.keys]
+
+    # --- scheduling ---------------------------------------------------------------
+
+    def _schedule(self, key: str) -> None:
+        queue = self.queues.get(key)
+        if queue is None:
+            return
+        for waiter, offer in queue.matches():
+            self._forget_waiter(waiter)
+            offer.peer.offers.remove(offer)
+            offer.peer.pending_matchkeys.discard(offer.matchkey)
+            offer.peer.held_by, offer.peer.held_since = waiter.user, time.time()
+            waiter.peer.send([Code.SUCCESS, [offer.host, offer.port, offer.matchkey]])
+            logger.info(
+                "board %s:%d of key %r to %s%s after %.2f s",
+                offer.host,
+                offer.port,
+                key,
+                waiter.peer.name,
+                " (%s)" % waiter.user if waiter.user else "",
+                time.monotonic() - waiter.since,
+            )
+        self._report_positions(queue)
+        if not queue.offers and not queue.waiters and not self._boards_of(key):
+            del self.queues[key]
+
+    def _report_positions(self, queue: KeyQueue) -> None:
+        boards = len(self._boards_of(queue.waiters[0].key)) if queue.waiters else 0
+        for position, waiter in enumerate(queue.waiters):
+            if waiter.progress and waiter.position != position:
+                waiter.position = position
+                state = {"position": position, "ahead": position, "boards": boards, "free": len(queue.offers)}
+                waiter.peer.send([Code.WAITING, state])
+
+    def _expire(self, waiter: Waiter) -> None:
+        queue = self.queues.get(waiter.key)
+        if queue is None or waiter not in queue.waiters:
+            return
+        ahead = queue.waiters.index(waiter)
+        self._remove_waiter(waiter)
+        waiter.peer.send(
+            [
+                Code.FAIL,
+                "no board of key %r freed within %g s (%d request%s ahead)"
+                % (waiter.key, waiter.wait, ahead, "" if ahead == 1 else "s"),
+            ]
+        )
+        self._schedule(waiter.key)
+
+    def _forget_waiter(self, waiter: Waiter) -> None:
+        if waiter in waiter.peer.waiters:
+            waiter.peer.waiters.remove(waiter)
+        if waiter.timer is not None:
+            waiter.timer.cancel()
+
+    def _remove_waiter(self, waiter: Waiter) -> None:
+        queue = self.queues.get(waiter.key)
+        if queue is not None and waiter in queue.waiters:
+            queue.waiters.remove(waiter)
+        self._forget_waiter(waiter)
+
+    # --- summary ------------------------------------------------------------------
+
+    def summary(self) -> Dict[str, Any]:
+        """TVM's summary (``queue_info``, ``server_info``) with who holds each board and since when."""
+        queue_info = {}
+        for key, queue in sorted(self.queues.items()):
+            queue_info[key] = {"free": len(queue.offers), "pending": len(queue.waiters)}
+        server_info = []
+        for peer in sorted(self.peers, key=lambda p: p.name):
+            if not str(peer.info.get("key", "")).startswith("server"):
+                continue
+            entry = dict(peer.info)
+            entry["protocol"] = peer.protocol
+            entry["free"] = bool(peer.offers)
+            entry["state"] = "free" if peer.offers else "held" if peer.held_by is not None else "busy"
+            entry["held_by"] = peer.held_by
+            entry["since"] = peer.held_since
+            server_info.append(entry)
+        return {"queue_info": queue_info, "server_info": server_info}
+
+
+# --- command line -------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The tracker's options, shared by ``python -m farm.tracker`` and ``farm tracker``."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=9190, help="first port to try; 0 lets the system pick")
+    parser.add_argument("--port-end", type=int, default=9199, help="end of the port range, exclusive")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+async def serve(sock: socket.socket, stop_key: Optional[str] = None) -> None:
+    """Serve on the listening ``sock`` until SIGTERM, SIGINT or an authorised STOP."""
+    tracker = Tracker(stop_key)
+    server = await asyncio.start_server(tracker.handle_connection, sock=sock)
+    loop = asyncio.get_running_loop()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(number, tracker.stopped.set)
+    host, port = sock.getsockname()[:2]
+    logger.info("bind to %s:%d", host, port)
+    async with server:
+        await tracker.stopped.wait()
+        server.close()
+        for peer in list(tracker.peers):
+            peer.writer.close()  # each connection's task then sees the end of its stream
+        if tracker.tasks:
+            await asyncio.wait(list(tracker.tasks), timeout=5)
+    logger.info("tracker stopped")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        sock = bind_first_free(args.host, args.port, args.port_end)
+    except OSError as exc:
+        logger.error("cannot listen: %s", exc)
+        return 1
+    asyncio.run(serve(sock))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m farm.tracker", description="Run a tracker.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Talk to a tracker: request a board of a key, read the summary (standard library only).
+
+tracker = farm.connect_tracker("127.0.0.1", 9190)
+with tracker.request("rasp4", priority=1, session_timeout=60, wait=300) as remote:
+    ...
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+from .errors import FarmError, HandshakeError, ProtocolError
+from .protocol.tracker import FARM_PROTOCOL, Code, MessageReader, encode_magic, encode_message
+
+#: How often a request is retried when the board it was handed cannot be reached.
+BOARD_CONNECT_ATTEMPTS = 3
+
+
+class TrackerError(FarmError):
+    """The tracker refused or could not serve a request; the message says why."""
+
+
+class NoBoardError(TrackerError):
+    """No board of the key was handed out: none serves it, or none freed in time."""
+
+
+class Assignment(Tuple[str, int, str]):
+    """Where the handed-out board listens and the match key to present to it."""
+
+    @property
+    def host(self) -> str:
+        return self[0]
+
+    @property
+    def port(self) -> int:
+        return self[1]
+
+    @property
+    def matchkey(self) -> str:
+        return self[2]
+
+
+class TrackerClient:
+    """A connection to a tracker; each call waits for its reply."""
+
+    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
+        self.host = host
+        self.port = port
+        self._reader = MessageReader(expect_magic=True)
+        self._pending: list = []
+        try:
+            self._sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as exc:
+            raise TrackerError("cannot reach the tracker at %s:%d: %s" % (host, port, exc)) from None
+        try:
+            self._sock.sendall(encode_magic())
+            while not self._reader.magic_seen:
+                self._pending += self._reader.feed(self._recv())
+        except (OSError, ProtocolError) as exc:
+            self._sock.close()
+            raise TrackerError("%s:%d is not a tracker: %s" % (host, port, exc)) from None
+
+    def __enter__(self) -> TrackerClient:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _recv(self) -> bytes:
+        data = self._sock.recv(65536)
+        if not data:
+            raise TrackerError("the tracker at %s:%d closed the connection" % (self.host, self.port))
+        return data
+
+    def _next_message(self, timeout: Optional[float]) -> Any:
+        self._sock.settimeout(timeout)
+        while not self._pending:
+            self._pending += self._reader.feed(self._recv())
+        return self._pending.pop(0)
+
+    def call(self, message: list, timeout: Optional[float] = 10.0) -> Any:
+        """Send one request and return the tracker's reply."""
+        try:
+            self._sock.sendall(encode_message(message))
+            return self._next_message(timeout)
+        except socket.timeout:
+            raise TrackerError(
+                "no reply from the tracker at %s:%d within %g s" % (self.host, self.port, timeout)
+            ) from None
+        except (OSError, ProtocolError) as exc:
+            raise TrackerError("lost the tracker at %s:%d: %s" % (self.host, self.port, exc)) from None
+
+    def ping(self) -> None:
+        if self.call([Code.PING]) != Code.SUCCESS:
+            raise TrackerError("the tracker did not answer PING")
+
+    def summary(self) -> Dict[str, Any]:
+        """``queue_info`` per key and ``server_info`` per board (with who holds it and since when)."""
+        reply = self.call([Code.SUMMARY])
+        if not (isinstance(reply, list) and len(reply) == 2 and reply[0] == Code.SUCCESS):
+            raise TrackerError("unexpected SUMMARY reply %r" % (reply,))
+        return reply[1]
+
+    def request_board(
+        self,
+        key: str,
+        priority: int = 0,
+        user: str = "",
+        wait: Optional[float] = None,
+        wait_for_key: bool = False,
+        protocols: Sequence[str] = (FARM_PROTOCOL,),
+        on_progress: Optional[Callable[[Dict[str, Any]], None]] = None,
+    ) -> Assignment:
+        """Queue for a board of ``key`` and return where it is once it is ours.
+
+        ``wait``: give up after that many seconds (:class:`NoBoardError`).
+        ``wait_for_key``: queue even if no board serves the key yet.
+        ``on_progress`` receives ``{"position", "ahead", "boards", "free"}``
+        whenever the place in the queue changes.
+        """
+        options: Dict[str, Any] = {"protocols": list(protocols), "progress": on_progress is not None}
+        if wait is not None:
+            options["wait"] = wait
+        if wait_for_key:
+            options["wait_for_key"] = True
+        try:
+            self._sock.sendall(encode_message([Code.REQUEST, key, user, priority, options]))
+            while True:
+                reply = self._next_message(None)
+                if isinstance(reply, list) and len(reply) == 2 and reply[0] == Code.WAITING:
+                    if on_progress is not None:
+                        on_progress(reply[1])
+                    continue
+                break
+        except (OSError, ProtocolError) as exc:
+            where = "%s:%d" % (self.host, self.port)
+            raise TrackerError("lost the tracker at %s while waiting for %r: %s" % (where, key, exc)) from None
+        if isinstance(reply, list) and len(reply) == 2 and reply[0] == Code.FAIL:
+            raise NoBoardError(str(reply[1]))
+        if not (isinstance(reply, list) and len(reply) == 2 and reply[0] == Code.SUCCESS and len(reply[1]) == 3):
+            raise TrackerError("unexpected REQUEST reply %r" % (reply,))
+        host, port, matchkey = reply[1]
+        return Assignment((host, int(port), matchkey))
+
+    def request(
+        self,
+        key: str,
+        priority: int = 0,
+        session_timeout: Optional[float] = None,
+        wait: Optional[float] = None,
+        user: str = "",
+        wait_for_key: bool = False,
+        on_progress: Optional[Callable[[Dict[str, Any]], None]] = None,
+    ) -> Any:
+        """A session on a board of ``key``, as TVM's ``TrackerSession.request`` gives one.
+
+        A board that cannot be reached once handed out (it just died) is
+        skipped and the request made again, up to a few times.
+        """
+        from .client import connect  # the host client needs numpy; the rest of this module does not
+
+        deadline = None if wait is None else time.monotonic() + wait
+        failures = []
+        for attempt in range(BOARD_CONNECT_ATTEMPTS):
+            remaining = wait if deadline is None or not attempt else max(0.0, deadline - time.monotonic())
+            board = self.request_board(key, priority, user, remaining, wait_for_key, on_progress=on_progress)
+            try:
+                return connect(board.host, board.port, key=board.matchkey, session_timeout=session_timeout)
+            except (OSError, HandshakeError) as exc:
+                failures.append("%s:%d: %s" % (board.host, board.port, exc))
+        raise TrackerError(
+            "the tracker handed out boards of key %r that could not be reached: %s" % (key, "; ".join(failures))
+        )
+
+
+def connect_tracker(host: str, port: int, timeout: float = 10.0) -> TrackerClient:
+    """Connect to the tracker at ``host:port``."""
+    return TrackerClient(host, port, timeout)
