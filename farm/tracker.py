@@ -50,6 +50,7 @@ class Waiter:
         self.priority = priority
         self.seq = seq
         self.protocols = tuple(options.get("protocols") or (TVM_PROTOCOL,))
+        self.extended = bool(options)  # this project's client: its reply also names the board's protocol
         self.progress = bool(options.get("progress"))
         self.wait = options.get("wait")
         self.since = time.monotonic()
@@ -283,7 +284,10 @@ class Tracker:
             offer.peer.offers.remove(offer)
             offer.peer.pending_matchkeys.discard(offer.matchkey)
             offer.peer.held_by, offer.peer.held_since = waiter.user, time.time()
-            waiter.peer.send([Code.SUCCESS, [offer.host, offer.port, offer.matchkey]])
+            assignment = [offer.host, offer.port, offer.matchkey]
+            if waiter.extended:
+                assignment.append(offer.peer.protocol)  # a TVM client would not unpack a fourth element
+            waiter.peer.send([Code.SUCCESS, assignment])
             logger.info(
                 "board %s:%d of key %r to %s%s after %.2f s",
                 offer.host,

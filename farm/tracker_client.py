@@ -12,7 +12,7 @@ import time
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from .errors import FarmError, HandshakeError, ProtocolError
-from .protocol.tracker import FARM_PROTOCOL, Code, MessageReader, encode_magic, encode_message
+from .protocol.tracker import FARM_PROTOCOL, TVM_PROTOCOL, Code, MessageReader, encode_magic, encode_message
 
 #: How often a request is retried when the board it was handed cannot be reached.
 BOARD_CONNECT_ATTEMPTS = 3
@@ -26,8 +26,8 @@ class NoBoardError(TrackerError):
     """No board of the key was handed out: none serves it, or none freed in time."""
 
 
-class Assignment(Tuple[str, int, str]):
-    """Where the handed-out board listens and the match key to present to it."""
+class Assignment(Tuple[str, int, str, str]):
+    """Where the handed-out board listens, the match key to present to it, and the protocol it speaks."""
 
     @property
     def host(self) -> str:
@@ -40,6 +40,10 @@ class Assignment(Tuple[str, int, str]):
     @property
     def matchkey(self) -> str:
         return self[2]
+
+    @property
+    def protocol(self) -> str:
+        return self[3]
 
 
 class TrackerClient:
@@ -142,10 +146,11 @@ class TrackerClient:
             raise TrackerError("lost the tracker at %s while waiting for %r: %s" % (where, key, exc)) from None
         if isinstance(reply, list) and len(reply) == 2 and reply[0] == Code.FAIL:
             raise NoBoardError(str(reply[1]))
-        if not (isinstance(reply, list) and len(reply) == 2 and reply[0] == Code.SUCCESS and len(reply[1]) == 3):
+        if not (isinstance(reply, list) and len(reply) == 2 and reply[0] == Code.SUCCESS and len(reply[1]) in (3, 4)):
             raise TrackerError("unexpected REQUEST reply %r" % (reply,))
-        host, port, matchkey = reply[1]
-        return Assignment((host, int(port), matchkey))
+        host, port, matchkey = reply[1][:3]
+        protocol = reply[1][3] if len(reply[1]) == 4 else FARM_PROTOCOL  # a TVM tracker does not say
+        return Assignment((host, int(port), matchkey, protocol))
 
     def request(
         self,
@@ -162,20 +167,40 @@ class TrackerClient:
         A board that cannot be reached once handed out (it just died) is
         skipped and the request made again, up to a few times.
         """
-        from .client import connect  # the host client needs numpy; the rest of this module does not
-
         deadline = None if wait is None else time.monotonic() + wait
+        protocols = (FARM_PROTOCOL, TVM_PROTOCOL) if _tvm_rpc() is not None else (FARM_PROTOCOL,)
         failures = []
         for attempt in range(BOARD_CONNECT_ATTEMPTS):
             remaining = wait if deadline is None or not attempt else max(0.0, deadline - time.monotonic())
-            board = self.request_board(key, priority, user, remaining, wait_for_key, on_progress=on_progress)
+            board = self.request_board(key, priority, user, remaining, wait_for_key, protocols, on_progress)
             try:
-                return connect(board.host, board.port, key=board.matchkey, session_timeout=session_timeout)
+                return _open_session(board, session_timeout)
             except (OSError, HandshakeError) as exc:
                 failures.append("%s:%d: %s" % (board.host, board.port, exc))
         raise TrackerError(
             "the tracker handed out boards of key %r that could not be reached: %s" % (key, "; ".join(failures))
         )
+
+
+def _tvm_rpc() -> Any:
+    """``tvm.rpc`` if TVM is installed, else None."""
+    try:
+        from tvm import rpc
+    except ImportError:
+        return None
+    return rpc
+
+
+def _open_session(board: Assignment, session_timeout: Optional[float]) -> Any:
+    """A session on the handed-out board: ours, or TVM's for a TVM board."""
+    if board.protocol == TVM_PROTOCOL:
+        rpc = _tvm_rpc()
+        if rpc is None:
+            raise TrackerError("board %s:%d speaks TVM's RPC; install apache-tvm to use it" % (board.host, board.port))
+        return rpc.connect(board.host, board.port, key=board.matchkey, session_timeout=session_timeout or 0)
+    from .client import connect  # the host client needs numpy; the rest of this module does not
+
+    return connect(board.host, board.port, key=board.matchkey, session_timeout=session_timeout)
 
 
 def connect_tracker(host: str, port: int, timeout: float = 10.0) -> TrackerClient:

@@ -12,6 +12,8 @@ Extensions that TVM peers never see or safely ignore:
   key yet), ``progress`` (send WAITING messages while queued),
   ``protocols`` (data protocols the client speaks; TVM clients speak
   ``tvm`` only).
+- The reply to such a request names the board's data protocol as a fourth
+  element: ``[SUCCESS, [host, port, matchkey, protocol]]``.
 - While such a request is queued the tracker may send
   ``[WAITING, {"position": n, "ahead": n, "boards": n, "free": n}]`` before
   the final reply; a request that cannot be served is answered
