@@ -6,13 +6,14 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import __version__, demo, query, server, tracker
+from . import __version__, demo, proxy, query, server, tracker
 
 # Subcommands: each module offers add_arguments(parser) and run(args), and imports
 # host-only packages (numpy) inside run, so `farm server` works on a bare board Python.
 COMMANDS = (
     ("server", server, "run a board server (same as python -m farm.server)"),
     ("tracker", tracker, "run a tracker (same as python -m farm.tracker)"),
+    ("proxy", proxy, "run a proxy for boards behind NAT (same as python -m farm.proxy)"),
     ("query", query, "show a tracker's boards and queues (same as python -m farm.query)"),
     ("demo", demo, "start a board, run a compiled kernel on it and check it against numpy"),
 )

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import IO, List, Mapping, Optional, Sequence, Tuple
+from typing import IO, List, Mapping, Match, Optional, Pattern, Sequence, Tuple
 
 logger = logging.getLogger("farm.processes")
 
@@ -58,20 +58,26 @@ class DaemonProcess:
 
     def wait_for_bind(self, timeout: float = 15.0) -> Tuple[str, int]:
         """Wait for the ``bind to HOST:PORT`` line and return that address."""
+        match = self.wait_for_log(_BIND, timeout)
+        self.address = (match.group(1), int(match.group(2)))
+        return self.address
+
+    def wait_for_log(self, pattern: Pattern[str], timeout: float = 15.0) -> Match[str]:
+        """Wait until the log has a line matching ``pattern``; DaemonError if the daemon exits or time runs out."""
         deadline = time.monotonic() + timeout
         while True:
-            match = _BIND.search(self.log_text())
+            match = pattern.search(self.log_text())
             if match:
-                self.address = (match.group(1), int(match.group(2)))
-                return self.address
+                return match
             if self.process.poll() is not None:
                 raise DaemonError(
-                    "%s exited with code %s before listening:\n%s"
-                    % (" ".join(self.argv), self.process.returncode, self.log_text()[-4000:])
+                    "%s exited with code %s before logging %r:\n%s"
+                    % (" ".join(self.argv), self.process.returncode, pattern.pattern, self.log_text()[-4000:])
                 )
             if time.monotonic() > deadline:
                 raise DaemonError(
-                    "%s did not listen within %g s:\n%s" % (" ".join(self.argv), timeout, self.log_text()[-4000:])
+                    "%s did not log %r within %g s:\n%s"
+                    % (" ".join(self.argv), pattern.pattern, timeout, self.log_text()[-4000:])
                 )
             time.sleep(0.02)
 

@@ -1,4 +1,8 @@
-"""A board's registration with a tracker, driven by the board daemon's selector loop.
+"""How a board makes itself known: to a tracker, or through a proxy it dials out to.
+
+Both are driven by the board daemon's selector loop, without blocking it.
+
+A board's registration with a tracker (:class:`TrackerLink`):
 
 The board tells the tracker who it is (UPDATE_INFO, with the data protocol
 it speaks) and offers itself under its key with a fresh match key (PUT)
@@ -18,9 +22,10 @@ import selectors
 import socket
 import time
 from collections import deque
-from typing import Any, Deque, Optional, Tuple
+from typing import Any, Callable, Deque, Optional, Tuple
 
 from .errors import ProtocolError
+from .protocol.handshake import CODE_SUCCESS, ReplyReader, encode_hello
 from .protocol.tracker import FARM_PROTOCOL, Code, MessageReader, encode_magic, encode_message, random_matchkey
 
 logger = logging.getLogger("farm.registration")
@@ -235,5 +240,134 @@ class TrackerLink:
     def _schedule_retry(self, why: str) -> None:
         if why:
             logger.info("%s; retrying in %.2f s", why, self._retry_delay)
+        self._next_attempt = time.monotonic() + self._retry_delay
+        self._retry_delay = min(RETRY_LAST, self._retry_delay * 2)
+
+
+class ProxyDialer:
+    """A board behind a proxy: dial out, say ``server:KEY``, and wait for the proxy to pair a client.
+
+    Driven by the board daemon's selector loop, like :class:`TrackerLink`.
+    When the proxy answers, ``on_paired(sock, client_key_text, leftover,
+    bytes_sent)`` takes the connection over as a session; after the session
+    the daemon calls :meth:`session_ended` and the board dials again.
+    """
+
+    def __init__(
+        self,
+        address: Tuple[str, int],
+        key: str,
+        selector: selectors.BaseSelector,
+        on_paired: Callable[[socket.socket, str, bytes, int], None],
+    ) -> None:
+        self.address = address
+        self.key = key
+        self._selector = selector
+        self._on_paired = on_paired
+        self._sock: Optional[socket.socket] = None
+        self._connected = False
+        self._hello = encode_hello("server", "%s -protocol=%s" % (key, FARM_PROTOCOL))
+        self._replies = ReplyReader()
+        self._retry_delay = RETRY_FIRST
+        self._next_attempt = 0.0
+        self._in_session = False
+
+    def next_deadline(self) -> float:
+        return self._next_attempt if self._sock is None and not self._in_session else float("inf")
+
+    def tick(self, now: float) -> None:
+        if self._sock is None and not self._in_session and now >= self._next_attempt:
+            self._dial()
+
+    def session_started(self) -> None:
+        self._in_session = True
+
+    def session_ended(self) -> None:
+        self._in_session = False
+        self._next_attempt = 0.0
+
+    def accepts(self, client_key: str) -> bool:
+        return False  # clients come through the proxy, never straight to the board
+
+    def forget(self) -> None:
+        """Close the connection without touching the selector (in a forked child)."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def close(self) -> None:
+        self._drop()
+
+    def _dial(self) -> None:
+        family = socket.AF_INET6 if ":" in self.address[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        error = sock.connect_ex(self.address)
+        if error not in (0, errno.EINPROGRESS):
+            sock.close()
+            self._retry("cannot reach the proxy: %s" % errno.errorcode.get(error))
+            return
+        self._sock = sock
+        self._connected = False
+        self._replies = ReplyReader()
+        self._selector.register(sock, selectors.EVENT_WRITE, self)
+
+    def on_event(self, mask: int) -> None:
+        if self._sock is None:
+            return
+        if not self._connected:
+            error = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                self._retry("cannot reach the proxy: %s" % errno.errorcode.get(error))
+                return
+            self._connected = True
+            try:
+                self._sock.sendall(self._hello)  # a few bytes into an empty socket buffer
+            except OSError as exc:
+                self._retry("lost the proxy: %s" % exc)
+                return
+            self._selector.modify(self._sock, selectors.EVENT_READ, self)
+            logger.info("waiting at the proxy %s:%d for a client", *self.address)
+            return
+        try:
+            data = self._sock.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._retry("lost the proxy: %s" % exc)
+            return
+        if not data:
+            self._retry("the proxy closed the connection")
+            return
+        try:
+            reply = self._replies.feed(data)
+        except ProtocolError as exc:
+            self._retry("the proxy sent nonsense: %s" % exc)
+            return
+        if reply is None:
+            return
+        if reply.code != CODE_SUCCESS:
+            self._retry("the proxy answered with code 0x%X" % (reply.code & 0xFFFFFFFF))
+            return
+        sock = self._sock
+        self._selector.unregister(sock)
+        self._sock = None
+        self._in_session = True
+        self._retry_delay = RETRY_FIRST
+        sock.setblocking(True)
+        self._on_paired(sock, reply.text, self._replies.leftover(), len(self._hello))
+
+    def _drop(self) -> None:
+        if self._sock is not None:
+            try:
+                self._selector.unregister(self._sock)
+            except (KeyError, ValueError):
+                pass
+            self._sock.close()
+            self._sock = None
+
+    def _retry(self, why: str) -> None:
+        self._drop()
+        logger.info("%s (%s:%d); dialling again in %.2f s", why, self.address[0], self.address[1], self._retry_delay)
         self._next_attempt = time.monotonic() + self._retry_delay
         self._retry_delay = min(RETRY_LAST, self._retry_delay * 2)

@@ -25,14 +25,14 @@ import sys
 import tempfile
 import termios
 import time
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 from .errors import ProtocolError
 from .net import bind_first_free, parse_address
 from .protocol.framing import DEFAULT_MAX_PAYLOAD, FrameReader, encode_frame
-from .protocol.handshake import CODE_BUSY, CODE_MISMATCH, CODE_SUCCESS, Hello, HelloReader, encode_reply
+from .protocol.handshake import CODE_BUSY, CODE_MISMATCH, CODE_SUCCESS, Hello, HelloReader, encode_reply, parse_key
 from .protocol.ops import Op
-from .registration import TrackerLink
+from .registration import ProxyDialer, TrackerLink
 from .session import Session, SessionStatus
 from .transport import FramedSocket, send_buffers, tune
 
@@ -92,13 +92,15 @@ class BoardServer:
         handshake_timeout: float = 10.0,
         tracker: Optional[Tuple[str, int]] = None,
         custom_addr: Optional[str] = None,
+        through_proxy: bool = False,
     ) -> None:
         self.host = host
         self.key = key
         self.max_message_size = max_message_size
         self.handshake_timeout = handshake_timeout
-        self._listener = bind_first_free(host, port, port_end)
-        self.port = self._listener.getsockname()[1]
+        # Through a proxy the board dials out (host and port are the proxy's) and listens nowhere.
+        self._listener = None if through_proxy else bind_first_free(host, port, port_end)
+        self.port = port if self._listener is None else self._listener.getsockname()[1]
         self._own_work_dir = work_dir is None
         self.work_dir = tempfile.mkdtemp(prefix="farm-board-") if work_dir is None else work_dir
         os.makedirs(self.work_dir, exist_ok=True)
@@ -109,8 +111,10 @@ class BoardServer:
         self._stop_signal = 0
         self._accept_paused_until = 0.0  # while out of file descriptors
         self._wakeup_r, self._wakeup_w = os.pipe()
-        self._link: Optional[TrackerLink] = None
-        if tracker is not None:
+        self._link: Optional[Union[TrackerLink, ProxyDialer]] = None  # how clients find the board
+        if through_proxy:
+            self._link = ProxyDialer((host, port), key, self._selector, self._paired_by_proxy)
+        elif tracker is not None:
             self._link = TrackerLink(tracker, key, self.port, self._selector, custom_addr)
 
     # --- the daemon loop ----------------------------------------------------
@@ -118,9 +122,12 @@ class BoardServer:
     def serve_forever(self) -> None:
         """Serve until SIGTERM or SIGINT; then end any session and clean up."""
         self._watchdog = Watchdog()
-        logger.info("bind to %s:%d", self.host, self.port)
-        self._listener.setblocking(False)
-        self._selector.register(self._listener, selectors.EVENT_READ)
+        if self._listener is not None:
+            logger.info("bind to %s:%d", self.host, self.port)
+            self._listener.setblocking(False)
+            self._selector.register(self._listener, selectors.EVENT_READ)
+        else:
+            logger.info("serving key %r through the proxy at %s:%d", self.key, self.host, self.port)
         os.set_blocking(self._wakeup_r, False)
         os.set_blocking(self._wakeup_w, False)
         self._selector.register(self._wakeup_r, selectors.EVENT_READ)
@@ -135,7 +142,7 @@ class BoardServer:
                         self._accept()
                     elif key.fileobj == self._wakeup_r:
                         self._drain_wakeups()
-                    elif isinstance(key.data, TrackerLink):
+                    elif isinstance(key.data, (TrackerLink, ProxyDialer)):
                         key.data.on_event(mask)
                     else:
                         self._on_handshake_data(key.data)
@@ -233,7 +240,7 @@ class BoardServer:
     def _key_matches(self, hello: Hello) -> bool:
         if hello.role != "client":
             return False
-        if self._link is not None:  # registered: only the client the tracker handed the board to
+        if self._link is not None:  # only the client the tracker handed the board to
             return self._link.accepts(hello.key)
         return not hello.key or not self.key or hello.key == self.key
 
@@ -262,6 +269,18 @@ class BoardServer:
         sock.settimeout(None)
         tune(sock)
         self._start_session(sock, peer, hello.timeout, leftover, len(reply))
+
+    def _paired_by_proxy(self, sock: socket.socket, client_key: str, leftover: bytes, bytes_sent: int) -> None:
+        """The proxy paired a client with this board: its key text carries the client's options."""
+        try:
+            timeout = parse_key(client_key).timeout
+        except ProtocolError as exc:
+            logger.warning("the proxy passed on a bad client key %r: %s", client_key, exc)
+            sock.close()
+            self._link.session_ended()  # type: ignore[union-attr]  (dial again)
+            return
+        tune(sock)
+        self._start_session(sock, "a client of the proxy", timeout, leftover, bytes_sent)
 
     def _busy_reason(self) -> str:
         active = self._active
@@ -319,7 +338,8 @@ class BoardServer:
             self._selector.close()  # before anything else: the epoll set is shared with the daemon
             if self._link is not None:
                 self._link.forget()
-            self._listener.close()
+            if self._listener is not None:
+                self._listener.close()
             for pending in self._pending.values():
                 pending.sock.close()
             os.close(self._wakeup_r)
@@ -439,7 +459,8 @@ class BoardServer:
         if self._link is not None:
             self._link.close()
         self._selector.close()
-        self._listener.close()
+        if self._listener is not None:
+            self._listener.close()
         os.close(self._wakeup_r)
         os.close(self._wakeup_w)
         if self._own_work_dir:
@@ -556,6 +577,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="register with this tracker; clients come through it",
     )
     parser.add_argument("--custom-addr", metavar="ADDR", help="the address the tracker gives clients (default: ours)")
+    parser.add_argument(
+        "--through-proxy",
+        action="store_true",
+        help="dial out to the proxy at --host:--port instead of listening (for boards behind NAT)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -572,6 +598,7 @@ def run(args: argparse.Namespace) -> int:
             args.handshake_timeout,
             args.tracker,
             args.custom_addr,
+            args.through_proxy,
         )
     except OSError as exc:
         logger.error("cannot listen: %s", exc)

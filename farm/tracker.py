@@ -32,12 +32,13 @@ logger = logging.getLogger("farm.tracker")
 class Offer:
     """A board's PUT: one free slot under a key, claimed with its match key."""
 
-    def __init__(self, peer: Peer, key: str, host: str, port: int, matchkey: str) -> None:
+    def __init__(self, peer: Peer, key: str, host: str, port: int, matchkey: str, protocol: str) -> None:
         self.peer = peer
         self.key = key
         self.host = host
         self.port = port
         self.matchkey = matchkey
+        self.protocol = protocol
 
 
 class Waiter:
@@ -71,7 +72,7 @@ class Peer:
         self.host = address[0]
         self.name = "%s:%s" % address[:2]
         self.info: Dict[str, Any] = {}  # from UPDATE_INFO
-        self.keys: Set[str] = set()  # every key this peer offered a board under
+        self.keys: Dict[str, Set[str]] = {}  # every key this peer offered boards under -> their protocols
         self.pending_matchkeys: Set[str] = set()  # offered and not yet handed out
         self.offers: List[Offer] = []
         self.waiters: List[Waiter] = []
@@ -105,7 +106,7 @@ class KeyQueue:
         """Pair waiters with offers they can use, best waiter first, and remove the pairs."""
         pairs = []
         for waiter in list(self.waiters):
-            offer = next((o for o in self.offers if o.peer.protocol in waiter.protocols), None)
+            offer = next((o for o in self.offers if o.protocol in waiter.protocols), None)
             if offer is None:
                 continue
             self.waiters.remove(waiter)
@@ -215,10 +216,12 @@ class Tracker:
         _expect(isinstance(matchkey, str), "PUT's match key is not a string")
         host = message[3] if len(message) > 3 and message[3] is not None else peer.host
         _expect(isinstance(host, str), "PUT's address is not a string")
-        offer = Offer(peer, key, host, port, matchkey)
+        options = message[4] if len(message) > 4 and isinstance(message[4], dict) else {}
+        protocol = str(options.get("protocol") or peer.protocol)  # a proxy says it per board
+        offer = Offer(peer, key, host, port, matchkey, protocol)
         if key not in peer.keys:
             logger.info("board %s offers key %r at %s:%d", peer.name, key, host, port)
-        peer.keys.add(key)
+        peer.keys.setdefault(key, set()).add(protocol)
         peer.offers.append(offer)
         peer.pending_matchkeys.add(matchkey)
         peer.held_by = peer.held_since = None
@@ -261,8 +264,8 @@ class Tracker:
         if not boards:
             keys = sorted({key for peer in self.peers for key in peer.keys})
             return "no board serves key %r (keys served: %s)" % (waiter.key, ", ".join(keys) or "none")
-        if not any(peer.protocol in waiter.protocols for peer in boards):
-            spoken = sorted({peer.protocol for peer in boards})
+        spoken = sorted(set().union(*(peer.keys[waiter.key] for peer in boards)))
+        if not any(protocol in waiter.protocols for protocol in spoken):
             return "the boards of key %r speak %s, and this client speaks %s" % (
                 waiter.key,
                 " and ".join(spoken),
@@ -286,7 +289,7 @@ class Tracker:
             offer.peer.held_by, offer.peer.held_since = waiter.user, time.time()
             assignment = [offer.host, offer.port, offer.matchkey]
             if waiter.extended:
-                assignment.append(offer.peer.protocol)  # a TVM client would not unpack a fourth element
+                assignment.append(offer.protocol)  # a TVM client would not unpack a fourth element
             waiter.peer.send([Code.SUCCESS, assignment])
             logger.info(
                 "board %s:%d of key %r to %s%s after %.2f s",
@@ -348,7 +351,8 @@ class Tracker:
             if not str(peer.info.get("key", "")).startswith("server"):
                 continue
             entry = dict(peer.info)
-            entry["protocol"] = peer.protocol
+            offered = set().union(*peer.keys.values()) if peer.keys else {peer.protocol}
+            entry["protocol"] = "/".join(sorted(offered))  # a proxy may offer boards of both kinds
             entry["free"] = bool(peer.offers)
             entry["state"] = "free" if peer.offers else "held" if peer.held_by is not None else "busy"
             entry["held_by"] = peer.held_by

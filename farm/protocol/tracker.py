@@ -18,7 +18,9 @@ Extensions that TVM peers never see or safely ignore:
   ``[WAITING, {"position": n, "ahead": n, "boards": n, "free": n}]`` before
   the final reply; a request that cannot be served is answered
   ``[FAIL, "why"]``.
-- UPDATE_INFO may carry ``protocol`` (``farm`` for this project's boards).
+- UPDATE_INFO may carry ``protocol`` (``farm`` for this project's boards);
+  PUT may carry a fifth element ``{"protocol": ...}`` for the board it
+  offers (a proxy offers boards of either kind).
 """
 
 from __future__ import annotations

@@ -1,0 +1,342 @@
+"""The proxy: ``python -m farm.proxy --host 127.0.0.1 --port 9090 --port-end 9091 --tracker HOST:PORT``.
+
+Boards that clients cannot reach dial out to the proxy and say ``server:KEY``
+(``python -m farm.server --host PROXY --port PORT --through-proxy --key KEY``).
+The proxy offers each one to the tracker under a match key of its own, with
+its own address, as TVM's proxy does (it shows in the server list as
+``server:proxy[KEY0,KEY1]``). A client handed such a board connects to the
+proxy with ``client:MATCHKEY``; the proxy answers both sides with the other's
+key (so the board sees the client's ``-timeout``) and then forwards bytes
+both ways as a stream, never holding a whole message. Without a tracker, a
+client and a board pair up when their keys match.
+
+asyncio, standard library, one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+import sys
+import time
+from typing import Dict, Optional, Sequence, Set, Tuple
+
+from .errors import ProtocolError
+from .net import bind_first_free, parse_address
+from .protocol.handshake import CODE_DUPLICATE, CODE_MISMATCH, CODE_SUCCESS, Hello, HelloReader, encode_reply
+from .protocol.tracker import (
+    TVM_PROTOCOL,
+    Code,
+    MessageReader,
+    encode_magic,
+    encode_message,
+    key_of_matchkey,
+    random_matchkey,
+)
+
+logger = logging.getLogger("farm.proxy")
+
+#: Seconds a new connection has to say hello.
+HELLO_TIMEOUT = 10.0
+#: Seconds between checks of the tracker's pending match keys.
+POLL_PERIOD = 1.0
+#: A match key handed out but not presented within this many seconds is replaced.
+UNUSED_MATCHKEY_TIMEOUT = 5.0
+#: Without a tracker, how long a client waits for a board of its key.
+CLIENT_WAIT = 600.0
+#: Bytes forwarded per read.
+CHUNK = 1 << 18
+
+
+class Endpoint:
+    """One side of a future pair: a board or a client that has said hello."""
+
+    def __init__(self, hello: Hello, text: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.hello = hello
+        self.text = text  # the whole key it sent, options included
+        self.reader = reader
+        self.writer = writer
+        self.leftover = b""
+        address = writer.get_extra_info("peername") or ("?", 0)
+        self.name = "%s:%s" % address[:2]
+        self.protocol = hello.options.get("protocol", TVM_PROTOCOL)
+        self.handed_out_since: Optional[float] = None
+        self.paired = asyncio.Event()
+        self.watch: Optional[asyncio.Future[bytes]] = None  # a waiting board's read that notices it leave
+
+
+async def read_hello(reader: asyncio.StreamReader) -> Tuple[Hello, str, bytes]:
+    """The peer's hello, the key text it sent, and any bytes that came after it."""
+    hellos = HelloReader()
+    while True:
+        data = await reader.read(4096)
+        if not data:
+            raise ProtocolError("the peer closed the connection before its hello")
+        hello = hellos.feed(data)
+        if hello is not None:
+            text = "%s:%s" % (hello.role, hello.key) + "".join(" -%s=%s" % item for item in hello.options.items())
+            return hello, text, hellos.leftover()
+
+
+async def forward(source: asyncio.StreamReader, target: asyncio.StreamWriter) -> None:
+    """Copy bytes from ``source`` to ``target`` until end of stream, then half-close ``target``."""
+    try:
+        while True:
+            data = await source.read(CHUNK)
+            if not data:
+                break
+            target.write(data)
+            await target.drain()
+        if target.can_write_eof():
+            target.write_eof()
+    except (ConnectionError, OSError):
+        target.close()
+
+
+class Proxy:
+    """Pairs clients with boards that dialled out; see the module docstring."""
+
+    def __init__(self, port: int, tracker: Optional[Tuple[str, int]] = None) -> None:
+        self.port = port
+        self.tracker = tracker
+        self.boards: Dict[str, Endpoint] = {}  # by match key, waiting for a client
+        self.clients: Dict[str, Endpoint] = {}  # without a tracker: by key, waiting for a board
+        self.keys: Set[str] = set()
+        self.stopped = asyncio.Event()
+        self._tracker_writer: Optional[asyncio.StreamWriter] = None
+        self._tracker_replies: asyncio.Queue[object] = asyncio.Queue()
+        self._tracker_lock = asyncio.Lock()
+
+    # --- connections ----------------------------------------------------------
+
+    async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            hello, text, leftover = await asyncio.wait_for(read_hello(reader), HELLO_TIMEOUT)
+        except (ProtocolError, asyncio.TimeoutError, ConnectionError) as exc:
+            logger.warning("closing a connection without a valid hello: %s", exc or "timed out")
+            writer.close()
+            return
+        endpoint = Endpoint(hello, text, reader, writer)
+        endpoint.leftover = leftover
+        if hello.role == "server":
+            await self._board_waits(endpoint)
+        elif hello.role == "client":
+            await self._client_arrives(endpoint)
+        else:
+            logger.warning("closing %s: role %r is neither server nor client", endpoint.name, hello.role)
+            writer.close()
+
+    async def _board_waits(self, board: Endpoint) -> None:
+        key = board.hello.key
+        if self.tracker is not None:
+            board_key = key
+            matchkey = random_matchkey(board_key)
+        else:
+            board_key = matchkey = key
+            if matchkey in self.boards:
+                logger.warning("refusing board %s: key %r is already waiting here", board.name, key)
+                board.writer.write(encode_reply(CODE_DUPLICATE))
+                board.writer.close()
+                return
+            client = self.clients.pop(matchkey, None)
+            if client is not None:
+                await self._pair(board, client)
+                return
+        self.boards[matchkey] = board
+        self.keys.add(board_key)
+        logger.info("board %s waits under key %r", board.name, board_key)
+        if self.tracker is not None:
+            await self._offer(matchkey, board)
+        try:
+            # A waiting board says nothing: data or the end of its stream means it is gone.
+            board.watch = asyncio.ensure_future(board.reader.read(1))
+            try:
+                await board.watch
+            except asyncio.CancelledError:
+                return  # paired: the pairing cancelled the watch and forwards from now on
+            logger.info("board %s left before a client came", board.name)
+        finally:
+            if not board.paired.is_set():
+                for waiting_key, waiting in list(self.boards.items()):  # its key may have been renewed
+                    if waiting is board:
+                        del self.boards[waiting_key]
+                board.writer.close()
+
+    async def _client_arrives(self, client: Endpoint) -> None:
+        key = client.hello.key
+        board = self.boards.pop(key, None)
+        if board is not None:
+            await self._pair(board, client)
+            return
+        if self.tracker is not None:
+            logger.warning("client %s presented key %r, which no board here holds", client.name, key)
+            client.writer.write(encode_reply(CODE_MISMATCH))
+            client.writer.close()
+            return
+        if key in self.clients:
+            client.writer.write(encode_reply(CODE_DUPLICATE))
+            client.writer.close()
+            return
+        self.clients[key] = client
+        try:
+            await asyncio.wait_for(client.paired.wait(), CLIENT_WAIT)
+        except asyncio.TimeoutError:
+            if self.clients.get(key) is client:
+                del self.clients[key]
+                client.writer.write(encode_reply(CODE_MISMATCH))
+                client.writer.close()
+
+    async def _pair(self, board: Endpoint, client: Endpoint) -> None:
+        """Tell each side the other's key, then forward both ways until both are done."""
+        board.paired.set()
+        client.paired.set()
+        if board.watch is not None:  # only one reader of the board's stream at a time
+            board.watch.cancel()
+            await asyncio.gather(board.watch, return_exceptions=True)
+        logger.info("pairing client %s with board %s (%s)", client.name, board.name, board.hello.key)
+        client.writer.write(encode_reply(CODE_SUCCESS, board.text))
+        board.writer.write(encode_reply(CODE_SUCCESS, client.text) + client.leftover)
+        await asyncio.gather(forward(client.reader, board.writer), forward(board.reader, client.writer))
+        board.writer.close()
+        client.writer.close()
+        logger.info("client %s and board %s are done", client.name, board.name)
+
+    # --- the tracker ------------------------------------------------------------
+
+    async def run_tracker_link(self) -> None:
+        """Keep a connection to the tracker: offer every waiting board, replace unused match keys."""
+        assert self.tracker is not None
+        delay = 0.25
+        while not self.stopped.is_set():
+            try:
+                reader, writer = await asyncio.open_connection(*self.tracker)
+                writer.write(encode_magic())
+                messages = MessageReader(expect_magic=True)
+                while not messages.magic_seen:
+                    data = await reader.read(4)
+                    if not data:
+                        raise ConnectionError("the tracker closed the connection")
+                    messages.feed(data)
+                self._tracker_writer = writer
+                self._tracker_replies = asyncio.Queue()
+                delay = 0.25
+                logger.info("registered with the tracker at %s:%d", *self.tracker)
+                pump = asyncio.ensure_future(self._read_tracker(reader, messages))
+                for matchkey in list(self.boards):  # the old tracker's offers are gone: offer again
+                    fresh = self._renew(matchkey)
+                    await self._offer(fresh, self.boards[fresh])
+                await self._poll_pending(pump)
+            except (OSError, ProtocolError, ConnectionError) as exc:
+                logger.info("tracker link: %s; retrying in %.2f s", exc, delay)
+            finally:
+                self._tracker_writer = None
+            try:
+                await asyncio.wait_for(self.stopped.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+            delay = min(2.0, delay * 2)
+
+    async def _read_tracker(self, reader: asyncio.StreamReader, messages: MessageReader) -> None:
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                raise ConnectionError("the tracker closed the connection")
+            for message in messages.feed(data):
+                self._tracker_replies.put_nowait(message)
+
+    async def _call_tracker(self, message: list) -> object:
+        async with self._tracker_lock:
+            if self._tracker_writer is None:
+                raise ConnectionError("not connected to the tracker")
+            self._tracker_writer.write(encode_message(message))
+            return await asyncio.wait_for(self._tracker_replies.get(), 10)
+
+    async def _offer(self, matchkey: str, board: Optional[Endpoint]) -> None:
+        if board is None or self._tracker_writer is None:
+            return
+        key = key_of_matchkey(matchkey)
+        try:
+            await self._call_tracker([Code.PUT, key, [self.port, matchkey], None, {"protocol": board.protocol}])
+            keys = "[" + ",".join(sorted(self.keys)) + "]"
+            await self._call_tracker([Code.UPDATE_INFO, {"key": "server:proxy" + keys, "addr": [None, self.port]}])
+        except (ConnectionError, asyncio.TimeoutError) as exc:
+            logger.info("could not offer %r to the tracker: %s", key, exc)
+
+    def _renew(self, matchkey: str) -> str:
+        """Move a waiting board to a fresh match key (the old one may be in a client's hands)."""
+        board = self.boards.pop(matchkey)
+        fresh = random_matchkey(key_of_matchkey(matchkey))
+        board.handed_out_since = None
+        self.boards[fresh] = board
+        return fresh
+
+    async def _poll_pending(self, pump: asyncio.Future[None]) -> None:
+        while not pump.done() and not self.stopped.is_set():
+            await asyncio.wait({pump}, timeout=POLL_PERIOD)
+            if pump.done():
+                break
+            pending = await self._call_tracker([Code.GET_PENDING_MATCHKEYS])
+            pending_keys = set(pending) if isinstance(pending, list) else set()
+            now = time.monotonic()
+            for matchkey, board in list(self.boards.items()):
+                if matchkey in pending_keys:
+                    board.handed_out_since = None
+                elif board.handed_out_since is None:
+                    board.handed_out_since = now
+                elif now - board.handed_out_since > UNUSED_MATCHKEY_TIMEOUT:
+                    logger.info("match key of %r handed out but never used; offering the board again", matchkey)
+                    await self._offer(self._renew(matchkey), board)
+        pump.result()  # raises what ended the link
+
+
+# --- command line -------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The proxy's options, shared by ``python -m farm.proxy`` and ``farm proxy``."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=9090, help="first port to try; 0 lets the system pick")
+    parser.add_argument("--port-end", type=int, default=9199, help="end of the port range, exclusive")
+    parser.add_argument("--tracker", metavar="HOST:PORT", type=parse_address, help="offer the boards to this tracker")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+async def serve(sock: socket.socket, tracker: Optional[Tuple[str, int]]) -> None:
+    """Serve on the listening ``sock`` until SIGTERM or SIGINT."""
+    host, port = sock.getsockname()[:2]
+    proxy = Proxy(port, tracker)
+    server = await asyncio.start_server(proxy.handle_connection, sock=sock)
+    loop = asyncio.get_running_loop()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(number, proxy.stopped.set)
+    logger.info("bind to %s:%d", host, port)
+    link = asyncio.ensure_future(proxy.run_tracker_link()) if tracker is not None else None
+    async with server:
+        await proxy.stopped.wait()
+    if link is not None:
+        link.cancel()
+    logger.info("proxy stopped")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        sock = bind_first_free(args.host, args.port, args.port_end)
+    except OSError as exc:
+        logger.error("cannot listen: %s", exc)
+        return 1
+    asyncio.run(serve(sock, args.tracker))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m farm.proxy", description="Run a proxy for boards behind NAT.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
