@@ -99,9 +99,12 @@ async def forward(source: asyncio.StreamReader, target: asyncio.StreamWriter) ->
 class Proxy:
     """Pairs clients with boards that dialled out; see the module docstring."""
 
-    def __init__(self, port: int, tracker: Optional[Tuple[str, int]] = None) -> None:
+    def __init__(self, port: int, tracker: Optional[Tuple[str, int]] = None, host: Optional[str] = None) -> None:
         self.port = port
         self.tracker = tracker
+        # What the tracker tells clients: the address we listen on, unless that is every address
+        # (then the tracker takes the address it sees us at).
+        self.advertised = None if host in (None, "", "0.0.0.0", "::") else host
         self.boards: Dict[str, Endpoint] = {}  # by match key, waiting for a client
         self.clients: Dict[str, Endpoint] = {}  # without a tracker: by key, waiting for a board
         self.keys: Set[str] = set()
@@ -259,9 +262,12 @@ class Proxy:
             return
         key = key_of_matchkey(matchkey)
         try:
-            await self._call_tracker([Code.PUT, key, [self.port, matchkey], None, {"protocol": board.protocol}])
+            put = [Code.PUT, key, [self.port, matchkey], self.advertised, {"protocol": board.protocol}]
+            await self._call_tracker(put)
             keys = "[" + ",".join(sorted(self.keys)) + "]"
-            await self._call_tracker([Code.UPDATE_INFO, {"key": "server:proxy" + keys, "addr": [None, self.port]}])
+            await self._call_tracker(
+                [Code.UPDATE_INFO, {"key": "server:proxy" + keys, "addr": [self.advertised, self.port]}]
+            )
         except (ConnectionError, asyncio.TimeoutError) as exc:
             logger.info("could not offer %r to the tracker: %s", key, exc)
 
@@ -307,7 +313,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 async def serve(sock: socket.socket, tracker: Optional[Tuple[str, int]]) -> None:
     """Serve on the listening ``sock`` until SIGTERM or SIGINT."""
     host, port = sock.getsockname()[:2]
-    proxy = Proxy(port, tracker)
+    proxy = Proxy(port, tracker, host)
     server = await asyncio.start_server(proxy.handle_connection, sock=sock)
     loop = asyncio.get_running_loop()
     for number in (signal.SIGTERM, signal.SIGINT):
