@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
 import logging
+import math
 import signal
 import socket
 import sys
@@ -27,6 +29,9 @@ from .net import bind_first_free
 from .protocol.tracker import TVM_PROTOCOL, Code, MessageReader, encode_magic, encode_message
 
 logger = logging.getLogger("farm.tracker")
+
+#: Largest a peer's UPDATE_INFO may make its info, as JSON; a summary holds one per board.
+MAX_INFO = 64 << 10
 
 
 class Offer:
@@ -120,6 +125,10 @@ def _expect(condition: bool, what: str) -> None:
         raise ProtocolError(what)
 
 
+def _finite(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
 class Tracker:
     """The queue of boards per key; see the module docstring."""
 
@@ -193,7 +202,10 @@ class Tracker:
         elif code == Code.UPDATE_INFO:
             self._update_info(peer, message)
         elif code == Code.SUMMARY:
-            peer.send([Code.SUCCESS, self.summary()])
+            try:
+                peer.send([Code.SUCCESS, self.summary()])
+            except ProtocolError as exc:  # not the asker's fault: say so instead of dropping it
+                peer.send([Code.FAIL, "the summary is too large to send: %s" % exc])
         elif code == Code.GET_PENDING_MATCHKEYS:
             peer.send(sorted(peer.pending_matchkeys))
         elif code == Code.STOP:
@@ -237,14 +249,23 @@ class Tracker:
         if addr[0] is None:
             addr = [peer.host, addr[1]]
         info["addr"] = addr
-        peer.info.update(info)
+        merged = dict(peer.info, **info)
+        _expect(len(json.dumps(merged)) <= MAX_INFO, "UPDATE_INFO grows the peer's info beyond %d bytes" % MAX_INFO)
+        peer.info = merged
         peer.send(Code.SUCCESS)
 
     def _request(self, peer: Peer, message: list) -> None:
         _expect(len(message) >= 4 and isinstance(message[1], str), "REQUEST is not [4, key, user, priority]")
         key, user, priority = message[1], message[2], message[3]
-        _expect(type(priority) in (int, float), "REQUEST's priority %r is not a number" % (priority,))
+        _expect(_finite(priority), "REQUEST's priority %r is not a finite number" % (priority,))
         options = message[4] if len(message) > 4 and isinstance(message[4], dict) else {}
+        protocols = options.get("protocols", [TVM_PROTOCOL])
+        _expect(
+            isinstance(protocols, list) and all(isinstance(p, str) for p in protocols),
+            "REQUEST's protocols %r are not a list of names" % (protocols,),
+        )
+        wait = options.get("wait")
+        _expect(wait is None or _finite(wait) and wait >= 0, "REQUEST's wait %r is not a number of seconds" % (wait,))
         waiter = Waiter(peer, key, str(user or ""), int(priority), next(self._seq), options)
         refusal = self._refusal(waiter, options)
         if refusal:
@@ -252,7 +273,7 @@ class Tracker:
             return
         peer.waiters.append(waiter)
         self.queues.setdefault(key, KeyQueue()).add_waiter(waiter)
-        if isinstance(waiter.wait, (int, float)) and waiter.wait >= 0:
+        if waiter.wait is not None:
             waiter.timer = asyncio.get_running_loop().call_later(waiter.wait, self._expire, waiter)
         self._schedule(key)
 
