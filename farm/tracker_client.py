@@ -16,6 +16,8 @@ from .protocol.tracker import FARM_PROTOCOL, TVM_PROTOCOL, Code, MessageReader, 
 
 #: How often a request is retried when the board it was handed cannot be reached.
 BOARD_CONNECT_ATTEMPTS = 3
+#: Seconds past a request's ``wait`` that the client itself gives up (TVM's tracker ignores ``wait``).
+WAIT_GRACE = 2.0
 
 
 class TrackerError(FarmError):
@@ -132,15 +134,19 @@ class TrackerClient:
             options["wait"] = wait
         if wait_for_key:
             options["wait_for_key"] = True
+        deadline = None if wait is None else time.monotonic() + wait + WAIT_GRACE
         try:
             self._sock.sendall(encode_message([Code.REQUEST, key, user, priority, options]))
             while True:
-                reply = self._next_message(None)
+                reply = self._next_message(None if deadline is None else max(0.001, deadline - time.monotonic()))
                 if isinstance(reply, list) and len(reply) == 2 and reply[0] == Code.WAITING:
                     if on_progress is not None:
                         on_progress(reply[1])
                     continue
                 break
+        except socket.timeout:
+            self.close()  # the request stays queued at a tracker that ignores wait; closing withdraws it
+            raise NoBoardError("no board of key %r was handed out within %g s" % (key, wait)) from None
         except (OSError, ProtocolError) as exc:
             where = "%s:%d" % (self.host, self.port)
             raise TrackerError("lost the tracker at %s while waiting for %r: %s" % (where, key, exc)) from None
@@ -149,8 +155,22 @@ class TrackerClient:
         if not (isinstance(reply, list) and len(reply) == 2 and reply[0] == Code.SUCCESS and len(reply[1]) in (3, 4)):
             raise TrackerError("unexpected REQUEST reply %r" % (reply,))
         host, port, matchkey = reply[1][:3]
-        protocol = reply[1][3] if len(reply[1]) == 4 else FARM_PROTOCOL  # a TVM tracker does not say
+        protocol = reply[1][3] if len(reply[1]) == 4 else self._protocol_of(host, int(port))
         return Assignment((host, int(port), matchkey, protocol))
+
+    def _protocol_of(self, host: str, port: int) -> str:
+        """The protocol of the board at ``host:port`` when the tracker (TVM's) did not name it.
+
+        Our boards' UPDATE_INFO says ``"protocol": "farm"``; TVM's boards say nothing.
+        """
+        try:
+            servers = self.summary().get("server_info", [])
+        except TrackerError:
+            return FARM_PROTOCOL
+        for server in servers:
+            if isinstance(server, dict) and server.get("addr") == [host, port]:
+                return str(server.get("protocol") or TVM_PROTOCOL)
+        return FARM_PROTOCOL
 
     def request(
         self,
