@@ -96,7 +96,8 @@ def connect(
         if reply.code != CODE_SUCCESS:
             raise HandshakeError("the board at %s answered the handshake with code 0x%X" % (where, reply.code))
         sock.settimeout(None)
-        return RemoteSession(sock, host, port, reply.text.partition(":")[2], reader.leftover())
+        board_key = reply.text.split()[0].partition(":")[2] if reply.text.split() else ""  # "server:KEY [-options]"
+        return RemoteSession(sock, host, port, board_key, reader.leftover())
     except socket.timeout:
         sock.close()
         raise HandshakeError("no handshake reply from %s within %g s" % (where, connect_timeout)) from None

@@ -151,11 +151,12 @@ class Proxy:
         self.boards[matchkey] = board
         self.keys.add(board_key)
         logger.info("board %s waits under key %r", board.name, board_key)
-        if self.tracker is not None:
-            await self._offer(matchkey, board)
+        # A waiting board says nothing: data or the end of its stream means it is gone. The watch
+        # starts before anything awaits, so a client pairing meanwhile finds it to cancel.
+        board.watch = asyncio.ensure_future(board.reader.read(1))
         try:
-            # A waiting board says nothing: data or the end of its stream means it is gone.
-            board.watch = asyncio.ensure_future(board.reader.read(1))
+            if self.tracker is not None:
+                await self._offer(matchkey, board)
             try:
                 await board.watch
             except asyncio.CancelledError:

@@ -372,3 +372,75 @@ def test_our_client_wait_is_kept_with_tvm_tracker(procs: Processes) -> None:
     with pytest.raises(NoBoardError):
         in_thread(request, 6, "our request with wait=1 through TVM's tracker")
     assert time.monotonic() - started < 6
+
+
+# --- a TVM board behind our proxy --------------------------------------------------------
+
+
+def start_our_proxy(procs: Processes, tracker: Address) -> Address:
+    """Our proxy, offering the boards that dial it to ``tracker``."""
+    argv = [sys.executable, "-m", "farm.proxy", "--host", HOST, "--port", "0", "--tracker", "%s:%d" % tracker]
+    daemon = procs._start("proxy", argv)
+    assert daemon.address is not None
+    return daemon.address
+
+
+def start_tvm_board_behind(procs: Processes, key: str, proxy: Address, tracker: Address) -> DaemonProcess:
+    """TVM's board server dialling out to ``proxy`` (``--through-proxy``); returns once the tracker offers it.
+
+    In that mode TVM's server listens nowhere and logs no ``bind to`` line: the tracker's
+    summary, polled against a deadline, says when the proxy has offered it.
+    """
+    argv = [sys.executable, "-m", "tvm.exec.rpc_server", "--host", proxy[0], "--port", str(proxy[1])]
+    log = procs.directory / ("tvm-board-behind-proxy-%d.log" % len(procs.started))
+    daemon = DaemonProcess([*argv, "--through-proxy", "--key", key], str(log), env=python_env())
+    procs.started.append(daemon)
+    wait_for(lambda: proxy_offers(tracker, proxy, key) or daemon.process.poll() is not None, 30,
+             "the proxy offers TVM's board of key %r to our tracker" % key)  # fmt: skip
+    assert daemon.process.poll() is None, "TVM's board server exited:\n" + daemon.log_text()[-4000:]
+    return daemon
+
+
+def proxy_offers(tracker: Address, proxy: Address, key: str) -> bool:
+    """Whether the tracker lists the proxy as ``server:proxy[KEY]`` with a free TVM board of ``key``."""
+    summary = summary_of(tracker)
+    entry = board_entry(summary, proxy)
+    if summary is None or entry is None:
+        return False
+    free = summary["queue_info"].get(key, {}).get("free", 0)
+    return entry.get("key") == "server:proxy[%s]" % key and entry.get("protocol") == "tvm" and free == 1
+
+
+def test_tvm_board_behind_our_proxy_serves_tvm_client_and_ours_through_our_tracker(procs: Processes) -> None:
+    tracker = procs.our_tracker()
+    proxy = start_our_proxy(procs, tracker)
+    start_tvm_board_behind(procs, "tvmnat", proxy, tracker)
+
+    holder: List[Any] = []
+
+    def tvm_request() -> None:
+        client = tvm_rpc.connect_tracker(*tracker)
+        try:
+            holder.append(client.request("tvmnat", priority=1, session_timeout=60))
+        finally:
+            client.close()
+
+    in_thread(tvm_request, 30, "TVM's request for 'tvmnat' through our tracker")
+    assert isinstance(holder[0], RPCSession)
+    entry = board_entry(summary_of(tracker), proxy)
+    assert entry is not None and entry["state"] == "held", entry  # the proxy's only board is in a session
+    in_thread(lambda: use_tvm_session(holder[0]), 30, "TVM's session through our proxy")
+    close_tvm_session(holder)
+
+    # TVM's board dials the proxy again after the session; then our client gets it as a TVM session.
+    wait_for(lambda: proxy_offers(tracker, proxy, "tvmnat"), 20, "TVM's board is offered again after its session")
+
+    def our_request() -> None:
+        with farm.connect_tracker(*tracker) as client:
+            holder.append(client.request("tvmnat", session_timeout=60, wait=20))
+
+    in_thread(our_request, 30, "our client's request for 'tvmnat'")
+    assert isinstance(holder[0], RPCSession), "expected TVM's RPCSession, got %r" % (holder[0],)
+    in_thread(lambda: use_tvm_session(holder[0]), 30, "our client's TVM session through our proxy")
+    close_tvm_session(holder)
+    wait_for(lambda: proxy_offers(tracker, proxy, "tvmnat"), 20, "TVM's board is offered again after our session")
