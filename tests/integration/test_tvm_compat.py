@@ -444,3 +444,36 @@ def test_tvm_board_behind_our_proxy_serves_tvm_client_and_ours_through_our_track
     in_thread(lambda: use_tvm_session(holder[0]), 30, "our client's TVM session through our proxy")
     close_tvm_session(holder)
     wait_for(lambda: proxy_offers(tracker, proxy, "tvmnat"), 20, "TVM's board is offered again after our session")
+
+
+# --- a client without TVM -------------------------------------------------------------
+
+WITHOUT_TVM = """
+import sys
+sys.modules["tvm"] = None  # as if apache-tvm were not installed
+import farm
+try:
+    farm.connect_tracker(%r, %d).request(%r, wait=10)
+except farm.TrackerError as exc:
+    print(type(exc).__name__, exc)
+else:
+    print("no error")
+"""
+
+
+@pytest.mark.parametrize("tracker_kind", ["ours", "tvm"])
+def test_a_client_without_tvm_gets_a_clear_error_for_a_tvm_board(procs: Processes, tracker_kind: str) -> None:
+    """Our tracker refuses at once (the client speaks farm only); through TVM's, the client says what to install."""
+    tracker = procs.our_tracker() if tracker_kind == "ours" else procs.tvm_tracker()
+    procs.tvm_board("tvmonly", tracker)
+    script = WITHOUT_TVM % (tracker[0], tracker[1], "tvmonly")
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=python_env()
+    )
+    assert result.returncode == 0, result.stderr
+    if tracker_kind == "ours":
+        assert result.stdout.startswith("NoBoardError"), result.stdout
+        assert "speak tvm" in result.stdout and "speaks farm" in result.stdout, result.stdout
+    else:
+        assert result.stdout.startswith("TrackerError"), result.stdout
+        assert "install apache-tvm" in result.stdout, result.stdout
