@@ -14,7 +14,8 @@ def bind_first_free(host: str, port: int, port_end: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     last_error: Optional[OSError] = None
     for candidate in ports:
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # Naming TCP lets asyncio turn Nagle's algorithm off on the accepted connections.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, candidate))

@@ -30,6 +30,8 @@ from .protocol.tracker import TVM_PROTOCOL, Code, MessageReader, encode_magic, e
 
 logger = logging.getLogger("farm.tracker")
 
+#: Seconds between two position reports to one waiter (the first place is reported at once).
+REPORT_PERIOD = 0.25
 #: Largest a peer's UPDATE_INFO may make its info, as JSON; a summary holds one per board.
 MAX_INFO = 64 << 10
 
@@ -61,6 +63,7 @@ class Waiter:
         self.wait = options.get("wait")
         self.since = time.monotonic()
         self.position: Optional[int] = None
+        self.reported = 0.0  # when its position was last sent
         self.timer: Optional[asyncio.TimerHandle] = None
 
     @property
@@ -137,6 +140,7 @@ class Tracker:
         self.queues: Dict[str, KeyQueue] = {}
         self.peers: Set[Peer] = set()
         self._seq = itertools.count()
+        self._reports_due: Set[str] = set()  # keys whose waiters get their positions a little later
         self.stopped = asyncio.Event()
         self.tasks: Set[asyncio.Task[None]] = set()  # one per connection
 
@@ -326,12 +330,28 @@ class Tracker:
             del self.queues[key]
 
     def _report_positions(self, queue: KeyQueue) -> None:
+        """Tell waiters that asked for it their new place in the queue, each at most every REPORT_PERIOD."""
         boards = len(self._boards_of(queue.waiters[0].key)) if queue.waiters else 0
+        now = time.monotonic()
         for position, waiter in enumerate(queue.waiters):
             if waiter.progress and waiter.position != position:
-                waiter.position = position
+                if now - waiter.reported < REPORT_PERIOD and position:
+                    self._report_later(waiter.key)
+                    continue
+                waiter.position, waiter.reported = position, now
                 state = {"position": position, "ahead": position, "boards": boards, "free": len(queue.offers)}
                 waiter.peer.send([Code.WAITING, state])
+
+    def _report_later(self, key: str) -> None:
+        if key not in self._reports_due:
+            self._reports_due.add(key)
+            asyncio.get_running_loop().call_later(REPORT_PERIOD, self._report_due, key)
+
+    def _report_due(self, key: str) -> None:
+        self._reports_due.discard(key)
+        queue = self.queues.get(key)
+        if queue is not None and queue.waiters:
+            self._report_positions(queue)
 
     def _expire(self, waiter: Waiter) -> None:
         queue = self.queues.get(waiter.key)

@@ -7,6 +7,7 @@ with tracker.request("rasp4", priority=1, session_timeout=60, wait=300) as remot
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 import time
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
@@ -188,7 +189,7 @@ class TrackerClient:
         skipped and the request made again, up to a few times.
         """
         deadline = None if wait is None else time.monotonic() + wait
-        protocols = (FARM_PROTOCOL, TVM_PROTOCOL) if _tvm_rpc() is not None else (FARM_PROTOCOL,)
+        protocols = (FARM_PROTOCOL, TVM_PROTOCOL) if importlib.util.find_spec("tvm") else (FARM_PROTOCOL,)
         failures = []
         for attempt in range(BOARD_CONNECT_ATTEMPTS):
             remaining = wait if deadline is None or not attempt else max(0.0, deadline - time.monotonic())
@@ -202,21 +203,15 @@ class TrackerClient:
         )
 
 
-def _tvm_rpc() -> Any:
-    """``tvm.rpc`` if TVM is installed, else None."""
-    try:
-        from tvm import rpc
-    except ImportError:
-        return None
-    return rpc
-
-
 def _open_session(board: Assignment, session_timeout: Optional[float]) -> Any:
-    """A session on the handed-out board: ours, or TVM's for a TVM board."""
+    """A session on the handed-out board: ours, or TVM's for a TVM board (importing TVM only then)."""
     if board.protocol == TVM_PROTOCOL:
-        rpc = _tvm_rpc()
-        if rpc is None:
-            raise TrackerError("board %s:%d speaks TVM's RPC; install apache-tvm to use it" % (board.host, board.port))
+        try:
+            from tvm import rpc
+        except ImportError:
+            raise TrackerError(
+                "board %s:%d speaks TVM's RPC; install apache-tvm to use it" % (board.host, board.port)
+            ) from None
         return rpc.connect(board.host, board.port, key=board.matchkey, session_timeout=session_timeout or 0)
     from .client import connect  # the host client needs numpy; the rest of this module does not
 
