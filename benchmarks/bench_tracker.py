@@ -81,10 +81,12 @@ _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 # The tracker's line for each board it hands out (farm/tracker.py, Tracker._schedule).
 _ASSIGNED = re.compile(r"board \S+:\d+ of key '([^']*)' to \S+ \(([^)]*)\) after [\d.]+ s")
 
-# A client in a fresh process: the clock starts once the package is imported, before request().
+# A client in a fresh process: the clock starts once the client library is imported (TVM's side
+# imports tvm.rpc before its clock too), before request().
 _COLD_FARM = """
 import json, sys, time
 import farm
+import farm.client, farm.tracker_client
 host, port, key = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 before = "tvm" in sys.modules
 start = time.perf_counter()
