@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 from typing import Optional, Tuple
 
@@ -26,6 +28,18 @@ def bind_first_free(host: str, port: int, port_end: int) -> socket.socket:
         sock.listen(128)
         return sock
     raise OSError("no free port in %d..%d on %s (last error: %s)" % (ports[0], ports[-1], host, last_error))
+
+
+def start_connect(address: Tuple[str, int]) -> socket.socket:
+    """A non-blocking socket on its way to ``address``; OSError if the attempt failed at once."""
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    error = sock.connect_ex(address)
+    if error not in (0, errno.EINPROGRESS):
+        sock.close()
+        raise OSError(error, os.strerror(error))
+    return sock
 
 
 def parse_address(text: str, default_port: Optional[int] = None) -> Tuple[str, int]:

@@ -25,6 +25,7 @@ from collections import deque
 from typing import Any, Callable, Deque, Optional, Tuple
 
 from .errors import ProtocolError
+from .net import start_connect
 from .protocol.handshake import CODE_SUCCESS, ReplyReader, encode_hello
 from .protocol.tracker import FARM_PROTOCOL, Code, MessageReader, encode_magic, encode_message, random_matchkey
 
@@ -120,14 +121,10 @@ class TrackerLink:
     # --- connection -------------------------------------------------------------
 
     def _connect(self) -> None:
-        family = socket.AF_INET6 if ":" in self.address[0] else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        error = sock.connect_ex(self.address)
-        if error not in (0, errno.EINPROGRESS):
-            sock.close()
-            host, port = self.address
-            self._schedule_retry("cannot reach the tracker at %s:%d: %s" % (host, port, errno.errorcode.get(error)))
+        try:
+            sock = start_connect(self.address)
+        except OSError as exc:
+            self._schedule_retry("cannot reach the tracker at %s:%d: %s" % (self.address[0], self.address[1], exc))
             return
         self._sock = sock
         self._connected = False
@@ -299,13 +296,10 @@ class ProxyDialer:
         self._drop()
 
     def _dial(self) -> None:
-        family = socket.AF_INET6 if ":" in self.address[0] else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        error = sock.connect_ex(self.address)
-        if error not in (0, errno.EINPROGRESS):
-            sock.close()
-            self._retry("cannot reach the proxy: %s" % errno.errorcode.get(error))
+        try:
+            sock = start_connect(self.address)
+        except OSError as exc:
+            self._retry("cannot reach the proxy: %s" % exc)
             return
         self._sock = sock
         self._connected = False

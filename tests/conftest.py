@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
@@ -74,3 +76,38 @@ def python_env(**extra: str) -> Dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(PROJECT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(extra)
     return env
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``condition`` until it returns something true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail("timed out after %g s waiting until %s" % (timeout, what))
+        time.sleep(0.02)
+
+
+def in_thread(function: Callable[[], Any], timeout: float, what: str) -> Any:
+    """``function()`` in a daemon thread: its result, or its exception raised here; fail after ``timeout`` s.
+
+    A call that never returns stays blocked until the fixtures stop the processes it talks to.
+    """
+    outcome: Dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = function()
+        except BaseException as exc:  # handed to the test thread below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        pytest.fail("%s did not return within %g s" % (what, timeout))
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import farm
+from conftest import wait_for
 from farm.processes import DaemonProcess
 from farm.protocol.calls import encode_call
 from farm.protocol.framing import HEADER, Frame, FrameReader, encode_frame
@@ -38,18 +39,6 @@ Address = Tuple[str, int]
 
 
 # --- helpers -------------------------------------------------------------------------
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``condition`` until it returns something true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail("timed out after %g s waiting until %s" % (timeout, what))
-        time.sleep(0.01)
 
 
 def process_gone(pid: int) -> bool:

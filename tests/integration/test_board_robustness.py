@@ -13,13 +13,13 @@ import signal
 import socket
 import struct
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import pytest
 
 import farm
+from conftest import wait_for
 from farm.processes import DaemonProcess
 from farm.protocol.framing import HEADER, Frame, FrameReader, encode_frame
 from farm.protocol.handshake import CODE_SUCCESS, ReplyReader, encode_hello
@@ -39,18 +39,6 @@ LIBRARY_SOURCES = {
 
 
 # --- helpers -------------------------------------------------------------------------
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``condition`` until it returns something true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail("timed out after %g s waiting until %s" % (timeout, what))
-        time.sleep(0.01)
 
 
 def proc_stat(pid: int) -> Optional[List[str]]:

@@ -8,7 +8,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Pattern, Sequence, Tuple
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 
 import farm
+from conftest import wait_for
 from farm.processes import DaemonProcess
 from farm.protocol.handshake import CODE_MISMATCH, ReplyReader, encode_hello
 
@@ -46,13 +46,6 @@ def start(tmp_path: Path) -> Iterator[Starter]:
         daemon.stop()
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting for " + what
-        time.sleep(0.02)
-
-
 def free_boards(tracker: farm.TrackerClient, key: str) -> int:
     return tracker.summary()["queue_info"].get(key, {}).get("free", 0)
 
@@ -77,7 +70,7 @@ def test_board_behind_the_proxy_serves_through_the_tracker(start: Starter, kerne
     start("server", "--host", proxy.address[0], "--port", str(proxy.address[1]), "--through-proxy", "--key", "nat",
           wait_for=WAITING)  # fmt: skip
     tracker = farm.connect_tracker(*tracker_daemon.address)
-    wait_until(lambda: free_boards(tracker, "nat") == 1, 10, "the proxy to offer the board")
+    wait_for(lambda: free_boards(tracker, "nat") == 1, 10, "the proxy to offer the board")
     (entry,) = tracker.summary()["server_info"]
     assert entry["key"] == "server:proxy[nat]"
     assert entry["addr"] == [proxy.address[0], proxy.address[1]]
@@ -87,7 +80,7 @@ def test_board_behind_the_proxy_serves_through_the_tracker(start: Starter, kerne
         big = np.arange(8 << 20, dtype=np.float32)  # 32 MiB each way through the proxy
         np.testing.assert_array_equal(session.array(big).numpy(), big)
         assert free_boards(tracker, "nat") == 0
-    wait_until(lambda: free_boards(tracker, "nat") == 1, 10, "the board to dial the proxy again")
+    wait_for(lambda: free_boards(tracker, "nat") == 1, 10, "the board to dial the proxy again")
     with tracker.request("nat") as session:
         session.ping()
 
@@ -98,14 +91,14 @@ def test_session_timeout_reaches_the_board_through_the_proxy(start: Starter, ker
     start("server", "--host", proxy.address[0], "--port", str(proxy.address[1]), "--through-proxy", "--key", "nat",
           wait_for=WAITING)  # fmt: skip
     tracker = farm.connect_tracker(*tracker_daemon.address)
-    wait_until(lambda: free_boards(tracker, "nat") == 1, 10, "the proxy to offer the board")
+    wait_for(lambda: free_boards(tracker, "nat") == 1, 10, "the proxy to offer the board")
     with tracker.request("nat", session_timeout=1) as session:
         session.upload(kernels["libmisbehave.so"])
         spin = session.load_module("libmisbehave.so")["spin_forever"]
         with pytest.raises(farm.SessionLostError) as lost:
             spin()
     assert lost.value.timed_out
-    wait_until(lambda: free_boards(tracker, "nat") == 1, 10, "the board to come back")
+    wait_for(lambda: free_boards(tracker, "nat") == 1, 10, "the board to come back")
 
 
 def test_unknown_match_key_is_refused_by_the_proxy(start: Starter) -> None:
@@ -134,9 +127,9 @@ def test_a_board_that_leaves_is_not_handed_out(start: Starter) -> None:
     board = start("server", "--host", proxy.address[0], "--port", str(proxy.address[1]), "--through-proxy",
                   "--key", "nat", wait_for=WAITING)  # fmt: skip
     tracker = farm.connect_tracker(*tracker_daemon.address)
-    wait_until(lambda: free_boards(tracker, "nat") == 1, 10, "the proxy to offer the board")
+    wait_for(lambda: free_boards(tracker, "nat") == 1, 10, "the proxy to offer the board")
     board.stop()
-    wait_until(lambda: "left before a client came" in proxy.log_text(), 10, "the proxy to notice")
+    wait_for(lambda: "left before a client came" in proxy.log_text(), 10, "the proxy to notice")
     with pytest.raises(farm.TrackerError):
         tracker.request("nat", wait=3)
 
@@ -189,7 +182,7 @@ def test_board_in_another_network_namespace_runs_a_kernel_through_the_proxy(
     start("server", "--host", here, "--port", str(proxy.address[1]), "--through-proxy", "--key", "netns",
           prefix=prefix, wait_for=WAITING)  # fmt: skip
     tracker = farm.connect_tracker(*tracker_daemon.address)
-    wait_until(lambda: free_boards(tracker, "netns") == 1, 10, "the proxy to offer the board")
+    wait_for(lambda: free_boards(tracker, "netns") == 1, 10, "the proxy to offer the board")
     with tracker.request("netns", user="ci") as session:
         assert session.host == here
         run_vadd(session, kernels["libvadd.so"])

@@ -18,13 +18,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Pattern, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Pattern, Tuple
 
 import numpy as np
 import pytest
 
 import farm
-from conftest import python_env
+from conftest import in_thread, python_env, wait_for
 from farm.processes import DaemonProcess
 from farm.protocol.handshake import CODE_MISMATCH, RPC_MAGIC, ReplyReader, encode_hello
 
@@ -45,38 +45,6 @@ threading.Event().wait()
 
 
 # --- helpers -------------------------------------------------------------------------
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``condition`` until it returns something true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail("timed out after %g s waiting until %s" % (timeout, what))
-        time.sleep(0.02)
-
-
-def in_thread(function: Callable[[], Any], timeout: float, what: str) -> Any:
-    """``function()`` in a daemon thread: its result, or its exception raised here; fail after ``timeout`` s."""
-    outcome: Dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["result"] = function()
-        except BaseException as exc:  # handed to the test thread below
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        pytest.fail("%s did not return within %g s" % (what, timeout))
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
 
 
 def summary_of(address: Address) -> Optional[Dict[str, Any]]:

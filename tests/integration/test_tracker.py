@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 import farm
-from conftest import python_env
+from conftest import python_env, wait_for
 from farm.processes import DaemonProcess, start_board
 from farm.protocol.tracker import MAX_MESSAGE, TRACKER_MAGIC, MessageReader, encode_magic, encode_message
 from farm.tracker_client import Assignment, NoBoardError, TrackerClient, TrackerError, connect_tracker
@@ -37,18 +37,6 @@ INT32 = struct.Struct("<i")
 
 
 # --- helpers -------------------------------------------------------------------------
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``condition`` until it returns something true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail("timed out after %g s waiting until %s" % (timeout, what))
-        time.sleep(0.01)
 
 
 def summary_of(address: Address) -> Optional[Dict[str, Any]]:

@@ -16,10 +16,9 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 import numpy as np
 import pytest
@@ -32,7 +31,7 @@ except ImportError as exc:  # the tvm extra is not installed (or needs Python 3.
     pytest.skip("Apache TVM is not importable (%s); install the tvm extra" % exc, allow_module_level=True)
 
 import farm
-from conftest import python_env
+from conftest import in_thread, python_env, wait_for
 from farm.processes import DaemonProcess
 from farm.tracker_client import NoBoardError, TrackerError
 
@@ -42,41 +41,6 @@ HOST = "127.0.0.1"
 
 
 # --- helpers -------------------------------------------------------------------------
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``condition`` until it returns something true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail("timed out after %g s waiting until %s" % (timeout, what))
-        time.sleep(0.02)
-
-
-def in_thread(function: Callable[[], Any], timeout: float, what: str) -> Any:
-    """``function()`` in a daemon thread: its result, or its exception raised here; fail after ``timeout`` s.
-
-    A call that never returns stays blocked until the fixtures stop the processes it talks to.
-    """
-    outcome: Dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["result"] = function()
-        except BaseException as exc:  # handed to the test thread below
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        pytest.fail("%s did not return within %g s" % (what, timeout))
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
 
 
 def summary_of(address: Address) -> Optional[Dict[str, Any]]:
