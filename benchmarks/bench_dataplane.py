@@ -26,13 +26,11 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
-import hashlib
 import io
 import json
 import logging
 import multiprocessing
 import os
-import platform
 import pstats
 import signal
 import socket
@@ -41,14 +39,10 @@ import struct
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
-
-PROJECT = Path(__file__).resolve().parent.parent
-if str(PROJECT) not in sys.path:
-    sys.path.insert(0, str(PROJECT))  # measure this checkout's farm, installed or not
+from common import PROJECT, child_env, exit_on_signal, machine_info  # noqa: E402  (puts this checkout's farm on the path)
 
 import farm  # noqa: E402
 from farm.processes import DaemonProcess, start_board  # noqa: E402
@@ -212,29 +206,6 @@ class RawPeer:
 # --- helpers -----------------------------------------------------------------------
 
 
-def machine_info() -> Dict[str, Any]:
-    """Cores, CPU model, Python and kernel; nothing that names this machine."""
-    model = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    model = line.partition(":")[2].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "cores": os.cpu_count() or 0,
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "python_implementation": platform.python_implementation(),
-        "kernel": platform.release(),
-        "numpy": np.__version__,
-        "farm": farm.__version__,
-        "farm_sources_sha256": farm_fingerprint(),
-    }
-
-
 def placement(pin: str) -> Tuple[Optional[Set[int]], Optional[Set[int]]]:
     """CPUs for (this process, the board and the raw peer) under ``--pin``; None leaves them alone."""
     if pin == "none":
@@ -245,22 +216,6 @@ def placement(pin: str) -> Tuple[Optional[Set[int]], Optional[Set[int]]]:
     if len(cpus) < 2:
         raise SystemExit("--pin split needs two CPUs; this process may use only %s" % cpus)
     return {cpus[0]}, {cpus[1]}
-
-
-def farm_fingerprint() -> str:
-    """A short hash of the farm package's sources, to tell which code a result belongs to."""
-    digest = hashlib.sha256()
-    root = Path(farm.__file__).resolve().parent
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:12]
-
-
-def board_env() -> Dict[str, str]:
-    """The environment for the board's Python: this checkout's ``farm`` first on its path."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
 
 
 def timed(action: Callable[[], Any]) -> float:
@@ -317,7 +272,7 @@ class Bench:
         if client_cpus:
             os.sched_setaffinity(0, client_cpus)  # the board and the peer inherit it unless moved below
         self.board = start_board(
-            os.path.join(self.workdir, "board.log"), key=KEY, host=HOST, port=0, env=board_env(), cwd=str(PROJECT)
+            os.path.join(self.workdir, "board.log"), key=KEY, host=HOST, port=0, env=child_env(), cwd=str(PROJECT)
         )  # in PROJECT, so that ``python -m farm.server`` imports this checkout's farm whatever the caller's directory
         self.raw.start()
         if far_cpus:
@@ -578,7 +533,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         if not stopped:
             raise RuntimeError("could not stop the board or the raw peer cleanly (see the log)")
     results: Dict[str, Any] = {
-        "machine": machine_info(),
+        "machine": machine_info(numpy=np.__version__),
         "config": {
             "size_mib": args.size_mib,
             "bytes": bench.nbytes,
@@ -624,13 +579,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def _exit_on_signal(number: int, _frame: Any) -> None:
-    raise SystemExit(128 + number)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_signal)  # so that the board and the peer are stopped on SIGTERM too
+    signal.signal(signal.SIGTERM, exit_on_signal)  # so that the board and the peer are stopped on SIGTERM too
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     results = run(args)
     sys.stdout.write(report(results))

@@ -33,11 +33,9 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
-import hashlib
 import json
 import logging
 import os
-import platform
 import random
 import re
 import resource
@@ -49,16 +47,11 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from common import PROJECT, child_env, exit_on_signal, machine_info  # noqa: E402  (puts this checkout's farm on the path)
 
-PROJECT = Path(__file__).resolve().parent.parent
-if str(PROJECT) not in sys.path:
-    sys.path.insert(0, str(PROJECT))  # measure this checkout's farm, installed or not
-
-import farm  # noqa: E402
 from farm.processes import DaemonProcess, board_command  # noqa: E402
 from farm.protocol.tracker import Code, MessageReader, encode_magic, encode_message  # noqa: E402
 from farm.tracker_client import TrackerClient, connect_tracker  # noqa: E402
@@ -126,45 +119,6 @@ def load_tvm(skip: bool) -> Tuple[Any, str]:
     except Exception as exc:  # ImportError, or a broken install failing in its own way
         return None, "import tvm failed: %s: %s" % (type(exc).__name__, exc)
     return rpc, str(getattr(tvm, "__version__", "?"))
-
-
-def machine_info(tvm_version: Optional[str]) -> Dict[str, Any]:
-    """Cores, CPU model, Python and kernel; nothing that names this machine."""
-    model = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    model = line.partition(":")[2].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "cores": os.cpu_count() or 0,
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "python_implementation": platform.python_implementation(),
-        "kernel": platform.release(),
-        "farm": farm.__version__,
-        "farm_sources_sha256": farm_fingerprint(),
-        "tvm": tvm_version,
-    }
-
-
-def farm_fingerprint() -> str:
-    """A short hash of the farm package's sources, to tell which code a result belongs to."""
-    digest = hashlib.sha256()
-    root = Path(farm.__file__).resolve().parent
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:12]
-
-
-def child_env() -> Dict[str, str]:
-    """The environment for child Pythons: this checkout's ``farm`` first on their path."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
 
 
 def port_range(span: int = 200) -> Tuple[int, int]:
@@ -1065,7 +1019,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         if not stopped:
             raise RuntimeError("could not stop every daemon cleanly (see the log)")
     results: Dict[str, Any] = {
-        "machine": machine_info(tvm_version),
+        "machine": machine_info(tvm=tvm_version),
         "tvm_skipped": why,
         "config": {
             "repeats": args.repeats,
@@ -1120,13 +1074,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def _exit_on_signal(number: int, _frame: Any) -> None:
-    raise SystemExit(128 + number)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_signal)  # so that the daemons are stopped on SIGTERM too
+    signal.signal(signal.SIGTERM, exit_on_signal)  # so that the daemons are stopped on SIGTERM too
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     results = run(args)
     sys.stdout.write(report(results))

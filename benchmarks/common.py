@@ -1,0 +1,61 @@
+"""What the benchmark scripts share: the machine's description, the code's fingerprint, child environments."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any, Dict
+
+PROJECT = Path(__file__).resolve().parent.parent
+if str(PROJECT) not in sys.path:
+    sys.path.insert(0, str(PROJECT))  # measure this checkout's farm, installed or not
+
+import farm  # noqa: E402
+
+
+def machine_info(**extra: Any) -> Dict[str, Any]:
+    """Cores, CPU model, Python and kernel (and ``extra``); nothing that names this machine."""
+    model = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    model = line.partition(":")[2].strip()
+                    break
+    except OSError:
+        pass
+    info = {
+        "cores": os.cpu_count() or 0,
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "kernel": platform.release(),
+        "farm": farm.__version__,
+        "farm_sources_sha256": farm_fingerprint(),
+    }
+    info.update(extra)
+    return info
+
+
+def farm_fingerprint() -> str:
+    """A short hash of the farm package's sources, to tell which code a result belongs to."""
+    digest = hashlib.sha256()
+    root = Path(farm.__file__).resolve().parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def child_env() -> Dict[str, str]:
+    """The environment for child Pythons (boards, trackers): this checkout's ``farm`` first on their path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def exit_on_signal(number: int, _frame: Any) -> None:
+    """A signal handler that unwinds the script, so its ``finally`` blocks stop every process."""
+    raise SystemExit(128 + number)
