@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -111,3 +112,22 @@ def in_thread(function: Callable[[], Any], timeout: float, what: str) -> Any:
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
+
+
+def read_until_closed(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Everything the peer sends until it closes; fails if it stays open for ``timeout`` seconds."""
+    sock.settimeout(timeout)
+    received = bytearray()
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            received += data
+    except ConnectionResetError:
+        pass
+    except socket.timeout:
+        pytest.fail("the board kept the connection open for %g s" % timeout)
+    finally:
+        sock.close()
+    return bytes(received)

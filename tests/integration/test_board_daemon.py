@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import farm
-from conftest import wait_for
+from conftest import read_until_closed, wait_for
 from farm.processes import DaemonProcess
 from farm.protocol.calls import encode_call
 from farm.protocol.framing import HEADER, Frame, FrameReader, encode_frame
@@ -112,25 +112,6 @@ def raw_session(address: Address, key: str = KEY, with_hello: bytes = b"") -> Tu
         reply = reader.feed(data)
     assert reply.code == CODE_SUCCESS, reply
     return sock, reader.leftover()
-
-
-def read_until_closed(sock: socket.socket, timeout: float = 10.0) -> bytes:
-    """Everything the peer sends until it closes; fails if it stays open for ``timeout`` seconds."""
-    sock.settimeout(timeout)
-    received = bytearray()
-    try:
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            received += data
-    except ConnectionResetError:
-        pass
-    except socket.timeout:
-        pytest.fail("the board kept the connection open for %g s" % timeout)
-    finally:
-        sock.close()
-    return bytes(received)
 
 
 def frames_until_closed(sock: socket.socket, initial: bytes = b"", timeout: float = 10.0) -> List[Frame]:

@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import pytest
 
 import farm
-from conftest import wait_for
+from conftest import read_until_closed, wait_for
 from farm.processes import DaemonProcess
 from farm.protocol.framing import HEADER, Frame, FrameReader, encode_frame
 from farm.protocol.handshake import CODE_SUCCESS, ReplyReader, encode_hello
@@ -132,21 +132,7 @@ def raw_session(address: Address) -> Tuple[socket.socket, bytes]:
 
 def frames_until_closed(sock: socket.socket, initial: bytes = b"", timeout: float = 10.0) -> List[Frame]:
     """Every frame the peer sends until it closes; fails if it stays open for ``timeout`` seconds."""
-    sock.settimeout(timeout)
-    received = bytearray(initial)
-    try:
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            received += data
-    except ConnectionResetError:
-        pass
-    except socket.timeout:
-        pytest.fail("the board kept the connection open for %g s" % timeout)
-    finally:
-        sock.close()
-    return FrameReader().feed(bytes(received))
+    return FrameReader().feed(initial + read_until_closed(sock, timeout))
 
 
 def next_frame(sock: socket.socket, reader: FrameReader, pending: List[Frame]) -> Frame:
