@@ -151,6 +151,8 @@ class RemoteSession:
         self._closed = False
         self._lost: Optional[SessionLostError] = None
         self._info: Optional[Dict[str, Any]] = None
+        #: When the session started and ended by the board's clock (``time.time()``), once it ended.
+        self.board_interval: Optional[Tuple[float, float]] = None
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "lost" if self._lost else "open"
@@ -217,7 +219,13 @@ class RemoteSession:
             )
         return frame
 
+    def _note_end(self, notice: dict) -> None:
+        started, ended = notice.get("started"), notice.get("ended")
+        if isinstance(started, (int, float)) and isinstance(ended, (int, float)):
+            self.board_interval = (float(started), float(ended))
+
     def _session_ended(self, notice: dict) -> SessionLostError:
+        self._note_end(notice)
         return self._end(
             SessionLostError(
                 "session on board %r at %s:%d ended: %s" % (self.key, self.host, self.port, notice.get("message", "")),
@@ -259,7 +267,9 @@ class RemoteSession:
         try:
             while True:
                 self._conn.sock.settimeout(max(0.001, deadline - time.monotonic()))
-                self._conn.recv()
+                frame = self._conn.recv()
+                if frame.op == Op.SESSION_END:
+                    self._note_end(frame.meta)
         except (OSError, ProtocolError):
             pass
 

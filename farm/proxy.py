@@ -25,6 +25,7 @@ import time
 from typing import Dict, Optional, Sequence, Set, Tuple
 
 from .errors import ProtocolError
+from .lifetime import die_with_launcher
 from .net import bind_first_free, parse_address
 from .protocol.handshake import CODE_DUPLICATE, CODE_MISMATCH, CODE_SUCCESS, Hello, HelloReader, encode_reply
 from .protocol.tracker import (
@@ -329,6 +330,7 @@ async def serve(sock: socket.socket, tracker: Optional[Tuple[str, int]]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
+    die_with_launcher()
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         sock = bind_first_free(args.host, args.port, args.port_end)

@@ -49,9 +49,11 @@ class TrackerLink:
         port: int,
         selector: selectors.BaseSelector,
         custom_addr: Optional[str] = None,
+        name: str = "",
     ) -> None:
         self.address = address
         self.key = key
+        self.name = name
         self.port = port
         self.custom_addr = custom_addr
         self.matchkey: Optional[str] = None  # what a client must present now; None while in a session
@@ -141,6 +143,8 @@ class TrackerLink:
     def _on_magic_echoed(self) -> None:
         logger.info("registered with the tracker at %s:%d", *self.address)
         info = {"key": "server:" + self.key, "addr": [self.custom_addr, self.port], "protocol": FARM_PROTOCOL}
+        if self.name:
+            info["name"] = self.name
         self._send([Code.UPDATE_INFO, info], "update_info")
         if not self._in_session:
             self._offer()

@@ -11,7 +11,6 @@ Standard library only, Python >= 3.8.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import errno
 import fcntl
 import logging
@@ -28,6 +27,7 @@ import time
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 from .errors import ProtocolError
+from .lifetime import die_with_launcher, die_with_parent
 from .net import bind_first_free, parse_address
 from .protocol.framing import DEFAULT_MAX_PAYLOAD, FrameReader, encode_frame
 from .protocol.handshake import CODE_BUSY, CODE_MISMATCH, CODE_SUCCESS, Hello, HelloReader, encode_reply, parse_key
@@ -60,6 +60,7 @@ class _Active:
         self.directory = directory
         self.status = SessionStatus()
         self.started = time.monotonic()
+        self.started_at = time.time()  # the board's clock, reported to the client at the end
         self.timeout = timeout
         self.deadline = self.started + timeout if timeout else None
         self.timed_out = False
@@ -93,6 +94,7 @@ class BoardServer:
         tracker: Optional[Tuple[str, int]] = None,
         custom_addr: Optional[str] = None,
         through_proxy: bool = False,
+        name: str = "",
     ) -> None:
         self.host = host
         self.key = key
@@ -101,6 +103,7 @@ class BoardServer:
         # Through a proxy the board dials out (host and port are the proxy's) and listens nowhere.
         self._listener = None if through_proxy else bind_first_free(host, port, port_end)
         self.port = port if self._listener is None else self._listener.getsockname()[1]
+        self.name = name or default_name(self.port if self._listener is not None else None)
         self._own_work_dir = work_dir is None
         self.work_dir = tempfile.mkdtemp(prefix="farm-board-") if work_dir is None else work_dir
         os.makedirs(self.work_dir, exist_ok=True)
@@ -115,7 +118,7 @@ class BoardServer:
         if through_proxy:
             self._link = ProxyDialer((host, port), key, self._selector, self._paired_by_proxy)
         elif tracker is not None:
-            self._link = TrackerLink(tracker, key, self.port, self._selector, custom_addr)
+            self._link = TrackerLink(tracker, key, self.port, self._selector, custom_addr, self.name)
 
     # --- the daemon loop ----------------------------------------------------
 
@@ -330,7 +333,7 @@ class BoardServer:
         """The session process: serve, then ``os._exit`` without running the daemon's cleanup."""
         code = 1
         try:
-            _die_with_parent(daemon_pid)
+            die_with_parent(daemon_pid)  # even when the daemon is killed with SIGKILL
             os.setpgid(0, 0)
             signal.set_wakeup_fd(-1)
             for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
@@ -348,7 +351,14 @@ class BoardServer:
             os.chdir(active.directory)
             conn = FramedSocket(active.sock, FrameReader())
             Session(
-                conn, active.directory, self.key, active.status, self.max_message_size, leftover, bytes_sent
+                conn,
+                active.directory,
+                self.key,
+                active.status,
+                self.max_message_size,
+                leftover,
+                bytes_sent,
+                self.name,
             ).serve()
             active.status.state = SessionStatus.FINISHED
             code = 0
@@ -396,7 +406,7 @@ class BoardServer:
             self._kill_group(active.pid)
 
     def _end_session(self, active: _Active, wait_status: int, reason: str = "") -> None:
-        """Tell the client how the (reaped) session process ended, unless it ended normally; clean up."""
+        """Tell the client how the (reaped) session process ended and when it ran (board clock); clean up."""
         self._active = None
         if self._link is not None and not reason:
             self._link.session_ended()
@@ -417,17 +427,20 @@ class BoardServer:
         elapsed = time.monotonic() - active.started
         if message:
             logger.warning("session from %s ended after %.1f s: %s", active.peer, elapsed, message)
-            if not self._reply_cut_short(active):  # else no frame can follow on the connection
-                notice = {
-                    "message": message,
-                    "signal": signal_number,
-                    "exit_code": exit_code,
-                    "timed_out": active.timed_out,
-                }
-                self._notify(active.sock, notice)
         else:
             logger.info("session from %s ended after %.1f s", active.peer, elapsed)
-        shutil.rmtree(active.directory, ignore_errors=True)
+        shutil.rmtree(active.directory, ignore_errors=True)  # before the client sees the end of the stream
+        if not self._reply_cut_short(active):  # else no frame can follow on the connection
+            notice = {
+                "message": message,
+                "signal": signal_number,
+                "exit_code": exit_code,
+                "timed_out": active.timed_out,
+                "board": self.name,
+                "started": active.started_at,
+                "ended": time.time(),
+            }
+            self._notify(active.sock, notice)
         active.sock.close()
 
     def _reply_cut_short(self, active: _Active) -> bool:
@@ -466,6 +479,12 @@ class BoardServer:
         if self._own_work_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
         logger.info("board server stopped")
+
+
+def default_name(port: Optional[int]) -> str:
+    """``HOSTNAME:PORT`` of a listening board; ``HOSTNAME/PID`` of one that dials a proxy."""
+    host = socket.gethostname()
+    return "%s:%d" % (host, port) if port is not None else "%s/%d" % (host, os.getpid())
 
 
 def bytes_written(sock: socket.socket) -> Optional[int]:
@@ -540,17 +559,6 @@ class Watchdog:
         os._exit(0)
 
 
-def _die_with_parent(daemon_pid: int) -> None:
-    """Ask Linux to kill this process when the daemon dies, even by SIGKILL."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return  # not Linux: the daemon's own cleanup is all there is
-    if os.getppid() != daemon_pid:  # the daemon died before prctl took effect
-        os._exit(1)
-
-
 # --- command line -------------------------------------------------------------
 
 
@@ -576,6 +584,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=parse_address,
         help="register with this tracker; clients come through it",
     )
+    parser.add_argument("--name", default="", help="the board's name in reports (default: HOSTNAME:PORT)")
     parser.add_argument("--custom-addr", metavar="ADDR", help="the address the tracker gives clients (default: ours)")
     parser.add_argument(
         "--through-proxy",
@@ -586,6 +595,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    die_with_launcher()
     configure_logging(args.log_level)
     try:
         server = BoardServer(
@@ -599,6 +609,7 @@ def run(args: argparse.Namespace) -> int:
             args.tracker,
             args.custom_addr,
             args.through_proxy,
+            args.name,
         )
     except OSError as exc:
         logger.error("cannot listen: %s", exc)

@@ -176,8 +176,10 @@ class Session:
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         received: bytes = b"",
         bytes_sent: int = 0,
+        name: str = "",
     ) -> None:
         self.conn = conn
+        self.name = name
         self._received = received  # bytes that came with the handshake: the first frames
         self._bytes_sent = bytes_sent  # on this connection so far, the handshake reply included
         self.root = os.path.realpath(root)
@@ -401,6 +403,7 @@ class Session:
             "python_implementation": platform.python_implementation(),
             "hostname": socket.gethostname(),
             "key": self.key,
+            "name": self.name,
             "server_version": __version__,
             "byteorder": sys.byteorder,
             "cpu_count": os.cpu_count(),

@@ -25,6 +25,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from .errors import ProtocolError
+from .lifetime import die_with_launcher
 from .net import bind_first_free
 from .protocol.tracker import TVM_PROTOCOL, Code, MessageReader, encode_magic, encode_message
 
@@ -433,6 +434,7 @@ async def serve(sock: socket.socket, stop_key: Optional[str] = None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    die_with_launcher()
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         sock = bind_first_free(args.host, args.port, args.port_end)

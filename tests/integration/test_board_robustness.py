@@ -286,7 +286,7 @@ def test_whole_frame_over_the_message_size_limit_is_refused(board_factory: Calla
     sock, leftover = raw_session(daemon.address)
     sock.sendall(frame_bytes(Op.UPLOAD, 5, {"name": "x"}, b"a" * 3000))  # one write: the reader's fast path
     frames = frames_until_closed(sock, leftover)
-    assert [(frame.op, frame.request_id) for frame in frames] == [(Op.ERROR, 5)], frames
+    assert [(frame.op, frame.request_id) for frame in frames] == [(Op.ERROR, 5), (Op.SESSION_END, 0)], frames
     message = frames[0].meta["message"]
     assert "limit" in message and "1024" in message and "3000" in message, message
     assert frames[0].meta["type"] == "ProtocolError"
@@ -302,7 +302,8 @@ def test_refused_frame_error_carries_its_own_request_id(board_factory: Callable[
     sock, leftover = raw_session(daemon.address)
     sock.sendall(frame_bytes(Op.PING, 7) + HEADER.pack(b"RD", 1, Op.PING, 42, len(bad), 0) + bad)
     frames = frames_until_closed(sock, leftover)
-    assert [(frame.op, frame.request_id) for frame in frames] == [(Op.RESULT, 7), (Op.ERROR, 42)], frames
+    expected = [(Op.RESULT, 7), (Op.ERROR, 42), (Op.SESSION_END, 0)]  # the session ended after the bad frame
+    assert [(frame.op, frame.request_id) for frame in frames] == expected, frames
     assert "JSON" in frames[1].meta["message"], frames[1].meta
     assert frames[1].meta["type"] == "ProtocolError"
     assert_board_serves(daemon)

@@ -1,0 +1,44 @@
+"""Tie a process's life to its parent's (Linux ``PR_SET_PDEATHSIG``; standard library only).
+
+A launcher that starts daemons sets ``FARM_PARENT_PID`` in their environment;
+each daemon calls :func:`die_with_launcher` first thing, so it goes when the
+launcher goes, even when the launcher is killed with SIGKILL or leaves through
+``os._exit`` without running its cleanup.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+
+#: The environment variable a launcher sets to its own pid.
+PARENT_ENV = "FARM_PARENT_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int, signal_number: int = signal.SIGKILL) -> None:
+    """Have Linux send ``signal_number`` to this process when its parent dies.
+
+    Exits at once if the parent (``parent_pid``) is already gone. Linux sends
+    the signal when the parent *thread* that started us ends, so a launcher
+    starts its daemons from a thread that lives as long as they should.
+    Elsewhere than Linux this does nothing.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal_number)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def die_with_launcher() -> None:
+    """:func:`die_with_parent` (SIGTERM, so the daemon cleans up) if a launcher asked for it.
+
+    The variable is removed, so what this process starts does not inherit it.
+    """
+    value = os.environ.pop(PARENT_ENV, "")
+    if value.isdigit():
+        die_with_parent(int(value), signal.SIGTERM)
