@@ -109,6 +109,7 @@ class Proxy:
         self.boards: Dict[str, Endpoint] = {}  # by match key, waiting for a client
         self.clients: Dict[str, Endpoint] = {}  # without a tracker: by key, waiting for a board
         self.keys: Set[str] = set()
+        self.paired: Dict[str, int] = {}  # boards forwarding a session now, by key
         self.stopped = asyncio.Event()
         self._tracker_writer: Optional[asyncio.StreamWriter] = None
         self._tracker_replies: asyncio.Queue[object] = asyncio.Queue()
@@ -169,6 +170,8 @@ class Proxy:
                     if waiting is board:
                         del self.boards[waiting_key]
                 board.writer.close()
+                if self.tracker is not None:
+                    await self._update_info()
 
     async def _client_arrives(self, client: Endpoint) -> None:
         key = client.hello.key
@@ -202,11 +205,16 @@ class Proxy:
             board.watch.cancel()
             await asyncio.gather(board.watch, return_exceptions=True)
         logger.info("pairing client %s with board %s (%s)", client.name, board.name, board.hello.key)
-        client.writer.write(encode_reply(CODE_SUCCESS, board.text))
-        board.writer.write(encode_reply(CODE_SUCCESS, client.text) + client.leftover)
-        await asyncio.gather(forward(client.reader, board.writer), forward(board.reader, client.writer))
-        board.writer.close()
-        client.writer.close()
+        key = key_of_matchkey(board.hello.key)
+        self.paired[key] = self.paired.get(key, 0) + 1
+        try:
+            client.writer.write(encode_reply(CODE_SUCCESS, board.text))
+            board.writer.write(encode_reply(CODE_SUCCESS, client.text) + client.leftover)
+            await asyncio.gather(forward(client.reader, board.writer), forward(board.reader, client.writer))
+        finally:
+            self.paired[key] -= 1
+            board.writer.close()
+            client.writer.close()
         logger.info("client %s and board %s are done", client.name, board.name)
 
     # --- the tracker ------------------------------------------------------------
@@ -266,12 +274,27 @@ class Proxy:
         try:
             put = [Code.PUT, key, [self.port, matchkey], self.advertised, {"protocol": board.protocol}]
             await self._call_tracker(put)
-            keys = "[" + ",".join(sorted(self.keys)) + "]"
-            await self._call_tracker(
-                [Code.UPDATE_INFO, {"key": "server:proxy" + keys, "addr": [self.advertised, self.port]}]
-            )
         except (ConnectionError, asyncio.TimeoutError) as exc:
             logger.info("could not offer %r to the tracker: %s", key, exc)
+            return
+        await self._update_info()
+
+    def board_counts(self) -> Dict[str, int]:
+        """Boards connected here per key: waiting for a client or in a session."""
+        counts = {key: count for key, count in self.paired.items() if count}
+        for matchkey in self.boards:
+            key = key_of_matchkey(matchkey) if self.tracker is not None else matchkey
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    async def _update_info(self) -> None:
+        """Tell the tracker our keys and how many boards of each we have (it counts a proxy's boards so)."""
+        keys = "[" + ",".join(sorted(self.keys)) + "]"
+        info = {"key": "server:proxy" + keys, "addr": [self.advertised, self.port], "boards": self.board_counts()}
+        try:
+            await self._call_tracker([Code.UPDATE_INFO, info])
+        except (ConnectionError, asyncio.TimeoutError) as exc:
+            logger.info("could not update the tracker: %s", exc)
 
     def _renew(self, matchkey: str) -> str:
         """Move a waiting board to a fresh match key (the old one may be in a client's hands)."""

@@ -20,7 +20,6 @@ def format_summary(summary: Dict[str, Any], now: Optional[float] = None) -> str:
     """The Server List and Queue Status tables of a tracker summary."""
     now = time.time() if now is None else now
     lines = ["Server List", "-" * 30, "server-address           key", "-" * 30]
-    boards_per_key: Dict[str, int] = {}
     for server in sorted(summary.get("server_info", []), key=lambda item: str(item.get("key", ""))):
         key = str(server.get("key", ""))
         address = ":".join(str(part) for part in server.get("addr", []))
@@ -30,16 +29,14 @@ def format_summary(summary: Dict[str, Any], now: Optional[float] = None) -> str:
             held_for = " for %.0f s" % (now - since) if isinstance(since, (int, float)) else ""
             line += "    held by %s%s" % (server.get("held_by") or "a client", held_for)
         lines.append(line)
-        board_key = key.split(":", 1)[1] if ":" in key else key
-        boards_per_key[board_key] = boards_per_key.get(board_key, 0) + 1
     lines += ["-" * 30, ""]
     queues = summary.get("queue_info", {})
     width = max([len(key) for key in queues] + [3])
     title = "%-*s   total  free  pending" % (width, "key")
     lines += ["Queue Status", "-" * len(title), title, "-" * len(title)]
     for key in sorted(queues):
-        total = boards_per_key.get(key, 0)
         free, pending = queues[key].get("free", 0), queues[key].get("pending", 0)
+        total = queues[key].get("total", free)  # TVM's tracker does not count held boards
         if total or pending:
             lines.append("%-*s   %-5d  %-4d  %-7d" % (width, key, total, free, pending))
     lines.append("-" * len(title))

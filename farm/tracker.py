@@ -35,6 +35,8 @@ logger = logging.getLogger("farm.tracker")
 REPORT_PERIOD = 0.25
 #: Largest a peer's UPDATE_INFO may make its info, as JSON; a summary holds one per board.
 MAX_INFO = 64 << 10
+#: Most waiting requests a summary lists per key (``pending`` counts them all).
+MAX_LISTED_WAITERS = 256
 
 
 class Offer:
@@ -302,6 +304,15 @@ class Tracker:
     def _boards_of(self, key: str) -> List[Peer]:
         return [peer for peer in self.peers if key in peer.keys]
 
+    def _board_count(self, key: str) -> int:
+        """Boards of ``key``: one per board peer, or what a proxy says it has (``"boards": {key: n}``)."""
+        total = 0
+        for peer in self._boards_of(key):
+            counts = peer.info.get("boards")
+            count = counts.get(key) if isinstance(counts, dict) else None
+            total += count if type(count) is int and count >= 0 else 1
+        return total
+
     # --- scheduling ---------------------------------------------------------------
 
     def _schedule(self, key: str) -> None:
@@ -332,7 +343,7 @@ class Tracker:
 
     def _report_positions(self, queue: KeyQueue) -> None:
         """Tell waiters that asked for it their new place in the queue, each at most every REPORT_PERIOD."""
-        boards = len(self._boards_of(queue.waiters[0].key)) if queue.waiters else 0
+        boards = self._board_count(queue.waiters[0].key) if queue.waiters else 0
         now = time.monotonic()
         for position, waiter in enumerate(queue.waiters):
             if waiter.progress and waiter.position != position:
@@ -384,10 +395,25 @@ class Tracker:
     # --- summary ------------------------------------------------------------------
 
     def summary(self) -> Dict[str, Any]:
-        """TVM's summary (``queue_info``, ``server_info``) with who holds each board and since when."""
+        """TVM's summary (``queue_info``, ``server_info``) with who holds each board and since when.
+
+        Beyond TVM's ``free`` and ``pending``, each key's entry has ``total``
+        (its boards) and ``waiters``: the first requests in queue order, each
+        with its user, priority and seconds waited so far.
+        """
         queue_info = {}
+        now = time.monotonic()
         for key, queue in sorted(self.queues.items()):
-            queue_info[key] = {"free": len(queue.offers), "pending": len(queue.waiters)}
+            waiters = [
+                {"user": w.user, "priority": w.priority, "waited": round(now - w.since, 3)}
+                for w in queue.waiters[:MAX_LISTED_WAITERS]
+            ]
+            queue_info[key] = {
+                "free": len(queue.offers),
+                "pending": len(queue.waiters),
+                "total": self._board_count(key),
+                "waiters": waiters,
+            }
         server_info = []
         for peer in sorted(self.peers, key=lambda p: p.name):
             if not str(peer.info.get("key", "")).startswith("server"):

@@ -122,27 +122,43 @@ class TrackerClient:
         wait_for_key: bool = False,
         protocols: Sequence[str] = (FARM_PROTOCOL,),
         on_progress: Optional[Callable[[Dict[str, Any]], None]] = None,
+        progress_every: Optional[float] = None,
     ) -> Assignment:
         """Queue for a board of ``key`` and return where it is once it is ours.
 
         ``wait``: give up after that many seconds (:class:`NoBoardError`).
         ``wait_for_key``: queue even if no board serves the key yet.
-        ``on_progress`` receives ``{"position", "ahead", "boards", "free"}``
-        whenever the place in the queue changes.
+        ``on_progress`` receives ``{"position", "ahead", "boards", "free", "waited"}``
+        whenever the place in the queue changes, and every ``progress_every``
+        seconds if that is given.
         """
         options: Dict[str, Any] = {"protocols": list(protocols), "progress": on_progress is not None}
         if wait is not None:
             options["wait"] = wait
         if wait_for_key:
             options["wait_for_key"] = True
-        deadline = None if wait is None else time.monotonic() + wait + WAIT_GRACE
+        started = time.monotonic()
+        deadline = None if wait is None else started + wait + WAIT_GRACE
+        next_tick = None if on_progress is None or not progress_every else started + progress_every
+        state: Dict[str, Any] = {}
         try:
             self._sock.sendall(encode_message([Code.REQUEST, key, user, priority, options]))
             while True:
-                reply = self._next_message(None if deadline is None else max(0.001, deadline - time.monotonic()))
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    raise socket.timeout()
+                if next_tick is not None and now >= next_tick:
+                    next_tick = now + progress_every  # type: ignore[operator]
+                    on_progress(dict(state, waited=now - started))  # type: ignore[misc]
+                until = min(t for t in (deadline, next_tick, now + 3600.0) if t is not None)
+                try:
+                    reply = self._next_message(max(0.001, until - now))
+                except socket.timeout:
+                    continue
                 if isinstance(reply, list) and len(reply) == 2 and reply[0] == Code.WAITING:
-                    if on_progress is not None:
-                        on_progress(reply[1])
+                    if on_progress is not None and isinstance(reply[1], dict):
+                        state = dict(reply[1])
+                        on_progress(dict(state, waited=time.monotonic() - started))
                     continue
                 break
         except socket.timeout:
@@ -182,6 +198,7 @@ class TrackerClient:
         user: str = "",
         wait_for_key: bool = False,
         on_progress: Optional[Callable[[Dict[str, Any]], None]] = None,
+        progress_every: Optional[float] = None,
     ) -> Any:
         """A session on a board of ``key``, as TVM's ``TrackerSession.request`` gives one.
 
@@ -193,7 +210,9 @@ class TrackerClient:
         failures = []
         for attempt in range(BOARD_CONNECT_ATTEMPTS):
             remaining = wait if deadline is None or not attempt else max(0.0, deadline - time.monotonic())
-            board = self.request_board(key, priority, user, remaining, wait_for_key, protocols, on_progress)
+            board = self.request_board(
+                key, priority, user, remaining, wait_for_key, protocols, on_progress, progress_every
+            )
             try:
                 return _open_session(board, session_timeout)
             except (OSError, HandshakeError) as exc:

@@ -85,6 +85,38 @@ def test_board_behind_the_proxy_serves_through_the_tracker(start: Starter, kerne
         session.ping()
 
 
+def test_the_tracker_counts_every_board_behind_the_proxy_held_or_free(start: Starter) -> None:
+    tracker_daemon = start("tracker", "--port", "0")
+    proxy = start("proxy", "--port", "0", "--tracker", address(tracker_daemon))
+    boards = [
+        start(
+            "server",
+            "--host",
+            proxy.address[0],
+            "--port",
+            str(proxy.address[1]),
+            "--through-proxy",
+            "--key",
+            "nat",
+            wait_for=WAITING,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    tracker = farm.connect_tracker(*tracker_daemon.address)
+
+    def counts() -> Tuple[int, int]:
+        queue = tracker.summary()["queue_info"].get("nat", {})
+        return queue.get("total", 0), queue.get("free", 0)
+
+    wait_for(lambda: counts() == (2, 2), 10, "the proxy to offer both boards")
+    with tracker.request("nat"):
+        assert counts() == (2, 1)  # the held board still counts
+    wait_for(lambda: counts() == (2, 2), 10, "the board to dial the proxy again")
+    boards[0].stop()
+    # (Its offer stays at the tracker until a client tries it: the proxy refuses it, the client asks again.)
+    wait_for(lambda: counts()[0] == 1, 10, "the proxy to report the board that left")
+
+
 def test_session_timeout_reaches_the_board_through_the_proxy(start: Starter, kernels) -> None:
     tracker_daemon = start("tracker", "--port", "0")
     proxy = start("proxy", "--port", "0", "--tracker", address(tracker_daemon))

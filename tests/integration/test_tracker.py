@@ -431,6 +431,7 @@ def test_queue_positions_are_reported_as_the_queue_moves(pool: Pool) -> None:
     wait_for(lambda: first_seen, 5, "the first waiter hears its position")
     second = pool.request_in_background(on_progress=second_seen.append)
     wait_for(lambda: second_seen, 5, "the second waiter hears its position")
+    assert [p.pop("waited") >= 0 for p in first_seen + second_seen] == [True, True]
     assert first_seen == [{"position": 0, "ahead": 0, "boards": 1, "free": 0}]
     assert second_seen == [{"position": 1, "ahead": 1, "boards": 1, "free": 0}]
 
@@ -444,6 +445,24 @@ def test_queue_positions_are_reported_as_the_queue_moves(pool: Pool) -> None:
     free_board(second.wait(5))
     assert [p["position"] for p in first_seen] == [0]
     assert [p["position"] for p in second_seen] == [1, 0]
+
+
+def test_progress_ticks_while_waiting_and_the_summary_lists_the_waiters(pool: Pool) -> None:
+    pool.start_boards(1)
+    held = pool.client().request_board(KEY)
+    ticks: List[Dict[str, float]] = []
+    waiting = pool.request_in_background(on_progress=ticks.append, progress_every=0.05, user="tester")
+    wait_for(lambda: len(ticks) >= 4, 10, "four progress reports while the board is held")
+    assert ticks[-1]["position"] == 0  # the tracker's last report, repeated on each tick
+    assert {t.get("position") for t in ticks} <= {0, None}  # (None: a tick before the first report)
+    waited = [t["waited"] for t in ticks]
+    assert waited == sorted(waited) and waited[-1] > waited[0]
+    queue = pool.client().summary()["queue_info"][KEY]
+    assert (queue["total"], queue["free"], queue["pending"]) == (1, 0, 1)
+    (entry,) = queue["waiters"]
+    assert (entry["user"], entry["priority"]) == ("tester", 0) and entry["waited"] >= waited[0]
+    free_board(held)
+    free_board(waiting.wait(5))
 
 
 def test_summary_and_query_show_who_holds_the_board(pool: Pool) -> None:
@@ -475,7 +494,9 @@ def test_summary_and_query_show_who_holds_the_board(pool: Pool) -> None:
     assert re.search(r"^%s\s+1\s+0\s+1\s*$" % KEY, text, re.M), text
     assert re.search(r"127\.0\.0\.1:%d\s+server:%s\s+held by nightly-run-42 for \d+ s" % (port_of(board), KEY), text)
     raw = json.loads(query("--json"))
-    assert raw["queue_info"][KEY] == {"free": 0, "pending": 1}
+    queue = raw["queue_info"][KEY]
+    assert (queue["free"], queue["pending"], queue["total"]) == (0, 1, 1)
+    assert [(w["user"], w["priority"]) for w in queue["waiters"]] == [("next", 0)]
     assert [s["held_by"] for s in raw["server_info"]] == ["nightly-run-42"]
 
     session.close()
