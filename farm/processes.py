@@ -81,6 +81,11 @@ class DaemonProcess:
                 )
             time.sleep(0.02)
 
+    def terminate(self) -> None:
+        """SIGTERM the daemon's process group without waiting (:meth:`stop` waits)."""
+        if self.process.returncode is None and not self._exited():
+            self._signal_group(signal.SIGTERM)
+
     def stop(self, timeout: float = 10.0) -> Optional[int]:
         """SIGTERM, then SIGKILL to the whole process group after ``timeout``; returns the exit code.
 
