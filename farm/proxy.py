@@ -207,12 +207,26 @@ class Proxy:
         logger.info("pairing client %s with board %s (%s)", client.name, board.name, board.hello.key)
         key = key_of_matchkey(board.hello.key)
         self.paired[key] = self.paired.get(key, 0) + 1
+        counted = True
+
+        def uncount() -> None:
+            nonlocal counted
+            if counted:
+                counted = False
+                self.paired[key] -= 1
+
+        async def from_board() -> None:
+            try:
+                await forward(board.reader, client.writer)
+            finally:
+                uncount()  # the board ended the session and may dial again before the client's side is done
+
         try:
             client.writer.write(encode_reply(CODE_SUCCESS, board.text))
             board.writer.write(encode_reply(CODE_SUCCESS, client.text) + client.leftover)
-            await asyncio.gather(forward(client.reader, board.writer), forward(board.reader, client.writer))
+            await asyncio.gather(forward(client.reader, board.writer), from_board())
         finally:
-            self.paired[key] -= 1
+            uncount()
             board.writer.close()
             client.writer.close()
         logger.info("client %s and board %s are done", client.name, board.name)

@@ -1,0 +1,165 @@
+"""The boards one test holds: which key it runs on, queueing for a board, releasing and recording it."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+import pytest
+
+from farm.client import RemoteSession
+from farm.errors import FarmError
+from farm.tracker_client import NoBoardError, TrackerClient, TrackerError
+
+from .options import Settings
+from .report import Hold
+from .stack import Farm
+
+MARKER = "device"
+
+
+def marker_key(item: pytest.Item) -> Optional[str]:
+    """The key of the closest ``@pytest.mark.device`` (test, class, then module); UsageError if malformed."""
+    marker = item.get_closest_marker(MARKER)
+    if marker is None:
+        return None
+    if len(marker.args) == 1 and not marker.kwargs and isinstance(marker.args[0], str):
+        return marker.args[0]
+    if not marker.args and set(marker.kwargs) == {"key"} and isinstance(marker.kwargs["key"], str):
+        return marker.kwargs["key"]
+    raise pytest.UsageError(
+        "%s: @pytest.mark.device takes one key, as device('rasp4') or device(key='rasp4'); got args %r kwargs %r"
+        % (item.nodeid, marker.args, marker.kwargs)
+    )
+
+
+def key_of_test(item: pytest.Item, settings: Settings, farm: Farm) -> str:
+    """The test's key: its marker's, else ``--device-key``, else the farm's default key."""
+    key = marker_key(item) or settings.device_key or farm.default_key
+    if key is None:
+        pytest.fail(
+            "no board key for this test: mark it @pytest.mark.device('KEY') or pass --device-key "
+            "(the farm at %s serves %s)" % (farm.tracker_address, _keys_text(farm)),
+            pytrace=False,
+        )
+    return key
+
+
+def _keys_text(farm: Farm) -> str:
+    return ", ".join("%s (%d)" % item for item in sorted(farm.keys.items())) or "no keys"
+
+
+def requester() -> str:
+    """``login@host``, as the farm's query shows who holds a board."""
+    try:
+        login = getpass.getuser()
+    except (KeyError, OSError):
+        login = "someone"
+    return "%s@%s" % (login, socket.gethostname())
+
+
+@dataclass
+class Lease:
+    key: str
+    session: Any
+    tracker: TrackerClient
+    queue_wait: float
+    acquired: float  # time.time() when the session was ours
+    board_id: str
+
+    @property
+    def address(self) -> str:
+        host, port = getattr(self.session, "host", "?"), getattr(self.session, "port", 0)
+        return "%s:%s" % (host, port)
+
+
+class Leases:
+    """The boards of one test: :meth:`acquire` is the ``remote_device`` factory; :meth:`release_all` its teardown."""
+
+    def __init__(
+        self,
+        item: pytest.Item,
+        settings: Settings,
+        farm: Farm,
+        user: str,
+        on_progress: Optional[Callable[[Dict[str, Any]], None]] = None,
+    ) -> None:
+        self.item = item
+        self.settings = settings
+        self.farm = farm
+        self.user = user
+        self.on_progress = on_progress
+        self.leases: List[Lease] = []
+
+    def acquire(
+        self,
+        key: Optional[str] = None,
+        priority: Optional[int] = None,
+        wait: Optional[float] = None,
+        session_timeout: Optional[float] = None,
+    ) -> Any:
+        """A session on a board of ``key`` (default: the test's key), after waiting in the queue for it."""
+        settings = self.settings
+        key = key or key_of_test(self.item, settings, self.farm)
+        if not self.farm.serves(key):
+            message = "no board of key %r in the farm at %s; its keys: %s" % (
+                key,
+                self.farm.tracker_address,
+                _keys_text(self.farm),
+            )
+            if settings.device_strict:
+                pytest.fail(message + " (--device-strict)", pytrace=False)
+            pytest.skip(message)
+        wait = settings.device_wait if wait is None else wait
+        try:
+            tracker = TrackerClient(*self.farm.tracker)
+        except TrackerError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        started = time.monotonic()
+        try:
+            session = tracker.request(
+                key,
+                priority=settings.device_priority if priority is None else priority,
+                session_timeout=settings.session_timeout if session_timeout is None else session_timeout,
+                wait=wait,
+                user=self.user,
+                on_progress=self.on_progress,
+                progress_every=1.0 if self.on_progress is not None else None,
+            )
+        except (NoBoardError, TrackerError) as exc:
+            tracker.close()
+            pytest.fail("waited %.1f s for a board of key %r: %s" % (time.monotonic() - started, key, exc),
+                        pytrace=False)  # fmt: skip
+        lease = Lease(key, session, tracker, time.monotonic() - started, time.time(), "")
+        self.leases.append(lease)
+        lease.board_id = _board_name(session) or lease.address
+        return session
+
+    def release_all(self) -> None:
+        """Close every session (lost ones too), free the boards and record each hold on the test."""
+        for lease in self.leases:
+            try:
+                lease.session.close()
+            except (FarmError, OSError):
+                pass  # a lost board: the test already failed with what happened
+            released = time.time()
+            lease.tracker.close()
+            interval = getattr(lease.session, "board_interval", None)
+            held_from, held_until = interval if interval else (lease.acquired, released)
+            hold = Hold(lease.key, lease.address, lease.board_id, lease.queue_wait, held_until - held_from,
+                        held_from, held_until)  # fmt: skip
+            self.item.user_properties.extend(hold.properties())
+        self.leases.clear()
+
+
+def _board_name(session: Any) -> str:
+    """The board's name as it reports it (this project's boards); "" for others or a board already lost."""
+    if not isinstance(session, RemoteSession):
+        return ""
+    try:
+        return str(session.system_info().get("name") or "")
+    except FarmError:
+        return ""

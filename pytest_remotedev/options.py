@@ -1,0 +1,161 @@
+"""The plugin's settings, each from the command line, the environment, the ini file or a default (in that order).
+
+Every setting remembers where its value came from, so the run's header can
+say so and a bad value is reported with its source.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import pytest
+
+from farm.inventory import DEFAULT_INVENTORY, Inventory, InventoryError, load_inventory
+from farm.net import parse_address
+
+#: Seconds a test may wait in the queue unless told otherwise.
+DEFAULT_DEVICE_WAIT = 600.0
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("%r is not a number of seconds >= 0" % text)
+    return value
+
+
+def _optional_seconds(text: str) -> Optional[float]:
+    value = _seconds(text)
+    return value or None  # 0: no limit
+
+
+def _flag(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("%r is not true or false" % text)
+
+
+def _inventory_path(text: str) -> str:
+    if not os.path.isfile(text):
+        raise ValueError("no inventory file %s" % text)
+    return text
+
+
+def _priority(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("%r is not a whole number" % text) from None
+
+
+def _key(text: str) -> str:
+    if not text.strip() or ":" in text:
+        raise ValueError("%r is not a board key" % text)
+    return text.strip()
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its command-line flag, ini key, environment variable, parser and default."""
+
+    dest: str
+    flag: str
+    ini: str
+    env: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    metavar: str = ""
+
+
+OPTIONS = (
+    Option("tracker", "--tracker", "remotedev_tracker", "REMOTEDEV_TRACKER", parse_address, None,
+           "use the farm of the tracker at HOST:PORT (also TVM_TRACKER_HOST and TVM_TRACKER_PORT)", "HOST:PORT"),
+    Option("farm", "--farm", "remotedev_farm", "REMOTEDEV_FARM", _inventory_path, DEFAULT_INVENTORY,
+           "the inventory to bring up as the run's own farm when no tracker is given "
+           "(default: two local boards of key 'local')", "PATH"),
+    Option("device_key", "--device-key", "device_key", "REMOTEDEV_DEVICE_KEY", _key, None,
+           "the board key of tests that do not name one (default: the farm's default key)", "KEY"),
+    Option("device_wait", "--device-wait", "device_wait", "REMOTEDEV_DEVICE_WAIT", _seconds, DEFAULT_DEVICE_WAIT,
+           "seconds a test may wait in the queue for a board before it fails (default: %g)" % DEFAULT_DEVICE_WAIT,
+           "SECONDS"),
+    Option("device_priority", "--device-priority", "device_priority", "REMOTEDEV_DEVICE_PRIORITY", _priority, 0,
+           "queue priority of this run's requests; higher goes first (default: 0)", "N"),
+    Option("session_timeout", "--device-session-timeout", "device_session_timeout", "REMOTEDEV_SESSION_TIMEOUT",
+           _optional_seconds, None, "seconds after which a board ends a test's session (default: 0, none)",
+           "SECONDS"),
+    Option("device_strict", "--device-strict", "device_strict", "REMOTEDEV_DEVICE_STRICT", _flag, False,
+           "fail, instead of skipping, tests whose key no board of the farm serves"),
+)  # fmt: skip
+
+
+@dataclass
+class Settings:
+    """The resolved settings; ``sources`` names where each came from (``--flag``, ``ENV``, ``ini NAME``, default)."""
+
+    tracker: Optional[Tuple[str, int]] = None
+    farm: str = DEFAULT_INVENTORY
+    device_key: Optional[str] = None
+    device_wait: float = DEFAULT_DEVICE_WAIT
+    device_priority: int = 0
+    session_timeout: Optional[float] = None
+    device_strict: bool = False
+    sources: Dict[str, str] = field(default_factory=dict)
+    inventory: Optional[Inventory] = None
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("remotedev", "remote boards (pytest-remotedev)")
+    for option in OPTIONS:
+        if option.parse is _flag:
+            group.addoption(option.flag, dest=option.dest, action="store_true", default=None, help=option.help)
+        else:
+            group.addoption(option.flag, dest=option.dest, default=None, metavar=option.metavar, help=option.help)
+        parser.addini(option.ini, "%s (same as %s; env %s)" % (option.help, option.flag, option.env), default=None)
+
+
+def resolve(config: pytest.Config, environ: Mapping[str, str] = os.environ) -> Settings:
+    """The settings of this run; ``pytest.UsageError`` names a bad value and where it came from."""
+    settings = Settings()
+    for option in OPTIONS:
+        raw, source = _raw_value(config, option, environ)
+        if raw is None:
+            value, source = option.default, "default"
+        elif isinstance(raw, str):
+            try:
+                value = option.parse(raw)
+            except ValueError as exc:
+                raise pytest.UsageError("pytest-remotedev: %s from %s: %s" % (option.flag, source, exc)) from None
+        else:
+            value = raw  # --device-strict given on the command line
+        setattr(settings, option.dest, value)
+        settings.sources[option.dest] = source
+    if settings.tracker is None:
+        try:
+            settings.inventory = load_inventory(settings.farm)
+        except InventoryError as exc:
+            raise pytest.UsageError("pytest-remotedev: %s (from %s)" % (exc, settings.sources["farm"])) from None
+    return settings
+
+
+def _raw_value(config: pytest.Config, option: Option, environ: Mapping[str, str]) -> Tuple[Any, str]:
+    """The first value given, command line > environment > ini file, and where it was given."""
+    value = config.getoption(option.dest)
+    if value is not None:
+        return value, option.flag
+    if environ.get(option.env):
+        return environ[option.env], option.env
+    if option.dest == "tracker" and environ.get("TVM_TRACKER_HOST"):
+        port = environ.get("TVM_TRACKER_PORT") or "9190"
+        return "%s:%s" % (environ["TVM_TRACKER_HOST"], port), "TVM_TRACKER_HOST/TVM_TRACKER_PORT"
+    value = config.getini(option.ini)
+    if value not in (None, ""):
+        if option.dest == "farm" and not os.path.isabs(value):  # relative to the ini file's directory
+            value = os.path.join(str(config.inipath.parent if config.inipath else config.rootpath), value)
+        return value, "ini %s" % option.ini
+    return None, "default"
