@@ -11,7 +11,6 @@ farm and the workers' read it from ``workerinput``.
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 import uuid
 from typing import Any, Dict, List, Optional
@@ -23,8 +22,6 @@ from .options import Settings, add_options, resolve
 from .report import UsageSummary
 from .stack import BundledFarm, Farm, FarmUnavailable, existing_farm
 from .waiting import WAIT_NOTICE, Announcer, QueueWatcher, TerminalLock, fetch_status
-
-logger = logging.getLogger("pytest_remotedev")
 
 pytest_plugins = ["pytest_remotedev.fixtures"]
 
@@ -97,13 +94,9 @@ class RemoteDevRun:
         return self._bundled.start()
 
     def stop_farm(self) -> None:
-        """Stop the bundled farm if this process started it (idempotent)."""
+        """Stop the bundled farm if this process started it (idempotent); keep its logs if the run failed."""
         if self._bundled is not None:
-            keep = self._failed
-            self._bundled.stop(keep_logs=keep)
-            if keep:
-                self._note("the bundled farm's logs are in %s" % self._bundled.log_dir)
-            self._bundled = None
+            self._bundled.stop(keep_logs=self._failed)
 
     def close(self) -> None:
         """The end of the run, however it ended (also Ctrl-C): stop the watcher, then the farm."""
@@ -177,6 +170,8 @@ class RemoteDevRun:
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         self.summary.write(terminalreporter)
+        if self._failed and self._bundled is not None:
+            terminalreporter.write_line("remotedev: the bundled farm's logs are kept in %s" % self._bundled.log_dir)
 
     def _progress_here(self, state: Dict[str, Any]) -> None:
         """A test of this (plain) run waits in the queue: say so now and then, from the main thread."""
@@ -198,10 +193,3 @@ class RemoteDevRun:
                 reporter._tw.line()  # finish the line of progress dots first
             reporter.write_line(line, yellow=True)
             reporter.flush()
-
-    def _note(self, text: str) -> None:
-        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line("remotedev: " + text)
-        else:
-            logger.info(text)
