@@ -226,9 +226,11 @@ class RemoteSession:
 
     def _session_ended(self, notice: dict) -> SessionLostError:
         self._note_end(notice)
+        board = "%r (%s)" % (self.key, notice["board"]) if notice.get("board") else repr(self.key)
+        message = "session on board %s at %s:%d ended: %s" % (board, self.host, self.port, notice.get("message", ""))
         return self._end(
             SessionLostError(
-                "session on board %r at %s:%d ended: %s" % (self.key, self.host, self.port, notice.get("message", "")),
+                message,
                 signal=notice.get("signal"),
                 exit_code=notice.get("exit_code"),
                 timed_out=bool(notice.get("timed_out")),
