@@ -68,12 +68,8 @@ class Lease:
     tracker: TrackerClient
     queue_wait: float
     acquired: float  # time.time() when the session was ours
+    address: str
     board_id: str
-
-    @property
-    def address(self) -> str:
-        host, port = getattr(self.session, "host", "?"), getattr(self.session, "port", 0)
-        return "%s:%s" % (host, port)
 
 
 class Leases:
@@ -133,21 +129,25 @@ class Leases:
             tracker.close()
             pytest.fail("waited %.1f s for a board of key %r: %s" % (time.monotonic() - started, key, exc),
                         pytrace=False)  # fmt: skip
-        lease = Lease(key, session, tracker, time.monotonic() - started, time.time(), "")
+        address = "%s:%s" % (getattr(session, "host", "?"), getattr(session, "port", "?"))
+        lease = Lease(key, session, tracker, time.monotonic() - started, time.time(), address, address)
         self.leases.append(lease)
-        lease.board_id = _board_name(session) or lease.address
+        lease.board_id = _board_name(session) or address
         return session
 
     def release_all(self) -> None:
         """Close every session (lost ones too), free the boards and record each hold on the test."""
         for lease in self.leases:
+            close = getattr(lease.session, "close", None)  # a TVM session has none: it ends when dropped
             try:
-                lease.session.close()
+                if close is not None:
+                    close()
             except (FarmError, OSError):
                 pass  # a lost board: the test already failed with what happened
             released = time.time()
             lease.tracker.close()
             interval = getattr(lease.session, "board_interval", None)
+            lease.session = None
             held_from, held_until = interval if interval else (lease.acquired, released)
             hold = Hold(lease.key, lease.address, lease.board_id, lease.queue_wait, held_until - held_from,
                         held_from, held_until)  # fmt: skip
