@@ -141,9 +141,8 @@ def _fields(doc: _Document, path: Path, value: Any, allowed: Tuple[str, ...]) ->
         raise doc.error(path, "a mapping with the fields %s" % ", ".join(allowed), value)
     for name in value:
         if name not in allowed:
-            raise InventoryError(
-                "%s: unknown field %r (expected one of: %s)" % (doc._where(path + (name,)), name, ", ".join(allowed))
-            )
+            where = doc._where(path + (str(name),))  # a YAML key may be a number; the path holds its text
+            raise InventoryError("%s: unknown field %r (expected one of: %s)" % (where, name, ", ".join(allowed)))
     return value
 
 

@@ -110,11 +110,9 @@ class Leases:
                 pytest.fail(message + " (--device-strict)", pytrace=False)
             pytest.skip(message)
         wait = settings.device_wait if wait is None else wait
-        try:
-            tracker = TrackerClient(*self.farm.tracker)
-        except TrackerError as exc:
-            pytest.fail(str(exc), pytrace=False)
+        tracker = _connect(self.farm)
         started = time.monotonic()
+        failure = ""
         try:
             session = tracker.request(
                 key,
@@ -127,8 +125,9 @@ class Leases:
             )
         except (NoBoardError, TrackerError) as exc:
             tracker.close()
-            pytest.fail("waited %.1f s for a board of key %r: %s" % (time.monotonic() - started, key, exc),
-                        pytrace=False)  # fmt: skip
+            failure = "waited %.1f s for a board of key %r: %s" % (time.monotonic() - started, key, exc)
+        if failure:
+            pytest.fail(failure, pytrace=False)  # outside the except: no chained traceback in the report
         address = "%s:%s" % (getattr(session, "host", "?"), getattr(session, "port", "?"))
         lease = Lease(key, session, tracker, time.monotonic() - started, time.time(), address, address)
         self.leases.append(lease)
@@ -153,6 +152,15 @@ class Leases:
                         held_from, held_until)  # fmt: skip
             self.item.user_properties.extend(hold.properties())
         self.leases.clear()
+
+
+def _connect(farm: Farm) -> TrackerClient:
+    failure = ""
+    try:
+        return TrackerClient(*farm.tracker)
+    except TrackerError as exc:
+        failure = str(exc)
+    pytest.fail(failure, pytrace=False)
 
 
 def _board_name(session: Any) -> str:

@@ -20,7 +20,10 @@ DEFAULT_DEVICE_WAIT = 600.0
 
 
 def _seconds(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
     if not value >= 0 or value == float("inf"):
         raise ValueError("%r is not a number of seconds >= 0" % text)
     return value
@@ -63,7 +66,7 @@ def _key(text: str) -> str:
 class Option:
     """One setting: its command-line flag, ini key, environment variable, parser and default."""
 
-    dest: str
+    dest: str  # the attribute of Settings; the command line's is "remotedev_" + dest (other plugins use plain names)
     flag: str
     ini: str
     env: str
@@ -112,10 +115,11 @@ class Settings:
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("remotedev", "remote boards (pytest-remotedev)")
     for option in OPTIONS:
+        dest = "remotedev_" + option.dest
         if option.parse is _flag:
-            group.addoption(option.flag, dest=option.dest, action="store_true", default=None, help=option.help)
+            group.addoption(option.flag, dest=dest, action="store_true", default=None, help=option.help)
         else:
-            group.addoption(option.flag, dest=option.dest, default=None, metavar=option.metavar, help=option.help)
+            group.addoption(option.flag, dest=dest, default=None, metavar=option.metavar, help=option.help)
         parser.addini(option.ini, "%s (same as %s; env %s)" % (option.help, option.flag, option.env), default=None)
 
 
@@ -145,7 +149,7 @@ def resolve(config: pytest.Config, environ: Mapping[str, str] = os.environ) -> S
 
 def _raw_value(config: pytest.Config, option: Option, environ: Mapping[str, str]) -> Tuple[Any, str]:
     """The first value given, command line > environment > ini file, and where it was given."""
-    value = config.getoption(option.dest)
+    value = config.getoption("remotedev_" + option.dest)
     if value is not None:
         return value, option.flag
     if environ.get(option.env):

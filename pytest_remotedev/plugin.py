@@ -74,6 +74,7 @@ class RemoteDevRun:
 
     def session_farm(self) -> Farm:
         """The farm of this run, reaching or starting it on first use (fails the asking test if it cannot)."""
+        failure = ""
         if self._farm is None:
             try:
                 if self.settings.tracker is not None:
@@ -82,7 +83,9 @@ class RemoteDevRun:
                     self._farm = self._start_bundled()
                     self._owner_here = True
             except FarmUnavailable as exc:
-                pytest.fail(str(exc), pytrace=False)
+                failure = str(exc)
+        if self._farm is None:
+            pytest.fail(failure, pytrace=False)  # outside the except: no chained traceback in the report
         return self._farm
 
     def owns_farm_here(self) -> bool:
@@ -135,13 +138,12 @@ class RemoteDevRun:
         return Leases(item, self.settings, farm, user, on_progress)
 
     def pytest_collection_modifyitems(self, items: List[pytest.Item]) -> None:
+        """Check every ``device`` marker now (a malformed one stops the run); skip tests for another key."""
         wanted = self.settings.device_key
-        if wanted is None:
-            return
         source = self.settings.sources["device_key"]
         for item in items:
             key = marker_key(item)
-            if key is not None and key != wanted:
+            if key is not None and wanted is not None and key != wanted:
                 reason = "test is for key %r; this run is for key %r (%s)" % (key, wanted, source)
                 item.add_marker(pytest.mark.skip(reason=reason))
 

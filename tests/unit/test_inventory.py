@@ -1,0 +1,306 @@
+"""Unit tests of farm inventories: parsing, defaults, board names and counts, and errors naming file:line and field."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import List, Tuple
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from farm.inventory import (
+    DEFAULT_INVENTORY,
+    BoardGroup,
+    Inventory,
+    InventoryError,
+    Listener,
+    load_inventory,
+    parse_inventory,
+)
+
+PROJECT = Path(__file__).resolve().parents[2]
+FILE = "farm.yaml"
+
+
+def parse(text: str) -> Inventory:
+    return parse_inventory(text, FILE)
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(InventoryError) as info:
+        parse(text)
+    return str(info.value)
+
+
+# --- valid inventories -----------------------------------------------------------------------------
+
+
+def test_full_inventory() -> None:
+    inventory = parse(
+        """
+tracker:
+  host: 0.0.0.0
+  port: 9190
+  port_end: 9200
+proxy:
+  host: 127.0.0.2
+  port: 9300
+default_key: big
+boards:
+  - key: local
+    count: 2
+  - key: local
+    count: 1
+    proxy: true
+  - key: big
+    name: gpu
+    count: 2
+    host: 127.0.0.3
+"""
+    )
+    assert inventory.path == FILE
+    assert inventory.tracker == Listener("0.0.0.0", 9190, 9200)
+    assert inventory.proxy == Listener("127.0.0.2", 9300, None)
+    assert inventory.default_key == "big"
+    assert inventory.boards == (
+        BoardGroup("local", 2),
+        BoardGroup("local", 1, proxy=True),
+        BoardGroup("big", 2, name="gpu", host="127.0.0.3"),
+    )
+    assert inventory.board_counts() == {"local": 3, "big": 2}
+    assert [name for name, _ in inventory.named_boards()] == ["local-0", "local-1", "local-2", "gpu-0", "gpu-1"]
+    assert [group.proxy for _, group in inventory.named_boards()] == [False, False, True, False, False]
+
+
+def test_defaults() -> None:
+    inventory = parse("boards:\n  - key: rasp4\n")
+    assert inventory.tracker == Listener("127.0.0.1", 0, None)
+    assert inventory.proxy is None
+    assert inventory.default_key == "rasp4"  # the first board's key
+    assert inventory.boards == (BoardGroup("rasp4", 1, False, "", "127.0.0.1"),)
+    assert inventory.named_boards() == [("rasp4-0", inventory.boards[0])]
+
+
+def test_default_key_is_the_first_boards_key() -> None:
+    inventory = parse("boards:\n  - {key: b}\n  - {key: a}\n")
+    assert inventory.default_key == "b"
+
+
+def test_empty_tracker_section_gives_defaults() -> None:
+    assert parse("tracker:\nboards: [{key: k}]\n").tracker == Listener()
+
+
+def test_names_are_numbered_across_groups_of_one_prefix() -> None:
+    inventory = parse(
+        """
+boards:
+  - {key: a, count: 2}
+  - {key: b, name: a, count: 1}
+  - {key: b, count: 2}
+  - {key: a, count: 1, name: x}
+  - {key: a, count: 1}
+"""
+    )
+    names = [(name, group.key) for name, group in inventory.named_boards()]
+    assert names == [("a-0", "a"), ("a-1", "a"), ("a-2", "b"), ("b-0", "b"), ("b-1", "b"), ("x-0", "a"), ("a-3", "a")]
+    assert inventory.board_counts() == {"a": 4, "b": 3}
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["a", "b", "c"]), st.sampled_from(["", "a", "n"]), st.integers(1, 5)),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_names_unique_and_counts_add_up(groups: List[Tuple[str, str, int]]) -> None:
+    lines = ["boards:"]
+    for key, name, count in groups:
+        lines.append("  - {key: %s, count: %d%s}" % (key, count, ", name: %s" % name if name else ""))
+    inventory = parse("\n".join(lines) + "\n")
+    named = inventory.named_boards()
+    assert len(named) == sum(count for _, _, count in groups)
+    assert len({name for name, _ in named}) == len(named)
+    for key in {key for key, _, _ in groups}:
+        assert inventory.board_counts()[key] == sum(count for k, _, count in groups if k == key)
+    for name, group in named:
+        prefix, _, number = name.rpartition("-")
+        assert prefix == (group.name or group.key) and number.isdigit()
+
+
+def test_ports_at_the_limits() -> None:
+    inventory = parse("tracker: {port: 65535, port_end: 65536}\nproxy: {port: 1}\nboards: [{key: k, proxy: true}]\n")
+    assert inventory.tracker == Listener("127.0.0.1", 65535, 65536)
+    assert inventory.proxy == Listener("127.0.0.1", 1, None)
+
+
+def test_proxy_on_the_tracker_port_of_another_host_is_fine() -> None:
+    inventory = parse(
+        "tracker: {host: 127.0.0.1, port: 9190}\nproxy: {host: 127.0.0.2, port: 9190}\nboards: [{key: k}]\n"
+    )
+    assert inventory.proxy == Listener("127.0.0.2", 9190)
+
+
+def test_both_on_port_zero_is_fine() -> None:
+    assert parse("tracker: {port: 0}\nproxy: {port: 0}\nboards: [{key: k}]\n").proxy == Listener()
+
+
+def test_keys_allow_letters_digits_dot_underscore_dash() -> None:
+    assert parse("boards: [{key: Rasp-4_b.v2}]\n").default_key == "Rasp-4_b.v2"
+
+
+# --- errors: file:line: field: what was expected -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # unknown fields, at each level
+        (
+            "tracker: {port: 0}\nboards:\n  - key: k\n    colour: red\n",
+            "farm.yaml:4: boards[0].colour: unknown field 'colour' (expected one of: key, count, proxy, name, host)",
+        ),
+        (
+            "trackr: {}\nboards: [{key: k}]\n",
+            "farm.yaml:1: trackr: unknown field 'trackr' (expected one of: tracker, proxy, default_key, boards)",
+        ),
+        (
+            "tracker:\n  host: h\n  prot: 1\nboards: [{key: k}]\n",
+            "farm.yaml:3: tracker.prot: unknown field 'prot' (expected one of: host, port, port_end)",
+        ),
+        # wrong types and ranges
+        (
+            "boards:\n  - key: k\n  - key: k\n    count: two\n",
+            "farm.yaml:4: boards[1].count: expected a number of boards, 1..1024, got 'two'",
+        ),
+        (
+            "boards:\n  - {key: k, count: 0}\n",
+            "farm.yaml:2: boards[0].count: expected a number of boards, 1..1024, got 0",
+        ),
+        ("boards:\n  - {key: k, count: 1025}\n", "boards[0].count: expected a number of boards, 1..1024, got 1025"),
+        ("boards:\n  - {key: k, count: true}\n", "boards[0].count: expected a number of boards, 1..1024, got True"),
+        ("boards:\n  - {key: k, count: 1.5}\n", "boards[0].count: expected a number of boards, 1..1024, got 1.5"),
+        ("boards:\n  - {key: k, proxy: yes please}\n", "boards[0].proxy: expected true or false, got 'yes please'"),
+        ("boards:\n  - {key: 'a:b'}\n", "farm.yaml:2: boards[0].key: expected a key of letters, digits"),
+        (
+            "boards:\n  - {key: 'a b'}\n",
+            "boards[0].key: expected a key of letters, digits, '.', '_' or '-', got 'a b'",
+        ),
+        ("boards:\n  - {key: 4}\n", "boards[0].key: expected a key of letters, digits, '.', '_' or '-', got 4"),
+        ("boards:\n  - {key: k, name: 'x y'}\n", "boards[0].name: expected a board name of letters, digits"),
+        ("boards:\n  - {key: k, host: ''}\n", "boards[0].host: expected a host name or address to listen on, got ''"),
+        ("boards:\n  - {count: 2}\n", "farm.yaml:2: boards[0].key: expected the board's key (a required field)"),
+        ("boards:\n  - just-a-key\n", "farm.yaml:2: boards[0]: expected a mapping with the fields key, count"),
+        (
+            "tracker:\n  port: 70000\nboards: [{key: k}]\n",
+            "farm.yaml:2: tracker.port: expected a port number in 0..65535 (0: any free port), got 70000",
+        ),
+        ("tracker:\n  port: '9190'\nboards: [{key: k}]\n", "tracker.port: expected a port number in 0..65535"),
+        (
+            "tracker:\n  host: 7\nboards: [{key: k}]\n",
+            "farm.yaml:2: tracker.host: expected a host name or address, got 7",
+        ),
+        (
+            "tracker: {port: 9190, port_end: 9190}\nboards: [{key: k}]\n",
+            "farm.yaml:1: tracker.port_end: expected a port range end above port 9190, got 9190",
+        ),
+        ("tracker: [1, 2]\nboards: [{key: k}]\n", "farm.yaml:1: tracker: expected a mapping with the fields host"),
+        ("- {key: k}\n", "farm.yaml:1: the document: expected a mapping with the fields tracker, proxy"),
+        # duplicate keys
+        (
+            "tracker: {port: 0}\ntracker: {port: 1}\nboards: [{key: k}]\n",
+            "farm.yaml:2: tracker: 'tracker' appears twice (first on line 1)",
+        ),
+        (
+            "boards:\n  - key: a\n    count: 1\n    count: 2\n",
+            "farm.yaml:4: boards[0].count: 'count' appears twice (first on line 3)",
+        ),
+        # missing or empty boards
+        ("tracker: {port: 0}\n", "farm.yaml:1: boards: expected a list of boards (at least one)"),
+        (
+            "tracker: {port: 0}\nboards: []\n",
+            "farm.yaml:2: boards: expected a list of boards (at least one), got an empty list",
+        ),
+        ("boards:\n", "farm.yaml:1: boards: expected a list of boards (at least one), got nothing"),
+        ("boards: {key: k}\n", "boards: expected a list of boards (at least one), got a mapping"),
+        (
+            "",
+            "farm.yaml:1: the document: expected a mapping with the fields tracker, proxy, default_key, boards, "
+            "got nothing",
+        ),
+        # proxy: true without a proxy section
+        (
+            "boards:\n  - key: k\n  - key: k\n    proxy: true\n",
+            "farm.yaml:4: boards[1].proxy: expected a 'proxy' section for boards with proxy: true",
+        ),
+        # default_key no board has
+        (
+            "default_key: rasp4\nboards:\n  - {key: local}\n  - {key: big}\n",
+            "farm.yaml:1: default_key: expected one of the boards' keys (big, local), got 'rasp4'",
+        ),
+        # the proxy on the tracker's port
+        (
+            "tracker: {port: 9190}\nproxy:\n  port: 9190\nboards: [{key: k}]\n",
+            "farm.yaml:3: proxy.port: expected a port other than the tracker's, got 9190",
+        ),
+        # not YAML at all
+        ("boards: [{key: k}\n", "farm.yaml:2: not valid YAML: "),
+        ("tracker: {port: 0}\nboards:\n  - key: k\n   count: 1\n", "farm.yaml:4: not valid YAML: "),
+        ("boards: [{key: k}]\n\tbad: tab\n", "not valid YAML: "),
+    ],
+)
+def test_errors_name_file_line_and_field(text: str, expected: str) -> None:
+    message = error_of(text)
+    assert message.startswith(expected) or expected in message, message
+    assert re.match(r"^farm\.yaml:\d+: ", message), message
+    assert "\n" not in message  # one line
+
+
+def test_invalid_yaml_names_the_problem() -> None:
+    message = error_of("tracker: {port: 0}\nboards:\n  - key: k\n   count: 1\n")
+    assert re.match(r"^farm\.yaml:4: not valid YAML: \S", message), message
+
+
+def test_error_is_a_value_error() -> None:
+    assert issubclass(InventoryError, ValueError)
+
+
+# --- files ------------------------------------------------------------------------------------------------
+
+
+def test_load_inventory_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "lab.yaml"
+    path.write_text("boards:\n  - {key: k, count: lots}\n")
+    with pytest.raises(InventoryError, match=r"^%s:2: boards\[0\]\.count: " % re.escape(str(path))):
+        load_inventory(str(path))
+    path.write_text("boards: [{key: k, count: 3}]\n")
+    inventory = load_inventory(str(path))
+    assert inventory.path == str(path) and inventory.board_counts() == {"k": 3}
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "absent.yaml"
+    with pytest.raises(InventoryError, match=r"^cannot read the inventory %s: " % re.escape(str(path))):
+        load_inventory(str(path))
+
+
+@pytest.mark.parametrize("path", [PROJECT / "configs" / "farm.local.yaml", Path(DEFAULT_INVENTORY)])
+def test_shipped_local_inventory(path: Path) -> None:
+    inventory = load_inventory(str(path))
+    counts = inventory.board_counts()
+    assert max(counts.values()) >= 2
+    key = max(counts, key=lambda k: counts[k])
+    assert inventory.default_key == key == "local"
+    assert inventory.tracker.port == 0 and inventory.proxy is not None and inventory.proxy.port == 0
+    assert any(group.proxy for group in inventory.boards) and any(not group.proxy for group in inventory.boards)
+    assert len({name for name, _ in inventory.named_boards()}) == sum(counts.values())
+
+
+def test_configs_link_to_the_embedded_inventory() -> None:
+    shipped = PROJECT / "configs" / "farm.local.yaml"
+    assert (
+        os.path.samefile(str(shipped), DEFAULT_INVENTORY) or shipped.read_text() == Path(DEFAULT_INVENTORY).read_text()
+    )
