@@ -178,14 +178,16 @@ class RemoteSession:
             del self._release[:MAX_RELEASE]
         request_id = self._next_id
         self._next_id = request_id % 0xFFFFFFFF + 1
+        doing = "sending a request"
         try:
             self._conn.send(op, request_id, meta, payload)
-        except OSError as exc:
-            raise self._connection_lost("sending a request", exc) from None
-        try:
+            doing = "waiting for a reply"
             frame = self._conn.recv() if into is None else self._recv_into(into)
         except (OSError, ProtocolError) as exc:
-            raise self._connection_lost("waiting for a reply", exc) from None
+            raise self._connection_lost(doing, exc) from None
+        except BaseException:  # KeyboardInterrupt, a test timeout: the stream is mid-request, give it up
+            self._abandon()
+            raise
         if frame.op == _RESULT and frame.request_id == request_id:
             return frame
         return self._check_reply(frame, request_id)
@@ -249,6 +251,14 @@ class RemoteSession:
                 pass
         message = "connection to board %r at %s:%d lost while %s: %s" % (self.key, self.host, self.port, doing, exc)
         return self._end(SessionLostError(message))
+
+    def _abandon(self) -> None:
+        """Leave a session interrupted mid-request: close at once; the board sees the hang-up and ends it."""
+        self._lost = SessionLostError(
+            "the session on board %r at %s:%d was abandoned in the middle of a request"
+            % (self.key, self.host, self.port)
+        )
+        self._conn.close()
 
     def _broken_reply(self, what: str) -> SessionLostError:
         """The board answered nonsense: give up on the session at once (no point waiting for it)."""

@@ -15,6 +15,7 @@ import errno
 import fcntl
 import logging
 import os
+import select
 import selectors
 import shutil
 import signal
@@ -64,6 +65,7 @@ class _Active:
         self.timeout = timeout
         self.deadline = self.started + timeout if timeout else None
         self.timed_out = False
+        self.abandoned = False  # the client hung up while the session ran code
 
 
 def describe_exit(wait_status: int) -> Tuple[str, Optional[int], Optional[int]]:
@@ -404,6 +406,10 @@ class BoardServer:
             logger.warning("session from %s reached its timeout of %g s; killing it", active.peer, active.timeout)
             active.timed_out = True
             self._kill_group(active.pid)
+        if active is not None and not active.abandoned and _hung_up_while_running(active):
+            logger.warning("client %s left while %s; killing the session", active.peer, active.status.activity)
+            active.abandoned = True
+            self._kill_group(active.pid)
 
     def _end_session(self, active: _Active, wait_status: int, reason: str = "") -> None:
         """Tell the client how the (reaped) session process ended and when it ran (board clock); clean up."""
@@ -415,6 +421,8 @@ class BoardServer:
         activity = active.status.activity
         if reason:
             message = reason
+        elif active.abandoned:
+            message = "the client left while %s; the board ended the session" % activity
         elif active.timed_out:
             message = "the session timeout of %g s expired while %s; the board ended the session" % (
                 active.timeout,
@@ -479,6 +487,21 @@ class BoardServer:
         if self._own_work_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
         logger.info("board server stopped")
+
+
+def _hung_up_while_running(active: _Active) -> bool:
+    """Whether the client closed its end while the session process runs code (and so cannot notice).
+
+    An idle session process sees the end of the stream itself; one running a
+    long call would keep the board until the call returned. Linux only
+    (``POLLRDHUP``); elsewhere such a session runs to the end of its call.
+    """
+    hangup = getattr(select, "POLLRDHUP", 0)
+    if not hangup or active.status.state != SessionStatus.RUNNING:
+        return False
+    poller = select.poll()
+    poller.register(active.sock, hangup)
+    return bool(poller.poll(0))
 
 
 def default_name(port: Optional[int]) -> str:

@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import struct
+import subprocess
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -19,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import pytest
 
 import farm
-from conftest import read_until_closed, wait_for
+from conftest import python_env, read_until_closed, wait_for
 from farm.processes import DaemonProcess
 from farm.protocol.framing import HEADER, Frame, FrameReader, encode_frame
 from farm.protocol.handshake import CODE_SUCCESS, ReplyReader, encode_hello
@@ -373,3 +374,61 @@ def test_crash_in_a_library_constructor_names_load_module(
     assert caught.value.signal == signal.SIGSEGV
     wait_gone(pid, "the crashed session process")
     assert_board_serves(daemon)
+
+
+# --- a client that leaves in the middle of a call --------------------------------------
+
+INTERRUPTED_CLIENT = """
+import sys, time
+import farm
+
+
+def sleep_long(started):
+    open(started, "w").close()  # the board (on this machine) says the call runs
+    time.sleep(120)
+
+
+remote = farm.connect(sys.argv[1], int(sys.argv[2]), key=sys.argv[3])
+try:
+    remote.run(sleep_long, sys.argv[4])
+except KeyboardInterrupt:
+    remote.close()  # must not wait for the board to finish the call
+    print("closed:", remote.closed, flush=True)
+    try:
+        remote.ping()
+    except farm.SessionLostError as exc:
+        print("lost:", exc, flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+def test_a_client_that_leaves_mid_call_frees_the_board(
+    board_factory: Callable[..., DaemonProcess], tmp_path: Path, how: str
+) -> None:
+    """Ctrl-C (or a kill) during a long call: the client closes at once and the board ends the session."""
+    daemon = board_factory(key=KEY)
+    host, port = daemon.address
+    script, started, output = tmp_path / "client.py", tmp_path / "started", tmp_path / "client.out"
+    script.write_text(INTERRUPTED_CLIENT)
+    with open(output, "w") as out:
+        argv = [sys.executable, str(script), host, str(port), KEY, str(started)]
+        client = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=python_env())
+    try:
+        wait_for(started.exists, 30, "the board to run the call")
+        client.send_signal(getattr(signal, how))
+        client.wait(timeout=60)
+    finally:
+        client.kill()
+        client.wait()
+    if how == "SIGINT":
+        text = output.read_text()
+        assert "closed: True" in text, text
+        assert (
+            "lost: the session on board 'test' at %s:%d was abandoned in the middle of a request" % (host, port)
+            in text
+        )
+    # Long before the 120 s call would end, the board is free for the next client.
+    ended = "left while running sleep_long(); killing the session"
+    wait_for(lambda: ended in daemon.log_text(), 10, "the board to end the session")
+    with farm.connect(host, port, key=KEY, connect_timeout=5) as remote:
+        remote.ping()
