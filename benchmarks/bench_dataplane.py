@@ -27,7 +27,6 @@ import argparse
 import cProfile
 import gc
 import io
-import json
 import logging
 import multiprocessing
 import os
@@ -42,7 +41,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
-from common import PROJECT, child_env, exit_on_signal, machine_info  # noqa: E402  (puts this checkout's farm on the path)
+from common import PROJECT, child_env, exit_on_signal, machine_info, machine_line, publish  # noqa: E402  (puts this checkout's farm on the path)
 
 import farm  # noqa: E402
 from farm.processes import DaemonProcess, start_board  # noqa: E402
@@ -450,14 +449,7 @@ def report(results: Dict[str, Any]) -> str:
     machine, config = results["machine"], results["config"]
     lines = [
         "",
-        "machine: %d cores, %s, %s %s, kernel %s"
-        % (
-            machine["cores"],
-            machine["cpu_model"],
-            machine["python_implementation"],
-            machine["python"],
-            machine["kernel"],
-        ),
+        "machine: " + machine_line(machine),
         "config:  %.1f MB arrays (%g MiB), %d repeats; %d calls per variant in %d batches; CPU pinning: %s"
         % (
             config["bytes"] / MB,
@@ -584,15 +576,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signal.signal(signal.SIGTERM, exit_on_signal)  # so that the board and the peer are stopped on SIGTERM too
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     results = run(args)
-    sys.stdout.write(report(results))
+    text = report(results)
     if results.get("client_profile"):
-        sys.stdout.write("\nclient-side profile of %d no-op calls:\n%s" % (args.profile, results["client_profile"]))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=2)
-            handle.write("\n")
-        logger.info("wrote %s", args.json)
-    logger.info("done in %.1f s", results["elapsed_s"])
+        text += "\nclient-side profile of %d no-op calls:\n%s" % (args.profile, results["client_profile"])
+    publish(results, text, args.json)
     return 0
 
 

@@ -50,7 +50,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from common import PROJECT, child_env, exit_on_signal, machine_info  # noqa: E402  (puts this checkout's farm on the path)
+from common import PROJECT, child_env, exit_on_signal, machine_info, machine_line, publish  # noqa: E402  (puts this checkout's farm on the path)
 
 from farm.processes import DaemonProcess, board_command  # noqa: E402
 from farm.protocol.tracker import Code, MessageReader, encode_magic, encode_message  # noqa: E402
@@ -913,15 +913,8 @@ def report(results: Dict[str, Any]) -> str:
     request, load, summary, ratio = results["request"], results["concurrency"], results["summary"], results["ratios"]
     lines = [
         "",
-        "machine: %d cores, %s, %s %s, kernel %s, TVM %s"
-        % (
-            machine["cores"],
-            machine["cpu_model"],
-            machine["python_implementation"],
-            machine["python"],
-            machine["kernel"],
-            machine["tvm"] or "not measured (%s)" % results["tvm_skipped"],
-        ),
+        "machine: %s, TVM %s"
+        % (machine_line(machine), machine["tvm"] or "not measured (%s)" % results["tvm_skipped"]),
         "",
         "%-52s %9s %9s %9s %9s %11s %9s"
         % ("(a) request to ready session, ms", "first", "median", "min", "max", "free again", "fresh"),
@@ -1079,13 +1072,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signal.signal(signal.SIGTERM, exit_on_signal)  # so that the daemons are stopped on SIGTERM too
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     results = run(args)
-    sys.stdout.write(report(results))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=2)
-            handle.write("\n")
-        logger.info("wrote %s", args.json)
-    logger.info("done in %.1f s", results["elapsed_s"])
+    publish(results, report(results), args.json)
     load = results["concurrency"]
     if not load["pass"]:
         for phase in ("plain", "progress"):

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import platform
 import sys
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 PROJECT = Path(__file__).resolve().parent.parent
 if str(PROJECT) not in sys.path:
     sys.path.insert(0, str(PROJECT))  # measure this checkout's farm, installed or not
 
 import farm  # noqa: E402
+
+logger = logging.getLogger("benchmarks")
 
 
 def machine_info(**extra: Any) -> Dict[str, Any]:
@@ -59,3 +63,25 @@ def child_env() -> Dict[str, str]:
 def exit_on_signal(number: int, _frame: Any) -> None:
     """A signal handler that unwinds the script, so its ``finally`` blocks stop every process."""
     raise SystemExit(128 + number)
+
+
+def machine_line(machine: Dict[str, Any]) -> str:
+    """The machine of :func:`machine_info` in one line of a report."""
+    return "%d cores, %s, %s %s, kernel %s" % (
+        machine["cores"],
+        machine["cpu_model"],
+        machine["python_implementation"],
+        machine["python"],
+        machine["kernel"],
+    )
+
+
+def publish(results: Dict[str, Any], text: str, json_path: Optional[str]) -> None:
+    """Print a report, write the results to ``json_path`` when given, and log the run's duration."""
+    sys.stdout.write(text)
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as handle:
+            json.dump(results, handle, indent=2)
+            handle.write("\n")
+        logger.info("wrote %s", json_path)
+    logger.info("done in %.1f s", results["elapsed_s"])
