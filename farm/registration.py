@@ -83,7 +83,11 @@ class TrackerLink:
         return self.matchkey is not None and client_key == self.matchkey
 
     def next_deadline(self) -> float:
-        return self._next_attempt if self._sock is None else self._next_poll
+        if self._sock is None:
+            return self._next_attempt
+        if self._reader.magic_seen and not self._in_session and not self._expected:
+            return self._next_poll
+        return float("inf")  # nothing to do until the tracker answers or the session ends
 
     def close(self) -> None:
         self._disconnect(reconnect=False)

@@ -656,6 +656,27 @@ def test_a_board_in_a_session_while_the_tracker_restarts_is_offered_after_it(poo
     assert {entry["addr"][1] for entry in pool.summary()["server_info"]} == {port_of(b) for b in boards}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far, from /proc/PID/stat."""
+    with open("/proc/%d/stat" % pid) as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_registered_board_daemon_rests_while_its_session_runs(pool: Pool) -> None:
+    """The daemon waits on its sockets during a session: it must not spin on a stale poll deadline."""
+    (board,) = pool.start_boards(1)
+    session = pool.keep(pool.client().request(KEY, user="resting"))
+    pool.wait_state(free=0)
+    before, started = cpu_seconds(board.pid), time.monotonic()
+    pings = 0
+    while time.monotonic() - started < 1.5 or pings < 10:  # the window measured: calls go to the session process
+        session.ping()
+        pings += 1
+    used, window = cpu_seconds(board.pid) - before, time.monotonic() - started
+    assert used < 0.2 * window, "the board daemon used %.2f s of CPU in %.2f s of a session" % (used, window)
+
+
 def test_unused_match_key_is_offered_again(pool: Pool) -> None:
     (board,) = pool.start_boards(1)
     handed = pool.client().request_board(KEY, user="vanished")  # and never used
