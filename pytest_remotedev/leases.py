@@ -10,7 +10,6 @@ from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
-from farm.client import RemoteSession
 from farm.errors import FarmError
 from farm.tracker_client import NoBoardError, TrackerClient, TrackerError
 
@@ -165,6 +164,8 @@ def _connect(farm: Farm) -> TrackerClient:
 
 def _board_name(session: Any) -> str:
     """The board's name as it reports it (this project's boards); "" for others or a board already lost."""
+    from farm.client import RemoteSession  # loaded by the request already; numpy stays out of the controller
+
     if not isinstance(session, RemoteSession):
         return ""
     try:
