@@ -301,7 +301,7 @@ def measure_idle_session(seconds: float, workdir: str) -> Dict[str, Any]:
         boards = [
             {
                 "name": board.name,
-                "through_proxy": board.through_proxy,
+                "through_proxy": board.group.proxy,
                 "cpu_s": after[board.name] - before[board.name],
                 "cpu_share": (after[board.name] - before[board.name]) / elapsed,
             }

@@ -3,9 +3,13 @@
     tracker: {host: 127.0.0.1, port: 0}     # port 0: the tracker binds any free port
     proxy: {host: 127.0.0.1, port: 0}       # only needed by boards with proxy: true
     default_key: local                      # optional; else the first board's key
+    toolchains:                             # optional; built-in ones for the known architectures
+      aarch64-linux-gnu: {compiler: aarch64-linux-gnu-gcc, flags: [-O2, -mcpu=cortex-a72]}
     boards:
       - {key: local, count: 1}
       - {key: local, count: 1, proxy: true} # dials out to the proxy
+      - {key: aarch64, start: emulated, arch: aarch64}   # the board server under qemu-user
+      - {key: rasp4, start: external, arch: aarch64}     # registers itself; only expected
 
 :func:`load_inventory` reads one with PyYAML's safe loader and checks it;
 every mistake is an :class:`InventoryError` naming the file, the line, the
@@ -16,13 +20,18 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import yaml
 
+from .targets import EMULATED, TARGETS, Target, host_target, target_named
+
+_SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "inventories")
+#: Inventories that ship with the package, by the short name ``--farm`` and ``farm up`` also take.
+BUILTIN_INVENTORIES = {name: os.path.join(_SHIPPED, "farm.%s.yaml" % name) for name in ("local", "emulated")}
 #: The inventory the pytest plugin brings up when it is given neither a tracker nor an inventory.
-DEFAULT_INVENTORY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "inventories", "farm.local.yaml")
+DEFAULT_INVENTORY = BUILTIN_INVENTORIES["local"]
 
 _KEY = re.compile(r"^[A-Za-z0-9_.\-]+$")  # no ':' (match keys are KEY:NONCE), no spaces, no brackets
 Path = Tuple[Union[str, int], ...]
@@ -43,13 +52,46 @@ class Listener:
 
 @dataclass(frozen=True)
 class BoardGroup:
-    """``count`` local boards of one key; ``name`` (default: the key) prefixes their names."""
+    """``count`` boards of one key; ``name`` (default: the key) prefixes their names.
+
+    ``start`` says how they come to be (:data:`STARTS`); ``arch`` is the
+    architecture they run (None: this machine's, for local boards); ``port``,
+    when not 0, is the first of ``count`` consecutive ports they listen on.
+    """
 
     key: str
     count: int = 1
     proxy: bool = False
     name: str = ""
     host: str = "127.0.0.1"
+    start: str = "local"
+    arch: Optional[str] = None
+    port: int = 0
+
+    @property
+    def target(self) -> Optional[Target]:
+        """The architecture the boards run, from :mod:`farm.targets` (None: unknown to the farm)."""
+        if self.arch is None:
+            return host_target()
+        try:
+            return target_named(self.arch)
+        except KeyError:
+            return None
+
+    @property
+    def triple(self) -> Optional[str]:
+        """The target triple artifacts for these boards are built for."""
+        target = self.target
+        return target.triple if target is not None else self.arch
+
+
+@dataclass(frozen=True)
+class ToolchainSpec:
+    """An inventory's compiler for one target triple (``farm.toolchain`` turns it into a toolchain)."""
+
+    triple: str
+    compiler: str
+    flags: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,6 +103,7 @@ class Inventory:
     proxy: Optional[Listener]
     boards: Tuple[BoardGroup, ...]
     default_key: str
+    toolchains: Dict[str, ToolchainSpec] = field(default_factory=dict)  # by target triple
 
     def board_counts(self) -> Dict[str, int]:
         """Boards per key."""
@@ -79,6 +122,14 @@ class Inventory:
                 named.append(("%s-%d" % (prefix, numbers.get(prefix, 0)), group))
                 numbers[prefix] = numbers.get(prefix, 0) + 1
         return named
+
+    def expected_boards(self) -> Dict[str, int]:
+        """Boards per key that start elsewhere and only register (``start: external``)."""
+        counts: Dict[str, int] = {}
+        for group in self.boards:
+            if group.start == "external":
+                counts[group.key] = counts.get(group.key, 0) + group.count
+        return counts
 
 
 class _Document:
@@ -169,6 +220,8 @@ def _is_key(value: Any) -> bool:
 
 
 _KEY_EXPECTED = "a key of letters, digits, '.', '_' or '-'"
+#: How a board group's daemons come to be: started here, started here under qemu-user, or started by someone else.
+STARTS = ("local", "emulated", "external")
 
 
 def _listener(doc: _Document, path: Path, value: Any) -> Listener:
@@ -182,22 +235,102 @@ def _listener(doc: _Document, path: Path, value: Any) -> Listener:
 
 
 def _board_group(doc: _Document, path: Path, value: Any) -> BoardGroup:
-    fields = _fields(doc, path, value, ("key", "count", "proxy", "name", "host"))
+    fields = _fields(doc, path, value, ("key", "count", "proxy", "name", "host", "port", "start", "arch"))
     if "key" not in fields:
         raise doc.error(path + ("key",), "the board's key (a required field)", found=False)
-    return BoardGroup(
+    start = _get(doc, fields, path, "start", lambda v: v in STARTS, "one of: %s" % ", ".join(STARTS), "local")
+    group = BoardGroup(
         key=_get(doc, fields, path, "key", _is_key, _KEY_EXPECTED, ""),
         count=_get(doc, fields, path, "count", _is_int(1, 1024), "a number of boards, 1..1024", 1),
         proxy=_get(doc, fields, path, "proxy", lambda v: isinstance(v, bool), "true or false", False),
         name=_get(doc, fields, path, "name", _is_key, "a board name of letters, digits, '.', '_' or '-'", ""),
         host=_get(doc, fields, path, "host", _is_text, "a host name or address to listen on", "127.0.0.1"),
+        start=start,
+        arch=_get(doc, fields, path, "arch", _is_key, "an architecture (%s) or a target triple" % _ARCHES, None),
+        port=_get(doc, fields, path, "port", _is_int(0, 65535), "a port number in 0..65535 (0: any free port)", 0),
     )
+    _check_start(doc, path, group)
+    return group
+
+
+_ARCHES = ", ".join(sorted(TARGETS))
+
+
+def _check_start(doc: _Document, path: Path, group: BoardGroup) -> None:
+    """What each way of starting needs: an emulated architecture, a local board on this machine's."""
+    if group.start == "emulated":
+        if group.target is None or group.target.name not in EMULATED:
+            expected = "an architecture the emulators support (%s) for start: emulated" % ", ".join(EMULATED)
+            raise doc.error(path + ("arch",), expected, group.arch, group.arch is not None)
+    elif group.start == "local" and group.arch is not None and group.target != host_target():
+        host = host_target()
+        expected = "this machine's architecture (%s) for a local board; use start: emulated for another" % (
+            host.name if host is not None else "unknown"
+        )
+        raise doc.error(path + ("arch",), expected, group.arch)
+    if group.port and group.start == "external":
+        raise doc.error(path + ("port",), "no port for an external board (it listens where it runs)", group.port)
+    if group.port and group.proxy:
+        raise doc.error(path + ("port",), "no port for a board behind the proxy (it dials out)", group.port)
+    if group.port and group.port + group.count > 65536:
+        raise doc.error(path + ("port",), "room for %d consecutive ports below 65536" % group.count, group.port)
+
+
+def _toolchains(doc: _Document, value: Any) -> Dict[str, ToolchainSpec]:
+    if not isinstance(value, dict):
+        raise doc.error(("toolchains",), "a mapping of target triple to {compiler, flags}", value)
+    specs: Dict[str, ToolchainSpec] = {}
+    for name, item in value.items():
+        path: Path = ("toolchains", str(name))
+        if not _is_key(name):
+            raise doc.error(path, "an architecture (%s) or a target triple as the key" % _ARCHES, name)
+        fields = _fields(doc, path, item, ("compiler", "flags"))
+        if "compiler" not in fields:
+            raise doc.error(path + ("compiler",), "the compiler's command (a required field)", found=False)
+        compiler = _get(doc, fields, path, "compiler", _is_text, "a compiler command", "")
+        flags = _get(doc, fields, path, "flags", _is_text_list, "a list of compiler flags", [])
+        triple = target_named(name).triple if name in TARGETS else name
+        specs[triple] = ToolchainSpec(triple, compiler, tuple(flags))
+    return specs
+
+
+def _is_text_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) and item for item in value)
+
+
+def _check_toolchains(doc: _Document, boards: Tuple[BoardGroup, ...], toolchains: Dict[str, ToolchainSpec]) -> None:
+    """Every board's architecture must have a compiler: a built-in one or an entry in ``toolchains``."""
+    for index, group in enumerate(boards):
+        if group.target is None and group.arch not in toolchains:
+            expected = "an architecture with a toolchain: a known one (%s) or a triple listed under toolchains" % (
+                _ARCHES
+            )
+            raise doc.error(("boards", index, "arch"), expected, group.arch)
+
+
+_ANY_ADDRESS = ("0.0.0.0", "::", "")
+
+
+def _check_ports(doc: _Document, tracker: Listener, proxy: Optional[Listener], boards: Tuple[BoardGroup, ...]) -> None:
+    """No two daemons given the same fixed port on one address (a wildcard address clashes with every address)."""
+    owners: List[Tuple[Path, str, int, int]] = [(("tracker", "port"), tracker.host, tracker.port, 1)]
+    if proxy is not None:
+        owners.append((("proxy", "port"), proxy.host, proxy.port, 1))
+    owners += [(("boards", index, "port"), group.host, group.port, group.count) for index, group in enumerate(boards)]
+    taken: Dict[int, List[Tuple[str, Path]]] = {}
+    for path, host, first, count in owners:
+        for port in range(first, first + count) if first else ():
+            for other_host, other in taken.get(port, []):
+                if host == other_host or host in _ANY_ADDRESS or other_host in _ANY_ADDRESS:
+                    field_name = doc._where(other).split(": ", 1)[1]
+                    raise doc.error(path, "a port not already given to %s (%d)" % (field_name, port), first)
+            taken.setdefault(port, []).append((host, path))
 
 
 def parse_inventory(text: str, path: str = "<inventory>") -> Inventory:
     """Check the inventory in ``text``; ``path`` is only used in error messages."""
     doc = _Document(path, text)
-    top = _fields(doc, (), doc.data, ("tracker", "proxy", "default_key", "boards"))
+    top = _fields(doc, (), doc.data, ("tracker", "proxy", "default_key", "toolchains", "boards"))
     tracker = _listener(doc, ("tracker",), top.get("tracker") or {})
     proxy = _listener(doc, ("proxy",), top["proxy"]) if top.get("proxy") is not None else None
     boards_value = top.get("boards")
@@ -207,12 +340,27 @@ def parse_inventory(text: str, path: str = "<inventory>") -> Inventory:
     for index, group in enumerate(boards):
         if group.proxy and proxy is None:
             raise doc.error(("boards", index, "proxy"), "a 'proxy' section for boards with proxy: true", found=False)
-    if proxy is not None and proxy.port and proxy.port == tracker.port and proxy.host == tracker.host:
-        raise doc.error(("proxy", "port"), "a port other than the tracker's", proxy.port)
+        if group.start == "external" and not tracker.port:
+            raise doc.error(("tracker", "port"), "a fixed tracker port that external boards can be given",
+                            tracker.port, "port" in (top.get("tracker") or {}))  # fmt: skip
+    _check_ports(doc, tracker, proxy, boards)
+    toolchains = _toolchains(doc, top["toolchains"]) if top.get("toolchains") is not None else {}
+    _check_toolchains(doc, boards, toolchains)
     keys = [group.key for group in boards]
     expected = "one of the boards' keys (%s)" % ", ".join(sorted(set(keys)))
     default_key = _get(doc, top, (), "default_key", lambda value: value in keys, expected, keys[0])
-    return Inventory(path, tracker, proxy, boards, default_key)
+    return Inventory(path, tracker, proxy, boards, default_key, toolchains)
+
+
+def inventory_path(name: str) -> str:
+    """The file ``name`` names: a path, else a built-in inventory's short name; InventoryError if neither."""
+    if os.path.isfile(name) or name not in BUILTIN_INVENTORIES:
+        if not os.path.isfile(name):
+            raise InventoryError(
+                "no inventory file %s (built-in inventories: %s)" % (name, ", ".join(BUILTIN_INVENTORIES))
+            )
+        return name
+    return BUILTIN_INVENTORIES[name]
 
 
 def load_inventory(path: str) -> Inventory:

@@ -1,14 +1,21 @@
-"""Start, check and stop the tracker, proxy and boards of an inventory (host side).
+"""Start, watch and stop the tracker, proxy and boards of an inventory (host side).
 
-    stack = FarmStack(load_inventory("configs/farm.local.yaml"), "/tmp/farm-logs")
+    stack = FarmStack(load_inventory("configs/farm.emulated.yaml"), "/tmp/farm-logs")
     stack.start()            # returns once every board has registered with the tracker
     ...                      # stack.tracker_address, stack.describe()
+    stack.supervise()        # now and then: restart, with backoff, any daemon that died
     stack.stop()             # SIGTERM, then SIGKILL, to each daemon's whole process group
 
 Each daemon binds its own port (port 0 or a range) and logs the address it
-got; nothing is probed and reused. The daemons run in process groups of their
-own and carry ``FARM_PARENT_PID`` (:mod:`farm.lifetime`), so they also go
-when the launching process dies without stopping them.
+got; nothing is probed and reused. A restarted tracker or proxy binds the port
+it had, so boards and clients find it again. The daemons run in process
+groups of their own and carry ``FARM_PARENT_PID`` (:mod:`farm.lifetime`), so
+they also go when the launching process dies without stopping them.
+
+Local boards run ``python -m farm.server`` in this Python; emulated boards run
+the packed board server (:mod:`farm.pack`) in the target's own Python under
+qemu-user (:mod:`farm.emulators`); external boards are started by someone else
+and only waited for.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .inventory import BoardGroup, Inventory, Listener
 from .lifetime import PARENT_ENV
@@ -30,20 +37,61 @@ logger = logging.getLogger("farm.launcher")
 _WAITING_AT_PROXY = re.compile(r"waiting at the proxy")
 #: How often the tracker is asked whether every board has registered.
 POLL_PERIOD = 0.02
+#: Restart delays: the first, doubled after each quick death up to the last; reset once a daemon has lived a while.
+RESTART_FIRST, RESTART_MAX, STABLE_AFTER = 0.5, 30.0, 30.0
 
 
-class LaunchedBoard:
-    """One board daemon of the stack."""
+class Supervised:
+    """One daemon of the stack, restarted with backoff when it dies (see :meth:`check`)."""
 
-    def __init__(self, name: str, group: BoardGroup, process: DaemonProcess) -> None:
+    def __init__(self, name: str, argv: List[str], log_path: str, env: Dict[str, str],
+                 group: Optional[BoardGroup] = None) -> None:  # fmt: skip
         self.name = name
-        self.key = group.key
-        self.through_proxy = group.proxy
-        self.process = process
+        self.argv = argv
+        self.group = group
+        self.restarts = 0
+        self._log_path = log_path
+        self._env = env
+        self._failures = 0  # deaths in a row, each before STABLE_AFTER
+        self._restart_at: Optional[float] = None
+        self._started = time.monotonic()
+        self.process = DaemonProcess(argv, log_path, env)
+
+    @property
+    def label(self) -> str:
+        return "board %s (key %s)" % (self.name, self.group.key) if self.group is not None else self.name
+
+    def exited(self) -> Optional[int]:
+        """The exit code if the daemon has exited (and was not restarted since), else None."""
+        return self.process.process.poll()
+
+    def check(self, now: float) -> None:
+        """Notice a death and schedule a restart; restart when it is due."""
+        if self._restart_at is None:
+            code = self.exited()
+            if code is None:
+                return
+            lived = now - self._started
+            self._failures = 1 if lived >= STABLE_AFTER else self._failures + 1
+            delay = min(RESTART_MAX, RESTART_FIRST * 2 ** (self._failures - 1))
+            logger.warning(
+                "%s exited with code %s after %.1f s; restarting it in %.1f s", self.label, code, lived, delay
+            )
+            self.process.stop()  # reap it and whatever is left of its process group
+            self._restart_at = now + delay
+        elif now >= self._restart_at:
+            self._restart_at = None
+            self.restarts += 1
+            self._started = now
+            with open(self._log_path, "ab") as log:
+                log.write(b"---- restarted by the launcher (restart %d) ----\n" % self.restarts)
+            self.process = DaemonProcess(self.argv, self._log_path, self._env, append=True)
+            logger.warning("%s restarted (restart %d, pid %d)", self.label, self.restarts, self.process.pid)
 
     def registered(self, summary: Dict[str, Any]) -> bool:
-        """Whether the tracker (direct boards) or the proxy (proxied boards) has it."""
-        if self.through_proxy:
+        """Whether the tracker (direct boards) or the proxy (proxied boards) has this board."""
+        assert self.group is not None
+        if self.group.proxy:
             return bool(_WAITING_AT_PROXY.search(self.process.log_text()))
         return any(server.get("name") == self.name for server in summary.get("server_info", []))
 
@@ -55,103 +103,174 @@ class FarmStack:
         self.inventory = inventory
         self.log_dir = log_dir
         self.python = python
-        self.tracker: Optional[DaemonProcess] = None
-        self.proxy: Optional[DaemonProcess] = None
-        self.boards: List[LaunchedBoard] = []
+        self.tracker: Optional[Supervised] = None
+        self.proxy: Optional[Supervised] = None
+        self.boards: List[Supervised] = []
         self._env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})
+        self._tracker_address: Optional[Tuple[str, int]] = None
+        self._proxy_address: Optional[Tuple[str, int]] = None
 
     @property
     def tracker_address(self) -> Tuple[str, int]:
-        assert self.tracker is not None and self.tracker.address is not None, "the stack has not started"
-        return self.tracker.address
+        assert self._tracker_address is not None, "the stack has not started"
+        return self._tracker_address
+
+    @property
+    def daemons(self) -> List[Supervised]:
+        return [daemon for daemon in (self.tracker, self.proxy) if daemon is not None] + self.boards
 
     def start(self, timeout: float = 30.0) -> None:
         """Start every daemon and return once each board has registered; DaemonError names what failed."""
         os.makedirs(self.log_dir, exist_ok=True)
         deadline = time.monotonic() + timeout
         try:
-            self.tracker = self._daemon("tracker", ["-m", "farm.tracker", *_listen_args(self.inventory.tracker)])
-            self.tracker.wait_for_bind(timeout)
-            tracker = "%s:%d" % self.tracker_address
+            self._start_tracker(timeout)
             if self.inventory.proxy is not None:
-                listen = _listen_args(self.inventory.proxy)
-                self.proxy = self._daemon("proxy", ["-m", "farm.proxy", *listen, "--tracker", tracker])
-            named = self.inventory.named_boards()
-            for name, group in named:  # boards that listen start while the proxy binds
+                argv = [self.python, "-m", "farm.proxy", *_listen_args(self.inventory.proxy)]
+                self.proxy = self._daemon("proxy", argv + ["--tracker", "%s:%d" % self.tracker_address])
+            started = _numbered(self.inventory)
+            emulated = self._emulated_servers([group for _, group, _ in started])
+            for name, group, position in started:  # boards that listen start while the proxy binds
                 if not group.proxy:
-                    extra = ["--tracker", tracker, "--name", name]
-                    self._board(name, group, board_command(group.key, group.host, 0, self.python, extra))
+                    self._board(name, group, position, emulated)
             if self.proxy is not None:
-                host, port = self.proxy.wait_for_bind(max(0.1, deadline - time.monotonic()))
-                for name, group in named:
+                self._proxy_address = self._bound(self.proxy, max(0.1, deadline - time.monotonic()))
+                for name, group, position in started:
                     if group.proxy:
-                        extra = ["--through-proxy", "--name", name]
-                        self._board(name, group, board_command(group.key, host, port, self.python, extra))
+                        self._board(name, group, position, emulated)
             self._wait_registered(deadline)
         except BaseException:
             self.stop()
             raise
-        logger.info("farm of %s ready: tracker at %s", self.inventory.path, tracker)
+        logger.info("farm of %s ready: tracker at %s:%d", self.inventory.path, *self.tracker_address)
 
-    def _daemon(self, name: str, args: List[str]) -> DaemonProcess:
-        return DaemonProcess([self.python, *args], os.path.join(self.log_dir, name + ".log"), self._env)
+    def _start_tracker(self, timeout: float) -> None:
+        self.tracker = self._daemon(
+            "tracker", [self.python, "-m", "farm.tracker", *_listen_args(self.inventory.tracker)]
+        )
+        self._tracker_address = self._bound(self.tracker, timeout)
 
-    def _board(self, name: str, group: BoardGroup, argv: List[str]) -> None:
-        process = DaemonProcess(argv, os.path.join(self.log_dir, name + ".log"), self._env)
-        self.boards.append(LaunchedBoard(name, group, process))
+    def _bound(self, daemon: Supervised, timeout: float) -> Tuple[str, int]:
+        """Wait for the daemon's address; from now on it restarts on that very port."""
+        host, port = daemon.process.wait_for_bind(timeout)
+        daemon.argv = _with_port(daemon.argv, port)
+        return host, port
+
+    def _daemon(self, name: str, argv: List[str], group: Optional[BoardGroup] = None,
+                env: Optional[Dict[str, str]] = None) -> Supervised:  # fmt: skip
+        log_path = os.path.join(self.log_dir, name + ".log")
+        return Supervised(name, argv, log_path, env if env is not None else self._env, group)
+
+    def _emulated_servers(self, groups: Sequence[BoardGroup]) -> Dict[str, List[str]]:
+        """The command that runs the board server in each emulated architecture's own Python."""
+        arches = sorted({group.target.name for group in groups if group.start == "emulated" and group.target})
+        if not arches:
+            return {}
+        from .emulators import python_command  # host side only, and only for emulated farms
+        from .pack import pack_server
+
+        archive = pack_server(os.path.join(self.log_dir, "farm-server.pyz"))
+        return {arch: [*python_command(arch), archive] for arch in arches}
+
+    def _board(self, name: str, group: BoardGroup, position: int, emulated: Dict[str, List[str]]) -> None:
+        """Start one board: ``position`` is its place in its group (its port, when the group has fixed ports)."""
+        extra = ["--name", name]
+        if group.proxy:
+            host, port = self._proxy_address or ("", 0)
+            extra.append("--through-proxy")
+        else:
+            host, port = group.host, 0
+            extra += ["--tracker", "%s:%d" % self.tracker_address]
+            if group.port:
+                port = group.port + position
+                extra += ["--port-end", str(port + 1)]
+        env = self._env
+        server = None
+        if group.start == "emulated" and group.target is not None:
+            server = emulated[group.target.name]
+            env = {k: v for k, v in self._env.items() if k not in ("PYTHONPATH", "PYTHONHOME")}  # the host's Python's
+        argv = board_command(group.key, host, port, self.python, extra, server=server)
+        self.boards.append(self._daemon(name, argv, group, env))
 
     def _wait_registered(self, deadline: float) -> None:
         with TrackerClient(*self.tracker_address) as tracker:
             while True:
-                for daemon in [self.tracker, self.proxy] + [board.process for board in self.boards]:
-                    if daemon is not None and daemon.process.poll() is not None:
+                for daemon in self.daemons:
+                    code = daemon.exited()
+                    if code is not None:
                         raise DaemonError(
                             "%s exited with code %d while the farm started:\n%s"
-                            % (_label(daemon), daemon.process.returncode, daemon.log_text()[-4000:])
+                            % (daemon.label, code, daemon.process.log_text()[-4000:])
                         )
                 summary = tracker.summary()
                 missing = [board for board in self.boards if not board.registered(summary)]
-                if not missing and self._all_offered(summary):
+                absent = self._external_missing(summary)
+                if not missing and not absent and self._all_offered(summary):
                     return
                 if time.monotonic() > deadline:
-                    board = missing[0] if missing else self.boards[0]
-                    raise DaemonError(
-                        "board %s (key %r) did not register with the tracker at %s:%d in time; its log:\n%s"
-                        % (board.name, board.key, *self.tracker_address, board.process.log_text()[-4000:])
-                    )
+                    raise DaemonError(self._late_message(missing, absent))
                 time.sleep(POLL_PERIOD)
+
+    def _external_missing(self, summary: Dict[str, Any]) -> Dict[str, Tuple[int, int]]:
+        """Keys whose external boards have not all registered: key -> (expected, registered)."""
+        queues = summary.get("queue_info", {})
+        started = {}
+        for board in self.boards:
+            assert board.group is not None
+            started[board.group.key] = started.get(board.group.key, 0) + 1
+        missing = {}
+        for key, expected in self.inventory.expected_boards().items():
+            registered = int(queues.get(key, {}).get("total", 0)) - started.get(key, 0)
+            if registered < expected:
+                missing[key] = (expected, max(0, registered))
+        return missing
+
+    def _late_message(self, missing: List[Supervised], absent: Dict[str, Tuple[int, int]]) -> str:
+        tracker = "%s:%d" % self.tracker_address
+        if missing:
+            board = missing[0]
+            return "%s did not register with the tracker at %s in time; its log:\n%s" % (
+                board.label, tracker, board.process.log_text()[-4000:])  # fmt: skip
+        if absent:
+            key, (expected, registered) = sorted(absent.items())[0]
+            return (
+                "the external boards of key %s did not register with the tracker at %s in time (expected %d, "
+                "registered %d); start each with: farm server --tracker %s --key %s"
+                % (key, tracker, expected, registered, tracker, key)
+            )
+        return "the boards registered with the tracker at %s but were not all offered in time" % tracker
 
     def _all_offered(self, summary: Dict[str, Any]) -> bool:
         queues = summary.get("queue_info", {})
         return all(queues.get(key, {}).get("free", 0) >= count for key, count in self.inventory.board_counts().items())
 
+    def supervise(self) -> None:
+        """One look at every daemon: restart, with backoff, those that died (call it now and then)."""
+        now = time.monotonic()
+        for daemon in self.daemons:
+            daemon.check(now)
+
     def stop(self) -> None:
         """Stop the boards, then the proxy, then the tracker (each with its whole process group)."""
         for board in self.boards:
             board.process.terminate()  # all at once, then wait for each
-        for board in self.boards:
-            board.process.stop()
-        for daemon in (self.proxy, self.tracker):
-            if daemon is not None:
-                daemon.stop()
+        for daemon in self.boards + [d for d in (self.proxy, self.tracker) if d is not None]:
+            daemon.process.stop()
 
     def pids(self) -> List[int]:
         """The pids of every daemon started (running or not)."""
-        daemons = [self.tracker, self.proxy] + [board.process for board in self.boards]
-        return [daemon.pid for daemon in daemons if daemon is not None]
+        return [daemon.process.pid for daemon in self.daemons]
 
     def describe(self) -> Dict[str, Any]:
         """What runs where, as JSON-friendly data (what the pytest plugin hands its workers)."""
-        proxy = self.proxy.address if self.proxy is not None else None
         return {
             "inventory": self.inventory.path,
             "tracker": list(self.tracker_address),
-            "proxy": list(proxy) if proxy else None,
+            "proxy": list(self._proxy_address) if self._proxy_address else None,
             "default_key": self.inventory.default_key,
             "keys": self.inventory.board_counts(),
-            "boards": [
-                {"name": b.name, "key": b.key, "pid": b.process.pid, "proxy": b.through_proxy} for b in self.boards
-            ],
+            "expected": self.inventory.expected_boards(),
+            "boards": [_describe_board(board) for board in self.boards],
         }
 
     def __enter__(self) -> FarmStack:
@@ -162,11 +281,41 @@ class FarmStack:
         self.stop()
 
 
+def _describe_board(board: Supervised) -> Dict[str, Any]:
+    group = board.group
+    assert group is not None
+    target = group.target
+    return {
+        "name": board.name,
+        "key": group.key,
+        "pid": board.process.pid,
+        "proxy": group.proxy,
+        "start": group.start,
+        "arch": target.name if target is not None else group.arch,
+        "restarts": board.restarts,
+    }
+
+
+def _numbered(inventory: Inventory) -> List[Tuple[str, BoardGroup, int]]:
+    """The boards this stack starts (not the external ones): name, group and place in the group."""
+    started = []
+    places: Dict[int, int] = {}
+    for name, group in inventory.named_boards():
+        if group.start != "external":
+            place = places.get(id(group), 0)
+            places[id(group)] = place + 1
+            started.append((name, group, place))
+    return started
+
+
 def _listen_args(listener: Listener) -> List[str]:
     end = listener.port_end if listener.port_end is not None else listener.port + 1
     return ["--host", listener.host, "--port", str(listener.port), "--port-end", str(end)]
 
 
-def _label(daemon: DaemonProcess) -> str:
-    """``tracker``, ``proxy`` or the board's name: what its log file is called."""
-    return os.path.splitext(os.path.basename(daemon.log_path))[0]
+def _with_port(argv: List[str], port: int) -> List[str]:
+    """``argv`` with ``--port``/``--port-end`` set to exactly ``port``."""
+    fixed = list(argv)
+    fixed[fixed.index("--port") + 1] = str(port)
+    fixed[fixed.index("--port-end") + 1] = str(port + 1)
+    return fixed

@@ -33,11 +33,12 @@ class DaemonProcess:
         log_path: str,
         env: Optional[Mapping[str, str]] = None,
         cwd: Optional[str] = None,
+        append: bool = False,
     ) -> None:
         self.argv = list(argv)
         self.log_path = log_path
         self.address: Optional[Tuple[str, int]] = None
-        self._log: IO[bytes] = open(log_path, "wb")
+        self._log: IO[bytes] = open(log_path, "ab" if append else "wb")
         self.process = subprocess.Popen(
             self.argv,
             stdin=subprocess.DEVNULL,
@@ -126,10 +127,16 @@ class DaemonProcess:
 
 
 def board_command(
-    key: str = "", host: str = "127.0.0.1", port: int = 0, python: str = sys.executable, extra: Sequence[str] = ()
+    key: str = "",
+    host: str = "127.0.0.1",
+    port: int = 0,
+    python: str = sys.executable,
+    extra: Sequence[str] = (),
+    server: Optional[Sequence[str]] = None,
 ) -> List[str]:
-    """The command line of a board server."""
-    return [python, "-m", "farm.server", "--host", host, "--port", str(port), "--key", key, *extra]
+    """The command line of a board server: ``server`` (default ``PYTHON -m farm.server``) and its options."""
+    program = list(server) if server is not None else [python, "-m", "farm.server"]
+    return [*program, "--host", host, "--port", str(port), "--key", key, *extra]
 
 
 def start_board(

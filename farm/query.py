@@ -1,4 +1,4 @@
-"""``python -m farm.query --host HOST --port PORT``: the tracker's boards and queues.
+"""``farm status --tracker HOST:PORT`` (or ``farm query``): the tracker's boards and queues.
 
 The text is laid out as TVM's ``query_rpc_tracker`` prints it (Server List,
 Queue Status), so anyone who read a TVM tutorial recognises it, with who
@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any, Dict, Optional, Sequence
 
+from .net import parse_address
 from .tracker_client import TrackerError, connect_tracker
+
+#: The environment variable the pytest plugin also reads for the farm's tracker.
+TRACKER_ENV = "REMOTEDEV_TRACKER"
 
 
 def format_summary(summary: Dict[str, Any], now: Optional[float] = None) -> str:
@@ -44,12 +49,20 @@ def format_summary(summary: Dict[str, Any], now: Optional[float] = None) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracker", metavar="HOST:PORT", default=os.environ.get(TRACKER_ENV),
+                        help="the tracker (default: $%s, else --host and --port)" % TRACKER_ENV)  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1", help="the tracker's address (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=9190, help="the tracker's port (default: 9190)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.tracker:
+        try:
+            args.host, args.port = parse_address(args.tracker)
+        except ValueError as exc:
+            print("farm query: --tracker: %s" % exc, file=sys.stderr)
+            return 2
     try:
         with connect_tracker(args.host, args.port) as tracker:
             summary = tracker.summary()

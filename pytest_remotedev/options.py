@@ -12,7 +12,14 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import pytest
 
-from farm.inventory import DEFAULT_INVENTORY, Inventory, InventoryError, load_inventory
+from farm.inventory import (
+    BUILTIN_INVENTORIES,
+    DEFAULT_INVENTORY,
+    Inventory,
+    InventoryError,
+    inventory_path,
+    load_inventory,
+)
 from farm.net import parse_address
 
 #: Seconds a test may wait in the queue unless told otherwise.
@@ -44,9 +51,10 @@ def _flag(text: str) -> bool:
 
 
 def _inventory_path(text: str) -> str:
-    if not os.path.isfile(text):
-        raise ValueError("no inventory file %s" % text)
-    return text
+    try:
+        return inventory_path(text)
+    except InventoryError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _priority(text: str) -> int:
@@ -159,7 +167,9 @@ def _raw_value(config: pytest.Config, option: Option, environ: Mapping[str, str]
         return "%s:%s" % (environ["TVM_TRACKER_HOST"], port), "TVM_TRACKER_HOST/TVM_TRACKER_PORT"
     value = config.getini(option.ini)
     if value not in (None, ""):
-        if option.dest == "farm" and not os.path.isabs(value):  # relative to the ini file's directory
+        if (
+            option.dest == "farm" and not os.path.isabs(value) and value not in BUILTIN_INVENTORIES
+        ):  # relative to the ini
             value = os.path.join(str(config.inipath.parent if config.inipath else config.rootpath), value)
         return value, "ini %s" % option.ini
     return None, "default"

@@ -1,14 +1,19 @@
-"""Fixtures shared by the tests: compiled kernels and real board server processes."""
+"""Fixtures shared by the tests: compiled kernels, real board server processes, bare board Pythons."""
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
+import numpy  # noqa: F401  (see below)
 import pytest
 
 import farm
@@ -131,3 +136,65 @@ def read_until_closed(sock: socket.socket, timeout: float = 10.0) -> bytes:
     finally:
         sock.close()
     return bytes(received)
+
+
+# --- bare board Pythons: the standard library alone -------------------------------
+
+
+def bare_env(root: Path) -> Dict[str, str]:
+    """PATH, HOME and LANG from here, and PYTHONPATH naming only ``root``: no site-packages."""
+    env = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "HOME": os.environ.get("HOME", str(root)),
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "PYTHONPATH": str(root),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    assert not any("site-packages" in value or "dist-packages" in value for value in env.values()), env
+    return env
+
+
+def run_bare(root: Path, interpreter: str, *args: str) -> subprocess.CompletedProcess:
+    """``INTERPRETER -S ARGS...`` in ``root`` with :func:`bare_env`, output captured."""
+    return subprocess.run(
+        [interpreter, "-S", *args],
+        env=bare_env(root),
+        cwd=str(root),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def python_version(interpreter: str, root: Path) -> Optional[str]:
+    """``"3.8"`` and the like for a working interpreter, else None."""
+    try:
+        result = run_bare(root, interpreter, "-c", "import sys; print('%d.%d' % sys.version_info[:2])")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def find_python38(root: Path) -> Optional[str]:
+    """A Python 3.8 interpreter: ``python3.8`` on PATH, else one under ~/.pyenv/versions/3.8*."""
+    candidates: List[str] = []
+    on_path = shutil.which("python3.8")
+    if on_path:
+        candidates.append(on_path)
+    pattern = str(Path.home() / ".pyenv" / "versions" / "3.8*" / "bin" / "python3.8")
+    candidates += sorted(glob.glob(pattern), reverse=True)
+    for candidate in candidates:  # a pyenv shim is on PATH even when it cannot run 3.8
+        if python_version(candidate, root) == "3.8":
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module", params=["this-python", "python3.8"])
+def interpreter(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The Python a bare board runs: this one, and a Python 3.8 (skipped when there is none)."""
+    if request.param == "this-python":
+        return sys.executable
+    found = find_python38(tmp_path_factory.mktemp("probe"))
+    if found is None:
+        pytest.skip("no Python 3.8 interpreter was found (python3.8 on PATH or ~/.pyenv/versions/3.8*)")
+    return found

@@ -17,9 +17,11 @@ from farm.inventory import (
     Inventory,
     InventoryError,
     Listener,
+    ToolchainSpec,
     load_inventory,
     parse_inventory,
 )
+from farm.targets import host_target
 
 PROJECT = Path(__file__).resolve().parents[2]
 FILE = "farm.yaml"
@@ -148,6 +150,42 @@ def test_both_on_port_zero_is_fine() -> None:
     assert parse("tracker: {port: 0}\nproxy: {port: 0}\nboards: [{key: k}]\n").proxy == Listener()
 
 
+def test_emulated_external_boards_and_toolchains() -> None:
+    inventory = parse(
+        """
+tracker: {port: 9190}
+toolchains:
+  aarch64: {compiler: aarch64-linux-gnu-gcc-12, flags: [-O3, -mcpu=cortex-a72]}
+  riscv64-linux-gnu: {compiler: riscv64-linux-gnu-gcc}
+boards:
+  - {key: local, port: 9300, count: 2}
+  - {key: aarch64, start: emulated, arch: aarch64}
+  - {key: armhf, start: emulated, arch: arm-linux-gnueabihf, proxy: false}
+  - {key: rasp4, start: external, arch: aarch64, count: 3}
+  - {key: visionfive, start: external, arch: riscv64-linux-gnu}
+"""
+    )
+    local, emulated, armhf, rasp4, riscv = inventory.boards
+    assert (local.start, local.port, local.arch, local.target) == ("local", 9300, None, host_target())
+    assert (emulated.start, emulated.triple) == ("emulated", "aarch64-linux-gnu")
+    assert armhf.target is not None and armhf.target.name == "armhf" and armhf.target.qemu == "qemu-arm"
+    assert (rasp4.start, rasp4.triple) == ("external", "aarch64-linux-gnu")
+    assert riscv.target is None and riscv.triple == "riscv64-linux-gnu"
+    assert inventory.toolchains == {
+        "aarch64-linux-gnu": ToolchainSpec(
+            "aarch64-linux-gnu", "aarch64-linux-gnu-gcc-12", ("-O3", "-mcpu=cortex-a72")
+        ),
+        "riscv64-linux-gnu": ToolchainSpec("riscv64-linux-gnu", "riscv64-linux-gnu-gcc", ()),
+    }
+    assert inventory.expected_boards() == {"rasp4": 3, "visionfive": 1}
+    assert inventory.board_counts() == {"local": 2, "aarch64": 1, "armhf": 1, "rasp4": 3, "visionfive": 1}
+
+
+def test_fixed_ports_on_different_addresses_are_fine() -> None:
+    inventory = parse("tracker: {port: 9000}\nboards:\n  - {key: k, port: 9000, host: 127.0.0.2, count: 2}\n")
+    assert inventory.boards[0].port == 9000
+
+
 def test_keys_allow_letters_digits_dot_underscore_dash() -> None:
     assert parse("boards: [{key: Rasp-4_b.v2}]\n").default_key == "Rasp-4_b.v2"
 
@@ -161,11 +199,13 @@ def test_keys_allow_letters_digits_dot_underscore_dash() -> None:
         # unknown fields, at each level
         (
             "tracker: {port: 0}\nboards:\n  - key: k\n    colour: red\n",
-            "farm.yaml:4: boards[0].colour: unknown field 'colour' (expected one of: key, count, proxy, name, host)",
+            "farm.yaml:4: boards[0].colour: unknown field 'colour' "
+            "(expected one of: key, count, proxy, name, host, port, start, arch)",
         ),
         (
             "trackr: {}\nboards: [{key: k}]\n",
-            "farm.yaml:1: trackr: unknown field 'trackr' (expected one of: tracker, proxy, default_key, boards)",
+            "farm.yaml:1: trackr: unknown field 'trackr' "
+            "(expected one of: tracker, proxy, default_key, toolchains, boards)",
         ),
         (
             "tracker:\n  host: h\n  prot: 1\nboards: [{key: k}]\n",
@@ -228,8 +268,8 @@ def test_keys_allow_letters_digits_dot_underscore_dash() -> None:
         ("boards: {key: k}\n", "boards: expected a list of boards (at least one), got a mapping"),
         (
             "",
-            "farm.yaml:1: the document: expected a mapping with the fields tracker, proxy, default_key, boards, "
-            "got nothing",
+            "farm.yaml:1: the document: expected a mapping with the fields "
+            "tracker, proxy, default_key, toolchains, boards, got nothing",
         ),
         # proxy: true without a proxy section
         (
@@ -244,8 +284,56 @@ def test_keys_allow_letters_digits_dot_underscore_dash() -> None:
         # the proxy on the tracker's port
         (
             "tracker: {port: 9190}\nproxy:\n  port: 9190\nboards: [{key: k}]\n",
-            "farm.yaml:3: proxy.port: expected a port other than the tracker's, got 9190",
+            "farm.yaml:3: proxy.port: expected a port not already given to tracker.port (9190), got 9190",
         ),
+        # how boards start, their architectures and toolchains
+        (
+            "boards:\n  - {key: k, start: docker}\n",
+            "farm.yaml:2: boards[0].start: expected one of: local, emulated, external, got 'docker'",
+        ),
+        (
+            "boards:\n  - key: k\n    start: emulated\n",
+            "farm.yaml:2: boards[0].arch: expected an architecture the "
+            "emulators support (aarch64, armhf) for start: emulated",
+        ),
+        (
+            "boards:\n  - {key: k, start: emulated, arch: x86_64}\n",
+            "farm.yaml:2: boards[0].arch: expected an "
+            "architecture the emulators support (aarch64, armhf) for start: emulated, got 'x86_64'",
+        ),
+        ("boards:\n  - {key: k, arch: aarch64}\n", "boards[0].arch: expected this machine's architecture"),
+        (
+            "tracker: {port: 9190}\nboards:\n  - {key: k, start: external, arch: riscv64-linux-gnu}\n",
+            "farm.yaml:3: boards[0].arch: expected an architecture with a toolchain: a known one (aarch64, armhf, "
+            "x86_64) or a triple listed under toolchains, got 'riscv64-linux-gnu'",
+        ),
+        (
+            "boards:\n  - {key: rasp4, start: external, arch: aarch64}\n",
+            "farm.yaml:1: tracker.port: expected a fixed tracker port that external boards can be given",
+        ),
+        (
+            "toolchains:\n  aarch64: {flags: [-O3]}\nboards: [{key: k}]\n",
+            "farm.yaml:2: toolchains.aarch64.compiler: expected the compiler's command (a required field)",
+        ),
+        (
+            "toolchains:\n  aarch64: {compiler: gcc, flags: -O3}\nboards: [{key: k}]\n",
+            "farm.yaml:2: toolchains.aarch64.flags: expected a list of compiler flags, got '-O3'",
+        ),
+        ("toolchains: [gcc]\nboards: [{key: k}]\n", "farm.yaml:1: toolchains: expected a mapping of target triple"),
+        # fixed ports that clash
+        (
+            "tracker: {port: 9191}\nboards:\n  - {key: k, count: 3, port: 9189}\n",
+            "farm.yaml:3: boards[0].port: expected a port not already given to tracker.port (9191), got 9189",
+        ),
+        (
+            "boards:\n  - {key: a, count: 2, port: 9000}\n  - {key: b, port: 9001, host: 0.0.0.0}\n",
+            "farm.yaml:3: boards[1].port: expected a port not already given to boards[0].port (9001), got 9001",
+        ),
+        (
+            "proxy: {port: 0}\nboards:\n  - {key: k, proxy: true, port: 9000}\n",
+            "farm.yaml:3: boards[0].port: expected no port for a board behind the proxy",
+        ),
+        ("boards:\n  - {key: k, count: 3, port: 65534}\n", "boards[0].port: expected room for 3 consecutive ports"),
         # not YAML at all
         ("boards: [{key: k}\n", "farm.yaml:2: not valid YAML: "),
         ("tracker: {port: 0}\nboards:\n  - key: k\n   count: 1\n", "farm.yaml:4: not valid YAML: "),

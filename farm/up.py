@@ -1,0 +1,113 @@
+"""``farm up INVENTORY``: run a whole farm in the foreground until Ctrl-C or SIGTERM.
+
+Starts the tracker, proxy and boards the inventory declares, waits until every
+board has registered, prints what runs where, then watches the daemons and
+restarts, with backoff, any that dies. On SIGINT or SIGTERM it stops them all,
+each with its whole process group, and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+from typing import Any, Dict, List, Optional, Sequence
+
+from .inventory import InventoryError, inventory_path, load_inventory
+from .launcher import FarmStack
+from .processes import DaemonError
+
+logger = logging.getLogger("farm.up")
+
+#: How often the daemons are looked at.
+WATCH_PERIOD = 0.2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inventory", nargs="?", default="local",
+                        help="an inventory file, or a built-in one: local (default), emulated")  # fmt: skip
+    parser.add_argument("--logs", metavar="DIR", help="where the daemons' logs go (default: a new temporary dir)")
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="seconds to wait for every board to register (default: 60)")  # fmt: skip
+    parser.add_argument("--json-file", metavar="PATH", help="also write what runs where to this JSON file once up")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        inventory = load_inventory(inventory_path(args.inventory))
+    except InventoryError as exc:
+        print("farm up: %s" % exc, file=sys.stderr)
+        return 2
+    if args.timeout <= 0:
+        print("farm up: --timeout must be positive, got %g" % args.timeout, file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    previous = {number: signal.signal(number, lambda *_: stop.set()) for number in (signal.SIGINT, signal.SIGTERM)}
+    stack = FarmStack(inventory, args.logs or tempfile.mkdtemp(prefix="farm-up-"))
+    try:
+        stack.start(args.timeout)
+    except (DaemonError, OSError, RuntimeError) as exc:
+        print("farm up: the farm of %s did not come up: %s" % (inventory.path, exc), file=sys.stderr)
+        return 1
+    try:
+        described = stack.describe()
+        print(format_description(described, stack.log_dir), flush=True)
+        if args.json_file:
+            _write_json(args.json_file, dict(described, logs=stack.log_dir))
+        while not stop.wait(WATCH_PERIOD):
+            stack.supervise()
+        logger.info("stopping the farm")
+    finally:
+        stack.stop()
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    print("farm up: stopped", flush=True)
+    return 0
+
+
+def format_description(described: Dict[str, Any], log_dir: str) -> str:
+    """What runs where, for people: the tracker, the proxy, each board, the boards only expected, how to use it."""
+    tracker = "%s:%d" % tuple(described["tracker"])
+    lines = ["farm of %s is up" % described["inventory"], "  tracker  %s" % tracker]
+    if described["proxy"]:
+        lines.append("  proxy    %s:%d" % tuple(described["proxy"]))
+    rows: List[Sequence[str]] = [("board", "key", "arch", "start", "pid")]
+    for board in described["boards"]:
+        start = board["start"] + (", via the proxy" if board["proxy"] else "")
+        rows.append((board["name"], board["key"], str(board["arch"]), start, str(board["pid"])))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines += ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    for key, count in sorted(described["expected"].items()):
+        lines.append("  expected: %d external board(s) of key %s (farm server --tracker %s --key %s)"
+                     % (count, key, tracker, key))  # fmt: skip
+    lines += [
+        "  logs     %s" % log_dir,
+        "use it:   pytest --tracker %s   |   farm status --tracker %s" % (tracker, tracker),
+        "Ctrl-C stops the farm.",
+    ]
+    return "\n".join(lines)
+
+
+def _write_json(path: str, data: Dict[str, Any]) -> None:
+    partial = path + ".partial"
+    with open(partial, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2)
+        handle.write("\n")
+    os.replace(partial, path)  # readers never see half a file
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="farm up", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
