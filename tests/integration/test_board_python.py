@@ -7,7 +7,6 @@ and this checkout's installed copy are all out of reach of the board.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shlex
@@ -16,12 +15,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List
 
 import numpy as np
 import pytest
 
 import farm
+from conftest import bare_env, python_version, run_bare
 from farm.processes import DaemonProcess
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -44,63 +44,6 @@ def bare_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(PROJECT / "farm", root / "farm", ignore=shutil.ignore_patterns("__pycache__"))
     assert os.listdir(root) == ["farm"]
     return root
-
-
-def bare_env(root: Path) -> Dict[str, str]:
-    """PATH, HOME and LANG from here, and PYTHONPATH naming only ``root``."""
-    env = {
-        "PATH": os.environ.get("PATH", os.defpath),
-        "HOME": os.environ.get("HOME", str(root)),
-        "LANG": os.environ.get("LANG", "C.UTF-8"),
-        "PYTHONPATH": str(root),
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
-    assert not any("site-packages" in value or "dist-packages" in value for value in env.values()), env
-    return env
-
-
-def run_bare(root: Path, interpreter: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [interpreter, "-S", *args],
-        env=bare_env(root),
-        cwd=str(root),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def python_version(interpreter: str, root: Path) -> Optional[str]:
-    """``"3.8"`` and the like for a working interpreter, else None."""
-    try:
-        result = run_bare(root, interpreter, "-c", "import sys; print('%d.%d' % sys.version_info[:2])")
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return result.stdout.strip() if result.returncode == 0 else None
-
-
-def find_python38(root: Path) -> Optional[str]:
-    """A Python 3.8 interpreter: ``python3.8`` on PATH, else one under ~/.pyenv/versions/3.8*."""
-    candidates: List[str] = []
-    on_path = shutil.which("python3.8")
-    if on_path:
-        candidates.append(on_path)
-    pattern = str(Path.home() / ".pyenv" / "versions" / "3.8*" / "bin" / "python3.8")
-    candidates += sorted(glob.glob(pattern), reverse=True)
-    for candidate in candidates:  # a pyenv shim is on PATH even when it cannot run 3.8
-        if python_version(candidate, root) == "3.8":
-            return candidate
-    return None
-
-
-@pytest.fixture(scope="module", params=["this-python", "python3.8"])
-def interpreter(request: pytest.FixtureRequest, bare_root: Path) -> str:
-    if request.param == "this-python":
-        return sys.executable
-    found = find_python38(bare_root)
-    if found is None:
-        pytest.skip("no Python 3.8 interpreter was found (python3.8 on PATH or ~/.pyenv/versions/3.8*)")
-    return found
 
 
 @pytest.fixture
