@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import __version__, demo, proxy, query, server, tracker
+from . import __version__, build, demo, emulators, pack, proxy, query, server, tracker, up
 
 # Subcommands: each module offers add_arguments(parser) and run(args), and imports
 # host-only packages (numpy) inside run, so `farm server` works on a bare board Python.
@@ -14,8 +14,13 @@ COMMANDS = (
     ("server", server, "run a board server (same as python -m farm.server)"),
     ("tracker", tracker, "run a tracker (same as python -m farm.tracker)"),
     ("proxy", proxy, "run a proxy for boards behind NAT (same as python -m farm.proxy)"),
-    ("query", query, "show a tracker's boards and queues (same as python -m farm.query)"),
+    ("up", up, "run the farm an inventory declares, in the foreground, until Ctrl-C"),
+    ("status", query, "show a farm's boards, who holds them, and the queues"),
+    ("query", query, "the same as status (python -m farm.query)"),
     ("demo", demo, "start a board, run a compiled kernel on it and check it against numpy"),
+    ("build", build, "compile C sources into a cached shared library for a target or a board key"),
+    ("emulators", emulators, "install and inspect qemu-user, the cross compilers and the target Pythons"),
+    ("pack-server", pack, "pack the board server (and cloudpickle) into one zipapp for a bare board Python"),
 )
 
 

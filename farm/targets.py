@@ -27,7 +27,7 @@ class Target:
 
     @property
     def compiler_package(self) -> str:
-        return "gcc-" + self.triple
+        return "gcc-" + self.triple.replace("_", "-")  # Debian's names: gcc-x86-64-linux-gnu
 
     @property
     def libc_package(self) -> str:

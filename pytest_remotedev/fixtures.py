@@ -1,4 +1,4 @@
-"""The fixtures tests use: ``farm``, ``remote_device`` and ``device``."""
+"""The fixtures tests use: ``farm``, ``device_key``, ``remote_device``, ``device`` and ``build_for``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from .leases import Leases
+from .artifacts import Builder
+from .leases import Leases, key_of_test
 from .plugin import RUN_PLUGIN, RemoteDevRun
 from .stack import Farm
 
@@ -31,6 +32,13 @@ def farm(request: pytest.FixtureRequest) -> Farm:
 
 
 @pytest.fixture
+def device_key(request: pytest.FixtureRequest, farm: Farm) -> str:
+    """The key this test runs on: its ``device(keys=...)`` parameter, its marker's key, ``--device-key``, or the
+    farm's default key."""
+    return key_of_test(request.node, _run(request).settings, farm)
+
+
+@pytest.fixture
 def remote_device(request: pytest.FixtureRequest, farm: Farm) -> Iterator[Callable[..., Any]]:
     """A factory: ``remote_device(key=None, priority=None, wait=None, session_timeout=None)``.
 
@@ -44,7 +52,19 @@ def remote_device(request: pytest.FixtureRequest, farm: Farm) -> Iterator[Callab
 
 
 @pytest.fixture
-def device(remote_device: Callable[..., Any]) -> Any:
-    """A session on one board of the test's key: ``@pytest.mark.device("KEY")``, else ``--device-key``,
-    else the farm's default key."""
-    return remote_device()
+def device(remote_device: Callable[..., Any], device_key: str) -> Any:
+    """A session on one board of the test's key (``device_key``): its ``device(keys=...)`` parameter, its
+    ``@pytest.mark.device("KEY")``, else ``--device-key``, else the farm's default key."""
+    return remote_device(device_key)
+
+
+@pytest.fixture(scope="session")
+def build_for(request: pytest.FixtureRequest) -> Builder:
+    """Build C sources for a session's board: ``path = build_for(device, ["vadd.c"], flags=["-O3"])``.
+
+    The compiler follows what the board runs (the inventory's ``toolchains:``
+    first, then the built-in cross compilers); results are cached by content,
+    once across xdist workers.
+    """
+    inventory = _run(request).settings.inventory
+    return Builder(inventory.toolchains if inventory is not None else {})

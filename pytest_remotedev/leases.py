@@ -6,7 +6,7 @@ import getpass
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import pytest
 
@@ -18,21 +18,49 @@ from .report import Hold
 from .stack import Farm
 
 MARKER = "device"
+#: The parameter (and fixture) that carries a test's key when ``device(keys=...)`` parametrizes it.
+KEY_PARAM = "device_key"
+#: ``device(keys=ALL_KEYS)``: one instance of the test per key of the farm.
+ALL_KEYS = "all"
+
+
+@dataclass(frozen=True)
+class DeviceMark:
+    """A checked ``@pytest.mark.device``: one ``key``, or ``keys`` to run the test on (a list, or every key)."""
+
+    key: Optional[str] = None
+    keys: Optional[Union[str, Tuple[str, ...]]] = None
+
+
+def device_mark(node: Union[pytest.Item, Any], nodeid: str) -> Optional[DeviceMark]:
+    """The closest ``device`` marker of a test (or its definition), checked; UsageError if malformed."""
+    marker = node.get_closest_marker(MARKER)
+    if marker is None:
+        return None
+    args, kwargs = marker.args, marker.kwargs
+    if len(args) == 1 and not kwargs and isinstance(args[0], str):
+        return DeviceMark(key=args[0])
+    if not args and set(kwargs) == {"key"} and isinstance(kwargs["key"], str):
+        return DeviceMark(key=kwargs["key"])
+    if not args and set(kwargs) == {"keys"}:
+        keys = kwargs["keys"]
+        if keys == ALL_KEYS:
+            return DeviceMark(keys=ALL_KEYS)
+        if isinstance(keys, (list, tuple)) and keys and all(isinstance(key, str) and key for key in keys):
+            return DeviceMark(keys=tuple(keys))
+    raise pytest.UsageError(
+        "%s: @pytest.mark.device takes one key, as device('rasp4') or device(key='rasp4'), or the keys to run on, "
+        "as device(keys=['rasp4', 'jetson']) or device(keys='all'); got args %r kwargs %r" % (nodeid, args, kwargs)
+    )
 
 
 def marker_key(item: pytest.Item) -> Optional[str]:
-    """The key of the closest ``@pytest.mark.device`` (test, class, then module); UsageError if malformed."""
-    marker = item.get_closest_marker(MARKER)
-    if marker is None:
-        return None
-    if len(marker.args) == 1 and not marker.kwargs and isinstance(marker.args[0], str):
-        return marker.args[0]
-    if not marker.args and set(marker.kwargs) == {"key"} and isinstance(marker.kwargs["key"], str):
-        return marker.kwargs["key"]
-    raise pytest.UsageError(
-        "%s: @pytest.mark.device takes one key, as device('rasp4') or device(key='rasp4'); got args %r kwargs %r"
-        % (item.nodeid, marker.args, marker.kwargs)
-    )
+    """The key the test's marker gives it: its ``device(keys=...)`` parameter, else ``device(KEY)``."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and KEY_PARAM in callspec.params:
+        return str(callspec.params[KEY_PARAM])
+    mark = device_mark(item, item.nodeid)
+    return mark.key if mark is not None else None
 
 
 def key_of_test(item: pytest.Item, settings: Settings, farm: Farm) -> str:

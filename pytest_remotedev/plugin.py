@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
-from .leases import Leases, marker_key, requester
+from .leases import ALL_KEYS, KEY_PARAM, Leases, device_mark, marker_key, requester
 from .options import Settings, add_options, resolve
 from .report import UsageSummary
 from .stack import BundledFarm, Farm, FarmUnavailable, existing_farm
@@ -39,7 +39,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "device(key): run this test on a board of KEY, as device('rasp4') or device(key='rasp4'); "
-        "on a test, class or module",
+        "or once per key, as device(keys=['rasp4', 'jetson']) or device(keys='all'); on a test, class or module",
     )
     run = RemoteDevRun(config, resolve(config))
     config.pluginmanager.register(run, RUN_PLUGIN)
@@ -136,6 +136,40 @@ class RemoteDevRun:
         user = "%s %s %s %s" % (requester(), self.run_tag, self.worker, item.nodeid)
         on_progress = None if self.is_worker else self._progress_here
         return Leases(item, self.settings, farm, user, on_progress)
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        """``@pytest.mark.device(keys=[...])`` or ``keys="all"``: one instance of the test per key."""
+        try:
+            mark = device_mark(metafunc.definition, metafunc.definition.nodeid)
+        except pytest.UsageError:
+            return  # reported, with the others, once collection is done
+        if mark is None or mark.keys is None:
+            return
+        if KEY_PARAM not in metafunc.fixturenames:
+            raise pytest.UsageError(
+                "%s: @pytest.mark.device(keys=...) needs a test that uses the device or device_key fixture"
+                % metafunc.definition.nodeid
+            )
+        if mark.keys != ALL_KEYS:
+            keys = list(mark.keys)
+        elif self.settings.device_key is not None:
+            keys = [self.settings.device_key]  # the suite runs on the one key this run is for
+        else:
+            keys = self.farm_keys()
+        metafunc.parametrize(KEY_PARAM, keys, ids=keys)
+
+    def farm_keys(self) -> List[str]:
+        """The farm's keys at collection: the inventory's (no need to start it), or the tracker's, sorted."""
+        if self._farm is not None:
+            return list(self._farm.keys) if self._farm.bundled else sorted(self._farm.keys)
+        if self.settings.tracker is None:
+            assert self.settings.inventory is not None
+            return list(self.settings.inventory.board_counts())
+        try:
+            self._farm = existing_farm(self.settings.tracker)
+        except FarmUnavailable as exc:
+            raise pytest.UsageError("%s (asked for the keys of device(keys='all'))" % exc) from None
+        return sorted(self._farm.keys)
 
     def pytest_collection_modifyitems(self, items: List[pytest.Item]) -> None:
         """Check every ``device`` marker now (a malformed one stops the run); skip tests for another key."""

@@ -226,6 +226,123 @@ def test_malformed_marker_is_a_usage_error(pytester: pytest.Pytester, options: T
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
 
 
+# --- one test, every key -------------------------------------------------------------------------
+
+EACH_KEY = """
+    import pytest
+
+    @pytest.mark.device(keys="all")
+    def test_every_key(device, device_key):
+        assert device.key == device_key
+
+    @pytest.mark.device(keys=["beta"])
+    class TestListed:
+        def test_listed(self, device):
+            assert device.key == "beta"
+
+        def test_key_only(self, device_key):
+            assert device_key == "beta"
+"""
+
+
+def test_device_keys_all_runs_the_test_once_per_key_of_the_farm(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(EACH_KEY)
+    result = run(pytester, "--farm", inventory(pytester, TWO_KEYS), "-v")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(
+        ["*::test_every_key[[]alpha[]] PASSED*", "*::test_every_key[[]beta[]] PASSED*"], consecutive=True
+    )
+    cases = junit_cases(pytester)
+    assert [holds(cases["test_every_key[%s]" % key])[0]["device_key"] for key in ("alpha", "beta")] == [
+        "alpha",
+        "beta",
+    ]
+
+
+def test_device_keys_under_device_key(pytester: pytest.Pytester) -> None:
+    """keys='all' narrows to the run's key; a listed key other than the run's is skipped, both keys named."""
+    pytester.makepyfile(EACH_KEY)
+    result = run(pytester, "--farm", inventory(pytester, TWO_KEYS), "--device-key", "alpha", "-v", "-rs")
+    result.assert_outcomes(passed=1, skipped=2)
+    result.stdout.fnmatch_lines(["*::test_every_key[[]alpha[]] PASSED*"])
+    assert "test_every_key[beta]" not in result.stdout.str()
+    skipped = "SKIPPED [[]2[]] * test is for key 'beta'; this run is for key 'alpha' (--device-key)"
+    result.stdout.fnmatch_lines([skipped])
+
+
+def test_device_keys_all_with_an_existing_tracker(pytester: pytest.Pytester, external_farm: Tuple[str, int]) -> None:
+    pytester.makepyfile(EACH_KEY)
+    result = run(pytester, "--tracker", "%s:%d" % external_farm, "-v")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*::test_every_key[[]alpha[]] PASSED*", "*::test_every_key[[]beta[]] PASSED*"])
+
+
+def test_device_keys_needs_a_device(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.device(keys="all")
+        def test_no_device():
+            pass
+        """
+    )
+    result = run(pytester, "--farm", inventory(pytester, TWO_KEYS))
+    assert result.ret == pytest.ExitCode.INTERRUPTED  # a collection error
+    result.stdout.fnmatch_lines(["*test_no_device: @pytest.mark.device(keys=...) needs a test that uses the device*"])
+
+
+@pytest.mark.parametrize("keys", ["'every'", "[]", "['alpha', 3]"])
+def test_malformed_device_keys_is_a_usage_error(pytester: pytest.Pytester, keys: str) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.device(keys=%s)
+        def test_bad(device):
+            pass
+        """
+        % keys
+    )
+    result = pytester.runpytest(*INNER, "--farm", inventory(pytester, TWO_KEYS))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: *::test_bad: @pytest.mark.device takes one key, * device(keys='all'); *"])
+
+
+# --- building for the board a test got --------------------------------------------------------------
+
+
+def test_build_for_builds_for_the_board_once(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REMOTEDEV_CACHE", str(pytester.path / "cache"))
+    pytester.makefile(".c", twice="int twice(int x) { return 2 * x; }\n")
+    pytester.makepyfile(
+        """
+        import os
+        import pytest
+
+        @pytest.mark.parametrize("attempt", [1, 2])
+        def test_build_upload_call(device, build_for, attempt):
+            library = build_for(device, ["twice.c"])
+            assert os.path.dirname(library).endswith(os.path.join("cache", "artifacts", "x86_64-linux-gnu"))
+            device.upload(library)
+            twice = device.load_module(os.path.basename(library)).get_function("twice", "int twice(int x)")
+            assert twice(21) == 42
+
+        def test_compile_error_fails_the_test(device, build_for, tmp_path):
+            broken = tmp_path / "broken.c"
+            broken.write_text("int broken(void) { return }\\n")
+            build_for(device, [broken])
+        """
+    )
+    result = run(pytester, "--farm", inventory(pytester))
+    result.assert_outcomes(passed=2, failed=1)
+    built = list((pytester.path / "cache" / "artifacts" / "x86_64-linux-gnu").glob("twice-*.so"))
+    assert len(built) == 1  # the second test found it in the cache
+    message = str(junit_cases(pytester)["test_compile_error_fails_the_test"]["message"])
+    assert re.search(r"building .*broken\.c for the board \(x86_64\): .* failed with code 1", message), message
+    assert "Traceback" not in message
+
+
 # --- keys the farm does not serve ---------------------------------------------------------------
 
 

@@ -1,0 +1,71 @@
+"""The example suite, run as the README says: on the embedded default farm and on the emulated one, with xdist.
+
+Each run is a separate ``pytest`` process from the project's root; its junit
+XML says which tests ran on which key. The emulated run needs the emulators
+(``farm emulators install``; the project's CI installs them first) and fails,
+saying so, without them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from collections import Counter
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import pytest
+
+from farm.emulators import EmulatorError, python_command
+from farm.targets import EMULATED
+
+PROJECT = Path(__file__).resolve().parents[2]
+#: Tests of examples/test_kernels.py per key.
+TESTS_PER_KEY = 12
+
+
+def run_examples(tmp_path: Path, *args: str) -> Tuple[subprocess.CompletedProcess, List[Dict[str, str]]]:
+    """``pytest examples -n 4 ARGS`` from the project root; its result and, per test, its outcome and properties."""
+    junit = tmp_path / "junit.xml"
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("REMOTEDEV_", "TVM_TRACKER"))}
+    env.pop("PYTEST_ADDOPTS", None)
+    command = [sys.executable, "-m", "pytest", "examples", "-n", "4", "-p", "no:cacheprovider",
+               "--junitxml", str(junit), "-rs", *args]  # fmt: skip
+    result = subprocess.run(command, cwd=str(PROJECT), env=env, capture_output=True, text=True, timeout=600)
+    cases = []
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        record = {prop.get("name", ""): prop.get("value", "") for prop in case.iter("property")}
+        record["name"] = case.get("name", "")
+        failed = [tag for tag in ("failure", "error", "skipped") if case.find(tag) is not None]
+        record["outcome"] = failed[0] if failed else "passed"
+        cases.append(record)
+    return result, cases
+
+
+def test_main_job_on_the_default_farm(tmp_path: Path) -> None:
+    result, cases = run_examples(tmp_path)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert Counter(case["outcome"] for case in cases) == {"passed": TESTS_PER_KEY}
+    assert {case["device_key"] for case in cases} == {"local"}
+    assert "remotedev: boards by key" in result.stdout
+    assert "%d passed" % TESTS_PER_KEY in result.stdout
+
+
+def test_main_job_on_the_emulated_farm(tmp_path: Path) -> None:
+    for arch in EMULATED:
+        try:
+            python_command(arch)
+        except EmulatorError as exc:
+            pytest.fail("the emulated farm needs the emulators: %s" % exc, pytrace=False)
+    result, cases = run_examples(tmp_path, "--farm", "emulated")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert Counter(case["outcome"] for case in cases) == {"passed": 3 * TESTS_PER_KEY}
+    keys = Counter(case["device_key"] for case in cases)
+    assert keys == {key: TESTS_PER_KEY for key in ("local", "aarch64", "armhf")}
+    for case in cases:
+        assert case["name"].split("[")[1].startswith(case["device_key"]), case  # the id says the key it ran on
+    assert {case["device_id"] for case in cases if case["device_key"] == "armhf"} == {"armhf-0"}
+    summary = result.stdout[result.stdout.index("remotedev: boards by key") :]
+    assert all("\n%s " % key in summary for key in ("local", "aarch64", "armhf")), summary
