@@ -25,7 +25,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .inventory import BoardGroup, Inventory, Listener
 from .lifetime import PARENT_ENV
@@ -39,6 +39,10 @@ _WAITING_AT_PROXY = re.compile(r"waiting at the proxy")
 POLL_PERIOD = 0.02
 #: Restart delays: the first, doubled after each quick death up to the last; reset once a daemon has lived a while.
 RESTART_FIRST, RESTART_MAX, STABLE_AFTER = 0.5, 30.0, 30.0
+
+
+class StartInterrupted(DaemonError):
+    """:meth:`FarmStack.start` was told to give up (its ``stop`` said so) before every board had registered."""
 
 
 class Supervised:
@@ -119,8 +123,12 @@ class FarmStack:
     def daemons(self) -> List[Supervised]:
         return [daemon for daemon in (self.tracker, self.proxy) if daemon is not None] + self.boards
 
-    def start(self, timeout: float = 30.0) -> None:
-        """Start every daemon and return once each board has registered; DaemonError names what failed."""
+    def start(self, timeout: float = 30.0, stop: Optional[Callable[[], bool]] = None) -> None:
+        """Start every daemon and return once each board has registered; DaemonError names what failed.
+
+        ``stop`` is asked while the boards register: once it returns true (say, after Ctrl-C), everything
+        started is stopped and :class:`StartInterrupted` raised, instead of waiting out ``timeout``.
+        """
         os.makedirs(self.log_dir, exist_ok=True)
         deadline = time.monotonic() + timeout
         try:
@@ -138,7 +146,7 @@ class FarmStack:
                 for name, group, position in started:
                     if group.proxy:
                         self._board(name, group, position, emulated)
-            self._wait_registered(deadline)
+            self._wait_registered(deadline, stop)
         except BaseException:
             self.stop()
             raise
@@ -192,9 +200,11 @@ class FarmStack:
         argv = board_command(group.key, host, port, self.python, extra, server=server)
         self.boards.append(self._daemon(name, argv, group, env))
 
-    def _wait_registered(self, deadline: float) -> None:
+    def _wait_registered(self, deadline: float, stop: Optional[Callable[[], bool]] = None) -> None:
         with TrackerClient(*self.tracker_address) as tracker:
             while True:
+                if stop is not None and stop():
+                    raise StartInterrupted("stopped while waiting for the boards to register")
                 for daemon in self.daemons:
                     code = daemon.exited()
                     if code is not None:

@@ -39,6 +39,8 @@ from .protocol.tracker import (
 )
 
 logger = logging.getLogger("farm.proxy")
+#: Put in a connection's reply queue when the connection ends, so that a waiting call stops waiting.
+_LINK_LOST = object()
 
 #: Seconds a new connection has to say hello.
 HELLO_TIMEOUT = 10.0
@@ -260,6 +262,7 @@ class Proxy:
                 logger.info("tracker link: %s; retrying in %.2f s", exc, delay)
             finally:
                 self._tracker_writer = None
+                self._tracker_replies.put_nowait(_LINK_LOST)  # a call waiting for a reply gives up now
             try:
                 await asyncio.wait_for(self.stopped.wait(), delay)
             except asyncio.TimeoutError:
@@ -278,8 +281,12 @@ class Proxy:
         async with self._tracker_lock:
             if self._tracker_writer is None:
                 raise ConnectionError("not connected to the tracker")
+            replies = self._tracker_replies  # this connection's; a new connection gets a new queue
             self._tracker_writer.write(encode_message(message))
-            return await asyncio.wait_for(self._tracker_replies.get(), 10)
+            reply = await asyncio.wait_for(replies.get(), 10)
+            if reply is _LINK_LOST:
+                raise ConnectionError("the connection to the tracker was lost before it answered")
+            return reply
 
     async def _offer(self, matchkey: str, board: Optional[Endpoint]) -> None:
         if board is None or self._tracker_writer is None:

@@ -15,11 +15,11 @@ import os
 import signal
 import sys
 import tempfile
-import threading
+import time
 from typing import Any, Dict, List, Optional, Sequence
 
 from .inventory import InventoryError, inventory_path, load_inventory
-from .launcher import FarmStack
+from .launcher import FarmStack, StartInterrupted
 from .processes import DaemonError
 
 logger = logging.getLogger("farm.up")
@@ -48,28 +48,52 @@ def run(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         print("farm up: --timeout must be positive, got %g" % args.timeout, file=sys.stderr)
         return 2
-    stop = threading.Event()
-    previous = {number: signal.signal(number, lambda *_: stop.set()) for number in (signal.SIGINT, signal.SIGTERM)}
+    stop = _StopRequest()
+    previous = {number: signal.signal(number, stop.set) for number in (signal.SIGINT, signal.SIGTERM)}
     stack = FarmStack(inventory, args.logs or tempfile.mkdtemp(prefix="farm-up-"))
     try:
-        stack.start(args.timeout)
-    except (DaemonError, OSError, RuntimeError) as exc:
-        print("farm up: the farm of %s did not come up: %s" % (inventory.path, exc), file=sys.stderr)
-        return 1
-    try:
-        described = stack.describe()
-        print(format_description(described, stack.log_dir), flush=True)
-        if args.json_file:
-            _write_json(args.json_file, dict(described, logs=stack.log_dir))
-        while not stop.wait(WATCH_PERIOD):
-            stack.supervise()
-        logger.info("stopping the farm")
+        try:
+            stack.start(args.timeout, stop)  # Ctrl-C while the boards register stops at once, not at --timeout
+        except StartInterrupted:
+            logger.info("stopped before every board had registered")
+            print("farm up: stopped", flush=True)
+            return 0
+        except (DaemonError, OSError, RuntimeError) as exc:
+            print("farm up: the farm of %s did not come up: %s" % (inventory.path, exc), file=sys.stderr)
+            return 1
+        try:
+            described = stack.describe()
+            print(format_description(described, stack.log_dir), flush=True)
+            if args.json_file:
+                _write_json(args.json_file, dict(described, logs=stack.log_dir))
+            while True:
+                time.sleep(WATCH_PERIOD)  # a signal's handler runs, then the sleep ends by its deadline
+                if stop():
+                    break
+                stack.supervise()
+            logger.info("stopping the farm")
+        finally:
+            stack.stop()
     finally:
-        stack.stop()
         for number, handler in previous.items():
             signal.signal(number, handler)
     print("farm up: stopped", flush=True)
     return 0
+
+
+class _StopRequest:
+    """Set by SIGINT and SIGTERM, asked by the loops. A plain flag, not a threading.Event: the handler runs in
+    the main thread between two bytecodes, and Event.set() there deadlocks when the signal came while the main
+    thread was inside Event.wait() holding the event's lock (farm up then ignored every later signal too)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def set(self, *_: object) -> None:
+        self.requested = True
+
+    def __call__(self) -> bool:
+        return self.requested
 
 
 def format_description(described: Dict[str, Any], log_dir: str) -> str:

@@ -198,3 +198,31 @@ def interpreter(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     if found is None:
         pytest.skip("no Python 3.8 interpreter was found (python3.8 on PATH or ~/.pyenv/versions/3.8*)")
     return found
+
+
+def processes_with_env(name: str, value: str) -> Dict[int, str]:
+    """Live processes whose environment has ``NAME=VALUE``: pid -> command line.
+
+    A test tags what it starts with a unique value in the environment, which
+    every child inherits, and finds whatever is left with this. Processes
+    this user cannot read are left out, and so are zombies (their environment
+    reads empty). Self-contained, so a test can copy its source into an inner
+    run's conftest.
+    """
+    import os
+
+    needle = ("%s=%s" % (name, value)).encode()
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open("/proc/%s/environ" % entry, "rb") as handle:
+                environ = handle.read().split(b"\0")
+            with open("/proc/%s/cmdline" % entry, "rb") as handle:
+                cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if needle in environ:
+            found[int(entry)] = cmdline
+    return found

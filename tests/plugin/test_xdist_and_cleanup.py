@@ -29,7 +29,7 @@ from typing import Any, Dict, Iterator, List, Sequence
 import pytest
 
 import farm
-from conftest import wait_for
+from conftest import processes_with_env, wait_for
 from farm.inventory import load_inventory
 from farm.launcher import FarmStack
 
@@ -46,33 +46,16 @@ WAITING_LINE = "remotedev: waiting for boards: alpha: * test* at position*"
 
 
 def tagged_processes(tag: str) -> Dict[int, str]:
-    """Live processes whose environment has ``REMOTEDEV_TEST_TAG=tag``: pid -> command line.
-
-    Processes this user cannot read are left out, and so are zombies (their environment reads empty).
-    """
-    import os  # also the inner runs' conftest, which has this function's source
-
-    needle = ("REMOTEDEV_TEST_TAG=" + tag).encode()
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open("/proc/%s/environ" % entry, "rb") as handle:
-                environ = handle.read().split(b"\0")
-            with open("/proc/%s/cmdline" % entry, "rb") as handle:
-                cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue  # gone meanwhile, or not ours to read
-        if needle in environ:
-            found[int(entry)] = cmdline
-    return found
+    """Live processes of the run tagged ``REMOTEDEV_TEST_TAG=tag``: pid -> command line."""
+    return processes_with_env("REMOTEDEV_TEST_TAG", tag)
 
 
 #: The inner runs' conftest: ``note(label, **extra)`` writes NOTES/<test>-<label>.json with the tagged processes
 #: of the run at that moment and ``extra`` (written whole, then renamed, so the outer test never reads half a file).
 INNER_CONFTEST = (
     "import json, os, pathlib\nfrom typing import Dict\n\nimport pytest\n\n\n"
+    + textwrap.dedent(inspect.getsource(processes_with_env))
+    + "\n\n"
     + textwrap.dedent(inspect.getsource(tagged_processes))
     + textwrap.dedent(
         """
