@@ -9,7 +9,8 @@ artifact build it once.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+import weakref
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import pytest
 
@@ -25,11 +26,12 @@ class Builder:
     def __init__(self, overrides: Mapping[str, CompilerSpec], cache_dir: Optional[str] = None) -> None:
         self.overrides = overrides
         self.cache_dir = cache_dir
-        self._machines: Dict[int, str] = {}  # by id(session): a session's board does not change
+        # A session's board does not change. Weak keys: an id() could be reused by a later session of another board.
+        self._machines: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
     def machine_of(self, session: Any) -> str:
         """What the board runs (``x86_64``, ``aarch64``, ``armv7l``), asked once per session."""
-        machine = self._machines.get(id(session))
+        machine = self._machines.get(session)
         if machine is None:
             failure = ""
             try:
@@ -38,7 +40,7 @@ class Builder:
                 failure = "cannot tell what the board runs, to build for it: %s" % exc
             if failure:
                 pytest.fail(failure, pytrace=False)
-            self._machines[id(session)] = machine
+            self._machines[session] = machine
         return machine
 
     def __call__(

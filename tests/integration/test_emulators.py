@@ -99,6 +99,12 @@ def test_install_unpacks_each_target_python(installed: Path) -> None:
         command = emulators.python_command(arch, str(installed))
         assert command == [info["qemu"], "-L", info["sysroot"], info["python"]]
         assert elf_machine(info["python"]) == TARGETS[arch].elf
+        library = installed / arch / "usr" / "lib" / ("python" + major_minor)
+        tag = "cpython-%s" % major_minor.replace(".", "")
+        for module in ("socket", "selectors", "json/__init__", "ctypes/__init__"):  # what a board imports
+            source = library / (module + ".py")
+            compiled = source.parent / "__pycache__" / ("%s.%s.pyc" % (source.stem, tag))
+            assert compiled.is_file(), "%s was not byte-compiled at install" % source
     assert not list(installed.glob(".*.partial-*")), "install left its temporary directories"
 
 
