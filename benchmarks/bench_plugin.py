@@ -66,7 +66,7 @@ import time
 import xml.etree.ElementTree as ET
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from common import PROJECT, child_env, exit_on_signal, machine_info, machine_line, publish  # noqa: E402  (puts this checkout's farm on the path)
+from common import PROJECT, child_env, exit_on_signal, inner_env, machine_info, machine_line, publish, spread  # noqa: E402  (puts this checkout's farm on the path)
 
 from farm.inventory import DEFAULT_INVENTORY, load_inventory  # noqa: E402
 from farm.launcher import FarmStack  # noqa: E402
@@ -89,7 +89,6 @@ VARIANTS = ("hold", "hold0", "xdist_only", "hold_minimal", "hold0_minimal", "xdi
 #: The plugins a run needs; the ``_minimal`` variants disable every other one installed.
 _NEEDED_PLUGINS = ("remotedev", "xdist")
 #: Environment variables that would point the inner pytest elsewhere (a tracker, options, an outer xdist).
-_INNER_ENV_DROP = ("PYTEST_ADDOPTS", "PYTEST_PLUGINS", "PYTEST_CURRENT_TEST", "TVM_TRACKER_HOST", "TVM_TRACKER_PORT")
 
 #: Where an inner run's wall time goes, from the controller's stages (``_CONFTEST``); they add up to the wall time.
 PHASES = (
@@ -213,15 +212,6 @@ def children_cpu() -> float:
     """User + system CPU seconds of this process's reaped descendants so far."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def inner_env() -> Dict[str, str]:
-    """The inner pytest's environment: this checkout first on the path, nothing pointing it at another farm."""
-    env = child_env()
-    for name in list(env):
-        if name in _INNER_ENV_DROP or name.startswith(("REMOTEDEV_", "PYTEST_XDIST_")):
-            del env[name]
-    return env
 
 
 # --- (1) bundled farm ready time ---------------------------------------------------------
@@ -496,10 +486,6 @@ def run_suite(
             }
         )
     return result
-
-
-def spread(values: List[float]) -> Dict[str, Any]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
 
 
 def summarise(runs: List[Dict[str, Any]], args: argparse.Namespace) -> Dict[str, Any]:

@@ -7,9 +7,10 @@ import json
 import logging
 import os
 import platform
+import statistics
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 PROJECT = Path(__file__).resolve().parent.parent
 if str(PROJECT) not in sys.path:
@@ -85,3 +86,22 @@ def publish(results: Dict[str, Any], text: str, json_path: Optional[str]) -> Non
             handle.write("\n")
         logger.info("wrote %s", json_path)
     logger.info("done in %.1f s", results["elapsed_s"])
+
+
+_INNER_ENV_DROP = ("PYTEST_ADDOPTS", "PYTEST_PLUGINS", "PYTEST_CURRENT_TEST", "TVM_TRACKER_HOST", "TVM_TRACKER_PORT")
+
+
+def inner_env() -> Dict[str, str]:
+    """An inner pytest's environment: this checkout first on the path, nothing pointing it at another farm
+    (``REMOTEDEV_CACHE`` stays: it says where the emulators and artifacts are, not which farm to use)."""
+    env = child_env()
+    for name in list(env):
+        dropped = name.startswith(("REMOTEDEV_", "PYTEST_XDIST_")) and name != "REMOTEDEV_CACHE"
+        if name in _INNER_ENV_DROP or dropped:
+            del env[name]
+    return env
+
+
+def spread(values: List[float]) -> Dict[str, Any]:
+    """Median, min, max and the values themselves."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
