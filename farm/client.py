@@ -13,10 +13,12 @@ with farm.connect("127.0.0.1", 9090, key="rasp4") as remote:
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import pickle
 import socket
+import struct
 import sys
 import time
 import weakref
@@ -24,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .auth import SECRET_ENV, prove_on_socket, secret_from
 from .errors import (
     ArgumentError,
     BoardBusyError,
@@ -34,6 +37,7 @@ from .errors import (
     RemoteError,
     SessionLostError,
 )
+from .protocol.auth import AuthError
 from .protocol.calls import decode_result, encode_call, tag_of
 from .protocol.framing import Frame, FrameReader
 from .protocol.handshake import CODE_BUSY, CODE_MISMATCH, CODE_SUCCESS, ReplyReader, encode_hello
@@ -49,6 +53,8 @@ _RESULT, _CALL = int(Op.RESULT), int(Op.CALL)  # plain ints are quicker to reach
 MAX_RELEASE = 4096
 #: How long closing waits for the board to finish with a session.
 BOARD_CLEANUP_TIMEOUT = 10.0
+#: Seconds past its session timeout that a board has to end the session and say so: longer silence means it hangs.
+SESSION_END_GRACE = 5.0
 
 
 class RemotePathEscapeError(RemoteError, PathEscapeError):
@@ -68,26 +74,34 @@ def connect(
     key: str = "",
     session_timeout: Optional[float] = None,
     connect_timeout: float = 10.0,
+    secret: Optional[bytes] = None,
 ) -> RemoteSession:
     """Open a session on the board at ``host:port``.
 
     ``key`` must match the board's key unless either is empty.
     ``session_timeout`` (seconds) asks the board to end the session after
-    that long, whatever it is doing. Raises :class:`BoardBusyError` when the
-    board serves another session and :class:`HandshakeError` on a key
-    mismatch or a peer that is not a board.
+    that long, whatever it is doing; a board silent for longer than that
+    plus ``SESSION_END_GRACE`` is taken for hung (:class:`SessionLostError`).
+    ``secret`` is the farm secret (default:
+    the one ``$REMOTEDEV_SECRET_FILE`` names, if any). Raises
+    :class:`BoardBusyError` when the board serves another session and
+    :class:`HandshakeError` on a key mismatch, a failed proof of the secret or
+    a peer that is not a board.
     """
     where = "%s:%d" % (host, port)
+    secret = secret if secret is not None else secret_from()
     sock = socket.create_connection((host, port), timeout=connect_timeout)
     try:
         tune(sock)
+        leftover = prove_on_socket(sock, secret, connect_timeout) if secret is not None else b""
         sock.sendall(encode_hello("client", key, session_timeout))
         reader = ReplyReader()
-        reply = None
+        reply = reader.feed(leftover) if leftover else None
         while reply is None:
             data = sock.recv(4096)
             if not data:
-                raise HandshakeError("the board at %s closed the connection during the handshake" % where)
+                hint = "" if secret is not None else " (a farm with a secret does so: set %s)" % SECRET_ENV
+                raise HandshakeError("the board at %s closed the connection during the handshake%s" % (where, hint))
             reply = reader.feed(data)
         if reply.code == CODE_BUSY:
             raise BoardBusyError(reply.text)
@@ -97,10 +111,13 @@ def connect(
             raise HandshakeError("the board at %s answered the handshake with code 0x%X" % (where, reply.code))
         sock.settimeout(None)
         board_key = reply.text.split()[0].partition(":")[2] if reply.text.split() else ""  # "server:KEY [-options]"
-        return RemoteSession(sock, host, port, board_key, reader.leftover())
+        return RemoteSession(sock, host, port, board_key, reader.leftover(), session_timeout)
     except socket.timeout:
         sock.close()
         raise HandshakeError("no handshake reply from %s within %g s" % (where, connect_timeout)) from None
+    except AuthError as exc:
+        sock.close()
+        raise HandshakeError("the board at %s: %s" % (where, exc)) from None
     except ProtocolError as exc:
         sock.close()
         raise HandshakeError("the peer at %s is not a board: %s" % (where, exc)) from None
@@ -141,7 +158,15 @@ def _dtype(dtype: Any) -> np.dtype:
 class RemoteSession:
     """A session on one board; use :func:`connect` to open one. Closing it frees the board."""
 
-    def __init__(self, sock: socket.socket, host: str, port: int, key: str, leftover: bytes = b"") -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        host: str,
+        port: int,
+        key: str,
+        leftover: bytes = b"",
+        session_timeout: Optional[float] = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.key = key
@@ -153,6 +178,14 @@ class RemoteSession:
         self._info: Optional[Dict[str, Any]] = None
         #: When the session started and ended by the board's clock (``time.time()``), once it ended.
         self.board_interval: Optional[Tuple[float, float]] = None
+        self.session_timeout = session_timeout
+        #: Seconds a send or receive may wait: past the session timeout the board ends the session (0: no bound).
+        bounded = session_timeout is not None and 0 < session_timeout < 1e9  # not NaN, not infinite
+        self.silence_limit = math.ceil(session_timeout + SESSION_END_GRACE) if bounded else 0  # type: ignore[operator]
+        if self.silence_limit:  # cost-free in the kernel, unlike a socket timeout's poll before each receive
+            timeval = struct.pack("ll", self.silence_limit, 0)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "lost" if self._lost else "open"
@@ -241,6 +274,15 @@ class RemoteSession:
 
     def _connection_lost(self, doing: str, exc: BaseException) -> SessionLostError:
         """Turn a broken connection into a :class:`SessionLostError`, with the board's notice if it sent one."""
+        if isinstance(exc, BlockingIOError) and self.silence_limit:  # SO_RCVTIMEO or SO_SNDTIMEO ran out
+            where = "board %r at %s:%d" % (self.key, self.host, self.port)
+            self._lost = SessionLostError(
+                "%s went silent while %s: nothing for %d s, past the session timeout of %g s it had to end the "
+                "session by; the board hangs, or the network to it is down"
+                % (where, doing, self.silence_limit, self.session_timeout)
+            )
+            self._conn.close()  # no point waiting for it
+            return self._lost
         if isinstance(exc, OSError) and not isinstance(exc, ConnectionClosed):
             try:
                 self._conn.sock.settimeout(1.0)

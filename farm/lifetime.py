@@ -9,12 +9,15 @@ launcher goes, even when the launcher is killed with SIGKILL or leaves through
 from __future__ import annotations
 
 import ctypes
+import glob
 import os
 import signal
+from typing import List
 
 #: The environment variable a launcher sets to its own pid.
 PARENT_ENV = "FARM_PARENT_PID"
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 def die_with_parent(parent_pid: int, signal_number: int = signal.SIGKILL) -> None:
@@ -42,3 +45,40 @@ def die_with_launcher() -> None:
     value = os.environ.pop(PARENT_ENV, "")
     if value.isdigit():
         die_with_parent(int(value), signal.SIGTERM)
+
+
+def become_subreaper() -> bool:
+    """Have Linux hand this process the orphans among its descendants, instead of init.
+
+    What a child started and left behind, even in a session of its own
+    (``setsid``), then shows in :func:`child_pids`. False where it is not
+    available (not Linux, or a kernel before 3.4).
+    """
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def child_pids() -> List[int]:
+    """The pids of this process's children, zombies included (Linux's /proc; empty elsewhere)."""
+    me = os.getpid()
+    found: List[int] = []
+    listings = glob.glob("/proc/%d/task/*/children" % me)
+    for listing in listings:
+        found += [int(pid) for pid in _read(listing).split()]
+    if not listings and os.path.isdir("/proc"):  # a kernel without CONFIG_PROC_CHILDREN: each process's parent
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            fields = _read("/proc/%s/stat" % entry).rsplit(")", 1)[-1].split()
+            if len(fields) > 1 and fields[1] == str(me):
+                found.append(int(entry))
+    return sorted(set(found))
+
+
+def _read(path: str) -> str:
+    """The text of a /proc file; "" if its process or thread ended meanwhile."""
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except OSError:
+        return ""

@@ -22,11 +22,13 @@ import signal
 import socket
 import sys
 import time
-from typing import Dict, Optional, Sequence, Set, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
+from .auth import add_secret_argument, admit_on_stream, prove_on_stream, secret_from, warn_if_exposed
 from .errors import ProtocolError
 from .lifetime import die_with_launcher
 from .net import bind_first_free, parse_address
+from .protocol.auth import AuthError
 from .protocol.handshake import CODE_DUPLICATE, CODE_MISMATCH, CODE_SUCCESS, Hello, HelloReader, encode_reply
 from .protocol.tracker import (
     TVM_PROTOCOL,
@@ -71,17 +73,26 @@ class Endpoint:
         self.watch: Optional[asyncio.Future[bytes]] = None  # a waiting board's read that notices it leave
 
 
-async def read_hello(reader: asyncio.StreamReader) -> Tuple[Hello, str, bytes]:
-    """The peer's hello, the key text it sent, and any bytes that came after it."""
+async def read_hello(reader: asyncio.StreamReader, secret: Optional[bytes] = None,
+                     writer: Optional[asyncio.StreamWriter] = None) -> Tuple[Hello, str, bytes]:  # fmt: skip
+    """The peer's hello (after its proof of the farm secret, with one), the key text it sent, and any bytes that
+    came after it."""
     hellos = HelloReader()
+    data = await admit_on_stream(reader, writer, secret) if secret is not None and writer is not None else b""
     while True:
-        data = await reader.read(4096)
+        data = data or await reader.read(4096)
         if not data:
             raise ProtocolError("the peer closed the connection before its hello")
         hello = hellos.feed(data)
         if hello is not None:
             text = "%s:%s" % (hello.role, hello.key) + "".join(" -%s=%s" % item for item in hello.options.items())
             return hello, text, hellos.leftover()
+        data = b""
+
+
+def _peer_name(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return "%s:%d" % peer[:2] if peer else "a peer"
 
 
 async def forward(source: asyncio.StreamReader, target: asyncio.StreamWriter) -> None:
@@ -102,15 +113,16 @@ async def forward(source: asyncio.StreamReader, target: asyncio.StreamWriter) ->
 class Proxy:
     """Pairs clients with boards that dialled out; see the module docstring."""
 
-    def __init__(self, port: int, tracker: Optional[Tuple[str, int]] = None, host: Optional[str] = None) -> None:
+    def __init__(self, port: int, tracker: Optional[Tuple[str, int]] = None, host: Optional[str] = None,
+                 secret: Optional[bytes] = None) -> None:  # fmt: skip
         self.port = port
         self.tracker = tracker
+        self.secret = secret
         # What the tracker tells clients: the address we listen on, unless that is every address
         # (then the tracker takes the address it sees us at).
         self.advertised = None if host in (None, "", "0.0.0.0", "::") else host
         self.boards: Dict[str, Endpoint] = {}  # by match key, waiting for a client
         self.clients: Dict[str, Endpoint] = {}  # without a tracker: by key, waiting for a board
-        self.keys: Set[str] = set()
         self.paired: Dict[str, int] = {}  # boards forwarding a session now, by key
         self.stopped = asyncio.Event()
         self._tracker_writer: Optional[asyncio.StreamWriter] = None
@@ -121,9 +133,13 @@ class Proxy:
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            hello, text, leftover = await asyncio.wait_for(read_hello(reader), HELLO_TIMEOUT)
+            hello, text, leftover = await asyncio.wait_for(read_hello(reader, self.secret, writer), HELLO_TIMEOUT)
+        except AuthError as exc:
+            logger.warning("refused %s: %s", _peer_name(writer), exc)
+            writer.close()
+            return
         except (ProtocolError, asyncio.TimeoutError, ConnectionError) as exc:
-            logger.warning("closing a connection without a valid hello: %s", exc or "timed out")
+            logger.warning("closing a connection without a valid hello: %s", str(exc) or "timed out")
             writer.close()
             return
         endpoint = Endpoint(hello, text, reader, writer)
@@ -153,7 +169,6 @@ class Proxy:
                 await self._pair(board, client)
                 return
         self.boards[matchkey] = board
-        self.keys.add(board_key)
         logger.info("board %s waits under key %r", board.name, board_key)
         # A waiting board says nothing: data or the end of its stream means it is gone. The watch
         # starts before anything awaits, so a client pairing meanwhile finds it to cancel.
@@ -165,6 +180,8 @@ class Proxy:
                 await board.watch
             except asyncio.CancelledError:
                 return  # paired: the pairing cancelled the watch and forwards from now on
+            except ConnectionError:
+                pass  # reset rather than closed: gone all the same
             logger.info("board %s left before a client came", board.name)
         finally:
             if not board.paired.is_set():
@@ -242,8 +259,10 @@ class Proxy:
         while not self.stopped.is_set():
             try:
                 reader, writer = await asyncio.open_connection(*self.tracker)
+                leftover = await prove_on_stream(reader, writer, self.secret) if self.secret is not None else b""
                 writer.write(encode_magic())
                 messages = MessageReader(expect_magic=True)
+                messages.feed(leftover)
                 while not messages.magic_seen:
                     data = await reader.read(4)
                     if not data:
@@ -254,12 +273,14 @@ class Proxy:
                 delay = 0.25
                 logger.info("registered with the tracker at %s:%d", *self.tracker)
                 pump = asyncio.ensure_future(self._read_tracker(reader, messages))
+                # Its error is the link's end, handled below; retrieved here too, or asyncio logs it when collected.
+                pump.add_done_callback(lambda task: task.cancelled() or task.exception())
                 for matchkey in list(self.boards):  # the old tracker's offers are gone: offer again
                     fresh = self._renew(matchkey)
                     await self._offer(fresh, self.boards[fresh])
                 await self._poll_pending(pump)
-            except (OSError, ProtocolError, ConnectionError) as exc:
-                logger.info("tracker link: %s; retrying in %.2f s", exc, delay)
+            except (OSError, ProtocolError, ConnectionError, asyncio.TimeoutError) as exc:
+                logger.info("tracker link: %s; retrying in %.2f s", exc or "no answer to our proof", delay)
             finally:
                 self._tracker_writer = None
                 self._tracker_replies.put_nowait(_LINK_LOST)  # a call waiting for a reply gives up now
@@ -309,9 +330,13 @@ class Proxy:
         return counts
 
     async def _update_info(self) -> None:
-        """Tell the tracker our keys and how many boards of each we have (it counts a proxy's boards so)."""
-        keys = "[" + ",".join(sorted(self.keys)) + "]"
-        info = {"key": "server:proxy" + keys, "addr": [self.advertised, self.port], "boards": self.board_counts()}
+        """Tell the tracker our keys and how many boards of each we have (it counts a proxy's boards so).
+
+        Only the keys of boards here now: those of boards gone would add up to more than the tracker takes.
+        """
+        counts = self.board_counts()
+        keys = "[" + ",".join(sorted(counts)) + "]"
+        info = {"key": "server:proxy" + keys, "addr": [self.advertised, self.port], "boards": counts}
         try:
             await self._call_tracker([Code.UPDATE_INFO, info])
         except (ConnectionError, asyncio.TimeoutError) as exc:
@@ -353,13 +378,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=9090, help="first port to try; 0 lets the system pick")
     parser.add_argument("--port-end", type=int, default=9199, help="end of the port range, exclusive")
     parser.add_argument("--tracker", metavar="HOST:PORT", type=parse_address, help="offer the boards to this tracker")
+    add_secret_argument(parser)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
-async def serve(sock: socket.socket, tracker: Optional[Tuple[str, int]]) -> None:
+async def serve(sock: socket.socket, tracker: Optional[Tuple[str, int]], secret: Optional[bytes] = None) -> None:
     """Serve on the listening ``sock`` until SIGTERM or SIGINT."""
     host, port = sock.getsockname()[:2]
-    proxy = Proxy(port, tracker, host)
+    proxy = Proxy(port, tracker, host, secret)
     server = await asyncio.start_server(proxy.handle_connection, sock=sock)
     loop = asyncio.get_running_loop()
     for number in (signal.SIGTERM, signal.SIGINT):
@@ -377,11 +403,17 @@ def run(args: argparse.Namespace) -> int:
     die_with_launcher()
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        secret = secret_from(args.secret_file)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
+    warn_if_exposed(args.host, secret, "proxy")
+    try:
         sock = bind_first_free(args.host, args.port, args.port_end)
     except OSError as exc:
         logger.error("cannot listen: %s", exc)
         return 1
-    asyncio.run(serve(sock, args.tracker))
+    asyncio.run(serve(sock, args.tracker, secret))
     return 0
 
 

@@ -14,6 +14,7 @@ import sys
 import time
 from typing import Any, Dict, Optional, Sequence
 
+from .auth import add_secret_argument, secret_from
 from .net import parse_address
 from .tracker_client import TrackerError, connect_tracker
 
@@ -54,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="the tracker's address (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=9190, help="the tracker's port (default: 9190)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_secret_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,9 +66,9 @@ def run(args: argparse.Namespace) -> int:
             print("farm query: --tracker: %s" % exc, file=sys.stderr)
             return 2
     try:
-        with connect_tracker(args.host, args.port) as tracker:
+        with connect_tracker(args.host, args.port, secret=secret_from(args.secret_file)) as tracker:
             summary = tracker.summary()
-    except TrackerError as exc:
+    except (TrackerError, ValueError) as exc:  # ValueError: an unusable secret file
         print("farm query: %s" % exc, file=sys.stderr)
         return 1
     if args.json:

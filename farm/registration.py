@@ -26,6 +26,7 @@ from typing import Any, Callable, Deque, Optional, Tuple
 
 from .errors import ProtocolError
 from .net import start_connect
+from .protocol.auth import AuthError, Connector
 from .protocol.handshake import CODE_SUCCESS, ReplyReader, encode_hello
 from .protocol.tracker import FARM_PROTOCOL, Code, MessageReader, encode_magic, encode_message, random_matchkey
 
@@ -50,9 +51,12 @@ class TrackerLink:
         selector: selectors.BaseSelector,
         custom_addr: Optional[str] = None,
         name: str = "",
+        secret: Optional[bytes] = None,
     ) -> None:
         self.address = address
         self.key = key
+        self._secret = secret
+        self._auth: Optional[Connector] = None  # the proof of the farm secret, before the tracker protocol
         self.name = name
         self.port = port
         self.custom_addr = custom_addr
@@ -135,7 +139,8 @@ class TrackerLink:
         self._sock = sock
         self._connected = False
         self._reader = MessageReader(expect_magic=True)
-        self._out = bytearray(encode_magic())
+        self._auth = Connector(self._secret) if self._secret is not None else None
+        self._out = bytearray(self._auth.data_to_send() if self._auth is not None else encode_magic())
         self._expected.clear()
         self._selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self)
 
@@ -194,6 +199,10 @@ class TrackerLink:
         if not data:
             self._lost("the tracker closed the connection")
             return
+        if self._auth is not None and not self._auth.done:
+            data = self._prove(data)
+            if not data:
+                return
         echoed = self._reader.magic_seen
         try:
             replies = self._reader.feed(data)
@@ -205,6 +214,20 @@ class TrackerLink:
         for reply in replies:
             kind = self._expected.popleft() if self._expected else "unexpected"
             self._on_reply(kind, reply)
+
+    def _prove(self, data: bytes) -> bytes:
+        """Feed the farm-secret exchange; once it succeeded, send the magic and return what followed it."""
+        assert self._auth is not None
+        try:
+            self._auth.feed(data)
+        except AuthError as exc:
+            self._lost("the tracker at %s:%d refused us: %s" % (self.address[0], self.address[1], exc))
+            return b""
+        self._out += self._auth.data_to_send()
+        if self._auth.done:
+            self._out += encode_magic()
+        self._flush()
+        return self._auth.leftover()
 
     def _on_reply(self, kind: str, reply: Any) -> None:
         if kind == "pending":
@@ -264,11 +287,15 @@ class ProxyDialer:
         key: str,
         selector: selectors.BaseSelector,
         on_paired: Callable[[socket.socket, str, bytes, int], None],
+        secret: Optional[bytes] = None,
     ) -> None:
         self.address = address
         self.key = key
         self._selector = selector
         self._on_paired = on_paired
+        self._secret = secret
+        self._auth: Optional[Connector] = None  # the proof of the farm secret, before the hello
+        self._sent = 0  # bytes sent on this connection: the session counts on from there
         self._sock: Optional[socket.socket] = None
         self._connected = False
         self._hello = encode_hello("server", "%s -protocol=%s" % (key, FARM_PROTOCOL))
@@ -323,13 +350,13 @@ class ProxyDialer:
                 self._retry("cannot reach the proxy: %s" % errno.errorcode.get(error))
                 return
             self._connected = True
-            try:
-                self._sock.sendall(self._hello)  # a few bytes into an empty socket buffer
-            except OSError as exc:
-                self._retry("lost the proxy: %s" % exc)
+            self._sent = 0
+            self._auth = Connector(self._secret) if self._secret is not None else None
+            if not self._send(self._auth.data_to_send() if self._auth is not None else self._hello):
                 return
             self._selector.modify(self._sock, selectors.EVENT_READ, self)
-            logger.info("waiting at the proxy %s:%d for a client", *self.address)
+            if self._auth is None:
+                logger.info("waiting at the proxy %s:%d for a client", *self.address)
             return
         try:
             data = self._sock.recv(4096)
@@ -341,6 +368,10 @@ class ProxyDialer:
         if not data:
             self._retry("the proxy closed the connection")
             return
+        if self._auth is not None and not self._auth.done:
+            data = self._prove(data)
+            if not data:
+                return
         try:
             reply = self._replies.feed(data)
         except ProtocolError as exc:
@@ -357,7 +388,34 @@ class ProxyDialer:
         self._in_session = True
         self._retry_delay = RETRY_FIRST
         sock.setblocking(True)
-        self._on_paired(sock, reply.text, self._replies.leftover(), len(self._hello))
+        self._on_paired(sock, reply.text, self._replies.leftover(), self._sent)
+
+    def _send(self, data: bytes) -> bool:
+        """A few bytes into an almost empty socket buffer; False (and dial again later) if that fails."""
+        assert self._sock is not None
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:
+            self._retry("lost the proxy: %s" % exc)
+            return False
+        self._sent += len(data)
+        return True
+
+    def _prove(self, data: bytes) -> bytes:
+        """Feed the farm-secret exchange; once it succeeded, say hello and return what followed it."""
+        assert self._auth is not None
+        try:
+            self._auth.feed(data)
+        except AuthError as exc:
+            self._retry("the proxy refused us: %s" % exc)
+            return b""
+        if not self._send(self._auth.data_to_send()):
+            return b""
+        if self._auth.done:
+            if not self._send(self._hello):
+                return b""
+            logger.info("waiting at the proxy %s:%d for a client", *self.address)
+        return self._auth.leftover()
 
     def _drop(self) -> None:
         if self._sock is not None:

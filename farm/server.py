@@ -27,27 +27,33 @@ import termios
 import time
 from typing import Dict, Optional, Sequence, Tuple, Union
 
+from .auth import add_secret_argument, secret_from, warn_if_exposed
 from .errors import ProtocolError
-from .lifetime import die_with_launcher, die_with_parent
+from .lifetime import become_subreaper, child_pids, die_with_launcher, die_with_parent
 from .net import bind_first_free, parse_address
+from .protocol.auth import Acceptor, AuthError
 from .protocol.framing import DEFAULT_MAX_PAYLOAD, FrameReader, encode_frame
 from .protocol.handshake import CODE_BUSY, CODE_MISMATCH, CODE_SUCCESS, Hello, HelloReader, encode_reply, parse_key
 from .protocol.ops import Op
 from .registration import ProxyDialer, TrackerLink
-from .session import Session, SessionStatus
+from .session import DEFAULT_SESSION_QUOTA_MB, MB, Session, SessionStatus, directory_size, over_quota_message
 from .transport import FramedSocket, send_buffers, tune
 
 logger = logging.getLogger("farm.server")
 
 #: Connections still in their handshake at once; more are closed at accept.
 MAX_PENDING_HANDSHAKES = 64
+#: Seconds between two checks of the running session's directory against the quota.
+QUOTA_CHECK_PERIOD = 1.0
 
 
 class _Pending:
-    def __init__(self, sock: socket.socket, peer: str, deadline: float) -> None:
+    def __init__(self, sock: socket.socket, peer: str, deadline: float, secret: Optional[bytes]) -> None:
         self.sock = sock
         self.peer = peer
         self.deadline = deadline
+        self.auth = Acceptor(secret) if secret is not None else None  # first the proof of the farm secret
+        self.sent = 0  # bytes sent before the handshake's reply
         self.reader = HelloReader()
 
 
@@ -66,6 +72,8 @@ class _Active:
         self.deadline = self.started + timeout if timeout else None
         self.timed_out = False
         self.abandoned = False  # the client hung up while the session ran code
+        self.over_quota = 0  # the directory's size once found over the quota
+        self.next_quota_check = self.started + QUOTA_CHECK_PERIOD
 
 
 def describe_exit(wait_status: int) -> Tuple[str, Optional[int], Optional[int]]:
@@ -97,9 +105,13 @@ class BoardServer:
         custom_addr: Optional[str] = None,
         through_proxy: bool = False,
         name: str = "",
+        secret: Optional[bytes] = None,
+        session_quota: int = DEFAULT_SESSION_QUOTA_MB * MB,
     ) -> None:
         self.host = host
         self.key = key
+        self.secret = secret
+        self.session_quota = session_quota  # bytes a session's directory may hold (0: no limit)
         self.max_message_size = max_message_size
         self.handshake_timeout = handshake_timeout
         # Through a proxy the board dials out (host and port are the proxy's) and listens nowhere.
@@ -118,15 +130,16 @@ class BoardServer:
         self._wakeup_r, self._wakeup_w = os.pipe()
         self._link: Optional[Union[TrackerLink, ProxyDialer]] = None  # how clients find the board
         if through_proxy:
-            self._link = ProxyDialer((host, port), key, self._selector, self._paired_by_proxy)
+            self._link = ProxyDialer((host, port), key, self._selector, self._paired_by_proxy, secret)
         elif tracker is not None:
-            self._link = TrackerLink(tracker, key, self.port, self._selector, custom_addr, self.name)
+            self._link = TrackerLink(tracker, key, self.port, self._selector, custom_addr, self.name, secret)
 
     # --- the daemon loop ----------------------------------------------------
 
     def serve_forever(self) -> None:
         """Serve until SIGTERM or SIGINT; then end any session and clean up."""
-        self._watchdog = Watchdog()
+        self._watchdog = Watchdog(self.work_dir if self._own_work_dir else None)
+        self._subreaper = become_subreaper()  # what sessions leave behind in sessions of its own comes here
         if self._listener is not None:
             logger.info("bind to %s:%d", self.host, self.port)
             self._listener.setblocking(False)
@@ -207,7 +220,7 @@ class BoardServer:
             sock.close()
             return
         sock.setblocking(False)
-        pending = _Pending(sock, peer, time.monotonic() + self.handshake_timeout)
+        pending = _Pending(sock, peer, time.monotonic() + self.handshake_timeout, self.secret)
         self._pending[sock] = pending
         self._selector.register(sock, selectors.EVENT_READ, pending)
 
@@ -230,6 +243,10 @@ class BoardServer:
             logger.info("%s closed the connection during the handshake", pending.peer)
             self._drop_pending(pending)
             return
+        if pending.auth is not None and not pending.auth.done:
+            data = self._on_proof_data(pending, data)
+            if not data:
+                return
         try:
             hello = pending.reader.feed(data)
             if hello is not None:
@@ -240,7 +257,28 @@ class BoardServer:
             return
         if hello is not None:
             self._drop_pending(pending, close=False)
-            self._admit(pending.sock, pending.peer, hello, pending.reader.leftover())
+            self._admit(pending, hello)
+
+    def _on_proof_data(self, pending: _Pending, data: bytes) -> bytes:
+        """Feed the farm-secret exchange; the bytes after it once it succeeded (b"" while it goes on or failed)."""
+        auth = pending.auth
+        assert auth is not None
+        try:
+            auth.feed(data)
+        except AuthError as exc:
+            logger.warning("refused %s: %s", pending.peer, exc)
+            _send_now(pending.sock, auth.data_to_send())  # the refusal, if it got that far
+            self._drop_pending(pending)
+            return b""
+        outgoing = auth.data_to_send()
+        if not _send_now(pending.sock, outgoing):
+            logger.info("%s stopped reading during authentication; closing", pending.peer)
+            self._drop_pending(pending)
+            return b""
+        pending.sent += len(outgoing)
+        if auth.done:
+            logger.debug("%s proved it holds the farm secret", pending.peer)
+        return auth.leftover()
 
     def _key_matches(self, hello: Hello) -> bool:
         if hello.role != "client":
@@ -249,7 +287,8 @@ class BoardServer:
             return self._link.accepts(hello.key)
         return not hello.key or not self.key or hello.key == self.key
 
-    def _admit(self, sock: socket.socket, peer: str, hello: Hello, leftover: bytes) -> None:
+    def _admit(self, pending: _Pending, hello: Hello) -> None:
+        sock, peer, leftover = pending.sock, pending.peer, pending.reader.leftover()
         accepted = False
         if not self._key_matches(hello):
             logger.warning("key mismatch from %s: %s:%s (this board: %r)", peer, hello.role, hello.key, self.key)
@@ -273,7 +312,7 @@ class BoardServer:
             return
         sock.settimeout(None)
         tune(sock)
-        self._start_session(sock, peer, hello.timeout, leftover, len(reply))
+        self._start_session(sock, peer, hello.timeout, leftover, pending.sent + len(reply))
 
     def _paired_by_proxy(self, sock: socket.socket, client_key: str, leftover: bytes, bytes_sent: int) -> None:
         """The proxy paired a client with this board: its key text carries the client's options."""
@@ -326,7 +365,7 @@ class BoardServer:
             os.setpgid(pid, pid)
         except OSError:
             pass  # the child already did it, or already exited
-        self._watchdog.watch(pid)
+        self._watchdog.watch(pid, directory)
         if self._link is not None:
             self._link.session_started()
         logger.info("session from %s started (pid %d%s)", peer, pid, ", timeout %g s" % timeout if timeout else "")
@@ -361,6 +400,7 @@ class BoardServer:
                 leftover,
                 bytes_sent,
                 self.name,
+                quota=self.session_quota,
             ).serve()
             active.status.state = SessionStatus.FINISHED
             code = 0
@@ -389,7 +429,28 @@ class BoardServer:
                 return
             self._kill_group(active.pid)
             self._watchdog.watch(0)
+        self._kill_strays()
         self._end_session(active, wait_status)
+
+    def _kill_strays(self) -> None:
+        """Kill and reap what the ended session left outside its process group (``setsid``).
+
+        Orphans come to the daemon, a subreaper, whose only other child is the watchdog.
+        """
+        if not self._subreaper:
+            return
+        for _ in range(100):  # each round takes the orphans of the processes killed in the one before
+            strays = [pid for pid in child_pids() if pid != self._watchdog.pid]
+            if not strays:
+                return
+            logger.warning("killing %d process(es) the session left behind: %s", len(strays), strays)
+            for pid in strays:
+                self._kill_group(pid)  # the group it made itself, if it did
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                except (ProcessLookupError, ChildProcessError):
+                    pass
 
     def _kill_group(self, pgid: int) -> None:
         try:
@@ -406,9 +467,21 @@ class BoardServer:
             logger.warning("session from %s reached its timeout of %g s; killing it", active.peer, active.timeout)
             active.timed_out = True
             self._kill_group(active.pid)
+        if active is not None and self.session_quota and now >= active.next_quota_check and not active.over_quota:
+            self._check_quota(active, now)
         if active is not None and not active.abandoned and _hung_up_while_running(active):
             logger.warning("client %s left while %s; killing the session", active.peer, active.status.activity)
             active.abandoned = True
+            self._kill_group(active.pid)
+
+    def _check_quota(self, active: _Active, now: float) -> None:
+        """End the session if its directory holds more than the quota (RLIMIT_FSIZE bounds each file, not the sum)."""
+        active.next_quota_check = now + QUOTA_CHECK_PERIOD
+        size = directory_size(active.directory)
+        if size > self.session_quota:
+            message = over_quota_message(size, self.session_quota)
+            logger.warning("session from %s: %s; killing it", active.peer, message)
+            active.over_quota = size
             self._kill_group(active.pid)
 
     def _end_session(self, active: _Active, wait_status: int, reason: str = "") -> None:
@@ -421,6 +494,11 @@ class BoardServer:
         activity = active.status.activity
         if reason:
             message = reason
+        elif active.over_quota:
+            message = "%s; the board ended the session while %s" % (
+                over_quota_message(active.over_quota, self.session_quota),
+                activity,
+            )
         elif active.abandoned:
             message = "the client left while %s; the board ended the session" % activity
         elif active.timed_out:
@@ -473,6 +551,7 @@ class BoardServer:
             self._kill_group(active.pid)
             self._watchdog.watch(0)
             _, wait_status = os.waitpid(active.pid, 0)
+            self._kill_strays()
             self._end_session(active, wait_status, "the board daemon shut down")
         for pending in list(self._pending.values()):
             self._drop_pending(pending)
@@ -487,6 +566,16 @@ class BoardServer:
         if self._own_work_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
         logger.info("board server stopped")
+
+
+def _send_now(sock: socket.socket, data: bytes) -> bool:
+    """Send a few bytes on a non-blocking socket at once; False if they did not all go."""
+    if not data:
+        return True
+    try:
+        return sock.send(data) == len(data)
+    except OSError:
+        return False
 
 
 def _hung_up_while_running(active: _Active) -> bool:
@@ -523,17 +612,19 @@ def bytes_written(sock: socket.socket) -> Optional[int]:
 
 
 class Watchdog:
-    """A helper process that kills the session's process group if the daemon dies.
+    """A helper process that kills the session's process group if the daemon dies, and cleans up after it.
 
     ``PR_SET_PDEATHSIG`` takes the session process along with a killed daemon,
     but not what the session's code forked. The watchdog learns each session's
-    process group through a pipe only the daemon writes to; when the daemon
-    dies the pipe closes, and the watchdog kills that group and exits.
+    process group and directory through a pipe only the daemon writes to; when
+    the daemon dies the pipe closes, and the watchdog kills that group, removes
+    that directory and ``work_dir`` (the daemon's own temporary one), and exits.
     """
 
-    _RECORD = struct.Struct("<i")
+    _RECORD = struct.Struct("<iH")  # process group, length of the directory's path that follows
 
-    def __init__(self) -> None:
+    def __init__(self, work_dir: Optional[str] = None) -> None:
+        self._work_dir = work_dir
         read_fd, self._write_fd = os.pipe()
         self._alive = True
         self.pid = os.fork()
@@ -541,11 +632,12 @@ class Watchdog:
             self._run(read_fd)
         os.close(read_fd)
 
-    def watch(self, pgid: int) -> None:
-        """Watch process group ``pgid`` from now on (0: none)."""
+    def watch(self, pgid: int, directory: str = "") -> None:
+        """Watch process group ``pgid`` (0: none) and session directory ``directory`` from now on."""
+        path = os.fsencode(directory)
         if self._alive:
             try:
-                os.write(self._write_fd, self._RECORD.pack(pgid))
+                os.write(self._write_fd, self._RECORD.pack(pgid, len(path)) + path)  # atomic: below PIPE_BUF
             except OSError as exc:
                 self._alive = False
                 logger.warning("the watchdog process is gone (%s); a killed daemon may leave session processes", exc)
@@ -569,14 +661,19 @@ class Watchdog:
             for number in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(number, signal.SIG_IGN)  # it ends when the daemon's end of the pipe closes
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            pgid = 0
+            os.setpgid(0, 0)  # a launcher that kills the dead daemon's group must not cut the cleanup short
+            pgid, directory = 0, b""
             while True:
                 record = os.read(read_fd, self._RECORD.size)
                 if len(record) < self._RECORD.size:
                     break
-                (pgid,) = self._RECORD.unpack(record)
+                pgid, length = self._RECORD.unpack(record)
+                directory = os.read(read_fd, length) if length else b""
             if pgid:
                 os.killpg(pgid, signal.SIGKILL)
+            for path in (directory, self._work_dir):
+                if path:
+                    shutil.rmtree(path, ignore_errors=True)
         except BaseException:
             pass
         os._exit(0)
@@ -599,6 +696,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest payload of one message, in bytes (default: %d)" % DEFAULT_MAX_PAYLOAD,
     )
     parser.add_argument(
+        "--session-quota",
+        metavar="MB",
+        type=_quota,
+        default=DEFAULT_SESSION_QUOTA_MB,
+        help="most a session's directory may hold, in MB: larger uploads are refused, files written past it "
+        "fail (EFBIG), and a session whose directory outgrows it is ended; 0: no limit (default: %d)"
+        % DEFAULT_SESSION_QUOTA_MB,
+    )
+    parser.add_argument(
         "--handshake-timeout", type=float, default=10.0, help="seconds a new connection has to say hello"
     )
     parser.add_argument(
@@ -614,12 +720,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="dial out to the proxy at --host:--port instead of listening (for boards behind NAT)",
     )
+    add_secret_argument(parser)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def _quota(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError("%r is not a number of MB (0 or more)" % text)
+    return int(text)
 
 
 def run(args: argparse.Namespace) -> int:
     die_with_launcher()
     configure_logging(args.log_level)
+    try:
+        secret = secret_from(args.secret_file)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
+    if not args.through_proxy:
+        warn_if_exposed(args.host, secret, "board server")
     try:
         server = BoardServer(
             args.host,
@@ -633,6 +753,8 @@ def run(args: argparse.Namespace) -> int:
             args.custom_addr,
             args.through_proxy,
             args.name,
+            secret,
+            session_quota=args.session_quota * MB,
         )
     except OSError as exc:
         logger.error("cannot listen: %s", exc)

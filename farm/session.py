@@ -15,6 +15,7 @@ import os
 import pickle
 import platform
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -136,6 +137,9 @@ ATOMIC_REPLY = 4096
 #: Longest error message or traceback sent back, in characters; the middle of longer ones is cut.
 #: Two of them fit the metadata limit even when every character takes a 12-byte JSON escape.
 MAX_ERROR_TEXT = 32 << 10
+#: What a session's directory may hold by default, in MB (the board's ``--session-quota``).
+DEFAULT_SESSION_QUOTA_MB = 1024
+MB = 1 << 20
 
 
 def _address_of(view: memoryview) -> int:
@@ -155,6 +159,64 @@ def _new_storage(nbytes: int) -> Tuple[memoryview, int]:
     owner = (ctypes.c_char * (nbytes + ALIGNMENT))()
     offset = -ctypes.addressof(owner) % ALIGNMENT
     return memoryview(owner).cast("B")[offset : offset + nbytes], ctypes.addressof(owner) + offset
+
+
+class QuotaError(FarmError):
+    """An upload would take the session's directory over its quota; the session goes on."""
+
+
+def directory_size(path: str) -> int:
+    """Bytes the files below ``path`` hold: apparent sizes, each inode once, links not followed.
+
+    Files and directories that vanish or cannot be read while it counts are skipped.
+    """
+    total = 0
+    linked = set()
+    directories = [path]
+    while directories:
+        try:
+            entries = os.scandir(directories.pop())
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        directories.append(entry.path)
+                        continue
+                    info = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if info.st_nlink > 1:
+                    if (info.st_dev, info.st_ino) in linked:
+                        continue
+                    linked.add((info.st_dev, info.st_ino))
+                total += info.st_size
+    return total
+
+
+def megabytes(size: int) -> str:
+    """``size`` bytes in MB, for messages: ``"3.5"``, ``"1024"``."""
+    return "%.1f" % (size / MB) if size % MB else "%d" % (size // MB)
+
+
+def over_quota_message(size: int, quota: int) -> str:
+    """What the board tells a client whose session's directory outgrew its quota."""
+    return "the session's directory holds %s MB, over its quota of %s MB" % (megabytes(size), megabytes(quota))
+
+
+def limit_file_size(limit: int) -> None:
+    """No file this process, or what it starts, writes may grow past ``limit`` bytes: such writes fail with EFBIG.
+
+    SIGXFSZ, which would kill the writer, is ignored (Python ignores it anyway; exec keeps it ignored).
+    """
+    try:
+        import resource
+    except ImportError:  # not a Unix: the directory's total is still checked by the daemon
+        return
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
 
 
 def _clip(text: str, limit: int = MAX_ERROR_TEXT) -> str:
@@ -177,9 +239,12 @@ class Session:
         received: bytes = b"",
         bytes_sent: int = 0,
         name: str = "",
+        quota: int = 0,
     ) -> None:
         self.conn = conn
         self.name = name
+        self.quota = quota  # bytes the session's directory may hold (0: no limit)
+        self._refused_uploads: Dict[int, str] = {}  # id of a refused upload's buffer -> why
         self._received = received  # bytes that came with the handshake: the first frames
         self._bytes_sent = bytes_sent  # on this connection so far, the handshake reply included
         self.root = os.path.realpath(root)
@@ -216,6 +281,8 @@ class Session:
 
     def serve(self) -> None:
         """Answer requests until the client closes, leaves, or breaks the protocol."""
+        if self.quota:
+            limit_file_size(self.quota)
         try:
             while True:
                 try:
@@ -297,6 +364,11 @@ class Session:
         """Where an UPLOAD, ARRAY_NEW or ARRAY_WRITE payload lands (the reader's own buffer for the rest)."""
         try:
             if op == _UPLOAD:  # straight into a file in the session directory, not into memory
+                refusal = self._quota_refusal(meta, nbytes)
+                if refusal:  # received into memory and dropped: the session goes on
+                    storage = _new_storage(nbytes)[0]
+                    self._refused_uploads[id(storage.obj)] = refusal
+                    return storage
                 path, contents = self._new_incoming_file(nbytes)
                 self._incoming_files[id(contents)] = path
                 return contents
@@ -338,8 +410,30 @@ class Session:
             raise PathEscapeError("%r points outside the session directory" % name)
         return path
 
+    def _quota_refusal(self, meta: dict, nbytes: int) -> str:
+        """Why an upload of ``nbytes`` would take the directory over its quota ("" if it would not)."""
+        if not self.quota or not nbytes:
+            return ""
+        name = meta.get("name")
+        try:
+            replaced = os.lstat(self.resolve(name)).st_size  # an upload replaces the file of its name
+        except (OSError, PathEscapeError):
+            replaced = 0
+        held = directory_size(self.root)
+        if held - replaced + nbytes <= self.quota:
+            return ""
+        return "uploading %r (%d bytes) would take the session's directory to %s MB, over its quota of %s MB" % (
+            name,
+            nbytes,
+            megabytes(held - replaced + nbytes),
+            megabytes(self.quota),
+        )
+
     def _upload(self, frame: Frame) -> Reply:
-        incoming = self._incoming_files.pop(id(getattr(frame.payload, "obj", None)), None)
+        key = id(getattr(frame.payload, "obj", None))
+        if key in self._refused_uploads:
+            raise QuotaError(self._refused_uploads.pop(key))
+        incoming = self._incoming_files.pop(key, None)
         try:
             name = _field(frame.meta, "name", str)
             path = self.resolve(name)

@@ -24,9 +24,11 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
+from .auth import AUTH_TIMEOUT, add_secret_argument, admit_on_stream, secret_from, warn_if_exposed
 from .errors import ProtocolError
 from .lifetime import die_with_launcher
 from .net import bind_first_free
+from .protocol.auth import AuthError
 from .protocol.tracker import TVM_PROTOCOL, Code, MessageReader, encode_magic, encode_message
 
 logger = logging.getLogger("farm.tracker")
@@ -37,6 +39,8 @@ REPORT_PERIOD = 0.25
 MAX_INFO = 64 << 10
 #: Most waiting requests a summary lists per key (``pending`` counts them all).
 MAX_LISTED_WAITERS = 256
+#: Seconds a new connection may stay silent before its magic; after it, an idle connection is its peer's lease.
+MAGIC_TIMEOUT = 10.0
 
 
 class Offer:
@@ -126,6 +130,14 @@ class KeyQueue:
         return pairs
 
 
+async def _before_magic(reader: asyncio.StreamReader) -> bytes:
+    """The next bytes of a connection that has not sent its magic yet; ProtocolError after MAGIC_TIMEOUT without."""
+    try:
+        return await asyncio.wait_for(reader.read(65536), MAGIC_TIMEOUT)
+    except asyncio.TimeoutError:
+        raise ProtocolError("no tracker magic within %g s" % MAGIC_TIMEOUT) from None
+
+
 def _expect(condition: bool, what: str) -> None:
     if not condition:
         raise ProtocolError(what)
@@ -138,8 +150,9 @@ def _finite(value: Any) -> bool:
 class Tracker:
     """The queue of boards per key; see the module docstring."""
 
-    def __init__(self, stop_key: Optional[str] = None) -> None:
+    def __init__(self, stop_key: Optional[str] = None, secret: Optional[bytes] = None) -> None:
         self.stop_key = stop_key
+        self.secret = secret
         self.queues: Dict[str, KeyQueue] = {}
         self.peers: Set[Peer] = set()
         self._seq = itertools.count()
@@ -155,17 +168,15 @@ class Tracker:
         self.peers.add(peer)
         self.tasks.add(asyncio.current_task())  # type: ignore[arg-type]
         try:
-            while True:
-                data = await reader.read(65536)
-                if not data:
-                    break
-                magic_was_seen = messages.magic_seen
-                received = messages.feed(data)
-                if not magic_was_seen and messages.magic_seen:
-                    writer.write(encode_magic())
-                for message in received:
-                    self._dispatch(peer, message)
+            data = await self._admit(peer, reader, writer) if self.secret is not None else b""
+            while data or not reader.at_eof():
+                self._receive(peer, messages, data)
                 await writer.drain()
+                data = await reader.read(65536) if messages.magic_seen else await _before_magic(reader)
+        except AuthError as exc:
+            logger.warning("refused %s: %s", peer.name, exc)
+        except asyncio.TimeoutError:
+            logger.warning("refused %s: no proof of the farm secret within %g s", peer.name, AUTH_TIMEOUT)
         except ProtocolError as exc:
             logger.warning("closing the connection from %s: %s", peer.name, exc)
         except ConnectionError as exc:
@@ -176,6 +187,22 @@ class Tracker:
             self._drop(peer)
             writer.close()
             self.tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+
+    def _receive(self, peer: Peer, messages: MessageReader, data: bytes) -> None:
+        """Bytes from a peer: answer its magic, then act on each whole message."""
+        magic_was_seen = messages.magic_seen
+        received = messages.feed(data)
+        if not magic_was_seen and messages.magic_seen:
+            peer.writer.write(encode_magic())
+        for message in received:
+            self._dispatch(peer, message)
+
+    async def _admit(self, peer: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+        """The peer proves it holds the farm secret; the bytes it sent after the proof."""
+        assert self.secret is not None
+        leftover = await admit_on_stream(reader, writer, self.secret)
+        logger.debug("%s proved it holds the farm secret", peer.name)
+        return leftover
 
     def _drop(self, peer: Peer) -> None:
         """A closed connection takes its queued requests and its boards' offers along."""
@@ -253,12 +280,21 @@ class Tracker:
         info = dict(message[1])
         addr = info.get("addr")
         _expect(isinstance(addr, list) and len(addr) == 2, "UPDATE_INFO's addr is not [host, port]")
+        protocol = info.get("protocol", TVM_PROTOCOL)  # summaries join the protocols of every board
+        _expect(isinstance(protocol, str), "UPDATE_INFO's protocol %r is not a name" % (protocol,))
         if addr[0] is None:
             addr = [peer.host, addr[1]]
         info["addr"] = addr
         merged = dict(peer.info, **info)
         _expect(len(json.dumps(merged)) <= MAX_INFO, "UPDATE_INFO grows the peer's info beyond %d bytes" % MAX_INFO)
         peer.info = merged
+        board_key = str(merged.get("key", ""))[len("server:") :]
+        if str(merged.get("key")).startswith("server:") and board_key and "[" not in board_key:
+            # A board serves its key from now on, even while it is in a session and offers nothing (as after a
+            # tracker restart): requests for the key queue instead of being refused. A proxy says so per PUT.
+            if board_key not in peer.keys:
+                logger.info("board %s serves key %r", peer.name, board_key)
+            peer.keys.setdefault(board_key, set()).add(peer.protocol)
         peer.send(Code.SUCCESS)
 
     def _request(self, peer: Peer, message: list) -> None:
@@ -403,7 +439,9 @@ class Tracker:
         """
         queue_info = {}
         now = time.monotonic()
-        for key, queue in sorted(self.queues.items()):
+        served = {key for peer in self.peers for key in peer.keys}  # also keys whose boards are all in sessions
+        for key in sorted(served.union(self.queues)):
+            queue = self.queues.get(key) or KeyQueue()
             waiters = [
                 {"user": w.user, "priority": w.priority, "waited": round(now - w.since, 3)}
                 for w in queue.waiters[:MAX_LISTED_WAITERS]
@@ -437,12 +475,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=9190, help="first port to try; 0 lets the system pick")
     parser.add_argument("--port-end", type=int, default=9199, help="end of the port range, exclusive")
+    add_secret_argument(parser)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
-async def serve(sock: socket.socket, stop_key: Optional[str] = None) -> None:
+async def serve(sock: socket.socket, stop_key: Optional[str] = None, secret: Optional[bytes] = None) -> None:
     """Serve on the listening ``sock`` until SIGTERM, SIGINT or an authorised STOP."""
-    tracker = Tracker(stop_key)
+    tracker = Tracker(stop_key, secret)
     server = await asyncio.start_server(tracker.handle_connection, sock=sock)
     loop = asyncio.get_running_loop()
     for number in (signal.SIGTERM, signal.SIGINT):
@@ -463,11 +502,17 @@ def run(args: argparse.Namespace) -> int:
     die_with_launcher()
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        secret = secret_from(args.secret_file)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
+    warn_if_exposed(args.host, secret, "tracker")
+    try:
         sock = bind_first_free(args.host, args.port, args.port_end)
     except OSError as exc:
         logger.error("cannot listen: %s", exc)
         return 1
-    asyncio.run(serve(sock))
+    asyncio.run(serve(sock, secret=secret))
     return 0
 
 

@@ -12,7 +12,9 @@ import socket
 import time
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
+from .auth import SECRET_ENV, prove_on_socket, secret_from
 from .errors import FarmError, HandshakeError, ProtocolError
+from .protocol.auth import AuthError
 from .protocol.tracker import FARM_PROTOCOL, TVM_PROTOCOL, Code, MessageReader, encode_magic, encode_message
 
 #: How often a request is retried when the board it was handed cannot be reached.
@@ -52,9 +54,12 @@ class Assignment(Tuple[str, int, str, str]):
 class TrackerClient:
     """A connection to a tracker; each call waits for its reply."""
 
-    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
+    def __init__(self, host: str, port: int, timeout: float = 10.0, secret: Optional[bytes] = None) -> None:
+        """``secret``: the farm secret, for the tracker and the boards it hands out (default: the one
+        ``$REMOTEDEV_SECRET_FILE`` names, if any)."""
         self.host = host
         self.port = port
+        self.secret = secret if secret is not None else secret_from()
         self._reader = MessageReader(expect_magic=True)
         self._pending: list = []
         try:
@@ -62,9 +67,18 @@ class TrackerClient:
         except OSError as exc:
             raise TrackerError("cannot reach the tracker at %s:%d: %s" % (host, port, exc)) from None
         try:
+            leftover = prove_on_socket(self._sock, self.secret, timeout) if self.secret is not None else b""
             self._sock.sendall(encode_magic())
+            self._pending += self._reader.feed(leftover)
             while not self._reader.magic_seen:
                 self._pending += self._reader.feed(self._recv())
+        except TrackerError as exc:  # closed before it echoed the magic
+            self._sock.close()
+            hint = "" if self.secret is not None else " (a farm with a secret does so: set %s)" % SECRET_ENV
+            raise TrackerError("%s%s" % (exc, hint)) from None
+        except AuthError as exc:
+            self._sock.close()
+            raise TrackerError("the tracker at %s:%d: %s" % (host, port, exc)) from None
         except (OSError, ProtocolError) as exc:
             self._sock.close()
             raise TrackerError("%s:%d is not a tracker: %s" % (host, port, exc)) from None
@@ -164,9 +178,12 @@ class TrackerClient:
         except socket.timeout:
             self.close()  # the request stays queued at a tracker that ignores wait; closing withdraws it
             raise NoBoardError("no board of key %r was handed out within %g s" % (key, wait)) from None
-        except (OSError, ProtocolError) as exc:
+        except (OSError, ProtocolError, TrackerError) as exc:  # TrackerError: it closed the connection
             where = "%s:%d" % (self.host, self.port)
-            raise TrackerError("lost the tracker at %s while waiting for %r: %s" % (where, key, exc)) from None
+            raise TrackerError(
+                "lost the tracker at %s while waiting for a board of %r (the request went with it): %s"
+                % (where, key, exc)
+            ) from None
         if isinstance(reply, list) and len(reply) == 2 and reply[0] == Code.FAIL:
             raise NoBoardError(str(reply[1]))
         if not (isinstance(reply, list) and len(reply) == 2 and reply[0] == Code.SUCCESS and len(reply[1]) in (3, 4)):
@@ -214,7 +231,7 @@ class TrackerClient:
                 key, priority, user, remaining, wait_for_key, protocols, on_progress, progress_every
             )
             try:
-                return _open_session(board, session_timeout)
+                return _open_session(board, session_timeout, self.secret)
             except (OSError, HandshakeError) as exc:
                 failures.append("%s:%d: %s" % (board.host, board.port, exc))
         raise TrackerError(
@@ -222,7 +239,7 @@ class TrackerClient:
         )
 
 
-def _open_session(board: Assignment, session_timeout: Optional[float]) -> Any:
+def _open_session(board: Assignment, session_timeout: Optional[float], secret: Optional[bytes]) -> Any:
     """A session on the handed-out board: ours, or TVM's for a TVM board (importing TVM only then)."""
     if board.protocol == TVM_PROTOCOL:
         try:
@@ -234,9 +251,9 @@ def _open_session(board: Assignment, session_timeout: Optional[float]) -> Any:
         return rpc.connect(board.host, board.port, key=board.matchkey, session_timeout=session_timeout or 0)
     from .client import connect  # the host client needs numpy; the rest of this module does not
 
-    return connect(board.host, board.port, key=board.matchkey, session_timeout=session_timeout)
+    return connect(board.host, board.port, key=board.matchkey, session_timeout=session_timeout, secret=secret)
 
 
-def connect_tracker(host: str, port: int, timeout: float = 10.0) -> TrackerClient:
-    """Connect to the tracker at ``host:port``."""
-    return TrackerClient(host, port, timeout)
+def connect_tracker(host: str, port: int, timeout: float = 10.0, secret: Optional[bytes] = None) -> TrackerClient:
+    """Connect to the tracker at ``host:port`` (``secret``: see :class:`TrackerClient`)."""
+    return TrackerClient(host, port, timeout, secret)

@@ -18,6 +18,7 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+from .auth import SECRET_ENV, add_secret_argument, load_secret
 from .inventory import InventoryError, inventory_path, load_inventory
 from .launcher import FarmStack, StartInterrupted
 from .processes import DaemonError
@@ -35,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds to wait for every board to register (default: 60)")  # fmt: skip
     parser.add_argument("--json-file", metavar="PATH", help="also write what runs where to this JSON file once up")
+    add_secret_argument(parser)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -48,6 +50,13 @@ def run(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         print("farm up: --timeout must be positive, got %g" % args.timeout, file=sys.stderr)
         return 2
+    if args.secret_file:
+        try:
+            load_secret(args.secret_file)
+        except ValueError as exc:
+            print("farm up: %s" % exc, file=sys.stderr)
+            return 2
+        os.environ[SECRET_ENV] = os.path.abspath(args.secret_file)  # every daemon started here, and our own checks
     stop = _StopRequest()
     previous = {number: signal.signal(number, stop.set) for number in (signal.SIGINT, signal.SIGTERM)}
     stack = FarmStack(inventory, args.logs or tempfile.mkdtemp(prefix="farm-up-"))

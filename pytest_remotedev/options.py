@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import pytest
 
+from farm.auth import SECRET_ENV, load_secret
 from farm.inventory import (
     BUILTIN_INVENTORIES,
     DEFAULT_INVENTORY,
@@ -55,6 +56,11 @@ def _inventory_path(text: str) -> str:
         return inventory_path(text)
     except InventoryError as exc:
         raise ValueError(str(exc)) from None
+
+
+def _secret_file(text: str) -> str:
+    load_secret(text)  # readable, long enough: checked now, not at the first connection
+    return os.path.abspath(text)
 
 
 def _priority(text: str) -> int:
@@ -102,6 +108,8 @@ OPTIONS = (
            "SECONDS"),
     Option("device_strict", "--device-strict", "device_strict", "REMOTEDEV_DEVICE_STRICT", _flag, False,
            "fail, instead of skipping, tests whose key no board of the farm serves"),
+    Option("secret_file", "--secret-file", "remotedev_secret_file", SECRET_ENV, _secret_file, None,
+           "the farm secret's file, proved to the tracker, the proxy and every board (default: none)", "PATH"),
 )  # fmt: skip
 
 
@@ -116,6 +124,7 @@ class Settings:
     device_priority: int = 0
     session_timeout: Optional[float] = None
     device_strict: bool = False
+    secret_file: Optional[str] = None
     sources: Dict[str, str] = field(default_factory=dict)
     inventory: Optional[Inventory] = None
 
@@ -167,9 +176,8 @@ def _raw_value(config: pytest.Config, option: Option, environ: Mapping[str, str]
         return "%s:%s" % (environ["TVM_TRACKER_HOST"], port), "TVM_TRACKER_HOST/TVM_TRACKER_PORT"
     value = config.getini(option.ini)
     if value not in (None, ""):
-        if (
-            option.dest == "farm" and not os.path.isabs(value) and value not in BUILTIN_INVENTORIES
-        ):  # relative to the ini
+        relative = not os.path.isabs(value) and value not in BUILTIN_INVENTORIES
+        if option.dest in ("farm", "secret_file") and relative:  # to the ini file's directory
             value = os.path.join(str(config.inipath.parent if config.inipath else config.rootpath), value)
         return value, "ini %s" % option.ini
     return None, "default"

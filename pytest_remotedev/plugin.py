@@ -11,11 +11,14 @@ farm and the workers' read it from ``workerinput``.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import uuid
 from typing import Any, Dict, List, Optional
 
 import pytest
+
+from farm.auth import SECRET_ENV
 
 from .leases import ALL_KEYS, KEY_PARAM, Leases, device_mark, marker_key, requester
 from .options import Settings, add_options, resolve
@@ -41,9 +44,28 @@ def pytest_configure(config: pytest.Config) -> None:
         "device(key): run this test on a board of KEY, as device('rasp4') or device(key='rasp4'); "
         "or once per key, as device(keys=['rasp4', 'jetson']) or device(keys='all'); on a test, class or module",
     )
-    run = RemoteDevRun(config, resolve(config))
+    settings = resolve(config)
+    _export_secret(config, settings)
+    run = RemoteDevRun(config, settings)
     config.pluginmanager.register(run, RUN_PLUGIN)
     config.add_cleanup(run.close)
+
+
+def _export_secret(config: pytest.Config, settings: Settings) -> None:
+    """A secret file given by option or ini reaches every client, worker and daemon of the run the way one given
+    in the environment does: through ``REMOTEDEV_SECRET_FILE``, for the length of the run."""
+    if settings.secret_file is None or os.environ.get(SECRET_ENV) == settings.secret_file:
+        return
+    previous = os.environ.get(SECRET_ENV)
+    os.environ[SECRET_ENV] = settings.secret_file
+
+    def restore() -> None:
+        if previous is None:
+            os.environ.pop(SECRET_ENV, None)
+        else:
+            os.environ[SECRET_ENV] = previous
+
+    config.add_cleanup(restore)
 
 
 class RemoteDevRun:

@@ -26,6 +26,7 @@ KERNEL_SOURCES = {
     "libvadd.so": [PROJECT / "farm" / "kernels" / "vadd.c"],
     "liblinalg.so": [TESTS / "kernels" / "linalg.c"],
     "libmisbehave.so": [TESTS / "kernels" / "misbehave.c"],
+    "libfaults.so": [TESTS / "kernels" / "faults.c"],
 }
 
 

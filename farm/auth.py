@@ -1,0 +1,157 @@
+"""The farm secret: where it comes from, and the proof exchange on sockets and asyncio streams.
+
+A secret lives in a file named by ``--secret-file PATH`` or by the environment
+variable ``REMOTEDEV_SECRET_FILE`` (never on a command line, where ``ps`` would
+show it). With one, every daemon refuses peers that cannot prove they hold it
+(:mod:`farm.protocol.auth`); without one, the farm speaks plain TVM. Standard
+library only: boards use it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import os
+import socket
+import stat
+import time
+from typing import Optional, Union
+
+from .protocol.auth import Acceptor, AuthError, Connector
+
+logger = logging.getLogger("farm.auth")
+
+#: The environment variable naming the secret file, for every daemon, CLI and client.
+SECRET_ENV = "REMOTEDEV_SECRET_FILE"
+#: How long either side waits for the other's part of the exchange.
+AUTH_TIMEOUT = 10.0
+#: A secret shorter than this is refused: it could be guessed.
+MIN_SECRET_BYTES = 16
+_MAX_SECRET_BYTES = 4096
+
+
+def load_secret(path: str) -> bytes:
+    """The secret in ``path`` (trailing newlines stripped); ValueError naming the problem."""
+    try:
+        with open(path, "rb") as handle:
+            secret = handle.read(_MAX_SECRET_BYTES + 1).rstrip(b"\r\n")
+            mode = os.fstat(handle.fileno()).st_mode
+    except OSError as exc:
+        raise ValueError("cannot read the secret file %s: %s" % (path, exc.strerror or exc)) from None
+    if len(secret) > _MAX_SECRET_BYTES:
+        raise ValueError("the secret file %s holds more than %d bytes" % (path, _MAX_SECRET_BYTES))
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ValueError(
+            "the secret in %s is %d bytes; use at least %d random bytes (e.g. `head -c 32 /dev/urandom | base64`)"
+            % (path, len(secret), MIN_SECRET_BYTES)
+        )
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        logger.warning("the secret file %s can be read by other users (mode %o): chmod 600 it", path, mode & 0o777)
+    return secret
+
+
+def secret_from(path: Optional[str] = None) -> Optional[bytes]:
+    """The secret of ``path``, else of ``$REMOTEDEV_SECRET_FILE``, else None (no secret: plain TVM)."""
+    path = path or os.environ.get(SECRET_ENV)
+    return load_secret(path) if path else None
+
+
+def add_secret_argument(parser: argparse.ArgumentParser) -> None:
+    """``--secret-file PATH``, the same on every daemon and command."""
+    parser.add_argument(
+        "--secret-file",
+        metavar="PATH",
+        default=os.environ.get(SECRET_ENV) or None,
+        help="the farm secret's file: peers must prove they hold it (default: $%s; none: plain TVM)" % SECRET_ENV,
+    )
+
+
+def warn_if_exposed(host: str, secret: Optional[bytes], what: str) -> None:
+    """Log a warning when ``what`` listens beyond this machine with no secret to keep strangers out."""
+    if secret is not None:
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        logger.warning(
+            "the %s listens on %s without a farm secret: anyone who can reach it can use it, and boards run the "
+            "code they are sent; give every daemon --secret-file (see docs/security.md)",
+            what,
+            host,
+        )
+
+
+def prove_on_socket(sock: socket.socket, secret: bytes, timeout: float = AUTH_TIMEOUT) -> bytes:
+    """Run the exchange as the connecting side of a blocking socket; return bytes that came after it.
+
+    AuthError if the other end does not hold the secret, refuses us, or does
+    not answer within ``timeout`` (an end without a secret says nothing).
+    """
+    exchange = Connector(secret)
+    previous = sock.gettimeout()
+    deadline = time.monotonic() + timeout
+    try:
+        while not exchange.done:
+            outgoing = exchange.data_to_send()
+            if outgoing:
+                sock.sendall(outgoing)
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = sock.recv(4096)
+            except socket.timeout:
+                raise AuthError(
+                    "no answer to our proof of the farm secret within %g s (does the other end have a secret?)"
+                    % timeout
+                ) from None
+            if not data:
+                raise AuthError("the other end closed the connection during authentication (a different secret?)")
+            exchange.feed(data)
+        sock.sendall(exchange.data_to_send())
+    finally:
+        sock.settimeout(previous)
+    return exchange.leftover()
+
+
+async def prove_on_stream(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: bytes, timeout: float = AUTH_TIMEOUT
+) -> bytes:
+    """:func:`prove_on_socket` for asyncio streams (a daemon dialling another)."""
+    return await asyncio.wait_for(_exchange_on_stream(Connector(secret), reader, writer), timeout)
+
+
+async def admit_on_stream(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: bytes, timeout: float = AUTH_TIMEOUT
+) -> bytes:
+    """Run the exchange as the accepting side of asyncio streams; return bytes that came after it.
+
+    AuthError (after telling the peer it is refused, when it got that far) if
+    it cannot prove the secret; asyncio.TimeoutError if it says nothing in time.
+    """
+    return await asyncio.wait_for(_exchange_on_stream(Acceptor(secret), reader, writer), timeout)
+
+
+async def _exchange_on_stream(
+    exchange: Union[Connector, Acceptor], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> bytes:
+    try:
+        while not exchange.done:
+            outgoing = exchange.data_to_send()
+            if outgoing:
+                writer.write(outgoing)
+                await writer.drain()
+            data = await reader.read(4096)
+            if not data:
+                raise AuthError("the other end closed the connection during authentication")
+            exchange.feed(data)
+    except AuthError:
+        refusal = exchange.data_to_send()
+        if refusal:
+            writer.write(refusal)
+        raise
+    writer.write(exchange.data_to_send())
+    await writer.drain()
+    return exchange.leftover()
