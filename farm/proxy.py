@@ -280,7 +280,8 @@ class Proxy:
                     await self._offer(fresh, self.boards[fresh])
                 await self._poll_pending(pump)
             except (OSError, ProtocolError, ConnectionError, asyncio.TimeoutError) as exc:
-                logger.info("tracker link: %s; retrying in %.2f s", exc or "no answer to our proof", delay)
+                why = str(exc) or "no answer to our proof of the farm secret"  # a timeout says nothing itself
+                logger.info("tracker link: %s; retrying in %.2f s", why, delay)
             finally:
                 self._tracker_writer = None
                 self._tracker_replies.put_nowait(_LINK_LOST)  # a call waiting for a reply gives up now
