@@ -27,6 +27,7 @@ from typing import Dict, Optional, Sequence, Tuple
 from .auth import add_secret_argument, admit_on_stream, prove_on_stream, secret_from, warn_if_exposed
 from .errors import ProtocolError
 from .lifetime import die_with_launcher
+from .logs import configure_logging
 from .net import bind_first_free, parse_address
 from .protocol.auth import AuthError
 from .protocol.handshake import CODE_DUPLICATE, CODE_MISMATCH, CODE_SUCCESS, Hello, HelloReader, encode_reply
@@ -402,7 +403,7 @@ async def serve(sock: socket.socket, tracker: Optional[Tuple[str, int]], secret:
 
 def run(args: argparse.Namespace) -> int:
     die_with_launcher()
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     try:
         secret = secret_from(args.secret_file)
     except ValueError as exc:

@@ -30,6 +30,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 from .auth import add_secret_argument, secret_from, warn_if_exposed
 from .errors import ProtocolError
 from .lifetime import become_subreaper, child_pids, die_with_launcher, die_with_parent
+from .logs import configure_logging
 from .net import bind_first_free, parse_address
 from .protocol.auth import Acceptor, AuthError
 from .protocol.framing import DEFAULT_MAX_PAYLOAD, FrameReader, encode_frame
@@ -761,10 +762,6 @@ def run(args: argparse.Namespace) -> int:
         return 1
     server.serve_forever()
     return 0
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 from .auth import AUTH_TIMEOUT, add_secret_argument, admit_on_stream, secret_from, warn_if_exposed
 from .errors import ProtocolError
 from .lifetime import die_with_launcher
+from .logs import configure_logging
 from .net import bind_first_free
 from .protocol.auth import AuthError
 from .protocol.tracker import TVM_PROTOCOL, Code, MessageReader, encode_magic, encode_message
@@ -500,7 +501,7 @@ async def serve(sock: socket.socket, stop_key: Optional[str] = None, secret: Opt
 
 def run(args: argparse.Namespace) -> int:
     die_with_launcher()
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     try:
         secret = secret_from(args.secret_file)
     except ValueError as exc:

@@ -28,7 +28,7 @@ import pytest
 import farm
 from conftest import python_env, wait_for
 from farm.processes import DaemonProcess, start_board
-from farm.protocol.tracker import MAX_MESSAGE, TRACKER_MAGIC, MessageReader, encode_magic, encode_message
+from farm.protocol.tracker import MAX_MESSAGE, TRACKER_MAGIC, Code, MessageReader, encode_magic, encode_message
 from farm.tracker_client import Assignment, NoBoardError, TrackerClient, TrackerError, connect_tracker
 
 KEY = "tk"
@@ -802,6 +802,17 @@ def test_request_with_nonsense_numbers_or_options(shared: Shared, request_messag
     shared.client.ping()
     assert key_state(shared.client.summary(), KEY) == {"total": 1, "free": 1, "pending": 0}
     assert "internal error" not in line, "malformed input taken for an internal error: %s" % line
+
+
+def test_a_peer_cannot_forge_log_lines(pool: Pool) -> None:
+    """Keys are the peer's text; a newline in one is logged escaped, never as a line of its own."""
+    peer = RawPeer(pool.address)
+    assert peer.call([Code.PUT, "evil\nWARNING farm.tracker: forged", [9999, "evil:1"], "127.0.0.1"]) == Code.SUCCESS
+    peer.close()
+    wait_for(lambda: "left" in pool.tracker_log(), 10, "the tracker logs the board that left")
+    log = pool.tracker_log()
+    assert not any(line.startswith("WARNING farm.tracker: forged") for line in log.splitlines()), log
+    assert "evil\\x0aWARNING farm.tracker: forged" in log
 
 
 def test_a_peers_oversized_info_does_not_cost_the_others_their_summary(pool: Pool) -> None:
