@@ -332,13 +332,15 @@ class Proxy:
         return counts
 
     async def _update_info(self) -> None:
-        """Tell the tracker our keys and how many boards of each we have (it counts a proxy's boards so).
+        """Tell the tracker our keys, how many boards of each we have (it counts a proxy's boards so) and which
+        match keys we still offer (it drops offers of boards that left before a client came).
 
         Only the keys of boards here now: those of boards gone would add up to more than the tracker takes.
         """
         counts = self.board_counts()
         keys = "[" + ",".join(sorted(counts)) + "]"
         info = {"key": "server:proxy" + keys, "addr": [self.advertised, self.port], "boards": counts}
+        info["offers"] = sorted(self.boards)  # the match keys still good: the tracker drops the others
         try:
             await self._call_tracker([Code.UPDATE_INFO, info])
         except (ConnectionError, asyncio.TimeoutError) as exc:

@@ -279,6 +279,7 @@ class Tracker:
     def _update_info(self, peer: Peer, message: list) -> None:
         _expect(len(message) >= 2 and isinstance(message[1], dict), "UPDATE_INFO is not [5, {...}]")
         info = dict(message[1])
+        still_offered = info.pop("offers", None)  # this project's proxy: the match keys it still offers
         addr = info.get("addr")
         _expect(isinstance(addr, list) and len(addr) == 2, "UPDATE_INFO's addr is not [host, port]")
         protocol = info.get("protocol", TVM_PROTOCOL)  # summaries join the protocols of every board
@@ -296,7 +297,23 @@ class Tracker:
             if board_key not in peer.keys:
                 logger.info("board %s serves key %r", peer.name, board_key)
             peer.keys.setdefault(board_key, set()).add(peer.protocol)
+        if still_offered is not None:
+            _expect(
+                isinstance(still_offered, list) and all(isinstance(m, str) for m in still_offered),
+                "UPDATE_INFO's offers %r are not a list of match keys" % (still_offered,),
+            )
+            self._withdraw(peer, set(still_offered))
         peer.send(Code.SUCCESS)
+
+    def _withdraw(self, peer: Peer, still_offered: Set[str]) -> None:
+        """Drop the peer's offers it no longer makes: a board that left a proxy before a client came for it."""
+        for offer in [offer for offer in peer.offers if offer.matchkey not in still_offered]:
+            peer.offers.remove(offer)
+            peer.pending_matchkeys.discard(offer.matchkey)
+            queue = self.queues.get(offer.key)
+            if queue is not None and offer in queue.offers:
+                queue.offers.remove(offer)
+            logger.info("%s withdrew its offer of a board of key %r", peer.name, offer.key)
 
     def _request(self, peer: Peer, message: list) -> None:
         _expect(len(message) >= 4 and isinstance(message[1], str), "REQUEST is not [4, key, user, priority]")
@@ -346,7 +363,10 @@ class Tracker:
         total = 0
         for peer in self._boards_of(key):
             counts = peer.info.get("boards")
-            count = counts.get(key) if isinstance(counts, dict) else None
+            if not isinstance(counts, dict):
+                total += 1  # a board
+                continue
+            count = counts.get(key, 0)  # a proxy without boards of the key now has none
             total += count if type(count) is int and count >= 0 else 1
         return total
 

@@ -421,3 +421,23 @@ def test_a_session_through_the_proxy_names_the_boards_key(proxied: Farm) -> None
         assert session.key == KEY, "a session through the proxy calls its board %r" % session.key
     finally:
         in_thread(session.close, 15, "closing the session")
+
+
+def key_totals(tracker: Address, key: str = KEY) -> Tuple[int, int]:
+    """The tracker's ``(total, free)`` for ``key``."""
+    with farm.connect_tracker(*tracker) as client:
+        queue = client.summary().get("queue_info", {}).get(key, {})
+    return int(queue.get("total", 0)), int(queue.get("free", 0))
+
+
+def test_a_board_that_leaves_the_proxy_while_free_is_no_longer_offered(proxied: Farm) -> None:
+    """The proxy withdraws the tracker's offer of a board that left before a client came for it."""
+    for _ in range(3):
+        leaving = proxied.started[-1]  # the board of key nat behind the proxy
+        os.kill(leaving.pid, signal.SIGKILL)
+        leaving.process.wait(10)
+        wait_for(lambda: key_totals(proxied.tracker) == (0, 0), 10, "the tracker forgets the board that left")
+        proxied.start_board()  # its replacement, as a launcher would start it
+        assert key_totals(proxied.tracker) == (1, 1)
+    proxied.assert_pairing_works()  # the one offer left is the live board's: no stale match key handed out
+    wait_for(lambda: "withdrew its offer" in proxied.started[0].log_text(), 10, "the tracker logs the withdrawal")
