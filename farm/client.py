@@ -37,6 +37,7 @@ from .errors import (
     RemoteError,
     SessionLostError,
 )
+from .net import keep_alive
 from .protocol.auth import AuthError
 from .protocol.calls import decode_result, encode_call, tag_of
 from .protocol.framing import Frame, FrameReader
@@ -93,6 +94,7 @@ def connect(
     sock = socket.create_connection((host, port), timeout=connect_timeout)
     try:
         tune(sock)
+        keep_alive(sock)  # a board that vanished is noticed in about 90 s, even without a session timeout
         leftover = prove_on_socket(sock, secret, connect_timeout) if secret is not None else b""
         sock.sendall(encode_hello("client", key, session_timeout))
         reader = ReplyReader()

@@ -28,7 +28,7 @@ from .auth import add_secret_argument, admit_on_stream, prove_on_stream, secret_
 from .errors import ProtocolError
 from .lifetime import die_with_launcher
 from .logs import configure_logging
-from .net import bind_first_free, parse_address
+from .net import bind_first_free, keep_alive, parse_address
 from .protocol.auth import AuthError
 from .protocol.handshake import CODE_DUPLICATE, CODE_MISMATCH, CODE_SUCCESS, Hello, HelloReader, encode_reply
 from .protocol.tracker import (
@@ -260,6 +260,7 @@ class Proxy:
         while not self.stopped.is_set():
             try:
                 reader, writer = await asyncio.open_connection(*self.tracker)
+                keep_alive(writer.get_extra_info("socket"))
                 leftover = await prove_on_stream(reader, writer, self.secret) if self.secret is not None else b""
                 writer.write(encode_magic())
                 messages = MessageReader(expect_magic=True)

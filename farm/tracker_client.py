@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from .auth import SECRET_ENV, prove_on_socket, secret_from
 from .errors import FarmError, HandshakeError, ProtocolError
+from .net import keep_alive
 from .protocol.auth import AuthError
 from .protocol.tracker import FARM_PROTOCOL, TVM_PROTOCOL, Code, MessageReader, encode_magic, encode_message
 
@@ -66,6 +67,7 @@ class TrackerClient:
             self._sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
             raise TrackerError("cannot reach the tracker at %s:%d: %s" % (host, port, exc)) from None
+        keep_alive(self._sock)  # a request may wait a long time in the queue
         try:
             leftover = prove_on_socket(self._sock, self.secret, timeout) if self.secret is not None else b""
             self._sock.sendall(encode_magic())

@@ -879,3 +879,21 @@ def test_tvm_client_is_not_handed_a_farm_board(pool: Pool) -> None:
     finally:
         client.close()
     assert pool.state() == {"total": 1, "free": 1, "pending": 0}
+
+
+def keepalive_timers(port: int) -> List[Tuple[str, str]]:
+    """The timers of the established connections on local port ``port``: (kind, time left), from ``ss -o``."""
+    output = subprocess.run(
+        ["ss", "-tnoH", "state", "established", "( sport = :%d )" % port], capture_output=True, text=True, check=True
+    ).stdout
+    return re.findall(r"timer:\((\w+),([\w.]+),", output)
+
+
+def test_the_tracker_keeps_its_connections_alive(pool: Pool) -> None:
+    """Keepalive probes within a minute, so a peer that vanished without a word leaves the queues."""
+    client = pool.client()
+    wait_for(lambda: keepalive_timers(pool.address[1]), 5, "the tracker's side of the connection is listed")
+    ((kind, left),) = keepalive_timers(pool.address[1])
+    assert kind == "keepalive", "the tracker's accepted connection has no keepalive timer"
+    assert left.endswith("sec") and float(left[: -len("sec")]) <= 60, left  # not Linux's default two hours
+    client.summary()
