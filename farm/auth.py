@@ -68,6 +68,20 @@ def add_secret_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def daemon_secret(path: Optional[str], host: Optional[str], what: str) -> Optional[bytes]:
+    """The secret a daemon starts with (``--secret-file``, else the environment's), warning when ``what`` listens
+    on ``host`` beyond this machine without one (``host`` None: it listens nowhere). An unusable secret file is
+    logged and ends the daemon with exit code 2."""
+    try:
+        secret = secret_from(path)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        raise SystemExit(2) from None
+    if host is not None:
+        warn_if_exposed(host, secret, what)
+    return secret
+
+
 def warn_if_exposed(host: str, secret: Optional[bytes], what: str) -> None:
     """Log a warning when ``what`` listens beyond this machine with no secret to keep strangers out."""
     if secret is not None:

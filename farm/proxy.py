@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Dict, Optional, Sequence, Tuple
 
-from .auth import add_secret_argument, admit_on_stream, prove_on_stream, secret_from, warn_if_exposed
+from .auth import add_secret_argument, admit_on_stream, daemon_secret, prove_on_stream
 from .errors import ProtocolError
 from .lifetime import die_with_launcher
 from .logs import configure_logging
@@ -407,12 +407,7 @@ async def serve(sock: socket.socket, tracker: Optional[Tuple[str, int]], secret:
 def run(args: argparse.Namespace) -> int:
     die_with_launcher()
     configure_logging(args.log_level)
-    try:
-        secret = secret_from(args.secret_file)
-    except ValueError as exc:
-        logger.error("%s", exc)
-        return 2
-    warn_if_exposed(args.host, secret, "proxy")
+    secret = daemon_secret(args.secret_file, args.host, "proxy")
     try:
         sock = bind_first_free(args.host, args.port, args.port_end)
     except OSError as exc:

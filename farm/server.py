@@ -27,7 +27,7 @@ import termios
 import time
 from typing import Dict, Optional, Sequence, Tuple, Union
 
-from .auth import add_secret_argument, secret_from, warn_if_exposed
+from .auth import add_secret_argument, daemon_secret
 from .errors import ProtocolError
 from .lifetime import become_subreaper, child_pids, die_with_launcher, die_with_parent
 from .logs import configure_logging
@@ -734,13 +734,7 @@ def _quota(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     die_with_launcher()
     configure_logging(args.log_level)
-    try:
-        secret = secret_from(args.secret_file)
-    except ValueError as exc:
-        logger.error("%s", exc)
-        return 2
-    if not args.through_proxy:
-        warn_if_exposed(args.host, secret, "board server")
+    secret = daemon_secret(args.secret_file, None if args.through_proxy else args.host, "board server")
     try:
         server = BoardServer(
             args.host,

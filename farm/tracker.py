@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
-from .auth import AUTH_TIMEOUT, add_secret_argument, admit_on_stream, secret_from, warn_if_exposed
+from .auth import AUTH_TIMEOUT, add_secret_argument, admit_on_stream, daemon_secret
 from .errors import ProtocolError
 from .lifetime import die_with_launcher
 from .logs import configure_logging
@@ -522,12 +522,7 @@ async def serve(sock: socket.socket, stop_key: Optional[str] = None, secret: Opt
 def run(args: argparse.Namespace) -> int:
     die_with_launcher()
     configure_logging(args.log_level)
-    try:
-        secret = secret_from(args.secret_file)
-    except ValueError as exc:
-        logger.error("%s", exc)
-        return 2
-    warn_if_exposed(args.host, secret, "tracker")
+    secret = daemon_secret(args.secret_file, args.host, "tracker")
     try:
         sock = bind_first_free(args.host, args.port, args.port_end)
     except OSError as exc:
