@@ -10,16 +10,18 @@ library only: boards use it.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ipaddress
 import logging
 import os
 import socket
 import stat
 import time
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from .protocol.auth import Acceptor, AuthError, Connector
+
+if TYPE_CHECKING:  # asyncio is the tracker's and the proxy's; a board need not import it
+    import asyncio
 
 logger = logging.getLogger("farm.auth")
 
@@ -134,6 +136,8 @@ async def prove_on_stream(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: bytes, timeout: float = AUTH_TIMEOUT
 ) -> bytes:
     """:func:`prove_on_socket` for asyncio streams (a daemon dialling another)."""
+    import asyncio
+
     return await asyncio.wait_for(_exchange_on_stream(Connector(secret), reader, writer), timeout)
 
 
@@ -145,6 +149,8 @@ async def admit_on_stream(
     AuthError (after telling the peer it is refused, when it got that far) if
     it cannot prove the secret; asyncio.TimeoutError if it says nothing in time.
     """
+    import asyncio
+
     return await asyncio.wait_for(_exchange_on_stream(Acceptor(secret), reader, writer), timeout)
 
 
