@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import numpy  # noqa: F401  (see below)
 import pytest
+from farm_certs import TlsFiles, make_tls_files
 
 import farm
 from farm.processes import DaemonProcess, start_board
@@ -227,3 +228,9 @@ def processes_with_env(name: str, value: str) -> Dict[int, str]:
         if needle in environ:
             found[int(entry)] = cmdline
     return found
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A farm CA, the farm's certificate (127.0.0.1, localhost, farm.test) and key, and a stranger CA's."""
+    return make_tls_files(tmp_path_factory.mktemp("tls"))

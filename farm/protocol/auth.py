@@ -27,6 +27,7 @@ import struct
 from typing import Optional
 
 from ..errors import ProtocolError
+from .peers import spoke
 
 #: The first four bytes of an authenticating connection (TVM's are 0xFF271 and 0x2F271).
 AUTH_MAGIC = 0x2F27A
@@ -36,7 +37,6 @@ MAC_SIZE = 32
 ADMITTED, REFUSED = b"\x01", b"\x00"
 
 _HELLO = struct.Struct("<iB")
-_OTHER_MAGICS = {0xFF271: "TVM's data-plane handshake", 0x2F271: "TVM's tracker protocol"}
 
 
 class AuthError(ProtocolError):
@@ -144,5 +144,6 @@ class Acceptor(_Exchange):
             return
         (magic,) = struct.unpack_from("<i", self._buffer)
         if magic != AUTH_MAGIC:
-            spoke = _OTHER_MAGICS.get(magic, "no protocol of this farm (first bytes %r)" % bytes(self._buffer[:4]))
-            raise AuthError("the other end did not authenticate: it spoke %s without the farm secret" % spoke)
+            raise AuthError(
+                "the other end did not authenticate: it spoke %s without the farm secret" % spoke(self._buffer[:4])
+            )

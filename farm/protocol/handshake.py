@@ -17,6 +17,7 @@ import struct
 from dataclasses import dataclass, field
 
 from ..errors import ProtocolError
+from .peers import spoke
 
 RPC_MAGIC = 0xFF271
 CODE_SUCCESS = 0xFF271
@@ -153,7 +154,10 @@ class HelloReader(_Reader):
             if magic is None:
                 return None
             if magic != RPC_MAGIC:
-                raise ProtocolError("wrong handshake magic 0x%X (expected 0x%X)" % (magic & 0xFFFFFFFF, RPC_MAGIC))
+                raise ProtocolError(
+                    "wrong handshake magic 0x%X (expected 0x%X): %s"
+                    % (magic & 0xFFFFFFFF, RPC_MAGIC, spoke(struct.pack("<i", magic)))
+                )
             self._magic_seen = True
         if self._length is None:
             self._length = self._take_int()

@@ -32,6 +32,7 @@ from enum import IntEnum
 from typing import Any, List, Optional
 
 from ..errors import ProtocolError
+from .peers import spoke
 
 TRACKER_MAGIC = 0x2F271
 #: Longest message either side accepts, as TVM's tracker does.
@@ -102,7 +103,10 @@ class MessageReader:
                 return messages
             (magic,) = _INT32.unpack_from(self._data)
             if magic != TRACKER_MAGIC:
-                raise ProtocolError("wrong tracker magic 0x%X (expected 0x%X)" % (magic & 0xFFFFFFFF, TRACKER_MAGIC))
+                raise ProtocolError(
+                    "wrong tracker magic 0x%X (expected 0x%X): %s"
+                    % (magic & 0xFFFFFFFF, TRACKER_MAGIC, spoke(self._data))
+                )
             del self._data[:4]
             self._magic_seen = True
         while True:
