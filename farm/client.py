@@ -37,13 +37,15 @@ from .errors import (
     RemoteError,
     SessionLostError,
 )
-from .net import keep_alive
+from .net import keep_alive, would_block
 from .protocol.auth import AuthError
 from .protocol.calls import decode_result, encode_call, tag_of
 from .protocol.framing import Frame, FrameReader
 from .protocol.handshake import CODE_BUSY, CODE_MISMATCH, CODE_SUCCESS, ReplyReader, encode_hello
 from .protocol.ops import PICKLE_PROTOCOL, Op
 from .signature import DTYPE_SIZES, Signature, parse_signature
+from .tls import ENV as TLS_ENV
+from .tls import TlsConfig, TlsError
 from .transport import ConnectionClosed, FramedSocket, tune
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -76,6 +78,7 @@ def connect(
     session_timeout: Optional[float] = None,
     connect_timeout: float = 10.0,
     secret: Optional[bytes] = None,
+    tls: Optional[TlsConfig] = None,
 ) -> RemoteSession:
     """Open a session on the board at ``host:port``.
 
@@ -84,17 +87,21 @@ def connect(
     that long, whatever it is doing; a board silent for longer than that
     plus ``SESSION_END_GRACE`` is taken for hung (:class:`SessionLostError`).
     ``secret`` is the farm secret (default:
-    the one ``$REMOTEDEV_SECRET_FILE`` names, if any). Raises
+    the one ``$REMOTEDEV_SECRET_FILE`` names, if any); ``tls`` the farm's TLS
+    configuration (default: the one ``$REMOTEDEV_TLS_*`` name, if any). Raises
     :class:`BoardBusyError` when the board serves another session and
     :class:`HandshakeError` on a key mismatch, a failed proof of the secret or
-    a peer that is not a board.
+    a peer that is not a board, and when TLS fails.
     """
     where = "%s:%d" % (host, port)
     secret = secret if secret is not None else secret_from()
+    tls = tls if tls is not None else TlsConfig.from_env()
     sock = socket.create_connection((host, port), timeout=connect_timeout)
     try:
         tune(sock)
         keep_alive(sock)  # a board that vanished is noticed in about 90 s, even without a session timeout
+        if tls.enabled:
+            sock = tls.wrap_client(sock, host)
         leftover = prove_on_socket(sock, secret, connect_timeout) if secret is not None else b""
         sock.sendall(encode_hello("client", key, session_timeout))
         reader = ReplyReader()
@@ -102,7 +109,7 @@ def connect(
         while reply is None:
             data = sock.recv(4096)
             if not data:
-                hint = "" if secret is not None else " (a farm with a secret does so: set %s)" % SECRET_ENV
+                hint = _closed_hint(secret, tls)
                 raise HandshakeError("the board at %s closed the connection during the handshake%s" % (where, hint))
             reply = reader.feed(data)
         if reply.code == CODE_BUSY:
@@ -117,7 +124,7 @@ def connect(
     except socket.timeout:
         sock.close()
         raise HandshakeError("no handshake reply from %s within %g s" % (where, connect_timeout)) from None
-    except AuthError as exc:
+    except (AuthError, TlsError) as exc:
         sock.close()
         raise HandshakeError("the board at %s: %s" % (where, exc)) from None
     except ProtocolError as exc:
@@ -126,6 +133,16 @@ def connect(
     except BaseException:
         sock.close()
         raise
+
+
+def _closed_hint(secret: Optional[bytes], tls: TlsConfig) -> str:
+    """Why a board may close the connection in the handshake, from what this end did not use."""
+    hints = []
+    if secret is None:
+        hints.append("a farm with a secret does so: set %s" % SECRET_ENV)
+    if not tls.enabled:
+        hints.append("a board with TLS does so: set %s" % TLS_ENV["ca"])
+    return " (%s)" % "; ".join(hints) if hints else ""
 
 
 def _as_host_array(data: Any) -> np.ndarray:
@@ -276,7 +293,7 @@ class RemoteSession:
 
     def _connection_lost(self, doing: str, exc: BaseException) -> SessionLostError:
         """Turn a broken connection into a :class:`SessionLostError`, with the board's notice if it sent one."""
-        if isinstance(exc, BlockingIOError) and self.silence_limit:  # SO_RCVTIMEO or SO_SNDTIMEO ran out
+        if isinstance(exc, OSError) and would_block(exc) and self.silence_limit:  # SO_RCVTIMEO or SO_SNDTIMEO
             where = "board %r at %s:%d" % (self.key, self.host, self.port)
             self._lost = SessionLostError(
                 "%s went silent while %s: nothing for %d s, past the session timeout of %g s it had to end the "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import sys
 from typing import Optional, Tuple
 
 #: TCP keepalive on every connection of the farm: a peer that vanished (power cut, cable pulled) is noticed
@@ -69,3 +70,49 @@ def parse_address(text: str, default_port: Optional[int] = None) -> Tuple[str, i
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError("%r is not HOST:PORT with a port in 1..65535" % text)
     return host, int(port)
+
+
+def is_tls(sock: socket.socket) -> bool:
+    """Whether ``sock`` is a TLS socket."""
+    ssl = sys.modules.get("ssl")  # a TLS socket exists only once ssl was imported; a board without TLS never does
+    return ssl is not None and isinstance(sock, ssl.SSLSocket)
+
+
+def would_block(exc: OSError) -> bool:
+    """Whether a call on a non-blocking socket, plain or TLS, failed only because it has to wait."""
+    if isinstance(exc, (BlockingIOError, InterruptedError)):
+        return True
+    ssl = sys.modules.get("ssl")  # a TLS socket exists only once ssl was imported; a board without TLS never does
+    return ssl is not None and isinstance(exc, (ssl.SSLWantReadError, ssl.SSLWantWriteError))
+
+
+def recv_nowait(sock: socket.socket, size: int) -> Optional[bytes]:
+    """What a non-blocking socket, plain or TLS, holds now: bytes, ``b""`` at the end of the stream, None if nothing.
+
+    The rest of a TLS record read in part stays inside the TLS layer, where a
+    selector cannot see it: it is read too.
+    """
+    try:
+        data = sock.recv(size)
+        pending = getattr(sock, "pending", None)  # only TLS sockets have it
+        while data and pending is not None and pending():
+            data += sock.recv(pending())
+    except OSError as exc:
+        if would_block(exc):
+            return None
+        raise
+    return data
+
+
+def send_nowait(sock: socket.socket, data: bytes) -> int:
+    """How many bytes of ``data`` a non-blocking socket, plain or TLS, took now (0: wait until writable).
+
+    A TLS socket takes all or nothing, and after nothing wants the same bytes
+    (or more, starting with them) next time.
+    """
+    try:
+        return sock.send(data)
+    except OSError as exc:
+        if would_block(exc):
+            return 0
+        raise

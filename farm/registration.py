@@ -25,10 +25,11 @@ from collections import deque
 from typing import Any, Callable, Deque, Optional, Tuple
 
 from .errors import ProtocolError
-from .net import start_connect
+from .net import recv_nowait, send_nowait, start_connect
 from .protocol.auth import AuthError, Connector
 from .protocol.handshake import CODE_SUCCESS, ReplyReader, encode_hello
 from .protocol.tracker import FARM_PROTOCOL, Code, MessageReader, encode_magic, encode_message, random_matchkey
+from .tls import Handshake, TlsConfig, TlsError
 
 logger = logging.getLogger("farm.registration")
 
@@ -40,7 +41,44 @@ POLL_PERIOD = 1.0
 UNUSED_MATCHKEY_TIMEOUT = 5.0
 
 
-class TrackerLink:
+class _Dialler:
+    """What both links share: a non-blocking connection of their own, with TLS when the farm uses it."""
+
+    address: Tuple[str, int]
+    _sock: Optional[socket.socket]
+    _selector: selectors.BaseSelector
+    _tls: Optional[TlsConfig]
+    _handshake: Optional[Handshake]
+
+    def _start_tls(self) -> None:
+        """The TCP connection is up: wrap it and start the TLS handshake (no-op without TLS)."""
+        if self._tls is None or self._sock is None:
+            return
+        self._selector.unregister(self._sock)  # wrapping detaches the socket
+        self._handshake = Handshake(self._sock, self._tls, server_side=False, host=self.address[0])
+        self._sock = self._handshake.sock
+        self._selector.register(self._sock, selectors.EVENT_WRITE, self)
+
+    def _secure(self) -> bool:
+        """Whether the connection is ready for the protocol: no TLS, or its handshake done (stepped on here)."""
+        handshake = self._handshake
+        if handshake is None or handshake.done:
+            return True
+        assert self._sock is not None
+        try:
+            events = handshake.step()
+        except TlsError as exc:
+            self._fail("TLS with %s:%d failed: %s" % (self.address[0], self.address[1], exc))
+            return False
+        if events:
+            self._selector.modify(self._sock, events, self)
+        return handshake.done
+
+    def _fail(self, why: str) -> None:
+        raise NotImplementedError
+
+
+class TrackerLink(_Dialler):
     """The board's connection to its tracker (see the module docstring)."""
 
     def __init__(
@@ -52,10 +90,13 @@ class TrackerLink:
         custom_addr: Optional[str] = None,
         name: str = "",
         secret: Optional[bytes] = None,
+        tls: Optional[TlsConfig] = None,
     ) -> None:
         self.address = address
         self.key = key
         self._secret = secret
+        self._tls = tls
+        self._handshake = None
         self._auth: Optional[Connector] = None  # the proof of the farm secret, before the tracker protocol
         self.name = name
         self.port = port
@@ -117,15 +158,18 @@ class TrackerLink:
     def on_event(self, mask: int) -> None:
         if self._sock is None:
             return
-        if mask & selectors.EVENT_WRITE:
-            if not self._connected:
-                error = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if error:
-                    self._lost("cannot reach the tracker: %s" % errno.errorcode.get(error, error))
-                    return
-                self._on_connected()
-            self._flush()
-        if mask & selectors.EVENT_READ and self._sock is not None:
+        if not self._connected:
+            if not mask & selectors.EVENT_WRITE:
+                return
+            error = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                self._lost("cannot reach the tracker: %s" % errno.errorcode.get(error, error))
+                return
+            self._on_connected()
+        if not self._secure():
+            return
+        self._flush()
+        if self._sock is not None:
             self._receive()
 
     # --- connection -------------------------------------------------------------
@@ -138,6 +182,7 @@ class TrackerLink:
             return
         self._sock = sock
         self._connected = False
+        self._handshake = None
         self._reader = MessageReader(expect_magic=True)
         self._auth = Connector(self._secret) if self._secret is not None else None
         self._out = bytearray(self._auth.data_to_send() if self._auth is not None else encode_magic())
@@ -145,9 +190,11 @@ class TrackerLink:
         self._selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self)
 
     def _on_connected(self) -> None:
-        """The TCP connection is up: send the magic alone (TVM's tracker wants it in a segment of its own)."""
+        """The TCP connection is up: TLS first if the farm uses it, then the magic alone (TVM's tracker wants it
+        in a segment of its own)."""
         self._connected = True
         self._retry_delay = RETRY_FIRST
+        self._start_tls()
 
     def _on_magic_echoed(self) -> None:
         logger.info("registered with the tracker at %s:%d", *self.address)
@@ -172,14 +219,12 @@ class TrackerLink:
         self._flush()
 
     def _flush(self) -> None:
-        if self._sock is None:
-            return
+        if self._sock is None or (self._handshake is not None and not self._handshake.done):
+            return  # the handshake's step chooses the events meanwhile
         sent = 0
         if self._connected and self._out:
             try:
-                sent = self._sock.send(self._out)
-            except BlockingIOError:
-                pass
+                sent = send_nowait(self._sock, self._out)
             except OSError as exc:
                 self._lost("lost the tracker: %s" % exc)
                 return
@@ -190,11 +235,11 @@ class TrackerLink:
     def _receive(self) -> None:
         assert self._sock is not None
         try:
-            data = self._sock.recv(65536)
-        except BlockingIOError:
-            return
+            data = recv_nowait(self._sock, 65536)
         except OSError as exc:
             self._lost("lost the tracker: %s" % exc)
+            return
+        if data is None:
             return
         if not data:
             self._lost("the tracker closed the connection")
@@ -251,6 +296,8 @@ class TrackerLink:
         logger.warning("%s; reconnecting", why)
         self._disconnect(reconnect=True)
 
+    _fail = _lost
+
     def _disconnect(self, reconnect: bool) -> None:
         if self._sock is not None:
             try:
@@ -272,7 +319,7 @@ class TrackerLink:
         self._retry_delay = min(RETRY_LAST, self._retry_delay * 2)
 
 
-class ProxyDialer:
+class ProxyDialer(_Dialler):
     """A board behind a proxy: dial out, say ``server:KEY``, and wait for the proxy to pair a client.
 
     Driven by the board daemon's selector loop, like :class:`TrackerLink`.
@@ -288,12 +335,16 @@ class ProxyDialer:
         selector: selectors.BaseSelector,
         on_paired: Callable[[socket.socket, str, bytes, int], None],
         secret: Optional[bytes] = None,
+        tls: Optional[TlsConfig] = None,
     ) -> None:
         self.address = address
         self.key = key
         self._selector = selector
         self._on_paired = on_paired
         self._secret = secret
+        self._tls = tls
+        self._handshake = None
+        self._greeted = False
         self._auth: Optional[Connector] = None  # the proof of the farm secret, before the hello
         self._sent = 0  # bytes sent on this connection: the session counts on from there
         self._sock: Optional[socket.socket] = None
@@ -338,6 +389,8 @@ class ProxyDialer:
             return
         self._sock = sock
         self._connected = False
+        self._handshake = None
+        self._greeted = False
         self._replies = ReplyReader()
         self._selector.register(sock, selectors.EVENT_WRITE, self)
 
@@ -350,20 +403,18 @@ class ProxyDialer:
                 self._retry("cannot reach the proxy: %s" % errno.errorcode.get(error))
                 return
             self._connected = True
-            self._sent = 0
-            self._auth = Connector(self._secret) if self._secret is not None else None
-            if not self._send(self._auth.data_to_send() if self._auth is not None else self._hello):
-                return
-            self._selector.modify(self._sock, selectors.EVENT_READ, self)
-            if self._auth is None:
-                logger.info("waiting at the proxy %s:%d for a client", *self.address)
+            self._start_tls()
+        if not self._secure():
+            return
+        if not self._greeted:
+            self._greet()
             return
         try:
-            data = self._sock.recv(4096)
-        except BlockingIOError:
-            return
+            data = recv_nowait(self._sock, 4096)
         except OSError as exc:
             self._retry("lost the proxy: %s" % exc)
+            return
+        if data is None:
             return
         if not data:
             self._retry("the proxy closed the connection")
@@ -389,6 +440,18 @@ class ProxyDialer:
         self._retry_delay = RETRY_FIRST
         sock.setblocking(True)
         self._on_paired(sock, reply.text, self._replies.leftover(), self._sent)
+
+    def _greet(self) -> None:
+        """Connected (and TLS up, with TLS): the proof of the secret, if the farm has one, or the hello."""
+        assert self._sock is not None
+        self._greeted = True
+        self._sent = 0
+        self._auth = Connector(self._secret) if self._secret is not None else None
+        if not self._send(self._auth.data_to_send() if self._auth is not None else self._hello):
+            return
+        self._selector.modify(self._sock, selectors.EVENT_READ, self)
+        if self._auth is None:
+            logger.info("waiting at the proxy %s:%d for a client", *self.address)
 
     def _send(self, data: bytes) -> bool:
         """A few bytes into an almost empty socket buffer; False (and dial again later) if that fails."""
@@ -431,3 +494,5 @@ class ProxyDialer:
         logger.info("%s (%s:%d); dialling again in %.2f s", why, self.address[0], self.address[1], self._retry_delay)
         self._next_attempt = time.monotonic() + self._retry_delay
         self._retry_delay = min(RETRY_LAST, self._retry_delay * 2)
+
+    _fail = _retry

@@ -31,13 +31,16 @@ from .auth import add_secret_argument, daemon_secret
 from .errors import ProtocolError
 from .lifetime import become_subreaper, child_pids, die_with_launcher, die_with_parent
 from .logs import configure_logging
-from .net import bind_first_free, parse_address
+from .net import bind_first_free, parse_address, recv_nowait
 from .protocol.auth import Acceptor, AuthError
 from .protocol.framing import DEFAULT_MAX_PAYLOAD, FrameReader, encode_frame
 from .protocol.handshake import CODE_BUSY, CODE_MISMATCH, CODE_SUCCESS, Hello, HelloReader, encode_reply, parse_key
 from .protocol.ops import Op
+from .protocol.peers import looks_like_tls, spoke
 from .registration import ProxyDialer, TrackerLink
+from .relay import SessionRelay
 from .session import DEFAULT_SESSION_QUOTA_MB, MB, Session, SessionStatus, directory_size, over_quota_message
+from .tls import Handshake, TlsConfig, TlsError, add_tls_arguments, daemon_tls
 from .transport import FramedSocket, send_buffers, tune
 
 logger = logging.getLogger("farm.server")
@@ -46,6 +49,8 @@ logger = logging.getLogger("farm.server")
 MAX_PENDING_HANDSHAKES = 64
 #: Seconds between two checks of the running session's directory against the quota.
 QUOTA_CHECK_PERIOD = 1.0
+#: Seconds the daemon tries to tell a client how its session ended.
+NOTIFY_TIMEOUT = 2.0
 
 
 class _Pending:
@@ -53,7 +58,8 @@ class _Pending:
         self.sock = sock
         self.peer = peer
         self.deadline = deadline
-        self.auth = Acceptor(secret) if secret is not None else None  # first the proof of the farm secret
+        self.tls: Optional[Handshake] = None  # with TLS: its handshake, first of all
+        self.auth = Acceptor(secret) if secret is not None else None  # then the proof of the farm secret
         self.sent = 0  # bytes sent before the handshake's reply
         self.reader = HelloReader()
 
@@ -61,9 +67,12 @@ class _Pending:
 class _Active:
     """The session being served: its process, connection and directory."""
 
-    def __init__(self, pid: int, sock: socket.socket, peer: str, directory: str, timeout: Optional[float]) -> None:
+    def __init__(self, pid: int, sock: socket.socket, peer: str, directory: str, timeout: Optional[float],
+                 relay: Optional[SessionRelay] = None) -> None:  # fmt: skip
         self.pid = pid
         self.sock = sock
+        self.relay = relay  # under TLS: the daemon relays between the client and the session process
+        self.sent_before = 0  # bytes sent on the connection before the session process took over
         self.peer = peer
         self.directory = directory
         self.status = SessionStatus()
@@ -108,10 +117,12 @@ class BoardServer:
         name: str = "",
         secret: Optional[bytes] = None,
         session_quota: int = DEFAULT_SESSION_QUOTA_MB * MB,
+        tls: Optional[TlsConfig] = None,
     ) -> None:
         self.host = host
         self.key = key
         self.secret = secret
+        self.tls = tls
         self.session_quota = session_quota  # bytes a session's directory may hold (0: no limit)
         self.max_message_size = max_message_size
         self.handshake_timeout = handshake_timeout
@@ -131,9 +142,9 @@ class BoardServer:
         self._wakeup_r, self._wakeup_w = os.pipe()
         self._link: Optional[Union[TrackerLink, ProxyDialer]] = None  # how clients find the board
         if through_proxy:
-            self._link = ProxyDialer((host, port), key, self._selector, self._paired_by_proxy, secret)
+            self._link = ProxyDialer((host, port), key, self._selector, self._paired_by_proxy, secret, tls)
         elif tracker is not None:
-            self._link = TrackerLink(tracker, key, self.port, self._selector, custom_addr, self.name, secret)
+            self._link = TrackerLink(tracker, key, self.port, self._selector, custom_addr, self.name, secret, tls)
 
     # --- the daemon loop ----------------------------------------------------
 
@@ -161,7 +172,7 @@ class BoardServer:
                         self._accept()
                     elif key.fileobj == self._wakeup_r:
                         self._drain_wakeups()
-                    elif isinstance(key.data, (TrackerLink, ProxyDialer)):
+                    elif isinstance(key.data, (TrackerLink, ProxyDialer, SessionRelay)):
                         key.data.on_event(mask)
                     else:
                         self._on_handshake_data(key.data)
@@ -232,13 +243,16 @@ class BoardServer:
             pending.sock.close()
 
     def _on_handshake_data(self, pending: _Pending) -> None:
+        if self.tls is not None and not (pending.tls is not None and pending.tls.done):
+            if not self._advance_tls(pending):
+                return
         try:
-            data = pending.sock.recv(4096)
-        except (BlockingIOError, InterruptedError):
-            return
+            data = recv_nowait(pending.sock, 4096)
         except OSError as exc:
             logger.info("handshake from %s failed: %s", pending.peer, exc)
             self._drop_pending(pending)
+            return
+        if data is None:
             return
         if not data:
             logger.info("%s closed the connection during the handshake", pending.peer)
@@ -259,6 +273,36 @@ class BoardServer:
         if hello is not None:
             self._drop_pending(pending, close=False)
             self._admit(pending, hello)
+
+    def _advance_tls(self, pending: _Pending) -> bool:
+        """Take the TLS handshake a step on; whether it is done (and bytes may follow)."""
+        assert self.tls is not None
+        if pending.tls is None:  # refuse a peer that does not start TLS, naming what it spoke
+            try:
+                first = pending.sock.recv(5, socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError as exc:
+                first = b""
+                logger.info("handshake from %s failed: %s", pending.peer, exc)
+            if not looks_like_tls(first):
+                if first:
+                    logger.warning("refused %s: it spoke %s, not TLS", pending.peer, spoke(first))
+                self._drop_pending(pending)
+                return False
+            self._drop_pending(pending, close=False)  # wrapping detaches the socket
+            pending.tls = Handshake(pending.sock, self.tls, server_side=True)
+            pending.sock = pending.tls.sock
+            self._pending[pending.sock] = pending
+            self._selector.register(pending.sock, selectors.EVENT_READ, pending)
+        try:
+            events = pending.tls.step()
+        except TlsError as exc:
+            logger.warning("refused %s: TLS handshake failed: %s", pending.peer, exc)
+            self._drop_pending(pending)
+            return False
+        self._selector.modify(pending.sock, events or selectors.EVENT_READ, pending)
+        return pending.tls.done
 
     def _on_proof_data(self, pending: _Pending, data: bytes) -> bytes:
         """Feed the farm-secret exchange; the bytes after it once it succeeded (b"" while it goes on or failed)."""
@@ -349,19 +393,26 @@ class BoardServer:
             logger.error("cannot make a session directory for %s: %s", peer, exc)
             sock.close()
             return
-        active = _Active(0, sock, peer, directory, timeout)
+        relay = SessionRelay(sock, self._selector) if self.tls is not None else None
+        active = _Active(0, sock, peer, directory, timeout, relay)
+        active.sent_before = bytes_sent
         daemon_pid = os.getpid()
         try:
             pid = os.fork()
         except OSError as exc:
             logger.error("cannot start a session process for %s: %s", peer, exc)
             shutil.rmtree(directory, ignore_errors=True)
+            if relay is not None:
+                relay.close()
             sock.close()
             return
         if pid == 0:
             self._run_child(active, leftover, bytes_sent, daemon_pid)
         active.pid = pid
         self._active = active
+        if relay is not None:
+            relay.child_end.close()
+            relay.register()
         try:
             os.setpgid(pid, pid)
         except OSError:
@@ -391,7 +442,12 @@ class BoardServer:
             os.close(self._wakeup_w)
             self._watchdog.close()
             os.chdir(active.directory)
-            conn = FramedSocket(active.sock, FrameReader())
+            if active.relay is not None:  # the TLS connection stays the daemon's
+                active.sock.close()
+                active.relay.inner.close()
+                conn = FramedSocket(active.relay.child_end, FrameReader())
+            else:
+                conn = FramedSocket(active.sock, FrameReader())
             Session(
                 conn,
                 active.directory,
@@ -517,6 +573,9 @@ class BoardServer:
         else:
             logger.info("session from %s ended after %.1f s", active.peer, elapsed)
         shutil.rmtree(active.directory, ignore_errors=True)  # before the client sees the end of the stream
+        if active.relay is not None:
+            active.relay.drain_child()
+        notice = None
         if not self._reply_cut_short(active):  # else no frame can follow on the connection
             notice = {
                 "message": message,
@@ -527,19 +586,26 @@ class BoardServer:
                 "started": active.started_at,
                 "ended": time.time(),
             }
-            self._notify(active.sock, notice)
-        active.sock.close()
+        if active.relay is not None:
+            active.relay.finish(b"".join(encode_frame(Op.SESSION_END, 0, notice)) if notice else b"", NOTIFY_TIMEOUT)
+        else:
+            if notice is not None:
+                self._notify(active.sock, notice)
+            active.sock.close()
 
     def _reply_cut_short(self, active: _Active) -> bool:
         """Whether the dead session process left a reply half sent."""
         if active.status.state != SessionStatus.SENDING:
             return False
-        written = bytes_written(active.sock)
+        if active.relay is not None:  # what it wrote to the relay reaches the client before anything else
+            written: Optional[int] = active.sent_before + active.relay.from_child
+        else:
+            written = bytes_written(active.sock)
         return written is None or written < active.status.reply_end
 
     def _notify(self, sock: socket.socket, notice: dict) -> None:
         try:
-            sock.settimeout(2.0)
+            sock.settimeout(NOTIFY_TIMEOUT)
             send_buffers(sock, encode_frame(Op.SESSION_END, 0, notice))
             sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
@@ -722,6 +788,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="dial out to the proxy at --host:--port instead of listening (for boards behind NAT)",
     )
     add_secret_argument(parser)
+    add_tls_arguments(parser)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -735,6 +802,7 @@ def run(args: argparse.Namespace) -> int:
     die_with_launcher()
     configure_logging(args.log_level)
     secret = daemon_secret(args.secret_file, None if args.through_proxy else args.host, "board server")
+    tls = daemon_tls(args, listens=not args.through_proxy, dials=args.through_proxy or args.tracker is not None)
     try:
         server = BoardServer(
             args.host,
@@ -750,6 +818,7 @@ def run(args: argparse.Namespace) -> int:
             args.name,
             secret,
             session_quota=args.session_quota * MB,
+            tls=tls,
         )
     except OSError as exc:
         logger.error("cannot listen: %s", exc)

@@ -16,8 +16,10 @@ import argparse
 import logging
 import os
 import socket
-import ssl
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Dict, Optional
+
+if TYPE_CHECKING:  # ssl is imported when TLS is on: a board without it does not load it
+    import ssl
 
 logger = logging.getLogger("farm.tls")
 
@@ -76,6 +78,8 @@ class TlsConfig:
     def server_context(self) -> ssl.SSLContext:
         """The context a listening daemon accepts TLS connections with; ValueError naming what is missing."""
         if self._server is None:
+            import ssl
+
             if not (self.cert and self.key):
                 raise ValueError("a daemon that listens with TLS needs both --tls-cert and --tls-key")
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -92,6 +96,8 @@ class TlsConfig:
     def client_context(self) -> ssl.SSLContext:
         """The context for connecting: checks the other end's certificate; ValueError naming what is missing."""
         if self._client is None:
+            import ssl
+
             if not self.ca:
                 raise ValueError(
                     "connecting with TLS needs --tls-ca (the certificate authority that signed the farm's "
@@ -122,6 +128,8 @@ class TlsConfig:
 
     def wrap_client(self, sock: socket.socket, host: str) -> ssl.SSLSocket:
         """Run the TLS handshake on a connected blocking socket (its timeout applies); TlsError if it fails."""
+        import ssl
+
         try:
             return self.client_context().wrap_socket(sock, server_hostname=self.server_hostname(host))
         except ssl.SSLError as exc:
@@ -140,6 +148,8 @@ class TlsError(ConnectionError):
 
 def describe_failure(exc: BaseException) -> str:
     """A TLS failure in words: a certificate problem, or the other end not speaking TLS."""
+    import ssl
+
     if isinstance(exc, ssl.SSLCertVerificationError):
         return "the certificate was refused: %s" % (exc.verify_message or exc.reason)
     reason = _reason(exc)
@@ -184,3 +194,39 @@ def daemon_tls(args: argparse.Namespace, listens: bool, dials: bool) -> Optional
         logger.error("%s", exc)
         raise SystemExit(2) from None
     return config
+
+
+class Handshake:
+    """The TLS handshake of a non-blocking socket, driven by a selector loop (the board's daemon).
+
+    Wrapping detaches ``sock``: unregister it from the selector first and
+    register :attr:`sock` instead. Call :meth:`step` on each event.
+    """
+
+    def __init__(self, sock: socket.socket, config: TlsConfig, server_side: bool, host: str = "") -> None:
+        if server_side:
+            context, name = config.server_context(), None
+        else:
+            context, name = config.client_context(), config.server_hostname(host)
+        self.sock = context.wrap_socket(
+            sock, server_side=server_side, server_hostname=name, do_handshake_on_connect=False
+        )
+        self.done = False
+
+    def step(self) -> int:
+        """Advance: the selector events to wait for next, 0 once done; TlsError naming why it failed."""
+        import selectors
+        import ssl
+
+        try:
+            self.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            return selectors.EVENT_READ
+        except ssl.SSLWantWriteError:
+            return selectors.EVENT_WRITE
+        except ssl.SSLError as exc:
+            raise TlsError(describe_failure(exc)) from None
+        except OSError as exc:
+            raise TlsError("the connection broke during the TLS handshake: %s" % (exc.strerror or exc)) from None
+        self.done = True
+        return 0

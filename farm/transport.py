@@ -3,7 +3,8 @@
 Frames go out with one ``sendmsg`` over the header and the payload's
 memoryview, and come in with ``recv_into`` straight into the buffer
 :class:`~farm.protocol.framing.FrameReader` names, so array bytes are
-never copied in user space. Standard library only.
+never copied in user space (over TLS, whose records copy anyway, the
+parts go one after the other). Standard library only.
 """
 
 from __future__ import annotations
@@ -11,7 +12,11 @@ from __future__ import annotations
 import socket
 from typing import List, Optional
 
+from .net import is_tls
 from .protocol.framing import Buffer, Frame, FrameReader, encode_frame
+
+#: Over TLS, a frame smaller than this goes out in one piece (one record) rather than part by part.
+_JOIN_BELOW = 64 * 1024
 
 
 class ConnectionClosed(ConnectionError):
@@ -45,6 +50,7 @@ class FramedSocket:
 
     def __init__(self, sock: socket.socket, reader: Optional[FrameReader] = None, initial: bytes = b"") -> None:
         self.sock = sock
+        self._gather = not is_tls(sock)  # TLS sockets have no sendmsg
         self.reader = reader or FrameReader()
         if initial:
             self.reader.push(initial)
@@ -56,8 +62,13 @@ class FramedSocket:
         """Send a frame already encoded by :func:`~farm.protocol.framing.encode_frame`."""
         if len(parts) == 1:
             self.sock.sendall(parts[0])
-        else:
+        elif self._gather:
             send_buffers(self.sock, parts)
+        elif sum(memoryview(part).nbytes for part in parts) < _JOIN_BELOW:
+            self.sock.sendall(b"".join(parts))
+        else:
+            for part in parts:
+                self.sock.sendall(part)
 
     def recv(self) -> Frame:
         """The next frame; raises :class:`ConnectionClosed` at end of stream."""

@@ -21,14 +21,16 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pytest
+from farm_certs import TlsFiles
 
 import farm
-from conftest import read_until_closed, wait_for
+from conftest import python_env, read_until_closed, wait_for
 from farm.processes import DaemonProcess
 from farm.protocol.calls import encode_call
 from farm.protocol.framing import HEADER, Frame, FrameReader, encode_frame
 from farm.protocol.handshake import CODE_SUCCESS, RPC_MAGIC, ReplyReader, encode_hello
 from farm.protocol.ops import Op
+from farm.tls import ENV as TLS_ENV
 
 PROJECT = Path(__file__).resolve().parents[2]
 KEY = "test"
@@ -168,8 +170,21 @@ def wait_until_spinning(pid: int, before: int, call: Background) -> None:
 
 
 @pytest.fixture
-def board(board_factory: Callable[..., DaemonProcess]) -> DaemonProcess:
+def board(
+    request: pytest.FixtureRequest,
+    board_factory: Callable[..., DaemonProcess],
+    tls_files: TlsFiles,
+    monkeypatch: pytest.MonkeyPatch,
+) -> DaemonProcess:
+    """A board; with ``@BOTH_TRANSPORTS`` also one under TLS, whose CA the test's clients take from the environment."""
+    if getattr(request, "param", "plain") == "tls":
+        monkeypatch.setenv(TLS_ENV["ca"], tls_files.ca)
+        return board_factory(key=KEY, env=python_env(**tls_files.daemon().as_env()))
     return board_factory(key=KEY)
+
+
+#: Run a test on a plain board and on one under TLS, where the daemon relays the session's bytes.
+BOTH_TRANSPORTS = pytest.mark.parametrize("board", ["plain", "tls"], indirect=True)
 
 
 @pytest.fixture
@@ -291,6 +306,7 @@ def assert_recovered(daemon: DaemonProcess, session_dir: str, old_pid: int) -> N
 
 
 @pytest.mark.parametrize("name, signature, args, signum, exit_code", CRASHES)
+@BOTH_TRANSPORTS
 def test_crash_is_reported_and_the_board_recovers(
     board: DaemonProcess,
     kernels: dict,
@@ -322,6 +338,7 @@ def test_crash_is_reported_and_the_board_recovers(
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@BOTH_TRANSPORTS
 def test_session_process_killed_from_outside_while_idle(board: DaemonProcess, signum: int) -> None:
     for _attempt in range(3):  # the report must not depend on how fast the kill follows the last reply
         with farm.connect(*board.address, key=KEY) as session:
@@ -339,6 +356,7 @@ def test_session_process_killed_from_outside_while_idle(board: DaemonProcess, si
         assert_recovered(board, info["session_dir"], pid)
 
 
+@BOTH_TRANSPORTS
 def test_session_process_killed_from_outside_while_running(board: DaemonProcess, kernels: dict) -> None:
     with farm.connect(*board.address, key=KEY) as session:
         info = session.system_info()
@@ -358,6 +376,7 @@ def test_session_process_killed_from_outside_while_running(board: DaemonProcess,
 # --- session timeout -----------------------------------------------------------------------
 
 
+@BOTH_TRANSPORTS
 def test_session_timeout_ends_a_spinning_call(board: DaemonProcess, kernels: dict) -> None:
     with farm.connect(*board.address, key=KEY, session_timeout=1) as session:
         info = session.system_info()
@@ -375,6 +394,7 @@ def test_session_timeout_ends_a_spinning_call(board: DaemonProcess, kernels: dic
     assert_recovered(board, info["session_dir"], info["pid"])
 
 
+@BOTH_TRANSPORTS
 def test_session_timeout_that_does_not_expire(board: DaemonProcess, kernels: dict) -> None:
     x = np.arange(64, dtype=np.float32)
     with farm.connect(*board.address, key=KEY, session_timeout=60) as session:
@@ -429,6 +449,7 @@ def test_non_finite_session_timeout_does_not_make_the_daemon_spin(board: DaemonP
 
 
 @pytest.mark.parametrize("ending", ["close", "crash"])
+@BOTH_TRANSPORTS
 def test_forked_children_die_with_the_session(board: DaemonProcess, kernels: dict, ending: str) -> None:
     with farm.connect(*board.address, key=KEY) as session:
         session_pid = session.system_info()["pid"]
@@ -448,6 +469,7 @@ def test_forked_children_die_with_the_session(board: DaemonProcess, kernels: dic
 # --- one session at a time, keys -------------------------------------------------------------
 
 
+@BOTH_TRANSPORTS
 def test_second_client_is_refused_while_busy(board: DaemonProcess) -> None:
     first = farm.connect(*board.address, key=KEY)
     try:
@@ -464,6 +486,7 @@ def test_second_client_is_refused_while_busy(board: DaemonProcess) -> None:
         second.ping()
 
 
+@BOTH_TRANSPORTS
 def test_key_mismatch_is_refused(board: DaemonProcess) -> None:
     with pytest.raises(farm.HandshakeError) as caught:
         farm.connect(*board.address, key="another-board")
@@ -608,6 +631,7 @@ def test_malformed_frame_sent_with_the_handshake(board: DaemonProcess, sent: byt
 # --- stopping the daemon during a session --------------------------------------------------------
 
 
+@BOTH_TRANSPORTS
 def test_sigterm_to_the_daemon_during_an_idle_session(board: DaemonProcess) -> None:
     session = farm.connect(*board.address, key=KEY)
     try:
@@ -626,6 +650,7 @@ def test_sigterm_to_the_daemon_during_an_idle_session(board: DaemonProcess) -> N
     assert not os.path.exists(work_dir)
 
 
+@BOTH_TRANSPORTS
 def test_sigterm_to_the_daemon_during_a_running_call(board: DaemonProcess, kernels: dict) -> None:
     with farm.connect(*board.address, key=KEY) as session:
         info = session.system_info()
