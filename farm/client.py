@@ -107,7 +107,10 @@ def connect(
         reader = ReplyReader()
         reply = reader.feed(leftover) if leftover else None
         while reply is None:
-            data = sock.recv(4096)
+            try:
+                data = sock.recv(4096)
+            except ConnectionResetError:  # it closed without reading what we sent
+                data = b""
             if not data:
                 hint = _closed_hint(secret, tls)
                 raise HandshakeError("the board at %s closed the connection during the handshake%s" % (where, hint))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import pytest
+from farm_certs import TlsFiles
 
 import farm
 from conftest import python_env, read_until_closed, wait_for
@@ -401,18 +402,28 @@ except KeyboardInterrupt:
 """
 
 
+@pytest.mark.parametrize("transport", ["plain", "tls"])
 @pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
 def test_a_client_that_leaves_mid_call_frees_the_board(
-    board_factory: Callable[..., DaemonProcess], tmp_path: Path, how: str
+    board_factory: Callable[..., DaemonProcess],
+    tmp_path: Path,
+    how: str,
+    transport: str,
+    tls_files: TlsFiles,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Ctrl-C (or a kill) during a long call: the client closes at once and the board ends the session."""
-    daemon = board_factory(key=KEY)
+    """Ctrl-C (or a kill) during a long call: the client closes at once and the board ends the session (under TLS
+    the daemon, which holds the client's connection, sees it go)."""
+    tls_env = tls_files.daemon().as_env() if transport == "tls" else {}
+    for name, value in tls_env.items():
+        monkeypatch.setenv(name, value)
+    daemon = board_factory(key=KEY, env=python_env(**tls_env))
     host, port = daemon.address
     script, started, output = tmp_path / "client.py", tmp_path / "started", tmp_path / "client.out"
     script.write_text(INTERRUPTED_CLIENT)
     with open(output, "w") as out:
         argv = [sys.executable, str(script), host, str(port), KEY, str(started)]
-        client = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=python_env())
+        client = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=python_env(**tls_env))
     try:
         wait_for(started.exists, 30, "the board to run the call")
         client.send_signal(getattr(signal, how))
