@@ -21,7 +21,7 @@ from .net import recv_nowait, send_nowait
 logger = logging.getLogger("farm.relay")
 
 #: Most bytes held for either side before the relay stops reading from the other.
-BUFFER_LIMIT = 1 << 20
+BUFFER_LIMIT = 4 << 20
 _CHUNK = 256 * 1024
 
 
@@ -36,6 +36,9 @@ class SessionRelay:
     def __init__(self, outer: socket.socket, selector: selectors.BaseSelector) -> None:
         self.outer = outer
         self.inner, self.child_end = socket.socketpair()
+        for sock in (self.inner, self.child_end):  # fewer wakeups of either process per array (capped by the system)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BUFFER_LIMIT)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, BUFFER_LIMIT)
         self._selector = selector
         self._to_child = bytearray()
         self._to_client = bytearray()
@@ -101,20 +104,21 @@ class SessionRelay:
         self._events[sock] = events
 
     def _pump_once(self) -> bool:
-        """One round of the four moves; whether any of them moved bytes."""
+        """One round of the four moves, each reading all there is (up to the limit) before writing it on, so
+        that the session process is woken once per batch, not per TLS record; whether any of them moved bytes."""
         moved = False
-        if not self.client_gone and len(self._to_child) < BUFFER_LIMIT:
+        while not self.client_gone and len(self._to_child) < BUFFER_LIMIT:
             try:
                 data = recv_nowait(self.outer, _CHUNK)
             except OSError as exc:
                 logger.info("the client's connection broke: %s", exc)
                 data = b""
-            if data is not None:
-                moved = True
-                if data:
-                    self._to_child += data
-                else:
-                    self.client_gone = True
+            if data is None:
+                break
+            moved = True
+            if not data:
+                self.client_gone = True
+            self._to_child += data
         if self._to_child and not self._inner_shut:
             try:
                 sent = send_nowait(self.inner, self._to_child)
@@ -128,14 +132,14 @@ class SessionRelay:
                 self.inner.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
-        if not self._child_done and len(self._to_client) < BUFFER_LIMIT:
+        while not self._child_done and len(self._to_client) < BUFFER_LIMIT:
             data = recv_nowait(self.inner, _CHUNK)
-            if data is not None:
-                moved = True
-                if data:
-                    self._take_from_child(data)
-                else:
-                    self._child_done = True
+            if data is None:
+                break
+            moved = True
+            if not data:
+                self._child_done = True
+            self._take_from_child(data)
         if self._to_client and not self.client_gone:
             try:
                 sent = send_nowait(self.outer, self._to_client)
