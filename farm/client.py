@@ -37,7 +37,7 @@ from .errors import (
     RemoteError,
     SessionLostError,
 )
-from .net import keep_alive, would_block
+from .net import is_tls, keep_alive, would_block
 from .protocol.auth import AuthError
 from .protocol.calls import decode_result, encode_call, tag_of
 from .protocol.framing import Frame, FrameReader
@@ -204,7 +204,9 @@ class RemoteSession:
         #: Seconds a send or receive may wait: past the session timeout the board ends the session (0: no bound).
         bounded = session_timeout is not None and 0 < session_timeout < 1e9  # not NaN, not infinite
         self.silence_limit = math.ceil(session_timeout + SESSION_END_GRACE) if bounded else 0  # type: ignore[operator]
-        if self.silence_limit:  # cost-free in the kernel, unlike a socket timeout's poll before each receive
+        if self.silence_limit and is_tls(sock):  # its reads retry what SO_RCVTIMEO cuts short: a socket timeout
+            sock.settimeout(self.silence_limit)
+        elif self.silence_limit:  # cost-free in the kernel, unlike a socket timeout's poll before each receive
             timeval = struct.pack("ll", self.silence_limit, 0)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
@@ -296,7 +298,8 @@ class RemoteSession:
 
     def _connection_lost(self, doing: str, exc: BaseException) -> SessionLostError:
         """Turn a broken connection into a :class:`SessionLostError`, with the board's notice if it sent one."""
-        if isinstance(exc, OSError) and would_block(exc) and self.silence_limit:  # SO_RCVTIMEO or SO_SNDTIMEO
+        silent = isinstance(exc, socket.timeout) or (isinstance(exc, OSError) and would_block(exc))
+        if silent and self.silence_limit:  # SO_RCVTIMEO or SO_SNDTIMEO ran out, or a TLS socket's timeout
             where = "board %r at %s:%d" % (self.key, self.host, self.port)
             self._lost = SessionLostError(
                 "%s went silent while %s: nothing for %d s, past the session timeout of %g s it had to end the "

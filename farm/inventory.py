@@ -10,6 +10,7 @@
       - {key: local, count: 1, proxy: true} # dials out to the proxy
       - {key: aarch64, start: emulated, arch: aarch64}   # the board server under qemu-user
       - {key: rasp4, start: external, arch: aarch64}     # registers itself; only expected
+    tls: {cert: farm.pem, key: farm.key, ca: ca.pem}    # optional; paths relative to this file
 
 :func:`load_inventory` reads one with PyYAML's safe loader and checks it;
 every mistake is an :class:`InventoryError` naming the file, the line, the
@@ -18,6 +19,7 @@ field and what was expected. docs/inventory.md describes every field.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
@@ -26,6 +28,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import yaml
 
 from .targets import EMULATED, TARGETS, Target, host_target, target_named
+from .tls import ENV as TLS_FIELDS
+from .tls import SYSTEM_CA, TlsConfig
 
 _SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "inventories")
 #: Inventories that ship with the package, by the short name ``--farm`` and ``farm up`` also take.
@@ -104,6 +108,7 @@ class Inventory:
     boards: Tuple[BoardGroup, ...]
     default_key: str
     toolchains: Dict[str, ToolchainSpec] = field(default_factory=dict)  # by target triple
+    tls: Optional[TlsConfig] = None  # every daemon's certificate, key and CA (absolute paths); None: TLS off
 
     def board_counts(self) -> Dict[str, int]:
         """Boards per key."""
@@ -130,6 +135,15 @@ class Inventory:
             if group.start == "external":
                 counts[group.key] = counts.get(group.key, 0) + group.count
         return counts
+
+    def with_tls(self, override: TlsConfig) -> Inventory:
+        """This inventory with the fields ``override`` names in place of its ``tls`` block's (relative paths in
+        ``override`` are the working directory's); TLS off if neither names a certificate, key or CA."""
+        own = self.tls or TlsConfig()
+        merged = {name: getattr(override, name) or getattr(own, name) for name in TLS_FIELDS}
+        tls = TlsConfig(**{name: _tls_path(value, os.getcwd()) if name in _TLS_FILES else value
+                           for name, value in merged.items()})  # fmt: skip
+        return dataclasses.replace(self, tls=tls if tls.enabled else None)
 
 
 class _Document:
@@ -308,6 +322,46 @@ def _check_toolchains(doc: _Document, boards: Tuple[BoardGroup, ...], toolchains
             raise doc.error(("boards", index, "arch"), expected, group.arch)
 
 
+#: The fields of a ``tls`` block that name files.
+_TLS_FILES = ("cert", "key", "ca")
+
+
+def _tls_path(value: Optional[str], base: str) -> Optional[str]:
+    """A TLS file's absolute path (``value`` relative to ``base``); ``system`` and None stay as they are."""
+    return value if value in (None, SYSTEM_CA) else os.path.normpath(os.path.join(base, value))
+
+
+def _tls(doc: _Document, value: Any) -> TlsConfig:
+    """The ``tls`` block: the certificate and key every daemon presents and the CA they and farm up check it
+    against (all three required, since every daemon listens and all but the tracker dial), and a server name."""
+    path: Path = ("tls",)
+    fields = _fields(doc, path, value, tuple(TLS_FIELDS))
+    required = {
+        "cert": "the %s (a required field)"
+        % ("certificate of tls.key" if "key" in fields else "daemons' certificate"),
+        "key": "the private key of tls.cert (a required field)",
+        "ca": "the CA that signed tls.cert, a PEM file or %r (a required field: the boards, the proxy and farm "
+        "up check the certificate against it)" % SYSTEM_CA,
+    }
+    for name, expected in required.items():
+        if name not in fields:
+            raise doc.error(path + (name,), expected, found=False)
+    base = os.path.dirname(os.path.abspath(doc.path))
+    values: Dict[str, Optional[str]] = {}
+    for name in _TLS_FILES:
+        values[name] = _tls_path(_get(doc, fields, path, name, _is_text, "a file name", None), base)
+        if values[name] != SYSTEM_CA and not _is_readable_file(values[name]):
+            expected = "an existing, readable file (relative paths start at the inventory's directory)"
+            raise doc.error(path + (name,), expected, values[name])
+    expected = "the name on every daemon's certificate (a host name)"
+    values["server_name"] = _get(doc, fields, path, "server_name", _is_text, expected, None)
+    return TlsConfig(**values)
+
+
+def _is_readable_file(path: Optional[str]) -> bool:
+    return path is not None and os.path.isfile(path) and os.access(path, os.R_OK)
+
+
 _ANY_ADDRESS = ("0.0.0.0", "::", "")
 
 
@@ -328,9 +382,10 @@ def _check_ports(doc: _Document, tracker: Listener, proxy: Optional[Listener], b
 
 
 def parse_inventory(text: str, path: str = "<inventory>") -> Inventory:
-    """Check the inventory in ``text``; ``path`` is only used in error messages."""
+    """Check the inventory in ``text``; ``path`` names it in error messages, and its directory is the one the
+    ``tls`` block's relative paths start from (the working directory for ``<inventory>``)."""
     doc = _Document(path, text)
-    top = _fields(doc, (), doc.data, ("tracker", "proxy", "default_key", "toolchains", "boards"))
+    top = _fields(doc, (), doc.data, ("tracker", "proxy", "default_key", "toolchains", "boards", "tls"))
     tracker = _listener(doc, ("tracker",), top.get("tracker") or {})
     proxy = _listener(doc, ("proxy",), top["proxy"]) if top.get("proxy") is not None else None
     boards_value = top.get("boards")
@@ -349,7 +404,8 @@ def parse_inventory(text: str, path: str = "<inventory>") -> Inventory:
     keys = [group.key for group in boards]
     expected = "one of the boards' keys (%s)" % ", ".join(sorted(set(keys)))
     default_key = _get(doc, top, (), "default_key", lambda value: value in keys, expected, keys[0])
-    return Inventory(path, tracker, proxy, boards, default_key, toolchains)
+    tls = _tls(doc, top["tls"]) if top.get("tls") is not None else None
+    return Inventory(path, tracker, proxy, boards, default_key, toolchains, tls)
 
 
 def inventory_path(name: str) -> str:

@@ -16,6 +16,13 @@ Local boards run ``python -m farm.server`` in this Python; emulated boards run
 the packed board server (:mod:`farm.pack`) in the target's own Python under
 qemu-user (:mod:`farm.emulators`); external boards are started by someone else
 and only waited for.
+
+An inventory's ``tls`` block reaches every daemon as ``REMOTEDEV_TLS_*``
+(:mod:`farm.tls`), in place of any the launching process has, and the
+launcher's own connections to the tracker use it too; without one, the
+daemons inherit whatever TLS setting the environment has, as they do the
+farm secret. The paths are absolute, so an emulated board's Python under
+qemu-user, which gets the same environment, finds the files.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from .inventory import BoardGroup, Inventory, Listener
 from .lifetime import PARENT_ENV
 from .processes import DaemonError, DaemonProcess, board_command
+from .tls import ENV as TLS_ENV
+from .tls import TlsConfig
 from .tracker_client import TrackerClient
 
 logger = logging.getLogger("farm.launcher")
@@ -111,6 +120,12 @@ class FarmStack:
         self.proxy: Optional[Supervised] = None
         self.boards: List[Supervised] = []
         self._env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})
+        if inventory.tls is not None:
+            for name in TLS_ENV.values():
+                self._env.pop(name, None)
+            self._env.update(inventory.tls.as_env())
+        #: The daemons' TLS setting, which the launcher's own connections use too (disabled: TLS off).
+        self.tls = TlsConfig.from_env(self._env)
         self._tracker_address: Optional[Tuple[str, int]] = None
         self._proxy_address: Optional[Tuple[str, int]] = None
 
@@ -201,7 +216,7 @@ class FarmStack:
         self.boards.append(self._daemon(name, argv, group, env))
 
     def _wait_registered(self, deadline: float, stop: Optional[Callable[[], bool]] = None) -> None:
-        with TrackerClient(*self.tracker_address) as tracker:
+        with TrackerClient(*self.tracker_address, tls=self.tls) as tracker:
             while True:
                 if stop is not None and stop():
                     raise StartInterrupted("stopped while waiting for the boards to register")
@@ -245,8 +260,8 @@ class FarmStack:
             key, (expected, registered) = sorted(absent.items())[0]
             return (
                 "the external boards of key %s did not register with the tracker at %s in time (expected %d, "
-                "registered %d); start each with: farm server --tracker %s --key %s"
-                % (key, tracker, expected, registered, tracker, key)
+                "registered %d); start each with: %s"
+                % (key, tracker, expected, registered, external_board_command(tracker, key, self.tls.enabled))
             )
         return "the boards registered with the tracker at %s but were not all offered in time" % tracker
 
@@ -281,7 +296,14 @@ class FarmStack:
             "keys": self.inventory.board_counts(),
             "expected": self.inventory.expected_boards(),
             "boards": [_describe_board(board) for board in self.boards],
+            "tls": self._client_tls(),
         }
+
+    def _client_tls(self) -> Optional[Dict[str, str]]:
+        """What a client of the farm needs of its TLS setting (``ca``, ``server_name``); None when TLS is off."""
+        if not self.tls.enabled:
+            return None
+        return {name: getattr(self.tls, name) for name in ("ca", "server_name") if getattr(self.tls, name)}
 
     def __enter__(self) -> FarmStack:
         self.start()
@@ -289,6 +311,12 @@ class FarmStack:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def external_board_command(tracker: str, key: str, tls: bool) -> str:
+    """How an external board of ``key`` is started, for messages (with TLS: the options it needs too)."""
+    command = "farm server --tracker %s --key %s" % (tracker, key)
+    return command + " --tls-cert CERT --tls-key KEY --tls-ca CA" if tls else command
 
 
 def _describe_board(board: Supervised) -> Dict[str, Any]:

@@ -10,6 +10,10 @@ key (so the board sees the client's ``-timeout``) and then forwards bytes
 both ways as a stream, never holding a whole message. Without a tracker, a
 client and a board pair up when their keys match.
 
+With ``--tls-cert`` and ``--tls-key`` it speaks only TLS to clients and boards
+(:mod:`farm.aio`): it ends both sides' TLS and forwards the bytes between them.
+With ``--tls-ca`` it checks the tracker's certificate when it dials it.
+
 asyncio, standard library, one process.
 """
 
@@ -24,6 +28,7 @@ import sys
 import time
 from typing import Dict, Optional, Sequence, Tuple
 
+from .aio import open_connection, start_listener
 from .auth import add_secret_argument, admit_on_stream, daemon_secret, prove_on_stream
 from .errors import ProtocolError
 from .lifetime import die_with_launcher
@@ -40,6 +45,7 @@ from .protocol.tracker import (
     key_of_matchkey,
     random_matchkey,
 )
+from .tls import TlsConfig, TlsError, add_tls_arguments, daemon_tls
 
 logger = logging.getLogger("farm.proxy")
 #: Put in a connection's reply queue when the connection ends, so that a waiting call stops waiting.
@@ -107,7 +113,9 @@ async def forward(source: asyncio.StreamReader, target: asyncio.StreamWriter) ->
             await target.drain()
         if target.can_write_eof():
             target.write_eof()
-    except (ConnectionError, OSError):
+        else:  # TLS: no half-close, and the source has closed its whole connection
+            target.close()
+    except OSError:
         target.close()
 
 
@@ -115,10 +123,11 @@ class Proxy:
     """Pairs clients with boards that dialled out; see the module docstring."""
 
     def __init__(self, port: int, tracker: Optional[Tuple[str, int]] = None, host: Optional[str] = None,
-                 secret: Optional[bytes] = None) -> None:  # fmt: skip
+                 secret: Optional[bytes] = None, tls: Optional[TlsConfig] = None) -> None:  # fmt: skip
         self.port = port
         self.tracker = tracker
         self.secret = secret
+        self.tls = tls  # for dialling the tracker
         # What the tracker tells clients: the address we listen on, unless that is every address
         # (then the tracker takes the address it sees us at).
         self.advertised = None if host in (None, "", "0.0.0.0", "::") else host
@@ -139,7 +148,7 @@ class Proxy:
             logger.warning("refused %s: %s", _peer_name(writer), exc)
             writer.close()
             return
-        except (ProtocolError, asyncio.TimeoutError, ConnectionError) as exc:
+        except (ProtocolError, asyncio.TimeoutError, OSError) as exc:  # OSError: ssl.SSLError too
             logger.warning("closing a connection without a valid hello: %s", str(exc) or "timed out")
             writer.close()
             return
@@ -259,7 +268,7 @@ class Proxy:
         delay = 0.25
         while not self.stopped.is_set():
             try:
-                reader, writer = await asyncio.open_connection(*self.tracker)
+                reader, writer = await open_connection(*self.tracker, self.tls)
                 keep_alive(writer.get_extra_info("socket"))
                 leftover = await prove_on_stream(reader, writer, self.secret) if self.secret is not None else b""
                 writer.write(encode_magic())
@@ -281,9 +290,10 @@ class Proxy:
                     fresh = self._renew(matchkey)
                     await self._offer(fresh, self.boards[fresh])
                 await self._poll_pending(pump)
-            except (OSError, ProtocolError, ConnectionError, asyncio.TimeoutError) as exc:
+            except (OSError, ProtocolError, asyncio.TimeoutError) as exc:
                 why = str(exc) or "no answer to our proof of the farm secret"  # a timeout says nothing itself
-                logger.info("tracker link: %s; retrying in %.2f s", why, delay)
+                level = logging.WARNING if isinstance(exc, TlsError) else logging.INFO  # TLS: a setup to fix
+                logger.log(level, "tracker link: %s; retrying in %.2f s", why, delay)
             finally:
                 self._tracker_writer = None
                 self._tracker_replies.put_nowait(_LINK_LOST)  # a call waiting for a reply gives up now
@@ -384,14 +394,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port-end", type=int, default=9199, help="end of the port range, exclusive")
     parser.add_argument("--tracker", metavar="HOST:PORT", type=parse_address, help="offer the boards to this tracker")
     add_secret_argument(parser)
+    add_tls_arguments(parser)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
-async def serve(sock: socket.socket, tracker: Optional[Tuple[str, int]], secret: Optional[bytes] = None) -> None:
-    """Serve on the listening ``sock`` until SIGTERM or SIGINT."""
+async def serve(sock: socket.socket, tracker: Optional[Tuple[str, int]], secret: Optional[bytes] = None,
+                tls: Optional[TlsConfig] = None) -> None:  # fmt: skip
+    """Serve on the listening ``sock`` (over TLS with ``tls``, which also dials the tracker) until SIGTERM or
+    SIGINT."""
     host, port = sock.getsockname()[:2]
-    proxy = Proxy(port, tracker, host, secret)
-    server = await asyncio.start_server(proxy.handle_connection, sock=sock)
+    proxy = Proxy(port, tracker, host, secret, tls)
+    server = await start_listener(sock, proxy.handle_connection, tls, "proxy")
     loop = asyncio.get_running_loop()
     for number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(number, proxy.stopped.set)
@@ -408,12 +421,13 @@ def run(args: argparse.Namespace) -> int:
     die_with_launcher()
     configure_logging(args.log_level)
     secret = daemon_secret(args.secret_file, args.host, "proxy")
+    tls = daemon_tls(args, listens=True, dials=bool(args.tracker))
     try:
         sock = bind_first_free(args.host, args.port, args.port_end)
     except OSError as exc:
         logger.error("cannot listen: %s", exc)
         return 1
-    asyncio.run(serve(sock, args.tracker, secret))
+    asyncio.run(serve(sock, args.tracker, secret, tls))
     return 0
 
 

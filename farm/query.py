@@ -16,6 +16,7 @@ from typing import Any, Dict, Optional, Sequence
 
 from .auth import add_secret_argument, secret_from
 from .net import parse_address
+from .tls import TlsConfig, add_tls_arguments
 from .tracker_client import TrackerError, connect_tracker
 
 #: The environment variable the pytest plugin also reads for the farm's tracker.
@@ -56,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=9190, help="the tracker's port (default: 9190)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_secret_argument(parser)
+    add_tls_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
             print("farm query: --tracker: %s" % exc, file=sys.stderr)
             return 2
     try:
-        with connect_tracker(args.host, args.port, secret=secret_from(args.secret_file)) as tracker:
+        secret = secret_from(args.secret_file)
+        with connect_tracker(args.host, args.port, secret=secret, tls=TlsConfig.from_args(args)) as tracker:
             summary = tracker.summary()
     except (TrackerError, ValueError) as exc:  # ValueError: an unusable secret file
         print("farm query: %s" % exc, file=sys.stderr)

@@ -55,7 +55,12 @@ class _Dialler:
         if self._tls is None or self._sock is None:
             return
         self._selector.unregister(self._sock)  # wrapping detaches the socket
-        self._handshake = Handshake(self._sock, self._tls, server_side=False, host=self.address[0])
+        try:
+            self._handshake = Handshake(self._sock, self._tls, server_side=False, host=self.address[0])
+        except TlsError as exc:
+            self._sock = None  # closed
+            self._fail("TLS with %s:%d failed: %s" % (self.address[0], self.address[1], exc))
+            return
         self._sock = self._handshake.sock
         self._selector.register(self._sock, selectors.EVENT_WRITE, self)
 
@@ -166,7 +171,7 @@ class TrackerLink(_Dialler):
                 self._lost("cannot reach the tracker: %s" % errno.errorcode.get(error, error))
                 return
             self._on_connected()
-        if not self._secure():
+        if self._sock is None or not self._secure():
             return
         self._flush()
         if self._sock is not None:
@@ -193,10 +198,10 @@ class TrackerLink(_Dialler):
         """The TCP connection is up: TLS first if the farm uses it, then the magic alone (TVM's tracker wants it
         in a segment of its own)."""
         self._connected = True
-        self._retry_delay = RETRY_FIRST
         self._start_tls()
 
     def _on_magic_echoed(self) -> None:
+        self._retry_delay = RETRY_FIRST  # only a tracker that took us resets the backoff (not a refusing one)
         logger.info("registered with the tracker at %s:%d", *self.address)
         info = {"key": "server:" + self.key, "addr": [self.custom_addr, self.port], "protocol": FARM_PROTOCOL}
         if self.name:
@@ -404,7 +409,7 @@ class ProxyDialer(_Dialler):
                 return
             self._connected = True
             self._start_tls()
-        if not self._secure():
+        if self._sock is None or not self._secure():
             return
         if not self._greeted:
             self._greet()

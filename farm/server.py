@@ -291,7 +291,11 @@ class BoardServer:
                 self._drop_pending(pending)
                 return False
             self._drop_pending(pending, close=False)  # wrapping detaches the socket
-            pending.tls = Handshake(pending.sock, self.tls, server_side=True)
+            try:
+                pending.tls = Handshake(pending.sock, self.tls, server_side=True)
+            except TlsError as exc:
+                logger.info("refused %s: %s", pending.peer, exc)
+                return False
             pending.sock = pending.tls.sock
             self._pending[pending.sock] = pending
             self._selector.register(pending.sock, selectors.EVENT_READ, pending)

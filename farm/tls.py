@@ -204,13 +204,18 @@ class Handshake:
     """
 
     def __init__(self, sock: socket.socket, config: TlsConfig, server_side: bool, host: str = "") -> None:
+        """TlsError (``sock`` closed) if the connection is already gone."""
         if server_side:
             context, name = config.server_context(), None
         else:
             context, name = config.client_context(), config.server_hostname(host)
-        self.sock = context.wrap_socket(
-            sock, server_side=server_side, server_hostname=name, do_handshake_on_connect=False
-        )
+        try:
+            self.sock = context.wrap_socket(
+                sock, server_side=server_side, server_hostname=name, do_handshake_on_connect=False
+            )
+        except OSError as exc:  # the peer reset the connection already (ssl.SSLError is an OSError too)
+            sock.close()
+            raise TlsError("the connection broke before the TLS handshake: %s" % (exc.strerror or exc)) from None
         self.done = False
 
     def step(self) -> int:

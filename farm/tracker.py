@@ -7,7 +7,8 @@ tracker protocol (:mod:`farm.protocol.tracker`), so TVM's boards, clients and
 query tool work with it, plus extensions only this project's peers use.
 
 A connection is its peer's lease: when it closes, the peer's queued requests
-and its boards' offers go with it. asyncio, standard library, one process.
+and its boards' offers go with it. With ``--tls-cert`` and ``--tls-key`` it
+speaks only TLS (:mod:`farm.aio`). asyncio, standard library, one process.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ import logging
 import math
 import signal
 import socket
+import ssl
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
+from .aio import start_listener
 from .auth import AUTH_TIMEOUT, add_secret_argument, admit_on_stream, daemon_secret
 from .errors import ProtocolError
 from .lifetime import die_with_launcher
@@ -31,6 +34,7 @@ from .logs import configure_logging
 from .net import bind_first_free
 from .protocol.auth import AuthError
 from .protocol.tracker import TVM_PROTOCOL, Code, MessageReader, encode_magic, encode_message
+from .tls import TlsConfig, add_tls_arguments, daemon_tls
 
 logger = logging.getLogger("farm.tracker")
 
@@ -180,7 +184,7 @@ class Tracker:
             logger.warning("refused %s: no proof of the farm secret within %g s", peer.name, AUTH_TIMEOUT)
         except ProtocolError as exc:
             logger.warning("closing the connection from %s: %s", peer.name, exc)
-        except ConnectionError as exc:
+        except (ConnectionError, ssl.SSLError) as exc:  # SSLError: a TLS record that does not check out
             logger.info("connection from %s broke: %s", peer.name, exc)
         except Exception:
             logger.exception("closing the connection from %s after an internal error", peer.name)
@@ -497,13 +501,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=9190, help="first port to try; 0 lets the system pick")
     parser.add_argument("--port-end", type=int, default=9199, help="end of the port range, exclusive")
     add_secret_argument(parser)
+    add_tls_arguments(parser)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
-async def serve(sock: socket.socket, stop_key: Optional[str] = None, secret: Optional[bytes] = None) -> None:
-    """Serve on the listening ``sock`` until SIGTERM, SIGINT or an authorised STOP."""
+async def serve(
+    sock: socket.socket,
+    stop_key: Optional[str] = None,
+    secret: Optional[bytes] = None,
+    tls: Optional[TlsConfig] = None,
+) -> None:
+    """Serve on the listening ``sock`` (over TLS with ``tls``) until SIGTERM, SIGINT or an authorised STOP."""
     tracker = Tracker(stop_key, secret)
-    server = await asyncio.start_server(tracker.handle_connection, sock=sock)
+    server = await start_listener(sock, tracker.handle_connection, tls, "tracker")
     loop = asyncio.get_running_loop()
     for number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(number, tracker.stopped.set)
@@ -523,12 +533,13 @@ def run(args: argparse.Namespace) -> int:
     die_with_launcher()
     configure_logging(args.log_level)
     secret = daemon_secret(args.secret_file, args.host, "tracker")
+    tls = daemon_tls(args, listens=True, dials=False)
     try:
         sock = bind_first_free(args.host, args.port, args.port_end)
     except OSError as exc:
         logger.error("cannot listen: %s", exc)
         return 1
-    asyncio.run(serve(sock, secret=secret))
+    asyncio.run(serve(sock, secret=secret, tls=tls))
     return 0
 
 

@@ -3,6 +3,10 @@
 tracker = farm.connect_tracker("127.0.0.1", 9190)
 with tracker.request("rasp4", priority=1, session_timeout=60, wait=300) as remote:
     ...
+
+With TLS (``tls=``, else ``$REMOTEDEV_TLS_*``) the connection to the tracker
+and to the boards it hands out checks their certificates; the farm secret's
+exchange then runs inside TLS.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from .errors import FarmError, HandshakeError, ProtocolError
 from .net import keep_alive
 from .protocol.auth import AuthError
 from .protocol.tracker import FARM_PROTOCOL, TVM_PROTOCOL, Code, MessageReader, encode_magic, encode_message
+from .tls import ENV as TLS_ENV
+from .tls import TlsConfig
 
 #: How often a request is retried when the board it was handed cannot be reached.
 BOARD_CONNECT_ATTEMPTS = 3
@@ -55,19 +61,33 @@ class Assignment(Tuple[str, int, str, str]):
 class TrackerClient:
     """A connection to a tracker; each call waits for its reply."""
 
-    def __init__(self, host: str, port: int, timeout: float = 10.0, secret: Optional[bytes] = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout: float = 10.0,
+        secret: Optional[bytes] = None,
+        tls: Optional[TlsConfig] = None,
+    ) -> None:
         """``secret``: the farm secret, for the tracker and the boards it hands out (default: the one
-        ``$REMOTEDEV_SECRET_FILE`` names, if any)."""
+        ``$REMOTEDEV_SECRET_FILE`` names, if any). ``tls``: the farm's TLS configuration, for the same
+        connections (default: the one ``$REMOTEDEV_TLS_*`` name, if any)."""
         self.host = host
         self.port = port
         self.secret = secret if secret is not None else secret_from()
+        self.tls = tls if tls is not None else TlsConfig.from_env()
         self._reader = MessageReader(expect_magic=True)
         self._pending: list = []
         try:
-            self._sock = socket.create_connection((host, port), timeout=timeout)
+            sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
             raise TrackerError("cannot reach the tracker at %s:%d: %s" % (host, port, exc)) from None
-        keep_alive(self._sock)  # a request may wait a long time in the queue
+        keep_alive(sock)  # a request may wait a long time in the queue
+        try:
+            self._sock = self.tls.wrap_client(sock, host) if self.tls.enabled else sock
+        except OSError as exc:  # TlsError, or the handshake timed out
+            sock.close()
+            raise TrackerError("the tracker at %s:%d: %s" % (host, port, exc)) from None
         try:
             leftover = prove_on_socket(self._sock, self.secret, timeout) if self.secret is not None else b""
             self._sock.sendall(encode_magic())
@@ -76,14 +96,28 @@ class TrackerClient:
                 self._pending += self._reader.feed(self._recv())
         except TrackerError as exc:  # closed before it echoed the magic
             self._sock.close()
-            hint = "" if self.secret is not None else " (a farm with a secret does so: set %s)" % SECRET_ENV
-            raise TrackerError("%s%s" % (exc, hint)) from None
+            raise TrackerError("%s%s" % (exc, self._refusal_hint(closed=True))) from None
+        except ConnectionResetError:  # a tracker with TLS resets a connection that does not start with TLS
+            self._sock.close()
+            raise TrackerError(
+                "the tracker at %s:%d reset the connection%s" % (host, port, self._refusal_hint(closed=False))
+            ) from None
         except AuthError as exc:
             self._sock.close()
             raise TrackerError("the tracker at %s:%d: %s" % (host, port, exc)) from None
         except (OSError, ProtocolError) as exc:
             self._sock.close()
             raise TrackerError("%s:%d is not a tracker: %s" % (host, port, exc)) from None
+
+    def _refusal_hint(self, closed: bool) -> str:
+        """Why a tracker may end a new connection at once, from what this end did not use: the farm secret (when
+        it ``closed`` the connection) or TLS (when it closed or reset it)."""
+        hints = []
+        if closed and self.secret is None:
+            hints.append("a farm with a secret does so: set %s" % SECRET_ENV)
+        if not self.tls.enabled:
+            hints.append("does the tracker use TLS? set --tls-ca / %s" % TLS_ENV["ca"])
+        return " (%s)" % "; ".join(hints) if hints else ""
 
     def __enter__(self) -> TrackerClient:
         return self
@@ -233,7 +267,7 @@ class TrackerClient:
                 key, priority, user, remaining, wait_for_key, protocols, on_progress, progress_every
             )
             try:
-                return _open_session(board, session_timeout, self.secret)
+                return _open_session(board, session_timeout, self.secret, self.tls)
             except (OSError, HandshakeError) as exc:
                 failures.append("%s:%d: %s" % (board.host, board.port, exc))
         raise TrackerError(
@@ -241,9 +275,15 @@ class TrackerClient:
         )
 
 
-def _open_session(board: Assignment, session_timeout: Optional[float], secret: Optional[bytes]) -> Any:
+def _open_session(board: Assignment, session_timeout: Optional[float], secret: Optional[bytes], tls: TlsConfig) -> Any:
     """A session on the handed-out board: ours, or TVM's for a TVM board (importing TVM only then)."""
     if board.protocol == TVM_PROTOCOL:
+        if tls.enabled:
+            raise TrackerError(
+                "board %s:%d speaks TVM's RPC, whose client cannot use TLS, and this client uses TLS: serve the "
+                "key with this project's board server (farm server), or use a farm without TLS"
+                % (board.host, board.port)
+            )
         try:
             from tvm import rpc
         except ImportError:
@@ -253,9 +293,11 @@ def _open_session(board: Assignment, session_timeout: Optional[float], secret: O
         return rpc.connect(board.host, board.port, key=board.matchkey, session_timeout=session_timeout or 0)
     from .client import connect  # the host client needs numpy; the rest of this module does not
 
-    return connect(board.host, board.port, key=board.matchkey, session_timeout=session_timeout, secret=secret)
+    return connect(board.host, board.port, key=board.matchkey, session_timeout=session_timeout, secret=secret, tls=tls)
 
 
-def connect_tracker(host: str, port: int, timeout: float = 10.0, secret: Optional[bytes] = None) -> TrackerClient:
-    """Connect to the tracker at ``host:port`` (``secret``: see :class:`TrackerClient`)."""
-    return TrackerClient(host, port, timeout, secret)
+def connect_tracker(
+    host: str, port: int, timeout: float = 10.0, secret: Optional[bytes] = None, tls: Optional[TlsConfig] = None
+) -> TrackerClient:
+    """Connect to the tracker at ``host:port`` (``secret`` and ``tls``: see :class:`TrackerClient`)."""
+    return TrackerClient(host, port, timeout, secret, tls)

@@ -4,6 +4,11 @@ Starts the tracker, proxy and boards the inventory declares, waits until every
 board has registered, prints what runs where, then watches the daemons and
 restarts, with backoff, any that dies. On SIGINT or SIGTERM it stops them all,
 each with its whole process group, and exits 0.
+
+The farm secret (``--secret-file``) and TLS (``--tls-*``, field by field over
+the inventory's ``tls`` block) are checked before any daemon starts and reach
+every daemon through the environment (``REMOTEDEV_SECRET_FILE``,
+``REMOTEDEV_TLS_*``).
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .auth import SECRET_ENV, add_secret_argument, load_secret
 from .inventory import InventoryError, inventory_path, load_inventory
-from .launcher import FarmStack, StartInterrupted
+from .launcher import FarmStack, StartInterrupted, external_board_command
 from .processes import DaemonError
+from .tls import TlsConfig, add_tls_arguments
 
 logger = logging.getLogger("farm.up")
 
@@ -37,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds to wait for every board to register (default: 60)")  # fmt: skip
     parser.add_argument("--json-file", metavar="PATH", help="also write what runs where to this JSON file once up")
     add_secret_argument(parser)
+    add_tls_arguments(parser)  # each overrides the inventory's tls block's field
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -57,9 +64,17 @@ def run(args: argparse.Namespace) -> int:
             print("farm up: %s" % exc, file=sys.stderr)
             return 2
         os.environ[SECRET_ENV] = os.path.abspath(args.secret_file)  # every daemon started here, and our own checks
+    inventory = inventory.with_tls(TlsConfig.from_args(args))
+    if inventory.tls is not None:
+        try:
+            inventory.tls.check(listens=True, dials=True)  # what the proxy and the boards load when they start
+        except ValueError as exc:
+            print("farm up: %s" % exc, file=sys.stderr)
+            return 2
+        os.environ.update(inventory.tls.as_env())  # likewise; the paths are absolute
+    stack = FarmStack(inventory, args.logs or tempfile.mkdtemp(prefix="farm-up-"))
     stop = _StopRequest()
     previous = {number: signal.signal(number, stop.set) for number in (signal.SIGINT, signal.SIGTERM)}
-    stack = FarmStack(inventory, args.logs or tempfile.mkdtemp(prefix="farm-up-"))
     try:
         try:
             stack.start(args.timeout, stop)  # Ctrl-C while the boards register stops at once, not at --timeout
@@ -117,12 +132,16 @@ def format_description(described: Dict[str, Any], log_dir: str) -> str:
         rows.append((board["name"], board["key"], str(board["arch"]), start, str(board["pid"])))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     lines += ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    tls = described.get("tls")
     for key, count in sorted(described["expected"].items()):
-        lines.append("  expected: %d external board(s) of key %s (farm server --tracker %s --key %s)"
-                     % (count, key, tracker, key))  # fmt: skip
+        command = external_board_command(tracker, key, tls is not None)
+        lines.append("  expected: %d external board(s) of key %s (%s)" % (count, key, command))
+    client = "--tracker %s" % tracker + "".join(
+        " --tls-%s %s" % (name.replace("_", "-"), value) for name, value in sorted((tls or {}).items())
+    )
     lines += [
         "  logs     %s" % log_dir,
-        "use it:   pytest --tracker %s   |   farm status --tracker %s" % (tracker, tracker),
+        "use it:   pytest %s   |   farm status %s" % (client, client),
         "Ctrl-C stops the farm.",
     ]
     return "\n".join(lines)

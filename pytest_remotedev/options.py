@@ -1,7 +1,9 @@
 """The plugin's settings, each from the command line, the environment, the ini file or a default (in that order).
 
 Every setting remembers where its value came from, so the run's header can
-say so and a bad value is reported with its source.
+say so and a bad value is reported with its source. The TLS settings of a
+run that brings up its own farm fall back, field by field, to the
+inventory's ``tls`` block.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from farm.inventory import (
     load_inventory,
 )
 from farm.net import parse_address
+from farm.tls import ENV as TLS_ENV
+from farm.tls import SYSTEM_CA, TlsConfig
 
 #: Seconds a test may wait in the queue unless told otherwise.
 DEFAULT_DEVICE_WAIT = 600.0
@@ -63,6 +67,23 @@ def _secret_file(text: str) -> str:
     return os.path.abspath(text)
 
 
+def _tls_file(text: str) -> str:
+    path = os.path.abspath(text)
+    if not os.path.isfile(path):
+        raise ValueError("no such file %s" % path)
+    return path
+
+
+def _tls_ca(text: str) -> str:
+    return SYSTEM_CA if text == SYSTEM_CA else _tls_file(text)
+
+
+def _server_name(text: str) -> str:
+    if not text.strip() or any(character.isspace() for character in text.strip()):
+        raise ValueError("%r is not a host name" % text)
+    return text.strip()
+
+
 def _priority(text: str) -> int:
     try:
         return int(text)
@@ -88,6 +109,8 @@ class Option:
     default: Any
     help: str
     metavar: str = ""
+    path: bool = False  # a file: relative to the ini file's directory when given there
+    names: Tuple[str, ...] = ()  # values that name something instead of a file (not made relative)
 
 
 OPTIONS = (
@@ -95,7 +118,7 @@ OPTIONS = (
            "use the farm of the tracker at HOST:PORT (also TVM_TRACKER_HOST and TVM_TRACKER_PORT)", "HOST:PORT"),
     Option("farm", "--farm", "remotedev_farm", "REMOTEDEV_FARM", _inventory_path, DEFAULT_INVENTORY,
            "the inventory to bring up as the run's own farm when no tracker is given "
-           "(default: two local boards of key 'local')", "PATH"),
+           "(default: two local boards of key 'local')", "PATH", path=True, names=tuple(BUILTIN_INVENTORIES)),
     Option("device_key", "--device-key", "device_key", "REMOTEDEV_DEVICE_KEY", _key, None,
            "the board key of tests that do not name one (default: the farm's default key)", "KEY"),
     Option("device_wait", "--device-wait", "device_wait", "REMOTEDEV_DEVICE_WAIT", _seconds, DEFAULT_DEVICE_WAIT,
@@ -109,8 +132,22 @@ OPTIONS = (
     Option("device_strict", "--device-strict", "device_strict", "REMOTEDEV_DEVICE_STRICT", _flag, False,
            "fail, instead of skipping, tests whose key no board of the farm serves"),
     Option("secret_file", "--secret-file", "remotedev_secret_file", SECRET_ENV, _secret_file, None,
-           "the farm secret's file, proved to the tracker, the proxy and every board (default: none)", "PATH"),
+           "the farm secret's file, proved to the tracker, the proxy and every board (default: none)", "PATH",
+           path=True),
+    Option("tls_cert", "--tls-cert", "remotedev_tls_cert", TLS_ENV["cert"], _tls_file, None,
+           "the certificate (PEM) the daemons of the run's own farm present", "PATH", path=True),
+    Option("tls_key", "--tls-key", "remotedev_tls_key", TLS_ENV["key"], _tls_file, None,
+           "the private key of --tls-cert (PEM)", "PATH", path=True),
+    Option("tls_ca", "--tls-ca", "remotedev_tls_ca", TLS_ENV["ca"], _tls_ca, None,
+           "connect with TLS, checking the farm's certificates against this CA bundle (PEM), or %r for the "
+           "system's (default: the inventory's tls block, else no TLS)" % SYSTEM_CA, "PATH", path=True,
+           names=(SYSTEM_CA,)),
+    Option("tls_server_name", "--tls-server-name", "remotedev_tls_server_name", TLS_ENV["server_name"],
+           _server_name, None, "the name every daemon's certificate carries (default: the address dialled)",
+           "NAME"),
 )  # fmt: skip
+#: The TLS settings, by the field of :class:`farm.tls.TlsConfig` each fills.
+TLS_OPTIONS = {field_name: "tls_" + field_name for field_name in TLS_ENV}
 
 
 @dataclass
@@ -125,8 +162,22 @@ class Settings:
     session_timeout: Optional[float] = None
     device_strict: bool = False
     secret_file: Optional[str] = None
+    tls_cert: Optional[str] = None
+    tls_key: Optional[str] = None
+    tls_ca: Optional[str] = None
+    tls_server_name: Optional[str] = None
     sources: Dict[str, str] = field(default_factory=dict)
-    inventory: Optional[Inventory] = None
+    inventory: Optional[Inventory] = None  # the run's own farm's, with the run's TLS settings in its tls
+
+    @property
+    def tls(self) -> Optional[TlsConfig]:
+        """The run's TLS configuration, for its clients and its own farm's daemons; None when TLS is off."""
+        tls = self.tls_given()
+        return tls if tls.enabled else None
+
+    def tls_given(self) -> TlsConfig:
+        """The TLS fields set so far, even too few to turn TLS on."""
+        return TlsConfig(**{name: getattr(self, dest) for name, dest in TLS_OPTIONS.items()})
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -161,7 +212,37 @@ def resolve(config: pytest.Config, environ: Mapping[str, str] = os.environ) -> S
             settings.inventory = load_inventory(settings.farm)
         except InventoryError as exc:
             raise pytest.UsageError("pytest-remotedev: %s (from %s)" % (exc, settings.sources["farm"])) from None
+        _fill_tls_from_inventory(settings, settings.inventory)
+    _check_tls(settings)
     return settings
+
+
+def _fill_tls_from_inventory(settings: Settings, inventory: Inventory) -> None:
+    """The inventory's ``tls`` fields for those the run did not give; the inventory then holds the result."""
+    settings.inventory = inventory.with_tls(settings.tls_given())
+    merged = settings.inventory.tls
+    for name, dest in TLS_OPTIONS.items():
+        if getattr(settings, dest) is None and merged is not None and getattr(merged, name):
+            setattr(settings, dest, getattr(merged, name))
+            settings.sources[dest] = "inventory %s" % inventory.path
+
+
+def _check_tls(settings: Settings) -> None:
+    """Load the TLS files now: what clients need (a CA) and, for the run's own farm, what its daemons need."""
+    tls = settings.tls
+    if tls is None:
+        return
+    own_farm = settings.tracker is None
+    try:
+        tls.check(listens=own_farm or bool(tls.cert or tls.key), dials=True)
+    except ValueError as exc:
+        given = ", ".join(
+            "--%s from %s" % (dest.replace("_", "-"), settings.sources[dest])
+            for dest in TLS_OPTIONS.values()
+            if getattr(settings, dest) is not None
+        )
+        what = "the run's own farm" if own_farm else "connecting to the farm"
+        raise pytest.UsageError("pytest-remotedev: TLS for %s (%s): %s" % (what, given, exc)) from None
 
 
 def _raw_value(config: pytest.Config, option: Option, environ: Mapping[str, str]) -> Tuple[Any, str]:
@@ -176,8 +257,7 @@ def _raw_value(config: pytest.Config, option: Option, environ: Mapping[str, str]
         return "%s:%s" % (environ["TVM_TRACKER_HOST"], port), "TVM_TRACKER_HOST/TVM_TRACKER_PORT"
     value = config.getini(option.ini)
     if value not in (None, ""):
-        relative = not os.path.isabs(value) and value not in BUILTIN_INVENTORIES
-        if option.dest in ("farm", "secret_file") and relative:  # to the ini file's directory
+        if option.path and not os.path.isabs(value) and value not in option.names:  # to the ini file's directory
             value = os.path.join(str(config.inipath.parent if config.inipath else config.rootpath), value)
         return value, "ini %s" % option.ini
     return None, "default"

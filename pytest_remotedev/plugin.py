@@ -45,27 +45,42 @@ def pytest_configure(config: pytest.Config) -> None:
         "or once per key, as device(keys=['rasp4', 'jetson']) or device(keys='all'); on a test, class or module",
     )
     settings = resolve(config)
-    _export_secret(config, settings)
+    tls = settings.tls
+    _export_environment(config, {SECRET_ENV: settings.secret_file, **(tls.as_env() if tls is not None else {})})
     run = RemoteDevRun(config, settings)
     config.pluginmanager.register(run, RUN_PLUGIN)
     config.add_cleanup(run.close)
 
 
-def _export_secret(config: pytest.Config, settings: Settings) -> None:
-    """A secret file given by option or ini reaches every client, worker and daemon of the run the way one given
-    in the environment does: through ``REMOTEDEV_SECRET_FILE``, for the length of the run."""
-    if settings.secret_file is None or os.environ.get(SECRET_ENV) == settings.secret_file:
+def _export_environment(config: pytest.Config, values: Dict[str, Optional[str]]) -> None:
+    """Settings given by option, ini file or inventory reach every client, worker and daemon of the run the way
+    those given in the environment do: the variables in ``values`` (None: leave it) are set for the length of
+    the run, and their previous values restored at its end."""
+    exported = {name: value for name, value in values.items() if value is not None}
+    if not exported:
         return
-    previous = os.environ.get(SECRET_ENV)
-    os.environ[SECRET_ENV] = settings.secret_file
+    previous = {name: os.environ.get(name) for name in exported}
+    os.environ.update(exported)
 
     def restore() -> None:
-        if previous is None:
-            os.environ.pop(SECRET_ENV, None)
-        else:
-            os.environ[SECRET_ENV] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
     config.add_cleanup(restore)
+
+
+def _tls_header(settings: Settings) -> str:
+    """The header's TLS part: the CA (and server name) clients check the farm's certificates with."""
+    if settings.tls is None:
+        return ""
+    sources = settings.sources
+    text = "; TLS, CA %s (from %s)" % (settings.tls_ca, sources["tls_ca"])
+    if settings.tls_server_name is not None:
+        text += ", server name %s (from %s)" % (settings.tls_server_name, sources["tls_server_name"])
+    return text
 
 
 class RemoteDevRun:
@@ -224,7 +239,7 @@ class RemoteDevRun:
             key = "key %s (from %s)" % (settings.device_key, sources["device_key"])
         else:
             key = "key %s" % default_key
-        return ["remotedev: %s; %s" % (farm, key)]
+        return ["remotedev: %s; %s%s" % (farm, key, _tls_header(settings))]
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         self.summary.write(terminalreporter)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator
 
 import pytest
+from farm_certs import TlsFiles
 from fault_farm import HOLDING, QUEUED, FaultFarm, assert_farm_whole, fault_farms, in_background, pause_in_call
 
 import farm
@@ -25,8 +26,15 @@ TWO_BOARDS = "tracker: {port: 0}\nboards:\n  - {key: k, count: 2}\n"
 PROXIED = "tracker: {port: 0}\nproxy: {port: 0}\nboards:\n  - {key: k}\n  - {key: nat, count: 2, proxy: true}\n"
 
 
-@pytest.fixture
-def start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., FaultFarm]]:
+@pytest.fixture(params=["plain", "tls"])
+def start(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tls_files: TlsFiles
+) -> Iterator[Callable[..., FaultFarm]]:
+    """Each scenario on a plain farm and on one with TLS on every connection (the daemons, the test's clients
+    and the client processes it spawns all take it from the environment)."""
+    if request.param == "tls":
+        for name, value in tls_files.daemon().as_env().items():
+            monkeypatch.setenv(name, value)
     with fault_farms(tmp_path, monkeypatch) as starter:
         yield starter
 

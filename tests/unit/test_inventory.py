@@ -22,6 +22,7 @@ from farm.inventory import (
     parse_inventory,
 )
 from farm.targets import host_target
+from farm.tls import TlsConfig
 
 PROJECT = Path(__file__).resolve().parents[2]
 FILE = "farm.yaml"
@@ -205,7 +206,7 @@ def test_keys_allow_letters_digits_dot_underscore_dash() -> None:
         (
             "trackr: {}\nboards: [{key: k}]\n",
             "farm.yaml:1: trackr: unknown field 'trackr' "
-            "(expected one of: tracker, proxy, default_key, toolchains, boards)",
+            "(expected one of: tracker, proxy, default_key, toolchains, boards, tls)",
         ),
         (
             "tracker:\n  host: h\n  prot: 1\nboards: [{key: k}]\n",
@@ -269,7 +270,7 @@ def test_keys_allow_letters_digits_dot_underscore_dash() -> None:
         (
             "",
             "farm.yaml:1: the document: expected a mapping with the fields "
-            "tracker, proxy, default_key, toolchains, boards, got nothing",
+            "tracker, proxy, default_key, toolchains, boards, tls, got nothing",
         ),
         # proxy: true without a proxy section
         (
@@ -392,3 +393,148 @@ def test_configs_link_to_the_embedded_inventory() -> None:
     assert (
         os.path.samefile(str(shipped), DEFAULT_INVENTORY) or shipped.read_text() == Path(DEFAULT_INVENTORY).read_text()
     )
+
+
+# --- the tls block ------------------------------------------------------------------------------------------
+
+
+def tls_dir(tmp_path: Path) -> Path:
+    """An inventory's directory with certs/ca.pem, certs/farm.pem and certs/farm.key (their contents do not
+    matter here: the inventory only checks that the files are there)."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    for name in ("ca.pem", "farm.pem", "farm.key"):
+        (certs / name).write_text("PEM\n")
+    return tmp_path
+
+
+def parse_in(directory: Path, text: str) -> Inventory:
+    return parse_inventory(text, str(directory / FILE))
+
+
+ONE = "boards: [{key: k}]\n"
+
+
+def test_tls_paths_are_relative_to_the_inventory(tmp_path: Path) -> None:
+    directory = tls_dir(tmp_path)
+    path = directory / "lab.yaml"
+    path.write_text(
+        ONE
+        + "tls:\n  cert: certs/farm.pem\n  key: %s\n  ca: ./certs/../certs/ca.pem\n  server_name: farm.lab\n"
+        % (directory / "certs" / "farm.key")
+    )
+    tls = load_inventory(str(path)).tls
+    assert tls is not None and tls.enabled
+    certs = str(directory / "certs")
+    assert (tls.cert, tls.key, tls.ca, tls.server_name) == (
+        os.path.join(certs, "farm.pem"),
+        os.path.join(certs, "farm.key"),
+        os.path.join(certs, "ca.pem"),
+        "farm.lab",
+    )
+
+
+def test_tls_ca_may_be_the_systems(tmp_path: Path) -> None:
+    tls = parse_in(tls_dir(tmp_path), ONE + "tls: {cert: certs/farm.pem, key: certs/farm.key, ca: system}\n").tls
+    assert tls is not None and tls.ca == "system" and tls.server_name is None
+
+
+@pytest.mark.parametrize("block", ["", "tls:\n", "tls: null\n"])
+def test_no_tls_block_means_tls_off(block: str) -> None:
+    assert parse(ONE + block).tls is None
+
+
+TLS_OK = "tls:\n  cert: certs/farm.pem\n  key: certs/farm.key\n  ca: certs/ca.pem\n"
+
+
+@pytest.mark.parametrize(
+    "block, expected",
+    [
+        (
+            "tls:\n  cert: certs/farm.pem\n  ca: certs/ca.pem\n",
+            "farm.yaml:3: tls.key: expected the private key of tls.cert (a required field)",
+        ),
+        (
+            "tls:\n  key: certs/farm.key\n  ca: certs/ca.pem\n",
+            "farm.yaml:3: tls.cert: expected the certificate of tls.key (a required field)",
+        ),
+        ("tls: {}\n", "farm.yaml:2: tls.cert: expected the daemons' certificate (a required field)"),
+        ("tls: {ca: system}\n", "farm.yaml:2: tls.cert: expected the daemons' certificate (a required field)"),
+        (
+            "tls:\n  cert: certs/farm.pem\n  key: certs/farm.key\n",
+            "farm.yaml:3: tls.ca: expected the CA that signed tls.cert, a PEM file or 'system' (a required field",
+        ),
+        (
+            TLS_OK + "  colour: red\n",
+            "farm.yaml:6: tls.colour: unknown field 'colour' (expected one of: cert, key, ca, server_name)",
+        ),  # fmt: skip
+        (
+            "tls: [certs/farm.pem]\n",
+            "farm.yaml:2: tls: expected a mapping with the fields cert, key, ca, server_name, got a list",
+        ),  # fmt: skip
+        (
+            "tls: certs\n",
+            "farm.yaml:2: tls: expected a mapping with the fields cert, key, ca, server_name, got 'certs'",
+        ),
+        (TLS_OK.replace("certs/farm.pem", "7"), "farm.yaml:3: tls.cert: expected a file name, got 7"),
+        (TLS_OK.replace("certs/farm.key", "''"), "farm.yaml:4: tls.key: expected a file name, got ''"),
+        (TLS_OK.replace("certs/ca.pem", "[a, b]"), "farm.yaml:5: tls.ca: expected a file name, got a list"),
+        (
+            TLS_OK + "  server_name: 9\n",
+            "farm.yaml:6: tls.server_name: expected the name on every daemon's certificate (a host name), got 9",
+        ),
+        (
+            "tls:\n  cert: certs/farm.pem\n  cert: certs/farm.pem\n",
+            "farm.yaml:4: tls.cert: 'cert' appears twice (first on line 3)",
+        ),
+    ],
+)
+def test_tls_errors_name_file_line_and_field(tmp_path: Path, block: str, expected: str) -> None:
+    directory = tls_dir(tmp_path)
+    with pytest.raises(InventoryError) as info:
+        parse_in(directory, ONE + block)
+    message = str(info.value)
+    assert message.startswith("%s:" % (directory / FILE)), message
+    assert expected in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("field, line", [("cert", 3), ("key", 4), ("ca", 5)])
+@pytest.mark.parametrize("problem", ["missing", "a directory"])
+def test_tls_files_must_exist_and_the_error_names_the_file(
+    tmp_path: Path, field: str, line: int, problem: str
+) -> None:
+    directory = tls_dir(tmp_path)
+    wrong = directory / "certs" / ("wrong-" + field)
+    if problem == "a directory":
+        wrong.mkdir()
+    given = {"cert": "certs/farm.pem", "key": "certs/farm.key", "ca": "certs/ca.pem"}
+    given[field] = "certs/wrong-" + field
+    block = "tls:\n" + "".join("  %s: %s\n" % item for item in given.items())
+    with pytest.raises(InventoryError) as info:
+        parse_in(directory, ONE + block)
+    assert str(info.value) == (
+        "%s:%d: tls.%s: expected an existing, readable file (relative paths start at the inventory's directory), "
+        "got %r" % (directory / FILE, line, field, str(wrong))
+    )
+
+
+def test_options_override_the_tls_block_field_by_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = tls_dir(tmp_path)
+    inventory = parse_in(directory, ONE + TLS_OK + "  server_name: farm.lab\n")
+    monkeypatch.chdir(tmp_path)
+    overridden = inventory.with_tls(TlsConfig(ca="other-ca.pem", server_name="farm.test"))
+    assert overridden.tls is not None and inventory.tls is not None
+    assert (overridden.tls.cert, overridden.tls.key) == (inventory.tls.cert, inventory.tls.key)
+    assert (overridden.tls.ca, overridden.tls.server_name) == (str(tmp_path / "other-ca.pem"), "farm.test")
+    assert overridden.boards == inventory.boards and inventory.tls.ca == str(directory / "certs" / "ca.pem")
+    assert inventory.with_tls(TlsConfig(ca="system")).tls.ca == "system"  # type: ignore[union-attr]
+    assert inventory.with_tls(TlsConfig()).tls.cert == inventory.tls.cert  # type: ignore[union-attr]
+
+
+def test_options_alone_turn_tls_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    inventory = parse(ONE)
+    assert inventory.with_tls(TlsConfig(server_name="farm.lab")).tls is None  # a name alone is no TLS
+    tls = inventory.with_tls(TlsConfig(cert="c.pem", key="/k.pem", ca="system")).tls
+    assert tls is not None and (tls.cert, tls.key, tls.ca) == (str(tmp_path / "c.pem"), "/k.pem", "system")
