@@ -74,6 +74,9 @@ def tls_daemons(tmp_path_factory: pytest.TempPathFactory, tls_files: TlsFiles) -
         proxy = start("proxy", "proxy", "--port", "0", "--tracker", at_tracker)
         proxy.wait_for_bind()
         start("nat-board", "server", "--port", str(proxy.address[1]), "--through-proxy", "--key", "nat")
+        with farm.connect_tracker(*tracker.address, tls=tls_files.client()) as observer:  # type: ignore[misc]
+            for key in ("direct", "nat"):
+                wait_for(lambda k=key: observer.summary()["queue_info"].get(k, {}).get("free"), 30, "a %s board" % key)
         yield {"board": board, "tracker": tracker, "proxy": proxy}
     finally:
         for daemon in reversed(started):
@@ -173,16 +176,23 @@ def rss(pid: int) -> int:
     raise AssertionError("no VmRSS for process %d" % pid)
 
 
+#: The key of the board each daemon's normal client gets, through the tracker (the board's own: directly).
+SERVED_KEY = {"board": "fuzz", "tracker": "direct", "proxy": "nat"}
+
+
 def serve_normally(name: str, daemons: Dict[str, DaemonProcess], tls_files: TlsFiles) -> None:
-    """A normal TLS client's session with the board, or through the tracker (for the proxy: on its board)."""
+    """A normal TLS client's session with the board, or through the tracker; returns once the board that served
+    is free again (behind the proxy: dialled in again), so that descriptors are counted in the same state."""
     if name == "board":
         with farm.connect(*daemons["board"].address, key="fuzz", tls=tls_files.client()) as session:  # type: ignore[misc]
             session.ping()
         return
     host, port = daemons["tracker"].address  # type: ignore[misc]
     with farm.connect_tracker(host, port, tls=tls_files.client()) as tracker:
-        with tracker.request("direct" if name == "tracker" else "nat", wait=30) as session:
+        with tracker.request(SERVED_KEY[name], wait=30) as session:
             session.ping()
+        key = SERVED_KEY[name]
+        wait_for(lambda: tracker.summary()["queue_info"].get(key, {}).get("free"), 30, "a free %s board" % key)
 
 
 @pytest.mark.parametrize("name", ["board", "tracker", "proxy"])
