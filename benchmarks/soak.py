@@ -36,6 +36,7 @@ report::
     python benchmarks/soak.py [--duration 180] [--clients 12] [--kill-every 10] [--seed 1] [--json out.json]
                               [--cycles-json cycles.json] [--keep-logs DIR]
     python benchmarks/soak.py --quick --json out.json     # 15 s, 6 clients, a kill every 3 s (the smoke test)
+    python benchmarks/soak.py --tls ...                   # TLS on every connection
 
 Exit status 1 when a check fails: a board lost, an unexpected error, a board or daemon that died without being
 killed, a process left behind, or no request served at all.
@@ -56,6 +57,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -684,12 +686,22 @@ def board_figures(expected: Dict[str, int], settle: Dict[str, Any]) -> Dict[str,
     }
 
 
+def tls_files(directory: str) -> Any:
+    """A CA and the farm's certificate and key, made with the test suite's helper (``pip install -e .[test]``)."""
+    sys.path.insert(0, str(PROJECT / "tests"))
+    from farm_certs import make_tls_files
+
+    return make_tls_files(Path(directory))
+
+
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     """Start the farm, soak it, settle it, stop it; the results."""
     started = time.monotonic()
     load_before = os.getloadavg()
     os.environ.update(child_env())  # the daemons FarmStack starts import this checkout's farm
     with tempfile.TemporaryDirectory(prefix="soak-") as workdir:
+        if args.tls:  # every daemon and client of the soak takes it from the environment
+            os.environ.update(tls_files(workdir).daemon().as_env())
         library = compile_shared([VADD], os.path.join(workdir, LIBRARY))
         path = write_inventory(
             os.path.join(workdir, "inventory.yaml"), args.keys, args.boards_per_key, args.proxied_keys
@@ -708,7 +720,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     options = ("quick", "duration", "clients", "kill_every", "keys", "boards_per_key", "proxied_keys", "priorities")
     results: Dict[str, Any] = {
         "machine": machine_info(),
-        "config": {name: getattr(args, name) for name in options + ("wait", "max_cycles", "seed", "tick", "settle")},
+        "config": {
+            name: getattr(args, name) for name in options + ("wait", "max_cycles", "seed", "tick", "settle", "tls")
+        },
         "inventory": [[group.key, group.count, group.proxy] for group in inventory.boards],
         "window_s": measured["window_s"],
         "served": served_figures(rows, measured["window_s"], keys),
@@ -776,7 +790,7 @@ def report(results: Dict[str, Any]) -> str:
             "/".join("%.2f" % value for value in load["before"]),
             "/".join("%.2f" % value for value in load["after"]),
         ),
-        "Farm: %s (key and boards)." % farm,
+        "Farm: %s (key and boards)%s." % (farm, ", TLS on every connection" if config["tls"] else ""),
         "",
         "- requests: %d, served %d (%.1f/s), cycles completed %d (%.1f/s); served per key: %s"
         % (
@@ -843,6 +857,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         for name, (kind, default, quick, _, text) in group.items():
             shown = "default: %g" % default + ("; quick: %g" % quick if quick != default else "")
             options.add_argument("--" + name.replace("_", "-"), type=kind, help="%s (%s)" % (text, shown))
+    parser.add_argument("--tls", action="store_true", help="TLS on every connection (certificates made for the run)")
     parser.add_argument("--keep-logs", metavar="DIR", help="write the daemons' logs to DIR and keep them")
     parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
     parser.add_argument("--cycles-json", metavar="PATH", help="write every cycle (key, priority, times, error) here")

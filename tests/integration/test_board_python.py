@@ -19,10 +19,12 @@ from typing import Callable, List
 
 import numpy as np
 import pytest
+from farm_certs import TlsFiles
 
 import farm
 from conftest import bare_env, python_version, run_bare
 from farm.processes import DaemonProcess
+from farm.tls import TlsConfig
 
 PROJECT = Path(__file__).resolve().parents[2]
 KEY = "bare"
@@ -46,15 +48,22 @@ def bare_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def start_bare_board(
+    board_factory: Callable[..., DaemonProcess], bare_root: Path, interpreter: str, tmp_path: Path, **env: str
+) -> DaemonProcess:
+    """``INTERPRETER -S -m farm.server`` run from ``bare_root`` (board_factory runs ``PYTHON -m farm.server``),
+    with ``env`` on top of the bare environment."""
+    wrapper = tmp_path / "python-without-site"
+    wrapper.write_text('#!/bin/sh\nexec %s -S "$@"\n' % shlex.quote(interpreter))
+    wrapper.chmod(0o755)
+    return board_factory(key=KEY, python=str(wrapper), env=dict(bare_env(bare_root), **env), cwd=str(bare_root))
+
+
 @pytest.fixture
 def bare_board(
     board_factory: Callable[..., DaemonProcess], bare_root: Path, interpreter: str, tmp_path: Path
 ) -> DaemonProcess:
-    """``INTERPRETER -S -m farm.server`` run from ``bare_root`` (board_factory runs ``PYTHON -m farm.server``)."""
-    wrapper = tmp_path / "python-without-site"
-    wrapper.write_text('#!/bin/sh\nexec %s -S "$@"\n' % shlex.quote(interpreter))
-    wrapper.chmod(0o755)
-    return board_factory(key=KEY, python=str(wrapper), env=bare_env(bare_root), cwd=str(bare_root))
+    return start_bare_board(board_factory, bare_root, interpreter, tmp_path)
 
 
 def proc_text(pid: int, name: str) -> str:
@@ -120,6 +129,36 @@ def test_bare_board_survives_a_segfault(bare_board: DaemonProcess, kernels: dict
     assert bare_board.process.poll() is None
     with farm.connect(*bare_board.address, key=KEY) as session:
         session.ping()
+
+
+def test_bare_board_speaks_tls(
+    board_factory: Callable[..., DaemonProcess],
+    bare_root: Path,
+    interpreter: str,
+    tmp_path: Path,
+    tls_files: TlsFiles,
+    kernels: dict,
+) -> None:
+    """The board's TLS is the standard library's too, on Python 3.8 as well; the session's bytes go through the
+    daemon's relay."""
+    board = start_bare_board(board_factory, bare_root, interpreter, tmp_path, **tls_files.daemon().as_env())
+    x = np.arange(100_000, dtype=np.float32)
+    with farm.connect(*board.address, key=KEY, tls=tls_files.client()) as session:
+        assert session._conn.sock.version() in ("TLSv1.2", "TLSv1.3")
+        session.upload(kernels["libvadd.so"])
+        vadd = session.load_module("libvadd.so").get_function("vadd", VADD_SIG)
+        c = session.empty(x.shape, "float32")
+        vadd(session.array(x), session.array(x), c, x.size)
+        np.testing.assert_array_equal(c.numpy(), 2 * x)
+    with pytest.raises(farm.HandshakeError):
+        farm.connect(*board.address, key=KEY, tls=TlsConfig())
+
+
+def test_a_board_without_tls_does_not_load_ssl(bare_root: Path) -> None:
+    """TLS costs nothing to a board that does not use it: ``ssl`` is imported only when TLS is on."""
+    result = run_bare(bare_root, sys.executable, "-c", "import sys, farm.server; print('ssl' in sys.modules)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
 
 
 def board_side_modules(root: Path) -> List[str]:
