@@ -18,6 +18,7 @@ import mmap
 import os
 import pickle
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -316,7 +317,8 @@ class RemoteSession:
                     return self._session_ended(frame.meta)
             except (OSError, ProtocolError):
                 pass
-        message = "connection to board %r at %s:%d lost while %s: %s" % (self.key, self.host, self.port, doing, exc)
+        why = "connection closed" if isinstance(exc, ssl.SSLEOFError) else exc  # TLS's word for the same
+        message = "connection to board %r at %s:%d lost while %s: %s" % (self.key, self.host, self.port, doing, why)
         return self._end(SessionLostError(message))
 
     def _abandon(self) -> None:
