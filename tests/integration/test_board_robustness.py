@@ -439,7 +439,8 @@ def test_a_client_that_leaves_mid_call_frees_the_board(
             in text
         )
     # Long before the 120 s call would end, the board is free for the next client.
-    ended = "left while running sleep_long(); killing the session"
+    ended = "the client left while running sleep_long(); the board ended the session"  # once reaped: it is free
     wait_for(lambda: ended in daemon.log_text(), 10, "the board to end the session")
+    assert "left while running sleep_long(); killing the session" in daemon.log_text()
     with farm.connect(host, port, key=KEY, connect_timeout=5) as remote:
         remote.ping()
