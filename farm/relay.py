@@ -75,7 +75,6 @@ class SessionRelay:
         self._to_client += last
         deadline = time.monotonic() + timeout
         try:
-            self.outer.settimeout(timeout)
             while self._to_client and not self.client_gone:
                 self.outer.settimeout(max(0.01, deadline - time.monotonic()))
                 sent = self.outer.send(self._to_client)
