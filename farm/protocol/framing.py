@@ -17,6 +17,7 @@ them: a numpy array on the host, the array's storage on the board.
 from __future__ import annotations
 
 import json
+import mmap
 import struct
 from collections import deque
 from typing import Callable, Container, Deque, List, NamedTuple, Optional, Tuple, Union
@@ -30,6 +31,9 @@ HEADER = struct.Struct("<2sBBIIQ")
 DEFAULT_MAX_META = 1 << 20
 DEFAULT_MAX_PAYLOAD = 4 << 30
 _CHUNK = 1 << 16
+#: A payload the reader places itself from this size up goes into an anonymous mapping, whose pages the system
+#: provides as bytes arrive: a header announcing a large payload commits no memory before the payload comes.
+LAZY_PAYLOAD = 1 << 20
 
 Buffer = Union[bytes, bytearray, memoryview]
 #: ``allocate(op, meta, nbytes)`` returns a writable buffer of exactly ``nbytes`` for a
@@ -256,8 +260,8 @@ class FrameReader:
             if len(arrived) == size:
                 return bytes(arrived)  # one copy out of the receive buffer
             try:
-                buffer = bytearray(size)
-            except MemoryError:
+                buffer = mmap.mmap(-1, size) if size >= LAZY_PAYLOAD else bytearray(size)
+            except (MemoryError, OSError):
                 raise ProtocolError("no memory for a payload of %d bytes" % size) from None
         payload = memoryview(buffer).cast("B")
         if len(payload) != size:

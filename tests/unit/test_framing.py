@@ -179,6 +179,24 @@ def test_large_payload_in_small_chunks():
     assert [as_tuple(frame) for frame in frames] == [(Op.DOWNLOAD, 7, {"path": "f"}, payload), (Op.PING, 8, {}, b"")]
 
 
+def resident_bytes() -> int:
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) << 10 for line in handle if line.startswith("VmRSS:"))
+
+
+def test_an_announced_payload_commits_memory_only_as_it_arrives():
+    """A header for a 512 MiB payload (within the limit) and 1 MiB of it: memory for what came, not for all."""
+    size = 512 * MIB
+    head = header(op=Op.PING, request_id=1, payload_len=size)
+    reader = FrameReader(max_payload=1 << 30)
+    before = resident_bytes()
+    assert reader.feed(head + bytes(MIB)) == []
+    assert resident_bytes() - before < 64 * MIB
+    rest = pattern(size - MIB, seed=3)
+    (frame,) = reader.feed(rest)
+    assert len(frame.payload) == size and bytes(frame.payload[MIB : MIB + 64]) == rest[:64]
+
+
 def test_frames_back_to_back_in_one_buffer():
     """Several frames in one chunk all come out, in order."""
     sent = [
