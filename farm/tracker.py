@@ -33,7 +33,7 @@ from .lifetime import die_with_launcher
 from .logs import configure_logging
 from .net import bind_first_free
 from .protocol.auth import AuthError
-from .protocol.tracker import TVM_PROTOCOL, Code, MessageReader, encode_magic, encode_message
+from .protocol.tracker import FARM_PROTOCOL, TVM_PROTOCOL, Code, MessageReader, encode_magic, encode_message
 from .tls import TlsConfig, add_tls_arguments, daemon_tls
 
 logger = logging.getLogger("farm.tracker")
@@ -46,6 +46,9 @@ MAX_INFO = 64 << 10
 MAX_LISTED_WAITERS = 256
 #: Seconds a new connection may stay silent before its magic; after it, an idle connection is its peer's lease.
 MAGIC_TIMEOUT = 10.0
+#: Seconds after which a free board of this farm that has said nothing is taken for hung and not handed out until
+#: it speaks again: a free board asks for its pending match keys every second (registration.POLL_PERIOD).
+SILENT_AFTER = 5.0
 
 
 class Offer:
@@ -98,11 +101,18 @@ class Peer:
         self.waiters: List[Waiter] = []
         self.held_by: Optional[str] = None  # the user its last handed-out offer went to
         self.held_since: Optional[float] = None
+        self.last_heard = time.monotonic()
+        self.silence_logged = False  # its silence was logged (once per silence)
         self.closed = False
 
     @property
     def protocol(self) -> str:
         return self.info.get("protocol", TVM_PROTOCOL)
+
+    def silent(self, now: float) -> bool:
+        """Whether this is a board of this farm, free, that has said nothing for SILENT_AFTER seconds (hung:
+        stopped, or its machine frozen). TVM's boards poll at their own pace and are never taken for hung."""
+        return bool(self.offers) and self.protocol == FARM_PROTOCOL and now - self.last_heard > SILENT_AFTER
 
     def send(self, value: Any) -> None:
         if not self.closed:
@@ -122,15 +132,21 @@ class KeyQueue:
             index += 1
         self.waiters.insert(index, waiter)
 
-    def matches(self) -> List[Tuple[Waiter, Offer]]:
+    def usable(self, now: float) -> List[Offer]:
+        """The offers that may be handed out now: not those of silent boards."""
+        return [offer for offer in self.offers if not offer.peer.silent(now)]
+
+    def matches(self, now: float) -> List[Tuple[Waiter, Offer]]:
         """Pair waiters with offers they can use, best waiter first, and remove the pairs."""
         pairs = []
+        offers = self.usable(now)
         for waiter in list(self.waiters):
-            offer = next((o for o in self.offers if o.protocol in waiter.protocols), None)
+            offer = next((o for o in offers if o.protocol in waiter.protocols), None)
             if offer is None:
                 continue
             self.waiters.remove(waiter)
             self.offers.remove(offer)
+            offers.remove(offer)
             pairs.append((waiter, offer))
         return pairs
 
@@ -199,8 +215,19 @@ class Tracker:
         received = messages.feed(data)
         if not magic_was_seen and messages.magic_seen:
             peer.writer.write(encode_magic())
+        now = time.monotonic()
+        was_silent = peer.silent(now)
+        if was_silent:
+            logger.warning(
+                "board %s speaks again after %.0f s; it is handed out again", peer.name, now - peer.last_heard
+            )
+        peer.last_heard = now
+        peer.silence_logged = False
         for message in received:
             self._dispatch(peer, message)
+        if was_silent:
+            for key in {offer.key for offer in peer.offers}:
+                self._schedule(key)
 
     async def _admit(self, peer: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
         """The peer proves it holds the farm secret; the bytes it sent after the proof."""
@@ -380,7 +407,17 @@ class Tracker:
         queue = self.queues.get(key)
         if queue is None:
             return
-        for waiter, offer in queue.matches():
+        now = time.monotonic()
+        for offer in queue.offers:
+            if offer.peer.silent(now) and not offer.peer.silence_logged:
+                offer.peer.silence_logged = True
+                logger.warning(
+                    "board %s of key %r has said nothing for %.0f s (hung?): not handed out until it speaks",
+                    offer.peer.name,
+                    key,
+                    now - offer.peer.last_heard,
+                )
+        for waiter, offer in queue.matches(now):
             self._forget_waiter(waiter)
             offer.peer.offers.remove(offer)
             offer.peer.pending_matchkeys.discard(offer.matchkey)
@@ -459,8 +496,9 @@ class Tracker:
         """TVM's summary (``queue_info``, ``server_info``) with who holds each board and since when.
 
         Beyond TVM's ``free`` and ``pending``, each key's entry has ``total``
-        (its boards) and ``waiters``: the first requests in queue order, each
-        with its user, priority and seconds waited so far.
+        (its boards), ``silent`` (free boards taken for hung, not in ``free``)
+        and ``waiters``: the first requests in queue order, each with its
+        user, priority and seconds waited so far.
         """
         queue_info = {}
         now = time.monotonic()
@@ -471,8 +509,10 @@ class Tracker:
                 {"user": w.user, "priority": w.priority, "waited": round(now - w.since, 3)}
                 for w in queue.waiters[:MAX_LISTED_WAITERS]
             ]
+            usable = len(queue.usable(now))
             queue_info[key] = {
-                "free": len(queue.offers),
+                "free": usable,
+                "silent": len(queue.offers) - usable,
                 "pending": len(queue.waiters),
                 "total": self._board_count(key),
                 "waiters": waiters,
@@ -485,7 +525,9 @@ class Tracker:
             offered = set().union(*peer.keys.values()) if peer.keys else {peer.protocol}
             entry["protocol"] = "/".join(sorted(offered))  # a proxy may offer boards of both kinds
             entry["free"] = bool(peer.offers)
-            entry["state"] = "free" if peer.offers else "held" if peer.held_by is not None else "busy"
+            entry["state"] = "held" if peer.held_by is not None else "busy"
+            if peer.offers:
+                entry["state"] = "silent" if peer.silent(now) else "free"
             entry["held_by"] = peer.held_by
             entry["since"] = peer.held_since
             server_info.append(entry)

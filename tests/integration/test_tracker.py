@@ -587,6 +587,34 @@ def test_killed_board_leaves_the_pool(pool: Pool) -> None:
         assert session.port == port_of(survivor)
 
 
+def test_a_free_board_that_goes_silent_is_not_handed_out_until_it_speaks(pool: Pool) -> None:
+    """A free board stopped with SIGSTOP (hung) stops asking for its match keys: after SILENT_AFTER the tracker
+    shows it silent and hands out only the live board; after SIGCONT it is free and handed out again."""
+    hung, live = pool.start_boards(2)
+    os.kill(hung.pid, signal.SIGSTOP)
+    try:
+
+        def hung_state() -> Optional[str]:
+            return (board_entry(pool.summary(), port_of(hung)) or {}).get("state")
+
+        wait_for(lambda: hung_state() == "silent", 15, "the tracker to take the stopped board for hung")
+        queue = pool.summary()["queue_info"][KEY]
+        assert (queue["free"], queue["silent"], queue["total"]) == (1, 1, 2), queue
+        client = pool.client()
+        for _ in range(3):  # more requests than live boards: a FIFO of offers would reach the hung one
+            with client.request(KEY, wait=10, session_timeout=30) as session:
+                assert session.port == port_of(live)
+        handed_out = re.findall(r"board 127\.0\.0\.1:(\d+) of key %r to" % KEY, pool.tracker_log())
+        assert str(port_of(hung)) not in handed_out, handed_out
+        assert re.search(r"board \S+ of key %r has said nothing for \d+ s \(hung\?\)" % KEY, pool.tracker_log())
+    finally:
+        os.kill(hung.pid, signal.SIGCONT)
+    pool.wait_free(count=2, timeout=10)
+    assert "speaks again" in pool.tracker_log()
+    sessions = [pool.keep(client.request(KEY, wait=10)), pool.keep(pool.client().request(KEY, wait=10))]
+    assert sorted(session.port for session in sessions) == sorted([port_of(hung), port_of(live)])
+
+
 def test_board_killed_after_it_was_handed_out_fails_clearly(pool: Pool) -> None:
     (board,) = pool.start_boards(1)
     client = pool.client()
