@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from typing import Any, List, Optional, Tuple
 
 import pytest
@@ -23,7 +24,7 @@ from farm.protocol.tracker import (
     key_of_matchkey,
     random_matchkey,
 )
-from farm.tracker import KeyQueue, Offer, Peer, Waiter
+from farm.tracker import SILENT_AFTER, KeyQueue, Offer, Peer, Waiter
 
 INT32 = struct.Struct("<i")
 MAGIC = INT32.pack(TRACKER_MAGIC)
@@ -301,7 +302,7 @@ def test_priority_first_then_first_come_first_served() -> None:
     order = []
     for _ in range(6):
         queue.offers.append(board(TVM_PROTOCOL))
-        pairs = queue.matches()
+        pairs = queue.matches(time.monotonic())
         assert len(pairs) == 1
         order.append(pairs[0][0].user)
     assert order == ["p5a", "p5b", "p5c", "p1", "p0", "n"]
@@ -315,10 +316,10 @@ def test_offers_are_first_in_first_out_and_matches_remove_the_pairs() -> None:
     high, low = waiter(2, ["farm"]), waiter(1, ["farm"])
     queue.add_waiter(low)
     queue.add_waiter(high)
-    pairs = queue.matches()
+    pairs = queue.matches(time.monotonic())
     assert pairs == [(high, offers[0]), (low, offers[1])]
     assert queue.offers == [offers[2]] and queue.waiters == []
-    assert queue.matches() == []
+    assert queue.matches(time.monotonic()) == []
     assert queue.offers == [offers[2]]
 
 
@@ -326,7 +327,7 @@ def test_no_offer_no_match() -> None:
     queue = KeyQueue()
     w = waiter(0, ["farm"])
     queue.add_waiter(w)
-    assert queue.matches() == []
+    assert queue.matches(time.monotonic()) == []
     assert queue.waiters == [w]
 
 
@@ -340,15 +341,15 @@ def test_a_tvm_client_never_gets_a_farm_board() -> None:
     farm_board = board(FARM_PROTOCOL)
     queue.offers.append(farm_board)
     # the lower-priority farm client gets it; the TVM clients keep their places
-    assert queue.matches() == [(ours, farm_board)]
+    assert queue.matches(time.monotonic()) == [(ours, farm_board)]
     assert queue.waiters == [tvm_only, tvm_default]
     another = board(FARM_PROTOCOL)
     queue.offers.append(another)
-    assert queue.matches() == []
+    assert queue.matches(time.monotonic()) == []
     assert queue.offers == [another]
     tvm_board = board(TVM_PROTOCOL)
     queue.offers.append(tvm_board)
-    assert queue.matches() == [(tvm_only, tvm_board)]
+    assert queue.matches(time.monotonic()) == [(tvm_only, tvm_board)]
     assert queue.waiters == [tvm_default] and queue.offers == [another]
 
 
@@ -360,4 +361,25 @@ def test_a_client_speaking_both_takes_the_first_compatible_offer() -> None:
     queue.add_waiter(both)
     queue.add_waiter(farm_only)
     # the farm-only client skips the TVM board; the one speaking both takes what is left
-    assert queue.matches() == [(farm_only, farm_board), (both, tvm_board)]
+    assert queue.matches(time.monotonic()) == [(farm_only, farm_board), (both, tvm_board)]
+
+
+def test_a_free_board_of_this_farm_silent_too_long_is_not_matched_until_it_speaks() -> None:
+    queue = KeyQueue()
+    hung, live, tvm = board(FARM_PROTOCOL), board(FARM_PROTOCOL), board(TVM_PROTOCOL)
+    for offer in (hung, live, tvm):
+        offer.peer.offers.append(offer)
+        queue.offers.append(offer)
+    for offer in (hung, live):
+        offer.peer.info["protocol"] = FARM_PROTOCOL  # as this farm's boards say in UPDATE_INFO
+    now = time.monotonic()
+    hung.peer.last_heard = now - SILENT_AFTER - 0.1
+    tvm.peer.last_heard = now - 3600  # TVM's boards poll at their own pace: never taken for hung
+    assert queue.usable(now) == [live, tvm]
+    first, second = waiter(0, ["farm"]), waiter(0, ["farm"])
+    queue.add_waiter(first)
+    queue.add_waiter(second)
+    assert queue.matches(now) == [(first, live)]
+    assert queue.waiters == [second]
+    hung.peer.last_heard = now  # it spoke
+    assert queue.matches(now) == [(second, hung)]
