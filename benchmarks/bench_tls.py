@@ -28,20 +28,16 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 from bench_dataplane import NOOP_SIGNATURE, NOOP_SOURCE, call_stats, throughput_stats, timed
-from common import PROJECT, child_env, exit_on_signal, machine_info, machine_line, publish  # noqa: E402
+from common import PROJECT, child_env, exit_on_signal, machine_info, machine_line, publish, tls_files  # noqa: E402
 
 import farm  # noqa: E402
 from farm.processes import DaemonProcess, start_board  # noqa: E402
 from farm.tls import TlsConfig  # noqa: E402
 from farm.toolchain import compile_shared  # noqa: E402
-
-sys.path.insert(0, str(PROJECT / "tests"))
-from farm_certs import make_tls_files  # noqa: E402
 
 logger = logging.getLogger("bench_tls")
 
@@ -173,7 +169,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     started = time.monotonic()
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # the boards inherit it
     with tempfile.TemporaryDirectory(prefix="bench-tls-") as workdir:
-        files = make_tls_files(Path(workdir))
+        files = tls_files(workdir)
         source = os.path.join(workdir, "noop.c")
         with open(source, "w", encoding="utf-8") as handle:
             handle.write(NOOP_SOURCE)

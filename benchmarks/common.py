@@ -105,3 +105,14 @@ def inner_env() -> Dict[str, str]:
 def spread(values: List[float]) -> Dict[str, Any]:
     """Median, min, max and the values themselves."""
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
+
+
+def tls_files(directory: str) -> Any:
+    """A CA and the farm's certificate and key in ``directory``, made with the test suite's helper
+    (``tests/farm_certs.py``, which needs ``pip install -e .[test]``)."""
+    tests = str(PROJECT / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    from farm_certs import make_tls_files
+
+    return make_tls_files(Path(directory))

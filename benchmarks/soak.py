@@ -57,11 +57,10 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from common import PROJECT, child_env, exit_on_signal, machine_info, machine_line, publish  # noqa: E402  (puts this checkout's farm on the path)
+from common import PROJECT, child_env, exit_on_signal, machine_info, machine_line, publish, tls_files  # noqa: E402  (puts this checkout's farm on the path)
 
 from farm.client import RemoteSession  # noqa: E402
 from farm.inventory import load_inventory  # noqa: E402
@@ -684,14 +683,6 @@ def board_figures(expected: Dict[str, int], settle: Dict[str, Any]) -> Dict[str,
         "settle_s": settle["waited_s"],
         "final_state": settle["state"],
     }
-
-
-def tls_files(directory: str) -> Any:
-    """A CA and the farm's certificate and key, made with the test suite's helper (``pip install -e .[test]``)."""
-    sys.path.insert(0, str(PROJECT / "tests"))
-    from farm_certs import make_tls_files
-
-    return make_tls_files(Path(directory))
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:

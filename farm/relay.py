@@ -58,8 +58,8 @@ class SessionRelay:
         """Move whatever can move now, in both directions; then wait for what is needed next."""
         while self._pump_once():
             pass
-        self._wait_for(self.outer, self._outer_events())
-        self._wait_for(self.inner, self._inner_events())
+        self._wait_for(self.outer, _events(self._reads_client(), self._writes_client()))
+        self._wait_for(self.inner, _events(self._reads_child(), self._writes_child()))
 
     def drain_child(self) -> None:
         """Take everything the (ended) session process left in the socket pair."""
@@ -106,7 +106,7 @@ class SessionRelay:
         """One round of the four moves, each reading all there is (up to the limit) before writing it on, so
         that the session process is woken once per batch, not per TLS record; whether any of them moved bytes."""
         moved = False
-        while not self.client_gone and len(self._to_child) < BUFFER_LIMIT:
+        while self._reads_client():
             try:
                 data = recv_nowait(self.outer, _CHUNK)
             except OSError as exc:
@@ -118,7 +118,7 @@ class SessionRelay:
             if not data:
                 self.client_gone = True
             self._to_child += data
-        if self._to_child and not self._inner_shut:
+        if self._writes_child():
             try:
                 sent = send_nowait(self.inner, self._to_child)
             except OSError:  # the session process is gone: what it did not read is lost with it
@@ -131,7 +131,7 @@ class SessionRelay:
                 self.inner.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
-        while not self._child_done and len(self._to_client) < BUFFER_LIMIT:
+        while self._reads_child():
             data = recv_nowait(self.inner, _CHUNK)
             if data is None:
                 break
@@ -139,7 +139,7 @@ class SessionRelay:
             if not data:
                 self._child_done = True
             self._take_from_child(data)
-        if self._to_client and not self.client_gone:
+        if self._writes_client():
             try:
                 sent = send_nowait(self.outer, self._to_client)
             except OSError as exc:
@@ -156,18 +156,20 @@ class SessionRelay:
         if not self.client_gone:
             self._to_client += data
 
-    def _outer_events(self) -> int:
-        events = 0
-        if not self.client_gone and len(self._to_child) < BUFFER_LIMIT:
-            events |= selectors.EVENT_READ
-        if self._to_client and not self.client_gone:
-            events |= selectors.EVENT_WRITE
-        return events
+    # What each side may do now: the pump's moves and the events waited for follow from these.
 
-    def _inner_events(self) -> int:
-        events = 0
-        if not self._child_done and len(self._to_client) < BUFFER_LIMIT:
-            events |= selectors.EVENT_READ
-        if self._to_child and not self._inner_shut:
-            events |= selectors.EVENT_WRITE
-        return events
+    def _reads_client(self) -> bool:
+        return not self.client_gone and len(self._to_child) < BUFFER_LIMIT
+
+    def _writes_client(self) -> bool:
+        return bool(self._to_client) and not self.client_gone
+
+    def _reads_child(self) -> bool:
+        return not self._child_done and len(self._to_client) < BUFFER_LIMIT
+
+    def _writes_child(self) -> bool:
+        return bool(self._to_child) and not self._inner_shut
+
+
+def _events(readable: bool, writable: bool) -> int:
+    return (selectors.EVENT_READ if readable else 0) | (selectors.EVENT_WRITE if writable else 0)

@@ -202,6 +202,20 @@ def interpreter(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     return found
 
 
+def fd_count(pid: int) -> int:
+    """Open file descriptors of the process."""
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def rss(pid: int) -> int:
+    """Resident memory of the process in bytes (VmRSS)."""
+    with open("/proc/%d/status" % pid) as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) << 10
+    raise AssertionError("no VmRSS for process %d" % pid)
+
+
 def processes_with_env(name: str, value: str) -> Dict[int, str]:
     """Live processes whose environment has ``NAME=VALUE``: pid -> command line.
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 import random
 import re
 import selectors
@@ -43,7 +42,7 @@ from fuzz_settings import CONNECTION_COUNT, IDLE_BURST, SEED
 from fuzz_streams import Fields, cut, edit, mutate, random_bytes, random_json, random_mutations
 
 import farm
-from conftest import python_env, wait_for
+from conftest import fd_count, python_env, rss, wait_for
 from farm.errors import ProtocolError
 from farm.processes import DaemonProcess
 from farm.protocol.calls import TAGS, encode_call
@@ -136,23 +135,6 @@ def proxy(daemons: Callable[..., DaemonProcess], tracker: DaemonProcess) -> Daem
     port = str(daemon.address[1])  # type: ignore[index]
     daemons("nat-board", "--port", port, "--through-proxy", "--key", "nat")
     return daemon
-
-
-# --- what a daemon is made of, from /proc -------------------------------------------------------------
-
-
-def fd_count(pid: int) -> int:
-    """Open file descriptors of the process."""
-    return len(os.listdir("/proc/%d/fd" % pid))
-
-
-def rss(pid: int) -> int:
-    """Resident memory in bytes (VmRSS)."""
-    with open("/proc/%d/status" % pid) as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) << 10
-    raise AssertionError("no VmRSS for process %d" % pid)
 
 
 # --- normal clients ------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ handshakes, and its log has no traceback.
 from __future__ import annotations
 
 import functools
-import os
 import random
 import socket
 import ssl
@@ -33,7 +32,7 @@ from farm_certs import TlsFiles
 from fuzz_settings import CONNECTION_COUNT, SEED
 
 import farm
-from conftest import python_env, wait_for
+from conftest import fd_count, python_env, rss, wait_for
 from farm.processes import DaemonProcess
 from farm.protocol.handshake import encode_hello
 from farm.protocol.tracker import encode_magic, encode_message
@@ -162,18 +161,6 @@ class Stream:
             for offset in range(0, len(prefix), 3):
                 sock.sendall(prefix[offset : offset + 3])
                 time.sleep(0.005)  # pacing the drip: what is measured is the daemon's reading, not a wait
-
-
-def fd_count(pid: int) -> int:
-    return len(os.listdir("/proc/%d/fd" % pid))
-
-
-def rss(pid: int) -> int:
-    with open("/proc/%d/status" % pid) as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) << 10
-    raise AssertionError("no VmRSS for process %d" % pid)
 
 
 #: The key of the board each daemon's normal client gets, through the tracker (the board's own: directly).

@@ -20,7 +20,7 @@ import pytest
 from farm_certs import TlsFiles
 
 import farm
-from conftest import python_env, wait_for
+from conftest import fd_count, python_env, wait_for
 from farm.processes import DaemonProcess
 from farm.protocol.handshake import encode_hello
 from farm.tls import TlsConfig
@@ -37,10 +37,6 @@ def tls_board(board_factory: Callable[..., DaemonProcess], tls_files: TlsFiles) 
 def no_tls_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in TlsConfig.from_env().as_env():
         monkeypatch.delenv(name)
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir("/proc/%d/fd" % pid))
 
 
 def test_a_client_with_the_farm_ca_gets_a_tls_session(tls_board: DaemonProcess, tls_files: TlsFiles) -> None:
@@ -157,7 +153,7 @@ def test_strangers_that_never_finish_tls_do_not_keep_the_board(
 ) -> None:
     """Plain hellos, garbage, a bare TLS record header, a ClientHello cut short, silence: the board refuses or
     times them out, serves a client meanwhile, and its file descriptors come back to where they were."""
-    baseline = open_fds(tls_board.pid)
+    baseline = fd_count(tls_board.pid)
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     handshake = tls_files.client().client_context().wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
     with pytest.raises(ssl.SSLWantReadError):
@@ -180,6 +176,6 @@ def test_strangers_that_never_finish_tls_do_not_keep_the_board(
         session.ping()
     for sock in strangers:
         sock.close()
-    wait_for(lambda: open_fds(tls_board.pid) <= baseline, 15, "the board's descriptors back to %d" % baseline)
+    wait_for(lambda: fd_count(tls_board.pid) <= baseline, 15, "the board's descriptors back to %d" % baseline)
     with farm.connect(*tls_board.address, key=KEY, tls=tls_files.client()) as session:
         session.ping()

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import pytest
 from farm_certs import TlsFiles
 
-from conftest import python_env, wait_for
+from conftest import fd_count, python_env, wait_for
 from farm.auth import SECRET_ENV, load_secret, prove_on_socket
 from farm.processes import DaemonProcess
 from farm.protocol.handshake import CODE_SUCCESS, Reply, ReplyReader, encode_hello
@@ -80,10 +80,6 @@ def listening(files: TlsFiles, cert: Optional[str] = None, key: Optional[str] = 
 
 def start_tls_tracker(start: Starter, files: TlsFiles, *extra: str) -> DaemonProcess:
     return start("tracker", "--port", "0", *listening(files), *extra)
-
-
-def fd_count(pid: int) -> int:
-    return len(os.listdir("/proc/%d/fd" % pid))
 
 
 def log_has(daemon: DaemonProcess, pattern: str) -> bool:

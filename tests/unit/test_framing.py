@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import json
+import os
 import re
 import struct
 from typing import List, Optional, Tuple
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import rss
 from farm.errors import ProtocolError
 from farm.protocol.framing import (
     DEFAULT_MAX_META,
@@ -179,19 +181,14 @@ def test_large_payload_in_small_chunks():
     assert [as_tuple(frame) for frame in frames] == [(Op.DOWNLOAD, 7, {"path": "f"}, payload), (Op.PING, 8, {}, b"")]
 
 
-def resident_bytes() -> int:
-    with open("/proc/self/status") as handle:
-        return next(int(line.split()[1]) << 10 for line in handle if line.startswith("VmRSS:"))
-
-
 def test_an_announced_payload_commits_memory_only_as_it_arrives():
     """A header for a 512 MiB payload (within the limit) and 1 MiB of it: memory for what came, not for all."""
     size = 512 * MIB
     head = header(op=Op.PING, request_id=1, payload_len=size)
     reader = FrameReader(max_payload=1 << 30)
-    before = resident_bytes()
+    before = rss(os.getpid())
     assert reader.feed(head + bytes(MIB)) == []
-    assert resident_bytes() - before < 64 * MIB
+    assert rss(os.getpid()) - before < 64 * MIB
     rest = pattern(size - MIB, seed=3)
     (frame,) = reader.feed(rest)
     assert len(frame.payload) == size and bytes(frame.payload[MIB : MIB + 64]) == rest[:64]
