@@ -43,7 +43,8 @@ from .protocol.auth import AuthError
 from .protocol.calls import decode_result, encode_call, tag_of
 from .protocol.framing import Frame, FrameReader
 from .protocol.handshake import CODE_BUSY, CODE_MISMATCH, CODE_SUCCESS, ReplyReader, encode_hello
-from .protocol.ops import PICKLE_PROTOCOL, Op
+from .protocol.ops import PICKLE_PROTOCOL, RESULT_PICKLE, Op
+from .protocol.values import DataError, decode_value
 from .signature import DTYPE_SIZES, Signature, parse_signature
 from .tls import ENV as TLS_ENV
 from .tls import TlsConfig, TlsError
@@ -69,7 +70,16 @@ class RemoteArgumentError(RemoteError, ArgumentError):
     """The board refused a call's arguments."""
 
 
-_REMOTE_ERRORS = {"PathEscapeError": RemotePathEscapeError, "ArgumentError": RemoteArgumentError}
+class RemoteDataError(RemoteError, DataError):
+    """A ``run()`` result on the board was not data (its type is named); the session goes on."""
+
+
+#: The exception classes an ERROR reply may choose by its ``type`` text; any other text gives a RemoteError.
+_REMOTE_ERRORS = {
+    "PathEscapeError": RemotePathEscapeError,
+    "ArgumentError": RemoteArgumentError,
+    "DataError": RemoteDataError,
+}
 
 
 def connect(
@@ -147,6 +157,11 @@ def _closed_hint(secret: Optional[bytes], tls: TlsConfig) -> str:
     if not tls.enabled:
         hints.append("a board with TLS does so: set %s" % TLS_ENV["ca"])
     return " (%s)" % "; ".join(hints) if hints else ""
+
+
+def _text(value: Any) -> str:
+    """A text field of a board's reply: as sent if it is a string, else its JSON (a hostile board's list, say)."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _as_host_array(data: Any) -> np.ndarray:
@@ -264,13 +279,12 @@ class RemoteSession:
         if frame.op == Op.SESSION_END:
             raise self._session_ended(frame.meta)
         if frame.op == Op.ERROR:
-            error_class = _REMOTE_ERRORS.get(frame.meta.get("type", ""), RemoteError)
-            error = error_class(
-                "%s: %s" % (frame.meta.get("type", "Error"), frame.meta.get("message", "")),
-                frame.meta.get("type", ""),
-                frame.meta.get("traceback", ""),
+            remote_type, message, remote_traceback = (
+                _text(frame.meta.get(field, "")) for field in ("type", "message", "traceback")
             )
-            if frame.meta.get("type") != "ProtocolError":
+            error_class = _REMOTE_ERRORS.get(remote_type, RemoteError)
+            error = error_class("%s: %s" % (remote_type or "Error", message), remote_type, remote_traceback)
+            if remote_type != "ProtocolError":
                 raise error
             raise self._end(SessionLostError("the board ended the session: %s" % error))  # after protocol errors
         if frame.op != Op.RESULT or frame.request_id != request_id:
@@ -335,6 +349,13 @@ class RemoteSession:
         self._conn.close()
         return self._lost
 
+    def _reply_field(self, frame: Frame, name: str, kind: type) -> Any:
+        """A field of the board's reply, of type ``kind``; a board that sends anything else is given up."""
+        value = frame.meta.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise self._broken_reply("a reply whose field %r is not a %s" % (name, kind.__name__))
+        return value
+
     def _end(self, error: SessionLostError) -> SessionLostError:
         """Mark the session lost and let the board finish with it before closing."""
         self._lost = error
@@ -384,6 +405,13 @@ class RemoteSession:
         """``system_info()`` as first read in this session."""
         return self._info if self._info is not None else self.system_info()
 
+    def _c_type_sizes(self) -> Dict[str, int]:
+        """The board's sizes of C types (``long``: 8), the integer ones it reported."""
+        sizes = self._board_info().get("c_type_sizes")
+        if not isinstance(sizes, dict):
+            return {}
+        return {str(name): size for name, size in sizes.items() if type(size) is int}
+
     def _check_device(self, device: Optional[RemoteDevice]) -> None:
         if device is not None and (device.session is not self or device.device_type != "cpu"):
             raise ArgumentError("%r is not a device of this session; use session.cpu()" % (device,))
@@ -403,13 +431,14 @@ class RemoteSession:
         if isinstance(data, (bytes, bytearray, memoryview)):
             if not target:
                 raise ArgumentError("upload of bytes needs a target name")
-            return self._request(Op.UPLOAD, {"name": target}, data).meta["name"]
+            return self._reply_field(self._request(Op.UPLOAD, {"name": target}, data), "name", str)
         path = os.fspath(data)
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             contents = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
         try:
-            return self._request(Op.UPLOAD, {"name": target or os.path.basename(path)}, contents).meta["name"]
+            reply = self._request(Op.UPLOAD, {"name": target or os.path.basename(path)}, contents)
+            return self._reply_field(reply, "name", str)
         finally:
             if size:
                 try:
@@ -427,13 +456,20 @@ class RemoteSession:
 
     def listdir(self, name: str = ".") -> List[str]:
         """Sorted names in a directory of the session (default: its top)."""
-        return list(json.loads(bytes(self._request(Op.LISTDIR, {"name": name}).payload).decode("utf-8")))
+        payload = bytes(self._request(Op.LISTDIR, {"name": name}).payload)
+        try:
+            names = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise self._broken_reply("a LISTDIR reply that is not JSON: %s" % str(exc)[:200]) from None
+        if not isinstance(names, list) or not all(isinstance(entry, str) for entry in names):
+            raise self._broken_reply("a LISTDIR reply that is not a list of names")
+        return names
 
     # --- native code -----------------------------------------------------------
 
     def load_module(self, name: str) -> RemoteModule:
         """Load an uploaded shared library on the board."""
-        return RemoteModule(self, self._request(Op.LOAD_MODULE, {"name": name}).meta["id"], name)
+        return RemoteModule(self, self._reply_field(self._request(Op.LOAD_MODULE, {"name": name}), "id", int), name)
 
     # --- arrays ----------------------------------------------------------------
 
@@ -447,7 +483,7 @@ class RemoteSession:
         host = _as_host_array(data)
         self._check_byteorder()
         meta = {"shape": list(host.shape), "dtype": host.dtype.name}
-        array_id = self._request(Op.ARRAY_NEW, meta, _byte_view(host)).meta["id"]
+        array_id = self._reply_field(self._request(Op.ARRAY_NEW, meta, _byte_view(host)), "id", int)
         return RemoteArray(self, array_id, host.shape, host.dtype)
 
     def empty(
@@ -457,7 +493,8 @@ class RemoteSession:
         self._check_device(device)
         dims, resolved = _shape(shape), _dtype(dtype)
         self._check_byteorder()
-        array_id = self._request(Op.ARRAY_EMPTY, {"shape": list(dims), "dtype": resolved.name}).meta["id"]
+        reply = self._request(Op.ARRAY_EMPTY, {"shape": list(dims), "dtype": resolved.name})
+        array_id = self._reply_field(reply, "id", int)
         return RemoteArray(self, array_id, dims, resolved)
 
     def _release_later(self, array_id: int) -> None:
@@ -467,14 +504,37 @@ class RemoteSession:
     # --- Python ----------------------------------------------------------------
 
     def run(self, function: Any, *args: Any, **kwargs: Any) -> Any:
-        """Call ``function(*args, **kwargs)`` in the board's Python and return its result.
+        """Call ``function(*args, **kwargs)`` in the board's Python and return its result, which must be data.
 
-        The function travels with cloudpickle, which the board needs too.
+        The function travels with cloudpickle, which the board needs too. The
+        result comes back data only (:mod:`farm.protocol.values`): None, bool,
+        int, float, complex, str, bytes, lists, tuples, dicts, sets and
+        frozensets of them, numpy arrays and scalars of bool, integer, float or
+        complex dtype. Anything else is a :class:`DataError` naming its type;
+        nothing the board sends runs on this host.
         """
+        frame = self._run_request(function, args, kwargs, None)
+        try:
+            return decode_value(frame.payload, self._conn.reader.max_payload)
+        except DataError as exc:
+            raise self._broken_reply("a run() result that is not data: %s" % exc) from None
+
+    def run_trusted(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        """:meth:`run` for results of any type, pickled on the board and unpickled here.
+
+        Unpickling runs whatever code the pickle names: use this only with a
+        board you trust as much as this host. Anyone who can answer as the
+        board (whoever registered a board under its key, code an earlier
+        session left on it, a stolen TLS key) can then run code on this host.
+        """
+        frame = self._run_request(function, args, kwargs, {"result": RESULT_PICKLE})
+        return pickle.loads(frame.payload)
+
+    def _run_request(self, function: Any, args: tuple, kwargs: dict, meta: Optional[dict]) -> Frame:
         import cloudpickle
 
         payload = cloudpickle.dumps((function, args, kwargs), protocol=PICKLE_PROTOCOL)
-        return pickle.loads(self._request(Op.RUN, None, payload).payload)
+        return self._request(Op.RUN, meta, payload)
 
 
 class RemoteDevice:
@@ -577,9 +637,10 @@ class RemoteModule:
         cached = self._functions.get((name, signature))
         if cached is not None:
             return cached
-        parsed = parse_signature(signature, self.session._board_info().get("c_type_sizes")) if signature else None
+        parsed = parse_signature(signature, self.session._c_type_sizes()) if signature else None
         meta = {"module": self.id, "name": name, "signature": signature or ""}
-        function = RemoteFunction(self.session, self.session._request(Op.GET_FUNCTION, meta).meta["id"], name, parsed)
+        function_id = self.session._reply_field(self.session._request(Op.GET_FUNCTION, meta), "id", int)
+        function = RemoteFunction(self.session, function_id, name, parsed)
         self._functions[(name, signature)] = function
         return function
 

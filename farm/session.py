@@ -27,7 +27,8 @@ from .elf import elf_machine, interpreter_machine
 from .errors import ArgumentError, FarmError, PathEscapeError, ProtocolError
 from .protocol.calls import MAX_ARGS, decode_call, encode_result
 from .protocol.framing import DEFAULT_MAX_PAYLOAD, Buffer, Frame, encode_frame
-from .protocol.ops import PICKLE_PROTOCOL, Op
+from .protocol.ops import PICKLE_PROTOCOL, RESULT_PICKLE, Op
+from .protocol.values import ADMITTED, DataError, encode_value
 from .signature import DTYPE_SIZES, Signature, c_type_sizes, parse_signature
 from .transport import FramedSocket
 
@@ -667,7 +668,16 @@ class Session:
             result = function(*args, **kwargs)
         except SystemExit as exc:
             raise FarmError("%s() called sys.exit(%r); the session goes on" % (name, exc.code)) from None
-        return None, pickle.dumps(result, protocol=PICKLE_PROTOCOL)
+        if frame.meta.get("result") == RESULT_PICKLE:  # the client chose run_trusted()
+            return {"result": RESULT_PICKLE}, pickle.dumps(result, protocol=PICKLE_PROTOCOL)
+        try:
+            return None, encode_value(result, self.max_payload)
+        except DataError as exc:
+            raise DataError(
+                "%s() returned a value that run() does not carry: %s. run() returns data only (%s); return data, "
+                "or call run_trusted() to have the result pickled, which lets the board run code on the host"
+                % (name, exc, ADMITTED)
+            ) from None
 
 
 def _default_argument(index: int, tag: str, value: Any) -> Any:

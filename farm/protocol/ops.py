@@ -6,6 +6,9 @@ from enum import IntEnum
 
 #: RUN payloads are pickles of this protocol: the newest every supported Python (3.8 on) reads.
 PICKLE_PROTOCOL = 4
+#: A RUN request's ``result`` field that asks for the result as a pickle (``run_trusted``); otherwise it comes
+#: back as data only (:mod:`farm.protocol.values`).
+RESULT_PICKLE = "pickle"
 
 
 class Op(IntEnum):
