@@ -12,6 +12,7 @@ from typing import Any
 from .errors import (
     ArgumentError,
     BoardBusyError,
+    DataError,
     FarmError,
     HandshakeError,
     PathEscapeError,
@@ -28,6 +29,7 @@ _TRACKER_NAMES = ("connect_tracker", "NoBoardError", "TrackerClient", "TrackerEr
 __all__ = [
     "ArgumentError",
     "BoardBusyError",
+    "DataError",
     "FarmError",
     "HandshakeError",
     "PathEscapeError",

@@ -31,6 +31,7 @@ from .auth import SECRET_ENV, prove_on_socket, secret_from
 from .errors import (
     ArgumentError,
     BoardBusyError,
+    DataError,
     FarmError,
     HandshakeError,
     PathEscapeError,
@@ -44,7 +45,7 @@ from .protocol.calls import decode_result, encode_call, tag_of
 from .protocol.framing import Frame, FrameReader
 from .protocol.handshake import CODE_BUSY, CODE_MISMATCH, CODE_SUCCESS, ReplyReader, encode_hello
 from .protocol.ops import PICKLE_PROTOCOL, RESULT_PICKLE, Op
-from .protocol.values import DataError, decode_value
+from .protocol.values import decode_value
 from .signature import DTYPE_SIZES, Signature, parse_signature
 from .tls import ENV as TLS_ENV
 from .tls import TlsConfig, TlsError
@@ -353,7 +354,7 @@ class RemoteSession:
         """A field of the board's reply, of type ``kind``; a board that sends anything else is given up."""
         value = frame.meta.get(name)
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise self._broken_reply("a reply whose field %r is not a %s" % (name, kind.__name__))
+            raise self._broken_reply("a reply whose field %r is not of type %s" % (name, kind.__name__))
         return value
 
     def _end(self, error: SessionLostError) -> SessionLostError:

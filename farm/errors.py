@@ -27,6 +27,10 @@ class ArgumentError(FarmError, TypeError):
     """A call was made with the wrong number or types of arguments."""
 
 
+class DataError(FarmError, ValueError):
+    """A value that is not data a ``run()`` result may be, or bytes that do not encode one (farm.protocol.values)."""
+
+
 class RemoteError(FarmError):
     """Something failed on the board; carries the board's traceback text.
 

@@ -23,7 +23,7 @@ import struct
 import sys
 from typing import Any, Callable, Dict, List
 
-from ..errors import FarmError
+from ..errors import DataError
 
 MAGIC = b"RV"
 VERSION = 1
@@ -56,10 +56,6 @@ _U64 = struct.Struct("<Q")
 _F64 = struct.Struct("<d")
 _C128 = struct.Struct("<dd")
 _PICKLE_PROTO = 0x80  # a pickle's first byte (protocol 2 and later)
-
-
-class DataError(FarmError, ValueError):
-    """A value that is not data this codec carries, or bytes that are not an encoding of one."""
 
 
 def _type_name(value: Any) -> str:

@@ -740,10 +740,19 @@ def test_run_raising_reports_the_remote_traceback(remote: farm.RemoteSession) ->
     assert remote.run(lambda: "alive") == "alive"
 
 
-def test_run_result_that_cannot_be_pickled(remote: farm.RemoteSession) -> None:
+def test_run_result_that_is_not_data(remote: farm.RemoteSession) -> None:
+    pid = remote.system_info()["pid"]
+    with pytest.raises(farm.DataError, match="an object of type function is not data") as info:
+        remote.run(lambda: lambda: None)
+    assert isinstance(info.value, farm.RemoteError) and not isinstance(info.value, farm.SessionLostError)
+    _assert_usable(remote, pid)
+
+
+def test_run_trusted_result_that_cannot_be_pickled(remote: farm.RemoteSession) -> None:
     pid = remote.system_info()["pid"]
     with pytest.raises(farm.RemoteError) as info:
-        remote.run(lambda: lambda: None)  # the board pickles results with plain pickle
+        remote.run_trusted(lambda: lambda: None)  # the board pickles results with plain pickle
+    assert info.value.remote_type in ("PicklingError", "AttributeError")
     assert not isinstance(info.value, farm.SessionLostError)
     _assert_usable(remote, pid)
 
