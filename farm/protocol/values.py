@@ -27,7 +27,7 @@ from ..errors import DataError
 
 MAGIC = b"RV"
 VERSION = 1
-#: Deepest nesting of containers (a value at the top is at depth 1).
+#: Most containers nested in one another.
 MAX_DEPTH = 64
 #: Most values in one encoding, counting every container, element, key and array as one.
 MAX_ITEMS = 1 << 20
@@ -100,11 +100,10 @@ class _Encoder:
             raise DataError("the value's encoding exceeds the limit of %d bytes" % self.max_bytes)
 
     def value(self, value: Any, depth: int) -> None:
+        """Add ``value``, which ``depth`` containers hold."""
         self.items += 1
         if self.items > MAX_ITEMS:
             raise DataError("the value holds more than %d items" % MAX_ITEMS)
-        if depth > MAX_DEPTH:
-            raise DataError("the value is nested more than %d levels deep (or holds itself)" % MAX_DEPTH)
         kind = type(value)
         if value is None:
             self.add(NONE)
@@ -122,10 +121,12 @@ class _Encoder:
         elif kind is bytes:
             self.add(BYTES, _U32.pack(len(value)), value)
         elif kind in _SEQUENCE_TAGS:
+            self._nest(depth)
             self.add(_SEQUENCE_TAGS[kind], _U32.pack(len(value)))
             for item in value:
                 self.value(item, depth + 1)
         elif kind is dict:
+            self._nest(depth)
             self.add(DICT, _U32.pack(len(value)))
             for key, item in value.items():
                 self.value(key, depth + 1)
@@ -139,8 +140,13 @@ class _Encoder:
             else:
                 raise DataError("an object of type %s is not data" % _type_name(value))
 
+    @staticmethod
+    def _nest(depth: int) -> None:
+        if depth >= MAX_DEPTH:
+            raise DataError("containers nested more than %d deep (or a container that holds itself)" % MAX_DEPTH)
+
     def _int(self, value: int) -> None:
-        size = (value.bit_length() + 8) // 8  # room for the sign bit
+        size = ((value if value >= 0 else ~value).bit_length() + 8) // 8  # room for the sign bit
         if size > MAX_INT_BYTES:
             raise DataError("an int of %d bits exceeds the limit of %d bytes" % (value.bit_length(), MAX_INT_BYTES))
         self.add(INT, _U32.pack(size), value.to_bytes(size, "little", signed=True))
@@ -163,7 +169,7 @@ _SEQUENCE_TAGS: Dict[type, bytes] = {list: LIST, tuple: TUPLE, set: SET, frozens
 def encode_value(value: Any, max_bytes: int = MAX_BYTES) -> bytes:
     """``value`` as data-only bytes, or :class:`DataError` naming the first part that is not data."""
     encoder = _Encoder(max_bytes)
-    encoder.value(value, 1)
+    encoder.value(value, 0)
     return b"".join([MAGIC, _U8.pack(VERSION)] + encoder.parts)
 
 
@@ -209,11 +215,10 @@ class _Decoder:
         return count
 
     def value(self, depth: int) -> Any:
+        """The next value, which ``depth`` containers hold."""
         self.items += 1
         if self.items > MAX_ITEMS:
             raise self.fail("more than %d items" % MAX_ITEMS)
-        if depth > MAX_DEPTH:
-            raise self.fail("nested more than %d levels deep" % MAX_DEPTH)
         tag = self.take(1)[0]
         reader = self._readers.get(tag)
         if reader is None:
@@ -230,7 +235,12 @@ class _Decoder:
         except UnicodeDecodeError as exc:
             raise self.fail("a str is not UTF-8: %s" % exc) from None
 
+    def nest(self, depth: int) -> None:
+        if depth >= MAX_DEPTH:
+            raise self.fail("containers nested more than %d deep" % MAX_DEPTH)
+
     def elements(self, depth: int) -> List[Any]:
+        self.nest(depth)
         count = _U32.unpack(self.take(4))[0]
         if count > len(self.data) - self.offset:  # every element takes a byte at least
             raise self.fail("a container announces %d elements, more than the bytes left" % count)
@@ -251,6 +261,7 @@ class _Decoder:
         return result
 
     def dict(self, depth: int) -> Dict[Any, Any]:
+        self.nest(depth)
         count = _U32.unpack(self.take(4))[0]
         if count > (len(self.data) - self.offset) // 2:  # a key and a value take a byte each at least
             raise self.fail("a dict announces %d entries, more than the bytes left" % count)
@@ -318,7 +329,7 @@ def decode_value(data: Any, max_bytes: int = MAX_BYTES) -> Any:
         raise DataError("data-only encoding version %d (this side reads %d)" % (view[len(MAGIC)], VERSION))
     decoder = _Decoder(view)
     decoder.offset = len(MAGIC) + 1
-    value = decoder.value(1)
+    value = decoder.value(0)
     if decoder.offset != len(view):
         raise decoder.fail("%d bytes follow the value" % (len(view) - decoder.offset))
     return value

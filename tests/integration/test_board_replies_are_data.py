@@ -152,7 +152,7 @@ def test_results_beyond_the_bounds_or_of_unadmitted_dtypes_are_refused(remote: f
         return value
 
     cases = [
-        (nested, "nested more than 64 levels deep"),
+        (nested, "containers nested more than 64 deep"),
         (lambda: np.array([None, 1], dtype=object), "dtype object is not data"),
         (lambda: np.zeros(2, dtype=[("x", "i4")]), "is not data"),
         (lambda: np.longdouble(1), "dtype float128 is not data"),
@@ -184,7 +184,10 @@ HOSTILE_RESULTS = {
     "pickle after the magic": (lambda marker: b"RV\x01" + _pickle_of_evil(marker), "unknown value tag 0x80"),
     "object dtype": (lambda marker: b"RV\x01a\x03|O8\x01" + struct.pack("<Q", 1) + bytes(8), "dtype b'|O8'"),
     "unhashable key": (lambda marker: b"RV\x01d\x01\x00\x00\x00l\x00\x00\x00\x00N", "dict key is a list"),
-    "deep nesting": (lambda marker: b"RV\x01" + b"l\x01\x00\x00\x00" * 100000 + b"N", "nested more than 64"),
+    "deep nesting": (
+        lambda marker: b"RV\x01" + b"l\x01\x00\x00\x00" * 100000 + b"N",
+        "containers nested more than 64 deep",
+    ),
     "huge int": (lambda marker: b"RV\x01i" + struct.pack("<I", 1 << 30), "an int of 1073741824 bytes"),
     "huge count": (lambda marker: b"RV\x01l\xff\xff\xff\xff", "announces 4294967295 elements"),
     "trailing bytes": (lambda marker: b"RV\x01NN", "1 bytes follow the value"),
