@@ -15,6 +15,7 @@ import time
 from typing import Any, Dict, Optional, Sequence
 
 from .auth import add_secret_argument, secret_from
+from .logs import escape_control
 from .net import parse_address
 from .tls import TlsConfig, add_tls_arguments
 from .tracker_client import TrackerError, connect_tracker
@@ -24,20 +25,24 @@ TRACKER_ENV = "REMOTEDEV_TRACKER"
 
 
 def format_summary(summary: Dict[str, Any], now: Optional[float] = None) -> str:
-    """The Server List and Queue Status tables of a tracker summary."""
+    """The Server List and Queue Status tables of a tracker summary.
+
+    Text that peers supplied (keys, addresses, user names) is shown with its
+    control characters escaped, so no key can forge a row or send the terminal codes.
+    """
     now = time.time() if now is None else now
     lines = ["Server List", "-" * 30, "server-address           key", "-" * 30]
-    for server in sorted(summary.get("server_info", []), key=lambda item: str(item.get("key", ""))):
-        key = str(server.get("key", ""))
-        address = ":".join(str(part) for part in server.get("addr", []))
-        line = "%-21s    %s" % (address, key)
+    for server in sorted(summary.get("server_info", []), key=lambda item: _shown(item.get("key", ""))):
+        address = server.get("addr")
+        address = ":".join(_shown(part) for part in address) if isinstance(address, list) else _shown(address or "")
+        line = "%-21s    %s" % (address, _shown(server.get("key", "")))
         if server.get("state") == "held":
             since = server.get("since")
-            held_for = " for %.0f s" % (now - since) if isinstance(since, (int, float)) else ""
-            line += "    held by %s%s" % (server.get("held_by") or "a client", held_for)
+            held_for = " for %.0f s" % (now - since) if _is_number(since) else ""
+            line += "    held by %s%s" % (_shown(server.get("held_by") or "a client"), held_for)
         lines.append(line)
     lines += ["-" * 30, ""]
-    queues = summary.get("queue_info", {})
+    queues = {_shown(key): queue for key, queue in summary.get("queue_info", {}).items()}
     width = max([len(key) for key in queues] + [3])
     title = "%-*s   total  free  pending" % (width, "key")
     lines += ["Queue Status", "-" * len(title), title, "-" * len(title)]
@@ -48,6 +53,15 @@ def format_summary(summary: Dict[str, Any], now: Optional[float] = None) -> str:
             lines.append("%-*s   %-5d  %-4d  %-7d" % (width, key, total, free, pending))
     lines.append("-" * len(title))
     return "\n".join(lines) + "\n"
+
+
+def _shown(value: Any) -> str:
+    """A peer's value as one line of text."""
+    return escape_control(str(value))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from .auth import SECRET_ENV, prove_on_socket, secret_from
 from .errors import FarmError, HandshakeError, ProtocolError
+from .logs import escape_control
 from .net import keep_alive
 from .protocol.auth import AuthError
 from .protocol.tracker import FARM_PROTOCOL, TVM_PROTOCOL, Code, MessageReader, encode_magic, encode_message
@@ -28,6 +29,8 @@ from .tls import TlsConfig
 BOARD_CONNECT_ATTEMPTS = 3
 #: Seconds past a request's ``wait`` that the client itself gives up (TVM's tracker ignores ``wait``).
 WAIT_GRACE = 2.0
+#: Most characters of a tracker's text shown in an error.
+MAX_SHOWN = 300
 
 
 class TrackerError(FarmError):
@@ -160,8 +163,8 @@ class TrackerClient:
         """``queue_info`` per key and ``server_info`` per board (with who holds it and since when)."""
         reply = self.call([Code.SUMMARY])
         if not (isinstance(reply, list) and len(reply) == 2 and reply[0] == Code.SUCCESS):
-            raise TrackerError("unexpected SUMMARY reply %r" % (reply,))
-        return reply[1]
+            raise TrackerError("unexpected SUMMARY reply %s" % _clipped(reply))
+        return _checked_summary(reply[1])
 
     def request_board(
         self,
@@ -221,12 +224,12 @@ class TrackerClient:
                 % (where, key, exc)
             ) from None
         if isinstance(reply, list) and len(reply) == 2 and reply[0] == Code.FAIL:
-            raise NoBoardError(str(reply[1]))
-        if not (isinstance(reply, list) and len(reply) == 2 and reply[0] == Code.SUCCESS and len(reply[1]) in (3, 4)):
-            raise TrackerError("unexpected REQUEST reply %r" % (reply,))
+            raise NoBoardError(escape_control(str(reply[1])[:MAX_SHOWN]))
+        if not (isinstance(reply, list) and len(reply) == 2 and reply[0] == Code.SUCCESS and _is_board(reply[1])):
+            raise TrackerError("unexpected REQUEST reply %s" % _clipped(reply))
         host, port, matchkey = reply[1][:3]
-        protocol = reply[1][3] if len(reply[1]) == 4 else self._protocol_of(host, int(port))
-        return Assignment((host, int(port), matchkey, protocol))
+        protocol = reply[1][3] if len(reply[1]) == 4 else self._protocol_of(host, port)
+        return Assignment((host, port, matchkey, protocol))
 
     def _protocol_of(self, host: str, port: int) -> str:
         """The protocol of the board at ``host:port`` when the tracker (TVM's) did not name it.
@@ -273,6 +276,64 @@ class TrackerClient:
         raise TrackerError(
             "the tracker handed out boards of key %r that could not be reached: %s" % (key, "; ".join(failures))
         )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_board(value: Any) -> bool:
+    """Whether a REQUEST reply's value is ``[host, port, matchkey]`` or ``[host, port, matchkey, protocol]``."""
+    return (
+        isinstance(value, list)
+        and len(value) in (3, 4)
+        and isinstance(value[0], str)
+        and _is_int(value[1])
+        and 0 < value[1] < 65536
+        and all(isinstance(text, str) for text in value[2:])
+    )
+
+
+def _clipped(value: Any) -> str:
+    """A tracker's reply for a message: its start, as a Python literal (which escapes control characters)."""
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "... (%d characters)" % len(text)
+
+
+def _checked_summary(summary: Any) -> Dict[str, Any]:
+    """``summary`` if it is laid out as a tracker makes one, else :class:`TrackerError` naming what is not.
+
+    The entries of ``server_info`` are the boards' own words (their UPDATE_INFO): only their being objects is
+    checked, so that no board's odd entry makes the summary fail for everyone; readers take their fields as text.
+    """
+    if not isinstance(summary, dict):
+        raise TrackerError("the tracker's summary is a JSON %s, not an object" % type(summary).__name__)
+    queues, servers = summary.setdefault("queue_info", {}), summary.setdefault("server_info", [])
+    if not isinstance(servers, list) or not all(isinstance(server, dict) for server in servers):
+        raise TrackerError("the tracker's summary has a server_info that is not a list of objects")
+    if not isinstance(queues, dict) or not all(isinstance(queue, dict) for queue in queues.values()):
+        raise TrackerError("the tracker's summary has a queue_info that is not an object of objects")
+    for key, queue in queues.items():
+        where = "the tracker's summary, queue %s" % _clipped(key)
+        for field in _QUEUE_COUNTS:
+            if field in queue and not _is_int(queue[field]):
+                raise TrackerError("%s: %s is %s, not an integer" % (where, field, _clipped(queue[field])))
+        waiters = queue.setdefault("waiters", [])
+        if not isinstance(waiters, list) or not all(_is_waiter(waiter) for waiter in waiters):
+            raise TrackerError("%s: waiters is not a list of {user, priority, waited}" % where)
+    return summary
+
+
+_QUEUE_COUNTS = ("free", "pending", "total", "silent")
+
+
+def _is_waiter(waiter: Any) -> bool:
+    return (
+        isinstance(waiter, dict)
+        and isinstance(waiter.get("user", ""), str)
+        and _is_int(waiter.get("priority", 0))
+        and isinstance(waiter.get("waited", 0), (int, float))
+    )
 
 
 def _open_session(board: Assignment, session_timeout: Optional[float], secret: Optional[bytes], tls: TlsConfig) -> Any:
