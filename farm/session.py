@@ -654,6 +654,9 @@ class Session:
     # --- Python -------------------------------------------------------------
 
     def _run(self, frame: Frame) -> Reply:
+        encoding = _field(frame.meta, "result", str, "")
+        if encoding not in ("", RESULT_PICKLE):
+            raise ProtocolError("RUN asks for its result as %r, not as data or %r" % (encoding[:100], RESULT_PICKLE))
         try:
             import cloudpickle  # noqa: F401  (its pickles refer to it)
         except ImportError as exc:
@@ -668,7 +671,7 @@ class Session:
             result = function(*args, **kwargs)
         except SystemExit as exc:
             raise FarmError("%s() called sys.exit(%r); the session goes on" % (name, exc.code)) from None
-        if frame.meta.get("result") == RESULT_PICKLE:  # the client chose run_trusted()
+        if encoding == RESULT_PICKLE:  # the client chose run_trusted()
             return {"result": RESULT_PICKLE}, pickle.dumps(result, protocol=PICKLE_PROTOCOL)
         try:
             return None, encode_value(result, self.max_payload)

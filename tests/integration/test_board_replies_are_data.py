@@ -248,3 +248,11 @@ def test_a_hostile_boards_reply_fields_of_the_wrong_type_are_a_clear_error(remot
     assert remote.run(_forger(_host_address(remote), forged)) is None
     with pytest.raises(SessionLostError, match="a reply whose field 'id' is not of type int"):
         remote.empty(4)
+
+
+def test_a_run_request_for_an_unknown_result_encoding_is_a_protocol_error(remote: farm.RemoteSession) -> None:
+    import cloudpickle
+
+    payload = cloudpickle.dumps((os.getpid, (), {}))
+    with pytest.raises(SessionLostError, match="RUN asks for its result as 'yaml', not as data or 'pickle'"):
+        remote._request(Op.RUN, {"result": "yaml"}, payload)
