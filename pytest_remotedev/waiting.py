@@ -20,7 +20,6 @@ from typing import Any, Callable, Dict, Generator, List, Optional, Tuple
 
 import pytest
 
-from farm.logs import escape_control
 from farm.tracker_client import TrackerClient, TrackerError
 
 logger = logging.getLogger("pytest_remotedev")
@@ -53,7 +52,7 @@ def status_line(summary: Dict[str, Any], run_tag: str, notice: float = WAIT_NOTI
         busy = min(total, max(0, total - int(queue.get("free", 0))))
         parts.append(
             "%s: %d test%s at position%s %s of %d (%d board%s busy), longest %.0f s"
-            % (escape_control(key), len(ours), "" if len(ours) == 1 else "s", "" if len(ours) == 1 else "s", positions,
+            % (key, len(ours), "" if len(ours) == 1 else "s", "" if len(ours) == 1 else "s", positions,
                int(queue.get("pending", len(waiters))), busy, "" if busy == 1 else "s", longest)
         )  # fmt: skip
     return "remotedev: waiting for boards: " + "; ".join(parts) if parts else None
