@@ -85,6 +85,12 @@ def _dtype_text(dtype: Any, what: str) -> bytes:
     return text.encode("ascii")
 
 
+def _length(data: bytes) -> bytes:
+    if len(data) > 0xFFFFFFFF:
+        raise DataError("a str or bytes of %d bytes exceeds the limit of 4 GiB" % len(data))
+    return _U32.pack(len(data))
+
+
 class _Encoder:
     def __init__(self, max_bytes: int) -> None:
         self.parts: List[Any] = []
@@ -117,9 +123,9 @@ class _Encoder:
             self.add(COMPLEX, _C128.pack(value.real, value.imag))
         elif kind is str:
             data = value.encode("utf-8", "surrogatepass")
-            self.add(STR, _U32.pack(len(data)), data)
+            self.add(STR, _length(data), data)
         elif kind is bytes:
-            self.add(BYTES, _U32.pack(len(value)), value)
+            self.add(BYTES, _length(value), value)
         elif kind in _SEQUENCE_TAGS:
             self._nest(depth)
             self.add(_SEQUENCE_TAGS[kind], _U32.pack(len(value)))
@@ -302,7 +308,11 @@ class _Decoder:
             raise self.fail(
                 "an array of shape %s %s needs %d bytes, more than the bytes left" % (shape, dtype, nbytes)
             )
-        return self.numpy.frombuffer(self.contents(nbytes, dtype), dtype).reshape(shape).copy()
+        contents = self.contents(nbytes, dtype)
+        try:
+            return self.numpy.frombuffer(contents, dtype).reshape(shape).copy()
+        except (ValueError, OverflowError, MemoryError) as exc:  # an empty array of absurd dimensions
+            raise self.fail("an array of shape %s %s cannot be made: %s" % (shape, dtype, exc)) from None
 
     def scalar(self) -> Any:
         dtype = self.dtype()

@@ -133,6 +133,17 @@ def test_mutated_encodings_decode_or_raise_data_error(value: Any, mutations: Lis
     _refused(bytes(data))
 
 
+@FUZZ
+@given(
+    st.sampled_from(sorted(DTYPES)),
+    st.lists(st.integers(0, 2**64 - 1) | st.just(0), max_size=70),
+    st.binary(max_size=64),
+)
+def test_arrays_of_any_dimensions_decode_or_raise_data_error(dtype: str, dims: List[int], contents: bytes) -> None:
+    head = b"RV\x01a" + bytes([len(dtype) + 1]) + b"<" + dtype.encode() + bytes([len(dims)])
+    _refused(head + b"".join(struct.pack("<Q", dim) for dim in dims) + contents)
+
+
 class NotData:
     pass
 
