@@ -28,7 +28,8 @@ import sys
 import time
 from typing import Dict, Optional, Sequence, Tuple
 
-from .aio import open_connection, start_listener
+from .admission import Limits, add_admission_arguments, limits_from
+from .aio import DEFAULT_LIMITS, open_connection, proven, start_listener
 from .auth import add_secret_argument, admit_on_stream, daemon_secret, prove_on_stream
 from .errors import ProtocolError
 from .lifetime import die_with_launcher
@@ -85,7 +86,10 @@ async def read_hello(reader: asyncio.StreamReader, secret: Optional[bytes] = Non
     """The peer's hello (after its proof of the farm secret, with one), the key text it sent, and any bytes that
     came after it."""
     hellos = HelloReader()
-    data = await admit_on_stream(reader, writer, secret) if secret is not None and writer is not None else b""
+    data = b""
+    if secret is not None and writer is not None:
+        data = await admit_on_stream(reader, writer, secret)
+        proven()
     while True:
         data = data or await reader.read(4096)
         if not data:
@@ -152,6 +156,7 @@ class Proxy:
             logger.warning("closing a connection without a valid hello: %s", str(exc) or "timed out")
             writer.close()
             return
+        proven()
         endpoint = Endpoint(hello, text, reader, writer)
         endpoint.leftover = leftover
         if hello.role == "server":
@@ -395,16 +400,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracker", metavar="HOST:PORT", type=parse_address, help="offer the boards to this tracker")
     add_secret_argument(parser)
     add_tls_arguments(parser)
+    add_admission_arguments(parser, DEFAULT_LIMITS)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
 async def serve(sock: socket.socket, tracker: Optional[Tuple[str, int]], secret: Optional[bytes] = None,
-                tls: Optional[TlsConfig] = None) -> None:  # fmt: skip
+                tls: Optional[TlsConfig] = None, limits: Limits = DEFAULT_LIMITS) -> None:  # fmt: skip
     """Serve on the listening ``sock`` (over TLS with ``tls``, which also dials the tracker) until SIGTERM or
-    SIGINT."""
+    SIGINT; ``limits`` bound the connections that have proven nothing yet (:mod:`farm.admission`)."""
     host, port = sock.getsockname()[:2]
     proxy = Proxy(port, tracker, host, secret, tls)
-    server = await start_listener(sock, proxy.handle_connection, tls, "proxy")
+    server = await start_listener(sock, proxy.handle_connection, tls, "proxy", limits)
     loop = asyncio.get_running_loop()
     for number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(number, proxy.stopped.set)
@@ -427,7 +433,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         logger.error("cannot listen: %s", exc)
         return 1
-    asyncio.run(serve(sock, args.tracker, secret, tls))
+    asyncio.run(serve(sock, args.tracker, secret, tls, limits_from(args)))
     return 0
 
 
