@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 #: Seconds between two log lines about the same kind of refusal (the ones between are counted, not logged).
@@ -115,23 +116,26 @@ def address_key(host: str) -> str:
 
 
 class LogThrottle:
-    """At most one log line per kind of event and :data:`LOG_INTERVAL`: the others are counted for the next line."""
+    """Warnings to ``log``, at most one per kind of event and :data:`LOG_INTERVAL`; the ones between are counted
+    and the next line says how many."""
 
-    def __init__(self, interval: float = LOG_INTERVAL) -> None:
+    def __init__(self, log: logging.Logger, interval: float = LOG_INTERVAL) -> None:
+        self.log = log
         self.interval = interval
         self._last: Dict[str, float] = {}
         self._skipped: Dict[str, int] = {}
 
-    def allow(self, kind: str, now: float) -> Optional[str]:
-        """None if a line about ``kind`` was logged less than an interval ago (this one is counted); else what to
-        append to the line: ``""``, or how many were not logged since the last one."""
+    def warning(self, kind: str, now: float, message: str, *args: object) -> None:
+        """Log ``message % args`` unless a line of ``kind`` was logged less than an interval before ``now``."""
         last = self._last.get(kind)
         if last is not None and now - last < self.interval:
             self._skipped[kind] = self._skipped.get(kind, 0) + 1
-            return None
+            return
         self._last[kind] = now
         skipped = self._skipped.pop(kind, 0)
-        return " (and %d more in the last %.0f s)" % (skipped, now - last) if skipped and last is not None else ""
+        if skipped and last is not None:
+            message += " (and %d more in the last %.0f s)" % (skipped, now - last)
+        self.log.warning(message, *args)
 
 
 def add_admission_arguments(parser: argparse.ArgumentParser, defaults: Limits, with_timeout: bool = True) -> None:

@@ -109,7 +109,7 @@ class Listener(asyncio.AbstractServer):
         self._what = what
         self._loop = asyncio.get_running_loop()
         self._gate = Gate(limits)
-        self._throttle = LogThrottle()
+        self._throttle = LogThrottle(logger)
         self._sweep: Optional[asyncio.TimerHandle] = None  # ends the connections whose time is up
         self._expired: Set[asyncio.Future[None]] = set()  # connections the sweep cancelled
         self._connections: Set[asyncio.Future[None]] = set()  # strong references, from accept to the handler's end
@@ -132,12 +132,6 @@ class Listener(asyncio.AbstractServer):
     def get_loop(self) -> asyncio.AbstractEventLoop:
         return self._loop
 
-    def _warn(self, kind: str, message: str, *args: object) -> None:
-        """A warning, unless one of its ``kind`` was logged within the throttle's interval (then it is counted)."""
-        suffix = self._throttle.allow(kind, self._loop.time())
-        if suffix is not None:
-            logger.warning(message + "%s", *args, suffix)
-
     async def _accept_loop(self) -> None:
         try:
             while True:
@@ -146,8 +140,8 @@ class Listener(asyncio.AbstractServer):
                 except ConnectionAbortedError:
                     continue  # the peer gave up before we accepted
                 except OSError as exc:  # EMFILE and the like: the listener stays readable, so pause
-                    self._warn("accept", "the %s cannot accept connections (%s); pausing for %g s", self._what, exc,
-                               ACCEPT_PAUSE)  # fmt: skip
+                    what = "the %s cannot accept connections (%s); pausing for %g s"
+                    self._throttle.warning("accept", self._loop.time(), what, self._what, exc, ACCEPT_PAUSE)
                     await asyncio.sleep(ACCEPT_PAUSE)
                     continue
                 self._admit(conn, address)
@@ -161,7 +155,7 @@ class Listener(asyncio.AbstractServer):
         ticket = self._gate.enter(address_key(address[0]), self._loop.time())
         if ticket is None:
             kind, why = self._gate.refusal(address_key(address[0]))
-            self._warn(kind, "refused %s: %s", peer, why)
+            self._throttle.warning(kind, self._loop.time(), "refused %s: %s", peer, why)
             conn.close()
             return
         connection = asyncio.ensure_future(self._serve(conn, peer, ticket))
@@ -194,7 +188,13 @@ class Listener(asyncio.AbstractServer):
         except asyncio.CancelledError:
             if asyncio.current_task() not in self._expired:
                 raise
-            self._warn("expired", "refused %s: it proved nothing within %g s", peer, self._gate.limits.seconds)
+            self._throttle.warning(
+                "expired",
+                self._loop.time(),
+                "refused %s: it proved nothing within %g s",
+                peer,
+                self._gate.limits.seconds,
+            )
             self._close(conn, writer)
         except Exception:
             logger.exception("the %s failed serving %s", self._what, peer)
