@@ -143,7 +143,7 @@ def add_admission_arguments(parser: argparse.ArgumentParser, defaults: Limits, w
     parser.add_argument(
         "--max-unproven",
         metavar="N",
-        type=_positive_int,
+        type=positive_int,
         default=defaults.total,
         help="connections that have not proven anything yet (the farm secret, or without one the protocol's "
         "opening) held at once; more are closed at accept (default: %d)" % defaults.total,
@@ -151,7 +151,7 @@ def add_admission_arguments(parser: argparse.ArgumentParser, defaults: Limits, w
     parser.add_argument(
         "--max-unproven-per-address",
         metavar="N",
-        type=_positive_int,
+        type=positive_int,
         default=defaults.per_address,
         help="of those, from one address (an IPv6 /64) (default: %d)" % defaults.per_address,
     )
@@ -170,7 +170,8 @@ def limits_from(args: argparse.Namespace) -> Limits:
     return Limits(args.max_unproven, args.max_unproven_per_address, args.unproven_timeout)
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An option's whole number of 1 or more (argparse's ``type``)."""
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError("%r is not a whole number of 1 or more" % text)
     return int(text)
