@@ -220,7 +220,7 @@ def test_as_many_boards_as_the_trackers_limit_allows_wait_at_the_proxy_and_the_o
     with farm.connect_tracker(*tracker.address) as observer:  # type: ignore[misc]
         try:
             for index in range(20):  # 4 KB keys
-                boards.append(hello_from_board(port, "k%02d-" % index + "x" * 4090))
+                boards.append(hello_from_board(port, "k%02d-" % index + "x" * 3990))
             wait_for(
                 lambda: sum(entry["free"] for entry in observer.summary()["queue_info"].values()) == most,
                 10,
