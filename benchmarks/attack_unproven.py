@@ -5,11 +5,12 @@
 Starts the daemon (``tracker``, ``proxy`` or ``board``; with ``--secret`` a farm secret, with ``--tls`` TLS) on
 127.0.0.1 and lowers its open-file limit to ``--nofile`` (``prlimit``, as ``ulimit -n`` would). A stranger then
 opens ``--silent`` connections from ``--attacker`` (127.0.0.2 by default: loopback answers every 127.0.0.0/8
-address), says nothing on them, and holds them open for ``--window`` seconds, opening a new one for each the
-daemon closes. Meanwhile a member of the farm (from 127.0.0.1, holding the secret) asks something of the daemon
-every second: a tracker's SUMMARY, the proxy's pairing of a board with a client, a board's session. Prints (and
-with ``--json`` writes) how many of those asks were served and how fast, and how much the daemon logged during
-the window (bytes, lines, tracebacks).
+address; with ``--addresses N`` spread over N addresses from there on), says nothing on them, and holds them
+open for ``--window`` seconds, opening a new one for each the daemon closes. Meanwhile a member of the farm
+(from 127.0.0.1, holding the secret) asks something of the daemon every second: a tracker's SUMMARY, the
+proxy's pairing of a board with a client, a board's session. Prints (and with ``--json`` writes) how many of
+those asks were served and how fast, and how much the daemon logged during the window (bytes, lines,
+tracebacks).
 """
 
 from __future__ import annotations
@@ -166,10 +167,13 @@ def attack(args: argparse.Namespace) -> Dict[str, Any]:
     daemon = start_daemon(args.daemon, directory, secret_file, tls_files)
     resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (args.nofile, args.nofile))
     log_before = os.path.getsize(daemon.log_path)
-    stranger = Stranger(daemon.address[1], args.attacker, args.silent)
+    first = int(args.attacker.rsplit(".", 1)[1])
+    sources = ["%s.%d" % (args.attacker.rsplit(".", 1)[0], first + index) for index in range(args.addresses)]
+    strangers = [Stranger(daemon.address[1], source, args.silent // args.addresses) for source in sources]
     asks: List[Dict[str, Any]] = []
     started = time.monotonic()
-    stranger.start()
+    for stranger in strangers:
+        stranger.start()
     try:
         while started + len(asks) + 1.0 < started + args.window:  # one ask a second, the first after a second
             time.sleep(max(0.0, started + len(asks) + 1.0 - time.monotonic()))
@@ -179,7 +183,8 @@ def attack(args: argparse.Namespace) -> Dict[str, Any]:
         log = Path(daemon.log_path).read_bytes()[log_before:].decode("utf-8", "replace")
         alive = daemon.process.poll() is None
     finally:
-        stranger.stop()
+        for stranger in strangers:
+            stranger.stop()
         daemon.stop()
     served = [ask["seconds"] for ask in asks if ask["served"]]
     return {
@@ -189,9 +194,10 @@ def attack(args: argparse.Namespace) -> Dict[str, Any]:
         "nofile": args.nofile,
         "silent": args.silent,
         "window_s": args.window,
-        "stranger_opened": stranger.opened,
-        "stranger_not_accepted": stranger.not_accepted,
-        "closed_by_daemon": stranger.closed_by_daemon,
+        "addresses": args.addresses,
+        "stranger_opened": sum(stranger.opened for stranger in strangers),
+        "stranger_not_accepted": sum(stranger.not_accepted for stranger in strangers),
+        "closed_by_daemon": sum(stranger.closed_by_daemon for stranger in strangers),
         "daemon_fds_at_end": fds_at_end,
         "asks": len(asks),
         "served": len(served),
@@ -228,7 +234,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--secret", action="store_true", help="the farm has a secret (the stranger does not hold it)")
     parser.add_argument("--tls", action="store_true", help="the daemon speaks TLS (the stranger never starts it)")
     parser.add_argument("--silent", type=int, default=1000, help="silent connections the stranger holds")
-    parser.add_argument("--attacker", default="127.0.0.2", help="the stranger's source address")
+    parser.add_argument("--attacker", default="127.0.0.2", help="the stranger's (first) source address")
+    parser.add_argument("--addresses", type=int, default=1, help="source addresses the stranger spreads them over")
     parser.add_argument("--nofile", type=int, default=1024, help="the daemon's open-file limit")
     parser.add_argument("--window", type=float, default=25.0, help="seconds the attack lasts")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds a member waits to be served")

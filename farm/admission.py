@@ -41,49 +41,71 @@ class Ticket:
 
 
 class Gate:
-    """The unproven connections of one listener, within :class:`Limits`."""
+    """The unproven connections of one listener, within :class:`Limits`.
+
+    When all ``total`` are taken, a connection from an address that holds
+    fewer than the address holding the most takes the place of that address's
+    oldest: many addresses cannot shut out a new one for long, and the oldest
+    connections, which a peer of the farm would have proven long ago, go
+    first.
+    """
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self._tickets: Dict[Ticket, None] = {}  # in the order they entered: the same timeout for all, so by deadline
-        self._per_address: Dict[str, int] = {}
+        self._by_address: Dict[str, Dict[Ticket, None]] = {}  # each address's, in the same order
 
     def __len__(self) -> int:
         return len(self._tickets)
 
     def held_by(self, address: str) -> int:
         """Unproven connections from ``address`` (as :func:`address_key` names it)."""
-        return self._per_address.get(address, 0)
+        return len(self._by_address.get(address, ()))
 
-    def enter(self, address: str, now: float, data: object = None) -> Optional[Ticket]:
-        """A ticket for a new connection from ``address``; None if it is refused (:meth:`refusal` says why)."""
-        held = self._per_address.get(address, 0)
-        if len(self._tickets) >= self.limits.total or held >= self.limits.per_address:
-            return None
+    def enter(self, address: str, now: float, data: object = None) -> Tuple[Optional[Ticket], Optional[Ticket]]:
+        """A ticket for a new connection from ``address`` (None: refused, :meth:`refusal` says why), and the
+        ticket it displaced, taken out of the gate (its connection is to be closed), if any."""
+        held = self.held_by(address)
+        if held >= self.limits.per_address:
+            return None, None
+        displaced = None
+        if len(self._tickets) >= self.limits.total:
+            _, theirs = max(self._by_address.items(), key=lambda item: len(item[1]))
+            if len(theirs) <= held:
+                return None, None
+            displaced = next(iter(theirs))
+            self.leave(displaced)
         ticket = Ticket(address, now + self.limits.seconds, data)
         self._tickets[ticket] = None
-        self._per_address[address] = held + 1
-        return ticket
+        self._by_address.setdefault(address, {})[ticket] = None
+        return ticket, displaced
 
     def refusal(self, address: str) -> Tuple[str, str]:
         """Why a connection from ``address`` is refused now: the bound it meets (``"total"`` or ``"address"``),
         and the refusal in words."""
-        if len(self._tickets) >= self.limits.total:
-            return "total", "%d connections have proven nothing yet (--max-unproven)" % len(self._tickets)
-        return "address", "%d connections from %s have proven nothing yet (--max-unproven-per-address)" % (
-            self._per_address.get(address, 0),
-            address,
+        held = self.held_by(address)
+        if held >= self.limits.per_address:
+            return "address", "%d connections from %s have proven nothing yet (--max-unproven-per-address)" % (
+                held,
+                address,
+            )
+        return (
+            "total",
+            "%d connections have proven nothing yet, none from an address with more than %s (--max-unproven)"
+            % (
+                len(self._tickets),
+                address,
+            ),
         )
 
     def leave(self, ticket: Ticket) -> None:
         """The connection proved itself or closed (again: nothing)."""
         if ticket in self._tickets:
             del self._tickets[ticket]
-            held = self._per_address[ticket.address] - 1
-            if held:
-                self._per_address[ticket.address] = held
-            else:
-                del self._per_address[ticket.address]
+            theirs = self._by_address[ticket.address]
+            del theirs[ticket]
+            if not theirs:
+                del self._by_address[ticket.address]
 
     def expired(self, now: float) -> List[Ticket]:
         """The tickets whose time is up, taken out of the gate (their connections are to be closed)."""

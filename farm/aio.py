@@ -20,7 +20,7 @@ import gc
 import logging
 import socket
 import ssl
-from typing import Awaitable, Callable, Optional, Set, Tuple
+from typing import Awaitable, Callable, Dict, Optional, Set, Tuple
 
 from .admission import Gate, Limits, LogThrottle, Ticket, address_key
 from .protocol.peers import looks_like_tls, spoke
@@ -111,7 +111,7 @@ class Listener(asyncio.AbstractServer):
         self._gate = Gate(limits)
         self._throttle = LogThrottle(logger)
         self._sweep: Optional[asyncio.TimerHandle] = None  # ends the connections whose time is up
-        self._expired: Set[asyncio.Future[None]] = set()  # connections the sweep cancelled
+        self._ended: Dict[asyncio.Future[None], Tuple[str, str]] = {}  # connections cancelled here: kind, why
         self._connections: Set[asyncio.Future[None]] = set()  # strong references, from accept to the handler's end
         self._failures = 0  # handshakes that failed since the last garbage collection
         sock.setblocking(False)
@@ -152,12 +152,15 @@ class Listener(asyncio.AbstractServer):
 
     def _admit(self, conn: socket.socket, address: Tuple) -> None:
         peer = "%s:%s" % address[:2]
-        ticket = self._gate.enter(address_key(address[0]), self._loop.time())
+        ticket, displaced = self._gate.enter(address_key(address[0]), self._loop.time())
         if ticket is None:
             kind, why = self._gate.refusal(address_key(address[0]))
             self._throttle.warning(kind, self._loop.time(), "refused %s: %s", peer, why)
             conn.close()
             return
+        if displaced is not None:
+            why = "it proved nothing, and a connection from an address with fewer took its place (--max-unproven)"
+            self._end(displaced, "displaced", why)
         connection = asyncio.ensure_future(self._serve(conn, peer, ticket))
         ticket.data = connection
         self._connections.add(connection)
@@ -165,12 +168,16 @@ class Listener(asyncio.AbstractServer):
         if self._sweep is None:
             self._sweep = self._loop.call_at(ticket.deadline, self._end_expired)
 
+    def _end(self, ticket: Ticket, kind: str, why: str) -> None:
+        """Cancel the connection of a ticket taken out of the gate; its task logs ``why``."""
+        if ticket.data.cancel():  # type: ignore[attr-defined]
+            self._ended[ticket.data] = (kind, why)  # type: ignore[index]
+
     def _end_expired(self) -> None:
         """Cancel the connections that have proven nothing in time."""
         self._sweep = None
         for ticket in self._gate.expired(self._loop.time()):
-            self._expired.add(ticket.data)  # type: ignore[arg-type]
-            ticket.data.cancel()  # type: ignore[attr-defined]
+            self._end(ticket, "expired", "it proved nothing within %g s" % self._gate.limits.seconds)
         deadline = self._gate.next_deadline()
         if deadline is not None:
             self._sweep = self._loop.call_at(deadline, self._end_expired)
@@ -186,22 +193,18 @@ class Listener(asyncio.AbstractServer):
             reader, writer = streams
             await self._handler(reader, writer)  # (the handler closes the connection, or hands it on)
         except asyncio.CancelledError:
-            if asyncio.current_task() not in self._expired:
+            ended = self._ended.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+            if ended is None:
                 raise
-            self._throttle.warning(
-                "expired",
-                self._loop.time(),
-                "refused %s: it proved nothing within %g s",
-                peer,
-                self._gate.limits.seconds,
-            )
+            kind, why = ended
+            self._throttle.warning(kind, self._loop.time(), "refused %s: %s", peer, why)
             self._close(conn, writer)
         except Exception:
             logger.exception("the %s failed serving %s", self._what, peer)
             self._close(conn, writer)
         finally:
             self._gate.leave(ticket)
-            self._expired.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._ended.pop(asyncio.current_task(), None)  # type: ignore[arg-type]  (cancelled as it ended)
 
     @staticmethod
     def _close(conn: socket.socket, writer: Optional[asyncio.StreamWriter]) -> None:

@@ -237,14 +237,20 @@ class BoardServer:
                 logger.info("accept failed: %s", exc)
             return
         peer = "%s:%d" % address[:2]
-        ticket = self._gate.enter(address_key(address[0]), time.monotonic())
+        ticket, displaced = self._gate.enter(address_key(address[0]), time.monotonic())
         if ticket is None:
             kind, why = self._gate.refusal(address_key(address[0]))
             self._log_throttle.warning(kind, time.monotonic(), "refusing %s: %s", peer, why)
             sock.close()
             return
+        if displaced is not None:
+            ended: _Pending = displaced.data  # type: ignore[assignment]
+            why = "it did not finish its handshake, and one from an address with fewer took its place"
+            self._log_throttle.warning("displaced", time.monotonic(), "closing %s: %s", ended.peer, why)
+            self._drop_pending(ended)
         sock.setblocking(False)
         pending = _Pending(sock, peer, ticket, self.secret)
+        ticket.data = pending
         self._pending[sock] = pending
         self._selector.register(sock, selectors.EVENT_READ, pending)
 

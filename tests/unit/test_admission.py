@@ -10,28 +10,44 @@ import pytest
 from farm.admission import Gate, Limits, LogThrottle, add_admission_arguments, address_key, limits_from
 
 
-def test_the_gate_bounds_connections_in_all_and_per_address() -> None:
+def test_the_gate_bounds_connections_per_address_and_in_all() -> None:
     gate = Gate(Limits(total=3, per_address=2, seconds=10))
-    first, second = gate.enter("10.0.0.1", 0), gate.enter("10.0.0.1", 0)
+    (first, _), (second, _) = gate.enter("10.0.0.1", 0), gate.enter("10.0.0.1", 0)
     assert first and second and gate.held_by("10.0.0.1") == 2
-    assert gate.enter("10.0.0.1", 0) is None
+    assert gate.enter("10.0.0.1", 0) == (None, None)
     assert gate.refusal("10.0.0.1") == (
         "address",
         "2 connections from 10.0.0.1 have proven nothing yet (--max-unproven-per-address)",
     )
-    assert gate.enter("10.0.0.2", 0) is not None  # another address has its share
-    assert gate.enter("10.0.0.3", 0) is None
-    assert gate.refusal("10.0.0.3") == ("total", "3 connections have proven nothing yet (--max-unproven)")
+    third, displaced = gate.enter("10.0.0.2", 0)  # another address has its share
+    assert third and displaced is None and len(gate) == 3
     gate.leave(first)
     gate.leave(first)  # leaving twice changes nothing
     assert len(gate) == 2 and gate.held_by("10.0.0.1") == 1
-    assert gate.enter("10.0.0.3", 0) is not None
+
+
+def test_a_full_gate_gives_a_new_address_the_place_of_the_oldest_of_the_address_holding_the_most() -> None:
+    gate = Gate(Limits(total=4, per_address=3, seconds=10))
+    crowd = [gate.enter("10.0.0.1", now)[0] for now in range(3)]
+    other, _ = gate.enter("10.0.0.2", 3)
+    newcomer, displaced = gate.enter("10.0.0.3", 4)
+    assert newcomer is not None and displaced is crowd[0]
+    assert gate.held_by("10.0.0.1") == 2 and len(gate) == 4
+    assert gate.enter("10.0.0.4", 5)[1] is crowd[1]  # 10.0.0.1 still holds the most
+    # Now every address holds one: one more from any of them has to wait.
+    assert gate.enter("10.0.0.2", 6) == (None, None)
+    assert gate.refusal("10.0.0.2") == (
+        "total",
+        "4 connections have proven nothing yet, none from an address with more than 10.0.0.2 (--max-unproven)",
+    )
+    assert gate.expired(10.0) == []
+    assert gate.expired(12.0) == [crowd[2]]  # (the displaced are out: they do not expire)
 
 
 def test_tickets_expire_in_the_order_they_entered() -> None:
     gate = Gate(Limits(total=10, per_address=10, seconds=5))
     assert gate.next_deadline() is None
-    early, late = gate.enter("a", 1.0, "early"), gate.enter("b", 2.0, "late")
+    (early, _), (late, _) = gate.enter("a", 1.0, "early"), gate.enter("b", 2.0, "late")
     assert early and late and early.data == "early"
     assert gate.next_deadline() == 6.0
     assert gate.expired(5.9) == []

@@ -182,19 +182,31 @@ def test_unproven_connections_are_bounded_per_address_and_in_all_and_refusals_ar
     tls_files: TlsFiles, caplog: pytest.LogCaptureFixture, with_tls: bool
 ) -> None:
     async def body(port: int, listener: asyncio.AbstractServer) -> None:
-        held = [connect_from("127.0.0.2", port) for _ in range(4)]  # its share
+        crowd = [connect_from("127.0.0.2", port) for _ in range(4)]  # its share
         refused = [connect_from("127.0.0.2", port) for _ in range(3)]
+        others: List[socket.socket] = []
         try:
             for sock in refused:  # closed at once: the peer sees the end of the stream
                 await eventually(lambda s=sock: closed_by_the_listener(s), 10, "the listener closes the connection")
-            held += [connect_from("127.0.0.3", port) for _ in range(2)]  # other addresses get theirs
-            full = connect_from("127.0.0.4", port)
-            await eventually(lambda: logged(caplog, "--max-unproven)"), 10, "the listener refuses past its total")
-            await eventually(lambda: closed_by_the_listener(full), 10, "the listener closes the connection")
-            full.close()
-            assert not any(closed_by_the_listener(sock) for sock in held)  # those within the bounds are kept
+            others += [connect_from("127.0.0.3", port) for _ in range(2)]  # other addresses get theirs: full now
+            others.append(connect_from("127.0.0.4", port))  # takes the place of the crowd's oldest
+            await eventually(lambda: closed_by_the_listener(crowd[0]), 10, "the crowd's oldest is closed")
+            assert not any(closed_by_the_listener(sock) for sock in crowd[1:] + others)
+            assert logged(caplog, "took its place") == [
+                "refused 127.0.0.2:%d: it proved nothing, and a connection from an address with fewer took its "
+                "place (--max-unproven)" % crowd[0].getsockname()[1]
+            ]
+            others.append(connect_from("127.0.0.3", port))  # its third: 127.0.0.2 holds three, and gives one more
+            await eventually(lambda: closed_by_the_listener(crowd[1]), 10, "the crowd's next oldest is closed")
+            others.append(connect_from("127.0.0.3", port))  # its fourth: it holds the most now, so it waits
+            await eventually(lambda: closed_by_the_listener(others[-1]), 10, "the listener refuses past its total")
+            assert not any(closed_by_the_listener(sock) for sock in crowd[2:] + others[:-1])
+            assert logged(caplog, "--max-unproven)")[-1].endswith(
+                ": 6 connections have proven nothing yet, none from an address with more than 127.0.0.3 "
+                "(--max-unproven)"
+            )
         finally:
-            for sock in held + refused:
+            for sock in crowd + refused + others:
                 sock.close()
         (per_address,) = logged(caplog, "--max-unproven-per-address")  # the other two: counted, not logged
         assert per_address.endswith(
