@@ -149,7 +149,8 @@ def test_a_member_is_served_while_a_stranger_holds_1000_silent_connections_under
     try:
         assert len(held) > share  # the kernel took them in; the daemon keeps the stranger's share, or its total
         wait_for(lambda: "have proven nothing yet" in daemon.log_text(), 10, "the daemon refuses past a bound")
-        assert fd_count(daemon.pid) <= baseline + min(total, share * addresses) + 2
+        bound = baseline + min(total, share * addresses) + 2  # (+ a connection being refused or displaced)
+        wait_for(lambda: fd_count(daemon.pid) <= bound, 10, "the daemon holds at most %d descriptors" % bound)
         started = time.monotonic()
         member_is_served(kind, port, secret[1])  # from 127.0.0.1: with many addresses, it takes an older's place
         assert time.monotonic() - started < 5
