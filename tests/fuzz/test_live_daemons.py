@@ -38,7 +38,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pytest
-from fuzz_settings import CONNECTION_COUNT, IDLE_BURST, SEED
+from fuzz_settings import CONNECTION_COUNT, IDLE_BURST, SEED, WIDE_GATE
 from fuzz_streams import Fields, cut, edit, mutate, random_bytes, random_json, random_mutations
 
 import farm
@@ -67,9 +67,6 @@ MAX_PAYLOAD = 64 << 20
 #: Connections of the stream left silent for the daemon's timeout to close: a board takes MAX_PENDING
 #: handshakes at once and refuses more at accept, which would be most of the stream if they piled up.
 SILENT_AT_MOST = 32
-#: Bounds on unproven connections above what a stream holds at once, all from 127.0.0.1: the stream tries the
-#: protocols' readers, tests/integration/test_gates.py the bounds (whose refusals are logged once per interval).
-WIDE_GATE = ("--max-unproven", "1000", "--max-unproven-per-address", "1000")
 #: Seconds beyond a daemon's own timeout for it to have closed what it must.
 GRACE = 10.0
 #: The handshake timeout of a board started without --handshake-timeout.
