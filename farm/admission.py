@@ -30,14 +30,15 @@ class Limits(NamedTuple):
 
 
 class Ticket:
-    """One unproven connection held by a :class:`Gate`; ``data`` is its holder's (the task or socket to close)."""
+    """One unproven connection held by a :class:`Gate`; ``data`` is its holder's (what to close: a task, a pending
+    handshake)."""
 
     __slots__ = ("address", "deadline", "data")
 
-    def __init__(self, address: str, deadline: float, data: object) -> None:
+    def __init__(self, address: str, deadline: float) -> None:
         self.address = address
         self.deadline = deadline
-        self.data = data
+        self.data: object = None
 
 
 class Gate:
@@ -62,7 +63,7 @@ class Gate:
         """Unproven connections from ``address`` (as :func:`address_key` names it)."""
         return len(self._by_address.get(address, ()))
 
-    def enter(self, address: str, now: float, data: object = None) -> Tuple[Optional[Ticket], Optional[Ticket]]:
+    def enter(self, address: str, now: float) -> Tuple[Optional[Ticket], Optional[Ticket]]:
         """A ticket for a new connection from ``address`` (None: refused, :meth:`refusal` says why), and the
         ticket it displaced, taken out of the gate (its connection is to be closed), if any."""
         held = self.held_by(address)
@@ -75,7 +76,7 @@ class Gate:
                 return None, None
             displaced = next(iter(theirs))
             self.leave(displaced)
-        ticket = Ticket(address, now + self.limits.seconds, data)
+        ticket = Ticket(address, now + self.limits.seconds)
         self._tickets[ticket] = None
         self._by_address.setdefault(address, {})[ticket] = None
         return ticket, displaced
@@ -89,14 +90,8 @@ class Gate:
                 held,
                 address,
             )
-        return (
-            "total",
-            "%d connections have proven nothing yet, none from an address with more than %s (--max-unproven)"
-            % (
-                len(self._tickets),
-                address,
-            ),
-        )
+        what = "%d connections have proven nothing yet, none from an address with more than %s (--max-unproven)"
+        return "total", what % (len(self._tickets), address)
 
     def leave(self, ticket: Ticket) -> None:
         """The connection proved itself or closed (again: nothing)."""
