@@ -21,21 +21,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import socket
 import sys
 import time
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
-from .aio import open_connection, start_listener
+from .admission import Limits, add_admission_arguments, address_key, limits_from, positive_int
+from .aio import DEFAULT_LIMITS, open_connection, proven, start_listener
 from .auth import add_secret_argument, admit_on_stream, daemon_secret, prove_on_stream
 from .errors import ProtocolError
 from .lifetime import die_with_launcher
 from .logs import configure_logging
 from .net import bind_first_free, keep_alive, parse_address
 from .protocol.auth import AuthError
-from .protocol.handshake import CODE_DUPLICATE, CODE_MISMATCH, CODE_SUCCESS, Hello, HelloReader, encode_reply
+from .protocol.handshake import (
+    CODE_BUSY,
+    CODE_DUPLICATE,
+    CODE_MISMATCH,
+    CODE_SUCCESS,
+    Hello,
+    HelloReader,
+    encode_reply,
+)
 from .protocol.tracker import (
     TVM_PROTOCOL,
     Code,
@@ -46,6 +56,7 @@ from .protocol.tracker import (
     random_matchkey,
 )
 from .tls import TlsConfig, TlsError, add_tls_arguments, daemon_tls
+from .tracker import MAX_INFO
 
 logger = logging.getLogger("farm.proxy")
 #: Put in a connection's reply queue when the connection ends, so that a waiting call stops waiting.
@@ -61,6 +72,21 @@ UNUSED_MATCHKEY_TIMEOUT = 5.0
 CLIENT_WAIT = 600.0
 #: Bytes forwarded per read.
 CHUNK = 1 << 18
+#: Longest key of a board at the proxy (``--max-board-key``), in characters.
+MAX_BOARD_KEY = 128
+
+
+def boards_within_info(max_key: int) -> int:
+    """How many boards of keys up to ``max_key`` characters the proxy's UPDATE_INFO can name within the tracker's
+    MAX_INFO: each board adds its match key (``offers``) and, at worst a key of its own, the key twice more (in
+    ``key`` and in ``boards``), with quotes, separators and a count; 512 bytes go to the rest."""
+    return (MAX_INFO - 512) // (3 * max_key + 48)
+
+
+#: Boards connected to the proxy at once (``--max-boards``): at most what its UPDATE_INFO can name.
+MAX_BOARDS = boards_within_info(MAX_BOARD_KEY)
+#: Of those, waiting from one address (``--max-boards-per-address``).
+MAX_BOARDS_PER_ADDRESS = 64
 
 
 class Endpoint:
@@ -74,6 +100,7 @@ class Endpoint:
         self.leftover = b""
         address = writer.get_extra_info("peername") or ("?", 0)
         self.name = "%s:%s" % address[:2]
+        self.address = address_key(str(address[0]))  # the share it counts against
         self.protocol = hello.options.get("protocol", TVM_PROTOCOL)
         self.handed_out_since: Optional[float] = None
         self.paired = asyncio.Event()
@@ -85,7 +112,10 @@ async def read_hello(reader: asyncio.StreamReader, secret: Optional[bytes] = Non
     """The peer's hello (after its proof of the farm secret, with one), the key text it sent, and any bytes that
     came after it."""
     hellos = HelloReader()
-    data = await admit_on_stream(reader, writer, secret) if secret is not None and writer is not None else b""
+    data = b""
+    if secret is not None and writer is not None:
+        data = await admit_on_stream(reader, writer, secret)
+        proven()
     while True:
         data = data or await reader.read(4096)
         if not data:
@@ -119,12 +149,23 @@ async def forward(source: asyncio.StreamReader, target: asyncio.StreamWriter) ->
         target.close()
 
 
+class BoardBounds(NamedTuple):
+    """How many boards the proxy holds at once (waiting or in a session), waiting from one address, and their keys'
+    length: together, what keeps its UPDATE_INFO within the tracker's limit (the proxy checks that too)."""
+
+    total: int = MAX_BOARDS
+    per_address: int = MAX_BOARDS_PER_ADDRESS
+    key_length: int = MAX_BOARD_KEY
+
+
 class Proxy:
     """Pairs clients with boards that dialled out; see the module docstring."""
 
     def __init__(self, port: int, tracker: Optional[Tuple[str, int]] = None, host: Optional[str] = None,
-                 secret: Optional[bytes] = None, tls: Optional[TlsConfig] = None) -> None:  # fmt: skip
+                 secret: Optional[bytes] = None, tls: Optional[TlsConfig] = None,
+                 bounds: Optional[BoardBounds] = None) -> None:  # fmt: skip
         self.port = port
+        self.bounds = bounds or BoardBounds()
         self.tracker = tracker
         self.secret = secret
         self.tls = tls  # for dialling the tracker
@@ -152,6 +193,7 @@ class Proxy:
             logger.warning("closing a connection without a valid hello: %s", str(exc) or "timed out")
             writer.close()
             return
+        proven()
         endpoint = Endpoint(hello, text, reader, writer)
         endpoint.leftover = leftover
         if hello.role == "server":
@@ -164,6 +206,12 @@ class Proxy:
 
     async def _board_waits(self, board: Endpoint) -> None:
         key = board.hello.key
+        refusal = self._board_refusal(board)
+        if refusal:
+            logger.warning("refusing board %s of key %r: %s", board.name, key[:64], refusal)
+            board.writer.write(encode_reply(CODE_BUSY, "the proxy refuses the board: %s" % refusal))
+            board.writer.close()
+            return
         if self.tracker is not None:
             board_key = key
             matchkey = random_matchkey(board_key)
@@ -334,6 +382,23 @@ class Proxy:
             return
         await self._update_info()
 
+    def _board_refusal(self, board: Endpoint) -> str:
+        """Why the proxy cannot take ``board`` now ("" if it can): one bound or another, or the tracker's limit on
+        what the proxy tells it about its boards."""
+        key = board.hello.key
+        if len(key) > self.bounds.key_length:
+            return "its key is %d characters, more than %d (--max-board-key)" % (len(key), self.bounds.key_length)
+        held = len(self.boards) + sum(self.paired.values())
+        if held >= self.bounds.total:
+            return "%d boards are connected here, its most (--max-boards)" % held
+        waiting = sum(1 for other in self.boards.values() if other.address == board.address)
+        if waiting >= self.bounds.per_address:
+            return "%d boards from %s wait here, its most (--max-boards-per-address)" % (waiting, board.address)
+        size = len(json.dumps(self._info(also=key if self.tracker is not None else None)))
+        if self.tracker is not None and size > MAX_INFO - 64:  # (the tracker puts our address into it: 64 left)
+            return "the proxy's information for the tracker would grow to %d bytes, past its %d" % (size, MAX_INFO)
+        return ""
+
     def board_counts(self) -> Dict[str, int]:
         """Boards connected here per key: waiting for a client or in a session."""
         counts = {key: count for key, count in self.paired.items() if count}
@@ -344,18 +409,22 @@ class Proxy:
 
     async def _update_info(self) -> None:
         """Tell the tracker our keys, how many boards of each we have (it counts a proxy's boards so) and which
-        match keys we still offer (it drops offers of boards that left before a client came).
-
-        Only the keys of boards here now: those of boards gone would add up to more than the tracker takes.
-        """
-        counts = self.board_counts()
-        keys = "[" + ",".join(sorted(counts)) + "]"
-        info = {"key": "server:proxy" + keys, "addr": [self.advertised, self.port], "boards": counts}
-        info["offers"] = sorted(self.boards)  # the match keys still good: the tracker drops the others
+        match keys we still offer (it drops offers of boards that left before a client came)."""
         try:
-            await self._call_tracker([Code.UPDATE_INFO, info])
+            await self._call_tracker([Code.UPDATE_INFO, self._info()])
         except (ConnectionError, asyncio.TimeoutError) as exc:
             logger.info("could not update the tracker: %s", exc)
+
+    def _info(self, also: Optional[str] = None) -> Dict[str, object]:
+        """Our UPDATE_INFO: only the keys of boards here now (those of boards gone would add up to more than the
+        tracker takes); ``also``: with one more board of that key waiting."""
+        counts = self.board_counts()
+        offers = sorted(self.boards)  # the match keys still good: the tracker drops the others
+        if also is not None:
+            counts[also] = counts.get(also, 0) + 1
+            offers.append(random_matchkey(also))
+        keys = "[" + ",".join(sorted(counts)) + "]"
+        return {"key": "server:proxy" + keys, "addr": [self.advertised, self.port], "boards": counts, "offers": offers}
 
     def _renew(self, matchkey: str) -> str:
         """Move a waiting board to a fresh match key (the old one may be in a client's hands)."""
@@ -395,16 +464,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracker", metavar="HOST:PORT", type=parse_address, help="offer the boards to this tracker")
     add_secret_argument(parser)
     add_tls_arguments(parser)
+    add_admission_arguments(parser, DEFAULT_LIMITS)
+    parser.add_argument(
+        "--max-boards",
+        metavar="N",
+        type=positive_int,
+        help="boards connected at once, waiting or in a session (default: as many as the tracker's limit on the "
+        "proxy's information allows with keys of --max-board-key: %d for %d)" % (MAX_BOARDS, MAX_BOARD_KEY),
+    )
+    parser.add_argument(
+        "--max-boards-per-address",
+        metavar="N",
+        type=positive_int,
+        default=MAX_BOARDS_PER_ADDRESS,
+        help="boards waiting at once from one address (an IPv6 /64) (default: %d)" % MAX_BOARDS_PER_ADDRESS,
+    )
+    parser.add_argument(
+        "--max-board-key",
+        metavar="N",
+        type=positive_int,
+        default=MAX_BOARD_KEY,
+        help="longest key of a board, in characters (default: %d)" % MAX_BOARD_KEY,
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
+def bounds_from(args: argparse.Namespace) -> BoardBounds:
+    """The :class:`BoardBounds` of the options; ``--max-boards`` follows ``--max-board-key`` unless given."""
+    total = args.max_boards or boards_within_info(args.max_board_key)
+    return BoardBounds(total, args.max_boards_per_address, args.max_board_key)
+
+
 async def serve(sock: socket.socket, tracker: Optional[Tuple[str, int]], secret: Optional[bytes] = None,
-                tls: Optional[TlsConfig] = None) -> None:  # fmt: skip
+                tls: Optional[TlsConfig] = None, limits: Limits = DEFAULT_LIMITS,
+                bounds: Optional[BoardBounds] = None) -> None:  # fmt: skip
     """Serve on the listening ``sock`` (over TLS with ``tls``, which also dials the tracker) until SIGTERM or
-    SIGINT."""
+    SIGINT; ``limits`` bound the connections that have proven nothing yet (:mod:`farm.admission`), ``bounds`` the
+    boards."""
     host, port = sock.getsockname()[:2]
-    proxy = Proxy(port, tracker, host, secret, tls)
-    server = await start_listener(sock, proxy.handle_connection, tls, "proxy")
+    proxy = Proxy(port, tracker, host, secret, tls, bounds)
+    server = await start_listener(sock, proxy.handle_connection, tls, "proxy", limits)
     loop = asyncio.get_running_loop()
     for number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(number, proxy.stopped.set)
@@ -427,7 +526,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         logger.error("cannot listen: %s", exc)
         return 1
-    asyncio.run(serve(sock, args.tracker, secret, tls))
+    asyncio.run(serve(sock, args.tracker, secret, tls, limits_from(args), bounds_from(args)))
     return 0
 
 

@@ -436,7 +436,8 @@ class ProxyDialer(_Dialler):
         if reply is None:
             return
         if reply.code != CODE_SUCCESS:
-            self._retry("the proxy answered with code 0x%X" % (reply.code & 0xFFFFFFFF))
+            why = ": " + reply.text if reply.text else ""
+            self._retry("the proxy answered with code 0x%X%s" % (reply.code & 0xFFFFFFFF, why))
             return
         sock = self._sock
         self._selector.unregister(sock)

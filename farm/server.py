@@ -27,6 +27,7 @@ import termios
 import time
 from typing import Dict, Optional, Sequence, Tuple, Union
 
+from .admission import Gate, Limits, LogThrottle, Ticket, add_admission_arguments, address_key
 from .auth import add_secret_argument, daemon_secret
 from .errors import ProtocolError
 from .lifetime import become_subreaper, child_pids, die_with_launcher, die_with_parent
@@ -45,8 +46,10 @@ from .transport import FramedSocket, send_buffers, tune
 
 logger = logging.getLogger("farm.server")
 
-#: Connections still in their handshake at once; more are closed at accept.
+#: Connections still in their handshake at once (``--max-unproven``); more are closed at accept.
 MAX_PENDING_HANDSHAKES = 64
+#: Of those, from one address (``--max-unproven-per-address``): silent peers of one address leave the others room.
+MAX_PENDING_PER_ADDRESS = 16
 #: Seconds between two checks of the running session's directory against the quota.
 QUOTA_CHECK_PERIOD = 1.0
 #: Seconds the daemon tries to tell a client how its session ended.
@@ -54,10 +57,11 @@ NOTIFY_TIMEOUT = 2.0
 
 
 class _Pending:
-    def __init__(self, sock: socket.socket, peer: str, deadline: float, secret: Optional[bytes]) -> None:
+    def __init__(self, sock: socket.socket, peer: str, ticket: Ticket, secret: Optional[bytes]) -> None:
         self.sock = sock
         self.peer = peer
-        self.deadline = deadline
+        self.ticket = ticket  # counts against the bounds on unproven connections until the peer proves itself
+        self.deadline = ticket.deadline
         self.tls: Optional[Handshake] = None  # with TLS: its handshake, first of all
         self.auth = Acceptor(secret) if secret is not None else None  # then the proof of the farm secret
         self.sent = 0  # bytes sent before the handshake's reply
@@ -118,6 +122,8 @@ class BoardServer:
         secret: Optional[bytes] = None,
         session_quota: int = DEFAULT_SESSION_QUOTA_MB * MB,
         tls: Optional[TlsConfig] = None,
+        max_pending: int = MAX_PENDING_HANDSHAKES,
+        max_pending_per_address: int = MAX_PENDING_PER_ADDRESS,
     ) -> None:
         self.host = host
         self.key = key
@@ -135,6 +141,8 @@ class BoardServer:
         os.makedirs(self.work_dir, exist_ok=True)
         self._selector = selectors.DefaultSelector()
         self._pending: Dict[socket.socket, _Pending] = {}
+        self._gate = Gate(Limits(max_pending, max_pending_per_address, handshake_timeout))  # the pending, bounded
+        self._log_throttle = LogThrottle(logger)  # refusals and failed accepts: a line per kind and interval
         self._active: Optional[_Active] = None
         self._stopping = False
         self._stop_signal = 0
@@ -220,19 +228,29 @@ class BoardServer:
             return
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                logger.warning("cannot accept connections (%s); pausing for a second", exc)
+                self._log_throttle.warning(
+                    "accept", time.monotonic(), "cannot accept connections (%s); pausing for a second", exc
+                )
                 self._selector.unregister(self._listener)  # it would keep reporting ready
                 self._accept_paused_until = time.monotonic() + 1.0
             else:
                 logger.info("accept failed: %s", exc)
             return
         peer = "%s:%d" % address[:2]
-        if len(self._pending) >= MAX_PENDING_HANDSHAKES:
-            logger.warning("refusing %s: %d handshakes already pending", peer, len(self._pending))
+        ticket, displaced = self._gate.enter(address_key(address[0]), time.monotonic())
+        if ticket is None:
+            kind, why = self._gate.refusal(address_key(address[0]))
+            self._log_throttle.warning(kind, time.monotonic(), "refusing %s: %s", peer, why)
             sock.close()
             return
+        if displaced is not None:
+            ended: _Pending = displaced.data  # type: ignore[assignment]
+            why = "it did not finish its handshake, and one from an address with fewer took its place"
+            self._log_throttle.warning("displaced", time.monotonic(), "closing %s: %s", ended.peer, why)
+            self._drop_pending(ended)
         sock.setblocking(False)
-        pending = _Pending(sock, peer, time.monotonic() + self.handshake_timeout, self.secret)
+        pending = _Pending(sock, peer, ticket, self.secret)
+        ticket.data = pending
         self._pending[sock] = pending
         self._selector.register(sock, selectors.EVENT_READ, pending)
 
@@ -240,6 +258,7 @@ class BoardServer:
         self._selector.unregister(pending.sock)
         del self._pending[pending.sock]
         if close:
+            self._gate.leave(pending.ticket)
             pending.sock.close()
 
     def _on_handshake_data(self, pending: _Pending) -> None:
@@ -272,6 +291,7 @@ class BoardServer:
             return
         if hello is not None:
             self._drop_pending(pending, close=False)
+            self._gate.leave(pending.ticket)
             self._admit(pending, hello)
 
     def _advance_tls(self, pending: _Pending) -> bool:
@@ -295,6 +315,7 @@ class BoardServer:
                 pending.tls = Handshake(pending.sock, self.tls, server_side=True)
             except TlsError as exc:
                 logger.info("refused %s: %s", pending.peer, exc)
+                self._gate.leave(pending.ticket)
                 return False
             pending.sock = pending.tls.sock
             self._pending[pending.sock] = pending
@@ -327,6 +348,7 @@ class BoardServer:
         pending.sent += len(outgoing)
         if auth.done:
             logger.debug("%s proved it holds the farm secret", pending.peer)
+            self._gate.leave(pending.ticket)
         return auth.leftover()
 
     def _key_matches(self, hello: Hello) -> bool:
@@ -793,6 +815,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_secret_argument(parser)
     add_tls_arguments(parser)
+    add_admission_arguments(parser, Limits(MAX_PENDING_HANDSHAKES, MAX_PENDING_PER_ADDRESS, 0.0), with_timeout=False)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -823,6 +846,8 @@ def run(args: argparse.Namespace) -> int:
             secret,
             session_quota=args.session_quota * MB,
             tls=tls,
+            max_pending=args.max_unproven,
+            max_pending_per_address=args.max_unproven_per_address,
         )
     except OSError as exc:
         logger.error("cannot listen: %s", exc)

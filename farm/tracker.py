@@ -26,7 +26,8 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
-from .aio import start_listener
+from .admission import Limits, add_admission_arguments, limits_from
+from .aio import DEFAULT_LIMITS, proven, start_listener
 from .auth import AUTH_TIMEOUT, add_secret_argument, admit_on_stream, daemon_secret
 from .errors import ProtocolError
 from .lifetime import die_with_launcher
@@ -192,6 +193,8 @@ class Tracker:
             data = await self._admit(peer, reader, writer) if self.secret is not None else b""
             while data or not reader.at_eof():
                 self._receive(peer, messages, data)
+                if messages.magic_seen:
+                    proven()  # (with a secret, done already)
                 await writer.drain()
                 data = await reader.read(65536) if messages.magic_seen else await _before_magic(reader)
         except AuthError as exc:
@@ -234,6 +237,7 @@ class Tracker:
         assert self.secret is not None
         leftover = await admit_on_stream(reader, writer, self.secret)
         logger.debug("%s proved it holds the farm secret", peer.name)
+        proven()
         return leftover
 
     def _drop(self, peer: Peer) -> None:
@@ -544,6 +548,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port-end", type=int, default=9199, help="end of the port range, exclusive")
     add_secret_argument(parser)
     add_tls_arguments(parser)
+    add_admission_arguments(parser, DEFAULT_LIMITS)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -552,10 +557,12 @@ async def serve(
     stop_key: Optional[str] = None,
     secret: Optional[bytes] = None,
     tls: Optional[TlsConfig] = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> None:
-    """Serve on the listening ``sock`` (over TLS with ``tls``) until SIGTERM, SIGINT or an authorised STOP."""
+    """Serve on the listening ``sock`` (over TLS with ``tls``) until SIGTERM, SIGINT or an authorised STOP;
+    ``limits`` bound the connections that have proven nothing yet (:mod:`farm.admission`)."""
     tracker = Tracker(stop_key, secret)
-    server = await start_listener(sock, tracker.handle_connection, tls, "tracker")
+    server = await start_listener(sock, tracker.handle_connection, tls, "tracker", limits)
     loop = asyncio.get_running_loop()
     for number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(number, tracker.stopped.set)
@@ -581,7 +588,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         logger.error("cannot listen: %s", exc)
         return 1
-    asyncio.run(serve(sock, secret=secret, tls=tls))
+    asyncio.run(serve(sock, secret=secret, tls=tls, limits=limits_from(args)))
     return 0
 
 

@@ -19,6 +19,9 @@ EXAMPLES: Dict[str, int] = {"ci": 150, "long": int(os.environ.get("FARM_FUZZ_EXA
 CONNECTIONS: Dict[str, int] = {"ci": 150, "long": int(os.environ.get("FARM_FUZZ_CONNECTIONS", "3000"))}
 #: Connections held open at once, saying nothing, at the end of each daemon's stream.
 IDLE_BURST = 50
+#: Bounds on unproven connections above what a stream holds at once, all from 127.0.0.1: the streams try the
+#: protocols' readers, tests/integration/test_gates.py the bounds (whose refusals are logged once per interval).
+WIDE_GATE = ("--max-unproven", "1000", "--max-unproven-per-address", "1000")
 
 PROFILE = os.environ.get("FARM_FUZZ_PROFILE", "ci")
 if PROFILE not in EXAMPLES:

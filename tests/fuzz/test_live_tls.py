@@ -29,7 +29,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
 from farm_certs import TlsFiles
-from fuzz_settings import CONNECTION_COUNT, SEED
+from fuzz_settings import CONNECTION_COUNT, SEED, WIDE_GATE
 
 import farm
 from conftest import fd_count, python_env, rss, wait_for
@@ -64,13 +64,13 @@ def tls_daemons(tmp_path_factory: pytest.TempPathFactory, tls_files: TlsFiles) -
         return daemon
 
     try:
-        board = start("board", "server", "--port", "0", "--key", "fuzz")
-        tracker = start("tracker", "tracker", "--port", "0")
+        board = start("board", "server", "--port", "0", "--key", "fuzz", *WIDE_GATE)
+        tracker = start("tracker", "tracker", "--port", "0", *WIDE_GATE)
         for daemon in (board, tracker):
             daemon.wait_for_bind()
         at_tracker = "127.0.0.1:%d" % tracker.address[1]
         start("direct-board", "server", "--port", "0", "--key", "direct", "--tracker", at_tracker)
-        proxy = start("proxy", "proxy", "--port", "0", "--tracker", at_tracker)
+        proxy = start("proxy", "proxy", "--port", "0", "--tracker", at_tracker, *WIDE_GATE)
         proxy.wait_for_bind()
         start("nat-board", "server", "--port", str(proxy.address[1]), "--through-proxy", "--key", "nat")
         with farm.connect_tracker(*tracker.address, tls=tls_files.client()) as observer:  # type: ignore[misc]

@@ -11,7 +11,8 @@ from typing import Any, Awaitable, Callable, List, Optional
 import pytest
 from farm_certs import TlsFiles
 
-from farm.aio import MAX_PENDING_HANDSHAKES, Handler, open_connection, start_listener
+from farm.admission import Limits
+from farm.aio import DEFAULT_LIMITS, Handler, open_connection, proven, start_listener
 from farm.net import bind_first_free
 from farm.protocol.tracker import encode_magic
 from farm.tls import TlsConfig, TlsError
@@ -36,13 +37,17 @@ async def eventually(condition: Callable[[], Any], timeout: float, what: str) ->
 
 
 def serve(
-    handler: Handler, tls: Optional[TlsConfig], body: Callable[[int, asyncio.AbstractServer], Awaitable[None]]
+    handler: Handler,
+    tls: Optional[TlsConfig],
+    body: Callable[[int, asyncio.AbstractServer], Awaitable[None]],
+    limits: Limits = DEFAULT_LIMITS,
 ) -> None:
-    """Run ``body(port, listener)`` against a listener on 127.0.0.1 that serves with ``handler``, then close it."""
+    """Run ``body(port, listener)`` against a listener on 127.0.0.1 that serves with ``handler`` within ``limits``,
+    then close it."""
 
     async def main() -> None:
         sock = bind_first_free(HOST, 0, 0)
-        listener = await start_listener(sock, handler, tls, "test daemon")
+        listener = await start_listener(sock, handler, tls, "test daemon", limits)
         async with listener:
             await body(sock.getsockname()[1], listener)
         assert sock.fileno() == -1  # closing the listener closed its socket
@@ -155,27 +160,112 @@ def test_a_handler_that_fails_is_logged_and_the_next_connection_is_served(
     assert len(calls) == 2
 
 
+def connect_from(source: str, port: int) -> socket.socket:
+    """A connection to the listener from ``source`` (any 127.0.0.0/8 address: loopback answers them all)."""
+    sock = socket.socket()
+    sock.bind((source, 0))
+    sock.connect((HOST, port))
+    return sock
+
+
+def closed_by_the_listener(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+@pytest.mark.parametrize("with_tls", [False, True], ids=["plain", "tls"])
+def test_unproven_connections_are_bounded_per_address_and_in_all_and_refusals_are_logged_once_per_interval(
+    tls_files: TlsFiles, caplog: pytest.LogCaptureFixture, with_tls: bool
+) -> None:
+    async def body(port: int, listener: asyncio.AbstractServer) -> None:
+        crowd = [connect_from("127.0.0.2", port) for _ in range(4)]  # its share
+        refused = [connect_from("127.0.0.2", port) for _ in range(3)]
+        others: List[socket.socket] = []
+        try:
+            for sock in refused:  # closed at once: the peer sees the end of the stream
+                await eventually(lambda s=sock: closed_by_the_listener(s), 10, "the listener closes the connection")
+            others += [connect_from("127.0.0.3", port) for _ in range(2)]  # other addresses get theirs: full now
+            others.append(connect_from("127.0.0.4", port))  # takes the place of the crowd's oldest
+            await eventually(lambda: closed_by_the_listener(crowd[0]), 10, "the crowd's oldest is closed")
+            assert not any(closed_by_the_listener(sock) for sock in crowd[1:] + others)
+            assert logged(caplog, "took its place") == [
+                "refused 127.0.0.2:%d: it proved nothing, and a connection from an address with fewer took its "
+                "place (--max-unproven)" % crowd[0].getsockname()[1]
+            ]
+            others.append(connect_from("127.0.0.3", port))  # its third: 127.0.0.2 holds three, and gives one more
+            await eventually(lambda: closed_by_the_listener(crowd[1]), 10, "the crowd's next oldest is closed")
+            others.append(connect_from("127.0.0.3", port))  # its fourth: it holds the most now, so it waits
+            await eventually(lambda: closed_by_the_listener(others[-1]), 10, "the listener refuses past its total")
+            assert not any(closed_by_the_listener(sock) for sock in crowd[2:] + others[:-1])
+            assert logged(caplog, "--max-unproven)")[-1].endswith(
+                ": 6 connections have proven nothing yet, none from an address with more than 127.0.0.3 "
+                "(--max-unproven)"
+            )
+        finally:
+            for sock in crowd + refused + others:
+                sock.close()
+        (per_address,) = logged(caplog, "--max-unproven-per-address")  # the other two: counted, not logged
+        assert per_address.endswith(
+            ": 4 connections from 127.0.0.2 have proven nothing yet (--max-unproven-per-address)"
+        )
+
+    caplog.set_level(logging.INFO, logger="farm.aio")
+    serve(echo_upper, tls_files.daemon() if with_tls else None, body, Limits(total=6, per_address=4, seconds=30))
+
+
+def test_a_connection_that_proves_nothing_in_time_is_closed_and_one_that_proves_itself_no_longer_counts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def proves_after_a_byte(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if await reader.read(1):
+            proven()
+            proved.append(1)
+            await reader.read(100)  # then stays as long as its peer
+        writer.close()
+
+    async def body(port: int, listener: asyncio.AbstractServer) -> None:
+        member = connect_from("127.0.0.2", port)
+        member.sendall(b"!")
+        await eventually(lambda: proved, 10, "the member proves itself")
+        silent = connect_from("127.0.0.2", port)  # the address's one unproven connection: the member left its share
+        started = time.monotonic()
+        await eventually(lambda: closed_by_the_listener(silent), 10, "the listener closes the silent connection")
+        assert 0.4 < time.monotonic() - started < 5  # at its deadline
+        assert not closed_by_the_listener(member)  # proven: no deadline
+        expected = "refused 127.0.0.2:%d: it proved nothing within 0.5 s" % silent.getsockname()[1]
+        member.close()
+        silent.close()
+        assert logged(caplog, "proved nothing") == [expected]
+
+    proved: List[int] = []
+    serve(proves_after_a_byte, None, body, Limits(total=8, per_address=1, seconds=0.5))
+
+
 def test_handshakes_beyond_the_bound_are_refused_and_the_listener_serves_again_after(
     tls_files: TlsFiles, caplog: pytest.LogCaptureFixture
 ) -> None:
-    extra = 3
+    bound, extra = 8, 3
 
     async def body(port: int, listener: asyncio.AbstractServer) -> None:
-        silent = [socket.create_connection((HOST, port)) for _ in range(MAX_PENDING_HANDSHAKES + extra)]
+        silent = [socket.create_connection((HOST, port)) for _ in range(bound + extra)]
         try:
             await eventually(
-                lambda: len(logged(caplog, "TLS handshakes are pending already")) == extra,
+                lambda: logged(caplog, "have proven nothing yet"),
                 10,
                 "the listener refuses the connections beyond its bound",
             )
         finally:
             for sock in silent:
                 sock.close()
-        assert logged(caplog, "TLS handshakes are pending already")[0].endswith(
-            ": %d TLS handshakes are pending already" % MAX_PENDING_HANDSHAKES
+        assert logged(caplog, "have proven nothing yet")[0].endswith(
+            ": %d connections from 127.0.0.1 have proven nothing yet (--max-unproven-per-address)" % bound
         )
         await eventually(
-            lambda: len(logged(caplog, "closed the connection before its TLS handshake")) == MAX_PENDING_HANDSHAKES,
+            lambda: len(logged(caplog, "closed the connection before its TLS handshake")) == bound,
             10,
             "the listener notices that the silent connections it held closed",
         )
@@ -185,4 +275,4 @@ def test_handshakes_beyond_the_bound_are_refused_and_the_listener_serves_again_a
         writer.close()
 
     caplog.set_level(logging.INFO, logger="farm.aio")
-    serve(echo_upper, tls_files.daemon(), body)
+    serve(echo_upper, tls_files.daemon(), body, Limits(total=64, per_address=bound, seconds=30))
