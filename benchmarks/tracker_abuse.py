@@ -42,6 +42,8 @@ from farm.tracker_client import connect_tracker  # noqa: E402
 
 logger = logging.getLogger("tracker_abuse")
 Address = Tuple[str, int]
+#: Seconds a tracker may take to answer while a queue attack blocks it.
+BLOCKED = 1800.0
 
 
 def rss_mb(pid: int) -> float:
@@ -78,9 +80,9 @@ class Raw:
             self._more()
         return self.messages.pop(0)
 
-    def call(self, message: Any) -> Any:
+    def call(self, message: Any, timeout: float = 30.0) -> Any:
         self.send(message)
-        return self.receive()
+        return self.receive(timeout)
 
     def close(self) -> None:
         self.sock.close()
@@ -196,7 +198,7 @@ def attack_queue(tracker: Tracker, count: int) -> Dict[str, Any]:
     longest_ping = 0.0
     while True:
         sent = time.monotonic()
-        pending = watcher.call([Code.SUMMARY])[1]["queue_info"]["q"]["pending"]
+        pending = watcher.call([Code.SUMMARY], timeout=BLOCKED)[1]["queue_info"]["q"]["pending"]
         longest_ping = max(longest_ping, time.monotonic() - sent)
         if pending == count:
             break
@@ -204,7 +206,7 @@ def attack_queue(tracker: Tracker, count: int) -> Dict[str, Any]:
     client.close()
     started = time.monotonic()
     while pending and time.monotonic() - started < 60:  # until the tracker has dropped them (or a minute passed)
-        pending = watcher.call([Code.SUMMARY])[1]["queue_info"]["q"]["pending"]
+        pending = watcher.call([Code.SUMMARY], timeout=BLOCKED)[1]["queue_info"]["q"]["pending"]
     dropped = time.monotonic() - started
     watcher.close()
     board.close()
