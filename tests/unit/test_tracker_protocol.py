@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 import struct
 import time
+import weakref
 from typing import Any, List, Optional, Tuple
 
 import pytest
@@ -24,7 +27,7 @@ from farm.protocol.tracker import (
     key_of_matchkey,
     random_matchkey,
 )
-from farm.tracker import SILENT_AFTER, KeyQueue, Offer, Peer, Waiter
+from farm.tracker import SILENT_AFTER, KeyQueue, Offer, Peer, Tracker, Waiter
 
 INT32 = struct.Struct("<i")
 MAGIC = INT32.pack(TRACKER_MAGIC)
@@ -271,7 +274,9 @@ def board(protocol: str = FARM_PROTOCOL, key: str = "k") -> Offer:
     return Offer(peer, key, "127.0.0.1", port, random_matchkey(key), protocol, next(_seq))
 
 
-def waiter(priority: int = 0, protocols: Optional[List[str]] = None, user: str = "", host: str = "127.0.0.1") -> Waiter:
+def waiter(
+    priority: int = 0, protocols: Optional[List[str]] = None, user: str = "", host: str = "127.0.0.1"
+) -> Waiter:
     options = {} if protocols is None else {"protocols": protocols}
     peer = Peer(StandInWriter(next(_ports), host))  # type: ignore[arg-type]
     return Waiter(peer, "k", user, priority, next(_seq), frozenset(protocols or [TVM_PROTOCOL]), options)
@@ -434,3 +439,35 @@ def test_removed_waiters_are_compacted_away_and_counts_ahead_stay_exact() -> Non
     for position in (0, 1, 10, 500, 999):
         assert queue.ahead(order[position], now) == (position, False)
     assert queue.ahead(order[999], now, budget=100)[1]  # stopped short: "at least"
+
+
+def test_a_peer_that_left_is_freed_at_once_without_the_garbage_collector() -> None:
+    """Its offers and waiters point back at it: unless the tracker breaks those cycles, the peer (and the keys it
+    sent) wait for a full collection, which a busy tracker seldom runs."""
+
+    async def scenario() -> List[weakref.ref]:
+        tracker = Tracker()
+        server = await asyncio.start_server(tracker.handle_connection, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(encode_magic())
+        await reader.readexactly(4)
+        writer.write(encode_message([Code.PUT, "k" * 4000, [9000, "k:1"], None]))
+        writer.write(encode_message([Code.REQUEST, "other", "", 0, {"wait_for_key": True, "wait": 60}]))
+        await reader.readexactly(5)  # the PUT's reply: int32 length 1, "0"
+        while not any(peer.waiters for peer in tracker.peers):
+            await asyncio.sleep(0.01)
+        peers = [weakref.ref(peer) for peer in tracker.peers]
+        writer.close()
+        while tracker.peers:
+            await asyncio.sleep(0.01)
+        server.close()
+        await server.wait_closed()
+        return peers
+
+    gc.disable()
+    try:
+        peers = asyncio.run(scenario())
+        assert [ref() for ref in peers] == [None]
+    finally:
+        gc.enable()
