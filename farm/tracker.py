@@ -250,13 +250,10 @@ class Tracker:
             if queue is not None:
                 queue.remove_offer(offer)
             keys.add(offer.key)
-        for key in peer.keys:
-            serving = self.servers.get(key, set())
-            serving.discard(peer)
-            if not serving:
-                self.servers.pop(key, None)
         if peer.keys:
             logger.info("board %s (%s) left", peer.name, ", ".join(sorted(peer.keys)))
+        for key in list(peer.keys):
+            self._unserve(peer, key)
         peer.release()
         for key in keys:
             self._schedule(key)
@@ -335,6 +332,13 @@ class Tracker:
         peer.keys.setdefault(key, set()).add(protocol)
         self.servers.setdefault(key, set()).add(peer)
 
+    def _unserve(self, peer: Peer, key: str) -> None:
+        del peer.keys[key]
+        serving = self.servers.get(key, set())
+        serving.discard(peer)
+        if not serving:
+            self.servers.pop(key, None)
+
     def _queue(self, key: str) -> KeyQueue:
         queue = self.queues.get(key)
         if queue is None:
@@ -375,6 +379,12 @@ class Tracker:
                 "UPDATE_INFO's offers %r are not a list of match keys" % (still_offered,),
             )
             self._withdraw(peer, set(still_offered))
+        counts = merged.get("boards")
+        if isinstance(counts, dict):  # a proxy: it no longer serves the keys it has no board of
+            offered = {offer.key for offer in peer.offers}
+            for key in [key for key in peer.keys if key not in offered and not counts.get(key)]:
+                self._unserve(peer, key)
+                self._schedule(key)
         peer.send(Code.SUCCESS)
 
     def _withdraw(self, peer: Peer, still_offered: Set[str]) -> None:
