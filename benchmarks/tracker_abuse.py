@@ -2,7 +2,7 @@
 
 Each attack runs against the tracker of this checkout and, with ``--before DIR``, against the
 tracker of another source tree (for instance the code before the fix:
-``git worktree add /tmp/before COMMIT``), side by side in one run::
+``git worktree add ../before COMMIT``), side by side in one run::
 
     python benchmarks/tracker_abuse.py [--before DIR] [--only NAME ...] [--json out.json]
 
@@ -14,8 +14,8 @@ tracker of another source tree (for instance the code before the fix:
   (7 KB) and never reads. Reports the tracker's RSS before and 3 s after.
 * **long-keys**: two PUTs with 600,000-character keys; reports whether ``farm query`` still works.
 * **queue**: N = 1,000 / 8,000 / 32,000 requests queued on one connection at once; reports how
-  long until the tracker has them all (the event loop is blocked meanwhile: the longest PING
-  on another connection), and how long until they are gone once that connection closes.
+  long until the tracker has them all (its event loop is blocked meanwhile: the longest wait
+  for a SUMMARY on another connection), and how long until they are gone once that connection closes.
 * **departed**: three rounds of 100 peers that each PUT 64 keys of 4,000 characters and leave;
   reports the tracker's RSS after each round.
 """
