@@ -632,9 +632,9 @@ def _within(budget: int, items: Iterable[Tuple[Any, Any]]) -> List[Tuple[Any, An
 
 
 def _shortened(value: Any) -> Any:
-    if isinstance(value, str) and len(value) > MAX_SHOWN:
-        return value[:MAX_SHOWN] + "..."
-    return value if isinstance(value, (str, int, float, type(None))) else _shortened(json.dumps(value))
+    """``value`` if its JSON is short, else the start of its text and "..."."""
+    text = value if isinstance(value, str) else json.dumps(value)
+    return value if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "..."
 
 
 def _too_long(what: str, text: str) -> str:

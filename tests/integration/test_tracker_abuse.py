@@ -259,6 +259,7 @@ def test_no_peer_can_make_the_summary_too_large_for_anyone(pool: Pool) -> None:
         assert summary[OMITTED]["queue_info"] > 0
         assert len(summary["server_info"]) == 40
         assert all(entry["truncated"] and "pad" not in entry for entry in summary["server_info"])
+        assert sorted(entry["addr"][1] for entry in summary["server_info"]) == list(range(9000, 9040))
         query = subprocess.run(
             [sys.executable, "-m", "farm.query", "--port", str(pool.address[1])],
             capture_output=True,
