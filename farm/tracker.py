@@ -412,7 +412,10 @@ class Tracker:
         refusal = _too_long("REQUEST's key", key)
         spoken = frozenset(p for p in protocols if p in PROTOCOLS)
         if not refusal and not spoken:
-            refusal = "REQUEST's protocols %s name none this tracker knows (%s)" % (protocols, ", ".join(PROTOCOLS))
+            refusal = "REQUEST's protocols %s name none this tracker knows (%s)" % (
+                _shortened(protocols),
+                ", ".join(PROTOCOLS),
+            )
         if not refusal and len(peer.waiters) >= self.limits.max_waiters:
             refusal = (
                 "this connection already has %d requests queued, the most one may (--max-waiters-per-peer)"
@@ -437,7 +440,7 @@ class Tracker:
         """The priority within +-max_priority (logged once per connection when it was not)."""
         bound = self.limits.max_priority
         clamped = max(-bound, min(bound, int(priority)))
-        if clamped != priority and not peer.clamp_logged:
+        if clamped != int(priority) and not peer.clamp_logged:
             peer.clamp_logged = True
             logger.info(
                 "%s asked for priority %s; it gets %d (--max-priority %d)", peer.name, priority, clamped, bound
