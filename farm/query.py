@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional, Sequence
 from .auth import add_secret_argument, secret_from
 from .logs import escape_control
 from .net import parse_address
+from .protocol.tracker import OMITTED
 from .tls import TlsConfig, add_tls_arguments
 from .tracker_client import TrackerError, connect_tracker
 
@@ -52,6 +53,12 @@ def format_summary(summary: Dict[str, Any], now: Optional[float] = None) -> str:
         if total or pending:
             lines.append("%-*s   %-5d  %-4d  %-7d" % (width, key, total, free, pending))
     lines.append("-" * len(title))
+    omitted = summary.get(OMITTED) or {}
+    if omitted:  # a summary stays within the tracker's message limit, whatever its peers sent
+        lines.append(
+            "%s key(s) and %s board(s) not shown: the summary reached the tracker's size limit"
+            % (omitted.get("queue_info", 0), omitted.get("server_info", 0))
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -160,7 +160,10 @@ class TrackerClient:
             raise TrackerError("the tracker did not answer PING")
 
     def summary(self) -> Dict[str, Any]:
-        """``queue_info`` per key and ``server_info`` per board (with who holds it and since when)."""
+        """``queue_info`` per key and ``server_info`` per board (with who holds it and since when).
+
+        A summary that would pass the message limit lists only part of them and counts the rest under
+        ``omitted`` (:data:`farm.protocol.tracker.OMITTED`)."""
         reply = self.call([Code.SUMMARY])
         if not (isinstance(reply, list) and len(reply) == 2 and reply[0] == Code.SUCCESS):
             raise TrackerError("unexpected SUMMARY reply %s" % _clipped(reply))

@@ -41,6 +41,9 @@ MAX_MESSAGE = 1 << 20
 #: Data protocols a board may speak: this project's, and TVM's RPC.
 FARM_PROTOCOL = "farm"
 TVM_PROTOCOL = "tvm"
+PROTOCOLS = (FARM_PROTOCOL, TVM_PROTOCOL)
+#: The summary's field counting what it leaves out to stay within MAX_MESSAGE: ``{"queue_info": n, "server_info": n}``.
+OMITTED = "omitted"
 
 _INT32 = struct.Struct("<i")
 

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -118,9 +118,9 @@ class Pool:
 
     # --- processes -----------------------------------------------------------------
 
-    def start_tracker(self, port: int = 0) -> DaemonProcess:
-        """``python -m farm.tracker`` on ``port`` (0: any free port; else exactly that one)."""
-        argv = [sys.executable, "-m", "farm.tracker", "--host", "127.0.0.1", "--port", str(port)]
+    def start_tracker(self, port: int = 0, options: Sequence[str] = ()) -> DaemonProcess:
+        """``python -m farm.tracker`` on ``port`` (0: any free port; else exactly that one) with ``options``."""
+        argv = [sys.executable, "-m", "farm.tracker", "--host", "127.0.0.1", "--port", str(port), *options]
         if port:
             argv += ["--port-end", str(port + 1)]
         log = self.directory / ("tracker-%d.log" % len(self.trackers))
@@ -272,8 +272,9 @@ def read_line(process: subprocess.Popen, timeout: float) -> str:
 class RawPeer:
     """A bare socket speaking the tracker protocol, as TVM's boards and clients do."""
 
-    def __init__(self, address: Address, magic: bool = True) -> None:
-        self.sock = socket.create_connection(address, timeout=5)
+    def __init__(self, address: Address, magic: bool = True, source: str = "") -> None:
+        """``source``: the local address to connect from (another 127.x.y.z stands for another machine)."""
+        self.sock = socket.create_connection(address, timeout=5, source_address=(source, 0) if source else None)
         self.reader = MessageReader(expect_magic=True)
         self.messages: List[Any] = []
         if magic:
