@@ -1,11 +1,13 @@
 """The board daemon: ``python -m farm.server --host 127.0.0.1 --port 9090 --key rasp4``.
 
 One process listens and does handshakes; each accepted session runs in a
-forked child with its own process group and working directory. The daemon
-outlives whatever the session's code does: when the child dies (a segfault,
-an abort, ``os._exit``, a kill, the session timeout) the daemon tells the
-client how, removes the session directory, and accepts the next client.
-Standard library only, Python >= 3.8.
+process of its own, with its own process group, working directory and
+unprivileged user, forked by the session spawner (:mod:`farm.spawner`), which
+the daemon forks before it reads any secret. The daemon outlives whatever the
+session's code does: when the session process dies (a segfault, an abort,
+``os._exit``, a kill, the session timeout) the daemon tells the client how,
+removes the session directory, and accepts the next client. Standard library
+only, Python >= 3.8.
 """
 
 from __future__ import annotations
@@ -29,19 +31,21 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 from .auth import add_secret_argument, daemon_secret
 from .errors import ProtocolError
-from .lifetime import become_subreaper, child_pids, die_with_launcher, die_with_parent
+from .lifetime import become_subreaper, child_pids, die_with_launcher
 from .logs import configure_logging
 from .net import bind_first_free, parse_address, recv_nowait
 from .protocol.auth import Acceptor, AuthError
-from .protocol.framing import DEFAULT_MAX_PAYLOAD, FrameReader, encode_frame
+from .protocol.framing import DEFAULT_MAX_PAYLOAD, encode_frame
 from .protocol.handshake import CODE_BUSY, CODE_MISMATCH, CODE_SUCCESS, Hello, HelloReader, encode_reply, parse_key
 from .protocol.ops import Op
 from .protocol.peers import looks_like_tls, spoke
 from .registration import ProxyDialer, TrackerLink
 from .relay import SessionRelay
-from .session import DEFAULT_SESSION_QUOTA_MB, MB, Session, SessionStatus, directory_size, over_quota_message
+from .sandbox import DEFAULT_SESSION_USER, not_dumpable, session_user, warn_about
+from .session import DEFAULT_SESSION_QUOTA_MB, MB, SessionStatus, directory_size, over_quota_message
+from .spawner import ENDED, FAILED, STARTED, SessionOrder, Spawner, SpawnerGone, ended
 from .tls import Handshake, TlsConfig, TlsError, add_tls_arguments, daemon_tls
-from .transport import FramedSocket, send_buffers, tune
+from .transport import send_buffers, tune
 
 logger = logging.getLogger("farm.server")
 
@@ -67,15 +71,16 @@ class _Pending:
 class _Active:
     """The session being served: its process, connection and directory."""
 
-    def __init__(self, pid: int, sock: socket.socket, peer: str, directory: str, timeout: Optional[float],
-                 relay: Optional[SessionRelay] = None) -> None:  # fmt: skip
-        self.pid = pid
+    def __init__(self, sock: socket.socket, peer: str, directory: str, timeout: Optional[float],
+                 status: SessionStatus, relay: Optional[SessionRelay] = None) -> None:  # fmt: skip
+        self.pid = 0  # once the spawner reported it
         self.sock = sock
         self.relay = relay  # under TLS: the daemon relays between the client and the session process
         self.sent_before = 0  # bytes sent on the connection before the session process took over
         self.peer = peer
         self.directory = directory
-        self.status = SessionStatus()
+        self.status = status  # shared with the session process; one session at a time
+        self.status.state = SessionStatus.IDLE
         self.started = time.monotonic()
         self.started_at = time.time()  # the board's clock, reported to the client at the end
         self.timeout = timeout
@@ -118,8 +123,11 @@ class BoardServer:
         secret: Optional[bytes] = None,
         session_quota: int = DEFAULT_SESSION_QUOTA_MB * MB,
         tls: Optional[TlsConfig] = None,
+        spawner: Optional[Spawner] = None,
     ) -> None:
         self.host = host
+        # What starts the sessions: forked before the caller read any secret (else here, as the current user).
+        self._spawner = spawner if spawner is not None else Spawner(session_user(None))
         self.key = key
         self.secret = secret
         self.tls = tls
@@ -133,10 +141,13 @@ class BoardServer:
         self._own_work_dir = work_dir is None
         self.work_dir = tempfile.mkdtemp(prefix="farm-board-") if work_dir is None else work_dir
         os.makedirs(self.work_dir, exist_ok=True)
+        if self._own_work_dir:
+            os.chmod(self.work_dir, 0o711)  # the session user reaches its own directory in it, and lists nothing
         self._selector = selectors.DefaultSelector()
         self._pending: Dict[socket.socket, _Pending] = {}
         self._active: Optional[_Active] = None
         self._stopping = False
+        self._spawner_alive = True
         self._stop_signal = 0
         self._accept_paused_until = 0.0  # while out of file descriptors
         self._wakeup_r, self._wakeup_w = os.pipe()
@@ -161,6 +172,7 @@ class BoardServer:
         os.set_blocking(self._wakeup_r, False)
         os.set_blocking(self._wakeup_w, False)
         self._selector.register(self._wakeup_r, selectors.EVENT_READ)
+        self._selector.register(self._spawner.sock, selectors.EVENT_READ, self._spawner)
         signal.set_wakeup_fd(self._wakeup_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         for number in (signal.SIGTERM, signal.SIGINT):
@@ -172,11 +184,12 @@ class BoardServer:
                         self._accept()
                     elif key.fileobj == self._wakeup_r:
                         self._drain_wakeups()
+                    elif key.data is self._spawner:
+                        self._on_spawner_report()
                     elif isinstance(key.data, (TrackerLink, ProxyDialer, SessionRelay)):
                         key.data.on_event(mask)
                     else:
                         self._on_handshake_data(key.data)
-                self._reap()
                 self._expire(time.monotonic())
                 if self._link is not None:
                     self._link.tick(time.monotonic())
@@ -392,132 +405,106 @@ class BoardServer:
         self, sock: socket.socket, peer: str, timeout: Optional[float], leftover: bytes, bytes_sent: int
     ) -> None:
         try:
-            directory = tempfile.mkdtemp(prefix="session-", dir=self.work_dir)
+            directory = self._session_directory()
         except OSError as exc:
             logger.error("cannot make a session directory for %s: %s", peer, exc)
             sock.close()
             return
         relay = SessionRelay(sock, self._selector) if self.tls is not None else None
-        active = _Active(0, sock, peer, directory, timeout, relay)
+        active = _Active(sock, peer, directory, timeout, self._spawner.status, relay)
         active.sent_before = bytes_sent
-        daemon_pid = os.getpid()
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            logger.error("cannot start a session process for %s: %s", peer, exc)
-            shutil.rmtree(directory, ignore_errors=True)
-            if relay is not None:
-                relay.close()
-            sock.close()
-            return
-        if pid == 0:
-            self._run_child(active, leftover, bytes_sent, daemon_pid)
-        active.pid = pid
+        order = SessionOrder(
+            directory, leftover, bytes_sent, self.key, self.name, self.session_quota, self.max_message_size
+        )
         self._active = active
-        if relay is not None:
-            relay.child_end.close()
-            relay.register()
         try:
-            os.setpgid(pid, pid)
-        except OSError:
-            pass  # the child already did it, or already exited
-        self._watchdog.watch(pid, directory)
+            self._spawner.start(order, relay.child_end if relay is not None else sock)
+        except SpawnerGone as exc:
+            self._spawner_gone(exc)
+            return
+        finally:
+            if relay is not None:
+                relay.child_end.close()  # the session process has its own copy now
+        if relay is not None:
+            relay.register()
         if self._link is not None:
             self._link.session_started()
-        logger.info("session from %s started (pid %d%s)", peer, pid, ", timeout %g s" % timeout if timeout else "")
 
-    def _run_child(self, active: _Active, leftover: bytes, bytes_sent: int, daemon_pid: int) -> None:
-        """The session process: serve, then ``os._exit`` without running the daemon's cleanup."""
-        code = 1
+    def _session_directory(self) -> str:
+        """A new session directory, mode 700, owned by the session user."""
+        directory = tempfile.mkdtemp(prefix="session-", dir=self.work_dir)
+        user = self._spawner.user
+        if user.switch:
+            try:
+                os.chown(directory, user.uid, user.gid)
+            except OSError:
+                os.rmdir(directory)
+                raise
+        return directory
+
+    def _on_spawner_report(self) -> None:
         try:
-            die_with_parent(daemon_pid)  # even when the daemon is killed with SIGKILL
-            os.setpgid(0, 0)
-            signal.set_wakeup_fd(-1)
-            for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
-                signal.signal(number, signal.SIG_DFL)
-            self._selector.close()  # before anything else: the epoll set is shared with the daemon
-            if self._link is not None:
-                self._link.forget()
-            if self._listener is not None:
-                self._listener.close()
-            for pending in self._pending.values():
-                pending.sock.close()
-            os.close(self._wakeup_r)
-            os.close(self._wakeup_w)
-            self._watchdog.close()
-            os.chdir(active.directory)
-            if active.relay is not None:  # the TLS connection stays the daemon's
-                active.sock.close()
-                active.relay.inner.close()
-                conn = FramedSocket(active.relay.child_end, FrameReader())
-            else:
-                conn = FramedSocket(active.sock, FrameReader())
-            Session(
-                conn,
-                active.directory,
-                self.key,
-                active.status,
-                self.max_message_size,
-                leftover,
-                bytes_sent,
-                self.name,
-                quota=self.session_quota,
-            ).serve()
-            active.status.state = SessionStatus.FINISHED
-            code = 0
-        except BaseException:
-            logger.exception("session process failed")
-        finally:
-            for handler in logging.getLogger().handlers:
-                handler.flush()
-            os._exit(code)
-
-    def _reap(self) -> None:
+            kind, body = self._spawner.receive()
+        except SpawnerGone as exc:
+            self._spawner_gone(exc)
+            return
         active = self._active
         if active is None:
-            return
-        if hasattr(os, "waitid"):
-            if os.waitid(os.P_PID, active.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-                return
-            # The exited child is still a zombie, so its process group id cannot be reused
-            # yet: kill whatever the session's code left running in that group, then reap.
-            self._kill_group(active.pid)
+            logger.error("the session spawner reported %r with no session running; ignored", kind)
+        elif kind == STARTED:
+            active.pid = ended(body)[0]
+            self._watchdog.watch(active.pid, active.directory)
+            logger.info(
+                "session from %s started (pid %d%s)",
+                active.peer,
+                active.pid,
+                ", timeout %g s" % active.timeout if active.timeout else "",
+            )
+        elif kind == ENDED:
             self._watchdog.watch(0)
-            _, wait_status = os.waitpid(active.pid, 0)
+            self._end_session(active, ended(body)[1])
+        elif kind == FAILED:
+            logger.error("cannot start a session for %s: %s", active.peer, body.decode("utf-8", "replace"))
+            self._end_session(active, 0, "the board could not start a session process")
         else:
-            pid, wait_status = os.waitpid(active.pid, os.WNOHANG)
-            if pid == 0:
-                return
-            self._kill_group(active.pid)
-            self._watchdog.watch(0)
-        self._kill_strays()
-        self._end_session(active, wait_status)
+            logger.error("the session spawner sent an unknown report %r; ignored", kind)
+
+    @property
+    def spawner_alive(self) -> bool:
+        """False once the session spawner died: the daemon then stops (exit code 1)."""
+        return self._spawner_alive
+
+    def _spawner_gone(self, exc: SpawnerGone) -> None:
+        """No session can start any more: stop (a supervisor restarts the daemon), and say so."""
+        if not self._stopping:
+            logger.error("%s; the board daemon stops, since it cannot start sessions any more", exc)
+        self._stopping = True
+        self._spawner_alive = False
 
     def _kill_strays(self) -> None:
-        """Kill and reap what the ended session left outside its process group (``setsid``).
-
-        Orphans come to the daemon, a subreaper, whose only other child is the watchdog.
-        """
+        """Kill and reap what a session left behind that came to the daemon, a subreaper: with the spawner
+        gone, its orphans come here. The daemon's other children are the watchdog and the spawner."""
         if not self._subreaper:
             return
         for _ in range(100):  # each round takes the orphans of the processes killed in the one before
-            strays = [pid for pid in child_pids() if pid != self._watchdog.pid]
+            strays = [pid for pid in child_pids() if pid not in (self._watchdog.pid, self._spawner.pid)]
             if not strays:
                 return
             logger.warning("killing %d process(es) the session left behind: %s", len(strays), strays)
             for pid in strays:
-                self._kill_group(pid)  # the group it made itself, if it did
+                _kill_group(pid)  # the group it made itself, if it did
                 try:
                     os.kill(pid, signal.SIGKILL)
                     os.waitpid(pid, 0)
                 except (ProcessLookupError, ChildProcessError):
                     pass
 
-    def _kill_group(self, pgid: int) -> None:
+    def _kill_session(self) -> None:
+        """Have the spawner kill the running session's process group; it reports the end."""
         try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+            self._spawner.kill()
+        except SpawnerGone as exc:
+            self._spawner_gone(exc)
 
     def _expire(self, now: float) -> None:
         for pending in [p for p in self._pending.values() if p.deadline <= now]:
@@ -527,13 +514,13 @@ class BoardServer:
         if active is not None and active.deadline is not None and now >= active.deadline and not active.timed_out:
             logger.warning("session from %s reached its timeout of %g s; killing it", active.peer, active.timeout)
             active.timed_out = True
-            self._kill_group(active.pid)
+            self._kill_session()
         if active is not None and self.session_quota and now >= active.next_quota_check and not active.over_quota:
             self._check_quota(active, now)
         if active is not None and not active.abandoned and _hung_up_while_running(active):
             logger.warning("client %s left while %s; killing the session", active.peer, active.status.activity)
             active.abandoned = True
-            self._kill_group(active.pid)
+            self._kill_session()
 
     def _check_quota(self, active: _Active, now: float) -> None:
         """End the session if its directory holds more than the quota (RLIMIT_FSIZE bounds each file, not the sum)."""
@@ -543,7 +530,7 @@ class BoardServer:
             message = over_quota_message(size, self.session_quota)
             logger.warning("session from %s: %s; killing it", active.peer, message)
             active.over_quota = size
-            self._kill_group(active.pid)
+            self._kill_session()
 
     def _end_session(self, active: _Active, wait_status: int, reason: str = "") -> None:
         """Tell the client how the (reaped) session process ended and when it ran (board clock); clean up."""
@@ -619,11 +606,9 @@ class BoardServer:
         signal.set_wakeup_fd(-1)
         active = self._active
         if active is not None:
-            self._kill_group(active.pid)
-            self._watchdog.watch(0)
-            _, wait_status = os.waitpid(active.pid, 0)
-            self._kill_strays()
-            self._end_session(active, wait_status, "the board daemon shut down")
+            self._end_session(active, self._stop_session(), "the board daemon shut down")
+        self._spawner.close()
+        self._kill_strays()
         for pending in list(self._pending.values()):
             self._drop_pending(pending)
         self._watchdog.stop()
@@ -637,6 +622,32 @@ class BoardServer:
         if self._own_work_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
         logger.info("board server stopped")
+
+    def _stop_session(self) -> int:
+        """Kill the running session and wait for the spawner to report its end: its wait status.
+
+        With the spawner gone, the session died with it (its parent-death signal): SIGKILL.
+        """
+        if self._spawner_alive:
+            try:
+                self._spawner.kill()
+                while True:
+                    kind, body = self._spawner.receive()
+                    if kind == ENDED:
+                        self._watchdog.watch(0)
+                        return ended(body)[1]
+            except SpawnerGone:
+                pass
+        self._watchdog.watch(0)
+        self._kill_strays()
+        return signal.SIGKILL
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _send_now(sock: socket.socket, data: bytes) -> bool:
@@ -791,6 +802,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="dial out to the proxy at --host:--port instead of listening (for boards behind NAT)",
     )
+    parser.add_argument(
+        "--session-user",
+        metavar="NAME",
+        help="the user a daemon started as root runs sessions as (default: %s; better a user of its own that owns "
+        "nothing); a daemon that is not root runs them as itself" % DEFAULT_SESSION_USER,
+    )
     add_secret_argument(parser)
     add_tls_arguments(parser)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -805,6 +822,14 @@ def _quota(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     die_with_launcher()
     configure_logging(args.log_level)
+    try:
+        user = session_user(args.session_user)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
+    spawner = Spawner(user)  # first, before any secret is read: sessions are forked from it
+    not_dumpable()  # nor may a session of the daemon's own user read its memory through /proc
+    warn_about(user)
     secret = daemon_secret(args.secret_file, None if args.through_proxy else args.host, "board server")
     tls = daemon_tls(args, listens=not args.through_proxy, dials=args.through_proxy or args.tracker is not None)
     try:
@@ -823,12 +848,32 @@ def run(args: argparse.Namespace) -> int:
             secret,
             session_quota=args.session_quota * MB,
             tls=tls,
+            spawner=spawner,
         )
     except OSError as exc:
         logger.error("cannot listen: %s", exc)
         return 1
+    if not _check_sessions(spawner, server.work_dir, [args.secret_file, tls.key if tls is not None else None]):
+        return 2
     server.serve_forever()
-    return 0
+    return 0 if server.spawner_alive else 1
+
+
+def _check_sessions(spawner: Spawner, work_dir: str, private_files: Sequence[Optional[str]]) -> bool:
+    """Whether sessions can work as the session user; log what stops them, and private files it can read."""
+    try:
+        view = spawner.check(work_dir, [path for path in private_files if path])
+    except (SpawnerGone, OSError) as exc:
+        logger.error("the session spawner does not answer: %s", exc)
+        return False
+    for problem in view["problems"]:
+        logger.error("%s", problem)
+    if spawner.user.switch:
+        for path in view["readable"]:
+            logger.warning("the session user %s can read %s: chmod 600 it (owned by root)", spawner.user.name, path)
+    if view["dropped"]:
+        logger.info("sessions do not import from %s: the session user can write there", ", ".join(view["dropped"]))
+    return not view["problems"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
