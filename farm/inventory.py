@@ -60,7 +60,9 @@ class BoardGroup:
 
     ``start`` says how they come to be (:data:`STARTS`); ``arch`` is the
     architecture they run (None: this machine's, for local boards); ``port``,
-    when not 0, is the first of ``count`` consecutive ports they listen on.
+    when not 0, is the first of ``count`` consecutive ports they listen on;
+    ``session_user`` is the user their sessions run as when they are started
+    as root (None: the board server's default, ``nobody``).
     """
 
     key: str
@@ -71,6 +73,7 @@ class BoardGroup:
     start: str = "local"
     arch: Optional[str] = None
     port: int = 0
+    session_user: Optional[str] = None
 
     @property
     def target(self) -> Optional[Target]:
@@ -249,7 +252,8 @@ def _listener(doc: _Document, path: Path, value: Any) -> Listener:
 
 
 def _board_group(doc: _Document, path: Path, value: Any) -> BoardGroup:
-    fields = _fields(doc, path, value, ("key", "count", "proxy", "name", "host", "port", "start", "arch"))
+    allowed = ("key", "count", "proxy", "name", "host", "port", "start", "arch", "session_user")
+    fields = _fields(doc, path, value, allowed)
     if "key" not in fields:
         raise doc.error(path + ("key",), "the board's key (a required field)", found=False)
     start = _get(doc, fields, path, "start", lambda v: v in STARTS, "one of: %s" % ", ".join(STARTS), "local")
@@ -262,6 +266,7 @@ def _board_group(doc: _Document, path: Path, value: Any) -> BoardGroup:
         start=start,
         arch=_get(doc, fields, path, "arch", _is_key, "an architecture (%s) or a target triple" % _ARCHES, None),
         port=_get(doc, fields, path, "port", _is_int(0, 65535), "a port number in 0..65535 (0: any free port)", 0),
+        session_user=_get(doc, fields, path, "session_user", _is_key, "a user name on the board's machine", None),
     )
     _check_start(doc, path, group)
     return group

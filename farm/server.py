@@ -469,6 +469,13 @@ class BoardServer:
         else:
             logger.error("the session spawner sent an unknown report %r; ignored", kind)
 
+    def abandon(self) -> None:
+        """Give up before serving: close the listener, remove the daemon's own work directory."""
+        if self._listener is not None:
+            self._listener.close()
+        if self._own_work_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
     @property
     def spawner_alive(self) -> bool:
         """False once the session spawner died: the daemon then stops (exit code 1)."""
@@ -854,6 +861,7 @@ def run(args: argparse.Namespace) -> int:
         logger.error("cannot listen: %s", exc)
         return 1
     if not _check_sessions(spawner, server.work_dir, [args.secret_file, tls.key if tls is not None else None]):
+        server.abandon()
         return 2
     server.serve_forever()
     return 0 if server.spawner_alive else 1

@@ -185,7 +185,9 @@ class _SpawnerProcess:
         if not message:
             return False
         kind, body = message[:1], message[1:]
-        if kind == _START and len(fds) == 1 and not self.session:
+        if kind == _START and len(fds) == 1 and self.session:
+            self._report(FAILED + b"a session process (pid %d) still runs" % self.session)
+        elif kind == _START and len(fds) == 1:
             self._start(body, fds[0])
         elif kind == _KILL:
             self._kill()

@@ -222,15 +222,11 @@ class FaultFarm:
         return (self.pool() or {}).get(key, {})
 
     def strays(self) -> Dict[int, str]:
-        """Processes of this test that are neither the farm's daemons nor a board's watchdog (its oldest child)."""
+        """Processes of this test that are neither the farm's daemons nor a board's own helpers: its children, the
+        session spawner and the watchdog (sessions, and what they leave behind, are the spawner's)."""
         daemons, boards = set(self.daemon_pids()), set(self.board_pids())
         found = processes_with_env(TAG_ENV, self.tag)
-        watchdogs: Dict[int, Tuple[int, int]] = {}  # board pid -> (start time, pid) of its oldest child
-        for pid in found:
-            parent, started = parent_and_start(pid)
-            if parent in boards and (started, pid) < watchdogs.get(parent, (sys.maxsize, 0)):
-                watchdogs[parent] = (started, pid)
-        kept = daemons | {pid for _, pid in watchdogs.values()}
+        kept = daemons | {pid for pid in found if parent_and_start(pid)[0] in boards}
         return {pid: command for pid, command in found.items() if pid not in kept}
 
     def leftover_directories(self) -> List[str]:

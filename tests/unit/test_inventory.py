@@ -201,7 +201,7 @@ def test_keys_allow_letters_digits_dot_underscore_dash() -> None:
         (
             "tracker: {port: 0}\nboards:\n  - key: k\n    colour: red\n",
             "farm.yaml:4: boards[0].colour: unknown field 'colour' "
-            "(expected one of: key, count, proxy, name, host, port, start, arch)",
+            "(expected one of: key, count, proxy, name, host, port, start, arch, session_user)",
         ),
         (
             "trackr: {}\nboards: [{key: k}]\n",
@@ -538,3 +538,9 @@ def test_options_alone_turn_tls_on(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert inventory.with_tls(TlsConfig(server_name="farm.lab")).tls is None  # a name alone is no TLS
     tls = inventory.with_tls(TlsConfig(cert="c.pem", key="/k.pem", ca="system")).tls
     assert tls is not None and (tls.cert, tls.key, tls.ca) == (str(tmp_path / "c.pem"), "/k.pem", "system")
+
+
+def test_a_board_group_names_its_session_user() -> None:
+    inventory = parse("boards:\n  - {key: a, session_user: farm-session}\n  - {key: b}\n")
+    assert [group.session_user for group in inventory.boards] == ["farm-session", None]
+    assert "session_user" in error_of("boards:\n  - {key: a, session_user: 'two words'}\n")
