@@ -305,16 +305,22 @@ def test_the_daemon_stops_when_its_session_spawner_dies(start: Callable[..., Dae
     """Sessions must not silently stop working: with its spawner gone the daemon says so and exits (code 1), so
     that what supervises it starts it again."""
     daemon = start()
-    children = wait_for(lambda: _children(daemon.pid) if len(_children(daemon.pid)) == 2 else None, 10, "2 children")
-    (spawner,) = [child for child in children if os.getpgid(child) == daemon.pid]
+    (spawner,) = wait_for(lambda: _spawner_of(daemon.pid), 10, "the spawner and the watchdog in its own group")
+    session = farm.connect(*daemon.address, key=KEY)
+    session.ping()
     os.kill(spawner, signal.SIGKILL)
     assert daemon.process.wait(timeout=30) == 1
     assert "the session spawner (pid %d) is gone; the board daemon stops" % spawner in daemon.log_text()
+    with pytest.raises(farm.SessionLostError, match="the board daemon shut down"):
+        session.ping()
 
 
-def _children(pid: int) -> List[int]:
-    with open("/proc/%d/task/%d/children" % (pid, pid)) as handle:
-        return [int(child) for child in handle.read().split()]
+def _spawner_of(daemon: int) -> List[int]:
+    """[the spawner] once the daemon has two children and the watchdog took a process group of its own."""
+    with open("/proc/%d/task/%d/children" % (daemon, daemon)) as handle:
+        children = [int(child) for child in handle.read().split()]
+    in_its_group = [child for child in children if os.getpgid(child) == daemon]
+    return in_its_group if len(children) == 2 and len(in_its_group) == 1 else []
 
 
 def test_a_board_whose_python_the_session_user_cannot_read_refuses_to_start(reachable_tmp: Path) -> None:
