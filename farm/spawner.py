@@ -40,8 +40,10 @@ _START, _KILL, _CHECK = b"S", b"K", b"C"
 # The spawner's reports: a session started (pid), ended (pid, wait status), could not start; the check's answer.
 STARTED, ENDED, FAILED, _CHECKED = b"P", b"E", b"F", b"R"
 _PIDS = struct.Struct("<ii")
-#: Largest message either side sends: an order carries the bytes that came with the handshake.
+#: Largest message the daemon sends: an order carries the bytes that came with the handshake.
 MAX_MESSAGE = 1 << 20
+#: Largest report the spawner sends (the check's answer is the longest).
+MAX_REPORT = 64 << 10
 #: Seconds the daemon waits for the spawner's answer to the check at start (a board under qemu is slow).
 CHECK_TIMEOUT = 60.0
 
@@ -113,7 +115,7 @@ class Spawner:
     def receive(self) -> Tuple[bytes, bytes]:
         """The next report (kind, body); SpawnerGone if the spawner is gone."""
         try:
-            message = self.sock.recv(MAX_MESSAGE)
+            message = self.sock.recv(MAX_REPORT)
         except OSError as exc:
             raise SpawnerGone("the session spawner's socket failed: %s" % exc) from None
         if not message:
@@ -154,6 +156,7 @@ class _SpawnerProcess:
         self.daemon_pid = daemon_pid
         self.session = 0  # the running session's pid (and process group)
         self._wakeup_r, self._wakeup_w = os.pipe()
+        self._selector = selectors.DefaultSelector()
 
     def run(self) -> None:
         die_with_parent(self.daemon_pid)
@@ -165,11 +168,10 @@ class _SpawnerProcess:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         become_subreaper()
         preload()
-        selector = selectors.DefaultSelector()
-        selector.register(self.sock, selectors.EVENT_READ)
-        selector.register(self._wakeup_r, selectors.EVENT_READ)
+        self._selector.register(self.sock, selectors.EVENT_READ)
+        self._selector.register(self._wakeup_r, selectors.EVENT_READ)
         while True:
-            for key, _ in selector.select():
+            for key, _ in self._selector.select():
                 if key.fileobj is self.sock and not self._on_order():
                     self._kill()
                     self._reap(block=True)
@@ -231,6 +233,7 @@ class _SpawnerProcess:
             signal.set_wakeup_fd(-1)
             for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
                 signal.signal(number, signal.SIG_DFL)
+            self._selector.close()
             self.sock.close()
             os.close(self._wakeup_r)
             os.close(self._wakeup_w)
@@ -299,7 +302,7 @@ class _SpawnerProcess:
                 os._exit(0)
         os.close(write_fd)
         with os.fdopen(read_fd, "rb") as answer:
-            text = answer.read(MAX_MESSAGE)
+            text = answer.read(MAX_REPORT - 1)
         os.waitpid(pid, 0)
         return json.loads(text.decode()) if text else {"problems": ["the session user's check failed"]}
 
