@@ -29,7 +29,15 @@ from typing import Any, Dict, List, NamedTuple, Sequence, Tuple
 
 from .lifetime import become_subreaper, child_pids, die_with_parent
 from .protocol.framing import FrameReader
-from .sandbox import SessionUser, become, clean_import_path, preload, session_environment, unsafe_import_paths
+from .sandbox import (
+    SessionUser,
+    become,
+    clean_import_path,
+    not_dumpable,
+    preload,
+    session_environment,
+    unsafe_import_paths,
+)
 from .session import Session, SessionStatus
 from .transport import FramedSocket
 
@@ -160,6 +168,7 @@ class _SpawnerProcess:
 
     def run(self) -> None:
         die_with_parent(self.daemon_pid)
+        not_dumpable()  # sessions of its own user (a daemon that is not root) must not reach into it
         for number in (signal.SIGINT, signal.SIGTERM):
             signal.signal(number, signal.SIG_IGN)  # it ends when the daemon's end of the socket closes
         os.set_blocking(self._wakeup_r, False)

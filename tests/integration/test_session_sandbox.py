@@ -291,6 +291,15 @@ def test_a_daemon_that_is_not_root_says_it_runs_sessions_as_itself(start: Callab
         assert session.run(lambda: __import__("os").getuid()) == 65534
 
 
+def test_root_as_the_session_user_is_allowed_with_a_warning_that_names_the_risk(
+    start: Callable[..., DaemonProcess],
+) -> None:
+    daemon = start(["--session-user", "root"])
+    assert "sessions run as root (--session-user root): a session can rewrite the board's Python" in daemon.log_text()
+    with farm.connect(*daemon.address, key=KEY) as session:
+        assert session.run(lambda: __import__("os").getuid()) == 0
+
+
 def test_a_root_daemon_warns_of_a_secret_file_the_session_user_can_read(
     start: Callable[..., DaemonProcess], reachable_tmp: Path, tls_files: TlsFiles
 ) -> None:
