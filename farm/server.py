@@ -105,7 +105,10 @@ def describe_exit(wait_status: int) -> Tuple[str, Optional[int], Optional[int]]:
 
 
 class BoardServer:
-    """Serves one session at a time on ``host:port``; see the module docstring."""
+    """Serves one session at a time on ``host:port``; see the module docstring.
+
+    ``spawner`` starts the sessions: make it (:class:`farm.spawner.Spawner`) before reading any secret.
+    """
 
     def __init__(
         self,
@@ -123,11 +126,11 @@ class BoardServer:
         secret: Optional[bytes] = None,
         session_quota: int = DEFAULT_SESSION_QUOTA_MB * MB,
         tls: Optional[TlsConfig] = None,
-        spawner: Optional[Spawner] = None,
+        *,
+        spawner: Spawner,
     ) -> None:
         self.host = host
-        # What starts the sessions: forked before the caller read any secret (else here, as the current user).
-        self._spawner = spawner if spawner is not None else Spawner(session_user(None))
+        self._spawner = spawner  # what starts the sessions: forked before the caller read any secret
         self.key = key
         self.secret = secret
         self.tls = tls
@@ -703,8 +706,8 @@ def bytes_written(sock: socket.socket) -> Optional[int]:
 class Watchdog:
     """A helper process that kills the session's process group if the daemon dies, and cleans up after it.
 
-    ``PR_SET_PDEATHSIG`` takes the session process along with a killed daemon,
-    but not what the session's code forked. The watchdog learns each session's
+    ``PR_SET_PDEATHSIG`` takes the spawner, and with it the session process,
+    along with a killed daemon, but not what the session's code forked. The watchdog learns each session's
     process group and directory through a pipe only the daemon writes to; when
     the daemon dies the pipe closes, and the watchdog kills that group, removes
     that directory and ``work_dir`` (the daemon's own temporary one), and exits.
