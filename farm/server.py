@@ -43,7 +43,7 @@ from .registration import ProxyDialer, TrackerLink
 from .relay import SessionRelay
 from .sandbox import DEFAULT_SESSION_USER, not_dumpable, session_user, warn_about
 from .session import DEFAULT_SESSION_QUOTA_MB, MB, SessionStatus, directory_size, over_quota_message
-from .spawner import ENDED, FAILED, STARTED, SessionOrder, Spawner, SpawnerGone, ended
+from .spawner import ENDED, FAILED, STARTED, SessionOrder, Spawner, SpawnerGone, report_numbers
 from .tls import Handshake, TlsConfig, TlsError, add_tls_arguments, daemon_tls
 from .transport import send_buffers, tune
 
@@ -55,6 +55,8 @@ MAX_PENDING_HANDSHAKES = 64
 QUOTA_CHECK_PERIOD = 1.0
 #: Seconds the daemon tries to tell a client how its session ended.
 NOTIFY_TIMEOUT = 2.0
+#: Seconds a stopping daemon waits for the spawner to report the end of the session it killed.
+STOP_TIMEOUT = 10.0
 
 
 class _Pending:
@@ -455,7 +457,7 @@ class BoardServer:
         if active is None:
             logger.error("the session spawner reported %r with no session running; ignored", kind)
         elif kind == STARTED:
-            active.pid = ended(body)[0]
+            active.pid = report_numbers(body)[0]
             self._watchdog.watch(active.pid, active.directory)
             logger.info(
                 "session from %s started (pid %d%s)",
@@ -465,7 +467,7 @@ class BoardServer:
             )
         elif kind == ENDED:
             self._watchdog.watch(0)
-            self._end_session(active, ended(body)[1])
+            self._end_session(active, report_numbers(body)[1])
         elif kind == FAILED:
             logger.error("cannot start a session for %s: %s", active.peer, body.decode("utf-8", "replace"))
             self._end_session(active, 0, "the board could not start a session process")
@@ -641,11 +643,12 @@ class BoardServer:
         if self._spawner_alive:
             try:
                 self._spawner.kill()
+                self._spawner.sock.settimeout(STOP_TIMEOUT)
                 while True:
                     kind, body = self._spawner.receive()
                     if kind == ENDED:
                         self._watchdog.watch(0)
-                        return ended(body)[1]
+                        return report_numbers(body)[1]
             except SpawnerGone:
                 pass
         self._watchdog.watch(0)
@@ -707,8 +710,9 @@ class Watchdog:
     """A helper process that kills the session's process group if the daemon dies, and cleans up after it.
 
     ``PR_SET_PDEATHSIG`` takes the spawner, and with it the session process,
-    along with a killed daemon, but not what the session's code forked. The watchdog learns each session's
-    process group and directory through a pipe only the daemon writes to; when
+    along with a killed daemon, but not what the session's code forked. The
+    watchdog learns each session's process group and directory through a pipe
+    only the daemon writes to; when
     the daemon dies the pipe closes, and the watchdog kills that group, removes
     that directory and ``work_dir`` (the daemon's own temporary one), and exits.
     """

@@ -145,8 +145,8 @@ class Spawner:
             raise SpawnerGone("cannot reach the session spawner: %s" % exc) from None
 
 
-def ended(body: bytes) -> Tuple[int, int]:
-    """The pid and wait status of an ``ENDED`` report."""
+def report_numbers(body: bytes) -> Tuple[int, int]:
+    """The pid and the wait status (0 in ``STARTED``) of a ``STARTED`` or ``ENDED`` report."""
     pid, wait_status = _PIDS.unpack(body)
     return pid, wait_status
 
