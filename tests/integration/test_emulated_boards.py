@@ -99,3 +99,18 @@ def test_code_for_another_architecture_is_refused_naming_both(
         session.load_module(name)
     assert "%s is built for %s, but this board runs %s code" % (name, built_for, board) in str(info.value)
     session.ping()  # the session goes on
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="boards run sessions as another user only when started as root")
+def test_every_board_runs_sessions_as_the_session_user(sessions: Dict[str, farm.RemoteSession]) -> None:
+    """Started as root, every board, emulated ones too (qemu passes the change of user to the host's kernel),
+    runs its sessions as nobody, with no directory on the import path it could write."""
+
+    def who_and_where() -> object:  # defined here, so cloudpickle sends it by value
+        import os
+        import sys
+
+        return os.getuid(), [entry for entry in sys.path if os.access(entry or ".", os.W_OK)]
+
+    for key, session in sessions.items():
+        assert session.run(who_and_where) == (65534, []), key
