@@ -31,7 +31,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 from .auth import add_secret_argument, daemon_secret
 from .errors import ProtocolError
-from .lifetime import become_subreaper, child_pids, die_with_launcher
+from .lifetime import become_subreaper, die_with_launcher, kill_children
 from .logs import configure_logging
 from .net import bind_first_free, parse_address, recv_nowait
 from .protocol.auth import Acceptor, AuthError
@@ -496,20 +496,8 @@ class BoardServer:
     def _kill_strays(self) -> None:
         """Kill and reap what a session left behind that came to the daemon, a subreaper: with the spawner
         gone, its orphans come here. The daemon's other children are the watchdog and the spawner."""
-        if not self._subreaper:
-            return
-        for _ in range(100):  # each round takes the orphans of the processes killed in the one before
-            strays = [pid for pid in child_pids() if pid not in (self._watchdog.pid, self._spawner.pid)]
-            if not strays:
-                return
-            logger.warning("killing %d process(es) the session left behind: %s", len(strays), strays)
-            for pid in strays:
-                _kill_group(pid)  # the group it made itself, if it did
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                except (ProcessLookupError, ChildProcessError):
-                    pass
+        if self._subreaper:
+            kill_children(keep=(self._watchdog.pid, self._spawner.pid))
 
     def _kill_session(self) -> None:
         """Have the spawner kill the running session's process group; it reports the end."""
@@ -654,13 +642,6 @@ class BoardServer:
         self._watchdog.watch(0)
         self._kill_strays()
         return signal.SIGKILL
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _send_now(sock: socket.socket, data: bytes) -> bool:

@@ -27,7 +27,7 @@ import struct
 import sys
 from typing import Any, Dict, List, NamedTuple, Sequence, Tuple
 
-from .lifetime import become_subreaper, child_pids, die_with_parent
+from .lifetime import become_subreaper, die_with_parent, kill_children, kill_group
 from .protocol.framing import FrameReader
 from .sandbox import (
     SessionUser,
@@ -277,7 +277,7 @@ class _SpawnerProcess:
 
     def _kill(self) -> None:
         if self.session:
-            _kill_group(self.session)
+            kill_group(self.session)
 
     def _reap(self, block: bool = False) -> None:
         """Reap an ended session: kill its group while its id cannot be reused yet, reap, kill strays, report."""
@@ -287,15 +287,15 @@ class _SpawnerProcess:
         if hasattr(os, "waitid"):
             if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | (0 if block else os.WNOHANG)) is None:
                 return
-            _kill_group(pid)  # still a zombie, so its process group id cannot belong to anyone else yet
+            kill_group(pid)  # still a zombie, so its process group id cannot belong to anyone else yet
             _, wait_status = os.waitpid(pid, 0)
         else:
             done, wait_status = os.waitpid(pid, 0 if block else os.WNOHANG)
             if done == 0:
                 return
-            _kill_group(pid)
+            kill_group(pid)
         self.session = 0
-        _kill_strays()
+        kill_children()  # what the session left outside its group: the spawner's only other children
         self._report(ENDED + _PIDS.pack(pid, wait_status))
 
     def _check(self, request: Dict[str, Any]) -> Dict[str, List[str]]:
@@ -349,27 +349,3 @@ def _drain(fd: int) -> None:
             pass
     except BlockingIOError:
         pass
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _kill_strays() -> None:
-    """Kill and reap what ended sessions left outside their process group (``setsid``): every child of the
-    spawner (a subreaper) once no session runs."""
-    for _ in range(100):  # each round takes the orphans of the processes killed in the one before
-        strays = child_pids()
-        if not strays:
-            return
-        logger.warning("killing %d process(es) the session left behind: %s", len(strays), strays)
-        for pid in strays:
-            _kill_group(pid)  # the group it made itself, if it did
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
