@@ -89,6 +89,7 @@ class _Active:
         self.deadline = self.started + timeout if timeout else None
         self.timed_out = False
         self.abandoned = False  # the client hung up while the session ran code
+        self.start_failure = ""  # why the spawner could not start the session process
         self.over_quota = 0  # the directory's size once found over the quota
         self.next_quota_check = self.started + QUOTA_CHECK_PERIOD
 
@@ -469,8 +470,8 @@ class BoardServer:
             self._watchdog.watch(0)
             self._end_session(active, report_numbers(body)[1])
         elif kind == FAILED:
-            logger.error("cannot start a session for %s: %s", active.peer, body.decode("utf-8", "replace"))
-            self._end_session(active, 0, "the board could not start a session process")
+            active.start_failure = body.decode("utf-8", "replace")
+            self._end_session(active, 0)
         else:
             logger.error("the session spawner sent an unknown report %r; ignored", kind)
 
@@ -542,6 +543,8 @@ class BoardServer:
         activity = active.status.activity
         if reason:
             message = reason
+        elif active.start_failure:
+            message = "the board could not start a session process: %s" % active.start_failure
         elif active.over_quota:
             message = "%s; the board ended the session while %s" % (
                 over_quota_message(active.over_quota, self.session_quota),
