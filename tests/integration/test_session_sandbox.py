@@ -259,6 +259,26 @@ def test_a_session_on_a_root_daemon_runs_as_the_session_user_and_reaches_no_secr
     assert stolen and all(result.startswith("refused") for result in stolen.values()), stolen
 
 
+def kill(pid: int) -> str:
+    import os
+    import signal
+
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError as exc:
+        return "refused: %s" % exc.strerror
+    return "killed"
+
+
+def test_a_session_cannot_kill_its_daemon_or_spawner(start: Callable[..., DaemonProcess]) -> None:
+    daemon = start()
+    with farm.connect(*daemon.address, key=KEY) as session:
+        assert session.run(kill, daemon.pid) == "refused: Operation not permitted"
+        assert session.run(lambda: kill(os.getppid())) == "refused: Operation not permitted"
+        session.ping()
+    assert daemon.process.poll() is None
+
+
 @pytest.mark.parametrize("daemon_user", ["root", "nobody"])
 def test_neither_the_secret_nor_the_tls_key_is_in_a_sessions_memory(
     start: Callable[..., DaemonProcess], reachable_tmp: Path, tls_files: TlsFiles, daemon_user: str
