@@ -23,6 +23,8 @@ from farm_certs import TlsFiles
 
 import farm
 from conftest import python_env, wait_for
+from farm.inventory import load_inventory
+from farm.launcher import FarmStack
 from farm.processes import DaemonProcess, board_command
 from farm.tls import TlsConfig
 
@@ -360,3 +362,19 @@ def test_a_board_whose_python_the_session_user_cannot_read_refuses_to_start(reac
     result = subprocess.run(argv, env=python_env(), capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result
     assert "the session user nobody cannot reach the work directory %s" % (private / "work") in result.stderr
+
+
+def test_an_inventory_names_the_session_user_of_each_board_group(tmp_path: Path) -> None:
+    inventory = tmp_path / "farm.yaml"
+    inventory.write_text("tracker: {port: 0}\nboards:\n  - {key: a, session_user: root}\n  - {key: b}\n")
+    stack = FarmStack(load_inventory(str(inventory)), str(tmp_path / "logs"))
+    stack.start(timeout=60)
+    try:
+        with farm.connect_tracker(*stack.tracker_address) as tracker:
+            uids = {}
+            for key in ("a", "b"):
+                with tracker.request(key, wait=30) as session:
+                    uids[key] = session.run(lambda: __import__("os").getuid())
+    finally:
+        stack.stop()
+    assert uids == {"a": 0, "b": 65534}
