@@ -27,6 +27,7 @@ import termios
 import time
 from typing import Dict, Optional, Sequence, Tuple, Union
 
+from . import confine
 from .auth import add_secret_argument, daemon_secret
 from .errors import ProtocolError
 from .lifetime import become_subreaper, child_pids, die_with_launcher, die_with_parent
@@ -39,7 +40,17 @@ from .protocol.ops import Op
 from .protocol.peers import looks_like_tls, spoke
 from .registration import ProxyDialer, TrackerLink
 from .relay import SessionRelay
-from .session import DEFAULT_SESSION_QUOTA_MB, MB, Session, SessionStatus, directory_size, over_quota_message
+from .session import (
+    DEFAULT_SESSION_QUOTA_FILES,
+    DEFAULT_SESSION_QUOTA_MB,
+    MB,
+    Session,
+    SessionStatus,
+    directory_usage,
+    megabytes,
+    over_files_message,
+    over_quota_message,
+)
 from .tls import Handshake, TlsConfig, TlsError, add_tls_arguments, daemon_tls
 from .transport import FramedSocket, send_buffers, tune
 
@@ -51,6 +62,8 @@ MAX_PENDING_HANDSHAKES = 64
 QUOTA_CHECK_PERIOD = 1.0
 #: Seconds the daemon tries to tell a client how its session ended.
 NOTIFY_TIMEOUT = 2.0
+#: Longest a session may last by default, in seconds (the board's ``--max-session-time``).
+DEFAULT_MAX_SESSION_TIME = 3600.0
 
 
 class _Pending:
@@ -68,8 +81,10 @@ class _Active:
     """The session being served: its process, connection and directory."""
 
     def __init__(self, pid: int, sock: socket.socket, peer: str, directory: str, timeout: Optional[float],
-                 relay: Optional[SessionRelay] = None) -> None:  # fmt: skip
+                 relay: Optional[SessionRelay] = None, cgroup: Optional[confine.SessionCgroup] = None,
+                 timeout_reason: str = "") -> None:  # fmt: skip
         self.pid = pid
+        self.cgroup = cgroup  # the session's own cgroup, where the board has one
         self.sock = sock
         self.relay = relay  # under TLS: the daemon relays between the client and the session process
         self.sent_before = 0  # bytes sent on the connection before the session process took over
@@ -79,10 +94,13 @@ class _Active:
         self.started = time.monotonic()
         self.started_at = time.time()  # the board's clock, reported to the client at the end
         self.timeout = timeout
+        self.timeout_reason = timeout_reason  # which limit the timeout is, for the client: see _session_time
         self.deadline = self.started + timeout if timeout else None
         self.timed_out = False
         self.abandoned = False  # the client hung up while the session ran code
         self.over_quota = 0  # the directory's size once found over the quota
+        self.over_files = False  # the directory was found to hold more entries than its quota
+        self.oom_kills = 0  # processes of the session the kernel killed over its memory limit
         self.next_quota_check = self.started + QUOTA_CHECK_PERIOD
 
 
@@ -118,12 +136,20 @@ class BoardServer:
         secret: Optional[bytes] = None,
         session_quota: int = DEFAULT_SESSION_QUOTA_MB * MB,
         tls: Optional[TlsConfig] = None,
+        max_session_time: float = DEFAULT_MAX_SESSION_TIME,
+        limits: Optional[confine.Limits] = None,
+        session_quota_files: int = DEFAULT_SESSION_QUOTA_FILES,
     ) -> None:
         self.host = host
         self.key = key
         self.secret = secret
         self.tls = tls
         self.session_quota = session_quota  # bytes a session's directory may hold (0: no limit)
+        self.session_quota_files = session_quota_files  # files and directories it may hold (0: no limit)
+        self.max_session_time = max_session_time  # seconds (0: no limit)
+        # processes, open files and memory of each session (default: as on the command line)
+        self.limits = limits if limits is not None else confine.Limits(memory=confine.default_memory())
+        self._confinement: Optional[confine.Confinement] = None  # the sessions' cgroups, where the board has them
         self.max_message_size = max_message_size
         self.handshake_timeout = handshake_timeout
         # Through a proxy the board dials out (host and port are the proxy's) and listens nowhere.
@@ -150,7 +176,8 @@ class BoardServer:
 
     def serve_forever(self) -> None:
         """Serve until SIGTERM or SIGINT; then end any session and clean up."""
-        self._watchdog = Watchdog(self.work_dir if self._own_work_dir else None)
+        self._confinement = confine.Confinement.create(self.limits)  # before the watchdog, which cleans it up
+        self._watchdog = Watchdog(self.work_dir if self._own_work_dir else None, self._confinement)
         self._subreaper = become_subreaper()  # what sessions leave behind in sessions of its own comes here
         if self._listener is not None:
             logger.info("bind to %s:%d", self.host, self.port)
@@ -397,8 +424,16 @@ class BoardServer:
             logger.error("cannot make a session directory for %s: %s", peer, exc)
             sock.close()
             return
+        try:
+            cgroup = self._confinement.session() if self._confinement is not None else None
+        except OSError as exc:
+            logger.error("cannot make a cgroup for the session of %s: %s", peer, exc)
+            shutil.rmtree(directory, ignore_errors=True)
+            sock.close()
+            return
         relay = SessionRelay(sock, self._selector) if self.tls is not None else None
-        active = _Active(0, sock, peer, directory, timeout, relay)
+        timeout, timeout_reason = self._session_time(timeout)
+        active = _Active(0, sock, peer, directory, timeout, relay, cgroup, timeout_reason)
         active.sent_before = bytes_sent
         daemon_pid = os.getpid()
         try:
@@ -406,6 +441,8 @@ class BoardServer:
         except OSError as exc:
             logger.error("cannot start a session process for %s: %s", peer, exc)
             shutil.rmtree(directory, ignore_errors=True)
+            if cgroup is not None:
+                cgroup.remove()
             if relay is not None:
                 relay.close()
             sock.close()
@@ -424,12 +461,25 @@ class BoardServer:
         self._watchdog.watch(pid, directory)
         if self._link is not None:
             self._link.session_started()
-        logger.info("session from %s started (pid %d%s)", peer, pid, ", timeout %g s" % timeout if timeout else "")
+        logger.info(
+            "session from %s started (pid %d%s)", peer, pid, ", %s" % active.timeout_reason if active.timeout else ""
+        )
+
+    def _session_time(self, asked: Optional[float]) -> Tuple[Optional[float], str]:
+        """The session's timeout: what the client asked for, at most --max-session-time; and which limit it is."""
+        limit = self.max_session_time
+        if asked and (not limit or asked <= limit):
+            return asked, "the session timeout of %g s" % asked
+        if not limit:
+            return None, ""
+        wanted = "asked for %g s" % asked if asked else "asked for none"
+        return limit, "the board's maximum session time of %g s (--max-session-time; the client %s)" % (limit, wanted)
 
     def _run_child(self, active: _Active, leftover: bytes, bytes_sent: int, daemon_pid: int) -> None:
         """The session process: serve, then ``os._exit`` without running the daemon's cleanup."""
         code = 1
         try:
+            confine.enter(active.cgroup, self.limits)  # before anything else, and before any of the client's code
             die_with_parent(daemon_pid)  # even when the daemon is killed with SIGKILL
             os.setpgid(0, 0)
             signal.set_wakeup_fd(-1)
@@ -481,16 +531,17 @@ class BoardServer:
                 return
             # The exited child is still a zombie, so its process group id cannot be reused
             # yet: kill whatever the session's code left running in that group, then reap.
-            self._kill_group(active.pid)
+            self._kill_session(active)
             self._watchdog.watch(0)
             _, wait_status = os.waitpid(active.pid, 0)
         else:
             pid, wait_status = os.waitpid(active.pid, os.WNOHANG)
             if pid == 0:
                 return
-            self._kill_group(active.pid)
+            self._kill_session(active)
             self._watchdog.watch(0)
         self._kill_strays()
+        self._remove_cgroup(active)
         self._end_session(active, wait_status)
 
     def _kill_strays(self) -> None:
@@ -513,6 +564,25 @@ class BoardServer:
                 except (ProcessLookupError, ChildProcessError):
                     pass
 
+    def _kill_session(self, active: _Active) -> None:
+        """SIGKILL every process of the session: its process group, and its cgroup where it has one."""
+        self._kill_group(active.pid)
+        if active.cgroup is not None:
+            active.cgroup.kill()
+
+    def _remove_cgroup(self, active: _Active) -> None:
+        """Once the session process is reaped: note what the cgroup saw, kill what is left in it, remove it."""
+        cgroup = active.cgroup
+        if cgroup is None:
+            return
+        active.oom_kills = cgroup.oom_kills()
+        refused = cgroup.refused_forks()
+        if refused:
+            logger.warning("session from %s: the process limit of %d refused %d fork(s)", active.peer,
+                           self.limits.processes, refused)  # fmt: skip
+        if not cgroup.remove():
+            logger.error("the cgroup of the session from %s could not be emptied and removed", active.peer)
+
     def _kill_group(self, pgid: int) -> None:
         try:
             os.killpg(pgid, signal.SIGKILL)
@@ -525,25 +595,34 @@ class BoardServer:
             self._drop_pending(pending)
         active = self._active
         if active is not None and active.deadline is not None and now >= active.deadline and not active.timed_out:
-            logger.warning("session from %s reached its timeout of %g s; killing it", active.peer, active.timeout)
+            logger.warning("session from %s reached %s; killing it", active.peer, active.timeout_reason)
             active.timed_out = True
-            self._kill_group(active.pid)
-        if active is not None and self.session_quota and now >= active.next_quota_check and not active.over_quota:
+            self._kill_session(active)
+        checked = active is not None and (self.session_quota or self.session_quota_files)
+        if checked and now >= active.next_quota_check and not (active.over_quota or active.over_files):
             self._check_quota(active, now)
         if active is not None and not active.abandoned and _hung_up_while_running(active):
             logger.warning("client %s left while %s; killing the session", active.peer, active.status.activity)
             active.abandoned = True
-            self._kill_group(active.pid)
+            self._kill_session(active)
 
     def _check_quota(self, active: _Active, now: float) -> None:
-        """End the session if its directory holds more than the quota (RLIMIT_FSIZE bounds each file, not the sum)."""
+        """End the session if its directory holds more than its quotas (RLIMIT_FSIZE bounds each file, not the sum).
+
+        Counting stops past the quota of entries, so a directory of millions of files costs no more to check.
+        """
         active.next_quota_check = now + QUOTA_CHECK_PERIOD
-        size = directory_size(active.directory)
-        if size > self.session_quota:
-            message = over_quota_message(size, self.session_quota)
-            logger.warning("session from %s: %s; killing it", active.peer, message)
-            active.over_quota = size
-            self._kill_group(active.pid)
+        usage = directory_usage(active.directory, self.session_quota_files)
+        if self.session_quota_files and usage.entries > self.session_quota_files:
+            active.over_files = True
+            message = over_files_message(self.session_quota_files)
+        elif self.session_quota and usage.size > self.session_quota:
+            active.over_quota = usage.size
+            message = over_quota_message(usage.size, self.session_quota)
+        else:
+            return
+        logger.warning("session from %s: %s; killing it", active.peer, message)
+        self._kill_session(active)
 
     def _end_session(self, active: _Active, wait_status: int, reason: str = "") -> None:
         """Tell the client how the (reaped) session process ended and when it ran (board clock); clean up."""
@@ -560,15 +639,23 @@ class BoardServer:
                 over_quota_message(active.over_quota, self.session_quota),
                 activity,
             )
+        elif active.over_files:
+            message = "%s; the board ended the session while %s" % (
+                over_files_message(self.session_quota_files),
+                activity,
+            )
         elif active.abandoned:
             message = "the client left while %s; the board ended the session" % activity
         elif active.timed_out:
-            message = "the session timeout of %g s expired while %s; the board ended the session" % (
-                active.timeout,
-                activity,
-            )
+            message = "%s expired while %s; the board ended the session" % (active.timeout_reason, activity)
         elif signal_number is None and exit_code == 0 and state == SessionStatus.FINISHED:
             message = ""
+        elif active.oom_kills:
+            message = (
+                "the session went over its memory limit of %s MB (--session-memory): the kernel killed %d of its "
+                "processes, and the board's session process %s while %s"
+                % (megabytes(self.limits.memory), active.oom_kills, how, activity)
+            )
         else:
             message = "the board's session process %s while %s" % (how, activity)
         elapsed = time.monotonic() - active.started
@@ -619,14 +706,17 @@ class BoardServer:
         signal.set_wakeup_fd(-1)
         active = self._active
         if active is not None:
-            self._kill_group(active.pid)
+            self._kill_session(active)
             self._watchdog.watch(0)
             _, wait_status = os.waitpid(active.pid, 0)
             self._kill_strays()
+            self._remove_cgroup(active)
             self._end_session(active, wait_status, "the board daemon shut down")
         for pending in list(self._pending.values()):
             self._drop_pending(pending)
         self._watchdog.stop()
+        if self._confinement is not None:
+            self._confinement.destroy()
         if self._link is not None:
             self._link.close()
         self._selector.close()
@@ -688,14 +778,18 @@ class Watchdog:
     ``PR_SET_PDEATHSIG`` takes the session process along with a killed daemon,
     but not what the session's code forked. The watchdog learns each session's
     process group and directory through a pipe only the daemon writes to; when
-    the daemon dies the pipe closes, and the watchdog kills that group, removes
-    that directory and ``work_dir`` (the daemon's own temporary one), and exits.
+    the daemon dies the pipe closes, and the watchdog kills that group, kills
+    every process in the sessions' cgroups (``confinement``, where the board
+    has them: that takes what left the process group too) and removes them,
+    removes that directory and ``work_dir`` (the daemon's own temporary one),
+    and exits.
     """
 
     _RECORD = struct.Struct("<iH")  # process group, length of the directory's path that follows
 
-    def __init__(self, work_dir: Optional[str] = None) -> None:
+    def __init__(self, work_dir: Optional[str] = None, confinement: Optional[confine.Confinement] = None) -> None:
         self._work_dir = work_dir
+        self._confinement = confinement
         read_fd, self._write_fd = os.pipe()
         self._alive = True
         self.pid = os.fork()
@@ -741,7 +835,12 @@ class Watchdog:
                 pgid, length = self._RECORD.unpack(record)
                 directory = os.read(read_fd, length) if length else b""
             if pgid:
-                os.killpg(pgid, signal.SIGKILL)
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if self._confinement is not None:
+                self._confinement.destroy()
             for path in (directory, self._work_dir):
                 if path:
                     shutil.rmtree(path, ignore_errors=True)
@@ -776,6 +875,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         % DEFAULT_SESSION_QUOTA_MB,
     )
     parser.add_argument(
+        "--session-quota-files",
+        metavar="N",
+        type=_count,
+        default=DEFAULT_SESSION_QUOTA_FILES,
+        help="most files and directories a session's directory may hold: a session found with more is ended; "
+        "0: no limit (default: %d)" % DEFAULT_SESSION_QUOTA_FILES,
+    )
+    parser.add_argument(
+        "--max-session-time",
+        metavar="SECONDS",
+        type=_seconds,
+        default=DEFAULT_MAX_SESSION_TIME,
+        help="longest a session may last: a client may ask for a shorter session timeout, never a longer one, "
+        "and one that asks for none gets this; 0: no limit (default: %g)" % DEFAULT_MAX_SESSION_TIME,
+    )
+    parser.add_argument(
+        "--session-memory",
+        metavar="MB",
+        type=_count,
+        default=None,
+        help="most memory a session's processes may use together, in MB (each process's private memory where "
+        "the board has no memory cgroup); 0: no limit (default: half of the board's memory)",
+    )
+    parser.add_argument(
+        "--session-processes",
+        metavar="N",
+        type=_count,
+        default=confine.DEFAULT_PROCESSES,
+        help="most processes and threads a session may run at once (with no pids cgroup: the session user's "
+        "RLIMIT_NPROC); 0: no limit (default: %d)" % confine.DEFAULT_PROCESSES,
+    )
+    parser.add_argument(
+        "--session-open-files",
+        metavar="N",
+        type=_count,
+        default=confine.DEFAULT_OPEN_FILES,
+        help="most files each process of a session may hold open (RLIMIT_NOFILE); 0: the daemon's own limit "
+        "(default: %d)" % confine.DEFAULT_OPEN_FILES,
+    )
+    parser.add_argument(
         "--handshake-timeout", type=float, default=10.0, help="seconds a new connection has to say hello"
     )
     parser.add_argument(
@@ -802,6 +941,22 @@ def _quota(text: str) -> int:
     return int(text)
 
 
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError("%r is not a whole number (0 or more)" % text)
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError("%r is not a number of seconds (0 or more)" % text)
+    return seconds
+
+
 def run(args: argparse.Namespace) -> int:
     die_with_launcher()
     configure_logging(args.log_level)
@@ -823,6 +978,13 @@ def run(args: argparse.Namespace) -> int:
             secret,
             session_quota=args.session_quota * MB,
             tls=tls,
+            max_session_time=args.max_session_time,
+            limits=confine.Limits(
+                processes=args.session_processes,
+                open_files=args.session_open_files,
+                memory=confine.default_memory() if args.session_memory is None else args.session_memory * MB,
+            ),
+            session_quota_files=args.session_quota_files,
         )
     except OSError as exc:
         logger.error("cannot listen: %s", exc)
