@@ -49,6 +49,7 @@ EMPTY_TIMEOUT = 5.0
 CONTROLLERS = ("memory", "pids")
 _FARM_DIR = re.compile(r"^farm-board-(\d+)-(\d+)$")  # the farm's cgroup: its daemon's pid and start time
 _DAEMON_LEAF = "daemon"
+_BOUNDS = (("processes", "pids", "processes"), ("memory", "memory", "memory"))  # what, controller, Limits field
 _SESSION_PREFIX = "session-"
 
 
@@ -158,13 +159,19 @@ class Confinement:
         return confinement
 
     def describe(self) -> str:
-        """``cgroup v2 /sys/fs/cgroup/...: kill, memory, pids`` and so on, for the log."""
+        """``cgroup v2 /sys/fs/cgroup/... (kill, memory, pids)`` and so on, for the log."""
         parts = []
         for hierarchy in self.hierarchies:
             gives = (["kill"] if hierarchy.version == 2 and _has_kill(hierarchy.path) else []) + list(
                 hierarchy.controllers
             )
             parts.append("cgroup v%d %s (%s)" % (hierarchy.version, hierarchy.path, ", ".join(gives) or "membership"))
+        bounded = [h for hierarchy in self.hierarchies for h in hierarchy.controllers]
+        fallback = [
+            name for name, controller, limit in _BOUNDS if getattr(self.limits, limit) and controller not in bounded
+        ]
+        if fallback:
+            parts.append("%s bounded per process by resource limits only" % " and ".join(fallback))
         return "; ".join(parts)
 
     def session(self) -> SessionCgroup:
@@ -272,11 +279,12 @@ def memberships(proc_cgroup: str) -> Dict[str, str]:
     return found
 
 
-def _in_mount(root: str, point: str, path: str) -> str:
-    """Where the cgroup ``path`` (as /proc/self/cgroup says) is below a mount of the hierarchy at ``root``."""
+def in_mount(root: str, point: str, path: str) -> str:
+    """The directory of the cgroup ``path`` (as /proc/PID/cgroup says) in a mount of its hierarchy's ``root`` at
+    ``point`` (as /proc/self/mountinfo says: a container may mount only part of the hierarchy)."""
     if root != "/" and (path == root or path.startswith(root + "/")):
         path = path[len(root) :]
-    return os.path.join(point, path.lstrip("/"))
+    return os.path.join(point, path.strip("/")) if path.strip("/") else point
 
 
 def process_cgroups(pid: str = "self") -> List[Tuple[int, Tuple[str, ...], str]]:
@@ -295,7 +303,7 @@ def process_cgroups(pid: str = "self") -> List[Tuple[int, Tuple[str, ...], str]]
     for version, controllers, root, point in mounted:
         key = "" if version == 2 else controllers[0]
         if key in member:
-            directory = _in_mount(root, point, member[key])
+            directory = in_mount(root, point, member[key])
             if os.path.isdir(directory):
                 own.append((version, controllers, directory))
     return own
@@ -318,7 +326,7 @@ def _make_farm_cgroups(own: List[Tuple[int, Tuple[str, ...], str]], limits: Limi
     """Make the farm's cgroup in each usable hierarchy (v2 first: what it controls, v1 is not asked for)."""
     name = _farm_name(os.getpid())
     made: List[_Hierarchy] = []
-    wanted = [c for c, needed in (("memory", limits.memory), ("pids", limits.processes)) if needed]
+    wanted = [controller for _, controller, limit in _BOUNDS if getattr(limits, limit)]
     for version, controllers, base in sorted(own, key=lambda entry: -entry[0]):
         offered = [c for c in controllers if c in wanted and not any(c in h.controllers for h in made)]
         if version == 1 and not offered:
@@ -352,7 +360,7 @@ def _enable_v2(base: str, farm: str, wanted: List[str]) -> List[str]:
         _enable(control, wanted)
     except OSError as exc:
         if exc.errno != errno.EBUSY:
-            logger.warning("cannot enable %s for sessions in %s: %s", " and ".join(wanted), base, exc)
+            logger.info("cannot enable %s for sessions in %s: %s", " and ".join(wanted), base, exc)
             return []
         leaf = os.path.join(farm, _DAEMON_LEAF)
         try:
@@ -360,15 +368,17 @@ def _enable_v2(base: str, farm: str, wanted: List[str]) -> List[str]:
             _write(os.path.join(leaf, "cgroup.procs"), str(os.getpid()))
             _enable(control, wanted)
         except OSError as again:
-            logger.warning(
-                "cannot enable %s for sessions in %s, even after moving the daemon to %s (other processes "
-                "there?): %s" % (" and ".join(wanted), base, leaf, again)
-            )
+            logger.info("cannot enable %s in %s, which holds other processes: %s", " and ".join(wanted), base, again)
+            try:  # back where it was: the leaf would only be left behind
+                _write(os.path.join(base, "cgroup.procs"), str(os.getpid()))
+                os.rmdir(leaf)
+            except OSError:
+                pass
             return []
     try:
         _enable(os.path.join(farm, "cgroup.subtree_control"), wanted)
     except OSError as exc:
-        logger.warning("cannot enable %s for sessions in %s: %s", " and ".join(wanted), farm, exc)
+        logger.info("cannot enable %s for sessions in %s: %s", " and ".join(wanted), farm, exc)
         return []
     return wanted
 

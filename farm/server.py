@@ -461,9 +461,7 @@ class BoardServer:
         self._watchdog.watch(pid, directory)
         if self._link is not None:
             self._link.session_started()
-        logger.info(
-            "session from %s started (pid %d%s)", peer, pid, ", %s" % active.timeout_reason if active.timeout else ""
-        )
+        logger.info("session from %s started (pid %d%s)", peer, pid, ", timeout %g s" % timeout if timeout else "")
 
     def _session_time(self, asked: Optional[float]) -> Tuple[Optional[float], str]:
         """The session's timeout: what the client asked for, at most --max-session-time; and which limit it is."""
@@ -595,7 +593,7 @@ class BoardServer:
             self._drop_pending(pending)
         active = self._active
         if active is not None and active.deadline is not None and now >= active.deadline and not active.timed_out:
-            logger.warning("session from %s reached %s; killing it", active.peer, active.timeout_reason)
+            logger.warning("session from %s reached its timeout of %g s; killing it", active.peer, active.timeout)
             active.timed_out = True
             self._kill_session(active)
         checked = active is not None and (self.session_quota or self.session_quota_files)

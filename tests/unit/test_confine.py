@@ -1,0 +1,249 @@
+"""farm.confine: parsing /proc's cgroup files, and sessions' cgroups on the machine's real cgroup filesystem.
+
+The cgroup tests make real cgroups below this process's own (root, or a delegated subtree, is needed; they skip
+elsewhere and say why) and run real processes in them; each cleans up after itself.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import time
+from typing import Callable, Iterator, List
+
+import pytest
+
+from conftest import wait_for
+from farm import confine
+from farm.confine import Confinement, Limits, SessionCgroup
+
+MB = 1 << 20
+
+HYBRID_MOUNTINFO = """\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+36 31 0:33 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+"""
+HYBRID_CGROUP = """\
+9:name=systemd:/
+8:pids:/
+4:memory:/process_api/0123
+2:cpu,cpuacct:/
+0::/
+"""
+
+
+def test_mounts_of_a_hybrid_layout() -> None:
+    assert confine.mounts(HYBRID_MOUNTINFO) == [
+        (1, ("memory",), "/", "/sys/fs/cgroup/memory"),
+        (1, ("pids",), "/", "/sys/fs/cgroup/pids"),
+        (2, (), "/", "/sys/fs/cgroup/unified"),
+    ]
+    assert confine.memberships(HYBRID_CGROUP) == {
+        "name=systemd": "/",
+        "pids": "/",
+        "memory": "/process_api/0123",
+        "cpu": "/",
+        "cpuacct": "/",
+        "": "/",
+    }
+
+
+def test_mount_of_part_of_a_hierarchy_with_an_escaped_path() -> None:
+    """A container sees only its part of the hierarchy, mounted where its /proc/self/mountinfo says."""
+    mountinfo = "29 22 0:26 /system.slice/my\\040board /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n"
+    ((version, controllers, root, point),) = confine.mounts(mountinfo)
+    assert (version, controllers, root, point) == (2, (), "/system.slice/my board", "/sys/fs/cgroup")
+    assert confine.in_mount(root, point, "/system.slice/my board/farm") == "/sys/fs/cgroup/farm"
+    assert (
+        confine.in_mount("/", "/sys/fs/cgroup", "/system.slice/x.service") == "/sys/fs/cgroup/system.slice/x.service"
+    )
+    assert confine.in_mount(root, point, "/") == "/sys/fs/cgroup"  # a cgroup namespace's root
+
+
+# --- on the real cgroup filesystem -------------------------------------------------------
+
+
+@pytest.fixture
+def make_confinement() -> Iterator[Callable[[Limits], Confinement]]:
+    """Confinement.create for the test; skips where it returns None; destroys what it made at the end."""
+    made: List[Confinement] = []
+
+    def make(limits: Limits) -> Confinement:
+        confinement = Confinement.create(limits)
+        if confinement is None:
+            pytest.skip("no cgroup can be made here (cgroups need root or a delegated subtree)")
+        made.append(confinement)
+        return confinement
+
+    yield make
+    for confinement in made:
+        confinement.destroy()
+
+
+def in_session(cgroup: SessionCgroup, limits: Limits, body: Callable[[], None]) -> int:
+    """Fork a process that enters ``cgroup`` and runs ``body`` (then waits until killed); its pid, once it entered."""
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            confine.enter(cgroup, limits)
+            body()
+            os.write(ready_w, b"x")
+            while True:
+                signal.pause()
+        finally:
+            os._exit(1)
+    os.close(ready_w)
+    assert os.read(ready_r, 1) == b"x", "the session process failed"
+    os.close(ready_r)
+    return pid
+
+
+def detach() -> None:
+    """Daemonise a process (fork, setsid, fork, the middle one exits) that waits until killed."""
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            while True:
+                signal.pause()
+        os._exit(0)
+    os.wait()
+
+
+def procs(path: str) -> List[int]:
+    with open(os.path.join(path, "cgroup.procs")) as handle:
+        return [int(pid) for pid in handle.read().split()]
+
+
+def running(pid: int) -> bool:
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def limit_of(pid: int, name: str) -> str:
+    with open("/proc/%d/limits" % pid) as handle:
+        return next(line[26:47].strip() for line in handle if line.startswith(name))
+
+
+def test_session_cgroup_holds_everything_and_is_removed(make_confinement: Callable[[Limits], Confinement]) -> None:
+    limits = Limits(processes=16, open_files=64, memory=64 * MB)
+    confinement = make_confinement(limits)
+    names = {os.path.basename(h.path) for h in confinement.hierarchies}
+    assert names == {"farm-board-%d-%d" % (os.getpid(), confine._start_time(os.getpid()))}
+    cgroup = confinement.session()
+    assert all(os.path.isdir(path) for path in cgroup.paths)
+    for path in cgroup.paths:
+        if os.path.exists(os.path.join(path, "pids.max")):
+            assert open(os.path.join(path, "pids.max")).read().strip() == "16"
+        for name in ("memory.max", "memory.limit_in_bytes"):
+            if os.path.exists(os.path.join(path, name)):
+                assert int(open(os.path.join(path, name)).read()) == 64 * MB
+    session = in_session(cgroup, limits, detach)
+    members = wait_for(lambda: len(procs(cgroup.paths[0])) == 2 and procs(cgroup.paths[0]), 5, "both processes")
+    detached = next(pid for pid in members if pid != session)
+    assert os.getsid(detached) != os.getsid(session), "the grandchild is in a session of its own"
+    assert limit_of(session, "Max open files") == "64"
+    assert limit_of(session, "Max core file size") == "0"
+    began = time.monotonic()
+    assert cgroup.remove()
+    assert time.monotonic() - began < 1.0
+    assert os.waitpid(session, 0)[1] == signal.SIGKILL
+    wait_for(lambda: not running(detached), 5, "the detached process is dead")
+    assert not any(os.path.exists(path) for path in cgroup.paths)
+
+
+def test_destroy_kills_every_session_and_removes_the_farms_cgroup(
+    make_confinement: Callable[[Limits], Confinement],
+) -> None:
+    limits = Limits(processes=16, open_files=64, memory=64 * MB)
+    confinement = make_confinement(limits)
+    sessions = [in_session(confinement.session(), limits, detach) for _ in range(2)]
+    confinement.destroy()
+    for pid in sessions:
+        assert os.waitpid(pid, 0)[1] == signal.SIGKILL
+    assert not any(os.path.exists(h.path) for h in confinement.hierarchies)
+
+
+def test_a_dead_daemons_cgroup_is_swept_by_the_next(make_confinement: Callable[[Limits], Confinement]) -> None:
+    """A daemon killed together with its watchdog leaves its sessions' cgroups behind: the next daemon started
+    below the same cgroup kills what runs there and removes them."""
+    limits = Limits(processes=16, open_files=64, memory=64 * MB)
+    first = make_confinement(limits)
+    dead = [
+        h._replace(path=os.path.join(os.path.dirname(h.path), "farm-board-%d-1" % os.getpid()))
+        for h in first.hierarchies
+    ]
+    for hierarchy in dead:  # the same pid with another start time: a daemon that is gone
+        os.mkdir(hierarchy.path)
+    left = in_session(Confinement(dead, limits).session(), limits, detach)
+    first.destroy()
+    make_confinement(limits)
+    assert os.waitpid(left, 0)[1] == signal.SIGKILL
+    assert not any(os.path.exists(h.path) for h in dead)
+
+
+def test_process_limit_refuses_forks(make_confinement: Callable[[Limits], Confinement]) -> None:
+    limits = Limits(processes=4, open_files=64, memory=0)
+    confinement = make_confinement(limits)
+    cgroup = confinement.session()
+    if not cgroup.controls("pids"):
+        pytest.skip("no pids controller here")
+
+    def fork_many() -> None:
+        for _ in range(10):
+            try:
+                if os.fork() == 0:
+                    signal.pause()
+            except BlockingIOError:  # EAGAIN: the pids limit
+                return
+        raise AssertionError("every fork succeeded")
+
+    in_session(cgroup, limits, fork_many)
+    assert len(procs(next(cgroup._each("pids")))) == 4
+    assert cgroup.refused_forks() >= 1
+    assert cgroup.remove()
+
+
+def test_memory_limit_kills_and_is_counted(make_confinement: Callable[[Limits], Confinement]) -> None:
+    limits = Limits(processes=16, open_files=64, memory=32 * MB)
+    confinement = make_confinement(limits)
+    cgroup = confinement.session()
+    if not cgroup.controls("memory"):
+        pytest.skip("no memory controller here")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            confine.enter(cgroup, limits)
+            bytearray(256 * MB)  # zero-filled: every page touched
+        finally:
+            os._exit(0)
+    assert os.waitpid(pid, 0)[1] == signal.SIGKILL
+    assert cgroup.oom_kills() == 1
+    assert cgroup.remove()
+
+
+def test_without_a_cgroup_resource_limits_bound_processes_and_memory() -> None:
+    """No cgroup: RLIMIT_NPROC and RLIMIT_DATA stand in for pids and memory (per user and per process)."""
+    limits = Limits(processes=4000, open_files=64, memory=512 * MB)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            confine.enter(None, limits)
+            found = [resource.getrlimit(which) for which in (resource.RLIMIT_NPROC, resource.RLIMIT_DATA)]
+            found += [resource.getrlimit(resource.RLIMIT_NOFILE), resource.getrlimit(resource.RLIMIT_CORE)]
+            os.write(write_fd, repr(found).encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    found = os.read(read_fd, 4096).decode()
+    os.close(read_fd)
+    os.waitpid(pid, 0)
+    assert found == repr([(4000, 4000), (512 * MB, 512 * MB), (64, 64), (0, 0)])
