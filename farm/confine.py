@@ -47,7 +47,7 @@ DEFAULT_OPEN_FILES = 1024
 EMPTY_TIMEOUT = 5.0
 #: The controllers a session's limits need.
 CONTROLLERS = ("memory", "pids")
-_FARM_DIR = re.compile(r"^farm-board-(\d+)-(\d+)$")  # the farm's cgroup: its daemon's pid and start time
+_FARM_DIR = re.compile(r"^farm-board-(\d+)$")  # the farm's cgroup, named after its daemon's pid
 _DAEMON_LEAF = "daemon"
 _BOUNDS = (("processes", "pids", "processes"), ("memory", "memory", "memory"))  # what, controller, Limits field
 _SESSION_PREFIX = "session-"
@@ -309,22 +309,18 @@ def process_cgroups(pid: str = "self") -> List[Tuple[int, Tuple[str, ...], str]]
     return own
 
 
-def _farm_name(pid: int) -> str:
-    return "farm-board-%d-%d" % (pid, _start_time(pid))
-
-
-def _start_time(pid: int) -> int:
-    """When ``pid`` started, in clock ticks since boot (-1 if it is gone): with the pid, names the process."""
-    try:
-        with open("/proc/%d/stat" % pid) as handle:
-            return int(handle.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return -1
+def _daemon_alive(pid: int, base: str, farm: str) -> bool:
+    """Whether ``pid`` is a live daemon of the farm cgroup ``farm``: a process in ``base`` (or in ``farm``'s own
+    leaf) in that hierarchy. A pid reused by a process elsewhere is not, so its cgroup can go. (Not by its start
+    time: qemu-user fakes that one for the process it runs.)"""
+    if pid == os.getpid():  # a cgroup of this name is a dead daemon's, whose pid came back to this one
+        return False
+    return any(path == base or path.startswith(farm + os.sep) for _, _, path in process_cgroups(str(pid)))
 
 
 def _make_farm_cgroups(own: List[Tuple[int, Tuple[str, ...], str]], limits: Limits) -> List[_Hierarchy]:
     """Make the farm's cgroup in each usable hierarchy (v2 first: what it controls, v1 is not asked for)."""
-    name = _farm_name(os.getpid())
+    name = "farm-board-%d" % os.getpid()
     made: List[_Hierarchy] = []
     wanted = [controller for _, controller, limit in _BOUNDS if getattr(limits, limit)]
     for version, controllers, base in sorted(own, key=lambda entry: -entry[0]):
@@ -408,7 +404,7 @@ def _sweep_stale(base: str) -> None:
     """Kill and remove the farm cgroups of daemons that are gone (killed along with their watchdog)."""
     for name in _listdir(base):
         match = _FARM_DIR.match(name)
-        if match and _start_time(int(match.group(1))) != int(match.group(2)):
+        if match and not _daemon_alive(int(match.group(1)), base, os.path.join(base, name)):
             logger.warning("removing the cgroup of a board daemon that is gone: %s", os.path.join(base, name))
             _remove_tree(os.path.join(base, name), EMPTY_TIMEOUT)
 
