@@ -91,7 +91,10 @@ def test_detached_process_dies_when_the_daemon_is_killed(
     assert detached > 0 and alive(detached) and detached in faulty.strays()
     cgroups = session_cgroups(detached)
     if killer == "session":
-        assert module.get_function("kill_daemon", "int kill_daemon(void)")() == 0  # the reply may beat the signal
+        try:
+            assert module.get_function("kill_daemon", "int kill_daemon(void)")() == 0  # the reply beat the signal
+        except farm.SessionLostError:
+            pass  # the signal beat the reply: the ping below says the same
     else:
         os.kill(daemon.pid, signal.SIGKILL)
     wait_for(lambda: not alive(daemon.pid), 5, "the board daemon is dead")
