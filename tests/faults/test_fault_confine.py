@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List
@@ -240,3 +242,50 @@ def test_session_time_is_bounded_by_the_board(
     expired = says + r" expired while running mark_and_pause\(\) from libfaults\.so; the board ended the session"
     assert_farm_whole(faulty, caught.value, farm.SessionLostError, [expired])
     assert caught.value.timed_out
+
+
+# --- without cgroups ------------------------------------------------------------------------
+
+
+def limits_of(pid: int) -> Dict[str, str]:
+    """``{"Max processes": "16", ...}``: the soft limits of ``pid`` from /proc."""
+    with open("/proc/%d/limits" % pid) as handle:
+        return {line[:26].strip(): line[26:47].strip() for line in list(handle)[1:]}
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory any user may write, outside the test's own (which only root may enter); removed at the end."""
+    path = Path(tempfile.mkdtemp(prefix="farm-shared-", dir="/tmp"))
+    path.chmod(0o1777)
+    yield path
+    shutil.rmtree(str(path), ignore_errors=True)
+
+
+def test_a_board_that_is_not_root_falls_back_to_resource_limits(
+    start: Callable[..., FaultFarm], library: Path, shared_dir: Path
+) -> None:
+    """A board run as an unprivileged user, with no cgroup of its own to divide, says it confines sessions by
+    resource limits only, and they hold: processes per user (RLIMIT_NPROC), private memory per process
+    (RLIMIT_DATA: malloc fails, the session goes on), open files; everything goes at the end of the session."""
+    if os.geteuid() != 0:
+        pytest.skip("the test starts its board as the user nobody, which needs root")
+    faulty = start(ONE_BOARD)
+    limits = ["--session-processes", "16", "--session-open-files", "64", "--session-memory", "64"]
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    daemon = faulty.add_board("c", prefix=nobody, extra=["--work-dir", str(shared_dir), *limits])
+    assert "sessions are confined by resource limits only" in daemon.log_text()
+    session = faulty.request("c")
+    found = limits_of(session.system_info()["pid"])
+    assert (found["Max processes"], found["Max open files"], found["Max core file size"]) == ("16", "64", "0")
+    assert found["Max data size"] == str(64 << 20)
+    session.upload(library)
+    module = session.load_module("libconfine.so")
+    assert module.get_function("fork_bomb", "long fork_bomb(int)")(8) > 0
+    assert len(faulty.strays()) < 16
+    assert 0 < module.get_function("open_many", "long open_many(long)")(5000) < 64
+    assert module.get_function("hog_memory", "long hog_memory(long)")(512) < 0  # malloc failed before 512 MB
+    session.ping()
+    session.close()
+    assert_farm_whole(faulty)
+    wait_for(lambda: not list(shared_dir.glob("session-*")), 5, "the session's directory is removed")
