@@ -115,7 +115,7 @@ class SessionCgroup:
 
     def remove(self, timeout: float = EMPTY_TIMEOUT) -> bool:
         """Kill everything in the cgroup, wait until it is empty (up to ``timeout`` s), remove it; whether it went."""
-        return all(_remove_tree(path, timeout) for path in self.paths)
+        return all([_remove_tree(path, timeout) for path in self.paths])  # each, even after one failed
 
     def oom_kills(self) -> int:
         """How many processes of the session the kernel killed for going over the memory limit."""
