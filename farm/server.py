@@ -25,7 +25,7 @@ import sys
 import tempfile
 import termios
 import time
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 from . import confine
 from .auth import add_secret_argument, daemon_secret
@@ -866,7 +866,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--session-quota",
         metavar="MB",
-        type=_quota,
+        type=_megabytes,
         default=DEFAULT_SESSION_QUOTA_MB,
         help="most a session's directory may hold, in MB: larger uploads are refused, files written past it "
         "fail (EFBIG), and a session whose directory outgrows it is ended; 0: no limit (default: %d)"
@@ -891,7 +891,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--session-memory",
         metavar="MB",
-        type=_count,
+        type=_megabytes,
         default=None,
         help="most memory a session's processes may use together, in MB (each process's private memory where "
         "the board has no memory cgroup); 0: no limit (default: half of the board's memory)",
@@ -933,16 +933,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
-def _quota(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError("%r is not a number of MB (0 or more)" % text)
-    return int(text)
+def _whole(what: str) -> Callable[[str], int]:
+    """An argparse type for a whole number of ``what`` (0 or more)."""
+
+    def parse(text: str) -> int:
+        if not text.isdigit():
+            raise argparse.ArgumentTypeError("%r is not %s (0 or more)" % (text, what))
+        return int(text)
+
+    return parse
 
 
-def _count(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError("%r is not a whole number (0 or more)" % text)
-    return int(text)
+_megabytes, _count = _whole("a number of MB"), _whole("a whole number")
 
 
 def _seconds(text: str) -> float:
