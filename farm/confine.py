@@ -217,17 +217,20 @@ def enter(cgroup: Optional[SessionCgroup], limits: Limits) -> None:
 def apply_rlimits(limits: Limits, processes: bool = True, memory: bool = True) -> None:
     """Bound this process and what it starts: open files, no core dumps, and (where asked) processes and memory.
 
-    ``processes`` sets RLIMIT_NPROC, which counts every process of the user (and none of root's);
-    ``memory`` sets RLIMIT_DATA, which bounds each process's private memory, not their sum.
-    Soft and hard limits alike, so an unprivileged session cannot raise them again.
+    ``processes`` sets RLIMIT_NPROC, which counts every process and thread of the user, and none of
+    root's: for a user other than root it is set to what the user runs already plus the limit, so a
+    session of a user with many processes (a developer's own) can still start some. ``memory`` sets
+    RLIMIT_DATA, which bounds each process's private memory, not their sum. Soft and hard limits
+    alike, so an unprivileged session cannot raise them again.
     """
     try:
         import resource
     except ImportError:  # not a Unix
         return
     wanted = [(resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, limits.open_files)]
-    if processes:
-        wanted.append((resource.RLIMIT_NPROC, limits.processes))
+    if processes and limits.processes:
+        uid = os.getuid()
+        wanted.append((resource.RLIMIT_NPROC, limits.processes + (user_tasks(uid) if uid else 0)))
     if memory:
         wanted.append((resource.RLIMIT_DATA, limits.memory))
     for which, value in wanted:
@@ -236,6 +239,22 @@ def apply_rlimits(limits: Limits, processes: bool = True, memory: bool = True) -
         hard = resource.getrlimit(which)[1]
         value = value if hard == resource.RLIM_INFINITY else min(value, hard)
         resource.setrlimit(which, (value, value))
+
+
+def user_tasks(uid: int) -> int:
+    """How many processes and threads user ``uid`` runs (its real uid), as RLIMIT_NPROC counts them."""
+    count = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = {}
+        for line in _read("/proc/%s/status" % entry).splitlines():
+            name, _, value = line.partition(":")
+            if name in ("Uid", "Threads"):
+                fields[name] = value.split()
+        if fields.get("Uid", [""])[0] == str(uid) and fields.get("Threads"):
+            count += int(fields["Threads"][0])
+    return count
 
 
 # --- finding and making the cgroups ---------------------------------------------------
@@ -489,7 +508,7 @@ def _read(path: str) -> str:
     try:
         with open(path) as handle:
             return handle.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone meanwhile
         return ""
 
 

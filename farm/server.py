@@ -901,8 +901,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         type=_count,
         default=confine.DEFAULT_PROCESSES,
-        help="most processes and threads a session may run at once (with no pids cgroup: the session user's "
-        "RLIMIT_NPROC); 0: no limit (default: %d)" % confine.DEFAULT_PROCESSES,
+        help="most processes and threads a session may run at once (with no pids cgroup: RLIMIT_NPROC, at what "
+        "the session's user runs already plus N); 0: no limit (default: %d)" % confine.DEFAULT_PROCESSES,
     )
     parser.add_argument(
         "--session-open-files",

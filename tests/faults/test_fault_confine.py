@@ -266,7 +266,8 @@ def test_a_board_that_is_not_root_falls_back_to_resource_limits(
     start: Callable[..., FaultFarm], library: Path, shared_dir: Path
 ) -> None:
     """A board run as an unprivileged user, with no cgroup of its own to divide, says it confines sessions by
-    resource limits only, and they hold: processes per user (RLIMIT_NPROC), private memory per process
+    resource limits only, and they hold: processes per user (RLIMIT_NPROC, 16 more than the user ran when the
+    session started), private memory per process
     (RLIMIT_DATA: malloc fails, the session goes on), open files; everything goes at the end of the session."""
     if os.geteuid() != 0:
         pytest.skip("the test starts its board as the user nobody, which needs root")
@@ -277,12 +278,13 @@ def test_a_board_that_is_not_root_falls_back_to_resource_limits(
     assert "sessions are confined by resource limits only" in daemon.log_text()
     session = faulty.request("c")
     found = limits_of(session.system_info()["pid"])
-    assert (found["Max processes"], found["Max open files"], found["Max core file size"]) == ("16", "64", "0")
+    assert (found["Max open files"], found["Max core file size"]) == ("64", "0")
+    assert 16 < int(found["Max processes"]) <= 16 + 5  # 16 more than the user ran then: the daemon, its watchdog...
     assert found["Max data size"] == str(64 << 20)
     session.upload(library)
     module = session.load_module("libconfine.so")
     assert module.get_function("fork_bomb", "long fork_bomb(int)")(8) > 0
-    assert len(faulty.strays()) < 16
+    assert len(faulty.strays()) <= 1 + 16  # the session process, and the 16 more it may start
     assert 0 < module.get_function("open_many", "long open_many(long)")(5000) < 64
     assert module.get_function("hog_memory", "long hog_memory(long)")(512) < 0  # malloc failed before 512 MB
     session.ping()
