@@ -108,6 +108,39 @@ def test_detached_process_dies_when_the_daemon_is_killed(
     assert_farm_whole(faulty, caught.value, farm.SessionLostError, [says], restarted=[info["name"]])
 
 
+def children_of(pid: int) -> List[int]:
+    with open("/proc/%d/task/%d/children" % (pid, pid)) as handle:
+        return [int(child) for child in handle.read().split()]
+
+
+def test_detached_process_dies_when_the_daemon_and_its_watchdog_are_killed(
+    start: Callable[..., FaultFarm], library: Path
+) -> None:
+    """SIGKILL to the watchdog, then to the daemon: nothing of the dead daemon is left to clean up, so the board
+    the launcher starts in its place kills what is left in the dead daemon's cgroups and removes them."""
+    faulty = start(ONE_BOARD, supervised=True)
+    daemon = faulty.board("k-0")
+    require_cgroups(daemon)
+    (watchdog,) = children_of(daemon.pid)  # before any session, the daemon's only child
+    session = faulty.request("k")
+    work_dir = os.path.dirname(session.system_info()["session_dir"])
+    session.upload(library)
+    detached = session.load_module("libconfine.so").get_function("spawn_detached", "int spawn_detached(void)")()
+    cgroups = session_cgroups(detached)
+    os.kill(watchdog, signal.SIGKILL)
+    wait_for(lambda: not alive(watchdog), 5, "the watchdog is dead")
+    os.kill(daemon.pid, signal.SIGKILL)
+    faulty.wait(lambda: faulty.board("k-0") is not daemon, 10, "the launcher restarts the board")
+    faulty.board("k-0").wait_for_log(re.compile("removing the cgroup of a board daemon that is gone"))
+    faulty.wait(lambda: not alive(detached), 5, "the detached process %d is killed" % detached)
+    assert_removed(cgroups)
+    shutil.rmtree(work_dir)  # the dead daemon's directories: nobody was left to remove them
+    with pytest.raises(farm.SessionLostError) as caught:
+        session.ping()
+    says = r"connection to board 'k' at 127\.0\.0\.1:%d lost" % session.port
+    assert_farm_whole(faulty, caught.value, farm.SessionLostError, [says], restarted=["k-0"])
+
+
 def test_detached_process_dies_at_the_end_of_the_session(start: Callable[..., FaultFarm], library: Path) -> None:
     faulty = start(ONE_BOARD)
     session = faulty.request("k")
