@@ -49,7 +49,7 @@ EMPTY_TIMEOUT = 5.0
 CONTROLLERS = ("memory", "pids")
 _FARM_DIR = re.compile(r"^farm-board-(\d+)$")  # the farm's cgroup, named after its daemon's pid
 _DAEMON_LEAF = "daemon"
-_BOUNDS = (("processes", "pids", "processes"), ("memory", "memory", "memory"))  # what, controller, Limits field
+_BOUNDS = (("processes", "pids"), ("memory", "memory"))  # a field of Limits, and the controller that bounds it
 _SESSION_PREFIX = "session-"
 
 
@@ -109,10 +109,6 @@ class SessionCgroup:
         for path in self.paths:
             _kill_tree(path)
 
-    def empty(self) -> bool:
-        """Whether no process is left in the cgroup."""
-        return all(_empty_tree(path) for path in self.paths)
-
     def remove(self, timeout: float = EMPTY_TIMEOUT) -> bool:
         """Kill everything in the cgroup, wait until it is empty (up to ``timeout`` s), remove it; whether it went."""
         return all([_remove_tree(path, timeout) for path in self.paths])  # each, even after one failed
@@ -168,7 +164,7 @@ class Confinement:
             parts.append("cgroup v%d %s (%s)" % (hierarchy.version, hierarchy.path, ", ".join(gives) or "membership"))
         bounded = [h for hierarchy in self.hierarchies for h in hierarchy.controllers]
         fallback = [
-            name for name, controller, limit in _BOUNDS if getattr(self.limits, limit) and controller not in bounded
+            limit for limit, controller in _BOUNDS if getattr(self.limits, limit) and controller not in bounded
         ]
         if fallback:
             parts.append("%s bounded per process by resource limits only" % " and ".join(fallback))
@@ -341,7 +337,7 @@ def _make_farm_cgroups(own: List[Tuple[int, Tuple[str, ...], str]], limits: Limi
     """Make the farm's cgroup in each usable hierarchy (v2 first: what it controls, v1 is not asked for)."""
     name = "farm-board-%d" % os.getpid()
     made: List[_Hierarchy] = []
-    wanted = [controller for _, controller, limit in _BOUNDS if getattr(limits, limit)]
+    wanted = [controller for limit, controller in _BOUNDS if getattr(limits, limit)]
     for version, controllers, base in sorted(own, key=lambda entry: -entry[0]):
         offered = [c for c in controllers if c in wanted and not any(c in h.controllers for h in made)]
         if version == 1 and not offered:
