@@ -10,6 +10,7 @@ import os
 import resource
 import signal
 import time
+from pathlib import Path
 from typing import Callable, Iterator, List
 
 import pytest
@@ -257,3 +258,13 @@ def test_without_a_cgroup_resource_limits_bound_processes_and_memory() -> None:
     os.close(read_fd)
     os.waitpid(pid, 0)
     assert found == repr([(4000, 4000), (512 * MB, 512 * MB), (64, 64), (0, 0)])
+
+
+def test_the_start_up_line_names_what_falls_back_to_resource_limits(tmp_path: Path) -> None:
+    """A cgroup v2 without controllers (and without cgroup.kill): membership only, the rest by resource limits."""
+    only_v2 = Confinement([confine._Hierarchy(2, str(tmp_path), ())], Limits(processes=8, memory=MB))
+    assert only_v2.describe() == "cgroup v2 %s (membership); processes and memory bounded per process by resource " \
+        "limits only" % tmp_path  # fmt: skip
+    (tmp_path / "cgroup.kill").touch()
+    with_pids = Confinement([confine._Hierarchy(2, str(tmp_path), ("pids",))], Limits(processes=8, memory=0))
+    assert with_pids.describe() == "cgroup v2 %s (kill, pids)" % tmp_path
