@@ -324,3 +324,15 @@ def test_a_board_that_is_not_root_falls_back_to_resource_limits(
     session.close()
     assert_farm_whole(faulty)
     wait_for(lambda: not list(shared_dir.glob("session-*")), 5, "the session's directory is removed")
+
+
+def test_an_inventorys_limits_reach_its_boards(start: Callable[..., FaultFarm], kernels: Dict[str, Path]) -> None:
+    """A board group's ``limits`` in the inventory become its boards' options: here its maximum session time."""
+    faulty = start("tracker: {port: 0}\nboards:\n  - {key: k, limits: {max_session_time: 2, open_files: 100}}\n")
+    assert "--max-session-time 2 --session-open-files 100" in " ".join(faulty.stack.boards[0].argv)
+    session = faulty.request("k", session_timeout=30)
+    session.upload(kernels["libfaults.so"])
+    pause = session.load_module("libfaults.so").get_function("mark_and_pause", "void mark_and_pause(void)")
+    with pytest.raises(farm.SessionLostError) as caught:
+        pause()
+    assert_farm_whole(faulty, caught.value, farm.SessionLostError, [MAXIMUM + r"asked for 30 s\) expired"])
