@@ -268,3 +268,34 @@ def test_the_start_up_line_names_what_falls_back_to_resource_limits(tmp_path: Pa
     (tmp_path / "cgroup.kill").touch()
     with_pids = Confinement([confine._Hierarchy(2, str(tmp_path), ("pids",))], Limits(processes=8, memory=0))
     assert with_pids.describe() == "cgroup v2 %s (kill, pids)" % tmp_path
+
+
+def test_without_cgroup_kill_every_process_listed_is_killed_until_none_is_left(
+    make_confinement: Callable[[Limits], Confinement],
+) -> None:
+    """cgroup v1 alone has no cgroup.kill: the processes listed are killed round after round, even those that
+    keep forking, until the cgroup is empty (its process limit bounds how many there can be)."""
+    limits = Limits(processes=32, open_files=64, memory=64 * MB)
+    v1_only = [h for h in make_confinement(limits).hierarchies if h.version == 1]
+    if not v1_only:
+        pytest.skip("no cgroup v1 hierarchy here")
+    cgroup = Confinement(v1_only, limits).session()
+    assert not any(os.path.exists(os.path.join(path, "cgroup.kill")) for path in cgroup.paths)
+
+    def keep_forking() -> None:
+        for _ in range(4):
+            if os.fork() == 0:
+                os.setsid()
+                while True:  # each generation forks the next and goes on running
+                    try:
+                        if os.fork() == 0:
+                            continue
+                    except BlockingIOError:
+                        pass
+                    time.sleep(0.01)
+
+    session = in_session(cgroup, limits, keep_forking)
+    wait_for(lambda: len(procs(cgroup.paths[0])) > 8, 5, "the forks run")
+    assert cgroup.remove()
+    assert exit_status(session) == signal.SIGKILL
+    assert not any(os.path.exists(path) for path in cgroup.paths)
