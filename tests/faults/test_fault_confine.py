@@ -117,7 +117,8 @@ def test_detached_process_dies_when_the_daemon_and_its_watchdog_are_killed(
     start: Callable[..., FaultFarm], library: Path
 ) -> None:
     """SIGKILL to the watchdog, then to the daemon: nothing of the dead daemon is left to clean up, so the board
-    the launcher starts in its place kills what is left in the dead daemon's cgroups and removes them."""
+    the launcher starts in its place kills what is left in the dead daemon's cgroups and removes them (or any
+    other board that starts below the same cgroups first)."""
     faulty = start(ONE_BOARD, supervised=True)
     daemon = faulty.board("k-0")
     require_cgroups(daemon)
@@ -131,7 +132,6 @@ def test_detached_process_dies_when_the_daemon_and_its_watchdog_are_killed(
     wait_for(lambda: not alive(watchdog), 5, "the watchdog is dead")
     os.kill(daemon.pid, signal.SIGKILL)
     faulty.wait(lambda: faulty.board("k-0") is not daemon, 10, "the launcher restarts the board")
-    faulty.board("k-0").wait_for_log(re.compile("removing the cgroup of a board daemon that is gone"))
     faulty.wait(lambda: not alive(detached), 5, "the detached process %d is killed" % detached)
     assert_removed(cgroups)
     shutil.rmtree(work_dir)  # the dead daemon's directories: nobody was left to remove them
