@@ -182,16 +182,18 @@ def test_a_dead_daemons_cgroup_is_swept_by_the_next(make_confinement: Callable[[
     below the same cgroup kills what runs there and removes them."""
     limits = Limits(processes=16, open_files=64, memory=64 * MB)
     first = make_confinement(limits)
-    gone = os.fork()
+    gone = os.fork()  # the dead daemon: alive while its cgroups are made, so that no board sweeps them before
     if gone == 0:
+        signal.pause()
         os._exit(0)
-    os.waitpid(gone, 0)
     dead = Confinement([h._replace(path=os.path.join(os.path.dirname(h.path), "farm-board-%d" % gone))
                         for h in first.hierarchies], limits)  # fmt: skip
     for hierarchy in dead.hierarchies:
         os.mkdir(hierarchy.path)
     try:
         left = in_session(dead.session(), limits, detach)
+        os.kill(gone, signal.SIGKILL)
+        assert exit_status(gone) == signal.SIGKILL
         first.destroy()
         make_confinement(limits)
         assert exit_status(left) == signal.SIGKILL
