@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -48,17 +49,42 @@ int kill_daemon(void)
 }
 
 /* Every process forks at each of `depth` levels (2^depth processes if nothing stops it); all but the
-   caller then wait until killed. Returns how many of the caller's own forks failed. */
+   caller then wait until killed. Returns how many forks failed in the whole tree, once every process has
+   done its forking (or -1 after 10 s). */
+struct tally {
+    long started, done, failed;
+};
+
+static long tally_started(struct tally *tally)
+{
+    return __atomic_load_n(&tally->started, __ATOMIC_SEQ_CST);
+}
+
 long fork_bomb(int depth)
 {
+    struct tally *tally = mmap(NULL, sizeof *tally, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (tally == MAP_FAILED)
+        return -1;
+    tally->started = 1; /* the caller */
     pid_t caller = getpid();
-    long failed = 0;
-    for (int level = 0; level < depth; level++)
-        if (fork() < 0)
-            failed++;
+    for (int level = 0; level < depth; level++) {
+        pid_t child = fork();
+        if (child < 0)
+            __atomic_add_fetch(&tally->failed, 1, __ATOMIC_SEQ_CST);
+        else if (child > 0)
+            __atomic_add_fetch(&tally->started, 1, __ATOMIC_SEQ_CST);
+    }
+    __atomic_add_fetch(&tally->done, 1, __ATOMIC_SEQ_CST);
     if (getpid() != caller)
         for (;;)
             pause();
+    for (int waited = 0; __atomic_load_n(&tally->done, __ATOMIC_SEQ_CST) < tally_started(tally); waited++) {
+        if (waited == 1000)
+            return -1;
+        usleep(10000);
+    }
+    long failed = tally->failed;
+    munmap(tally, sizeof *tally);
     return failed;
 }
 
