@@ -32,6 +32,8 @@ pytestmark = pytest.mark.timeout(90)
 TESTS = Path(__file__).resolve().parent.parent
 ONE_BOARD = "tracker: {port: 0}\nboards:\n  - {key: k, count: 1}\n"
 CONFINED = "sessions are confined in cgroups"
+#: A user id no other process runs as (RLIMIT_NPROC counts every process of the user).
+LONE_UID = 61234
 MAXIMUM = r"the board's maximum session time of 2 s \(--max-session-time; the client "
 
 
@@ -298,16 +300,16 @@ def shared_dir() -> Iterator[Path]:
 def test_a_board_that_is_not_root_falls_back_to_resource_limits(
     start: Callable[..., FaultFarm], library: Path, shared_dir: Path
 ) -> None:
-    """A board run as an unprivileged user, with no cgroup of its own to divide, says it confines sessions by
+    """A board run as an unprivileged user of its own, with no cgroup it may divide, says it confines sessions by
     resource limits only, and they hold: processes per user (RLIMIT_NPROC, 16 more than the user ran when the
     session started), private memory per process
     (RLIMIT_DATA: malloc fails, the session goes on), open files; everything goes at the end of the session."""
     if os.geteuid() != 0:
-        pytest.skip("the test starts its board as the user nobody, which needs root")
+        pytest.skip("the test starts its board as another user, which needs root")
     faulty = start(ONE_BOARD)
     limits = ["--session-processes", "16", "--session-open-files", "64", "--session-memory", "64"]
-    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    daemon = faulty.add_board("c", prefix=nobody, extra=["--work-dir", str(shared_dir), *limits])
+    unprivileged = ["setpriv", "--reuid=%d" % LONE_UID, "--regid=%d" % LONE_UID, "--clear-groups"]
+    daemon = faulty.add_board("c", prefix=unprivileged, extra=["--work-dir", str(shared_dir), *limits])
     assert "sessions are confined by resource limits only" in daemon.log_text()
     session = faulty.request("c")
     found = limits_of(session.system_info()["pid"])
