@@ -6,6 +6,7 @@ elsewhere and say why) and run real processes in them; each cleans up after itse
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import signal
@@ -301,3 +302,57 @@ def test_without_cgroup_kill_every_process_listed_is_killed_until_none_is_left(
     assert cgroup.remove()
     assert exit_status(session) == signal.SIGKILL
     assert not any(os.path.exists(path) for path in cgroup.paths)
+
+
+# --- cgroup v2 with controllers, on a stand-in tree ------------------------------------------
+# The machine the tests run on has no cgroup v2 controllers (they are cgroup v1's), so the "no internal processes"
+# path runs on a tree of plain files where a write to the daemon's cgroup's subtree_control fails with EBUSY, as
+# the kernel's does, until the daemon has moved out of it.
+
+
+@pytest.fixture
+def v2_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``base`` (the daemon's cgroup, offering memory and pids, holding the daemon) with ``base/farm`` in it."""
+    base = tmp_path / "base"
+    (base / "farm").mkdir(parents=True)
+    (base / "cgroup.controllers").write_text("cpu io memory pids\n")
+    for path in (base, base / "farm"):
+        (path / "cgroup.subtree_control").write_text("")
+    (base / "cgroup.procs").write_text("%d\n" % os.getpid())
+    write = confine._write
+
+    def kernel_write(path: str, value: str) -> None:
+        if path.endswith("/cgroup.procs"):  # a move: out of the cgroup it was in, into this one
+            for other in tmp_path.rglob("cgroup.procs"):
+                other.write_text(other.read_text().replace(value + "\n", ""))
+            value = Path(path).read_text() + value + "\n" if os.path.exists(path) else value + "\n"
+        if path == str(base / "cgroup.subtree_control") and (base / "cgroup.procs").read_text().strip():
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        write(path, value)
+
+    monkeypatch.setattr(confine, "_write", kernel_write)
+    return base
+
+
+def test_v2_daemon_moves_into_a_leaf_to_enable_controllers(v2_tree: Path) -> None:
+    assert confine._enable_v2(str(v2_tree), str(v2_tree / "farm"), ["memory", "pids"]) == ["memory", "pids"]
+    assert (v2_tree / "farm" / "daemon" / "cgroup.procs").read_text() == "%d\n" % os.getpid()
+    assert (v2_tree / "cgroup.procs").read_text() == ""
+    assert (v2_tree / "cgroup.subtree_control").read_text() == "+memory +pids"
+    assert (v2_tree / "farm" / "cgroup.subtree_control").read_text() == "+memory +pids"
+
+
+def test_v2_daemon_goes_back_when_others_still_hold_its_cgroup(v2_tree: Path) -> None:
+    """Another process left in the daemon's cgroup keeps it from handing out controllers: the daemon moves back
+    (its leaf would be left behind) and confines sessions by membership and resource limits."""
+    (v2_tree / "cgroup.procs").write_text("%d\n1\n" % os.getpid())
+    assert confine._enable_v2(str(v2_tree), str(v2_tree / "farm"), ["memory", "pids"]) == []
+    assert (v2_tree / "cgroup.procs").read_text() == "1\n%d\n" % os.getpid()
+    assert (v2_tree / "farm" / "daemon" / "cgroup.procs").read_text() == ""  # (the kernel's rmdir removes it)
+    assert (v2_tree / "cgroup.subtree_control").read_text() == ""
+
+
+def test_v2_controllers_the_daemons_cgroup_does_not_offer_are_not_asked_for(v2_tree: Path) -> None:
+    (v2_tree / "cgroup.controllers").write_text("cpu io\n")
+    assert confine._enable_v2(str(v2_tree), str(v2_tree / "farm"), ["memory", "pids"]) == []
+    assert (v2_tree / "cgroup.procs").read_text() == "%d\n" % os.getpid()
