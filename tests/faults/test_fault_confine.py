@@ -86,6 +86,7 @@ def test_detached_process_dies_when_the_daemon_is_killed(
     killed with SIGKILL, by the session itself or from outside: the detached process dies too, and the
     restarted board is free, with no cgroup of the dead daemon's session left."""
     faulty = start(ONE_BOARD, supervised=True)
+    require_cgroups(faulty.board("k-0"))  # without, what left the process group survives (docs/security.md)
     session = faulty.request("k")
     info = session.system_info()
     daemon = faulty.board(info["name"])
