@@ -92,7 +92,7 @@ class SessionCgroup:
     def _make(self, limits: Limits) -> None:
         for hierarchy, path in zip(self._hierarchies, self.paths):
             os.mkdir(path)
-            for name, value in _limit_files(hierarchy, limits):
+            for name, value in _limit_files(hierarchy, path, limits):
                 _write(os.path.join(path, name), value)
 
     def enter(self) -> None:
@@ -401,8 +401,8 @@ def _enable(subtree_control: str, controllers: List[str]) -> None:
         _write(subtree_control, " ".join("+" + c for c in missing))
 
 
-def _limit_files(hierarchy: _Hierarchy, limits: Limits) -> List[Tuple[str, str]]:
-    """The files of a session's cgroup that set ``limits``, and what goes in them, in order."""
+def _limit_files(hierarchy: _Hierarchy, path: str, limits: Limits) -> List[Tuple[str, str]]:
+    """The files of the session's cgroup ``path`` that set ``limits``, and what goes in them, in order."""
     files = []
     if "pids" in hierarchy.controllers:
         files.append(("pids.max", str(limits.processes)))
@@ -412,7 +412,7 @@ def _limit_files(hierarchy: _Hierarchy, limits: Limits) -> List[Tuple[str, str]]
             files += [("memory.max", memory), ("memory.swap.max", "0"), ("memory.oom.group", "1")]
         else:
             files += [("memory.limit_in_bytes", memory), ("memory.memsw.limit_in_bytes", memory)]
-    return [(name, value) for name, value in files if os.path.exists(os.path.join(hierarchy.path, name))]
+    return [(name, value) for name, value in files if os.path.exists(os.path.join(path, name))]
 
 
 def _sweep_stale(base: str) -> None:
