@@ -305,19 +305,25 @@ def in_mount(root: str, point: str, path: str) -> str:
 def process_cgroups(pid: str = "self") -> List[Tuple[int, Tuple[str, ...], str]]:
     """The cgroup directories of process ``pid`` in each hierarchy that matters: (version, v1 controllers, path).
 
-    Empty where /proc or cgroups are missing.
+    One per hierarchy (its first mount, where it is mounted twice); empty where /proc or cgroups are missing.
     """
     try:
         with open("/proc/self/mountinfo") as handle:
-            mounted = mounts(handle.read())
+            mountinfo = handle.read()
         with open("/proc/%s/cgroup" % pid) as handle:
-            member = memberships(handle.read())
+            proc_cgroup = handle.read()
     except OSError:
         return []
-    own = []
-    for version, controllers, root, point in mounted:
+    return cgroup_directories(mountinfo, proc_cgroup)
+
+
+def cgroup_directories(mountinfo: str, proc_cgroup: str) -> List[Tuple[int, Tuple[str, ...], str]]:
+    """:func:`process_cgroups` from the text of /proc/self/mountinfo and of /proc/PID/cgroup."""
+    member = memberships(proc_cgroup)
+    own: List[Tuple[int, Tuple[str, ...], str]] = []
+    for version, controllers, root, point in mounts(mountinfo):
         key = "" if version == 2 else controllers[0]
-        if key in member:
+        if key in member and not any(found[:2] == (version, controllers) for found in own):
             directory = in_mount(root, point, member[key])
             if os.path.isdir(directory):
                 own.append((version, controllers, directory))

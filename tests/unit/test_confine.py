@@ -54,6 +54,20 @@ def test_mounts_of_a_hybrid_layout() -> None:
     }
 
 
+def test_a_hierarchy_mounted_twice_is_used_once(tmp_path: Path) -> None:
+    for name in ("first", "again", "pids", "pids/farm"):
+        (tmp_path / name).mkdir()
+    mountinfo = (
+        "41 31 0:38 / %s/first rw - cgroup2 cgroup2 rw\n"
+        "39 31 0:36 / %s/pids rw - cgroup cgroup rw,pids\n"
+        "99 1 0:38 / %s/again rw - cgroup2 cgroup2 rw\n" % (tmp_path, tmp_path, tmp_path)
+    )
+    assert confine.cgroup_directories(mountinfo, "8:pids:/farm\n0::/\n") == [
+        (2, (), str(tmp_path / "first")),
+        (1, ("pids",), str(tmp_path / "pids" / "farm")),
+    ]
+
+
 def test_mount_of_part_of_a_hierarchy_with_an_escaped_path() -> None:
     """A container sees only its part of the hierarchy, mounted where its /proc/self/mountinfo says."""
     mountinfo = "29 22 0:26 /system.slice/my\\040board /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n"
