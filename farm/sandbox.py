@@ -44,12 +44,13 @@ def session_user(name: Optional[str]) -> SessionUser:
     import pwd  # Unix only, like the rest of the board daemon
 
     if os.geteuid() != 0:
-        own = pwd.getpwuid(os.geteuid())
-        if name not in (None, own.pw_name):
-            raise ValueError(
-                "--session-user %s needs a daemon started as root; this one runs as %s" % (name, own.pw_name)
-            )
-        return SessionUser(own.pw_name, own.pw_uid, own.pw_gid, False)
+        try:
+            own = pwd.getpwuid(os.geteuid()).pw_name
+        except KeyError:  # a user without an entry in the password database
+            own = str(os.geteuid())
+        if name not in (None, own):
+            raise ValueError("--session-user %s needs a daemon started as root; this one runs as %s" % (name, own))
+        return SessionUser(own, os.geteuid(), os.getegid(), False)
     wanted = name or DEFAULT_SESSION_USER
     try:
         entry = pwd.getpwnam(wanted)

@@ -27,8 +27,9 @@ import sys
 import tempfile
 import termios
 import time
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
+from . import confine
 from .auth import add_secret_argument, daemon_secret
 from .errors import ProtocolError
 from .lifetime import become_subreaper, die_with_launcher, kill_children
@@ -42,7 +43,16 @@ from .protocol.peers import looks_like_tls, spoke
 from .registration import ProxyDialer, TrackerLink
 from .relay import SessionRelay
 from .sandbox import DEFAULT_SESSION_USER, not_dumpable, session_user, warn_about
-from .session import DEFAULT_SESSION_QUOTA_MB, MB, SessionStatus, directory_size, over_quota_message
+from .session import (
+    DEFAULT_SESSION_QUOTA_FILES,
+    DEFAULT_SESSION_QUOTA_MB,
+    MB,
+    SessionStatus,
+    directory_usage,
+    megabytes,
+    over_files_message,
+    over_quota_message,
+)
 from .spawner import ENDED, FAILED, STARTED, SessionOrder, Spawner, SpawnerGone, report_numbers
 from .tls import Handshake, TlsConfig, TlsError, add_tls_arguments, daemon_tls
 from .transport import send_buffers, tune
@@ -55,6 +65,8 @@ MAX_PENDING_HANDSHAKES = 64
 QUOTA_CHECK_PERIOD = 1.0
 #: Seconds the daemon tries to tell a client how its session ended.
 NOTIFY_TIMEOUT = 2.0
+#: Longest a session may last by default, in seconds (the board's ``--max-session-time``).
+DEFAULT_MAX_SESSION_TIME = 3600.0
 #: Seconds a stopping daemon waits for the spawner to report the end of the session it killed.
 STOP_TIMEOUT = 10.0
 
@@ -74,8 +86,10 @@ class _Active:
     """The session being served: its process, connection and directory."""
 
     def __init__(self, sock: socket.socket, peer: str, directory: str, timeout: Optional[float],
-                 status: SessionStatus, relay: Optional[SessionRelay] = None) -> None:  # fmt: skip
+                 status: SessionStatus, relay: Optional[SessionRelay] = None,
+                 cgroup: Optional[confine.SessionCgroup] = None, timeout_reason: str = "") -> None:  # fmt: skip
         self.pid = 0  # once the spawner reported it
+        self.cgroup = cgroup  # the session's own cgroup, where the board has one
         self.sock = sock
         self.relay = relay  # under TLS: the daemon relays between the client and the session process
         self.sent_before = 0  # bytes sent on the connection before the session process took over
@@ -86,11 +100,14 @@ class _Active:
         self.started = time.monotonic()
         self.started_at = time.time()  # the board's clock, reported to the client at the end
         self.timeout = timeout
+        self.timeout_reason = timeout_reason  # which limit the timeout is, for the client: see _session_time
         self.deadline = self.started + timeout if timeout else None
         self.timed_out = False
         self.abandoned = False  # the client hung up while the session ran code
         self.start_failure = ""  # why the spawner could not start the session process
         self.over_quota = 0  # the directory's size once found over the quota
+        self.over_files = False  # the directory was found to hold more entries than its quota
+        self.oom_kills = 0  # processes of the session the kernel killed over its memory limit
         self.next_quota_check = self.started + QUOTA_CHECK_PERIOD
 
 
@@ -129,15 +146,22 @@ class BoardServer:
         secret: Optional[bytes] = None,
         session_quota: int = DEFAULT_SESSION_QUOTA_MB * MB,
         tls: Optional[TlsConfig] = None,
+        max_session_time: float = DEFAULT_MAX_SESSION_TIME,
+        session_quota_files: int = DEFAULT_SESSION_QUOTA_FILES,
         *,
         spawner: Spawner,
+        confinement: Optional[confine.Confinement] = None,
     ) -> None:
         self.host = host
         self._spawner = spawner  # what starts the sessions: forked before the caller read any secret
+        self._confinement = confinement  # the sessions' cgroups, where the board has them
+        self.limits = spawner.limits  # processes, open files and memory of each session
         self.key = key
         self.secret = secret
         self.tls = tls
         self.session_quota = session_quota  # bytes a session's directory may hold (0: no limit)
+        self.session_quota_files = session_quota_files  # files and directories it may hold (0: no limit)
+        self.max_session_time = max_session_time  # seconds (0: no limit)
         self.max_message_size = max_message_size
         self.handshake_timeout = handshake_timeout
         # Through a proxy the board dials out (host and port are the proxy's) and listens nowhere.
@@ -167,7 +191,7 @@ class BoardServer:
 
     def serve_forever(self) -> None:
         """Serve until SIGTERM or SIGINT; then end any session and clean up."""
-        self._watchdog = Watchdog(self.work_dir if self._own_work_dir else None)
+        self._watchdog = Watchdog(self.work_dir if self._own_work_dir else None, self._confinement)
         self._subreaper = become_subreaper()  # what sessions leave behind in sessions of its own comes here
         if self._listener is not None:
             logger.info("bind to %s:%d", self.host, self.port)
@@ -416,11 +440,26 @@ class BoardServer:
             logger.error("cannot make a session directory for %s: %s", peer, exc)
             sock.close()
             return
+        try:
+            cgroup = self._confinement.session() if self._confinement is not None else None
+        except OSError as exc:
+            logger.error("cannot make a cgroup for the session of %s: %s", peer, exc)
+            shutil.rmtree(directory, ignore_errors=True)
+            sock.close()
+            return
         relay = SessionRelay(sock, self._selector) if self.tls is not None else None
-        active = _Active(sock, peer, directory, timeout, self._spawner.status, relay)
+        timeout, timeout_reason = self._session_time(timeout)
+        active = _Active(sock, peer, directory, timeout, self._spawner.status, relay, cgroup, timeout_reason)
         active.sent_before = bytes_sent
         order = SessionOrder(
-            directory, leftover, bytes_sent, self.key, self.name, self.session_quota, self.max_message_size
+            directory,
+            leftover,
+            bytes_sent,
+            self.key,
+            self.name,
+            self.session_quota,
+            self.max_message_size,
+            cgroup.name if cgroup is not None else "",
         )
         self._active = active
         try:
@@ -435,6 +474,16 @@ class BoardServer:
             relay.register()
         if self._link is not None:
             self._link.session_started()
+
+    def _session_time(self, asked: Optional[float]) -> Tuple[Optional[float], str]:
+        """The session's timeout: what the client asked for, at most --max-session-time; and which limit it is."""
+        limit = self.max_session_time
+        if asked and (not limit or asked <= limit):
+            return asked, "the session timeout of %g s" % asked
+        if not limit:
+            return None, ""
+        wanted = "asked for %g s" % asked if asked else "asked for none"
+        return limit, "the board's maximum session time of %g s (--max-session-time; the client %s)" % (limit, wanted)
 
     def _session_directory(self) -> str:
         """A new session directory, mode 700, owned by the session user."""
@@ -468,9 +517,11 @@ class BoardServer:
             )
         elif kind == ENDED:
             self._watchdog.watch(0)
+            self._remove_cgroup(active)
             self._end_session(active, report_numbers(body)[1])
         elif kind == FAILED:
             active.start_failure = body.decode("utf-8", "replace")
+            self._remove_cgroup(active)
             self._end_session(active, 0)
         else:
             logger.error("the session spawner sent an unknown report %r; ignored", kind)
@@ -500,12 +551,28 @@ class BoardServer:
         if self._subreaper:
             kill_children(keep=(self._watchdog.pid, self._spawner.pid))
 
-    def _kill_session(self) -> None:
-        """Have the spawner kill the running session's process group; it reports the end."""
+    def _kill_session(self, active: _Active) -> None:
+        """SIGKILL every process of the session: its cgroup where it has one, and its process group (by the
+        spawner, which kills only a session it has not reaped yet, and reports the end)."""
+        if active.cgroup is not None:
+            active.cgroup.kill()
         try:
             self._spawner.kill()
         except SpawnerGone as exc:
             self._spawner_gone(exc)
+
+    def _remove_cgroup(self, active: _Active) -> None:
+        """Once the session process is reaped: note what the cgroup saw, kill what is left in it, remove it."""
+        cgroup = active.cgroup
+        if cgroup is None:
+            return
+        active.oom_kills = cgroup.oom_kills()
+        refused = cgroup.refused_forks()
+        if refused:
+            logger.warning("session from %s: the process limit of %d refused %d fork(s)", active.peer,
+                           self.limits.processes, refused)  # fmt: skip
+        if not cgroup.remove():
+            logger.error("the cgroup of the session from %s could not be emptied and removed", active.peer)
 
     def _expire(self, now: float) -> None:
         for pending in [p for p in self._pending.values() if p.deadline <= now]:
@@ -515,23 +582,32 @@ class BoardServer:
         if active is not None and active.deadline is not None and now >= active.deadline and not active.timed_out:
             logger.warning("session from %s reached its timeout of %g s; killing it", active.peer, active.timeout)
             active.timed_out = True
-            self._kill_session()
-        if active is not None and self.session_quota and now >= active.next_quota_check and not active.over_quota:
+            self._kill_session(active)
+        checked = active is not None and (self.session_quota or self.session_quota_files)
+        if checked and now >= active.next_quota_check and not (active.over_quota or active.over_files):
             self._check_quota(active, now)
         if active is not None and not active.abandoned and _hung_up_while_running(active):
             logger.warning("client %s left while %s; killing the session", active.peer, active.status.activity)
             active.abandoned = True
-            self._kill_session()
+            self._kill_session(active)
 
     def _check_quota(self, active: _Active, now: float) -> None:
-        """End the session if its directory holds more than the quota (RLIMIT_FSIZE bounds each file, not the sum)."""
+        """End the session if its directory holds more than its quotas (RLIMIT_FSIZE bounds each file, not the sum).
+
+        Counting stops past the quota of entries, so a directory of millions of files costs no more to check.
+        """
         active.next_quota_check = now + QUOTA_CHECK_PERIOD
-        size = directory_size(active.directory)
-        if size > self.session_quota:
-            message = over_quota_message(size, self.session_quota)
-            logger.warning("session from %s: %s; killing it", active.peer, message)
-            active.over_quota = size
-            self._kill_session()
+        usage = directory_usage(active.directory, self.session_quota_files)
+        if self.session_quota_files and usage.entries > self.session_quota_files:
+            active.over_files = True
+            message = over_files_message(self.session_quota_files)
+        elif self.session_quota and usage.size > self.session_quota:
+            active.over_quota = usage.size
+            message = over_quota_message(usage.size, self.session_quota)
+        else:
+            return
+        logger.warning("session from %s: %s; killing it", active.peer, message)
+        self._kill_session(active)
 
     def _end_session(self, active: _Active, wait_status: int, reason: str = "") -> None:
         """Tell the client how the (reaped) session process ended and when it ran (board clock); clean up."""
@@ -550,15 +626,23 @@ class BoardServer:
                 over_quota_message(active.over_quota, self.session_quota),
                 activity,
             )
+        elif active.over_files:
+            message = "%s; the board ended the session while %s" % (
+                over_files_message(self.session_quota_files),
+                activity,
+            )
         elif active.abandoned:
             message = "the client left while %s; the board ended the session" % activity
         elif active.timed_out:
-            message = "the session timeout of %g s expired while %s; the board ended the session" % (
-                active.timeout,
-                activity,
-            )
+            message = "%s expired while %s; the board ended the session" % (active.timeout_reason, activity)
         elif signal_number is None and exit_code == 0 and state == SessionStatus.FINISHED:
             message = ""
+        elif active.oom_kills:
+            message = (
+                "the session went over its memory limit of %s MB (--session-memory): the kernel killed %d of its "
+                "processes, and the board's session process %s while %s"
+                % (megabytes(self.limits.memory), active.oom_kills, how, activity)
+            )
         else:
             message = "the board's session process %s while %s" % (how, activity)
         elapsed = time.monotonic() - active.started
@@ -609,12 +693,16 @@ class BoardServer:
         signal.set_wakeup_fd(-1)
         active = self._active
         if active is not None:
-            self._end_session(active, self._stop_session(), "the board daemon shut down")
+            wait_status = self._stop_session(active)
+            self._remove_cgroup(active)
+            self._end_session(active, wait_status, "the board daemon shut down")
         self._spawner.close()
         self._kill_strays()
         for pending in list(self._pending.values()):
             self._drop_pending(pending)
         self._watchdog.stop()
+        if self._confinement is not None:
+            self._confinement.destroy()
         if self._link is not None:
             self._link.close()
         self._selector.close()
@@ -626,11 +714,13 @@ class BoardServer:
             shutil.rmtree(self.work_dir, ignore_errors=True)
         logger.info("board server stopped")
 
-    def _stop_session(self) -> int:
+    def _stop_session(self, active: _Active) -> int:
         """Kill the running session and wait for the spawner to report its end: its wait status.
 
         With the spawner gone, the session died with it (its parent-death signal): SIGKILL.
         """
+        if active.cgroup is not None:
+            active.cgroup.kill()
         if self._spawner_alive:
             try:
                 self._spawner.kill()
@@ -697,14 +787,18 @@ class Watchdog:
     along with a killed daemon, but not what the session's code forked. The
     watchdog learns each session's process group and directory through a pipe
     only the daemon writes to; when
-    the daemon dies the pipe closes, and the watchdog kills that group, removes
-    that directory and ``work_dir`` (the daemon's own temporary one), and exits.
+    the daemon dies the pipe closes, and the watchdog kills that group, kills
+    every process in the sessions' cgroups (``confinement``, where the board
+    has them: that takes what left the process group too) and removes them,
+    removes that directory and ``work_dir`` (the daemon's own temporary one),
+    and exits.
     """
 
     _RECORD = struct.Struct("<iH")  # process group, length of the directory's path that follows
 
-    def __init__(self, work_dir: Optional[str] = None) -> None:
+    def __init__(self, work_dir: Optional[str] = None, confinement: Optional[confine.Confinement] = None) -> None:
         self._work_dir = work_dir
+        self._confinement = confinement
         read_fd, self._write_fd = os.pipe()
         self._alive = True
         self.pid = os.fork()
@@ -750,7 +844,12 @@ class Watchdog:
                 pgid, length = self._RECORD.unpack(record)
                 directory = os.read(read_fd, length) if length else b""
             if pgid:
-                os.killpg(pgid, signal.SIGKILL)
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if self._confinement is not None:
+                self._confinement.destroy()
             for path in (directory, self._work_dir):
                 if path:
                     shutil.rmtree(path, ignore_errors=True)
@@ -778,11 +877,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--session-quota",
         metavar="MB",
-        type=_quota,
+        type=_megabytes,
         default=DEFAULT_SESSION_QUOTA_MB,
         help="most a session's directory may hold, in MB: larger uploads are refused, files written past it "
         "fail (EFBIG), and a session whose directory outgrows it is ended; 0: no limit (default: %d)"
         % DEFAULT_SESSION_QUOTA_MB,
+    )
+    parser.add_argument(
+        "--session-quota-files",
+        metavar="N",
+        type=_count,
+        default=DEFAULT_SESSION_QUOTA_FILES,
+        help="most files and directories a session's directory may hold: a session found with more is ended; "
+        "0: no limit (default: %d)" % DEFAULT_SESSION_QUOTA_FILES,
+    )
+    parser.add_argument(
+        "--max-session-time",
+        metavar="SECONDS",
+        type=_seconds,
+        default=DEFAULT_MAX_SESSION_TIME,
+        help="longest a session may last: a client may ask for a shorter session timeout, never a longer one, "
+        "and one that asks for none gets this; 0: no limit (default: %g)" % DEFAULT_MAX_SESSION_TIME,
+    )
+    parser.add_argument(
+        "--session-memory",
+        metavar="MB",
+        type=_megabytes,
+        default=None,
+        help="most memory a session's processes may use together, in MB (each process's private memory where "
+        "the board has no memory cgroup); 0: no limit (default: half of the board's memory)",
+    )
+    parser.add_argument(
+        "--session-processes",
+        metavar="N",
+        type=_count,
+        default=confine.DEFAULT_PROCESSES,
+        help="most processes and threads a session may run at once (with no pids cgroup: RLIMIT_NPROC, at what "
+        "the session's user runs already plus N); 0: no limit (default: %d)" % confine.DEFAULT_PROCESSES,
+    )
+    parser.add_argument(
+        "--session-open-files",
+        metavar="N",
+        type=_count,
+        default=confine.DEFAULT_OPEN_FILES,
+        help="most files each process of a session may hold open (RLIMIT_NOFILE); 0: the daemon's own limit "
+        "(default: %d)" % confine.DEFAULT_OPEN_FILES,
     )
     parser.add_argument(
         "--handshake-timeout", type=float, default=10.0, help="seconds a new connection has to say hello"
@@ -811,10 +950,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
-def _quota(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError("%r is not a number of MB (0 or more)" % text)
-    return int(text)
+def _whole(what: str) -> Callable[[str], int]:
+    """An argparse type for a whole number of ``what`` (0 or more)."""
+
+    def parse(text: str) -> int:
+        if not text.isdigit():
+            raise argparse.ArgumentTypeError("%r is not %s (0 or more)" % (text, what))
+        return int(text)
+
+    return parse
+
+
+_megabytes, _count = _whole("a number of MB"), _whole("a whole number")
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError("%r is not a number of seconds (0 or more)" % text)
+    return seconds
 
 
 def run(args: argparse.Namespace) -> int:
@@ -825,7 +982,14 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         logger.error("%s", exc)
         return 2
-    spawner = Spawner(user)  # first, before any secret is read: sessions are forked from it
+    limits = confine.Limits(
+        processes=args.session_processes,
+        open_files=args.session_open_files,
+        memory=confine.default_memory() if args.session_memory is None else args.session_memory * MB,
+    )
+    # The sessions' cgroups first: on cgroup v2 the daemon may move into a leaf of its own, and so must the spawner.
+    confinement = confine.Confinement.create(limits)
+    spawner = Spawner(user, limits, confinement)  # before any secret is read: sessions are forked from it
     not_dumpable()  # nor may a session of the daemon's own user read its memory through /proc
     warn_about(user)
     secret = daemon_secret(args.secret_file, None if args.through_proxy else args.host, "board server")
@@ -846,13 +1010,18 @@ def run(args: argparse.Namespace) -> int:
             secret,
             session_quota=args.session_quota * MB,
             tls=tls,
+            max_session_time=args.max_session_time,
+            session_quota_files=args.session_quota_files,
             spawner=spawner,
+            confinement=confinement,
         )
     except OSError as exc:
         logger.error("cannot listen: %s", exc)
         return 1
     if not _check_sessions(spawner, server.work_dir, [args.secret_file, tls.key if tls is not None else None]):
         server.abandon()
+        if confinement is not None:
+            confinement.destroy()
         return 2
     server.serve_forever()
     return 0 if server.spawner_alive else 1

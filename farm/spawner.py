@@ -25,8 +25,9 @@ import signal
 import socket
 import struct
 import sys
-from typing import Any, Dict, List, NamedTuple, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
+from . import confine
 from .lifetime import become_subreaper, die_with_parent, kill_children, kill_group
 from .protocol.framing import FrameReader
 from .sandbox import (
@@ -66,6 +67,7 @@ class SessionOrder(NamedTuple):
     name: str
     quota: int
     max_message_size: int
+    cgroup: str  # the name of the session's cgroup in the farm's ("": none)
 
 
 class SpawnerGone(Exception):
@@ -75,8 +77,11 @@ class SpawnerGone(Exception):
 class Spawner:
     """The daemon's handle on its spawner process, forked when this is made: make it before reading secrets."""
 
-    def __init__(self, user: SessionUser) -> None:
+    def __init__(
+        self, user: SessionUser, limits: confine.Limits, confinement: Optional[confine.Confinement] = None
+    ) -> None:
         self.user = user
+        self.limits = limits  # what each session may use
         self.status = SessionStatus()  # one mapping shared by the daemon, the spawner and each session
         start_directory = os.getcwd()
         self.sock, spawner_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -86,7 +91,7 @@ class Spawner:
             self.sock.close()
             code = 1
             try:
-                _SpawnerProcess(spawner_end, user, self.status, start_directory, daemon_pid).run()
+                _SpawnerProcess(spawner_end, user, self.status, start_directory, daemon_pid, limits, confinement).run()
                 code = 0
             except BaseException:
                 logger.exception("the session spawner failed")
@@ -155,9 +160,18 @@ class _SpawnerProcess:
     """The spawner's side: one session at a time, started, reaped and reported."""
 
     def __init__(
-        self, sock: socket.socket, user: SessionUser, status: SessionStatus, start_directory: str, daemon_pid: int
+        self,
+        sock: socket.socket,
+        user: SessionUser,
+        status: SessionStatus,
+        start_directory: str,
+        daemon_pid: int,
+        limits: confine.Limits,
+        confinement: Optional[confine.Confinement],
     ) -> None:
         self.sock = sock
+        self.limits = limits
+        self.confinement = confinement
         self.user = user
         self.status = status
         self.start_directory = start_directory
@@ -247,6 +261,11 @@ class _SpawnerProcess:
             os.close(self._wakeup_r)
             os.close(self._wakeup_w)
             spawner = os.getppid()
+            cgroup = None
+            if order.cgroup and self.confinement is not None:
+                cgroup = confine.SessionCgroup(self.confinement.hierarchies, order.cgroup)
+            # before any of the client's code, and while it may still write cgroups; its limits for the session user
+            confine.enter(cgroup, self.limits, self.user.uid)
             become(self.user)
             die_with_parent(spawner)  # after changing user, which clears the parent-death signal
             os.chdir(order.directory)
