@@ -60,7 +60,10 @@ class BoardGroup:
 
     ``start`` says how they come to be (:data:`STARTS`); ``arch`` is the
     architecture they run (None: this machine's, for local boards); ``port``,
-    when not 0, is the first of ``count`` consecutive ports they listen on.
+    when not 0, is the first of ``count`` consecutive ports they listen on;
+    ``session_user`` is the user their sessions run as when they are started
+    as root (None: the board server's default, ``nobody``); ``limits`` bounds
+    each of their sessions (:data:`LIMITS`: field, value).
     """
 
     key: str
@@ -71,6 +74,15 @@ class BoardGroup:
     start: str = "local"
     arch: Optional[str] = None
     port: int = 0
+    session_user: Optional[str] = None
+    limits: Tuple[Tuple[str, float], ...] = ()
+
+    def limit_options(self) -> List[str]:
+        """The board server's options that set ``limits``: ``["--max-session-time", "600", ...]``."""
+        options: List[str] = []
+        for name, value in self.limits:
+            options += [LIMITS[name][0], "%g" % value if isinstance(value, float) else str(value)]
+        return options
 
     @property
     def target(self) -> Optional[Target]:
@@ -234,6 +246,15 @@ def _is_key(value: Any) -> bool:
 
 
 _KEY_EXPECTED = "a key of letters, digits, '.', '_' or '-'"
+#: A board group's ``limits``: each field's board server option, and what it takes.
+LIMITS = {
+    "max_session_time": ("--max-session-time", "a number of seconds, 0 or more (0: no maximum)"),
+    "memory": ("--session-memory", "a number of MB, 0 or more (0: no limit)"),
+    "processes": ("--session-processes", "a number of processes, 0 or more (0: no limit)"),
+    "open_files": ("--session-open-files", "a number of open files, 0 or more (0: the daemon's own limit)"),
+    "quota": ("--session-quota", "a number of MB, 0 or more (0: no limit)"),
+    "quota_files": ("--session-quota-files", "a number of files, 0 or more (0: no limit)"),
+}
 #: How a board group's daemons come to be: started here, started here under qemu-user, or started by someone else.
 STARTS = ("local", "emulated", "external")
 
@@ -249,7 +270,8 @@ def _listener(doc: _Document, path: Path, value: Any) -> Listener:
 
 
 def _board_group(doc: _Document, path: Path, value: Any) -> BoardGroup:
-    fields = _fields(doc, path, value, ("key", "count", "proxy", "name", "host", "port", "start", "arch"))
+    allowed = ("key", "count", "proxy", "name", "host", "port", "start", "arch", "session_user", "limits")
+    fields = _fields(doc, path, value, allowed)
     if "key" not in fields:
         raise doc.error(path + ("key",), "the board's key (a required field)", found=False)
     start = _get(doc, fields, path, "start", lambda v: v in STARTS, "one of: %s" % ", ".join(STARTS), "local")
@@ -262,9 +284,27 @@ def _board_group(doc: _Document, path: Path, value: Any) -> BoardGroup:
         start=start,
         arch=_get(doc, fields, path, "arch", _is_key, "an architecture (%s) or a target triple" % _ARCHES, None),
         port=_get(doc, fields, path, "port", _is_int(0, 65535), "a port number in 0..65535 (0: any free port)", 0),
+        session_user=_get(doc, fields, path, "session_user", _is_key, "a user name on the board's machine", None),
+        limits=_limits(doc, path + ("limits",), fields["limits"]) if "limits" in fields else (),
     )
     _check_start(doc, path, group)
     return group
+
+
+def _limits(doc: _Document, path: Path, value: Any) -> Tuple[Tuple[str, float], ...]:
+    fields = _fields(doc, path, value, tuple(LIMITS))
+    limits = []
+    for name, (_, expected) in LIMITS.items():
+        seconds = name == "max_session_time"  # the one that may have a fraction
+        check = _is_seconds if seconds else _is_int(0, 1 << 62)
+        number = _get(doc, fields, path, name, check, expected, None)
+        if number is not None:
+            limits.append((name, number))
+    return tuple(limits)
+
+
+def _is_seconds(value: Any) -> bool:
+    return type(value) in (int, float) and 0 <= value < float("inf")
 
 
 _ARCHES = ", ".join(sorted(TARGETS))
@@ -282,6 +322,9 @@ def _check_start(doc: _Document, path: Path, group: BoardGroup) -> None:
             host.name if host is not None else "unknown"
         )
         raise doc.error(path + ("arch",), expected, group.arch)
+    if group.limits and group.start == "external":
+        raise doc.error(path + ("limits",), "no limits for an external board (set its own options where it runs)",
+                        dict(group.limits))  # fmt: skip
     if group.port and group.start == "external":
         raise doc.error(path + ("port",), "no port for an external board (it listens where it runs)", group.port)
     if group.port and group.proxy:

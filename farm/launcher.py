@@ -197,7 +197,9 @@ class FarmStack:
 
     def _board(self, name: str, group: BoardGroup, position: int, emulated: Dict[str, List[str]]) -> None:
         """Start one board: ``position`` is its place in its group (its port, when the group has fixed ports)."""
-        extra = ["--name", name]
+        extra = ["--name", name, *group.limit_options()]
+        if group.session_user:
+            extra += ["--session-user", group.session_user]
         if group.proxy:
             host, port = self._proxy_address or ("", 0)
             extra.append("--through-proxy")

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import logging
 import os
 import signal
-from typing import List
+from typing import List, Sequence
+
+logger = logging.getLogger("farm.lifetime")
 
 #: The environment variable a launcher sets to its own pid.
 PARENT_ENV = "FARM_PARENT_PID"
@@ -73,6 +76,31 @@ def child_pids() -> List[int]:
             if len(fields) > 1 and fields[1] == str(me):
                 found.append(int(entry))
     return sorted(set(found))
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL process group ``pgid``, if it is still there."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def kill_children(keep: Sequence[int] = ()) -> None:
+    """SIGKILL and reap every child of this process but ``keep`` (and the group each leads), round after round:
+    a subreaper's children include the orphans of those it kills."""
+    for _ in range(100):
+        strays = [pid for pid in child_pids() if pid not in keep]
+        if not strays:
+            return
+        logger.warning("killing %d process(es) a session left behind: %s", len(strays), strays)
+        for pid in strays:
+            kill_group(pid)  # the group it made itself, if it did
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
 
 
 def _read(path: str) -> str:

@@ -1,11 +1,13 @@
 """The board daemon: ``python -m farm.server --host 127.0.0.1 --port 9090 --key rasp4``.
 
 One process listens and does handshakes; each accepted session runs in a
-forked child with its own process group and working directory. The daemon
-outlives whatever the session's code does: when the child dies (a segfault,
-an abort, ``os._exit``, a kill, the session timeout) the daemon tells the
-client how, removes the session directory, and accepts the next client.
-Standard library only, Python >= 3.8.
+process of its own, with its own process group, working directory and
+unprivileged user, forked by the session spawner (:mod:`farm.spawner`), which
+the daemon forks before it reads any secret. The daemon outlives whatever the
+session's code does: when the session process dies (a segfault, an abort,
+``os._exit``, a kill, the session timeout) the daemon tells the client how,
+removes the session directory, and accepts the next client. Standard library
+only, Python >= 3.8.
 """
 
 from __future__ import annotations
@@ -25,24 +27,36 @@ import sys
 import tempfile
 import termios
 import time
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
+from . import confine
 from .admission import Gate, Limits, LogThrottle, Ticket, add_admission_arguments, address_key
 from .auth import add_secret_argument, daemon_secret
 from .errors import ProtocolError
-from .lifetime import become_subreaper, child_pids, die_with_launcher, die_with_parent
+from .lifetime import become_subreaper, die_with_launcher, kill_children
 from .logs import configure_logging
 from .net import bind_first_free, parse_address, recv_nowait
 from .protocol.auth import Acceptor, AuthError
-from .protocol.framing import DEFAULT_MAX_PAYLOAD, FrameReader, encode_frame
+from .protocol.framing import DEFAULT_MAX_PAYLOAD, encode_frame
 from .protocol.handshake import CODE_BUSY, CODE_MISMATCH, CODE_SUCCESS, Hello, HelloReader, encode_reply, parse_key
 from .protocol.ops import Op
 from .protocol.peers import looks_like_tls, spoke
 from .registration import ProxyDialer, TrackerLink
 from .relay import SessionRelay
-from .session import DEFAULT_SESSION_QUOTA_MB, MB, Session, SessionStatus, directory_size, over_quota_message
+from .sandbox import DEFAULT_SESSION_USER, not_dumpable, session_user, warn_about
+from .session import (
+    DEFAULT_SESSION_QUOTA_FILES,
+    DEFAULT_SESSION_QUOTA_MB,
+    MB,
+    SessionStatus,
+    directory_usage,
+    megabytes,
+    over_files_message,
+    over_quota_message,
+)
+from .spawner import ENDED, FAILED, STARTED, SessionOrder, Spawner, SpawnerGone, report_numbers
 from .tls import Handshake, TlsConfig, TlsError, add_tls_arguments, daemon_tls
-from .transport import FramedSocket, send_buffers, tune
+from .transport import send_buffers, tune
 
 logger = logging.getLogger("farm.server")
 
@@ -54,6 +68,10 @@ MAX_PENDING_PER_ADDRESS = 16
 QUOTA_CHECK_PERIOD = 1.0
 #: Seconds the daemon tries to tell a client how its session ended.
 NOTIFY_TIMEOUT = 2.0
+#: Longest a session may last by default, in seconds (the board's ``--max-session-time``).
+DEFAULT_MAX_SESSION_TIME = 3600.0
+#: Seconds a stopping daemon waits for the spawner to report the end of the session it killed.
+STOP_TIMEOUT = 10.0
 
 
 class _Pending:
@@ -71,22 +89,29 @@ class _Pending:
 class _Active:
     """The session being served: its process, connection and directory."""
 
-    def __init__(self, pid: int, sock: socket.socket, peer: str, directory: str, timeout: Optional[float],
-                 relay: Optional[SessionRelay] = None) -> None:  # fmt: skip
-        self.pid = pid
+    def __init__(self, sock: socket.socket, peer: str, directory: str, timeout: Optional[float],
+                 status: SessionStatus, relay: Optional[SessionRelay] = None,
+                 cgroup: Optional[confine.SessionCgroup] = None, timeout_reason: str = "") -> None:  # fmt: skip
+        self.pid = 0  # once the spawner reported it
+        self.cgroup = cgroup  # the session's own cgroup, where the board has one
         self.sock = sock
         self.relay = relay  # under TLS: the daemon relays between the client and the session process
         self.sent_before = 0  # bytes sent on the connection before the session process took over
         self.peer = peer
         self.directory = directory
-        self.status = SessionStatus()
+        self.status = status  # shared with the session process; one session at a time
+        self.status.state = SessionStatus.IDLE
         self.started = time.monotonic()
         self.started_at = time.time()  # the board's clock, reported to the client at the end
         self.timeout = timeout
+        self.timeout_reason = timeout_reason  # which limit the timeout is, for the client: see _session_time
         self.deadline = self.started + timeout if timeout else None
         self.timed_out = False
         self.abandoned = False  # the client hung up while the session ran code
+        self.start_failure = ""  # why the spawner could not start the session process
         self.over_quota = 0  # the directory's size once found over the quota
+        self.over_files = False  # the directory was found to hold more entries than its quota
+        self.oom_kills = 0  # processes of the session the kernel killed over its memory limit
         self.next_quota_check = self.started + QUOTA_CHECK_PERIOD
 
 
@@ -104,7 +129,10 @@ def describe_exit(wait_status: int) -> Tuple[str, Optional[int], Optional[int]]:
 
 
 class BoardServer:
-    """Serves one session at a time on ``host:port``; see the module docstring."""
+    """Serves one session at a time on ``host:port``; see the module docstring.
+
+    ``spawner`` starts the sessions: make it (:class:`farm.spawner.Spawner`) before reading any secret.
+    """
 
     def __init__(
         self,
@@ -122,14 +150,24 @@ class BoardServer:
         secret: Optional[bytes] = None,
         session_quota: int = DEFAULT_SESSION_QUOTA_MB * MB,
         tls: Optional[TlsConfig] = None,
+        max_session_time: float = DEFAULT_MAX_SESSION_TIME,
+        session_quota_files: int = DEFAULT_SESSION_QUOTA_FILES,
         max_pending: int = MAX_PENDING_HANDSHAKES,
         max_pending_per_address: int = MAX_PENDING_PER_ADDRESS,
+        *,
+        spawner: Spawner,
+        confinement: Optional[confine.Confinement] = None,
     ) -> None:
         self.host = host
+        self._spawner = spawner  # what starts the sessions: forked before the caller read any secret
+        self._confinement = confinement  # the sessions' cgroups, where the board has them
+        self.limits = spawner.limits  # processes, open files and memory of each session
         self.key = key
         self.secret = secret
         self.tls = tls
         self.session_quota = session_quota  # bytes a session's directory may hold (0: no limit)
+        self.session_quota_files = session_quota_files  # files and directories it may hold (0: no limit)
+        self.max_session_time = max_session_time  # seconds (0: no limit)
         self.max_message_size = max_message_size
         self.handshake_timeout = handshake_timeout
         # Through a proxy the board dials out (host and port are the proxy's) and listens nowhere.
@@ -139,12 +177,15 @@ class BoardServer:
         self._own_work_dir = work_dir is None
         self.work_dir = tempfile.mkdtemp(prefix="farm-board-") if work_dir is None else work_dir
         os.makedirs(self.work_dir, exist_ok=True)
+        if self._own_work_dir:
+            os.chmod(self.work_dir, 0o711)  # the session user reaches its own directory in it, and lists nothing
         self._selector = selectors.DefaultSelector()
         self._pending: Dict[socket.socket, _Pending] = {}
         self._gate = Gate(Limits(max_pending, max_pending_per_address, handshake_timeout))  # the pending, bounded
         self._log_throttle = LogThrottle(logger)  # refusals and failed accepts: a line per kind and interval
         self._active: Optional[_Active] = None
         self._stopping = False
+        self._spawner_alive = True
         self._stop_signal = 0
         self._accept_paused_until = 0.0  # while out of file descriptors
         self._wakeup_r, self._wakeup_w = os.pipe()
@@ -158,7 +199,7 @@ class BoardServer:
 
     def serve_forever(self) -> None:
         """Serve until SIGTERM or SIGINT; then end any session and clean up."""
-        self._watchdog = Watchdog(self.work_dir if self._own_work_dir else None)
+        self._watchdog = Watchdog(self.work_dir if self._own_work_dir else None, self._confinement)
         self._subreaper = become_subreaper()  # what sessions leave behind in sessions of its own comes here
         if self._listener is not None:
             logger.info("bind to %s:%d", self.host, self.port)
@@ -169,6 +210,7 @@ class BoardServer:
         os.set_blocking(self._wakeup_r, False)
         os.set_blocking(self._wakeup_w, False)
         self._selector.register(self._wakeup_r, selectors.EVENT_READ)
+        self._selector.register(self._spawner.sock, selectors.EVENT_READ, self._spawner)
         signal.set_wakeup_fd(self._wakeup_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         for number in (signal.SIGTERM, signal.SIGINT):
@@ -180,11 +222,12 @@ class BoardServer:
                         self._accept()
                     elif key.fileobj == self._wakeup_r:
                         self._drain_wakeups()
+                    elif key.data is self._spawner:
+                        self._on_spawner_report()
                     elif isinstance(key.data, (TrackerLink, ProxyDialer, SessionRelay)):
                         key.data.on_event(mask)
                     else:
                         self._on_handshake_data(key.data)
-                self._reap()
                 self._expire(time.monotonic())
                 if self._link is not None:
                     self._link.tick(time.monotonic())
@@ -414,132 +457,144 @@ class BoardServer:
         self, sock: socket.socket, peer: str, timeout: Optional[float], leftover: bytes, bytes_sent: int
     ) -> None:
         try:
-            directory = tempfile.mkdtemp(prefix="session-", dir=self.work_dir)
+            directory = self._session_directory()
         except OSError as exc:
             logger.error("cannot make a session directory for %s: %s", peer, exc)
             sock.close()
             return
-        relay = SessionRelay(sock, self._selector) if self.tls is not None else None
-        active = _Active(0, sock, peer, directory, timeout, relay)
-        active.sent_before = bytes_sent
-        daemon_pid = os.getpid()
         try:
-            pid = os.fork()
+            cgroup = self._confinement.session() if self._confinement is not None else None
         except OSError as exc:
-            logger.error("cannot start a session process for %s: %s", peer, exc)
+            logger.error("cannot make a cgroup for the session of %s: %s", peer, exc)
             shutil.rmtree(directory, ignore_errors=True)
-            if relay is not None:
-                relay.close()
             sock.close()
             return
-        if pid == 0:
-            self._run_child(active, leftover, bytes_sent, daemon_pid)
-        active.pid = pid
+        relay = SessionRelay(sock, self._selector) if self.tls is not None else None
+        timeout, timeout_reason = self._session_time(timeout)
+        active = _Active(sock, peer, directory, timeout, self._spawner.status, relay, cgroup, timeout_reason)
+        active.sent_before = bytes_sent
+        order = SessionOrder(
+            directory,
+            leftover,
+            bytes_sent,
+            self.key,
+            self.name,
+            self.session_quota,
+            self.max_message_size,
+            cgroup.name if cgroup is not None else "",
+        )
         self._active = active
-        if relay is not None:
-            relay.child_end.close()
-            relay.register()
         try:
-            os.setpgid(pid, pid)
-        except OSError:
-            pass  # the child already did it, or already exited
-        self._watchdog.watch(pid, directory)
+            self._spawner.start(order, relay.child_end if relay is not None else sock)
+        except SpawnerGone as exc:
+            self._spawner_gone(exc)
+            return
+        finally:
+            if relay is not None:
+                relay.child_end.close()  # the session process has its own copy now
+        if relay is not None:
+            relay.register()
         if self._link is not None:
             self._link.session_started()
-        logger.info("session from %s started (pid %d%s)", peer, pid, ", timeout %g s" % timeout if timeout else "")
 
-    def _run_child(self, active: _Active, leftover: bytes, bytes_sent: int, daemon_pid: int) -> None:
-        """The session process: serve, then ``os._exit`` without running the daemon's cleanup."""
-        code = 1
+    def _session_time(self, asked: Optional[float]) -> Tuple[Optional[float], str]:
+        """The session's timeout: what the client asked for, at most --max-session-time; and which limit it is."""
+        limit = self.max_session_time
+        if asked and (not limit or asked <= limit):
+            return asked, "the session timeout of %g s" % asked
+        if not limit:
+            return None, ""
+        wanted = "asked for %g s" % asked if asked else "asked for none"
+        return limit, "the board's maximum session time of %g s (--max-session-time; the client %s)" % (limit, wanted)
+
+    def _session_directory(self) -> str:
+        """A new session directory, mode 700, owned by the session user."""
+        directory = tempfile.mkdtemp(prefix="session-", dir=self.work_dir)
+        user = self._spawner.user
+        if user.switch:
+            try:
+                os.chown(directory, user.uid, user.gid)
+            except OSError:
+                os.rmdir(directory)
+                raise
+        return directory
+
+    def _on_spawner_report(self) -> None:
         try:
-            die_with_parent(daemon_pid)  # even when the daemon is killed with SIGKILL
-            os.setpgid(0, 0)
-            signal.set_wakeup_fd(-1)
-            for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
-                signal.signal(number, signal.SIG_DFL)
-            self._selector.close()  # before anything else: the epoll set is shared with the daemon
-            if self._link is not None:
-                self._link.forget()
-            if self._listener is not None:
-                self._listener.close()
-            for pending in self._pending.values():
-                pending.sock.close()
-            os.close(self._wakeup_r)
-            os.close(self._wakeup_w)
-            self._watchdog.close()
-            os.chdir(active.directory)
-            if active.relay is not None:  # the TLS connection stays the daemon's
-                active.sock.close()
-                active.relay.inner.close()
-                conn = FramedSocket(active.relay.child_end, FrameReader())
-            else:
-                conn = FramedSocket(active.sock, FrameReader())
-            Session(
-                conn,
-                active.directory,
-                self.key,
-                active.status,
-                self.max_message_size,
-                leftover,
-                bytes_sent,
-                self.name,
-                quota=self.session_quota,
-            ).serve()
-            active.status.state = SessionStatus.FINISHED
-            code = 0
-        except BaseException:
-            logger.exception("session process failed")
-        finally:
-            for handler in logging.getLogger().handlers:
-                handler.flush()
-            os._exit(code)
-
-    def _reap(self) -> None:
+            kind, body = self._spawner.receive()
+        except SpawnerGone as exc:
+            self._spawner_gone(exc)
+            return
         active = self._active
         if active is None:
-            return
-        if hasattr(os, "waitid"):
-            if os.waitid(os.P_PID, active.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-                return
-            # The exited child is still a zombie, so its process group id cannot be reused
-            # yet: kill whatever the session's code left running in that group, then reap.
-            self._kill_group(active.pid)
+            logger.error("the session spawner reported %r with no session running; ignored", kind)
+        elif kind == STARTED:
+            active.pid = report_numbers(body)[0]
+            self._watchdog.watch(active.pid, active.directory)
+            logger.info(
+                "session from %s started (pid %d%s)",
+                active.peer,
+                active.pid,
+                ", timeout %g s" % active.timeout if active.timeout else "",
+            )
+        elif kind == ENDED:
             self._watchdog.watch(0)
-            _, wait_status = os.waitpid(active.pid, 0)
+            self._remove_cgroup(active)
+            self._end_session(active, report_numbers(body)[1])
+        elif kind == FAILED:
+            active.start_failure = body.decode("utf-8", "replace")
+            self._remove_cgroup(active)
+            self._end_session(active, 0)
         else:
-            pid, wait_status = os.waitpid(active.pid, os.WNOHANG)
-            if pid == 0:
-                return
-            self._kill_group(active.pid)
-            self._watchdog.watch(0)
-        self._kill_strays()
-        self._end_session(active, wait_status)
+            logger.error("the session spawner sent an unknown report %r; ignored", kind)
+
+    def abandon(self) -> None:
+        """Give up before serving: close the listener, remove the daemon's own work directory."""
+        if self._listener is not None:
+            self._listener.close()
+        if self._own_work_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    @property
+    def spawner_alive(self) -> bool:
+        """False once the session spawner died: the daemon then stops (exit code 1)."""
+        return self._spawner_alive
+
+    def _spawner_gone(self, exc: SpawnerGone) -> None:
+        """No session can start any more: stop (a supervisor restarts the daemon), and say so."""
+        if not self._stopping:
+            logger.error("%s; the board daemon stops, since it cannot start sessions any more", exc)
+        self._stopping = True
+        self._spawner_alive = False
 
     def _kill_strays(self) -> None:
-        """Kill and reap what the ended session left outside its process group (``setsid``).
+        """Kill and reap what a session left behind that came to the daemon, a subreaper: with the spawner
+        gone, its orphans come here. The daemon's other children are the watchdog and the spawner."""
+        if self._subreaper:
+            kill_children(keep=(self._watchdog.pid, self._spawner.pid))
 
-        Orphans come to the daemon, a subreaper, whose only other child is the watchdog.
-        """
-        if not self._subreaper:
-            return
-        for _ in range(100):  # each round takes the orphans of the processes killed in the one before
-            strays = [pid for pid in child_pids() if pid != self._watchdog.pid]
-            if not strays:
-                return
-            logger.warning("killing %d process(es) the session left behind: %s", len(strays), strays)
-            for pid in strays:
-                self._kill_group(pid)  # the group it made itself, if it did
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                except (ProcessLookupError, ChildProcessError):
-                    pass
-
-    def _kill_group(self, pgid: int) -> None:
+    def _kill_session(self, active: _Active) -> None:
+        """SIGKILL every process of the session: its cgroup where it has one, and its process group (by the
+        spawner, which kills only a session it has not reaped yet, and reports the end)."""
+        if active.cgroup is not None:
+            active.cgroup.kill()
         try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+            self._spawner.kill()
+        except SpawnerGone as exc:
+            self._spawner_gone(exc)
+
+    def _remove_cgroup(self, active: _Active) -> None:
+        """Once the session process is reaped: note what the cgroup saw, kill what is left in it, remove it."""
+        cgroup = active.cgroup
+        if cgroup is None:
+            return
+        active.oom_kills = cgroup.oom_kills()
+        refused = cgroup.refused_forks()
+        if refused:
+            logger.warning("session from %s: the process limit of %d refused %d fork(s)", active.peer,
+                           self.limits.processes, refused)  # fmt: skip
+        if not cgroup.remove():
+            logger.error("the cgroup of the session from %s could not be emptied and removed", active.peer)
 
     def _expire(self, now: float) -> None:
         for pending in [p for p in self._pending.values() if p.deadline <= now]:
@@ -549,23 +604,32 @@ class BoardServer:
         if active is not None and active.deadline is not None and now >= active.deadline and not active.timed_out:
             logger.warning("session from %s reached its timeout of %g s; killing it", active.peer, active.timeout)
             active.timed_out = True
-            self._kill_group(active.pid)
-        if active is not None and self.session_quota and now >= active.next_quota_check and not active.over_quota:
+            self._kill_session(active)
+        checked = active is not None and (self.session_quota or self.session_quota_files)
+        if checked and now >= active.next_quota_check and not (active.over_quota or active.over_files):
             self._check_quota(active, now)
         if active is not None and not active.abandoned and _hung_up_while_running(active):
             logger.warning("client %s left while %s; killing the session", active.peer, active.status.activity)
             active.abandoned = True
-            self._kill_group(active.pid)
+            self._kill_session(active)
 
     def _check_quota(self, active: _Active, now: float) -> None:
-        """End the session if its directory holds more than the quota (RLIMIT_FSIZE bounds each file, not the sum)."""
+        """End the session if its directory holds more than its quotas (RLIMIT_FSIZE bounds each file, not the sum).
+
+        Counting stops past the quota of entries, so a directory of millions of files costs no more to check.
+        """
         active.next_quota_check = now + QUOTA_CHECK_PERIOD
-        size = directory_size(active.directory)
-        if size > self.session_quota:
-            message = over_quota_message(size, self.session_quota)
-            logger.warning("session from %s: %s; killing it", active.peer, message)
-            active.over_quota = size
-            self._kill_group(active.pid)
+        usage = directory_usage(active.directory, self.session_quota_files)
+        if self.session_quota_files and usage.entries > self.session_quota_files:
+            active.over_files = True
+            message = over_files_message(self.session_quota_files)
+        elif self.session_quota and usage.size > self.session_quota:
+            active.over_quota = usage.size
+            message = over_quota_message(usage.size, self.session_quota)
+        else:
+            return
+        logger.warning("session from %s: %s; killing it", active.peer, message)
+        self._kill_session(active)
 
     def _end_session(self, active: _Active, wait_status: int, reason: str = "") -> None:
         """Tell the client how the (reaped) session process ended and when it ran (board clock); clean up."""
@@ -577,20 +641,30 @@ class BoardServer:
         activity = active.status.activity
         if reason:
             message = reason
+        elif active.start_failure:
+            message = "the board could not start a session process: %s" % active.start_failure
         elif active.over_quota:
             message = "%s; the board ended the session while %s" % (
                 over_quota_message(active.over_quota, self.session_quota),
                 activity,
             )
+        elif active.over_files:
+            message = "%s; the board ended the session while %s" % (
+                over_files_message(self.session_quota_files),
+                activity,
+            )
         elif active.abandoned:
             message = "the client left while %s; the board ended the session" % activity
         elif active.timed_out:
-            message = "the session timeout of %g s expired while %s; the board ended the session" % (
-                active.timeout,
-                activity,
-            )
+            message = "%s expired while %s; the board ended the session" % (active.timeout_reason, activity)
         elif signal_number is None and exit_code == 0 and state == SessionStatus.FINISHED:
             message = ""
+        elif active.oom_kills:
+            message = (
+                "the session went over its memory limit of %s MB (--session-memory): the kernel killed %d of its "
+                "processes, and the board's session process %s while %s"
+                % (megabytes(self.limits.memory), active.oom_kills, how, activity)
+            )
         else:
             message = "the board's session process %s while %s" % (how, activity)
         elapsed = time.monotonic() - active.started
@@ -641,14 +715,16 @@ class BoardServer:
         signal.set_wakeup_fd(-1)
         active = self._active
         if active is not None:
-            self._kill_group(active.pid)
-            self._watchdog.watch(0)
-            _, wait_status = os.waitpid(active.pid, 0)
-            self._kill_strays()
+            wait_status = self._stop_session(active)
+            self._remove_cgroup(active)
             self._end_session(active, wait_status, "the board daemon shut down")
+        self._spawner.close()
+        self._kill_strays()
         for pending in list(self._pending.values()):
             self._drop_pending(pending)
         self._watchdog.stop()
+        if self._confinement is not None:
+            self._confinement.destroy()
         if self._link is not None:
             self._link.close()
         self._selector.close()
@@ -659,6 +735,28 @@ class BoardServer:
         if self._own_work_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
         logger.info("board server stopped")
+
+    def _stop_session(self, active: _Active) -> int:
+        """Kill the running session and wait for the spawner to report its end: its wait status.
+
+        With the spawner gone, the session died with it (its parent-death signal): SIGKILL.
+        """
+        if active.cgroup is not None:
+            active.cgroup.kill()
+        if self._spawner_alive:
+            try:
+                self._spawner.kill()
+                self._spawner.sock.settimeout(STOP_TIMEOUT)
+                while True:
+                    kind, body = self._spawner.receive()
+                    if kind == ENDED:
+                        self._watchdog.watch(0)
+                        return report_numbers(body)[1]
+            except SpawnerGone:
+                pass
+        self._watchdog.watch(0)
+        self._kill_strays()
+        return signal.SIGKILL
 
 
 def _send_now(sock: socket.socket, data: bytes) -> bool:
@@ -707,17 +805,22 @@ def bytes_written(sock: socket.socket) -> Optional[int]:
 class Watchdog:
     """A helper process that kills the session's process group if the daemon dies, and cleans up after it.
 
-    ``PR_SET_PDEATHSIG`` takes the session process along with a killed daemon,
-    but not what the session's code forked. The watchdog learns each session's
-    process group and directory through a pipe only the daemon writes to; when
-    the daemon dies the pipe closes, and the watchdog kills that group, removes
-    that directory and ``work_dir`` (the daemon's own temporary one), and exits.
+    ``PR_SET_PDEATHSIG`` takes the spawner, and with it the session process,
+    along with a killed daemon, but not what the session's code forked. The
+    watchdog learns each session's process group and directory through a pipe
+    only the daemon writes to; when
+    the daemon dies the pipe closes, and the watchdog kills that group, kills
+    every process in the sessions' cgroups (``confinement``, where the board
+    has them: that takes what left the process group too) and removes them,
+    removes that directory and ``work_dir`` (the daemon's own temporary one),
+    and exits.
     """
 
     _RECORD = struct.Struct("<iH")  # process group, length of the directory's path that follows
 
-    def __init__(self, work_dir: Optional[str] = None) -> None:
+    def __init__(self, work_dir: Optional[str] = None, confinement: Optional[confine.Confinement] = None) -> None:
         self._work_dir = work_dir
+        self._confinement = confinement
         read_fd, self._write_fd = os.pipe()
         self._alive = True
         self.pid = os.fork()
@@ -763,7 +866,12 @@ class Watchdog:
                 pgid, length = self._RECORD.unpack(record)
                 directory = os.read(read_fd, length) if length else b""
             if pgid:
-                os.killpg(pgid, signal.SIGKILL)
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if self._confinement is not None:
+                self._confinement.destroy()
             for path in (directory, self._work_dir):
                 if path:
                     shutil.rmtree(path, ignore_errors=True)
@@ -791,11 +899,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--session-quota",
         metavar="MB",
-        type=_quota,
+        type=_megabytes,
         default=DEFAULT_SESSION_QUOTA_MB,
         help="most a session's directory may hold, in MB: larger uploads are refused, files written past it "
         "fail (EFBIG), and a session whose directory outgrows it is ended; 0: no limit (default: %d)"
         % DEFAULT_SESSION_QUOTA_MB,
+    )
+    parser.add_argument(
+        "--session-quota-files",
+        metavar="N",
+        type=_count,
+        default=DEFAULT_SESSION_QUOTA_FILES,
+        help="most files and directories a session's directory may hold: a session found with more is ended; "
+        "0: no limit (default: %d)" % DEFAULT_SESSION_QUOTA_FILES,
+    )
+    parser.add_argument(
+        "--max-session-time",
+        metavar="SECONDS",
+        type=_seconds,
+        default=DEFAULT_MAX_SESSION_TIME,
+        help="longest a session may last: a client may ask for a shorter session timeout, never a longer one, "
+        "and one that asks for none gets this; 0: no limit (default: %g)" % DEFAULT_MAX_SESSION_TIME,
+    )
+    parser.add_argument(
+        "--session-memory",
+        metavar="MB",
+        type=_megabytes,
+        default=None,
+        help="most memory a session's processes may use together, in MB (each process's private memory where "
+        "the board has no memory cgroup); 0: no limit (default: half of the board's memory)",
+    )
+    parser.add_argument(
+        "--session-processes",
+        metavar="N",
+        type=_count,
+        default=confine.DEFAULT_PROCESSES,
+        help="most processes and threads a session may run at once (with no pids cgroup: RLIMIT_NPROC, at what "
+        "the session's user runs already plus N); 0: no limit (default: %d)" % confine.DEFAULT_PROCESSES,
+    )
+    parser.add_argument(
+        "--session-open-files",
+        metavar="N",
+        type=_count,
+        default=confine.DEFAULT_OPEN_FILES,
+        help="most files each process of a session may hold open (RLIMIT_NOFILE); 0: the daemon's own limit "
+        "(default: %d)" % confine.DEFAULT_OPEN_FILES,
     )
     parser.add_argument(
         "--handshake-timeout", type=float, default=10.0, help="seconds a new connection has to say hello"
@@ -813,21 +961,60 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="dial out to the proxy at --host:--port instead of listening (for boards behind NAT)",
     )
+    parser.add_argument(
+        "--session-user",
+        metavar="NAME",
+        help="the user a daemon started as root runs sessions as (default: %s; better a user of its own that owns "
+        "nothing); a daemon that is not root runs them as itself" % DEFAULT_SESSION_USER,
+    )
     add_secret_argument(parser)
     add_tls_arguments(parser)
     add_admission_arguments(parser, Limits(MAX_PENDING_HANDSHAKES, MAX_PENDING_PER_ADDRESS, 0.0), with_timeout=False)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
-def _quota(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError("%r is not a number of MB (0 or more)" % text)
-    return int(text)
+def _whole(what: str) -> Callable[[str], int]:
+    """An argparse type for a whole number of ``what`` (0 or more)."""
+
+    def parse(text: str) -> int:
+        if not text.isdigit():
+            raise argparse.ArgumentTypeError("%r is not %s (0 or more)" % (text, what))
+        return int(text)
+
+    return parse
+
+
+_megabytes, _count = _whole("a number of MB"), _whole("a whole number")
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError("%r is not a number of seconds (0 or more)" % text)
+    return seconds
 
 
 def run(args: argparse.Namespace) -> int:
     die_with_launcher()
     configure_logging(args.log_level)
+    try:
+        user = session_user(args.session_user)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
+    limits = confine.Limits(
+        processes=args.session_processes,
+        open_files=args.session_open_files,
+        memory=confine.default_memory() if args.session_memory is None else args.session_memory * MB,
+    )
+    # The sessions' cgroups first: on cgroup v2 the daemon may move into a leaf of its own, and so must the spawner.
+    confinement = confine.Confinement.create(limits)
+    spawner = Spawner(user, limits, confinement)  # before any secret is read: sessions are forked from it
+    not_dumpable()  # nor may a session of the daemon's own user read its memory through /proc
+    warn_about(user)
     secret = daemon_secret(args.secret_file, None if args.through_proxy else args.host, "board server")
     tls = daemon_tls(args, listens=not args.through_proxy, dials=args.through_proxy or args.tracker is not None)
     try:
@@ -848,12 +1035,38 @@ def run(args: argparse.Namespace) -> int:
             tls=tls,
             max_pending=args.max_unproven,
             max_pending_per_address=args.max_unproven_per_address,
+            max_session_time=args.max_session_time,
+            session_quota_files=args.session_quota_files,
+            spawner=spawner,
+            confinement=confinement,
         )
     except OSError as exc:
         logger.error("cannot listen: %s", exc)
         return 1
+    if not _check_sessions(spawner, server.work_dir, [args.secret_file, tls.key if tls is not None else None]):
+        server.abandon()
+        if confinement is not None:
+            confinement.destroy()
+        return 2
     server.serve_forever()
-    return 0
+    return 0 if server.spawner_alive else 1
+
+
+def _check_sessions(spawner: Spawner, work_dir: str, private_files: Sequence[Optional[str]]) -> bool:
+    """Whether sessions can work as the session user; log what stops them, and private files it can read."""
+    try:
+        view = spawner.check(work_dir, [path for path in private_files if path])
+    except (SpawnerGone, OSError) as exc:
+        logger.error("the session spawner does not answer: %s", exc)
+        return False
+    for problem in view["problems"]:
+        logger.error("%s", problem)
+    if spawner.user.switch:
+        for path in view["readable"]:
+            logger.warning("the session user %s can read %s: chmod 600 it (owned by root)", spawner.user.name, path)
+    if view["dropped"]:
+        logger.info("sessions do not import from %s: the session user can write there", ", ".join(view["dropped"]))
+    return not view["problems"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

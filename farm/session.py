@@ -140,6 +140,8 @@ ATOMIC_REPLY = 4096
 MAX_ERROR_TEXT = 32 << 10
 #: What a session's directory may hold by default, in MB (the board's ``--session-quota``).
 DEFAULT_SESSION_QUOTA_MB = 1024
+#: How many files and directories a session's directory may hold by default (the board's ``--session-quota-files``).
+DEFAULT_SESSION_QUOTA_FILES = 100000
 MB = 1 << 20
 
 
@@ -166,21 +168,34 @@ class QuotaError(FarmError):
     """An upload would take the session's directory over its quota; the session goes on."""
 
 
-def directory_size(path: str) -> int:
-    """Bytes the files below ``path`` hold: apparent sizes, each inode once, links not followed.
+class Usage(NamedTuple):
+    """What a directory holds: bytes (apparent sizes, each inode once) and entries (files, directories, links)."""
 
-    Files and directories that vanish or cannot be read while it counts are skipped.
+    size: int
+    entries: int
+
+
+def directory_usage(path: str, max_entries: int = 0) -> Usage:
+    """What the files below ``path`` hold, links not followed.
+
+    With ``max_entries``, counting stops at the first entry past it (so a
+    directory of millions of files costs no more than ``max_entries`` to
+    check). Files and directories that vanish or cannot be read while it
+    counts are skipped.
     """
-    total = 0
+    total = entries = 0
     linked = set()
     directories = [path]
     while directories:
         try:
-            entries = os.scandir(directories.pop())
+            listing = os.scandir(directories.pop())
         except OSError:
             continue
-        with entries:
-            for entry in entries:
+        with listing:
+            for entry in listing:
+                entries += 1
+                if max_entries and entries > max_entries:
+                    return Usage(total, entries)
                 try:
                     if entry.is_dir(follow_symlinks=False):
                         directories.append(entry.path)
@@ -193,7 +208,7 @@ def directory_size(path: str) -> int:
                         continue
                     linked.add((info.st_dev, info.st_ino))
                 total += info.st_size
-    return total
+    return Usage(total, entries)
 
 
 def megabytes(size: int) -> str:
@@ -204,6 +219,11 @@ def megabytes(size: int) -> str:
 def over_quota_message(size: int, quota: int) -> str:
     """What the board tells a client whose session's directory outgrew its quota."""
     return "the session's directory holds %s MB, over its quota of %s MB" % (megabytes(size), megabytes(quota))
+
+
+def over_files_message(quota: int) -> str:
+    """What the board tells a client whose session's directory holds more entries than its quota allows."""
+    return "the session's directory holds more than its quota of %d files and directories" % quota
 
 
 def limit_file_size(limit: int) -> None:
@@ -420,7 +440,7 @@ class Session:
             replaced = os.lstat(self.resolve(name)).st_size  # an upload replaces the file of its name
         except (OSError, PathEscapeError):
             replaced = 0
-        held = directory_size(self.root)
+        held = directory_usage(self.root).size
         if held - replaced + nbytes <= self.quota:
             return ""
         return "uploading %r (%d bytes) would take the session's directory to %s MB, over its quota of %s MB" % (

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -36,6 +38,41 @@ def kernels(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
     """Shared libraries built from tests/kernels with the system C compiler: name -> path."""
     out = tmp_path_factory.mktemp("kernels")
     return {name: Path(compile_shared(sources, out / name)) for name, sources in KERNEL_SOURCES.items()}
+
+
+#: The system's temporary directory, whatever a test later sets TMPDIR to.
+SYSTEM_TEMP = tempfile.gettempdir()
+
+
+@contextlib.contextmanager
+def reachable_temp(prefix: str = "remotedev-test-") -> Iterator[Path]:
+    """A new directory that board sessions can reach, removed afterwards: for boards' work directories and TMPDIR.
+
+    A board daemon started as root (as the tests are) runs sessions as nobody, who cannot enter pytest's
+    ``tmp_path`` (its ancestors are private to root), so a board's work directory must lie elsewhere.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=SYSTEM_TEMP))
+    path.chmod(0o711)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def reachable_tmp() -> Iterator[Path]:
+    """:func:`reachable_temp` for one test."""
+    with reachable_temp() as path:
+        yield path
+
+
+@pytest.fixture
+def drop_box(reachable_tmp: Path) -> Path:
+    """A directory board sessions (run as nobody) may write to: where a session leaves a sign for the test."""
+    path = reachable_tmp / "drop-box"
+    path.mkdir()
+    path.chmod(0o777)
+    return path
 
 
 BoardFactory = Callable[..., DaemonProcess]

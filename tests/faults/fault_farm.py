@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import pytest
 
 import farm
-from conftest import processes_with_env, wait_for
+from conftest import processes_with_env, reachable_temp, wait_for
 from farm.inventory import load_inventory
 from farm.launcher import FarmStack
 from farm.lifetime import PARENT_ENV
@@ -222,15 +222,11 @@ class FaultFarm:
         return (self.pool() or {}).get(key, {})
 
     def strays(self) -> Dict[int, str]:
-        """Processes of this test that are neither the farm's daemons nor a board's watchdog (its oldest child)."""
+        """Processes of this test that are neither the farm's daemons nor a board's own helpers: its children, the
+        session spawner and the watchdog (sessions, and what they leave behind, are the spawner's)."""
         daemons, boards = set(self.daemon_pids()), set(self.board_pids())
         found = processes_with_env(TAG_ENV, self.tag)
-        watchdogs: Dict[int, Tuple[int, int]] = {}  # board pid -> (start time, pid) of its oldest child
-        for pid in found:
-            parent, started = parent_and_start(pid)
-            if parent in boards and (started, pid) < watchdogs.get(parent, (sys.maxsize, 0)):
-                watchdogs[parent] = (started, pid)
-        kept = daemons | {pid for _, pid in watchdogs.values()}
+        kept = daemons | {pid for pid in found if parent_and_start(pid)[0] in boards}
         return {pid: command for pid, command in found.items() if pid not in kept}
 
     def leftover_directories(self) -> List[str]:
@@ -328,30 +324,34 @@ def assert_nothing_left(tag: str, temp: Path) -> None:
 
 @contextlib.contextmanager
 def fault_farms(directory: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., FaultFarm]]:
-    """``start(inventory, supervised=False)`` brings a farm up; at the end every farm stops, and nothing is left."""
+    """``start(inventory, supervised=False)`` brings a farm up; at the end every farm stops, and nothing is left.
+
+    The boards' work directories go to a directory their sessions (run as nobody) can enter.
+    """
     tag = uuid.uuid4().hex
-    temp = directory / "tmp"
-    temp.mkdir()
-    monkeypatch.setenv(TAG_ENV, tag)  # inherited by everything the test starts
-    monkeypatch.setenv("TMPDIR", str(temp))
     started: List[FaultFarm] = []
+    with reachable_temp() as temp:
+        monkeypatch.setenv(TAG_ENV, tag)  # inherited by everything the test starts
+        monkeypatch.setenv("TMPDIR", str(temp))
 
-    def start(inventory: str, supervised: bool = False) -> FaultFarm:
-        faulty = FaultFarm(directory / ("farm-%d" % len(started)), inventory, tag, temp, supervised)
-        started.append(faulty)
-        began = time.monotonic()
-        faulty.stack.start(UP_TIMEOUT)
-        logger.info("farm %d up in %.2f s: tracker at %s:%d", len(started), time.monotonic() - began, *faulty.tracker)
-        return faulty
+        def start(inventory: str, supervised: bool = False) -> FaultFarm:
+            faulty = FaultFarm(directory / ("farm-%d" % len(started)), inventory, tag, temp, supervised)
+            started.append(faulty)
+            began = time.monotonic()
+            faulty.stack.start(UP_TIMEOUT)
+            logger.info(
+                "farm %d up in %.2f s: tracker at %s:%d", len(started), time.monotonic() - began, *faulty.tracker
+            )
+            return faulty
 
-    try:
-        yield start
-    finally:
-        for faulty in started:
-            faulty.stop()
         try:
-            assert_nothing_left(tag, temp)
+            yield start
         finally:
-            for pid in processes_with_env(TAG_ENV, tag):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            for faulty in started:
+                faulty.stop()
+            try:
+                assert_nothing_left(tag, temp)
+            finally:
+                for pid in processes_with_env(TAG_ENV, tag):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)

@@ -668,9 +668,9 @@ def test_sigterm_to_the_daemon_during_a_running_call(board: DaemonProcess, kerne
 
 
 def test_sigkill_to_the_daemon_takes_the_session_process_along(
-    board_factory: Callable[..., DaemonProcess], tmp_path: Path
+    board_factory: Callable[..., DaemonProcess], reachable_tmp: Path
 ) -> None:
-    daemon = board_factory(key=KEY, extra=["--work-dir", str(tmp_path / "work")])
+    daemon = board_factory(key=KEY, extra=["--work-dir", str(reachable_tmp / "work")])
     with farm.connect(*daemon.address, key=KEY) as session:
         pid = session.system_info()["pid"]
         assert not process_gone(pid)
@@ -682,10 +682,10 @@ def test_sigkill_to_the_daemon_takes_the_session_process_along(
 
 
 def test_sigkill_to_the_daemon_takes_forked_children_along(
-    board_factory: Callable[..., DaemonProcess], tmp_path: Path, kernels: dict
+    board_factory: Callable[..., DaemonProcess], reachable_tmp: Path, kernels: dict
 ) -> None:
     """A child the session forked must not outlive the board: it would keep the client's connection open."""
-    daemon = board_factory(key=KEY, extra=["--work-dir", str(tmp_path / "work")])
+    daemon = board_factory(key=KEY, extra=["--work-dir", str(reachable_tmp / "work")])
     session = farm.connect(*daemon.address, key=KEY)
     child = 0
     try:

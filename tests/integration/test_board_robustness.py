@@ -222,8 +222,9 @@ def test_board_serves_after_its_watchdog_was_killed(
 ) -> None:
     daemon = board_factory(key=KEY)
     children = children_of(daemon.pid)
-    assert len(children) == 1, "before any session the daemon's only child is its watchdog: %r" % children
-    watchdog = children[0]
+    assert len(children) == 2, "before any session the daemon's children are its spawner and watchdog: %r" % children
+    # The watchdog takes a process group of its own; the spawner stays in the daemon's.
+    (watchdog,) = wait_for(lambda: [c for c in children if os.getpgid(c) == c], 10, "the watchdog's own group")
     os.kill(watchdog, signal.SIGKILL)
     wait_gone(watchdog, "the watchdog")
 
@@ -408,6 +409,7 @@ except KeyboardInterrupt:
 def test_a_client_that_leaves_mid_call_frees_the_board(
     board_factory: Callable[..., DaemonProcess],
     tmp_path: Path,
+    drop_box: Path,
     how: str,
     transport: str,
     tls_files: TlsFiles,
@@ -420,7 +422,7 @@ def test_a_client_that_leaves_mid_call_frees_the_board(
         monkeypatch.setenv(name, value)
     daemon = board_factory(key=KEY, env=python_env(**tls_env))
     host, port = daemon.address
-    script, started, output = tmp_path / "client.py", tmp_path / "started", tmp_path / "client.out"
+    script, started, output = tmp_path / "client.py", drop_box / "started", tmp_path / "client.out"
     script.write_text(INTERRUPTED_CLIENT)
     with open(output, "w") as out:
         argv = [sys.executable, str(script), host, str(port), KEY, str(started)]

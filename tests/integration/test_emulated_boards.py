@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, Iterator
+from typing import Dict, Iterator, List
 
 import numpy as np
 import pytest
 
 import farm
+from conftest import wait_for
+from farm import confine
 from farm.emulators import EmulatorError, python_command
 from farm.inventory import BUILTIN_INVENTORIES, load_inventory
 from farm.launcher import FarmStack
@@ -99,3 +101,50 @@ def test_code_for_another_architecture_is_refused_naming_both(
         session.load_module(name)
     assert "%s is built for %s, but this board runs %s code" % (name, built_for, board) in str(info.value)
     session.ping()  # the session goes on
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="boards run sessions as another user only when started as root")
+def test_every_board_runs_sessions_as_the_session_user(sessions: Dict[str, farm.RemoteSession]) -> None:
+    """Started as root, every board, emulated ones too (qemu passes the change of user to the host's kernel),
+    runs its sessions as nobody, with no directory on the import path it could write."""
+
+    def who_and_where() -> object:  # defined here, so cloudpickle sends it by value
+        import os
+        import sys
+
+        return os.getuid(), [entry for entry in sys.path if os.access(entry or ".", os.W_OK)]
+
+    for key, session in sessions.items():
+        assert session.run(who_and_where) == (65534, []), key
+
+
+@pytest.mark.parametrize("key", ["aarch64", "armhf"])
+def test_emulated_session_is_confined_in_a_cgroup_of_its_own(
+    emulated_farm: FarmStack, key: str, tmp_path: Path
+) -> None:
+    """Under qemu-user the cgroups are the host kernel's: the session, and a process it daemonised, are in the
+    session's cgroup, which goes at the end with everything in it. RLIMIT_NOFILE holds (qemu's own files count)."""
+    if os.geteuid() != 0:
+        pytest.skip("cgroups for sessions need root or a delegated subtree")
+    library = build_shared([PROJECT / "tests" / "kernels" / "confine.c"], toolchain_for(key), cache_dir=str(tmp_path))
+    with farm.connect_tracker(*emulated_farm.tracker_address) as tracker, tracker.request(key, wait=60) as session:
+        cgroups = session_cgroups(session.system_info()["pid"])
+        assert cgroups, "the emulated session is in no cgroup of its own"
+        session.upload(library)
+        module = session.load_module(os.path.basename(library))
+        assert 0 < module.get_function("open_many", "long open_many(long)")(5000) < 1024
+        detached = module.get_function("spawn_detached", "int spawn_detached(void)")()
+        assert session_cgroups(detached) == cgroups
+    wait_for(lambda: not session_cgroups(detached), 5, "the daemonised process %d is gone" % detached)
+    wait_for(lambda: not any(os.path.exists(path) for path in cgroups), 5, "the session's cgroups are removed")
+
+
+def session_cgroups(pid: int) -> List[str]:
+    """The cgroup directories of a live process ``pid`` that are a session's; none once it is gone or a zombie."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            if handle.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return []
+    except FileNotFoundError:
+        return []
+    return [path for _, _, path in confine.process_cgroups(str(pid)) if "/farm-board-" in path]

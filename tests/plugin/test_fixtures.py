@@ -47,12 +47,11 @@ Case = Dict[str, object]
 
 
 @pytest.fixture(autouse=True)
-def temp_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+def temp_dir(monkeypatch: pytest.MonkeyPatch, reachable_tmp: Path) -> Path:
     """No setting of the plugin leaks in from the environment; the inner farms' log directories land here."""
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
-    temp = tmp_path / "tmp"
-    temp.mkdir()
+    temp = reachable_tmp  # the inner farms' work directories, which their sessions (run as nobody) enter
     monkeypatch.setenv("TMPDIR", str(temp))
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
     return temp

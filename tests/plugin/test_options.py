@@ -35,12 +35,11 @@ TWO_KEYS = "tracker: {port: 0}\ndefault_key: alpha\nboards:\n  - {key: alpha, co
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def clean_environment(monkeypatch: pytest.MonkeyPatch, reachable_tmp: Path) -> None:
     """No setting of the plugin leaks in from the caller's environment; farm logs kept by inner runs land here."""
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
-    temp = tmp_path / "tmp"
-    temp.mkdir()
+    temp = reachable_tmp  # the inner farms' work directories, which their sessions (run as nobody) enter
     monkeypatch.setenv("TMPDIR", str(temp))
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
 

@@ -36,14 +36,13 @@ def test_environment():
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def clean_environment(monkeypatch: pytest.MonkeyPatch, reachable_tmp: Path) -> None:
     """No TLS or farm setting leaks in from the caller's environment; undone after each test."""
     for name in (*ENV.values(), *OTHER_VARIABLES):
         monkeypatch.setenv(name, "")  # recorded, so that the delenv below and the plugin's writes are undone
         monkeypatch.delenv(name)
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)  # the inner run is no worker, whatever runs this one
-    temp = tmp_path / "tmp"
-    temp.mkdir()
+    temp = reachable_tmp  # the inner farms' work directories, which their sessions (run as nobody) enter
     monkeypatch.setenv("TMPDIR", str(temp))
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
 

@@ -29,7 +29,7 @@ from typing import Any, Dict, Iterator, List, Sequence
 import pytest
 
 import farm
-from conftest import processes_with_env, wait_for
+from conftest import processes_with_env, reachable_temp, wait_for
 from farm.inventory import load_inventory
 from farm.launcher import FarmStack
 
@@ -115,17 +115,18 @@ def tag(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     """The unique tag of this test's inner run, in the environment the run inherits (so does NOTES, where
     the inner tests' ``note`` writes); afterwards, whatever of the run is left is killed.
 
-    TMPDIR points into the test's directory so the bundled farm's logs (kept after a failing run) go there too.
+    TMPDIR points to a directory of the test's own, which the sessions of the bundled farm's boards (run as
+    nobody) can enter, so the farm's logs (kept after a failing run) go there too.
     """
     value = uuid.uuid4().hex
     (pytester.path / "notes").mkdir()
-    (pytester.path / "tmp").mkdir()
     monkeypatch.setenv(TAG_ENV, value)
     monkeypatch.setenv(NOTES_ENV, str(pytester.path / "notes"))
-    monkeypatch.setenv("TMPDIR", str(pytester.path / "tmp"))
-    pytester.makeconftest(INNER_CONFTEST)
-    yield value
-    kill_tagged(value)
+    with reachable_temp() as temp:
+        monkeypatch.setenv("TMPDIR", str(temp))
+        pytester.makeconftest(INNER_CONFTEST)
+        yield value
+        kill_tagged(value)
 
 
 def read_note(pytester: pytest.Pytester, name: str) -> Dict[str, Any]:

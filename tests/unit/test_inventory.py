@@ -194,6 +194,16 @@ def test_keys_allow_letters_digits_dot_underscore_dash() -> None:
 # --- errors: file:line: field: what was expected -----------------------------------------------------
 
 
+def test_limits_become_the_board_servers_options() -> None:
+    text = "boards:\n  - key: k\n    limits: {max_session_time: 1.5, memory: 256, quota_files: 1000}\n  - key: j\n"
+    limited, plain = parse_inventory(text).boards
+    assert limited.limits == (("max_session_time", 1.5), ("memory", 256), ("quota_files", 1000))
+    assert limited.limit_options() == [
+        "--max-session-time", "1.5", "--session-memory", "256", "--session-quota-files", "1000"
+    ]  # fmt: skip
+    assert plain.limits == () and plain.limit_options() == []
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [
@@ -201,7 +211,7 @@ def test_keys_allow_letters_digits_dot_underscore_dash() -> None:
         (
             "tracker: {port: 0}\nboards:\n  - key: k\n    colour: red\n",
             "farm.yaml:4: boards[0].colour: unknown field 'colour' "
-            "(expected one of: key, count, proxy, name, host, port, start, arch)",
+            "(expected one of: key, count, proxy, name, host, port, start, arch, session_user, limits)",
         ),
         (
             "trackr: {}\nboards: [{key: k}]\n",
@@ -335,6 +345,24 @@ def test_keys_allow_letters_digits_dot_underscore_dash() -> None:
             "farm.yaml:3: boards[0].port: expected no port for a board behind the proxy",
         ),
         ("boards:\n  - {key: k, count: 3, port: 65534}\n", "boards[0].port: expected room for 3 consecutive ports"),
+        # a board group's limits
+        (
+            "boards:\n  - key: k\n    limits: {memory: -1}\n",
+            "farm.yaml:3: boards[0].limits.memory: expected a number of MB, 0 or more (0: no limit), got -1",
+        ),
+        (
+            "boards:\n  - key: k\n    limits: {max_session_time: .nan}\n",
+            "farm.yaml:3: boards[0].limits.max_session_time: expected a number of seconds, 0 or more",
+        ),
+        (
+            "boards:\n  - key: k\n    limits: {pids: 3}\n",
+            "farm.yaml:3: boards[0].limits.pids: unknown field 'pids' (expected one of: max_session_time, memory, "
+            "processes, open_files, quota, quota_files)",
+        ),
+        (
+            "tracker: {port: 9190}\nboards:\n  - {key: k, start: external, limits: {memory: 64}}\n",
+            "farm.yaml:3: boards[0].limits: expected no limits for an external board",
+        ),
         # not YAML at all
         ("boards: [{key: k}\n", "farm.yaml:2: not valid YAML: "),
         ("tracker: {port: 0}\nboards:\n  - key: k\n   count: 1\n", "farm.yaml:4: not valid YAML: "),
@@ -538,3 +566,9 @@ def test_options_alone_turn_tls_on(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert inventory.with_tls(TlsConfig(server_name="farm.lab")).tls is None  # a name alone is no TLS
     tls = inventory.with_tls(TlsConfig(cert="c.pem", key="/k.pem", ca="system")).tls
     assert tls is not None and (tls.cert, tls.key, tls.ca) == (str(tmp_path / "c.pem"), "/k.pem", "system")
+
+
+def test_a_board_group_names_its_session_user() -> None:
+    inventory = parse("boards:\n  - {key: a, session_user: farm-session}\n  - {key: b}\n")
+    assert [group.session_user for group in inventory.boards] == ["farm-session", None]
+    assert "session_user" in error_of("boards:\n  - {key: a, session_user: 'two words'}\n")
