@@ -102,10 +102,12 @@ def writable_import_path() -> List[Tuple[str, str]]:
         if os.access(directory, os.W_OK):
             found.append((entry, "os.access"))
         if os.path.isdir(directory):
+            planted = os.path.join(directory, "planted_by_a_session.py")
             try:
-                with open(os.path.join(directory, "planted_by_a_session.py"), "w") as handle:
+                with open(planted, "w") as handle:
                     handle.write("PLANTED = True\n")
                 found.append((entry, "wrote a module"))
+                os.unlink(planted)  # the attack worked: leave the board as it was
             except OSError:
                 pass
     stdlib = os.path.dirname(os.__file__)
