@@ -13,7 +13,7 @@ import glob
 import logging
 import os
 import signal
-from typing import List, Sequence
+from typing import Callable, List, NoReturn, Sequence
 
 logger = logging.getLogger("farm.lifetime")
 
@@ -76,6 +76,21 @@ def child_pids() -> List[int]:
             if len(fields) > 1 and fields[1] == str(me):
                 found.append(int(entry))
     return sorted(set(found))
+
+
+def run_then_exit(body: Callable[[], object], log: logging.Logger, what: str) -> NoReturn:
+    """In a forked child: run ``body``, then leave through ``os._exit`` (0, or 1 if it raised), so that
+    nothing of the parent's cleanup runs; a failure is logged as ``what`` failed, and the logs are flushed."""
+    code = 1
+    try:
+        body()
+        code = 0
+    except BaseException:
+        log.exception("%s failed", what)
+    finally:
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(code)
 
 
 def kill_group(pgid: int) -> None:

@@ -28,7 +28,7 @@ import sys
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import confine
-from .lifetime import become_subreaper, die_with_parent, kill_children, kill_group
+from .lifetime import become_subreaper, die_with_parent, kill_children, kill_group, run_then_exit
 from .protocol.framing import FrameReader
 from .sandbox import (
     SessionUser,
@@ -89,16 +89,8 @@ class Spawner:
         self.pid = os.fork()
         if self.pid == 0:
             self.sock.close()
-            code = 1
-            try:
-                _SpawnerProcess(spawner_end, user, self.status, start_directory, daemon_pid, limits, confinement).run()
-                code = 0
-            except BaseException:
-                logger.exception("the session spawner failed")
-            finally:
-                for handler in logging.getLogger().handlers:
-                    handler.flush()
-                os._exit(code)
+            process = _SpawnerProcess(spawner_end, user, self.status, start_directory, daemon_pid, limits, confinement)
+            run_then_exit(process.run, logger, "the session spawner")
         spawner_end.close()
 
     def start(self, order: SessionOrder, connection: socket.socket) -> None:
@@ -240,7 +232,7 @@ class _SpawnerProcess:
             self._report(FAILED + ("cannot start a session process: %s" % exc).encode())
             return
         if pid == 0:
-            self._serve(order, fd)
+            run_then_exit(lambda: self._serve(order, fd), logger, "session process")
         try:
             os.setpgid(pid, pid)
         except OSError:
@@ -249,50 +241,41 @@ class _SpawnerProcess:
         self._report(STARTED + _PIDS.pack(pid, 0))
 
     def _serve(self, order: SessionOrder, fd: int) -> None:
-        """The session process: give up the daemon's powers, serve, then ``os._exit``."""
-        code = 1
-        try:
-            os.setpgid(0, 0)
-            signal.set_wakeup_fd(-1)
-            for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
-                signal.signal(number, signal.SIG_DFL)
-            self._selector.close()
-            self.sock.close()
-            os.close(self._wakeup_r)
-            os.close(self._wakeup_w)
-            spawner = os.getppid()
-            cgroup = None
-            if order.cgroup and self.confinement is not None:
-                cgroup = confine.SessionCgroup(self.confinement.hierarchies, order.cgroup)
-            # before any of the client's code, and while it may still write cgroups; its limits for the session user
-            confine.enter(cgroup, self.limits, self.user.uid)
-            become(self.user)
-            die_with_parent(spawner)  # after changing user, which clears the parent-death signal
-            os.chdir(order.directory)
-            environment = session_environment(self.user, order.directory, dict(os.environ))
-            os.environ.clear()
-            os.environ.update(environment)
-            clean_import_path(self.start_directory)
-            conn = FramedSocket(socket.socket(fileno=fd), FrameReader())
-            Session(
-                conn,
-                order.directory,
-                order.key,
-                self.status,
-                order.max_message_size,
-                order.leftover,
-                order.bytes_sent,
-                order.name,
-                quota=order.quota,
-            ).serve()
-            self.status.state = SessionStatus.FINISHED
-            code = 0
-        except BaseException:
-            logger.exception("session process failed")
-        finally:
-            for handler in logging.getLogger().handlers:
-                handler.flush()
-            os._exit(code)
+        """The session process: give up the daemon's and the spawner's powers, then serve."""
+        os.setpgid(0, 0)
+        signal.set_wakeup_fd(-1)
+        for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, signal.SIG_DFL)
+        self._selector.close()
+        self.sock.close()
+        os.close(self._wakeup_r)
+        os.close(self._wakeup_w)
+        spawner = os.getppid()
+        cgroup = None
+        if order.cgroup and self.confinement is not None:
+            cgroup = confine.SessionCgroup(self.confinement.hierarchies, order.cgroup)
+        # before any of the client's code, and while it may still write cgroups; its limits for the session user
+        confine.enter(cgroup, self.limits, self.user.uid)
+        become(self.user)
+        die_with_parent(spawner)  # after changing user, which clears the parent-death signal
+        os.chdir(order.directory)
+        environment = session_environment(self.user, order.directory, dict(os.environ))
+        os.environ.clear()
+        os.environ.update(environment)
+        clean_import_path(self.start_directory)
+        conn = FramedSocket(socket.socket(fileno=fd), FrameReader())
+        Session(
+            conn,
+            order.directory,
+            order.key,
+            self.status,
+            order.max_message_size,
+            order.leftover,
+            order.bytes_sent,
+            order.name,
+            quota=order.quota,
+        ).serve()
+        self.status.state = SessionStatus.FINISHED
 
     def _kill(self) -> None:
         if self.session:
