@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional
 from common import child_env, machine_info
 
 import farm
-from farm.processes import DaemonProcess
+from farm.ops.processes import DaemonProcess
 from farm.protocol.handshake import ReplyReader, encode_hello
 
 HOST = "127.0.0.1"

@@ -31,10 +31,10 @@ from typing import Any, Callable, Dict, List, Optional
 from common import child_env, machine_info
 
 import farm
-from farm.auth import prove_on_socket
-from farm.processes import DaemonProcess
+from farm.net.secret import prove_on_socket
+from farm.net.tls import TlsConfig
+from farm.ops.processes import DaemonProcess
 from farm.protocol.handshake import CODE_SUCCESS, ReplyReader, encode_hello
-from farm.tls import TlsConfig
 
 HOST = "127.0.0.1"
 

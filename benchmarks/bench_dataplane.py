@@ -44,8 +44,8 @@ import numpy as np
 from common import PROJECT, child_env, exit_on_signal, machine_info, machine_line, publish  # noqa: E402  (puts this checkout's farm on the path)
 
 import farm  # noqa: E402
-from farm.processes import DaemonProcess, start_board  # noqa: E402
-from farm.toolchain import compile_shared  # noqa: E402
+from farm.ops.processes import DaemonProcess, start_board  # noqa: E402
+from farm.ops.toolchain import compile_shared  # noqa: E402
 
 logger = logging.getLogger("bench_dataplane")
 

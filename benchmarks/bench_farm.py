@@ -73,13 +73,13 @@ from common import (  # puts this checkout first on the path
     spread,
 )
 
-from farm.emulators import EmulatorError, python_command
-from farm.emulators import status as emulator_status
-from farm.inventory import BUILTIN_INVENTORIES, load_inventory
-from farm.launcher import FarmStack
-from farm.pack import pack_server
-from farm.targets import EMULATED
-from farm.toolchain import Toolchain, build_shared, toolchain_for
+from farm.ops.emulators import EmulatorError, python_command
+from farm.ops.emulators import status as emulator_status
+from farm.ops.inventory import BUILTIN_INVENTORIES, load_inventory
+from farm.ops.launcher import FarmStack
+from farm.ops.pack import pack_server
+from farm.ops.targets import EMULATED
+from farm.ops.toolchain import Toolchain, build_shared, toolchain_for
 from pytest_remotedev.report import holds_in
 
 logger = logging.getLogger("bench_farm")

@@ -68,9 +68,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from common import PROJECT, child_env, exit_on_signal, inner_env, machine_info, machine_line, publish, spread  # noqa: E402  (puts this checkout's farm on the path)
 
-from farm.inventory import DEFAULT_INVENTORY, load_inventory  # noqa: E402
-from farm.launcher import FarmStack  # noqa: E402
-from farm.tracker_client import TrackerClient  # noqa: E402
+from farm.client.tracker import TrackerClient  # noqa: E402
+from farm.ops.inventory import DEFAULT_INVENTORY, load_inventory  # noqa: E402
+from farm.ops.launcher import FarmStack  # noqa: E402
 
 logger = logging.getLogger("bench_plugin")
 

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from common import exit_on_signal, machine_info, machine_line, publish
 
 import farm  # noqa: E402  (common puts this checkout first on the path)
-from farm.processes import DaemonProcess, board_command  # noqa: E402
+from farm.ops.processes import DaemonProcess, board_command  # noqa: E402
 
 logger = logging.getLogger("bench_sessions")
 
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                 boards[side + " local"] = start(side + "-local", [sys.executable, "-m", "farm.server"],
                                                 board_env(checkout), workdir)  # fmt: skip
                 for arch in args.emulated:
-                    from farm.emulators import python_command
+                    from farm.ops.emulators import python_command
 
                     archive = pack(checkout, os.path.join(workdir, "%s-server.pyz" % side))
                     boards["%s %s" % (side, arch)] = start(

@@ -35,9 +35,9 @@ from bench_dataplane import NOOP_SIGNATURE, NOOP_SOURCE, call_stats, throughput_
 from common import PROJECT, child_env, exit_on_signal, machine_info, machine_line, publish, tls_files  # noqa: E402
 
 import farm  # noqa: E402
-from farm.processes import DaemonProcess, start_board  # noqa: E402
-from farm.tls import TlsConfig  # noqa: E402
-from farm.toolchain import compile_shared  # noqa: E402
+from farm.net.tls import TlsConfig  # noqa: E402
+from farm.ops.processes import DaemonProcess, start_board  # noqa: E402
+from farm.ops.toolchain import compile_shared  # noqa: E402
 
 logger = logging.getLogger("bench_tls")
 

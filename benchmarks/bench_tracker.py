@@ -52,9 +52,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from common import PROJECT, child_env, exit_on_signal, machine_info, machine_line, publish  # noqa: E402  (puts this checkout's farm on the path)
 
-from farm.processes import DaemonProcess, board_command  # noqa: E402
+from farm.client.tracker import TrackerClient, connect_tracker  # noqa: E402
+from farm.ops.processes import DaemonProcess, board_command  # noqa: E402
 from farm.protocol.tracker import Code, MessageReader, encode_magic, encode_message  # noqa: E402
-from farm.tracker_client import TrackerClient, connect_tracker  # noqa: E402
 
 logger = logging.getLogger("bench_tracker")
 
@@ -71,7 +71,7 @@ DEADLINE = 30.0
 Address = Tuple[str, int]
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
-# The tracker's line for each board it hands out (farm/tracker.py, Tracker._schedule).
+# The tracker's line for each board it hands out (farm/tracker/server.py, Tracker._schedule).
 _ASSIGNED = re.compile(r"board \S+:\d+ of key '([^']*)' to \S+ \(([^)]*)\) after [\d.]+ s")
 
 # A client in a fresh process: the clock starts once the client library is imported (TVM's side
@@ -79,7 +79,7 @@ _ASSIGNED = re.compile(r"board \S+:\d+ of key '([^']*)' to \S+ \(([^)]*)\) after
 _COLD_FARM = """
 import json, sys, time
 import farm
-import farm.client, farm.tracker_client
+import farm.client.session, farm.tracker_client
 host, port, key = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 before = "tvm" in sys.modules
 start = time.perf_counter()
@@ -994,7 +994,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     tvm_version, why = (text, "") if tvm_rpc is not None else (None, text)
     if tvm_rpc is None:
         logger.warning("the TVM side is skipped: %s", why)
-    import farm.client  # noqa: F401  (imported before any clock starts, as TVM's is)
+    import farm.client.session  # noqa: F401  (imported before any clock starts, as TVM's is)
 
     with tempfile.TemporaryDirectory(prefix="bench-tracker-") as workdir:
         procs = Processes(workdir)

@@ -33,8 +33,8 @@ from typing import Any, Callable, Dict, List, Optional
 from common import PROJECT
 
 import farm
-from farm.processes import DaemonProcess, board_command
-from farm.toolchain import compile_shared
+from farm.ops.processes import DaemonProcess, board_command
+from farm.ops.toolchain import compile_shared
 
 logger = logging.getLogger("benchmarks.session_attacks")
 

@@ -1,6 +1,6 @@
 """Soak: many clients cycling through a farm on loopback for minutes while its boards are killed and restarted.
 
-The farm is a :class:`farm.launcher.FarmStack` of an inventory this script writes: by default 6 local boards
+The farm is a :class:`farm.ops.launcher.FarmStack` of an inventory this script writes: by default 6 local boards
 over 3 keys (``soak-a``, ``soak-b``, ``soak-c``, 2 boards each; the second board of ``soak-b`` and of
 ``soak-c`` dials out to the proxy). ``--clients`` client processes (this script with ``--worker``) each loop
 for ``--duration`` seconds, each cycle:
@@ -9,7 +9,7 @@ for ``--duration`` seconds, each cycle:
 2. ``connect_tracker(...).request(key, priority=..., wait=--wait, session_timeout=...)``; the clock of the
    *request-to-ready latency* runs from before ``connect_tracker`` until ``request()`` returns an open session
    (queueing for a free board included);
-3. upload ``libvadd.so`` (built once from farm/kernels/vadd.c with ``farm.toolchain.compile_shared``), load it,
+3. upload ``libvadd.so`` (built once from farm/ops/kernels/vadd.c with ``farm.ops.toolchain.compile_shared``), load it,
    call ``vadd`` on two random float32 arrays and compare the result with numpy's (exactly);
 4. upload a random data file and download it back, comparing the bytes;
 5. close the session (which frees the board).
@@ -62,12 +62,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from common import PROJECT, child_env, exit_on_signal, machine_info, machine_line, publish, tls_files  # noqa: E402  (puts this checkout's farm on the path)
 
-from farm.client import RemoteSession  # noqa: E402
-from farm.inventory import load_inventory  # noqa: E402
-from farm.launcher import FarmStack, Supervised  # noqa: E402
+from farm.client.session import RemoteSession  # noqa: E402
+from farm.client.tracker import TrackerError, connect_tracker  # noqa: E402
 from farm.lifetime import PARENT_ENV  # noqa: E402
-from farm.toolchain import compile_shared  # noqa: E402
-from farm.tracker_client import TrackerError, connect_tracker  # noqa: E402
+from farm.ops.inventory import load_inventory  # noqa: E402
+from farm.ops.launcher import FarmStack, Supervised  # noqa: E402
+from farm.ops.toolchain import compile_shared  # noqa: E402
 
 logger = logging.getLogger("soak")
 
@@ -116,7 +116,7 @@ class ResultMismatch(Exception):
     """A board returned a wrong vadd result or a file that differs from the one uploaded."""
 
 
-#: Message categories, first match wins (the messages of farm/tracker.py, farm/tracker_client.py, farm/client.py).
+#: Message categories, first match wins (the messages of the tracker, its client and the client session).
 _CATEGORIES = [
     ("no board freed in time", re.compile(r"freed within|handed out within")),
     ("no board serves the key", re.compile(r"no board serves key")),

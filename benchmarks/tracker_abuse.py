@@ -36,9 +36,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from common import PROJECT, child_env  # noqa: E402  (puts this checkout's farm on the path)
 
-from farm.processes import DaemonProcess, start_board  # noqa: E402
+from farm.client.tracker import connect_tracker  # noqa: E402
+from farm.ops.processes import DaemonProcess, start_board  # noqa: E402
 from farm.protocol.tracker import Code, MessageReader, encode_magic, encode_message  # noqa: E402
-from farm.tracker_client import connect_tracker  # noqa: E402
 
 logger = logging.getLogger("tracker_abuse")
 Address = Tuple[str, int]

@@ -44,11 +44,11 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in _CLIENT_NAMES:
-        from . import client
+        from .client import session as client
 
         return getattr(client, name)
     if name in _TRACKER_NAMES:
-        from . import tracker_client
+        from .client import tracker as tracker_client
 
         return getattr(tracker_client, name)
     raise AttributeError("module 'farm' has no attribute %r" % name)

@@ -1,6 +1,6 @@
 """Build C sources for the board a test got: the ``build_for`` fixture's work.
 
-The board says what it runs (``system_info()["machine"]``); :mod:`farm.toolchain`
+The board says what it runs (``system_info()["machine"]``); :mod:`farm.ops.toolchain`
 picks the compiler for it (the inventory's ``toolchains:`` first) and keeps the
 result in its content-addressed cache, so xdist workers asking for the same
 artifact build it once.
@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import pytest
 
 from farm.errors import FarmError
-from farm.toolchain import BuildError, CompilerSpec, build_shared, toolchain_for_machine
+from farm.ops.toolchain import BuildError, CompilerSpec, build_shared, toolchain_for_machine
 
 PathLike = Union[str, "os.PathLike[str]"]
 

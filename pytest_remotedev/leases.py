@@ -10,8 +10,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import pytest
 
+from farm.client.tracker import NoBoardError, TrackerClient, TrackerError
 from farm.errors import FarmError
-from farm.tracker_client import NoBoardError, TrackerClient, TrackerError
 
 from .options import Settings
 from .report import Hold
@@ -192,7 +192,7 @@ def _connect(farm: Farm) -> TrackerClient:
 
 def _board_name(session: Any) -> str:
     """The board's name as it reports it (this project's boards); "" for others or a board already lost."""
-    from farm.client import RemoteSession  # loaded by the request already; numpy stays out of the controller
+    from farm.client.session import RemoteSession  # loaded by the request already; numpy stays out of the controller
 
     if not isinstance(session, RemoteSession):
         return ""

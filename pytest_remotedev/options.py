@@ -14,8 +14,11 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import pytest
 
-from farm.auth import SECRET_ENV, load_secret
-from farm.inventory import (
+from farm.net.secret import SECRET_ENV, load_secret
+from farm.net.sockets import parse_address
+from farm.net.tls import ENV as TLS_ENV
+from farm.net.tls import SYSTEM_CA, TlsConfig
+from farm.ops.inventory import (
     BUILTIN_INVENTORIES,
     DEFAULT_INVENTORY,
     Inventory,
@@ -23,9 +26,6 @@ from farm.inventory import (
     inventory_path,
     load_inventory,
 )
-from farm.net import parse_address
-from farm.tls import ENV as TLS_ENV
-from farm.tls import SYSTEM_CA, TlsConfig
 
 #: Seconds a test may wait in the queue unless told otherwise.
 DEFAULT_DEVICE_WAIT = 600.0
@@ -146,7 +146,7 @@ OPTIONS = (
            _server_name, None, "the name every daemon's certificate carries (default: the address dialled)",
            "NAME"),
 )  # fmt: skip
-#: The TLS settings, by the field of :class:`farm.tls.TlsConfig` each fills.
+#: The TLS settings, by the field of :class:`farm.net.tls.TlsConfig` each fills.
 TLS_OPTIONS = {field_name: "tls_" + field_name for field_name in TLS_ENV}
 
 

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
-from farm.auth import SECRET_ENV
+from farm.net.secret import SECRET_ENV
 
 from .leases import ALL_KEYS, KEY_PARAM, Leases, device_mark, marker_key, requester
 from .options import Settings, add_options, resolve

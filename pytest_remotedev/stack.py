@@ -9,7 +9,7 @@ Who owns the run's own ("bundled") farm:
   and stops it at the end of the session.
 
 Either way the daemons run in process groups of their own and die with the
-process that started them (see :mod:`farm.launcher`).
+process that started them (see :mod:`farm.ops.launcher`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from farm.inventory import Inventory
-from farm.launcher import FarmStack
-from farm.tracker_client import TrackerClient, TrackerError
+from farm.client.tracker import TrackerClient, TrackerError
+from farm.ops.inventory import Inventory
+from farm.ops.launcher import FarmStack
 
 logger = logging.getLogger("pytest_remotedev")
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Generator, List, Optional, Tuple
 
 import pytest
 
-from farm.tracker_client import TrackerClient, TrackerError
+from farm.client.tracker import TrackerClient, TrackerError
 
 logger = logging.getLogger("pytest_remotedev")
 

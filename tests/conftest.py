@@ -20,8 +20,8 @@ import pytest
 from farm_certs import TlsFiles, make_tls_files
 
 import farm
-from farm.processes import DaemonProcess, start_board
-from farm.toolchain import compile_shared
+from farm.ops.processes import DaemonProcess, start_board
+from farm.ops.toolchain import compile_shared
 
 TESTS = Path(__file__).resolve().parent
 PROJECT = TESTS.parent

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from farm.tls import TlsConfig
+from farm.net.tls import TlsConfig
 
 #: The names the farm's certificate carries: where the test daemons listen, and a farm-wide name.
 FARM_NAMES = ("127.0.0.1", "localhost", "farm.test")

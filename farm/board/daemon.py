@@ -2,7 +2,7 @@
 
 One process listens and does handshakes; each accepted session runs in a
 process of its own, with its own process group, working directory and
-unprivileged user, forked by the session spawner (:mod:`farm.spawner`), which
+unprivileged user, forked by the session spawner (:mod:`farm.board.spawner`), which
 the daemon forks before it reads any secret. The daemon outlives whatever the
 session's code does: when the session process dies (a segfault, an abort,
 ``os._exit``, a kill, the session timeout) the daemon tells the client how,
@@ -29,18 +29,20 @@ import termios
 import time
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
+from ..errors import ProtocolError
+from ..lifetime import become_subreaper, die_with_launcher, kill_children
+from ..logs import configure_logging
+from ..net.gate import Gate, Limits, LogThrottle, Ticket, add_admission_arguments, address_key
+from ..net.secret import add_secret_argument, daemon_secret
+from ..net.sockets import bind_first_free, parse_address, recv_nowait
+from ..net.tls import Handshake, TlsConfig, TlsError, add_tls_arguments, daemon_tls
+from ..net.transport import send_buffers, tune
+from ..protocol.auth import Acceptor, AuthError
+from ..protocol.framing import DEFAULT_MAX_PAYLOAD, encode_frame
+from ..protocol.handshake import CODE_BUSY, CODE_MISMATCH, CODE_SUCCESS, Hello, HelloReader, encode_reply, parse_key
+from ..protocol.ops import Op
+from ..protocol.peers import looks_like_tls, spoke
 from . import confine
-from .admission import Gate, Limits, LogThrottle, Ticket, add_admission_arguments, address_key
-from .auth import add_secret_argument, daemon_secret
-from .errors import ProtocolError
-from .lifetime import become_subreaper, die_with_launcher, kill_children
-from .logs import configure_logging
-from .net import bind_first_free, parse_address, recv_nowait
-from .protocol.auth import Acceptor, AuthError
-from .protocol.framing import DEFAULT_MAX_PAYLOAD, encode_frame
-from .protocol.handshake import CODE_BUSY, CODE_MISMATCH, CODE_SUCCESS, Hello, HelloReader, encode_reply, parse_key
-from .protocol.ops import Op
-from .protocol.peers import looks_like_tls, spoke
 from .registration import ProxyDialer, TrackerLink
 from .relay import SessionRelay
 from .sandbox import DEFAULT_SESSION_USER, not_dumpable, session_user, warn_about
@@ -55,8 +57,6 @@ from .session import (
     over_quota_message,
 )
 from .spawner import ENDED, FAILED, STARTED, SessionOrder, Spawner, SpawnerGone, report_numbers
-from .tls import Handshake, TlsConfig, TlsError, add_tls_arguments, daemon_tls
-from .transport import send_buffers, tune
 
 logger = logging.getLogger("farm.server")
 
@@ -131,7 +131,7 @@ def describe_exit(wait_status: int) -> Tuple[str, Optional[int], Optional[int]]:
 class BoardServer:
     """Serves one session at a time on ``host:port``; see the module docstring.
 
-    ``spawner`` starts the sessions: make it (:class:`farm.spawner.Spawner`) before reading any secret.
+    ``spawner`` starts the sessions: make it (:class:`farm.board.spawner.Spawner`) before reading any secret.
     """
 
     def __init__(

@@ -24,12 +24,12 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Optional, Tuple
 
-from .errors import ProtocolError
-from .net import recv_nowait, send_nowait, start_connect
-from .protocol.auth import AuthError, Connector
-from .protocol.handshake import CODE_SUCCESS, ReplyReader, encode_hello
-from .protocol.tracker import FARM_PROTOCOL, Code, MessageReader, encode_magic, encode_message, random_matchkey
-from .tls import Handshake, TlsConfig, TlsError
+from ..errors import ProtocolError
+from ..net.sockets import recv_nowait, send_nowait, start_connect
+from ..net.tls import Handshake, TlsConfig, TlsError
+from ..protocol.auth import AuthError, Connector
+from ..protocol.handshake import CODE_SUCCESS, ReplyReader, encode_hello
+from ..protocol.tracker import FARM_PROTOCOL, Code, MessageReader, encode_magic, encode_message, random_matchkey
 
 logger = logging.getLogger("farm.registration")
 

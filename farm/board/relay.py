@@ -16,7 +16,7 @@ import socket
 import time
 from typing import Dict
 
-from .net import recv_nowait, send_nowait
+from ..net.sockets import recv_nowait, send_nowait
 
 logger = logging.getLogger("farm.relay")
 

@@ -22,15 +22,15 @@ import tempfile
 import traceback
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from . import __version__
+from .. import __version__
+from ..errors import ArgumentError, DataError, FarmError, PathEscapeError, ProtocolError
+from ..net.transport import FramedSocket
+from ..protocol.calls import MAX_ARGS, decode_call, encode_result
+from ..protocol.framing import DEFAULT_MAX_PAYLOAD, Buffer, Frame, encode_frame
+from ..protocol.ops import PICKLE_PROTOCOL, RESULT_PICKLE, Op
+from ..protocol.values import ADMITTED, encode_value
+from ..signature import DTYPE_SIZES, Signature, c_type_sizes, parse_signature
 from .elf import elf_machine, interpreter_machine
-from .errors import ArgumentError, DataError, FarmError, PathEscapeError, ProtocolError
-from .protocol.calls import MAX_ARGS, decode_call, encode_result
-from .protocol.framing import DEFAULT_MAX_PAYLOAD, Buffer, Frame, encode_frame
-from .protocol.ops import PICKLE_PROTOCOL, RESULT_PICKLE, Op
-from .protocol.values import ADMITTED, encode_value
-from .signature import DTYPE_SIZES, Signature, c_type_sizes, parse_signature
-from .transport import FramedSocket
 
 logger = logging.getLogger("farm.session")
 

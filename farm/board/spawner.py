@@ -4,7 +4,7 @@ A session forked from the board daemon would carry the daemon's memory, the
 farm secret and the TLS key among it. So the daemon forks the spawner first
 thing, before it reads either, and hands it each admitted connection over a
 Unix socket pair (``SCM_RIGHTS``). The spawner forks the session process,
-which becomes the session user (:mod:`farm.sandbox`) and serves; the spawner
+which becomes the session user (:mod:`farm.board.sandbox`) and serves; the spawner
 reaps it, kills what it left behind (it is a subreaper), and tells the daemon
 its pid and how it ended. The spawner dies with the daemon
 (``PR_SET_PDEATHSIG``); the daemon stops when the spawner is gone, since a
@@ -27,9 +27,10 @@ import struct
 import sys
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
+from ..lifetime import become_subreaper, die_with_parent, kill_children, kill_group, run_then_exit
+from ..net.transport import FramedSocket
+from ..protocol.framing import FrameReader
 from . import confine
-from .lifetime import become_subreaper, die_with_parent, kill_children, kill_group, run_then_exit
-from .protocol.framing import FrameReader
 from .sandbox import (
     SessionUser,
     become,
@@ -40,7 +41,6 @@ from .sandbox import (
     unsafe_import_paths,
 )
 from .session import Session, SessionStatus
-from .transport import FramedSocket
 
 logger = logging.getLogger("farm.spawner")
 

@@ -14,12 +14,12 @@ import sys
 import time
 from typing import Any, Dict, Optional, Sequence
 
-from .auth import add_secret_argument, secret_from
-from .logs import escape_control
-from .net import parse_address
-from .protocol.tracker import OMITTED
-from .tls import TlsConfig, add_tls_arguments
-from .tracker_client import TrackerError, connect_tracker
+from ..logs import escape_control
+from ..net.secret import add_secret_argument, secret_from
+from ..net.sockets import parse_address
+from ..net.tls import TlsConfig, add_tls_arguments
+from ..protocol.tracker import OMITTED
+from .tracker import TrackerError, connect_tracker
 
 #: The environment variable the pytest plugin also reads for the farm's tracker.
 TRACKER_ENV = "REMOTEDEV_TRACKER"

@@ -27,8 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .auth import SECRET_ENV, prove_on_socket, secret_from
-from .errors import (
+from ..errors import (
     ArgumentError,
     BoardBusyError,
     DataError,
@@ -39,17 +38,18 @@ from .errors import (
     RemoteError,
     SessionLostError,
 )
-from .net import is_tls, keep_alive, would_block
-from .protocol.auth import AuthError
-from .protocol.calls import decode_result, encode_call, tag_of
-from .protocol.framing import Frame, FrameReader
-from .protocol.handshake import CODE_BUSY, CODE_MISMATCH, CODE_SUCCESS, ReplyReader, encode_hello
-from .protocol.ops import PICKLE_PROTOCOL, RESULT_PICKLE, Op
-from .protocol.values import decode_value
-from .signature import DTYPE_SIZES, Signature, parse_signature
-from .tls import ENV as TLS_ENV
-from .tls import TlsConfig, TlsError
-from .transport import ConnectionClosed, FramedSocket, tune
+from ..net.secret import SECRET_ENV, prove_on_socket, secret_from
+from ..net.sockets import is_tls, keep_alive, would_block
+from ..net.tls import ENV as TLS_ENV
+from ..net.tls import TlsConfig, TlsError
+from ..net.transport import ConnectionClosed, FramedSocket, tune
+from ..protocol.auth import AuthError
+from ..protocol.calls import decode_result, encode_call, tag_of
+from ..protocol.framing import Frame, FrameReader
+from ..protocol.handshake import CODE_BUSY, CODE_MISMATCH, CODE_SUCCESS, ReplyReader, encode_hello
+from ..protocol.ops import PICKLE_PROTOCOL, RESULT_PICKLE, Op
+from ..protocol.values import decode_value
+from ..signature import DTYPE_SIZES, Signature, parse_signature
 
 PathLike = Union[str, "os.PathLike[str]"]
 SUPPORTED_DTYPES = tuple(sorted(DTYPE_SIZES))

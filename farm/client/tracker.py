@@ -16,14 +16,14 @@ import socket
 import time
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
-from .auth import SECRET_ENV, prove_on_socket, secret_from
-from .errors import FarmError, HandshakeError, ProtocolError
-from .logs import escape_control
-from .net import keep_alive
-from .protocol.auth import AuthError
-from .protocol.tracker import FARM_PROTOCOL, TVM_PROTOCOL, Code, MessageReader, encode_magic, encode_message
-from .tls import ENV as TLS_ENV
-from .tls import TlsConfig
+from ..errors import FarmError, HandshakeError, ProtocolError
+from ..logs import escape_control
+from ..net.secret import SECRET_ENV, prove_on_socket, secret_from
+from ..net.sockets import keep_alive
+from ..net.tls import ENV as TLS_ENV
+from ..net.tls import TlsConfig
+from ..protocol.auth import AuthError
+from ..protocol.tracker import FARM_PROTOCOL, TVM_PROTOCOL, Code, MessageReader, encode_magic, encode_message
 
 #: How often a request is retried when the board it was handed cannot be reached.
 BOARD_CONNECT_ATTEMPTS = 3
@@ -355,7 +355,7 @@ def _open_session(board: Assignment, session_timeout: Optional[float], secret: O
                 "board %s:%d speaks TVM's RPC; install apache-tvm to use it" % (board.host, board.port)
             ) from None
         return rpc.connect(board.host, board.port, key=board.matchkey, session_timeout=session_timeout or 0)
-    from .client import connect  # the host client needs numpy; the rest of this module does not
+    from .session import connect  # the host client needs numpy; the rest of this module does not
 
     return connect(board.host, board.port, key=board.matchkey, session_timeout=session_timeout, secret=secret, tls=tls)
 

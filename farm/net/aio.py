@@ -2,7 +2,7 @@
 
 A listener runs an accept loop of its own, plain or TLS. Connections whose
 peers have proven nothing yet are bounded in number, per source address and
-in time (:class:`farm.admission.Gate`); a handler calls :func:`proven` once its
+in time (:class:`farm.net.gate.Gate`); a handler calls :func:`proven` once its
 peer has (the farm secret, or the protocol's opening), and its connection no
 longer counts. Refusals, and accepts that fail (out of file descriptors: the
 loop pauses instead of ending), are logged once per kind and interval, with
@@ -22,8 +22,8 @@ import socket
 import ssl
 from typing import Awaitable, Callable, Dict, Optional, Set, Tuple
 
-from .admission import Gate, Limits, LogThrottle, Ticket, address_key
-from .protocol.peers import looks_like_tls, spoke
+from ..protocol.peers import looks_like_tls, spoke
+from .gate import Gate, Limits, LogThrottle, Ticket, address_key
 from .tls import HANDSHAKE_TIMEOUT, TlsConfig, TlsError, describe_failure
 
 logger = logging.getLogger("farm.aio")
@@ -98,7 +98,7 @@ async def open_connection(host: str, port: int, tls: Optional[TlsConfig]) -> Str
 
 class Listener(asyncio.AbstractServer):
     """Accepts connections on a listening socket (over TLS with ``context``) and hands each one's streams to a
-    handler, within the bounds of a :class:`farm.admission.Gate`."""
+    handler, within the bounds of a :class:`farm.net.gate.Gate`."""
 
     def __init__(
         self, sock: socket.socket, handler: Handler, context: Optional[ssl.SSLContext], what: str, limits: Limits

@@ -6,8 +6,8 @@ TVM's tracker magic, the proxy's hello, the board's hello. A :class:`Gate`
 bounds such connections in number, per source address and in time, so that
 silent connections from one address cannot use up what peers from the
 others get. It is bookkeeping only (the time is passed in): the asyncio
-listener of the tracker and the proxy (:mod:`farm.aio`) and the board's
-selector loop (:mod:`farm.server`) close what it refuses or lets expire.
+listener of the tracker and the proxy (:mod:`farm.net.aio`) and the board's
+selector loop (:mod:`farm.board.daemon`) close what it refuses or lets expire.
 """
 
 from __future__ import annotations

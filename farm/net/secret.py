@@ -18,7 +18,7 @@ import stat
 import time
 from typing import TYPE_CHECKING, Optional, Union
 
-from .protocol.auth import Acceptor, AuthError, Connector
+from ..protocol.auth import Acceptor, AuthError, Connector
 
 if TYPE_CHECKING:  # asyncio is the tracker's and the proxy's; a board need not import it
     import asyncio

@@ -5,7 +5,7 @@ whoever connects (a client, a board dialling its tracker or proxy, the proxy
 dialling the tracker) checks that certificate against ``--tls-ca`` and the
 name it dialled, or ``--tls-server-name`` when one certificate serves the
 whole farm. TLS keeps the traffic private and proves the daemons' identity;
-who may connect stays the farm secret's job (:mod:`farm.auth`), whose
+who may connect stays the farm secret's job (:mod:`farm.net.secret`), whose
 exchange then runs inside TLS. Each option falls back to an environment
 variable, so daemons, the plugin and its xdist workers share one setting.
 """

@@ -12,8 +12,8 @@ from __future__ import annotations
 import socket
 from typing import List, Optional
 
-from .net import is_tls
-from .protocol.framing import Buffer, Frame, FrameReader, encode_frame
+from ..protocol.framing import Buffer, Frame, FrameReader, encode_frame
+from .sockets import is_tls
 
 #: Over TLS, a frame smaller than this goes out in one piece (one record) rather than part by part.
 _JOIN_BELOW = 64 * 1024

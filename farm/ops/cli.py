@@ -6,7 +6,12 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import __version__, build, demo, emulators, pack, proxy, query, server, tracker, up
+from .. import __version__
+from ..board import daemon as server
+from ..client import query
+from ..proxy import server as proxy
+from ..tracker import server as tracker
+from . import build, demo, emulators, pack, up
 
 # Subcommands: each module offers add_arguments(parser) and run(args), and imports
 # host-only packages (numpy) inside run, so `farm server` works on a bare board Python.

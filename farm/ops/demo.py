@@ -9,7 +9,7 @@ import tempfile
 import time
 from typing import Optional, Tuple
 
-from .net import parse_address
+from ..net.sockets import parse_address
 from .processes import start_board
 from .toolchain import compile_shared
 
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 def _demo(address: Tuple[str, int], key: str, size: int, workdir: str) -> int:
     import numpy as np
 
-    from .client import connect
+    from ..client.session import connect
 
     library = compile_shared([KERNEL], os.path.join(workdir, "libvadd.so"))
     print("built %s with the host compiler" % os.path.basename(library))

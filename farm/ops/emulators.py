@@ -45,7 +45,7 @@ class EmulatorError(RuntimeError):
 
 
 def default_dir() -> str:
-    """The emulators' cache directory: ``farm.cache.cache_dir("emulators")``."""
+    """The emulators' cache directory: ``farm.ops.cache.cache_dir("emulators")``."""
     return cache_dir("emulators")
 
 

@@ -27,9 +27,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import yaml
 
+from ..net.tls import ENV as TLS_FIELDS
+from ..net.tls import SYSTEM_CA, TlsConfig
 from .targets import EMULATED, TARGETS, Target, host_target, target_named
-from .tls import ENV as TLS_FIELDS
-from .tls import SYSTEM_CA, TlsConfig
 
 _SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "inventories")
 #: Inventories that ship with the package, by the short name ``--farm`` and ``farm up`` also take.
@@ -86,7 +86,7 @@ class BoardGroup:
 
     @property
     def target(self) -> Optional[Target]:
-        """The architecture the boards run, from :mod:`farm.targets` (None: unknown to the farm)."""
+        """The architecture the boards run, from :mod:`farm.ops.targets` (None: unknown to the farm)."""
         if self.arch is None:
             return host_target()
         try:

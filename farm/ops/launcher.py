@@ -13,12 +13,12 @@ groups of their own and carry ``FARM_PARENT_PID`` (:mod:`farm.lifetime`), so
 they also go when the launching process dies without stopping them.
 
 Local boards run ``python -m farm.server`` in this Python; emulated boards run
-the packed board server (:mod:`farm.pack`) in the target's own Python under
-qemu-user (:mod:`farm.emulators`); external boards are started by someone else
+the packed board server (:mod:`farm.ops.pack`) in the target's own Python under
+qemu-user (:mod:`farm.ops.emulators`); external boards are started by someone else
 and only waited for.
 
 An inventory's ``tls`` block reaches every daemon as ``REMOTEDEV_TLS_*``
-(:mod:`farm.tls`), in place of any the launching process has, and the
+(:mod:`farm.net.tls`), in place of any the launching process has, and the
 launcher's own connections to the tracker use it too; without one, the
 daemons inherit whatever TLS setting the environment has, as they do the
 farm secret. The paths are absolute, so an emulated board's Python under
@@ -34,12 +34,12 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from ..client.tracker import TrackerClient
+from ..lifetime import PARENT_ENV
+from ..net.tls import ENV as TLS_ENV
+from ..net.tls import TlsConfig
 from .inventory import BoardGroup, Inventory, Listener
-from .lifetime import PARENT_ENV
 from .processes import DaemonError, DaemonProcess, board_command
-from .tls import ENV as TLS_ENV
-from .tls import TlsConfig
-from .tracker_client import TrackerClient
 
 logger = logging.getLogger("farm.launcher")
 

@@ -1,7 +1,7 @@
 """Pack the board server into one zipapp: ``farm pack-server -o farm-server.pyz``.
 
-The archive holds the board-side modules of ``farm`` (what ``import farm.server``
-loads, the protocol included) and, unless told otherwise, the installed
+The archive holds the board side of ``farm`` (:data:`BOARD_PACKAGES` and
+:data:`BOARD_TOP_MODULES`) and, unless told otherwise, the installed
 cloudpickle for the board's ``run`` op. A board runs it with a bare Python:
 
     python3 farm-server.pyz --tracker HOST:PORT --key KEY
@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
 from typing import List, Tuple
 
-from .errors import FarmError
+from ..errors import FarmError
 
 logger = logging.getLogger("farm.pack")
 
@@ -37,31 +35,25 @@ MAIN = '''"""Run the packed board server: python3 farm-server.pyz --key KEY [--t
 import argparse
 import sys
 
-from farm import server
+from farm.board import daemon as server
 
 parser = argparse.ArgumentParser(description="Run a board server.")
 server.add_arguments(parser)
 sys.exit(server.run(parser.parse_args()))
 '''
-#: Run with ``-I -S`` and the directory holding ``farm``: prints the files of the farm modules a board loads.
-_LIST_BOARD_MODULES = (
-    "import json, sys\n"
-    "sys.path.insert(0, sys.argv[1])\n"
-    "import farm.server\n"
-    "print(json.dumps(sorted(m.__file__ for n, m in sys.modules.items() if n == 'farm' or n.startswith('farm.'))))\n"
-)
+#: What ships to a board, as the tree says it: these folders of ``farm`` whole, and these shared top-level modules.
+BOARD_PACKAGES = ("board", "net", "protocol")
+BOARD_TOP_MODULES = ("__init__", "errors", "lifetime", "logs", "server", "signature")
 
 Entry = Tuple[str, Path]  # the name in the archive, the file it comes from
 
 
 def board_modules() -> List[Entry]:
-    """The ``farm`` modules ``import farm.server`` loads on a Python with the standard library alone."""
-    package = Path(__file__).resolve().parent
-    command = [sys.executable, "-I", "-S", "-c", _LIST_BOARD_MODULES, str(package.parent)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
-    if result.returncode != 0:
-        raise FarmError("importing farm.server with the standard library alone failed:\n" + result.stderr)
-    files = [Path(name).resolve() for name in json.loads(result.stdout)]
+    """The ``farm`` modules a board runs: :data:`BOARD_TOP_MODULES` and every module of :data:`BOARD_PACKAGES`."""
+    package = Path(__file__).resolve().parent.parent
+    files = [package / (name + ".py") for name in BOARD_TOP_MODULES]
+    for folder in BOARD_PACKAGES:
+        files.extend(sorted((package / folder).glob("*.py")))
     return [(path.relative_to(package.parent).as_posix(), path) for path in files]
 
 

@@ -20,7 +20,7 @@ class Target:
     name: str
     triple: str  # the GNU target triple of its toolchain
     machines: Tuple[str, ...]  # what platform.machine() says on such a board
-    elf: str  # what farm.elf.elf_machine() says of code built for it
+    elf: str  # what farm.board.elf.elf_machine() says of code built for it
     debian_arch: str  # the Debian architecture of its packages
     qemu: str  # the qemu-user binary that runs its code on another host
     compiler: str  # the cross compiler's command, from Debian's gcc-TRIPLE package

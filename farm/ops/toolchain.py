@@ -19,8 +19,8 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any, Iterator, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
+from ..board.elf import elf_machine
 from .cache import cache_dir as default_cache_dir
-from .elf import elf_machine
 from .targets import TARGETS, Target, host_target, target_named, target_of_machine
 
 logger = logging.getLogger("farm.toolchain")

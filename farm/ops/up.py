@@ -23,11 +23,11 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from .auth import SECRET_ENV, add_secret_argument, load_secret
+from ..net.secret import SECRET_ENV, add_secret_argument, load_secret
+from ..net.tls import TlsConfig, add_tls_arguments
 from .inventory import InventoryError, inventory_path, load_inventory
 from .launcher import FarmStack, StartInterrupted, external_board_command
 from .processes import DaemonError
-from .tls import TlsConfig, add_tls_arguments
 
 logger = logging.getLogger("farm.up")
 

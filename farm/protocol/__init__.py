@@ -2,7 +2,7 @@
 
 ``handshake``: TVM's data-plane handshake. ``framing``: this project's frames
 after it. ``calls``: the binary payloads of native calls. ``ops``: the
-operation codes. The blocking board and client (:mod:`farm.transport`) use
+operation codes. The blocking board and client (:mod:`farm.net.transport`) use
 them, and any other I/O layer can, since none of them touches a socket.
 """
 

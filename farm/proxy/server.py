@@ -11,7 +11,7 @@ both ways as a stream, never holding a whole message. Without a tracker, a
 client and a board pair up when their keys match.
 
 With ``--tls-cert`` and ``--tls-key`` it speaks only TLS to clients and boards
-(:mod:`farm.aio`): it ends both sides' TLS and forwards the bytes between them.
+(:mod:`farm.net.aio`): it ends both sides' TLS and forwards the bytes between them.
 With ``--tls-ca`` it checks the tracker's certificate when it dials it.
 
 asyncio, standard library, one process.
@@ -29,15 +29,16 @@ import sys
 import time
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
-from .admission import Limits, add_admission_arguments, address_key, limits_from, positive_int
-from .aio import DEFAULT_LIMITS, open_connection, proven, start_listener
-from .auth import add_secret_argument, admit_on_stream, daemon_secret, prove_on_stream
-from .errors import ProtocolError
-from .lifetime import die_with_launcher
-from .logs import configure_logging
-from .net import bind_first_free, keep_alive, parse_address
-from .protocol.auth import AuthError
-from .protocol.handshake import (
+from ..errors import ProtocolError
+from ..lifetime import die_with_launcher
+from ..logs import configure_logging
+from ..net.aio import DEFAULT_LIMITS, open_connection, proven, start_listener
+from ..net.gate import Limits, add_admission_arguments, address_key, limits_from, positive_int
+from ..net.secret import add_secret_argument, admit_on_stream, daemon_secret, prove_on_stream
+from ..net.sockets import bind_first_free, keep_alive, parse_address
+from ..net.tls import TlsConfig, TlsError, add_tls_arguments, daemon_tls
+from ..protocol.auth import AuthError
+from ..protocol.handshake import (
     CODE_BUSY,
     CODE_DUPLICATE,
     CODE_MISMATCH,
@@ -46,7 +47,7 @@ from .protocol.handshake import (
     HelloReader,
     encode_reply,
 )
-from .protocol.tracker import (
+from ..protocol.tracker import (
     TVM_PROTOCOL,
     Code,
     MessageReader,
@@ -55,8 +56,7 @@ from .protocol.tracker import (
     key_of_matchkey,
     random_matchkey,
 )
-from .tls import TlsConfig, TlsError, add_tls_arguments, daemon_tls
-from .tracker import MAX_INFO
+from ..tracker.server import MAX_INFO
 
 logger = logging.getLogger("farm.proxy")
 #: Put in a connection's reply queue when the connection ends, so that a waiting call stops waiting.
@@ -499,7 +499,7 @@ async def serve(sock: socket.socket, tracker: Optional[Tuple[str, int]], secret:
                 tls: Optional[TlsConfig] = None, limits: Limits = DEFAULT_LIMITS,
                 bounds: Optional[BoardBounds] = None) -> None:  # fmt: skip
     """Serve on the listening ``sock`` (over TLS with ``tls``, which also dials the tracker) until SIGTERM or
-    SIGINT; ``limits`` bound the connections that have proven nothing yet (:mod:`farm.admission`), ``bounds`` the
+    SIGINT; ``limits`` bound the connections that have proven nothing yet (:mod:`farm.net.gate`), ``bounds`` the
     boards."""
     host, port = sock.getsockname()[:2]
     proxy = Proxy(port, tracker, host, secret, tls, bounds)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, FrozenSet, List, O
 if TYPE_CHECKING:
     import asyncio
 
-    from .tracker import Peer
+    from .server import Peer
 
 #: Entries of removed waiters a line may keep beyond twice its live ones before it is compacted.
 _SLACK = 64

@@ -8,7 +8,7 @@ query tool work with it, plus extensions only this project's peers use.
 
 A connection is its peer's lease: when it closes, the peer's queued requests
 and its boards' offers go with it. With ``--tls-cert`` and ``--tls-key`` it
-speaks only TLS (:mod:`farm.aio`). asyncio, standard library, one process.
+speaks only TLS (:mod:`farm.net.aio`). asyncio, standard library, one process.
 """
 
 from __future__ import annotations
@@ -28,17 +28,18 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from . import admission
-from .admission import add_admission_arguments
-from .aio import DEFAULT_LIMITS, proven, start_listener
-from .auth import AUTH_TIMEOUT, add_secret_argument, admit_on_stream, daemon_secret
-from .errors import ProtocolError
-from .lifetime import die_with_launcher
-from .logs import configure_logging
-from .net import bind_first_free
-from .protocol.auth import AuthError
-from .protocol.handshake import MAX_KEY_LENGTH
-from .protocol.tracker import (
+from ..errors import ProtocolError
+from ..lifetime import die_with_launcher
+from ..logs import configure_logging
+from ..net import gate as admission
+from ..net.aio import DEFAULT_LIMITS, proven, start_listener
+from ..net.gate import add_admission_arguments
+from ..net.secret import AUTH_TIMEOUT, add_secret_argument, admit_on_stream, daemon_secret
+from ..net.sockets import bind_first_free
+from ..net.tls import TlsConfig, add_tls_arguments, daemon_tls
+from ..protocol.auth import AuthError
+from ..protocol.handshake import MAX_KEY_LENGTH
+from ..protocol.tracker import (
     FARM_PROTOCOL,
     MAX_MESSAGE,
     OMITTED,
@@ -49,8 +50,7 @@ from .protocol.tracker import (
     encode_magic,
     encode_message,
 )
-from .tls import TlsConfig, add_tls_arguments, daemon_tls
-from .tracker_queue import KeyQueue, Offer, Waiter
+from .queues import KeyQueue, Offer, Waiter
 
 logger = logging.getLogger("farm.tracker")
 
@@ -579,7 +579,7 @@ class Tracker:
         and ``waiters``: the first requests in queue order, each with its
         user, priority and seconds waited so far. Whatever peers send, it
         stays within :data:`SUMMARY_BUDGET` bytes: what does not fit is left
-        out and counted under ``omitted`` (see :func:`farm.query.format_summary`).
+        out and counted under ``omitted`` (see :func:`farm.client.query.format_summary`).
         """
         now = time.monotonic()
         # keys boards serve first, then keys only waited for (wait_for_key); each part by name
@@ -723,7 +723,7 @@ async def serve(
     """Serve on the listening ``sock`` (over TLS with ``tls``) until SIGTERM, SIGINT or an authorised STOP.
 
     ``limits`` bound what each peer may ask of the queue; ``gate`` bounds the connections that have
-    proven nothing yet (:mod:`farm.admission`).
+    proven nothing yet (:mod:`farm.net.gate`).
     """
     tracker = Tracker(stop_key, secret, limits)
     server = await start_listener(sock, tracker.handle_connection, tls, "tracker", gate)

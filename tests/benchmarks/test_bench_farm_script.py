@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 SCRIPT = PROJECT / "benchmarks" / "bench_farm.py"
 
 KEYS = ("local", "aarch64", "armhf")

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "session_attacks.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "session_attacks.py"
 
 
 def test_open_files_and_detached_process_attacks(tmp_path: Path) -> None:

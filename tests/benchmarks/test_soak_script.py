@@ -13,7 +13,7 @@ from typing import Any, Dict
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "soak.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "soak.py"
 KEYS = {"soak-a": 2, "soak-b": 2, "soak-c": 2}
 
 

@@ -1,7 +1,7 @@
 """The fault injection suite's harness: a whole farm of real processes, and the check every scenario ends with.
 
 A :class:`FaultFarm` runs the daemons of an inventory the test writes with
-:class:`farm.launcher.FarmStack` (supervised where the test wants killed daemons
+:class:`farm.ops.launcher.FarmStack` (supervised where the test wants killed daemons
 restarted: every wait of the harness then calls ``supervise()`` from the test's
 thread, which the daemons' parent-death signal is tied to), plus boards the
 test starts itself: with options an inventory cannot give, or inside a network
@@ -32,11 +32,11 @@ import pytest
 
 import farm
 from conftest import processes_with_env, reachable_temp, wait_for
-from farm.inventory import load_inventory
-from farm.launcher import FarmStack
+from farm.client.tracker import TrackerClient
 from farm.lifetime import PARENT_ENV
-from farm.processes import DaemonProcess, board_command
-from farm.tracker_client import TrackerClient
+from farm.ops.inventory import load_inventory
+from farm.ops.launcher import FarmStack
+from farm.ops.processes import DaemonProcess, board_command
 
 logger = logging.getLogger("tests.faults")
 

@@ -23,9 +23,9 @@ from fault_farm import FaultFarm, assert_farm_whole, fault_farms
 
 import farm
 from conftest import wait_for
-from farm import confine
-from farm.processes import DaemonProcess
-from farm.toolchain import compile_shared
+from farm.board import confine
+from farm.ops.processes import DaemonProcess
+from farm.ops.toolchain import compile_shared
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -18,7 +18,7 @@ from fault_farm import HOLDING, QUEUED, FaultFarm, assert_farm_whole, fault_farm
 
 import farm
 from conftest import wait_for
-from farm.client import SESSION_END_GRACE
+from farm.client.session import SESSION_END_GRACE
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -24,7 +24,7 @@ import pytest
 from fault_farm import FaultFarm, assert_farm_whole, fault_farms, pause_in_call
 
 import farm
-from farm.client import SESSION_END_GRACE
+from farm.client.session import SESSION_END_GRACE
 
 logger = logging.getLogger("tests.faults.network")
 

@@ -43,16 +43,16 @@ from fuzz_streams import Fields, cut, edit, mutate, random_bytes, random_json, r
 
 import farm
 from conftest import fd_count, python_env, rss, wait_for
+from farm.board.daemon import BoardServer
 from farm.errors import ProtocolError
-from farm.processes import DaemonProcess
+from farm.ops.processes import DaemonProcess
 from farm.protocol.calls import TAGS, encode_call
 from farm.protocol.framing import HEADER, encode_frame
 from farm.protocol.handshake import RPC_MAGIC, HelloReader, encode_hello
 from farm.protocol.ops import Op
 from farm.protocol.tracker import MAX_MESSAGE, Code, MessageReader, encode_magic, encode_message
-from farm.proxy import HELLO_TIMEOUT
-from farm.server import BoardServer
-from farm.tracker import MAGIC_TIMEOUT
+from farm.proxy.server import HELLO_TIMEOUT
+from farm.tracker.server import MAGIC_TIMEOUT
 
 #: Connections in flight at once.
 WORKERS = 8

@@ -33,7 +33,7 @@ from fuzz_settings import CONNECTION_COUNT, SEED, WIDE_GATE
 
 import farm
 from conftest import fd_count, python_env, rss, wait_for
-from farm.processes import DaemonProcess
+from farm.ops.processes import DaemonProcess
 from farm.protocol.handshake import encode_hello
 from farm.protocol.tracker import encode_magic, encode_message
 

@@ -37,7 +37,7 @@ from farm.protocol.framing import DEFAULT_MAX_META, HEADER, INLINE_PAYLOAD, Fram
 from farm.protocol.handshake import HelloReader, ReplyReader, encode_hello, encode_reply, parse_key
 from farm.protocol.ops import Op
 from farm.protocol.tracker import Code, MessageReader, encode_magic, encode_message
-from farm.tracker import Peer, Tracker
+from farm.tracker.server import Peer, Tracker
 
 MAX_KEY_LENGTH, RPC_MAGIC = handshake.MAX_KEY_LENGTH, handshake.RPC_MAGIC
 MAX_MESSAGE, TRACKER_MAGIC = tracker_wire.MAX_MESSAGE, tracker_wire.TRACKER_MAGIC
@@ -563,7 +563,7 @@ PORTS = st.integers(1, 65535) | st.integers(1, 65535).map(str)
 HOSTS = st.none() | st.sampled_from(["127.0.0.1", "::1", "board.local"])
 
 
-#: Requests as farm/tracker.py reads them.
+#: Requests as farm/tracker/server.py reads them.
 TRACKER_REQUESTS = st.one_of(
     st.tuples(st.sampled_from([Code.PING, Code.SUMMARY, Code.GET_PENDING_MATCHKEYS])).map(list),
     st.tuples(st.just(Code.STOP), TRACKER_KEYS).map(list),
@@ -601,7 +601,7 @@ TRACKER_REQUESTS = st.one_of(
         ),
     ).map(list),
 )
-#: Requests and replies as farm/protocol/tracker.py and farm/tracker.py give them.
+#: Requests and replies as farm/protocol/tracker.py and farm/tracker/server.py give them.
 TRACKER_MESSAGES = st.one_of(
     TRACKER_REQUESTS,
     st.sampled_from([Code.SUCCESS, Code.FAIL]),

@@ -25,12 +25,12 @@ from farm_certs import TlsFiles
 
 import farm
 from conftest import python_env, read_until_closed, wait_for
-from farm.processes import DaemonProcess
+from farm.net.tls import ENV as TLS_ENV
+from farm.ops.processes import DaemonProcess
 from farm.protocol.calls import encode_call
 from farm.protocol.framing import HEADER, Frame, FrameReader, encode_frame
 from farm.protocol.handshake import CODE_SUCCESS, RPC_MAGIC, ReplyReader, encode_hello
 from farm.protocol.ops import Op
-from farm.tls import ENV as TLS_ENV
 
 PROJECT = Path(__file__).resolve().parents[2]
 KEY = "test"

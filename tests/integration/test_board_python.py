@@ -23,8 +23,8 @@ from farm_certs import TlsFiles
 
 import farm
 from conftest import bare_env, python_version, run_bare
-from farm.processes import DaemonProcess
-from farm.tls import TlsConfig
+from farm.net.tls import TlsConfig
+from farm.ops.processes import DaemonProcess
 
 PROJECT = Path(__file__).resolve().parents[2]
 KEY = "bare"
@@ -170,9 +170,9 @@ def board_side_modules(root: Path) -> List[str]:
 
 def test_board_side_modules_are_python38_compatible(bare_root: Path) -> None:
     modules = board_side_modules(bare_root)
-    for needed in ("farm/server.py", "farm/session.py", "farm/protocol/framing.py"):
+    for needed in ("farm/board/daemon.py", "farm/board/session.py", "farm/protocol/framing.py"):
         assert needed in modules, modules
-    assert "farm/client.py" not in modules, modules
+    assert "farm/client/session.py" not in modules, modules
     vermin = Path(sys.executable).with_name("vermin")
     command = [str(vermin) if vermin.exists() else shutil.which("vermin") or "vermin"]
     command += ["--no-tips", "--violations", "-t=3.8-", *(str(bare_root / module) for module in modules)]

@@ -21,7 +21,7 @@ import pytest
 import farm
 from conftest import wait_for
 from farm.errors import BoardBusyError, DataError, RemoteError, SessionLostError
-from farm.processes import DaemonProcess
+from farm.ops.processes import DaemonProcess
 from farm.protocol.ops import Op
 
 ForgedFrame = Tuple[int, int, dict, bytes]  # op, request id, meta, payload

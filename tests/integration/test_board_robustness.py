@@ -22,11 +22,11 @@ from farm_certs import TlsFiles
 
 import farm
 from conftest import python_env, read_until_closed, wait_for
-from farm.processes import DaemonProcess
+from farm.ops.processes import DaemonProcess
+from farm.ops.toolchain import compile_shared
 from farm.protocol.framing import HEADER, Frame, FrameReader, encode_frame
 from farm.protocol.handshake import CODE_SUCCESS, ReplyReader, encode_hello
 from farm.protocol.ops import Op
-from farm.toolchain import compile_shared
 
 KEY = "test"
 Address = Tuple[str, int]

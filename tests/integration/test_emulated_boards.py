@@ -2,8 +2,8 @@
 
 One farm of the shipped ``emulated`` inventory (two local boards, an aarch64
 board, an armhf board behind the proxy) for the module, started with
-:class:`farm.launcher.FarmStack`. Code is cross-compiled here with the
-toolchains of :mod:`farm.toolchain`. The emulators must be installed
+:class:`farm.ops.launcher.FarmStack`. Code is cross-compiled here with the
+toolchains of :mod:`farm.ops.toolchain`. The emulators must be installed
 (``farm emulators install``, which the project's CI runs first): without them
 these tests fail, saying so, rather than skip.
 """
@@ -19,12 +19,12 @@ import pytest
 
 import farm
 from conftest import wait_for
-from farm import confine
-from farm.emulators import EmulatorError, python_command
-from farm.inventory import BUILTIN_INVENTORIES, load_inventory
-from farm.launcher import FarmStack
-from farm.targets import EMULATED
-from farm.toolchain import build_shared, toolchain_for
+from farm.board import confine
+from farm.ops.emulators import EmulatorError, python_command
+from farm.ops.inventory import BUILTIN_INVENTORIES, load_inventory
+from farm.ops.launcher import FarmStack
+from farm.ops.targets import EMULATED
+from farm.ops.toolchain import build_shared, toolchain_for
 
 PROJECT = Path(__file__).resolve().parents[2]
 VADD = PROJECT / "farm" / "kernels" / "vadd.c"

@@ -20,10 +20,10 @@ import filelock
 import pytest
 
 from conftest import python_env, wait_for
-from farm import emulators
-from farm.elf import elf_machine
-from farm.targets import EMULATED, TARGETS
-from farm.toolchain import compile_shared
+from farm.board.elf import elf_machine
+from farm.ops import emulators
+from farm.ops.targets import EMULATED, TARGETS
+from farm.ops.toolchain import compile_shared
 
 PROJECT = Path(__file__).resolve().parents[2]
 NOBODY = 65534
@@ -55,7 +55,7 @@ def farm_emulators(
     cwd: Optional[str] = None,
 ) -> subprocess.CompletedProcess:
     """Run ``farm emulators ARGS`` (as ``user``, e.g. AS_NOBODY) and return what it did."""
-    command = [*user, python, "-m", "farm.cli", "emulators", *args]
+    command = [*user, python, "-m", "farm", "emulators", *args]
     return subprocess.run(
         command, capture_output=True, text=True, env=env or python_env(), cwd=cwd, timeout=INSTALL_TIMEOUT
     )
@@ -156,7 +156,7 @@ def test_second_install_is_a_no_op(installed: Path, caplog: pytest.LogCaptureFix
 def test_concurrent_installs_do_the_work_once(tmp_path: Path) -> None:
     directory = tmp_path / "emulators"
     directory.mkdir()
-    command = [sys.executable, "-m", "farm.cli", "emulators", "install", "--arch", "aarch64", "--dir", str(directory)]
+    command = [sys.executable, "-m", "farm", "emulators", "install", "--arch", "aarch64", "--dir", str(directory)]
     logs = [tmp_path / ("install-%d.log" % index) for index in range(2)]
     with filelock.FileLock(str(directory / emulators.LOCK_FILE)):  # both start, then wait for the lock together
         processes = []
@@ -212,7 +212,7 @@ def nobody_python(cwd: Path) -> Tuple[str, str]:
     """A Python that user ``nobody`` may run, and the PYTHONPATH that gives it this checkout and filelock."""
     paths = os.pathsep.join([str(PROJECT), os.path.dirname(os.path.dirname(filelock.__file__))])
     for python in dict.fromkeys([sys.executable, "/usr/bin/python3"]):
-        probe = [*AS_NOBODY, "env", "PYTHONPATH=" + paths, python, "-c", "import farm.cli, filelock"]
+        probe = [*AS_NOBODY, "env", "PYTHONPATH=" + paths, python, "-c", "import farm.ops.cli, filelock"]
         if subprocess.run(probe, cwd=str(cwd), stderr=subprocess.DEVNULL, timeout=60).returncode == 0:
             return python, paths
     pytest.skip("user nobody may run neither %s nor /usr/bin/python3 here" % sys.executable)

@@ -18,8 +18,8 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from farm.emulators import EmulatorError, python_command
-from farm.targets import EMULATED
+from farm.ops.emulators import EmulatorError, python_command
+from farm.ops.targets import EMULATED
 
 PROJECT = Path(__file__).resolve().parents[2]
 #: Tests of examples/test_kernels.py per key.

@@ -1,7 +1,7 @@
 """A farm with a secret, on real processes at 127.0.0.1: members are admitted, strangers refused and logged.
 
 The farm (tracker, proxy, a listening board and a board behind the proxy) is
-started with :class:`farm.launcher.FarmStack` with ``REMOTEDEV_SECRET_FILE``
+started with :class:`farm.ops.launcher.FarmStack` with ``REMOTEDEV_SECRET_FILE``
 set, as ``farm up --secret-file`` and the plugin pass it on. Nothing is mocked.
 """
 
@@ -17,14 +17,14 @@ import pytest
 
 import farm
 from conftest import python_env, wait_for
-from farm.auth import SECRET_ENV
-from farm.inventory import parse_inventory
-from farm.launcher import FarmStack
-from farm.processes import DaemonProcess
+from farm.client.tracker import TrackerError
+from farm.net.secret import SECRET_ENV
+from farm.ops.inventory import parse_inventory
+from farm.ops.launcher import FarmStack
+from farm.ops.processes import DaemonProcess
 from farm.protocol.auth import AUTH_MAGIC, Connector
 from farm.protocol.handshake import encode_hello
 from farm.protocol.tracker import encode_magic
-from farm.tracker_client import TrackerError
 
 INVENTORY = "tracker: {port: 0}\nproxy: {port: 0}\nboards:\n  - {key: locked}\n  - {key: locked, proxy: true}\n"
 

@@ -20,10 +20,10 @@ from test_farm_up import FarmUp, require_emulators
 
 import farm
 from conftest import python_env, wait_for
-from farm.inventory import parse_inventory
-from farm.launcher import FarmStack
-from farm.tls import ENV, TlsConfig
-from farm.tracker_client import TrackerError
+from farm.client.tracker import TrackerError
+from farm.net.tls import ENV, TlsConfig
+from farm.ops.inventory import parse_inventory
+from farm.ops.launcher import FarmStack
 
 BOARDS = "tracker: {port: 0}\nproxy: {port: 0}\nboards:\n  - {key: sealed}\n  - {key: sealed, proxy: true}\n"
 INNER = ("-p", "no:hypothesispytest", "-p", "no:cacheprovider")
@@ -146,7 +146,7 @@ def test_farm_up_with_tls_and_a_secret(tmp_path: Path, tls_files: TlsFiles) -> N
         assert described["tls"] == {"ca": tls_files.ca, "server_name": "farm.test"}
         tracker = "%s:%d" % tuple(described["tracker"])
         assert "--tls-ca %s --tls-server-name farm.test" % tls_files.ca in up.stdout
-        status = [sys.executable, "-m", "farm.cli", "status", "--tracker", tracker, "--secret-file", str(secret)]
+        status = [sys.executable, "-m", "farm", "status", "--tracker", tracker, "--secret-file", str(secret)]
         env = python_env()
         listed = subprocess.run(status + ["--tls-ca", tls_files.ca, "--tls-server-name", "farm.test"], env=env,
                                 capture_output=True, text=True, timeout=30)  # fmt: skip

@@ -26,8 +26,8 @@ import pytest
 
 import farm
 from conftest import processes_with_env, python_env, wait_for
-from farm import emulators
-from farm.targets import EMULATED
+from farm.ops import emulators
+from farm.ops.targets import EMULATED
 
 TAG_ENV = "FARM_UP_TEST_TAG"
 #: Seconds a farm of local boards has to come up, and a stopped one to be gone.
@@ -88,7 +88,7 @@ class FarmUp:
         self.log_dir = directory / "logs"
         self._stdout_path, self._stderr_path = directory / "stdout.txt", directory / "stderr.txt"
         self._files: List[IO[bytes]] = [open(self._stdout_path, "wb"), open(self._stderr_path, "wb")]
-        argv = [sys.executable, "-m", "farm.cli", "up", inventory, "--logs", str(self.log_dir)]
+        argv = [sys.executable, "-m", "farm", "up", inventory, "--logs", str(self.log_dir)]
         argv += ["--json-file", str(self.json_file), *options]
         self.process = subprocess.Popen(
             argv,
@@ -247,7 +247,7 @@ def queue_is(tracker: Tuple[str, int], key: str, total: int, free: int) -> bool:
 
 def farm_status(tracker: Tuple[str, int]) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "farm.cli", "status", "--tracker", "%s:%d" % tracker],
+        [sys.executable, "-m", "farm", "status", "--tracker", "%s:%d" % tracker],
         capture_output=True,
         text=True,
         env=python_env(),

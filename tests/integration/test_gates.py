@@ -24,11 +24,11 @@ import pytest
 
 import farm
 from conftest import fd_count, python_env, wait_for
-from farm.aio import DEFAULT_LIMITS
-from farm.auth import prove_on_socket
-from farm.processes import DaemonProcess
+from farm.net.aio import DEFAULT_LIMITS
+from farm.net.secret import prove_on_socket
+from farm.ops.processes import DaemonProcess
 from farm.protocol.handshake import CODE_BUSY, CODE_SUCCESS, ReplyReader, encode_hello
-from farm.proxy import boards_within_info
+from farm.proxy.server import boards_within_info
 
 HOST = "127.0.0.1"
 STRANGER = "127.0.0.2"

@@ -20,13 +20,19 @@ import pytest
 
 import farm
 from conftest import PROJECT, bare_env, python_env, run_bare
-from farm.cli import main as farm_main
-from farm.pack import INTERPRETER, ZIP_EPOCH, pack_server
-from farm.processes import DaemonProcess
+from farm.ops.cli import main as farm_main
+from farm.ops.pack import INTERPRETER, ZIP_EPOCH, pack_server
+from farm.ops.processes import DaemonProcess
 
 KEY = "packed"
 VADD_SIG = "void vadd(const float *a, const float *b, float *c, int64_t n)"
-HOST_ONLY = ("farm/client.py", "farm/launcher.py", "farm/inventory.py", "farm/toolchain.py", "farm/cli.py")
+HOST_ONLY = (
+    "farm/client/session.py",
+    "farm/ops/launcher.py",
+    "farm/ops/inventory.py",
+    "farm/ops/toolchain.py",
+    "farm/ops/cli.py",
+)
 REGISTERED = re.compile(r"registered with the tracker at")
 
 Start = Callable[..., DaemonProcess]
@@ -90,7 +96,13 @@ def test_archive_holds_the_board_side_modules_and_cloudpickle(pyz: Path) -> None
             assert archive.getinfo(name).date_time == ZIP_EPOCH
             if name.startswith("farm/"):
                 assert archive.read(name) == (PROJECT / name).read_bytes(), name
-    for needed in ("__main__.py", "farm/__init__.py", "farm/server.py", "farm/session.py", "cloudpickle/__init__.py"):
+    for needed in (
+        "__main__.py",
+        "farm/__init__.py",
+        "farm/board/daemon.py",
+        "farm/board/session.py",
+        "cloudpickle/__init__.py",
+    ):
         assert needed in names, names
     protocol = sorted("farm/protocol/" + path.name for path in (PROJECT / "farm" / "protocol").glob("*.py"))
     assert [name for name in names if name.startswith("farm/protocol/")] == protocol

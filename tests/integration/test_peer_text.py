@@ -18,9 +18,9 @@ from typing import Iterator, List, Tuple
 import pytest
 
 from conftest import python_env, wait_for
-from farm.processes import DaemonProcess
+from farm.client.tracker import TrackerError, connect_tracker
+from farm.ops.processes import DaemonProcess
 from farm.protocol.tracker import Code, encode_magic, encode_message
-from farm.tracker_client import TrackerError, connect_tracker
 
 Address = Tuple[str, int]
 
@@ -72,7 +72,7 @@ def test_farm_status_escapes_control_characters_that_peers_supply(tracker: Addre
             return all(queues.get(key, {}).get("pending") == 1 for key in (EVIL_KEY, EVIL_KEY + "2"))
 
         wait_for(both_queued, 10, "both requests are queued")
-        for command in (("farm.query",), ("farm.cli", "status")):
+        for command in (("farm.query",), ("farm", "status")):
             done = _status(tracker, *command)
             assert done.returncode == 0, done.stderr
             text = done.stdout

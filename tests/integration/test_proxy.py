@@ -17,7 +17,7 @@ import pytest
 
 import farm
 from conftest import wait_for
-from farm.processes import DaemonProcess
+from farm.ops.processes import DaemonProcess
 from farm.protocol.handshake import CODE_MISMATCH, ReplyReader, encode_hello
 
 WAITING = re.compile(r"waiting at the proxy")

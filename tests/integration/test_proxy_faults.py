@@ -25,7 +25,7 @@ import pytest
 
 import farm
 from conftest import in_thread, python_env, wait_for
-from farm.processes import DaemonProcess
+from farm.ops.processes import DaemonProcess
 from farm.protocol.handshake import CODE_MISMATCH, RPC_MAGIC, ReplyReader, encode_hello
 
 HOST = "127.0.0.1"

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import farm
-from farm.client import RemotePathEscapeError
+from farm.client.session import RemotePathEscapeError
 
 VADD_SIG = "void vadd(const float *a, const float *b, float *c, int64_t n)"
 MATMUL_SIG = "void matmul(const float *a, const float *b, float *c, int64_t m, int64_t k, int64_t n)"
@@ -677,7 +677,7 @@ def test_many_arrays_dropped_at_once(remote: farm.RemoteSession) -> None:
     assert remote.system_info()["live_arrays"] == baseline + 12000
     pid = remote.system_info()["pid"]
     del kept  # the ids go to the board in batches with the next requests
-    for _ in range(12000 // farm.client.MAX_RELEASE + 1):
+    for _ in range(12000 // farm.client.session.MAX_RELEASE + 1):
         remote.ping()
     assert remote.system_info()["live_arrays"] == baseline
     _assert_usable(remote, pid)

@@ -23,10 +23,10 @@ from farm_certs import TlsFiles
 
 import farm
 from conftest import python_env, wait_for
-from farm.inventory import load_inventory
-from farm.launcher import FarmStack
-from farm.processes import DaemonProcess, board_command
-from farm.tls import TlsConfig
+from farm.net.tls import TlsConfig
+from farm.ops.inventory import load_inventory
+from farm.ops.launcher import FarmStack
+from farm.ops.processes import DaemonProcess, board_command
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the attacks are on a board daemon started as root")
 

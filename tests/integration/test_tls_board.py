@@ -21,9 +21,9 @@ from farm_certs import TlsFiles
 
 import farm
 from conftest import fd_count, python_env, wait_for
-from farm.processes import DaemonProcess
+from farm.net.tls import TlsConfig
+from farm.ops.processes import DaemonProcess
 from farm.protocol.handshake import encode_hello
-from farm.tls import TlsConfig
 
 KEY = "secure"
 

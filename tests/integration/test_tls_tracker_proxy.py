@@ -26,13 +26,13 @@ import pytest
 from farm_certs import TlsFiles
 
 from conftest import fd_count, python_env, wait_for
-from farm.auth import SECRET_ENV, load_secret, prove_on_socket
-from farm.processes import DaemonProcess
+from farm.client.tracker import TrackerClient, TrackerError, connect_tracker
+from farm.net.secret import SECRET_ENV, load_secret, prove_on_socket
+from farm.net.tls import ENV as TLS_ENV
+from farm.net.tls import HANDSHAKE_TIMEOUT, TlsConfig
+from farm.ops.processes import DaemonProcess
 from farm.protocol.handshake import CODE_SUCCESS, Reply, ReplyReader, encode_hello
 from farm.protocol.tracker import Code, MessageReader, encode_magic, encode_message
-from farm.tls import ENV as TLS_ENV
-from farm.tls import HANDSHAKE_TIMEOUT, TlsConfig
-from farm.tracker_client import TrackerClient, TrackerError, connect_tracker
 
 HOST = "127.0.0.1"
 Address = Tuple[str, int]
@@ -329,7 +329,7 @@ def test_farm_status_reads_a_tls_tracker_with_the_tls_ca(start: Starter, tls_fil
     where = "%s:%d" % tracker.address
 
     def status(*options: str, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "farm.cli", "status", "--tracker", where, *options]
+        command = [sys.executable, "-m", "farm", "status", "--tracker", where, *options]
         return subprocess.run(command, env=python_env(**(env or {})), capture_output=True, text=True, timeout=60)
 
     shown = status("--tls-ca", tls_files.ca)

@@ -19,9 +19,9 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from farm.elf import elf_machine
-from farm.targets import TARGETS, Target, host_target
-from farm.toolchain import (
+from farm.board.elf import elf_machine
+from farm.ops.targets import TARGETS, Target, host_target
+from farm.ops.toolchain import (
     ArchitectureMismatch,
     BuildError,
     Toolchain,
@@ -55,8 +55,8 @@ exec {real} "$@"
 
 BUILD_IN_STEP = """\
 import sys
-from farm.targets import target_named
-from farm.toolchain import Toolchain, build_shared
+from farm.ops.targets import target_named
+from farm.ops.toolchain import Toolchain, build_shared
 arch, compiler, source, cache = sys.argv[1:]
 toolchain = Toolchain(target_named(arch), compiler)
 toolchain.version()
@@ -286,7 +286,7 @@ def test_headers_from_include_dirs_count(source: Path, cache: Path, wrapper: Wra
 
 
 def cli(*args: str, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "farm.cli", "build", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "farm", "build", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=60)  # fmt: skip
 
 

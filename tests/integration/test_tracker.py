@@ -1,7 +1,7 @@
 """The tracker as a real process on 127.0.0.1, with real board daemons registered with it.
 
 Trackers, boards and the clients killed in the fault tests are child processes; the other
-clients are :class:`farm.tracker_client.TrackerClient` objects, some blocked in threads.
+clients are :class:`farm.client.tracker.TrackerClient` objects, some blocked in threads.
 Nothing of the package is replaced or mocked. Waits poll a condition against a deadline
 instead of sleeping; every process and thread started here is stopped at teardown.
 """
@@ -27,9 +27,9 @@ import pytest
 
 import farm
 from conftest import python_env, wait_for
-from farm.processes import DaemonProcess, start_board
+from farm.client.tracker import Assignment, NoBoardError, TrackerClient, TrackerError, connect_tracker
+from farm.ops.processes import DaemonProcess, start_board
 from farm.protocol.tracker import MAX_MESSAGE, TRACKER_MAGIC, Code, MessageReader, encode_magic, encode_message
-from farm.tracker_client import Assignment, NoBoardError, TrackerClient, TrackerError, connect_tracker
 
 KEY = "tk"
 Address = Tuple[str, int]

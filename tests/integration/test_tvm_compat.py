@@ -32,8 +32,8 @@ except ImportError as exc:  # the tvm extra is not installed (or needs Python 3.
 
 import farm
 from conftest import in_thread, python_env, wait_for
-from farm.processes import DaemonProcess
-from farm.tracker_client import NoBoardError, TrackerError
+from farm.client.tracker import NoBoardError, TrackerError
+from farm.ops.processes import DaemonProcess
 
 Address = Tuple[str, int]
 VADD = "void vadd(const float *a, const float *b, float *c, int64_t n)"

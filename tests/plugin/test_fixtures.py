@@ -1,7 +1,7 @@
 """The plugin's fixtures, markers and reports, in pytest runs inside pytest against real farms.
 
 Each inner run brings up its own farm from a small inventory (a tracker and one or two boards, no
-proxy) unless it is pointed at one started here with :class:`farm.launcher.FarmStack`. Nothing of the
+proxy) unless it is pointed at one started here with :class:`farm.ops.launcher.FarmStack`. Nothing of the
 farm is replaced or mocked. Functions a test sends to a board are lambdas or built-ins, so that
 cloudpickle sends them by value (the inner test modules cannot be imported on a board).
 """
@@ -20,9 +20,9 @@ from typing import Dict, Iterator, List, Tuple
 import pytest
 
 from conftest import wait_for
-from farm.inventory import load_inventory
-from farm.launcher import FarmStack
-from farm.tracker_client import TrackerClient
+from farm.client.tracker import TrackerClient
+from farm.ops.inventory import load_inventory
+from farm.ops.launcher import FarmStack
 from pytest_remotedev.report import PROPERTY_NAMES
 
 #: Options of every inner run: hypothesis's plugin costs about a second per run and is not needed there.

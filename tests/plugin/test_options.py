@@ -14,7 +14,7 @@ from typing import List, Optional, Tuple
 
 import pytest
 
-from farm.inventory import DEFAULT_INVENTORY
+from farm.ops.inventory import DEFAULT_INVENTORY
 from pytest_remotedev.options import DEFAULT_DEVICE_WAIT, Settings
 
 #: Options of every inner run: hypothesis's plugin costs about a second per run and is not needed there.

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 from farm_certs import TlsFiles
 
-from farm.tls import ENV
+from farm.net.tls import ENV
 from pytest_remotedev.options import Settings
 
 #: Options of every inner run: hypothesis's plugin costs about a second per run and is not needed there.

@@ -30,8 +30,8 @@ import pytest
 
 import farm
 from conftest import processes_with_env, reachable_temp, wait_for
-from farm.inventory import load_inventory
-from farm.launcher import FarmStack
+from farm.ops.inventory import load_inventory
+from farm.ops.launcher import FarmStack
 
 TAG_ENV = "REMOTEDEV_TEST_TAG"
 NOTES_ENV = "REMOTEDEV_TEST_NOTES"

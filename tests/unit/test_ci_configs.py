@@ -1,7 +1,7 @@
 """The CI pipelines of configs/ci: their structure, and every command they run exists as written.
 
 Each ``run:`` (GitHub Actions) and ``script:`` (GitLab CI) line is split like a shell would;
-``farm`` commands go through ``farm.cli.build_parser()`` and ``pytest`` commands through
+``farm`` commands go through ``farm.ops.cli.build_parser()`` and ``pytest`` commands through
 pytest's own parser with the installed plugins, so an unknown subcommand or option fails here
 rather than in a user's pipeline. The few system commands are allow-listed.
 """
@@ -22,8 +22,8 @@ from typing import Any, Dict, Iterator, List, Sequence, Set
 import pytest
 import yaml
 
-from farm.cli import build_parser
-from farm.targets import TARGETS, target_named
+from farm.ops.cli import build_parser
+from farm.ops.targets import TARGETS, target_named
 
 PROJECT = Path(__file__).resolve().parents[2]
 CI = PROJECT / "configs" / "ci"

@@ -17,8 +17,8 @@ from typing import Callable, Iterator, List
 import pytest
 
 from conftest import wait_for
-from farm import confine
-from farm.confine import Confinement, Limits, SessionCgroup
+from farm.board import confine
+from farm.board.confine import Confinement, Limits, SessionCgroup
 
 MB = 1 << 20
 

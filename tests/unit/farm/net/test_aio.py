@@ -11,11 +11,11 @@ from typing import Any, Awaitable, Callable, List, Optional
 import pytest
 from farm_certs import TlsFiles
 
-from farm.admission import Limits
-from farm.aio import DEFAULT_LIMITS, Handler, open_connection, proven, start_listener
-from farm.net import bind_first_free
+from farm.net.aio import DEFAULT_LIMITS, Handler, open_connection, proven, start_listener
+from farm.net.gate import Limits
+from farm.net.sockets import bind_first_free
+from farm.net.tls import TlsConfig, TlsError
 from farm.protocol.tracker import encode_magic
-from farm.tls import TlsConfig, TlsError
 
 HOST = "127.0.0.1"
 

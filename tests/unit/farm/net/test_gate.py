@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from farm.admission import Gate, Limits, LogThrottle, add_admission_arguments, address_key, limits_from
+from farm.net.gate import Gate, Limits, LogThrottle, add_admission_arguments, address_key, limits_from
 
 
 def test_the_gate_bounds_connections_per_address_and_in_all() -> None:

@@ -13,10 +13,10 @@ from typing import Any, Dict, List
 import pytest
 from farm_certs import TlsFiles
 
-from farm import up
-from farm.inventory import parse_inventory
-from farm.launcher import FarmStack
-from farm.tls import ENV, SYSTEM_CA, TlsConfig, add_tls_arguments, daemon_tls
+from farm.net.tls import ENV, SYSTEM_CA, TlsConfig, add_tls_arguments, daemon_tls
+from farm.ops import up
+from farm.ops.inventory import parse_inventory
+from farm.ops.launcher import FarmStack
 
 ONE_BOARD = "tracker: {port: 0}\nboards: [{key: k}]\n"
 

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from farm.inventory import (
+from farm.net.tls import TlsConfig
+from farm.ops.inventory import (
     DEFAULT_INVENTORY,
     BoardGroup,
     Inventory,
@@ -21,10 +22,9 @@ from farm.inventory import (
     load_inventory,
     parse_inventory,
 )
-from farm.targets import host_target
-from farm.tls import TlsConfig
+from farm.ops.targets import host_target
 
-PROJECT = Path(__file__).resolve().parents[2]
+PROJECT = Path(__file__).resolve().parents[4]
 FILE = "farm.yaml"
 
 

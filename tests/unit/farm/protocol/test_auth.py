@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from farm.auth import MIN_SECRET_BYTES, load_secret, secret_from
 from farm.errors import ProtocolError
+from farm.net.secret import MIN_SECRET_BYTES, load_secret, secret_from
 from farm.protocol.auth import ADMITTED, AUTH_MAGIC, REFUSED, Acceptor, AuthError, Connector
 from farm.protocol.handshake import encode_hello
 from farm.protocol.tracker import encode_magic

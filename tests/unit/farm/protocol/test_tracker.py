@@ -27,7 +27,7 @@ from farm.protocol.tracker import (
     key_of_matchkey,
     random_matchkey,
 )
-from farm.tracker import SILENT_AFTER, KeyQueue, Offer, Peer, Tracker, Waiter
+from farm.tracker.server import SILENT_AFTER, KeyQueue, Offer, Peer, Tracker, Waiter
 
 INT32 = struct.Struct("<i")
 MAGIC = INT32.pack(TRACKER_MAGIC)

@@ -1,0 +1,1 @@
+"""Running a farm, on the host: the ``farm`` command, inventories, launching, toolchains, emulators, packing."""
