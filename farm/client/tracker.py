@@ -18,12 +18,14 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from ..errors import FarmError, HandshakeError, ProtocolError
 from ..logs import escape_control
-from ..net.secret import SECRET_ENV, prove_on_socket, secret_from
+from ..net.opening import OpeningClosed, open_socket
+from ..net.secret import SECRET_ENV, secret_from
 from ..net.sockets import keep_alive
 from ..net.tls import ENV as TLS_ENV
 from ..net.tls import TlsConfig
 from ..protocol.auth import AuthError
-from ..protocol.tracker import FARM_PROTOCOL, TVM_PROTOCOL, Code, MessageReader, encode_magic, encode_message
+from ..protocol.opening import Connector, Kind
+from ..protocol.tracker import FARM_PROTOCOL, TVM_PROTOCOL, Code, MessageReader, encode_message
 
 #: How often a request is retried when the board it was handed cannot be reached.
 BOARD_CONNECT_ATTEMPTS = 3
@@ -79,7 +81,7 @@ class TrackerClient:
         self.port = port
         self.secret = secret if secret is not None else secret_from()
         self.tls = tls if tls is not None else TlsConfig.from_env()
-        self._reader = MessageReader(expect_magic=True)
+        self._reader = MessageReader(expect_magic=False)  # (the opening takes the magic's echo)
         self._pending: list = []
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
@@ -92,14 +94,12 @@ class TrackerClient:
             sock.close()
             raise TrackerError("the tracker at %s:%d: %s" % (host, port, exc)) from None
         try:
-            leftover = prove_on_socket(self._sock, self.secret, timeout) if self.secret is not None else b""
-            self._sock.sendall(encode_magic())
-            self._pending += self._reader.feed(leftover)
-            while not self._reader.magic_seen:
-                self._pending += self._reader.feed(self._recv())
-        except TrackerError as exc:  # closed before it echoed the magic
+            opened = open_socket(self._sock, Connector(Kind.TRACKER, self.secret), timeout)
+            self._pending += self._reader.feed(opened.leftover)  # type: ignore[union-attr]  (a tracker opening opens)
+        except OpeningClosed:  # before it echoed the magic
             self._sock.close()
-            raise TrackerError("%s%s" % (exc, self._refusal_hint(closed=True))) from None
+            closed = "the tracker at %s:%d closed the connection" % (host, port)
+            raise TrackerError("%s%s" % (closed, self._refusal_hint(closed=True))) from None
         except ConnectionResetError:  # a tracker with TLS resets a connection that does not start with TLS
             self._sock.close()
             raise TrackerError(

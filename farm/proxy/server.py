@@ -32,9 +32,9 @@ from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 from ..errors import ProtocolError
 from ..lifetime import die_with_launcher
 from ..logs import configure_logging
-from ..net.aio import DEFAULT_LIMITS, open_connection, proven, start_listener
+from ..net.aio import DEFAULT_LIMITS, open_connection, open_stream, start_listener
 from ..net.gate import Limits, add_admission_arguments, address_key, limits_from, positive_int
-from ..net.secret import add_secret_argument, admit_on_stream, daemon_secret, prove_on_stream
+from ..net.secret import AUTH_TIMEOUT, add_secret_argument, daemon_secret
 from ..net.sockets import bind_first_free, keep_alive, parse_address
 from ..net.tls import TlsConfig, TlsError, add_tls_arguments, daemon_tls
 from ..protocol.auth import AuthError
@@ -44,14 +44,13 @@ from ..protocol.handshake import (
     CODE_MISMATCH,
     CODE_SUCCESS,
     Hello,
-    HelloReader,
     encode_reply,
 )
+from ..protocol.opening import Acceptor, Connector, HelloReceived, Kind
 from ..protocol.tracker import (
     TVM_PROTOCOL,
     Code,
     MessageReader,
-    encode_magic,
     encode_message,
     key_of_matchkey,
     random_matchkey,
@@ -107,24 +106,14 @@ class Endpoint:
         self.watch: Optional[asyncio.Future[bytes]] = None  # a waiting board's read that notices it leave
 
 
-async def read_hello(reader: asyncio.StreamReader, secret: Optional[bytes] = None,
-                     writer: Optional[asyncio.StreamWriter] = None) -> Tuple[Hello, str, bytes]:  # fmt: skip
+async def read_hello(reader: asyncio.StreamReader, secret: Optional[bytes], writer: asyncio.StreamWriter
+                     ) -> Tuple[Hello, str, bytes]:  # fmt: skip
     """The peer's hello (after its proof of the farm secret, with one), the key text it sent, and any bytes that
     came after it."""
-    hellos = HelloReader()
-    data = b""
-    if secret is not None and writer is not None:
-        data = await admit_on_stream(reader, writer, secret)
-        proven()
-    while True:
-        data = data or await reader.read(4096)
-        if not data:
-            raise ProtocolError("the peer closed the connection before its hello")
-        hello = hellos.feed(data)
-        if hello is not None:
-            text = "%s:%s" % (hello.role, hello.key) + "".join(" -%s=%s" % item for item in hello.options.items())
-            return hello, text, hellos.leftover()
-        data = b""
+    opening = Acceptor(Kind.DATA, secret)
+    event = await open_stream(opening, reader, writer)
+    assert isinstance(event, HelloReceived)  # (an acceptor stops there: its answer is the pairing's)
+    return event.hello, event.text, opening.leftover()
 
 
 def _peer_name(writer: asyncio.StreamWriter) -> str:
@@ -193,7 +182,6 @@ class Proxy:
             logger.warning("closing a connection without a valid hello: %s", str(exc) or "timed out")
             writer.close()
             return
-        proven()
         endpoint = Endpoint(hello, text, reader, writer)
         endpoint.leftover = leftover
         if hello.role == "server":
@@ -315,20 +303,16 @@ class Proxy:
         assert self.tracker is not None
         delay = 0.25
         while not self.stopped.is_set():
+            opening = Connector(Kind.TRACKER, self.secret)
             try:
                 reader, writer = await open_connection(*self.tracker, self.tls)
                 keep_alive(writer.get_extra_info("socket"))
-                leftover = await prove_on_stream(reader, writer, self.secret) if self.secret is not None else b""
-                writer.write(encode_magic())
-                messages = MessageReader(expect_magic=True)
-                messages.feed(leftover)
-                while not messages.magic_seen:
-                    data = await reader.read(4)
-                    if not data:
-                        raise ConnectionError("the tracker closed the connection")
-                    messages.feed(data)
+                opened = await asyncio.wait_for(open_stream(opening, reader, writer), AUTH_TIMEOUT)
                 self._tracker_writer = writer
                 self._tracker_replies = asyncio.Queue()
+                messages = MessageReader(expect_magic=False)
+                for message in messages.feed(opened.leftover):  # type: ignore[union-attr]  (a tracker opening opens)
+                    self._tracker_replies.put_nowait(message)
                 delay = 0.25
                 logger.info("registered with the tracker at %s:%d", *self.tracker)
                 pump = asyncio.ensure_future(self._read_tracker(reader, messages))
@@ -339,7 +323,7 @@ class Proxy:
                     await self._offer(fresh, self.boards[fresh])
                 await self._poll_pending(pump)
             except (OSError, ProtocolError, asyncio.TimeoutError) as exc:
-                why = str(exc) or "no answer to our proof of the farm secret"  # a timeout says nothing itself
+                why = str(exc) or "no %s within %g s" % (opening.waiting_for(), AUTH_TIMEOUT)  # a timeout says nothing
                 level = logging.WARNING if isinstance(exc, TlsError) else logging.INFO  # TLS: a setup to fix
                 logger.log(level, "tracker link: %s; retrying in %.2f s", why, delay)
             finally:

@@ -32,13 +32,14 @@ from ..errors import ProtocolError
 from ..lifetime import die_with_launcher
 from ..logs import configure_logging
 from ..net import gate as admission
-from ..net.aio import DEFAULT_LIMITS, proven, start_listener
+from ..net.aio import DEFAULT_LIMITS, open_stream, start_listener
 from ..net.gate import add_admission_arguments
-from ..net.secret import AUTH_TIMEOUT, add_secret_argument, admit_on_stream, daemon_secret
+from ..net.secret import add_secret_argument, daemon_secret
 from ..net.sockets import bind_first_free
 from ..net.tls import TlsConfig, add_tls_arguments, daemon_tls
 from ..protocol.auth import AuthError
 from ..protocol.handshake import MAX_KEY_LENGTH
+from ..protocol.opening import Acceptor, Kind
 from ..protocol.tracker import (
     FARM_PROTOCOL,
     MAX_MESSAGE,
@@ -47,7 +48,6 @@ from ..protocol.tracker import (
     TVM_PROTOCOL,
     Code,
     MessageReader,
-    encode_magic,
     encode_message,
 )
 from .queues import KeyQueue, Offer, Waiter
@@ -70,7 +70,8 @@ MAX_SERVER_ENTRY = 4 << 10
 MAX_SHOWN = 256
 #: Keys a refusal names ("keys served: ...").
 MAX_NAMED_KEYS = 20
-#: Seconds a new connection may stay silent before its magic; after it, an idle connection is its peer's lease.
+#: Seconds a new connection may take over its opening (the proof of the secret, with one, and the magic); after it,
+#: an idle connection is its peer's lease.
 MAGIC_TIMEOUT = 10.0
 #: Seconds after which a free board of this farm that has said nothing is taken for hung and not handed out until
 #: it speaks again: a free board asks for its pending match keys every second (registration.POLL_PERIOD).
@@ -145,14 +146,6 @@ class Peer:
         self.info = {}
 
 
-async def _before_magic(reader: asyncio.StreamReader) -> bytes:
-    """The next bytes of a connection that has not sent its magic yet; ProtocolError after MAGIC_TIMEOUT without."""
-    try:
-        return await asyncio.wait_for(reader.read(65536), MAGIC_TIMEOUT)
-    except asyncio.TimeoutError:
-        raise ProtocolError("no tracker magic within %g s" % MAGIC_TIMEOUT) from None
-
-
 def _expect(condition: bool, what: str) -> None:
     if not condition:
         raise ProtocolError(what)
@@ -183,21 +176,17 @@ class Tracker:
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = Peer(writer, self.limits.max_output)
-        messages = MessageReader(expect_magic=True)
+        messages = MessageReader(expect_magic=False)  # (the opening takes the magic)
         self.peers.add(peer)
         self.tasks.add(asyncio.current_task())  # type: ignore[arg-type]
         try:
-            data = await self._admit(peer, reader, writer) if self.secret is not None else b""
+            data = await self._open(peer, reader, writer)
             while data or not reader.at_eof():
                 self._receive(peer, messages, data)
-                if messages.magic_seen:
-                    proven()  # (with a secret, done already)
                 await writer.drain()
-                data = await reader.read(65536) if messages.magic_seen else await _before_magic(reader)
+                data = await reader.read(65536)
         except AuthError as exc:
             logger.warning("refused %s: %s", peer.name, exc)
-        except asyncio.TimeoutError:
-            logger.warning("refused %s: no proof of the farm secret within %g s", peer.name, AUTH_TIMEOUT)
         except ProtocolError as exc:
             logger.warning("closing the connection from %s: %s", peer.name, exc)
         except (ConnectionError, ssl.SSLError) as exc:  # SSLError: a TLS record that does not check out
@@ -210,11 +199,8 @@ class Tracker:
             self.tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
 
     def _receive(self, peer: Peer, messages: MessageReader, data: bytes) -> None:
-        """Bytes from a peer: answer its magic, then act on each whole message."""
-        magic_was_seen = messages.magic_seen
+        """Bytes from a peer after its opening: act on each whole message."""
         received = messages.feed(data)
-        if not magic_was_seen and messages.magic_seen:
-            peer.writer.write(encode_magic())
         now = time.monotonic()
         was_silent = peer.silent(now)
         if was_silent:
@@ -234,13 +220,18 @@ class Tracker:
             for key in {offer.key for offer in peer.offers}:
                 self._schedule(key)
 
-    async def _admit(self, peer: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
-        """The peer proves it holds the farm secret; the bytes it sent after the proof."""
-        assert self.secret is not None
-        leftover = await admit_on_stream(reader, writer, self.secret)
-        logger.debug("%s proved it holds the farm secret", peer.name)
-        proven()
-        return leftover
+    async def _open(self, peer: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+        """The peer's opening (its proof of the farm secret, with one, then its magic, echoed); the bytes it sent
+        after it. AuthError or ProtocolError naming what it did not send within MAGIC_TIMEOUT."""
+        opening = Acceptor(Kind.TRACKER, self.secret)
+        try:
+            opened = await asyncio.wait_for(open_stream(opening, reader, writer), MAGIC_TIMEOUT)
+        except asyncio.TimeoutError:
+            error = AuthError if opening.proving else ProtocolError
+            raise error("no %s within %g s" % (opening.waiting_for(), MAGIC_TIMEOUT)) from None
+        if self.secret is not None:
+            logger.debug("%s proved it holds the farm secret", peer.name)
+        return opened.leftover  # type: ignore[union-attr]  (a tracker opening opens)
 
     def _drop(self, peer: Peer) -> None:
         """A closed connection takes its queued requests and its boards' offers along."""
