@@ -37,9 +37,10 @@ from ..net.secret import add_secret_argument, daemon_secret
 from ..net.sockets import bind_first_free, parse_address, recv_nowait
 from ..net.tls import Handshake, TlsConfig, TlsError, add_tls_arguments, daemon_tls
 from ..net.transport import send_buffers, tune
-from ..protocol.auth import Acceptor, AuthError
+from ..protocol.auth import AuthError
 from ..protocol.framing import DEFAULT_MAX_PAYLOAD, encode_frame
-from ..protocol.handshake import CODE_BUSY, CODE_MISMATCH, CODE_SUCCESS, Hello, HelloReader, encode_reply, parse_key
+from ..protocol.handshake import CODE_BUSY, CODE_MISMATCH, CODE_SUCCESS, Hello, parse_key
+from ..protocol.opening import Acceptor, Event, HelloReceived, Kind, Opened, Proven
 from ..protocol.ops import Op
 from ..protocol.peers import looks_like_tls, spoke
 from . import confine
@@ -81,9 +82,8 @@ class _Pending:
         self.ticket = ticket  # counts against the bounds on unproven connections until the peer proves itself
         self.deadline = ticket.deadline
         self.tls: Optional[Handshake] = None  # with TLS: its handshake, first of all
-        self.auth = Acceptor(secret) if secret is not None else None  # then the proof of the farm secret
+        self.opening = Acceptor(Kind.DATA, secret)  # then the proof of the farm secret (with one) and the hello
         self.sent = 0  # bytes sent before the handshake's reply
-        self.reader = HelloReader()
 
 
 class _Active:
@@ -320,22 +320,18 @@ class BoardServer:
             logger.info("%s closed the connection during the handshake", pending.peer)
             self._drop_pending(pending)
             return
-        if pending.auth is not None and not pending.auth.done:
-            data = self._on_proof_data(pending, data)
-            if not data:
-                return
+        event = self._on_proof_data(pending, data)
+        if not isinstance(event, HelloReceived):
+            return
         try:
-            hello = pending.reader.feed(data)
-            if hello is not None:
-                hello.timeout  # noqa: B018  (a malformed -timeout is a bad handshake)
+            event.hello.timeout  # noqa: B018  (a malformed -timeout is a bad handshake)
         except ProtocolError as exc:
             logger.warning("bad handshake from %s: %s; closing", pending.peer, exc)
             self._drop_pending(pending)
             return
-        if hello is not None:
-            self._drop_pending(pending, close=False)
-            self._gate.leave(pending.ticket)
-            self._admit(pending, hello)
+        self._drop_pending(pending, close=False)
+        self._gate.leave(pending.ticket)
+        self._admit(pending, event.hello)
 
     def _advance_tls(self, pending: _Pending) -> bool:
         """Take the TLS handshake a step on; whether it is done (and bytes may follow)."""
@@ -372,27 +368,33 @@ class BoardServer:
         self._selector.modify(pending.sock, events or selectors.EVENT_READ, pending)
         return pending.tls.done
 
-    def _on_proof_data(self, pending: _Pending, data: bytes) -> bytes:
-        """Feed the farm-secret exchange; the bytes after it once it succeeded (b"" while it goes on or failed)."""
-        auth = pending.auth
-        assert auth is not None
+    def _on_proof_data(self, pending: _Pending, data: bytes) -> Optional[Event]:
+        """Feed the opening (the proof of the farm secret, then the hello) and send what it answers; its event, or
+        None once the connection is dropped."""
+        opening = pending.opening
         try:
-            auth.feed(data)
+            opening.receive_data(data)
         except AuthError as exc:
             logger.warning("refused %s: %s", pending.peer, exc)
-            _send_now(pending.sock, auth.data_to_send())  # the refusal, if it got that far
+            _send_now(pending.sock, opening.data_to_send())  # the refusal, if it got that far
             self._drop_pending(pending)
-            return b""
-        outgoing = auth.data_to_send()
+            return None
+        except ProtocolError as exc:
+            logger.warning("bad handshake from %s: %s; closing", pending.peer, exc)
+            self._drop_pending(pending)
+            return None
+        outgoing = opening.data_to_send()
         if not _send_now(pending.sock, outgoing):
             logger.info("%s stopped reading during authentication; closing", pending.peer)
             self._drop_pending(pending)
-            return b""
+            return None
         pending.sent += len(outgoing)
-        if auth.done:
+        event = opening.next_event()
+        if isinstance(event, Proven):
             logger.debug("%s proved it holds the farm secret", pending.peer)
             self._gate.leave(pending.ticket)
-        return auth.leftover()
+            event = opening.next_event()
+        return event
 
     def _key_matches(self, hello: Hello) -> bool:
         if hello.role != "client":
@@ -402,17 +404,16 @@ class BoardServer:
         return not hello.key or not self.key or hello.key == self.key
 
     def _admit(self, pending: _Pending, hello: Hello) -> None:
-        sock, peer, leftover = pending.sock, pending.peer, pending.reader.leftover()
-        accepted = False
+        sock, peer, opening = pending.sock, pending.peer, pending.opening
         if not self._key_matches(hello):
             logger.warning("key mismatch from %s: %s:%s (this board: %r)", peer, hello.role, hello.key, self.key)
-            reply = encode_reply(CODE_MISMATCH)
+            opening.answer(CODE_MISMATCH)
         elif self._active is not None:
             logger.info("refusing %s: busy", peer)
-            reply = encode_reply(CODE_BUSY, self._busy_reason())
+            opening.answer(CODE_BUSY, self._busy_reason())
         else:
-            reply = encode_reply(CODE_SUCCESS, "server:" + self.key)
-            accepted = True
+            opening.answer(CODE_SUCCESS, "server:" + self.key)
+        reply, opened = opening.data_to_send(), opening.next_event()
         sock.setblocking(True)
         sock.settimeout(5.0)
         try:
@@ -421,12 +422,12 @@ class BoardServer:
             logger.info("handshake reply to %s failed: %s", peer, exc)
             sock.close()
             return
-        if not accepted:
+        if not isinstance(opened, Opened):
             sock.close()
             return
         sock.settimeout(None)
         tune(sock)
-        self._start_session(sock, peer, hello.timeout, leftover, pending.sent + len(reply))
+        self._start_session(sock, peer, hello.timeout, opened.leftover, pending.sent + len(reply))
 
     def _paired_by_proxy(self, sock: socket.socket, client_key: str, leftover: bytes, bytes_sent: int) -> None:
         """The proxy paired a client with this board: its key text carries the client's options."""
