@@ -32,6 +32,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 from ..errors import ProtocolError
 from ..lifetime import become_subreaper, die_with_launcher, kill_children
 from ..logs import configure_logging
+from ..net.credentials import Credentials
 from ..net.gate import Gate, Limits, LogThrottle, Ticket, add_admission_arguments, address_key
 from ..net.secret import add_secret_argument, daemon_secret
 from ..net.sockets import bind_first_free, parse_address, recv_nowait
@@ -190,10 +191,11 @@ class BoardServer:
         self._accept_paused_until = 0.0  # while out of file descriptors
         self._wakeup_r, self._wakeup_w = os.pipe()
         self._link: Optional[Union[TrackerLink, ProxyDialer]] = None  # how clients find the board
+        credentials = Credentials(secret, tls)
         if through_proxy:
-            self._link = ProxyDialer((host, port), key, self._selector, self._paired_by_proxy, secret, tls)
+            self._link = ProxyDialer((host, port), key, self._selector, self._paired_by_proxy, credentials)
         elif tracker is not None:
-            self._link = TrackerLink(tracker, key, self.port, self._selector, custom_addr, self.name, secret, tls)
+            self._link = TrackerLink(tracker, key, self.port, self._selector, custom_addr, self.name, credentials)
 
     # --- the daemon loop ----------------------------------------------------
 

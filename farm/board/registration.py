@@ -25,8 +25,9 @@ from collections import deque
 from typing import Any, Callable, Deque, Optional, Tuple
 
 from ..errors import ProtocolError
+from ..net.credentials import PLAIN, Credentials
 from ..net.sockets import recv_nowait, send_nowait, start_connect
-from ..net.tls import Handshake, TlsConfig, TlsError
+from ..net.tls import Handshake, TlsError
 from ..protocol.auth import AuthError
 from ..protocol.handshake import encode_hello
 from ..protocol.opening import Connector, Kind, Opened, Proven, Refused
@@ -48,16 +49,17 @@ class _Dialler:
     address: Tuple[str, int]
     _sock: Optional[socket.socket]
     _selector: selectors.BaseSelector
-    _tls: Optional[TlsConfig]
+    _credentials: Credentials
     _handshake: Optional[Handshake]
 
     def _start_tls(self) -> None:
         """The TCP connection is up: wrap it and start the TLS handshake (no-op without TLS)."""
-        if self._tls is None or self._sock is None:
+        tls = self._credentials.tls
+        if tls is None or self._sock is None:
             return
         self._selector.unregister(self._sock)  # wrapping detaches the socket
         try:
-            self._handshake = Handshake(self._sock, self._tls, server_side=False, host=self.address[0])
+            self._handshake = Handshake(self._sock, tls, server_side=False, host=self.address[0])
         except TlsError as exc:
             self._sock = None  # closed
             self._fail("TLS with %s:%d failed: %s" % (self.address[0], self.address[1], exc))
@@ -95,15 +97,13 @@ class TrackerLink(_Dialler):
         selector: selectors.BaseSelector,
         custom_addr: Optional[str] = None,
         name: str = "",
-        secret: Optional[bytes] = None,
-        tls: Optional[TlsConfig] = None,
+        credentials: Credentials = PLAIN,
     ) -> None:
         self.address = address
         self.key = key
-        self._secret = secret
-        self._tls = tls
+        self._credentials = credentials
         self._handshake = None
-        self._opening = Connector(Kind.TRACKER, secret)  # the proof of the farm secret (if any), then the magic
+        self._opening = Connector(Kind.TRACKER, credentials.secret)  # the proof of the secret (if any), the magic
         self.name = name
         self.port = port
         self.custom_addr = custom_addr
@@ -190,7 +190,7 @@ class TrackerLink(_Dialler):
         self._connected = False
         self._handshake = None
         self._reader = MessageReader(expect_magic=False)
-        self._opening = Connector(Kind.TRACKER, self._secret)
+        self._opening = Connector(Kind.TRACKER, self._credentials.secret)
         # The proof of the secret, or the magic alone in its segment (as TVM's tracker wants).
         self._out = bytearray(self._opening.data_to_send())
         self._expected.clear()
@@ -344,19 +344,17 @@ class ProxyDialer(_Dialler):
         key: str,
         selector: selectors.BaseSelector,
         on_paired: Callable[[socket.socket, str, bytes, int], None],
-        secret: Optional[bytes] = None,
-        tls: Optional[TlsConfig] = None,
+        credentials: Credentials = PLAIN,
     ) -> None:
         self.address = address
         self.key = key
         self._selector = selector
         self._on_paired = on_paired
-        self._secret = secret
-        self._tls = tls
+        self._credentials = credentials
         self._handshake = None
         self._greeted = False
         self._hello = encode_hello("server", "%s -protocol=%s" % (key, FARM_PROTOCOL))
-        self._opening = Connector(Kind.DATA, secret, self._hello)  # the proof of the farm secret, then the hello
+        self._opening = Connector(Kind.DATA, credentials.secret, self._hello)  # the proof (if any), the hello
         self._sent = 0  # bytes sent on this connection: the session counts on from there
         self._sock: Optional[socket.socket] = None
         self._connected = False
@@ -400,7 +398,7 @@ class ProxyDialer(_Dialler):
         self._connected = False
         self._handshake = None
         self._greeted = False
-        self._opening = Connector(Kind.DATA, self._secret, self._hello)
+        self._opening = Connector(Kind.DATA, self._credentials.secret, self._hello)
         self._selector.register(sock, selectors.EVENT_WRITE, self)
 
     def on_event(self, mask: int) -> None:
@@ -464,7 +462,7 @@ class ProxyDialer(_Dialler):
         if not self._send(self._opening.data_to_send()):
             return
         self._selector.modify(self._sock, selectors.EVENT_READ, self)
-        if self._secret is None:
+        if self._credentials.secret is None:
             logger.info("waiting at the proxy %s:%d for a client", *self.address)
 
     def _send(self, data: bytes) -> bool:

@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 import pytest
 
 from farm.board.registration import ProxyDialer, TrackerLink
+from farm.net.credentials import Credentials
 from farm.net.opening import open_socket
 from farm.protocol.handshake import CODE_BUSY, CODE_SUCCESS
 from farm.protocol.opening import Acceptor, HelloReceived, Kind, Opened
@@ -93,7 +94,7 @@ def test_the_link_opens_then_registers_and_offers_the_board(
 ) -> None:
     received: List[Any] = []
     peer = Peer(tracker(secret, received))
-    link = TrackerLink(peer.address, "rasp4", 9091, selector, name="b1", secret=secret)
+    link = TrackerLink(peer.address, "rasp4", 9091, selector, name="b1", credentials=Credentials(secret))
     try:
         pump(selector, link, peer.done.is_set)
         accepts_offered = link.accepts(received[1][2][1]) if len(received) == 2 else False
@@ -120,7 +121,7 @@ def test_a_tracker_with_another_secret_is_left(
             refusals.append(exc)
 
     peer = Peer(serve)
-    link = TrackerLink(peer.address, "rasp4", 9091, selector, secret=SECRET)
+    link = TrackerLink(peer.address, "rasp4", 9091, selector, credentials=Credentials(SECRET))
     try:
         pump(selector, link, lambda: "refused us" in caplog.text)
     finally:
@@ -149,7 +150,7 @@ def test_the_dialer_hands_a_paired_connection_over_with_what_followed(
 ) -> None:
     paired: List[Tuple[socket.socket, str, bytes, int]] = []
     peer = Peer(proxy(secret, CODE_SUCCESS, "client:rasp4 -timeout=5", b"FIRST"))
-    dialer = ProxyDialer(peer.address, "rasp4", selector, lambda *args: paired.append(args), secret=secret)
+    dialer = ProxyDialer(peer.address, "rasp4", selector, lambda *args: paired.append(args), Credentials(secret))
     try:
         pump(selector, dialer, lambda: bool(paired))
         sock, text, leftover, sent = paired[0]
