@@ -38,6 +38,7 @@ from ..errors import (
     RemoteError,
     SessionLostError,
 )
+from ..net.credentials import Credentials
 from ..net.opening import OpeningClosed, open_socket
 from ..net.secret import SECRET_ENV, secret_from
 from ..net.sockets import is_tls, keep_alive, would_block
@@ -108,15 +109,15 @@ def connect(
     a peer that is not a board, and when TLS fails.
     """
     where = "%s:%d" % (host, port)
-    secret = secret if secret is not None else secret_from()
     tls = tls if tls is not None else TlsConfig.from_env()
+    credentials = Credentials(secret if secret is not None else secret_from(), tls)
     sock = socket.create_connection((host, port), timeout=connect_timeout)
     try:
         tune(sock)
         keep_alive(sock)  # a board that vanished is noticed in about 90 s, even without a session timeout
         if tls.enabled:
             sock = tls.wrap_client(sock, host)
-        opening = Connector(Kind.DATA, secret, encode_hello("client", key, session_timeout))
+        opening = Connector(Kind.DATA, credentials.secret, encode_hello("client", key, session_timeout))
         event = open_socket(sock, opening, connect_timeout)
         if isinstance(event, Refused):
             if event.reply.code == CODE_BUSY:
@@ -131,7 +132,7 @@ def connect(
         return RemoteSession(sock, host, port, board_key, event.leftover, session_timeout)
     except (OpeningClosed, ConnectionResetError):  # reset: it closed without reading what we sent
         sock.close()
-        hint = _closed_hint(secret, tls)
+        hint = _closed_hint(credentials)
         raise HandshakeError("the board at %s closed the connection during the handshake%s" % (where, hint)) from None
     except socket.timeout as exc:
         sock.close()
@@ -147,12 +148,12 @@ def connect(
         raise
 
 
-def _closed_hint(secret: Optional[bytes], tls: TlsConfig) -> str:
+def _closed_hint(credentials: Credentials) -> str:
     """Why a board may close the connection in the handshake, from what this end did not use."""
     hints = []
-    if secret is None:
+    if credentials.secret is None:
         hints.append("a farm with a secret does so: set %s" % SECRET_ENV)
-    if not tls.enabled:
+    if not credentials.tls_enabled:
         hints.append("a board with TLS does so: set %s" % TLS_ENV["ca"])
     return " (%s)" % "; ".join(hints) if hints else ""
 

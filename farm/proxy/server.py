@@ -33,10 +33,11 @@ from ..errors import ProtocolError
 from ..lifetime import die_with_launcher
 from ..logs import configure_logging
 from ..net.aio import DEFAULT_LIMITS, open_connection, open_stream, start_listener
+from ..net.credentials import PLAIN, Credentials
 from ..net.gate import Limits, add_admission_arguments, address_key, limits_from, positive_int
 from ..net.secret import AUTH_TIMEOUT, add_secret_argument, daemon_secret
 from ..net.sockets import bind_first_free, keep_alive, parse_address
-from ..net.tls import TlsConfig, TlsError, add_tls_arguments, daemon_tls
+from ..net.tls import TlsError, add_tls_arguments, daemon_tls
 from ..protocol.auth import AuthError
 from ..protocol.handshake import (
     CODE_BUSY,
@@ -151,13 +152,11 @@ class Proxy:
     """Pairs clients with boards that dialled out; see the module docstring."""
 
     def __init__(self, port: int, tracker: Optional[Tuple[str, int]] = None, host: Optional[str] = None,
-                 secret: Optional[bytes] = None, tls: Optional[TlsConfig] = None,
-                 bounds: Optional[BoardBounds] = None) -> None:  # fmt: skip
+                 credentials: Credentials = PLAIN, bounds: Optional[BoardBounds] = None) -> None:  # fmt: skip
         self.port = port
         self.bounds = bounds or BoardBounds()
         self.tracker = tracker
-        self.secret = secret
-        self.tls = tls  # for dialling the tracker
+        self.credentials = credentials  # the secret for every peer; TLS for dialling the tracker
         # What the tracker tells clients: the address we listen on, unless that is every address
         # (then the tracker takes the address it sees us at).
         self.advertised = None if host in (None, "", "0.0.0.0", "::") else host
@@ -173,7 +172,9 @@ class Proxy:
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            hello, text, leftover = await asyncio.wait_for(read_hello(reader, self.secret, writer), HELLO_TIMEOUT)
+            hello, text, leftover = await asyncio.wait_for(
+                read_hello(reader, self.credentials.secret, writer), HELLO_TIMEOUT
+            )
         except AuthError as exc:
             logger.warning("refused %s: %s", _peer_name(writer), exc)
             writer.close()
@@ -303,9 +304,9 @@ class Proxy:
         assert self.tracker is not None
         delay = 0.25
         while not self.stopped.is_set():
-            opening = Connector(Kind.TRACKER, self.secret)
+            opening = Connector(Kind.TRACKER, self.credentials.secret)
             try:
-                reader, writer = await open_connection(*self.tracker, self.tls)
+                reader, writer = await open_connection(*self.tracker, self.credentials.tls)
                 keep_alive(writer.get_extra_info("socket"))
                 opened = await asyncio.wait_for(open_stream(opening, reader, writer), AUTH_TIMEOUT)
                 self._tracker_writer = writer
@@ -479,15 +480,15 @@ def bounds_from(args: argparse.Namespace) -> BoardBounds:
     return BoardBounds(total, args.max_boards_per_address, args.max_board_key)
 
 
-async def serve(sock: socket.socket, tracker: Optional[Tuple[str, int]], secret: Optional[bytes] = None,
-                tls: Optional[TlsConfig] = None, limits: Limits = DEFAULT_LIMITS,
-                bounds: Optional[BoardBounds] = None) -> None:  # fmt: skip
-    """Serve on the listening ``sock`` (over TLS with ``tls``, which also dials the tracker) until SIGTERM or
+async def serve(sock: socket.socket, tracker: Optional[Tuple[str, int]], credentials: Credentials = PLAIN,
+                limits: Limits = DEFAULT_LIMITS, bounds: Optional[BoardBounds] = None) -> None:  # fmt: skip
+    """Serve on the listening ``sock`` (over TLS with the ``credentials``' TLS, which also dials the tracker, and
+    asking each peer for their secret) until SIGTERM or
     SIGINT; ``limits`` bound the connections that have proven nothing yet (:mod:`farm.net.gate`), ``bounds`` the
     boards."""
     host, port = sock.getsockname()[:2]
-    proxy = Proxy(port, tracker, host, secret, tls, bounds)
-    server = await start_listener(sock, proxy.handle_connection, tls, "proxy", limits)
+    proxy = Proxy(port, tracker, host, credentials, bounds)
+    server = await start_listener(sock, proxy.handle_connection, credentials.tls, "proxy", limits)
     loop = asyncio.get_running_loop()
     for number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(number, proxy.stopped.set)
@@ -510,7 +511,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         logger.error("cannot listen: %s", exc)
         return 1
-    asyncio.run(serve(sock, args.tracker, secret, tls, limits_from(args), bounds_from(args)))
+    asyncio.run(serve(sock, args.tracker, Credentials(secret, tls), limits_from(args), bounds_from(args)))
     return 0
 
 

@@ -33,10 +33,11 @@ from ..lifetime import die_with_launcher
 from ..logs import configure_logging
 from ..net import gate as admission
 from ..net.aio import DEFAULT_LIMITS, open_stream, start_listener
+from ..net.credentials import PLAIN, Credentials
 from ..net.gate import add_admission_arguments
 from ..net.secret import add_secret_argument, daemon_secret
 from ..net.sockets import bind_first_free
-from ..net.tls import TlsConfig, add_tls_arguments, daemon_tls
+from ..net.tls import add_tls_arguments, daemon_tls
 from ..protocol.auth import AuthError
 from ..protocol.handshake import MAX_KEY_LENGTH
 from ..protocol.opening import Acceptor, Kind
@@ -706,18 +707,18 @@ def limits_from(args: argparse.Namespace) -> Limits:
 async def serve(
     sock: socket.socket,
     stop_key: Optional[str] = None,
-    secret: Optional[bytes] = None,
-    tls: Optional[TlsConfig] = None,
+    credentials: Credentials = PLAIN,
     limits: Limits = Limits(),
     gate: admission.Limits = DEFAULT_LIMITS,
 ) -> None:
-    """Serve on the listening ``sock`` (over TLS with ``tls``) until SIGTERM, SIGINT or an authorised STOP.
+    """Serve on the listening ``sock`` until SIGTERM, SIGINT or an authorised STOP, over TLS with the
+    ``credentials``' and asking each peer for their secret.
 
     ``limits`` bound what each peer may ask of the queue; ``gate`` bounds the connections that have
     proven nothing yet (:mod:`farm.net.gate`).
     """
-    tracker = Tracker(stop_key, secret, limits)
-    server = await start_listener(sock, tracker.handle_connection, tls, "tracker", gate)
+    tracker = Tracker(stop_key, credentials.secret, limits)
+    server = await start_listener(sock, tracker.handle_connection, credentials.tls, "tracker", gate)
     loop = asyncio.get_running_loop()
     for number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(number, tracker.stopped.set)
@@ -743,7 +744,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         logger.error("cannot listen: %s", exc)
         return 1
-    asyncio.run(serve(sock, secret=secret, tls=tls, limits=limits_from(args), gate=admission.limits_from(args)))
+    credentials = Credentials(secret, tls)
+    asyncio.run(serve(sock, credentials=credentials, limits=limits_from(args), gate=admission.limits_from(args)))
     return 0
 
 
