@@ -72,6 +72,17 @@ def pump(selector: selectors.BaseSelector, side: Union[TrackerLink, ProxyDialer]
             key.data.on_event(mask)
 
 
+def run(
+    selector: selectors.BaseSelector, side: Union[TrackerLink, ProxyDialer], peer: Peer, until: Callable[[], bool]
+) -> None:
+    """:func:`pump` until ``until()``, then close ``side`` and ``peer`` (re-raising what the peer's thread raised)."""
+    try:
+        pump(selector, side, until)
+    finally:
+        side.close()
+        peer.close()
+
+
 def tracker(secret: Optional[bytes], received: List[Any]) -> Callable[[socket.socket], None]:
     """A tracker that takes the opening, then answers the board's first two messages with success."""
 
@@ -122,11 +133,7 @@ def test_a_tracker_with_another_secret_is_left(
 
     peer = Peer(serve)
     link = TrackerLink(peer.address, "rasp4", 9091, selector, credentials=Credentials(SECRET))
-    try:
-        pump(selector, link, lambda: "refused us" in caplog.text)
-    finally:
-        link.close()
-        peer.close()
+    run(selector, link, peer, lambda: "refused us" in caplog.text)
     assert "does not hold this farm's secret; reconnecting" in caplog.text
     assert link.matchkey is None and refusals
 
@@ -170,10 +177,6 @@ def test_a_refusing_proxy_is_dialled_again(selector: selectors.BaseSelector, cap
     caplog.set_level(logging.INFO, logger="farm.registration")
     peer = Peer(proxy(None, CODE_BUSY, "no room", b""))
     dialer = ProxyDialer(peer.address, "rasp4", selector, lambda *args: pytest.fail("paired"))
-    try:
-        pump(selector, dialer, lambda: "dialling again" in caplog.text)
-    finally:
-        dialer.close()
-        peer.close()
+    run(selector, dialer, peer, lambda: "dialling again" in caplog.text)
     assert "the proxy answered the handshake with code 0xFF274: no room" in caplog.text
     assert dialer.next_deadline() < float("inf")  # a next attempt is due

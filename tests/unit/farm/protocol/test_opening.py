@@ -268,40 +268,35 @@ def transcript(kind: Kind, secret: Optional[bytes]) -> Tuple[bytes, bytes]:
     return sent_c, sent_a
 
 
-@settings(max_examples=200, deadline=None)
-@given(kind=KINDS, secret=SECRETS, cuts=CUTS, tail=st.binary(max_size=64))
-def test_a_well_formed_opening_opens_the_acceptor_whatever_the_chunking(
-    kind: Kind, secret: Optional[bytes], cuts: List[int], tail: bytes
-) -> None:
-    """The connector's bytes cut anywhere, the next protocol's first bytes right behind: opened, tail kept."""
-    secret = SECRET if kind is Kind.PROOF else secret
-    from_connector, from_acceptor = transcript(kind, secret)
-    acceptor = Acceptor(kind, secret, nonce=NONCE_A)
-    seen, unfed = feed_until_end(acceptor, from_connector + tail, cuts)
-    reply = Reply(CODE_SUCCESS, "server:rasp4") if kind is Kind.DATA else None
-    assert seen[-1] == acceptor.next_event() == Opened(tail[: len(tail) - len(unfed)], reply)
-    assert acceptor.data_to_send() == from_acceptor
+SIDES = st.sampled_from(["connector", "acceptor"])
 
 
-@settings(max_examples=200, deadline=None)
-@given(kind=KINDS, secret=SECRETS, cuts=CUTS, tail=st.binary(max_size=64))
-def test_a_well_formed_opening_opens_the_connector_whatever_the_chunking(
-    kind: Kind, secret: Optional[bytes], cuts: List[int], tail: bytes
+@settings(max_examples=300, deadline=None)
+@given(kind=KINDS, secret=SECRETS, side=SIDES, cuts=CUTS, tail=st.binary(max_size=64))
+def test_a_well_formed_opening_opens_whatever_the_chunking(
+    kind: Kind, secret: Optional[bytes], side: str, cuts: List[int], tail: bytes
 ) -> None:
+    """The other side's bytes cut anywhere, the next protocol's first bytes right behind: opened, what was fed of
+    them kept as leftover, and the same bytes sent as in the exchange unbroken."""
     secret = SECRET if kind is Kind.PROOF else secret
     from_connector, from_acceptor = transcript(kind, secret)
-    connector = connector_for(kind, secret, NONCE_C)
-    _, unfed = feed_until_end(connector, from_acceptor + tail, cuts)
+    if side == "connector":
+        opening: Connector | Acceptor = connector_for(kind, secret, NONCE_C)
+        received, sent = from_acceptor, from_connector
+    else:
+        opening = Acceptor(kind, secret, nonce=NONCE_A)
+        received, sent = from_connector, from_acceptor
+    _, unfed = feed_until_end(opening, received + tail, cuts)
     reply = Reply(CODE_SUCCESS, "server:rasp4") if kind is Kind.DATA else None
-    assert connector.next_event() == Opened(tail[: len(tail) - len(unfed)], reply)
-    assert connector.data_to_send() == from_connector
+    assert opening.next_event() == Opened(tail[: len(tail) - len(unfed)], reply)
+    assert opening.data_to_send() == sent
 
 
 @settings(max_examples=300, deadline=None)
 @given(
     kind=KINDS,
     secret=SECRETS,
-    side=st.sampled_from(["connector", "acceptor"]),
+    side=SIDES,
     valid=st.integers(0, MAX_OPENING),
     garbage=st.binary(max_size=MAX_OPENING),
     cuts=CUTS,
