@@ -25,7 +25,7 @@ from ..net.sockets import keep_alive
 from ..net.tls import ENV as TLS_ENV
 from ..net.tls import TlsConfig
 from ..protocol.auth import AuthError
-from ..protocol.opening import Connector, Kind
+from ..protocol.opening import Connector, Kind, Opened
 from ..protocol.tracker import FARM_PROTOCOL, TVM_PROTOCOL, Code, MessageReader, encode_message
 
 #: How often a request is retried when the board it was handed cannot be reached.
@@ -96,7 +96,8 @@ class TrackerClient:
             raise TrackerError("the tracker at %s:%d: %s" % (host, port, exc)) from None
         try:
             opened = open_socket(self._sock, Connector(Kind.TRACKER, self.credentials.secret), timeout)
-            self._pending += self._reader.feed(opened.leftover)  # type: ignore[union-attr]  (a tracker opening opens)
+            assert isinstance(opened, Opened)  # (a tracker's opening opens, or raises)
+            self._pending += self._reader.feed(opened.leftover)
         except OpeningClosed:  # before it echoed the magic
             self._sock.close()
             closed = "the tracker at %s:%d closed the connection" % (host, port)

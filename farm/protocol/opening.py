@@ -108,7 +108,7 @@ PROVEN = Proven()
 class _Opening:
     """What both sides share: the proof first (with a secret), then the opening of ``kind``."""
 
-    def __init__(self, kind: Kind, proof: Optional[auth._Exchange]) -> None:
+    def __init__(self, kind: Kind, proof: Optional[Union[auth.Connector, auth.Acceptor]]) -> None:
         if kind is Kind.PROOF and proof is None:
             raise ValueError("an opening of the proof alone needs a secret")
         self.kind = kind

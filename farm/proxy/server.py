@@ -47,7 +47,7 @@ from ..protocol.handshake import (
     Hello,
     encode_reply,
 )
-from ..protocol.opening import Acceptor, Connector, HelloReceived, Kind
+from ..protocol.opening import Acceptor, Connector, HelloReceived, Kind, Opened
 from ..protocol.tracker import (
     TVM_PROTOCOL,
     Code,
@@ -312,7 +312,8 @@ class Proxy:
                 self._tracker_writer = writer
                 self._tracker_replies = asyncio.Queue()
                 messages = MessageReader(expect_magic=False)
-                for message in messages.feed(opened.leftover):  # type: ignore[union-attr]  (a tracker opening opens)
+                assert isinstance(opened, Opened)  # (a tracker's opening opens, or raises)
+                for message in messages.feed(opened.leftover):
                     self._tracker_replies.put_nowait(message)
                 delay = 0.25
                 logger.info("registered with the tracker at %s:%d", *self.tracker)

@@ -40,7 +40,7 @@ from ..net.sockets import bind_first_free
 from ..net.tls import add_tls_arguments, daemon_tls
 from ..protocol.auth import AuthError
 from ..protocol.handshake import MAX_KEY_LENGTH
-from ..protocol.opening import Acceptor, Kind
+from ..protocol.opening import Acceptor, Kind, Opened
 from ..protocol.tracker import (
     FARM_PROTOCOL,
     MAX_MESSAGE,
@@ -232,7 +232,8 @@ class Tracker:
             raise error("no %s within %g s" % (opening.waiting_for(), MAGIC_TIMEOUT)) from None
         if self.secret is not None:
             logger.debug("%s proved it holds the farm secret", peer.name)
-        return opened.leftover  # type: ignore[union-attr]  (a tracker opening opens)
+        assert isinstance(opened, Opened)  # (a tracker's opening opens, or raises)
+        return opened.leftover
 
     def _drop(self, peer: Peer) -> None:
         """A closed connection takes its queued requests and its boards' offers along."""
