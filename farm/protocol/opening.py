@@ -36,7 +36,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 from enum import Enum
-from typing import Deque, NamedTuple, Optional, Union
+from typing import Deque, Dict, NamedTuple, Optional, Union
 
 from ..errors import ProtocolError
 from . import auth
@@ -108,6 +108,10 @@ PROVEN = Proven()
 class _Opening:
     """What both sides share: the proof first (with a secret), then the opening of ``kind``."""
 
+    #: What each side waits for, during the proof and then by kind (see :meth:`waiting_for`).
+    _PROOF_AWAITED = ""
+    _AWAITED: Dict[Kind, str] = {}
+
     def __init__(self, kind: Kind, proof: Optional[Union[auth.Connector, auth.Acceptor]]) -> None:
         if kind is Kind.PROOF and proof is None:
             raise ValueError("an opening of the proof alone needs a secret")
@@ -138,7 +142,7 @@ class _Opening:
         """What happened since last asked, one event at a time; the last one (Opened, Refused) stays."""
         if self._events:
             return self._events.popleft()
-        return self._end or self._waiting()
+        return self._end if self._end is not None else self._waiting()
 
     def receive_data(self, data: bytes) -> None:
         """Take bytes from the other end; ProtocolError (AuthError about the secret) if they break the opening."""
@@ -167,9 +171,6 @@ class _Opening:
         if self.proving:
             return self._PROOF_AWAITED
         return self._AWAITED[self.kind]
-
-    _PROOF_AWAITED = ""
-    _AWAITED = {Kind.PROOF: "nothing"}
 
     def _finish(self, event: Event) -> None:
         self._end = event
