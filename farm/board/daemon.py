@@ -325,9 +325,7 @@ class BoardServer:
             if not data:
                 return
         try:
-            hello = pending.reader.feed(data)
-            if hello is not None:
-                hello.timeout  # noqa: B018  (a malformed -timeout is a bad handshake)
+            hello = pending.reader.feed(data)  # a malformed -timeout is a bad handshake
         except ProtocolError as exc:
             logger.warning("bad handshake from %s: %s; closing", pending.peer, exc)
             self._drop_pending(pending)
