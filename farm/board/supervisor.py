@@ -290,7 +290,7 @@ class Supervisor:
             self._kill_session(active)
         if (self.config.session_quota or self.config.session_quota_files) and active.quota_check_due(now):
             self._check_quota(active, now)
-        if not active.abandoned and _hung_up_while_running(active):
+        if not active.abandoned and hung_up_while_running(active):
             logger.warning("client %s left while %s; killing the session", active.peer, active.status.activity)
             active.abandoned = True
             self._kill_session(active)
@@ -355,7 +355,7 @@ class Supervisor:
         if active.relay is not None:
             active.relay.drain_child()
         notice = None
-        if not _reply_cut_short(active):  # else no frame can follow on the connection
+        if not reply_cut_short(active):  # else no frame can follow on the connection
             notice = {
                 "message": message,
                 "signal": signal_number,
@@ -414,7 +414,7 @@ class Supervisor:
             kill_children(keep=(self.watchdog.pid, self._spawner.pid))
 
 
-def _reply_cut_short(active: Session) -> bool:
+def reply_cut_short(active: Session) -> bool:
     """Whether the dead session process left a reply half sent."""
     if active.status.state != SessionStatus.SENDING:
         return False
@@ -434,7 +434,7 @@ def _notify(sock: socket.socket, notice: dict) -> None:
         logger.info("could not tell the client: %s", exc)
 
 
-def _hung_up_while_running(active: Session) -> bool:
+def hung_up_while_running(active: Session) -> bool:
     """Whether the client closed its end while the session process runs code (and so cannot notice).
 
     An idle session process sees the end of the stream itself; one running a
