@@ -51,14 +51,6 @@ class Board(NamedTuple):
 
 
 @pytest.fixture
-def pair() -> Iterator[socket.socket]:
-    ours, theirs = socket.socketpair()
-    yield ours
-    ours.close()
-    theirs.close()
-
-
-@pytest.fixture
 def board() -> Iterator[Board]:
     yield from _board(BoardConfig(key="rasp4", max_pending_per_address=2))
 
@@ -128,9 +120,9 @@ def test_another_key_is_a_mismatch(board: Board) -> None:
     assert board.sessions.started == []
 
 
-def test_a_busy_board_says_why(board: Board, pair: socket.socket) -> None:
-    board.sessions.active = Session(pair, "127.0.0.9:7", "/nonexistent", None, SessionStatus())
-    with socket.create_connection(board.address) as client:
+def test_a_busy_board_says_why(board: Board) -> None:
+    with socket.socket() as running, socket.create_connection(board.address) as client:
+        board.sessions.active = Session(running, "127.0.0.9:7", "/nonexistent", None, SessionStatus())
         client.sendall(encode_hello("client", "rasp4"))
         reply = reply_to(board, client)
     assert code(reply) == CODE_BUSY and b"busy: it serves a session from 127.0.0.9:7" in reply
@@ -161,8 +153,9 @@ def test_a_silent_connection_is_closed_at_its_deadline_and_the_gate_bounds_an_ad
             client.close()
 
 
-def test_busy_reason(pair: socket.socket) -> None:
-    active = Session(pair, "10.0.0.2:4000", "/nonexistent", None, SessionStatus(), now=50.0)
+def test_busy_reason() -> None:
+    with socket.socket() as running:
+        active = Session(running, "10.0.0.2:4000", "/nonexistent", None, SessionStatus(), now=50.0)
     assert busy_reason("rasp4", "0.0.0.0", 9090, active, 62.25) == (
         "board 'rasp4' at 0.0.0.0:9090 is busy: it serves a session from 10.0.0.2:4000 since 12.2 s"
     )
