@@ -6,7 +6,7 @@ Standard library only, Python >= 3.8.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 from ..cli_types import count, seconds, whole
@@ -48,7 +48,7 @@ class BoardConfig:
     tracker: Optional[Tuple[str, int]] = None  # the tracker it registers with, if any
     custom_addr: Optional[str] = None  # the address the tracker gives clients (None: ours)
     through_proxy: bool = False  # dial out to the proxy at host:port instead of listening
-    credentials: Credentials = PLAIN  # the farm secret and TLS, each where the farm has one
+    credentials: Credentials = field(default=PLAIN, repr=False)  # the farm secret and TLS; kept out of logs
     max_message_size: int = DEFAULT_MAX_PAYLOAD  # largest payload of one message, in bytes
     handshake_timeout: float = HANDSHAKE_TIMEOUT  # seconds a new connection has to say hello
     max_pending: int = MAX_PENDING_HANDSHAKES  # connections in their handshake at once

@@ -97,3 +97,8 @@ def test_session_limits() -> None:
     assert session_limits(args) == confine.Limits(processes=5, open_files=0, memory=64 * MB)
     defaults = session_limits(parse([]))
     assert defaults == confine.Limits(memory=confine.default_memory())
+
+
+def test_the_secret_stays_out_of_the_configs_text() -> None:
+    config = BoardConfig(key="rasp4", credentials=Credentials(b"very secret bytes", None))
+    assert "very secret" not in repr(config) and "rasp4" in repr(config)
