@@ -59,7 +59,6 @@ class BoardServer:
     def __init__(
         self, config: BoardConfig, *, spawner: Spawner, confinement: Optional[confine.Confinement] = None
     ) -> None:
-        self.config = config
         self.host = config.host
         self.key = config.key
         # Through a proxy the board dials out (host and port are the proxy's) and listens nowhere.
