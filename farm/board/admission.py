@@ -110,7 +110,7 @@ class Admission:
             self._drop_pending(pending)
         if self._accept_paused_until and now >= self._accept_paused_until:
             self._accept_paused_until = 0.0
-            self._selector.register(self._listener, selectors.EVENT_READ)
+            self.listen()
 
     def close(self) -> None:
         """Close every pending connection."""
@@ -292,7 +292,8 @@ class Admission:
         except ProtocolError as exc:
             logger.warning("the proxy passed on a bad client key %r: %s", client_key, exc)
             sock.close()
-            self._link.session_ended()  # type: ignore[union-attr]  (dial again)
+            assert self._link is not None, "only a proxy dialer pairs clients"
+            self._link.session_ended()  # dial again
             return
         tune(sock)
         self._supervisor.start(sock, "a client of the proxy", timeout, leftover, bytes_sent)

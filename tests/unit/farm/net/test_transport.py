@@ -35,7 +35,12 @@ def test_a_frame_goes_across_whole(pair: Tuple[FramedSocket, FramedSocket]) -> N
 def test_frames_larger_than_the_socket_buffers_arrive_in_order(pair: Tuple[FramedSocket, FramedSocket]) -> None:
     sender, receiver = pair
     big = bytes(range(256)) * (1 << 13)  # 2 MB: the sender blocks until the receiver reads
-    writer = threading.Thread(target=lambda: [sender.send(Op.UPLOAD, n, {"n": n}, big) for n in range(3)])
+
+    def send_three() -> None:
+        for n in range(3):
+            sender.send(Op.UPLOAD, n, {"n": n}, big)
+
+    writer = threading.Thread(target=send_three)
     writer.start()
     try:
         frames = [receiver.recv() for _ in range(3)]
