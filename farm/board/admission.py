@@ -27,7 +27,7 @@ from ..protocol.handshake import CODE_BUSY, CODE_MISMATCH, CODE_SUCCESS, Hello, 
 from ..protocol.peers import looks_like_tls, spoke
 from .config import BoardConfig
 from .registration import ProxyDialer, TrackerLink
-from .supervisor import Session, Supervisor
+from .supervisor import ActiveSession, Supervisor
 
 logger = logging.getLogger("farm.server")
 
@@ -47,7 +47,7 @@ class _Pending:
         self.reader = HelloReader()
 
 
-def busy_reason(key: str, host: str, port: int, active: Session, now: float) -> str:
+def busy_reason(key: str, host: str, port: int, active: ActiveSession, now: float) -> str:
     """What a client is told when the board already serves ``active``."""
     return "board %r at %s:%d is busy: it serves a session from %s since %.1f s" % (
         key,

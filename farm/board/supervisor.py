@@ -46,7 +46,7 @@ NOTIFY_TIMEOUT = 2.0
 STOP_TIMEOUT = 10.0
 
 
-class Session:
+class ActiveSession:
     """The session being served: its process, connection and directory, and why it may have to end."""
 
     def __init__(self, sock: socket.socket, peer: str, directory: str, timeout: Optional[float],
@@ -108,7 +108,7 @@ def session_time(asked: Optional[float], limit: float) -> Tuple[Optional[float],
     return limit, "the board's maximum session time of %g s (--max-session-time; the client %s)" % (limit, wanted)
 
 
-def end_message(session: Session, wait_status: int, reason: str, config: BoardConfig, memory: int) -> str:
+def end_message(session: ActiveSession, wait_status: int, reason: str, config: BoardConfig, memory: int) -> str:
     """What the client is told of how its session ended ("": it ended as asked); ``memory``: its memory limit."""
     how, signal_number, exit_code = describe_exit(wait_status)
     activity = session.status.activity
@@ -162,7 +162,7 @@ class Supervisor:
         self._selector = selector
         self._link = link  # told when a session starts and ends
         self._on_spawner_gone = on_spawner_gone
-        self.active: Optional[Session] = None
+        self.active: Optional[ActiveSession] = None
         self.spawner_alive = True
         self._subreaper = False
         self._watchdog: Optional[Watchdog] = None
@@ -203,7 +203,7 @@ class Supervisor:
             return
         relay = SessionRelay(sock, self._selector) if self.config.credentials.tls is not None else None
         timeout, timeout_reason = session_time(timeout, self.config.max_session_time)
-        active = Session(sock, peer, directory, timeout, self._spawner.status, relay, cgroup, timeout_reason)
+        active = ActiveSession(sock, peer, directory, timeout, self._spawner.status, relay, cgroup, timeout_reason)
         active.sent_before = bytes_sent
         order = SessionOrder(
             directory,
@@ -295,7 +295,7 @@ class Supervisor:
             active.abandoned = True
             self._kill_session(active)
 
-    def _check_quota(self, active: Session, now: float) -> None:
+    def _check_quota(self, active: ActiveSession, now: float) -> None:
         """End the session if its directory holds more than its quotas (RLIMIT_FSIZE bounds each file, not the sum).
 
         Counting stops past the quota of entries, so a directory of millions of files costs no more to check.
@@ -314,7 +314,7 @@ class Supervisor:
         logger.warning("session from %s: %s; killing it", active.peer, message)
         self._kill_session(active)
 
-    def _kill_session(self, active: Session) -> None:
+    def _kill_session(self, active: ActiveSession) -> None:
         """SIGKILL every process of the session: its cgroup where it has one, and its process group (by the
         spawner, which kills only a session it has not reaped yet, and reports the end)."""
         if active.cgroup is not None:
@@ -326,7 +326,7 @@ class Supervisor:
 
     # --- the end ------------------------------------------------------------
 
-    def _remove_cgroup(self, active: Session) -> None:
+    def _remove_cgroup(self, active: ActiveSession) -> None:
         """Once the session process is reaped: note what the cgroup saw, kill what is left in it, remove it."""
         cgroup = active.cgroup
         if cgroup is None:
@@ -339,7 +339,7 @@ class Supervisor:
         if not cgroup.remove():
             logger.error("the cgroup of the session from %s could not be emptied and removed", active.peer)
 
-    def _end_session(self, active: Session, wait_status: int, reason: str = "") -> None:
+    def _end_session(self, active: ActiveSession, wait_status: int, reason: str = "") -> None:
         """Tell the client how the (reaped) session process ended and when it ran (board clock); clean up."""
         self.active = None
         if self._link is not None and not reason:
@@ -385,7 +385,7 @@ class Supervisor:
         if self._confinement is not None:
             self._confinement.destroy()
 
-    def _stop_session(self, active: Session) -> int:
+    def _stop_session(self, active: ActiveSession) -> int:
         """Kill the running session and wait for the spawner to report its end: its wait status.
 
         With the spawner gone, the session died with it (its parent-death signal): SIGKILL.
@@ -414,7 +414,7 @@ class Supervisor:
             kill_children(keep=(self.watchdog.pid, self._spawner.pid))
 
 
-def reply_cut_short(active: Session) -> bool:
+def reply_cut_short(active: ActiveSession) -> bool:
     """Whether the dead session process left a reply half sent."""
     if active.status.state != SessionStatus.SENDING:
         return False
@@ -434,7 +434,7 @@ def _notify(sock: socket.socket, notice: dict) -> None:
         logger.info("could not tell the client: %s", exc)
 
 
-def hung_up_while_running(active: Session) -> bool:
+def hung_up_while_running(active: ActiveSession) -> bool:
     """Whether the client closed its end while the session process runs code (and so cannot notice).
 
     An idle session process sees the end of the stream itself; one running a

@@ -16,7 +16,7 @@ import pytest
 from farm.board.admission import Admission, busy_reason
 from farm.board.config import BoardConfig
 from farm.board.session import SessionStatus
-from farm.board.supervisor import Session
+from farm.board.supervisor import ActiveSession
 from farm.protocol.handshake import CODE_BUSY, CODE_MISMATCH, CODE_SUCCESS, encode_hello
 
 DEADLINE = 10.0  # seconds any one exchange may take here
@@ -33,7 +33,7 @@ class Sessions:
     """What the supervisor is asked: the running session (``active``), and each start."""
 
     def __init__(self) -> None:
-        self.active: Optional[Session] = None
+        self.active: Optional[ActiveSession] = None
         self.started: List[Started] = []
 
     def start(
@@ -122,7 +122,7 @@ def test_another_key_is_a_mismatch(board: Board) -> None:
 
 def test_a_busy_board_says_why(board: Board) -> None:
     with socket.socket() as running, socket.create_connection(board.address) as client:
-        board.sessions.active = Session(running, "127.0.0.9:7", "/nonexistent", None, SessionStatus())
+        board.sessions.active = ActiveSession(running, "127.0.0.9:7", "/nonexistent", None, SessionStatus())
         client.sendall(encode_hello("client", "rasp4"))
         reply = reply_to(board, client)
     assert code(reply) == CODE_BUSY and b"busy: it serves a session from 127.0.0.9:7" in reply
@@ -155,7 +155,7 @@ def test_a_silent_connection_is_closed_at_its_deadline_and_the_gate_bounds_an_ad
 
 def test_busy_reason() -> None:
     with socket.socket() as running:
-        active = Session(running, "10.0.0.2:4000", "/nonexistent", None, SessionStatus(), now=50.0)
+        active = ActiveSession(running, "10.0.0.2:4000", "/nonexistent", None, SessionStatus(), now=50.0)
     assert busy_reason("rasp4", "0.0.0.0", 9090, active, 62.25) == (
         "board 'rasp4' at 0.0.0.0:9090 is busy: it serves a session from 10.0.0.2:4000 since 12.2 s"
     )

@@ -12,7 +12,7 @@ from farm.board.config import BoardConfig
 from farm.board.session import SessionStatus
 from farm.board.supervisor import (
     QUOTA_CHECK_PERIOD,
-    Session,
+    ActiveSession,
     bytes_written,
     describe_exit,
     end_message,
@@ -33,8 +33,8 @@ def pair() -> Iterator[socket.socket]:
     theirs.close()
 
 
-def session(sock: socket.socket, timeout: Optional[float] = None, now: float = 100.0) -> Session:
-    return Session(sock, "127.0.0.1:5000", "/nonexistent", timeout, SessionStatus(), now=now)
+def session(sock: socket.socket, timeout: Optional[float] = None, now: float = 100.0) -> ActiveSession:
+    return ActiveSession(sock, "127.0.0.1:5000", "/nonexistent", timeout, SessionStatus(), now=now)
 
 
 # --- how a process ended ---------------------------------------------------------------------------------------------
