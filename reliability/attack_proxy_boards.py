@@ -1,6 +1,6 @@
 """Boards with long keys crowd the proxy: does the tracker keep the proxy, and the boards behind it?
 
-    python benchmarks/attack_proxy_boards.py --boards 20 --key-length 4000
+    python reliability/attack_proxy_boards.py --boards 20 --key-length 4000
 
 Starts a tracker and a proxy registered with it on 127.0.0.1, and one board of key ``near`` waiting at the proxy
 (a data-plane hello, as ``farm.server --through-proxy`` sends). Then ``--boards`` more say hello with keys of
@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from common import child_env, machine_info
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  # the shared harness
+
+from harness import child_env, machine_info  # noqa: E402
 
 import farm
 from farm.ops.processes import DaemonProcess

@@ -1,6 +1,6 @@
 """A stranger holds many silent connections to a daemon: are the farm's own peers still served, and what is logged?
 
-    python benchmarks/attack_unproven.py --daemon tracker --secret --silent 1000 --nofile 1024 --window 25
+    python reliability/attack_unproven.py --daemon tracker --secret --silent 1000 --nofile 1024 --window 25
 
 Starts the daemon (``tracker``, ``proxy`` or ``board``; with ``--secret`` a farm secret, with ``--tls`` TLS) on
 127.0.0.1 and lowers its open-file limit to ``--nofile`` (``prlimit``, as ``ulimit -n`` would). A stranger then
@@ -28,7 +28,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from common import child_env, machine_info
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  # the shared harness
+
+from harness import child_env, machine_info  # noqa: E402
 
 import farm
 from farm.net.secret import prove_on_socket

@@ -1,4 +1,4 @@
-"""Sessions that attack their board, measured: ``python benchmarks/session_attacks.py [--source DIR] [-- OPTIONS]``.
+"""Sessions that attack their board, measured: ``python reliability/session_attacks.py [--source DIR] [-- OPTIONS]``.
 
 Each attack runs on a fresh board daemon (``python -m farm.server`` from
 ``--source``, default this checkout, with the board OPTIONS after ``--``),
@@ -30,13 +30,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from common import PROJECT
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  # the shared harness
+
+from harness import PROJECT  # noqa: E402
 
 import farm
 from farm.ops.processes import DaemonProcess, board_command
 from farm.ops.toolchain import compile_shared
 
-logger = logging.getLogger("benchmarks.session_attacks")
+logger = logging.getLogger("reliability.session_attacks")
 
 KERNELS = PROJECT / "tests" / "kernels" / "confine.c"
 #: Seconds a process left behind is given to die before it counts as a survivor.

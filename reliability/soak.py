@@ -33,10 +33,10 @@ left that the stack started (its daemons and their sessions, found by the ``FARM
 environment), and counts tracebacks, ERROR lines and warnings in the daemons' logs. Then prints a markdown
 report::
 
-    python benchmarks/soak.py [--duration 180] [--clients 12] [--kill-every 10] [--seed 1] [--json out.json]
+    python reliability/soak.py [--duration 180] [--clients 12] [--kill-every 10] [--seed 1] [--json out.json]
                               [--cycles-json cycles.json] [--keep-logs DIR]
-    python benchmarks/soak.py --quick --json out.json     # 15 s, 6 clients, a kill every 3 s (the smoke test)
-    python benchmarks/soak.py --tls ...                   # TLS on every connection
+    python reliability/soak.py --quick --json out.json     # 15 s, 6 clients, a kill every 3 s (the smoke test)
+    python reliability/soak.py --tls ...                   # TLS on every connection
 
 Exit status 1 when a check fails: a board lost, an unexpected error, a board or daemon that died without being
 killed, a process left behind, or no request served at all.
@@ -57,10 +57,14 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from common import PROJECT, child_env, exit_on_signal, machine_info, machine_line, publish, tls_files  # noqa: E402  (puts this checkout's farm on the path)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  # the shared harness
+
+from harness import PROJECT, child_env, exit_on_signal, machine_info, machine_line, publish, tls_files  # noqa: E402
 
 from farm.client.session import RemoteSession  # noqa: E402
 from farm.client.tracker import TrackerError, connect_tracker  # noqa: E402
@@ -72,7 +76,7 @@ from farm.ops.toolchain import compile_shared  # noqa: E402
 logger = logging.getLogger("soak")
 
 HOST = "127.0.0.1"
-VADD = PROJECT / "farm" / "kernels" / "vadd.c"
+VADD = PROJECT / "farm" / "ops" / "kernels" / "vadd.c"
 VADD_SIG = "void vadd(const float *a, const float *b, float *c, int64_t n)"
 LIBRARY = "libvadd.so"
 #: Elements of each vadd call and bytes of each data file.

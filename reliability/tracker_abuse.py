@@ -4,7 +4,7 @@ Each attack runs against the tracker of this checkout and, with ``--before DIR``
 tracker of another source tree (for instance the code before the fix:
 ``git worktree add ../before COMMIT``), side by side in one run::
 
-    python benchmarks/tracker_abuse.py [--before DIR] [--only NAME ...] [--json out.json]
+    python reliability/tracker_abuse.py [--before DIR] [--only NAME ...] [--json out.json]
 
 * **starvation**: one real board; an attacker REQUESTs with priority 1,000,000, never connects
   to the board it is handed, and asks again at once each time; a request of priority 0 waits.
@@ -34,7 +34,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from common import PROJECT, child_env  # noqa: E402  (puts this checkout's farm on the path)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  # the shared harness
+
+from harness import PROJECT, child_env  # noqa: E402
 
 from farm.client.tracker import connect_tracker  # noqa: E402
 from farm.ops.processes import DaemonProcess, start_board  # noqa: E402

@@ -1,4 +1,4 @@
-"""Smoke tests of benchmarks/attack_unproven.py and benchmarks/attack_proxy_boards.py: they run end to end, short,
+"""Smoke tests of reliability/attack_unproven.py and reliability/attack_proxy_boards.py: they run end to end, short,
 and write their JSON (the attacks themselves are asserted in tests/integration/test_gates.py)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 
 
 def run_script(name: str, *args: str, out: Path) -> dict:
-    command = [sys.executable, str(PROJECT / "benchmarks" / name), *args, "--json", str(out)]
+    command = [sys.executable, str(PROJECT / "reliability" / name), *args, "--json", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(out.read_text())

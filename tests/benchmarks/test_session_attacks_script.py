@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/session_attacks.py: two quick attacks end to end on this checkout's board, JSON written."""
+"""Smoke test of reliability/session_attacks.py: two quick attacks end to end on this checkout's board, JSON out."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "session_attacks.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "reliability" / "session_attacks.py"
 
 
 def test_open_files_and_detached_process_attacks(tmp_path: Path) -> None:

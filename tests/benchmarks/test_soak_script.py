@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/soak.py: one quick soak (about 20 s) runs end to end; its report's shape and checks.
+"""Smoke test of reliability/soak.py: one quick soak (about 20 s) runs end to end; its report's shape and checks.
 
 No timing is checked, only that the farm came through whole: no board lost, no unexpected error, no process left.
 """
@@ -13,7 +13,7 @@ from typing import Any, Dict
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "soak.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "reliability" / "soak.py"
 KEYS = {"soak-a": 2, "soak-b": 2, "soak-c": 2}
 
 

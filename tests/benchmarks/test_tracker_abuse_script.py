@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/tracker_abuse.py: two of its attacks run end to end against this checkout's tracker."""
+"""Smoke test of reliability/tracker_abuse.py: two of its attacks run end to end against this checkout's tracker."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[2]
-SCRIPT = PROJECT / "benchmarks" / "tracker_abuse.py"
+SCRIPT = PROJECT / "reliability" / "tracker_abuse.py"
 
 
 def test_tracker_abuse_script_runs_and_writes_json(tmp_path: Path) -> None:
