@@ -49,7 +49,28 @@ def check_dataplane(results: Dict[str, Any]) -> None:
     assert "no-op call round trip" in figures and "open + close: code before" in figures
 
 
+def check_tracker(results: Dict[str, Any]) -> None:
+    tvm = results["machine"]["tvm"] is not None
+    assert tvm == (not results["tvm_skipped"]), results["tvm_skipped"]
+    request = results["scenarios"]["requests"]
+    sides = ["farm", "before"] + (["tvm"] if tvm else [])
+    for name in sides + [side + "_kept" for side in sides]:
+        assert request[name]["rounds"] == 3 and positive(request[name]["first"]), name
+        assert positive(request[name]["free_again_ms"]["median"]), name
+    for side in sides:
+        assert request[side + "_fresh"]["rounds"] == 1 and positive(request[side + "_fresh"]["median"]), side
+    for phase in ("plain", "progress"):
+        load = results["scenarios"]["concurrency"][phase]
+        assert load["checks"]["pass"] and load["cycles_in_window"] > 0, load["checks"]
+    assert load["waiting_messages"] > 0 and load["order"]["arrival_constraints"] > 0
+    summary = results["scenarios"]["summary"]
+    assert summary["boards"] == 50 and positive(summary["farm"]["median"])
+    assert ("summary_tvm_over_farm" in results["ratios"]) == tvm
+    assert isinstance(results["ratios"]["request_before_over_farm"]["ratio"], float)
+
+
 TOOLS: Dict[str, Any] = {
+    "tracker": ("benchmarks/bench_tracker.py", ["--quick", "--before", str(PROJECT)], check_tracker),
     "dataplane": ("benchmarks/bench_dataplane.py", ["--quick", "--tls", "--before", str(PROJECT)], check_dataplane),
 }
 
