@@ -267,7 +267,6 @@ def measure_requests(procs: Processes, args: Any) -> Dict[str, Any]:
         result: Dict[str, Any] = {}
         for name, pairs in times.items():
             result[name] = spread([pair[0] for pair in pairs], 1e3)
-            result[name]["first"] = pairs[0][0] * 1e3
             result[name]["free_again_ms"] = spread([pair[1] for pair in pairs], 1e3)
         fresh: Dict[str, List[float]] = {name: [] for name in cold}
         for repeat in range(args.cold_repeats):

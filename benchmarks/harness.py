@@ -128,12 +128,23 @@ def interleaved(
 
 
 def spread(values: Sequence[float], scale: float = 1.0) -> Dict[str, Any]:
-    """Median, p99, min, max, the number of rounds and the values themselves (each times ``scale``)."""
+    """First, median, p90, p99, min, max, the number of rounds and the values themselves (each times ``scale``)."""
     scaled = [value * scale for value in values]
     ordered = sorted(scaled)
-    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
-    return {"median": statistics.median(scaled), "p99": p99, "min": ordered[0], "max": ordered[-1],
-            "rounds": len(scaled), "values": scaled}  # fmt: skip
+
+    def rank(fraction: float) -> float:
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+    return {
+        "first": scaled[0],
+        "median": statistics.median(scaled),
+        "p90": rank(0.9),
+        "p99": rank(0.99),
+        "min": ordered[0],
+        "max": ordered[-1],
+        "rounds": len(scaled),
+        "values": scaled,
+    }
 
 
 def ratio_spread(tops: Sequence[Optional[float]], bottoms: Sequence[Optional[float]]) -> Optional[Dict[str, Any]]:
@@ -359,6 +370,9 @@ def parse_args(tool: Tool, argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         "far side on a second CPU), none (left to the scheduler); default: %s" % tool.pin)  # fmt: skip
     parser.add_argument("--cpus", type=lambda text: {int(cpu) for cpu in text.split(",")}, help="CPUs to pin to")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    names = [scenario.name for scenario in tool.scenarios]
+    parser.add_argument("--only", type=lambda text: text.split(","), default=names,
+                        help="run only these scenarios, comma-separated: %s" % ",".join(names))  # fmt: skip
     if tool.tvm:
         parser.add_argument("--tvm", action=argparse.BooleanOptionalAction, default=True,
                             help="measure TVM side by side when the tvm extra imports (default: yes)")  # fmt: skip
@@ -367,6 +381,8 @@ def parse_args(tool: Tool, argv: Optional[Sequence[str]]) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, option.quick if args.quick and option.quick is not None else option.default)
     problem = tool.check_args(args) or (None if args.rounds >= 1 else "--rounds must be >= 1")
+    unknown = set(args.only) - set(names)
+    problem = problem or ("unknown scenario(s): %s" % ", ".join(sorted(unknown)) if unknown else None)
     if problem:
         parser.error(problem)
     return args
@@ -384,7 +400,7 @@ def run(tool: Tool, args: argparse.Namespace) -> Dict[str, Any]:
         setup = tool.setup(args, workdir) if tool.setup else contextlib.nullcontext(workdir)
         with setup as state:
             for scenario in tool.scenarios:
-                if scenario.enabled(args):
+                if scenario.name in args.only and scenario.enabled(args):
                     logger.info("%s: %s", tool.name, scenario.name)
                     scenarios[scenario.name] = scenario.measure(state, args)
                     scenarios[scenario.name].setdefault("compared_with", {
