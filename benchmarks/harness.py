@@ -32,6 +32,7 @@ if str(PROJECT) not in sys.path:
 import farm  # noqa: E402
 
 logger = logging.getLogger("benchmarks")
+_CPUS = sorted(os.sched_getaffinity(0))  # as started, before any pinning
 
 Figures = Dict[str, Any]
 
@@ -212,9 +213,9 @@ def machine_line(machine: Dict[str, Any]) -> str:
     )  # fmt: skip
 
 
-def farm_fingerprint(root: Optional[Path] = None) -> str:
+def farm_fingerprint(root: Optional[Any] = None) -> str:
     """A short hash of a farm package's sources (default: the one imported), to tell which code a result is of."""
-    root = root or Path(farm.__file__).resolve().parent
+    root = Path(root or Path(farm.__file__).resolve().parent)
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
@@ -223,16 +224,14 @@ def farm_fingerprint(root: Optional[Path] = None) -> str:
 
 def pin(args: argparse.Namespace) -> Tuple[Optional[set], Optional[set]]:
     """Pin this process (children inherit it) as ``--pin``/``--cpus`` say; the CPUs for the far side, if split."""
-    cpus = sorted(args.cpus or os.sched_getaffinity(0))
+    cpus = sorted(args.cpus or _CPUS)
     if args.pin == "none":
+        os.sched_setaffinity(0, cpus)
         return None, None
-    if args.pin == "split":
-        if len(cpus) < 2:
-            raise SystemExit("--pin split needs two CPUs; this process may use only %s" % cpus)
-        os.sched_setaffinity(0, {cpus[0]})
-        return {cpus[0]}, {cpus[1]}
+    if args.pin == "split" and len(cpus) < 2:
+        raise SystemExit("--pin split needs two CPUs; this process may use only %s" % cpus)
     os.sched_setaffinity(0, {cpus[0]})
-    return {cpus[0]}, None
+    return {cpus[0]}, ({cpus[1]} if args.pin == "split" else None)
 
 
 def load_tvm(wanted: bool) -> Tuple[Any, str]:
