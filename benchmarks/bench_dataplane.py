@@ -19,8 +19,11 @@ more than the whole round trip.
 from __future__ import annotations
 
 import contextlib
+import cProfile
+import io
 import multiprocessing
 import os
+import pstats
 import socket
 import struct
 import subprocess
@@ -289,7 +292,14 @@ def measure_calls(state: State, args: Any) -> Dict[str, Any]:
         action(min(size, 1000))  # warm-up
     seconds = interleaved({name: (lambda action=action: action(size)) for name, action in variants.items()},
                           args.batches)  # fmt: skip
-    return {name: spread([value / size for value in values], 1e6) for name, values in seconds.items()}
+    result = {name: spread([value / size for value in values], 1e6) for name, values in seconds.items()}
+    if args.profile:  # the client side of N no-op calls with a signature
+        profiler = cProfile.Profile()
+        profiler.runcall(lambda: [farm_side.noop() for _ in range(args.profile)])
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(20)
+        result["client_profile"] = out.getvalue()
+    return result
 
 
 def measure_transfers(state: State, args: Any) -> Dict[str, Any]:
@@ -381,9 +391,11 @@ def report_sessions(figures: Dict[str, Any], args: Any) -> List[str]:
 
 
 def report_calls(figures: Dict[str, Any], args: Any) -> List[str]:
-    rows = [(name, "%.1f" % row["median"], "%.1f" % row["p99"], "%.1f" % row["min"], row["rounds"])
-            for name, row in figures.items() if name != "compared_with"]  # fmt: skip
-    return ["### Calls, us per round trip", ""] + table(("variant", "median", "p99", "min", "batches"), rows) + [""]
+    rows = [(name, "%.1f" % row["mean"], "%.1f" % row["median"], "%.1f" % row["p99"], "%.1f" % row["min"],
+             row["rounds"]) for name, row in figures.items() if isinstance(row, dict) and "median" in row]  # fmt: skip
+    header = ("variant", "mean", "median", "p99", "best", "batches")
+    profile = ["", "client-side profile:", "", "```", figures["client_profile"], "```"] if args.profile else []
+    return ["### Calls, us per round trip", ""] + table(header, rows) + profile + [""]
 
 
 def report_transfers(figures: Dict[str, Any], args: Any) -> List[str]:
@@ -403,6 +415,7 @@ TOOL = Tool(
         "batches": Option(100, 4, "timed batches the calls are split into"),
         "repeats": Option(5, 1, "timed transfers per direction and side"),
         "sessions": Option(10, 2, "sessions per board and round"),
+        "profile": Option(0, 0, "also cProfile N no-op calls on the client"),
         "tls": Option(False, help="add a board with TLS", type=bool),
         "before": Option("", "", "a checkout (a directory holding farm/) whose board is measured too", str),
         "emulated": Option(

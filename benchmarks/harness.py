@@ -129,7 +129,7 @@ def interleaved(
 
 
 def spread(values: Sequence[float], scale: float = 1.0) -> Dict[str, Any]:
-    """First, median, p90, p99, min, max, the number of rounds and the values themselves (each times ``scale``)."""
+    """First, mean, median, p90, p99, min, max, the number of rounds and the values (each times ``scale``)."""
     scaled = [value * scale for value in values]
     ordered = sorted(scaled)
 
@@ -138,6 +138,7 @@ def spread(values: Sequence[float], scale: float = 1.0) -> Dict[str, Any]:
 
     return {
         "first": scaled[0],
+        "mean": statistics.fmean(scaled),
         "median": statistics.median(scaled),
         "p90": rank(0.9),
         "p99": rank(0.99),
