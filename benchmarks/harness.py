@@ -85,7 +85,7 @@ class Tool:
     description: str
     scenarios: Sequence[Scenario]
     options: Dict[str, Option] = field(default_factory=dict)
-    rounds: Option = field(default_factory=lambda: Option(5, 1, "timed rounds of each scenario"))
+    rounds: Optional[Option] = field(default_factory=lambda: Option(5, 1, "timed rounds of each scenario"))
     setup: Optional[Callable[[argparse.Namespace, str], Any]] = None  # a context manager yielding the state
     ratios: Callable[[Dict[str, Any]], Dict[str, Any]] = lambda results: {}  # derived from the scenarios' figures
     headline: Callable[[Dict[str, Any]], List[Headline]] = lambda results: []
@@ -354,7 +354,7 @@ def report(tool: Tool, results: Dict[str, Any], args: argparse.Namespace) -> str
 def parse_args(tool: Tool, argv: Optional[Sequence[str]]) -> argparse.Namespace:
     """The common flags and the tool's own, with their defaults (or ``--quick`` values) filled in."""
     parser = argparse.ArgumentParser(description=tool.description)
-    options = dict(tool.options, rounds=tool.rounds)
+    options = dict(tool.options, **({"rounds": tool.rounds} if tool.rounds else {}))
     for name, option in options.items():
         quick = option.default if option.quick is None else option.quick
         flag = "--" + name.replace("_", "-")
@@ -376,11 +376,14 @@ def parse_args(tool: Tool, argv: Optional[Sequence[str]]) -> argparse.Namespace:
     if tool.tvm:
         parser.add_argument("--tvm", action=argparse.BooleanOptionalAction, default=True,
                             help="measure TVM side by side when the tvm extra imports (default: yes)")  # fmt: skip
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []  # passed through to the daemons the tool starts
+    args = parser.parse_args(argv[: len(argv) - len(extra) - (1 if extra or "--" in argv else 0)])
+    args.extra = extra
     for name, option in options.items():
         if getattr(args, name) is None:
             setattr(args, name, option.quick if args.quick and option.quick is not None else option.default)
-    problem = tool.check_args(args) or (None if args.rounds >= 1 else "--rounds must be >= 1")
+    problem = tool.check_args(args) or (None if getattr(args, "rounds", 1) >= 1 else "--rounds must be >= 1")
     unknown = set(args.only) - set(names)
     problem = problem or ("unknown scenario(s): %s" % ", ".join(sorted(unknown)) if unknown else None)
     if problem:
@@ -403,11 +406,11 @@ def run(tool: Tool, args: argparse.Namespace) -> Dict[str, Any]:
                 if scenario.name in args.only and scenario.enabled(args):
                     logger.info("%s: %s", tool.name, scenario.name)
                     scenarios[scenario.name] = scenario.measure(state, args)
-                    scenarios[scenario.name].setdefault("compared_with", {
-                        "anchor": scenario.anchor, "limit": scenario.limit, "target": scenario.target})  # fmt: skip
     config = {name: value for name, value in vars(args).items() if name not in ("tvm_rpc", "json", "log_level")}
     machine = machine_info(**tool.machine_extra(), **({"tvm": text if tvm_rpc else None} if tool.tvm else {}))
+    compared = {sc.name: {"anchor": sc.anchor, "limit": sc.limit, "target": sc.target} for sc in tool.scenarios}
     results = {"tool": tool.name, "command": command_line(), "machine": machine, "config": config,
+               "compared_with": {name: compared[name] for name in scenarios},
                "tvm_skipped": "" if tvm_rpc else text, "scenarios": scenarios}  # fmt: skip
     results["elapsed_s"] = time.monotonic() - began
     results["ratios"] = tool.ratios(results)
