@@ -54,7 +54,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +63,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  # the shared harness
 
-from harness import PROJECT, child_env, exit_on_signal, machine_info, machine_line, publish, tls_files  # noqa: E402
+import harness  # noqa: E402
+from harness import PROJECT, Option, Scenario, Tool, child_env, tls_files  # noqa: E402
 
 from farm.client.session import RemoteSession  # noqa: E402
 from farm.client.tracker import TrackerError, connect_tracker  # noqa: E402
@@ -87,30 +87,35 @@ SESSION_TIMEOUT = 60.0
 QUIET_END = 2.0
 #: Seconds the stack may take to start, and the clients to start up and end after their duration.
 START_DEADLINE, CLIENT_GRACE = 60.0, 30.0
-#: The numeric options by group: name -> type, default, value with --quick, bound (a key of BOUNDS), help.
-OPTION_GROUPS: Dict[str, Dict[str, Tuple[type, float, float, str, str]]] = {
-    "the load": {
-        "duration": (float, 180.0, 15.0, ">0", "seconds the clients cycle"),
-        "clients": (int, 12, 6, ">=1", "client processes"),
-        "priorities": (int, 4, 4, ">=1", "priorities drawn from 0..N-1"),
-        "wait": (float, 30.0, 30.0, ">0", "seconds a request waits for a board at most"),
-        "max_cycles": (int, 100000, 100000, ">=1", "most cycles per client"),
-    },
-    "the farm": {
-        "keys": (int, 3, 3, ">=1", "keys of the farm"),
-        "boards_per_key": (int, 2, 2, ">=1", "boards of each key"),
-        "proxied_keys": (int, 2, 2, ">=0", "keys with one board behind the proxy"),
-    },
-    "the chaos and the harness": {
-        "kill_every": (float, 10.0, 3.0, ">=0", "seconds between board kills, 0: none"),
-        "seed": (int, 1, 1, ">=0", "seed of the draws and the kills"),
-        "tick": (float, 0.2, 0.2, ">0", "seconds between two supervise() calls"),
-        "settle": (float, 90.0, 90.0, ">=0", "seconds the farm may take to settle at the end"),
-    },
+#: The tool's options: the load, the farm, the chaos and the harness.
+OPTIONS = {
+    "duration": Option(180.0, 15.0, "seconds the clients cycle", float),
+    "clients": Option(12, 6, "client processes"),
+    "priorities": Option(4, 4, "priorities drawn from 0..N-1"),
+    "wait": Option(30.0, 30.0, "seconds a request waits for a board at most", float),
+    "max_cycles": Option(100000, 100000, "most cycles per client"),
+    "keys": Option(3, 3, "keys of the farm (at most 26)"),
+    "boards_per_key": Option(2, 2, "boards of each key"),
+    "proxied_keys": Option(2, 2, "keys with one board behind the proxy"),
+    "kill_every": Option(10.0, 3.0, "seconds between board kills, 0: none", float),
+    "seed": Option(1, 1, "seed of the draws and the kills"),
+    "tick": Option(0.2, 0.2, "seconds between two supervise() calls", float),
+    "settle": Option(90.0, 90.0, "seconds the farm may take to settle at the end", float),
+    "tls": Option(False, help="TLS on every connection (certificates made for the run)", type=bool),
+    "keep_logs": Option("", "", "write the daemons' logs to this directory and keep them", str),
+    "cycles_json": Option("", "", "write every cycle (key, priority, times, error) to this file", str),
 }
-OPTIONS = {name: spec for group in OPTION_GROUPS.values() for name, spec in group.items()}
-#: What each bound of OPTIONS asks of a value.
-BOUNDS = {">0": lambda value: value > 0, ">=0": lambda value: value >= 0, ">=1": lambda value: value >= 1}
+
+
+def check_args(args: Any) -> Optional[str]:
+    positive = ("duration", "wait", "tick", "clients", "priorities", "max_cycles", "keys", "boards_per_key")
+    if any(getattr(args, name) <= 0 for name in positive):
+        return "--%s must be positive" % ", --".join(name.replace("_", "-") for name in positive)
+    if min(args.kill_every, args.seed, args.settle, args.proxied_keys) < 0:
+        return "--kill-every, --seed, --settle and --proxied-keys must not be negative"
+    if args.keys > 26 or args.proxied_keys > args.keys:
+        return "--keys must be at most 26 (soak-a to soak-z), --proxied-keys at most --keys"
+    return None
 
 
 # --- errors ---------------------------------------------------------------------------------------------------
@@ -602,7 +607,7 @@ class Soak:
         with open(plan_path, "w", encoding="utf-8") as handle:
             json.dump(plan.__dict__, handle)
         for index in range(self.args.clients):
-            argv = [sys.executable, os.path.abspath(__file__), "--worker", plan_path, "--worker-index", str(index)]
+            argv = [sys.executable, os.path.abspath(__file__), "--worker", plan_path, str(index)]
             log = open(os.path.join(self.workdir, "client-%02d.log" % index), "wb")
             try:
                 self.clients.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=child_env()))
@@ -689,35 +694,28 @@ def board_figures(expected: Dict[str, int], settle: Dict[str, Any]) -> Dict[str,
     }
 
 
-def run(args: argparse.Namespace) -> Dict[str, Any]:
+def run(workdir: str, args: Any) -> Dict[str, Any]:
     """Start the farm, soak it, settle it, stop it; the results."""
     started = time.monotonic()
     load_before = os.getloadavg()
     os.environ.update(child_env())  # the daemons FarmStack starts import this checkout's farm
-    with tempfile.TemporaryDirectory(prefix="soak-") as workdir:
-        if args.tls:  # every daemon and client of the soak takes it from the environment
-            os.environ.update(tls_files(workdir).daemon().as_env())
-        library = compile_shared([VADD], os.path.join(workdir, LIBRARY))
-        path = write_inventory(
-            os.path.join(workdir, "inventory.yaml"), args.keys, args.boards_per_key, args.proxied_keys
-        )
-        inventory = load_inventory(path)
-        log_dir = args.keep_logs or os.path.join(workdir, "logs")
-        soak = Soak(args, workdir, FarmStack(inventory, log_dir))
-        measured = soak.run(library)
-        left = processes_left(os.getpid())
-        findings = scan_logs(log_dir)
-        rows, reported = soak.client_rows()
+    logging.getLogger("farm.toolchain").setLevel(logging.WARNING)
+    if args.tls:  # every daemon and client of the soak takes it from the environment
+        os.environ.update(tls_files(workdir).daemon().as_env())
+    library = compile_shared([VADD], os.path.join(workdir, LIBRARY))
+    path = write_inventory(os.path.join(workdir, "inventory.yaml"), args.keys, args.boards_per_key, args.proxied_keys)
+    inventory = load_inventory(path)
+    log_dir = args.keep_logs or os.path.join(workdir, "logs")
+    soak = Soak(args, workdir, FarmStack(inventory, log_dir))
+    measured = soak.run(library)
+    left = processes_left(os.getpid())
+    findings = scan_logs(log_dir)
+    rows, reported = soak.client_rows()
     if args.cycles_json:
         with open(args.cycles_json, "w", encoding="utf-8") as handle:
             json.dump(rows, handle)
     keys = sorted(inventory.board_counts())
-    options = ("quick", "duration", "clients", "kill_every", "keys", "boards_per_key", "proxied_keys", "priorities")
     results: Dict[str, Any] = {
-        "machine": machine_info(),
-        "config": {
-            name: getattr(args, name) for name in options + ("wait", "max_cycles", "seed", "tick", "settle", "tls")
-        },
         "inventory": [[group.key, group.count, group.proxy] for group in inventory.boards],
         "window_s": measured["window_s"],
         "served": served_figures(rows, measured["window_s"], keys),
@@ -767,9 +765,9 @@ def error_table(errors: Dict[str, Any]) -> List[str]:
     return lines
 
 
-def report(results: Dict[str, Any]) -> str:
+def report(results: Dict[str, Any], config: Any) -> List[str]:
     """The results as a markdown section."""
-    config, served, chaos, boards = results["config"], results["served"], results["chaos"], results["boards"]
+    served, chaos, boards = results["served"], results["chaos"], results["boards"]
     memory, load = results["tracker_memory"], results["load_average"]
     farm = ", ".join(
         "%s %d%s" % (key, count, " behind the proxy" if proxy else "") for key, count, proxy in results["inventory"]
@@ -777,15 +775,11 @@ def report(results: Dict[str, Any]) -> str:
     lines = [
         "",
         "### Soak: %d clients, %.0f s, a board killed every %g s (seed %d)"
-        % (config["clients"], results["window_s"], config["kill_every"], config["seed"]),
+        % (config.clients, results["window_s"], config.kill_every, config.seed),
         "",
-        "Machine: %s; load average %s before, %s after."
-        % (
-            machine_line(results["machine"]),
-            "/".join("%.2f" % value for value in load["before"]),
-            "/".join("%.2f" % value for value in load["after"]),
-        ),
-        "Farm: %s (key and boards)%s." % (farm, ", TLS on every connection" if config["tls"] else ""),
+        "Load average %s before, %s after."
+        % ("/".join("%.2f" % value for value in load["before"]), "/".join("%.2f" % value for value in load["after"])),
+        "Farm: %s (key and boards)%s." % (farm, ", TLS on every connection" if config.tls else ""),
         "",
         "- requests: %d, served %d (%.1f/s), cycles completed %d (%.1f/s); served per key: %s"
         % (
@@ -837,54 +831,21 @@ def report(results: Dict[str, Any]) -> str:
     lines += ["", "Errors:", ""] + error_table(results["errors"])
     failed = [name for name, ok in results["checks"].items() if not ok]
     lines += ["", "Checks: %s" % ("all passed" if not failed else "FAILED: " + ", ".join(failed))]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
-# --- the command line ---------------------------------------------------------------------------------------
-
-
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """The options, with their defaults (or their ``--quick`` values) filled in and their bounds checked."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a short run, for the smoke test")
-    for title, group in OPTION_GROUPS.items():
-        options = parser.add_argument_group(title)
-        for name, (kind, default, quick, _, text) in group.items():
-            shown = "default: %g" % default + ("; quick: %g" % quick if quick != default else "")
-            options.add_argument("--" + name.replace("_", "-"), type=kind, help="%s (%s)" % (text, shown))
-    parser.add_argument("--tls", action="store_true", help="TLS on every connection (certificates made for the run)")
-    parser.add_argument("--keep-logs", metavar="DIR", help="write the daemons' logs to DIR and keep them")
-    parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
-    parser.add_argument("--cycles-json", metavar="PATH", help="write every cycle (key, priority, times, error) here")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    parser.add_argument("--worker", metavar="PLAN", help=argparse.SUPPRESS)
-    parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    for name, (_, default, quick, bound, _) in OPTIONS.items():
-        if getattr(args, name) is None:
-            setattr(args, name, quick if args.quick else default)
-        if not BOUNDS[bound](getattr(args, name)):
-            parser.error("--%s must be %s, not %s" % (name.replace("_", "-"), bound, getattr(args, name)))
-    if args.keys > 26 or args.proxied_keys > args.keys:
-        parser.error("--keys must be at most 26 (soak-a to soak-z), --proxied-keys at most --keys")
-    return args
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the soak (or, with --worker, one client), print the report, write the JSON; 1 if a check failed."""
-    args = parse_args(argv)
-    if args.worker:
-        return client_main(args.worker, args.worker_index)
-    signal.signal(signal.SIGTERM, exit_on_signal)  # so that the farm and the clients are stopped on SIGTERM too
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("farm.toolchain").setLevel(logging.WARNING)
-    results = run(args)
-    publish(results, report(results), args.json)
-    if results["pass"]:
-        return 0
-    logger.error("soak checks failed: %s", ", ".join(name for name, ok in results["checks"].items() if not ok))
-    return 1
-
+TOOL = Tool(
+    name="soak",
+    description=__doc__.split("\n\n")[0],
+    rounds=None,
+    pin="none",
+    options=OPTIONS,
+    scenarios=[Scenario("soak", run, report, target="every check passes")],
+    passed=lambda results: results["scenarios"]["soak"]["pass"],
+    check_args=check_args,
+)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if sys.argv[1:2] == ["--worker"]:  # one client of a running soak
+        sys.exit(client_main(sys.argv[2], int(sys.argv[3])))
+    sys.exit(harness.main(TOOL))

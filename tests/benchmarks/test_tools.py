@@ -166,7 +166,33 @@ def check_tracker_abuse(results: Dict[str, Any]) -> None:
     assert "before" not in results["scenarios"]["long_keys"]
 
 
+def check_soak(results: Dict[str, Any]) -> None:
+    soak, keys = results["scenarios"]["soak"], {"soak-a": 2, "soak-b": 2, "soak-c": 2}
+    assert results["config"]["quick"] is True and results["config"]["clients"] == 6
+    assert soak["pass"] is True and all(soak["checks"].values()), soak["checks"]
+    served, latency, errors = soak["served"], soak["latency"], soak["errors"]
+    assert served["served"] > 0 and served["cycles_completed"] > 0, served
+    assert set(served["served_per_key"]) == set(keys) and sum(served["served_per_key"].values()) == served["served"]
+    assert latency["overall"]["count"] == served["served"]
+    assert sum(row["count"] for row in latency["by_priority"].values()) == served["served"]
+    assert latency["overall"]["p50_ms"] <= latency["overall"]["p99_ms"] <= latency["overall"]["max_ms"]
+    assert errors["unexpected"] == 0, errors["by_kind"]
+    assert errors["expected"] == sum(entry["count"] for entry in errors["by_kind"].values())
+    assert served["requests"] == served["cycles_completed"] + errors["expected"]
+    assert soak["clients"] == {"started": 6, "reported": 6}
+    boards, chaos = soak["boards"], soak["chaos"]
+    assert boards["lost"] == 0 and boards["settled"] is True, boards
+    assert boards["expected"] == boards["registered"] == keys
+    whole = {"total": 2, "free": 2, "pending": 0, "registered": 2}
+    assert boards["final_state"] == {key: whole for key in keys}, boards["final_state"]
+    assert chaos["kills"] >= 1 and chaos["restarts"] == chaos["kills"] and chaos["unplanned_restarts"] == 0, chaos
+    assert soak["processes_left"] == [], soak["processes_left"]
+    memory = soak["tracker_memory"]
+    assert memory["samples"] >= 2 and 0 < memory["rss_kb_start"] <= memory["rss_kb_peak"], memory
+
+
 TOOLS: Dict[str, Any] = {
+    "soak": ("reliability/soak.py", ["--quick"], check_soak),
     "attack_unproven": ("reliability/attack_unproven.py", ["--quick", "--secret"], check_unproven),
     "attack_proxy_boards": ("reliability/attack_proxy_boards.py", ["--quick"], check_proxy_boards),
     "session_attacks": (
