@@ -1,45 +1,21 @@
 """Soak: many clients cycling through a farm on loopback for minutes while its boards are killed and restarted.
 
-The farm is a :class:`farm.ops.launcher.FarmStack` of an inventory this script writes: by default 6 local boards
-over 3 keys (``soak-a``, ``soak-b``, ``soak-c``, 2 boards each; the second board of ``soak-b`` and of
-``soak-c`` dials out to the proxy). ``--clients`` client processes (this script with ``--worker``) each loop
-for ``--duration`` seconds, each cycle:
+A :class:`farm.ops.launcher.FarmStack` of an inventory written here (``--keys`` keys of ``--boards-per-key``
+boards, one behind the proxy in ``--proxied-keys`` of them) and ``--clients`` client processes (this script with
+``--worker PLAN INDEX``), each cycling for ``--duration`` s: draw a key and a priority (seeded), request a board
+(the request-to-ready latency runs from ``connect_tracker`` to the open session), upload, load and call ``vadd``
+and compare with numpy, upload a data file and download it back, close. Meanwhile the tool supervises the stack
+every ``--tick`` s, SIGKILLs one board daemon every ``--kill-every`` s (never the last registered board of its
+key, not in the last 2 s) and samples the tracker's memory and descriptors. Then it waits until every board is
+back and free, stops the stack, looks for any process left and scans the daemons' logs. Errors a killed board
+explains are *expected* (``SessionLostError`` once a session is open, ``TrackerError`` and ``NoBoardError``
+while requesting); any other error, a wrong result or a failed client is *unexpected*. RELIABILITY.md ("Load")
+has the details and the figures::
 
-1. draw a key and a priority in ``0..--priorities-1`` (seeded: ``--seed`` and the client's number);
-2. ``connect_tracker(...).request(key, priority=..., wait=--wait, session_timeout=...)``; the clock of the
-   *request-to-ready latency* runs from before ``connect_tracker`` until ``request()`` returns an open session
-   (queueing for a free board included);
-3. upload ``libvadd.so`` (built once from farm/ops/kernels/vadd.c with ``farm.ops.toolchain.compile_shared``), load it,
-   call ``vadd`` on two random float32 arrays and compare the result with numpy's (exactly);
-4. upload a random data file and download it back, comparing the bytes;
-5. close the session (which frees the board).
+    python reliability/soak.py [--duration 180] [--clients 12] [--kill-every 10] [--seed 1] [--tls] [--json out.json]
 
-Meanwhile the harness calls ``stack.supervise()`` every ``--tick`` seconds (the launcher restarts dead daemons,
-with backoff) and every ``--kill-every`` seconds, until 2 s before the clients stop, SIGKILLs one board daemon
-drawn at random (seeded), never the last registered board of its key: boards are counted from the summary's
-``server_info`` (a board's own entry, the proxy's ``boards``), not from the tracker's ``total``, which goes on
-counting a board behind the proxy once it is gone. Every second it reads the tracker's VmRSS and VmHWM from
-/proc and counts its open file descriptors.
-
-Errors are classified by class, the step that raised them and a category of their message. *Expected* ones are
-what a client sees when its board is killed: ``SessionLostError`` once a session is open, ``TrackerError`` and
-``NoBoardError`` while requesting. Anything else (a wrong result or file, another exception, a client process
-that fails) is *unexpected*.
-
-After the clients end, the harness waits (``--settle`` seconds at most) until, for every key, the boards
-registered, the tracker's ``total`` and its ``free`` offers all equal the inventory's count and nothing is
-pending; *boards lost* is how many boards are still missing then. It stops the stack and looks for any process
-left that the stack started (its daemons and their sessions, found by the ``FARM_PARENT_PID`` in their
-environment), and counts tracebacks, ERROR lines and warnings in the daemons' logs. Then prints a markdown
-report::
-
-    python reliability/soak.py [--duration 180] [--clients 12] [--kill-every 10] [--seed 1] [--json out.json]
-                              [--cycles-json cycles.json] [--keep-logs DIR]
-    python reliability/soak.py --quick --json out.json     # 15 s, 6 clients, a kill every 3 s (the smoke test)
-    python reliability/soak.py --tls ...                   # TLS on every connection
-
-Exit status 1 when a check fails: a board lost, an unexpected error, a board or daemon that died without being
-killed, a process left behind, or no request served at all.
+A check that fails (a board lost, an unexpected error, a daemon that died unkilled, a process left, nothing
+served) makes the exit status 1.
 """
 
 from __future__ import annotations
@@ -64,7 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  # the shared harness
 
 import harness  # noqa: E402
-from harness import PROJECT, Option, Scenario, Tool, child_env, tls_files  # noqa: E402
+from harness import PROJECT, Headline, Option, Scenario, Tool, child_env, tls_files  # noqa: E402
 
 from farm.client.session import RemoteSession  # noqa: E402
 from farm.client.tracker import TrackerError, connect_tracker  # noqa: E402
@@ -738,100 +714,63 @@ def run(workdir: str, args: Any) -> Dict[str, Any]:
 # --- the report ---------------------------------------------------------------------------------------------
 
 
-def _ms(value: Optional[float]) -> str:
-    return "-" if value is None else "%.1f" % value
-
-
-def latency_table(latencies: Dict[str, Any]) -> List[str]:
-    lines = ["| requests | served | p50 ms | p90 ms | p99 ms | max ms |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    rows = [("all", latencies["overall"])]
-    rows += [("priority %s" % level, row) for level, row in sorted(latencies["by_priority"].items(), reverse=True)]
-    rows += [("key %s" % key, row) for key, row in sorted(latencies["by_key"].items())]
-    for name, row in rows:
-        cells = (row["p50_ms"], row["p90_ms"], row["p99_ms"], row["max_ms"])
-        lines.append("| %s | %d | %s |" % (name, row["count"], " | ".join(_ms(cell) for cell in cells)))
-    return lines
-
-
-def error_table(errors: Dict[str, Any]) -> List[str]:
-    lines = ["| error (class at step: category) | count | expected | example |", "| --- | ---: | --- | --- |"]
-    for kind, entry in sorted(errors["by_kind"].items(), key=lambda item: -item[1]["count"]):
-        example = entry["example"].replace("|", "/")[:140]
-        lines.append(
-            "| %s | %d | %s | %s |" % (kind, entry["count"], "yes" if entry["expected"] else "**no**", example)
-        )
-    if not errors["by_kind"]:
-        lines.append("| (none) | 0 | | |")
-    return lines
-
-
 def report(results: Dict[str, Any], config: Any) -> List[str]:
-    """The results as a markdown section."""
-    served, chaos, boards = results["served"], results["chaos"], results["boards"]
-    memory, load = results["tracker_memory"], results["load_average"]
-    farm = ", ".join(
-        "%s %d%s" % (key, count, " behind the proxy" if proxy else "") for key, count, proxy in results["inventory"]
-    )
-    lines = [
-        "",
-        "### Soak: %d clients, %.0f s, a board killed every %g s (seed %d)"
-        % (config.clients, results["window_s"], config.kill_every, config.seed),
-        "",
-        "Load average %s before, %s after."
-        % ("/".join("%.2f" % value for value in load["before"]), "/".join("%.2f" % value for value in load["after"])),
-        "Farm: %s (key and boards)%s." % (farm, ", TLS on every connection" if config.tls else ""),
-        "",
-        "- requests: %d, served %d (%.1f/s), cycles completed %d (%.1f/s); served per key: %s"
-        % (
-            served["requests"],
-            served["served"],
-            served["served_per_s"],
-            served["cycles_completed"],
-            served["cycles_completed_per_s"],
-            ", ".join("%s %d" % item for item in sorted(served["served_per_key"].items())),
-        ),
-        "- errors: %d expected, %d unexpected" % (results["errors"]["expected"], results["errors"]["unexpected"]),
-        "- boards killed: %d (as the tracker saw them just before: %s), restarts: %d (unplanned: %d), "
-        "turns without a board to kill: %d"
-        % (
-            chaos["kills"],
-            ", ".join("%s %d" % item for item in sorted(chaos["kills_by_state"].items())) or "-",
-            chaos["restarts"],
-            chaos["unplanned_restarts"],
-            chaos["turns_skipped"],
-        ),
-        "- boards lost: %d (settled: %s, after %.1f s)" % (boards["lost"], boards["settled"], boards["settle_s"]),
-    ]
-    if memory.get("samples"):
-        lines.append(
-            "- tracker RSS: %.1f MB at the start, %.1f MB peak, %.1f MB at the end (VmHWM %.1f MB); "
-            "open descriptors %d, peak %d, end %d"
-            % (
-                memory["rss_kb_start"] / 1024,
-                memory["rss_kb_peak"] / 1024,
-                memory["rss_kb_end"] / 1024,
-                memory["hwm_kb_end"] / 1024,
-                memory["fds_start"],
-                memory["fds_peak"],
-                memory["fds_end"],
-            )
-        )
-    lines.append("- processes left after stop: %d" % len(results["processes_left"]))
+    """The results as markdown: the load, the chaos, the farm at the end, the latency and the errors."""
+    served, chaos, boards, memory = results["served"], results["chaos"], results["boards"], results["tracker_memory"]
+    farm = ", ".join("%s %d%s" % (key, count, " behind the proxy" if proxy else "")
+                     for key, count, proxy in results["inventory"])  # fmt: skip
     notable = results["daemon_logs"]["notable_lines"]
-    lines.append(
-        "- tracebacks and ERROR lines in the daemons' logs: %s"
-        % (", ".join("%s %d" % item for item in sorted(notable.items())) or "none")
-    )
-    lines += ["  - `%s`" % line for line in results["daemon_logs"]["examples"]]
-    warnings = sorted(results["daemon_logs"]["warnings"].items(), key=lambda item: -item[1])
-    lines.append("- warnings in the daemons' logs%s" % (": none" if not warnings else ", by message (numbers as N):"))
-    lines += ["  - %d x `%s`" % (count, message) for message, count in warnings[:8]]
+    rows = [
+        ("farm (key and boards)", farm + (", TLS on every connection" if config.tls else "")),
+        ("load average before / after", " / ".join("%.2f" % v[0] for v in results["load_average"].values())),
+        ("requests, served (per s), cycles completed", "%d, %d (%.1f/s), %d" % (
+            served["requests"], served["served"], served["served_per_s"], served["cycles_completed"])),
+        ("served per key", ", ".join("%s %d" % item for item in sorted(served["served_per_key"].items()))),
+        ("errors expected / unexpected", "%d / %d" % (results["errors"]["expected"], results["errors"]["unexpected"])),
+        ("boards killed (state just before), restarts (unplanned)", "%d (%s), %d (%d)" % (
+            chaos["kills"], ", ".join("%s %d" % item for item in sorted(chaos["kills_by_state"].items())) or "-",
+            chaos["restarts"], chaos["unplanned_restarts"])),
+        ("boards lost, settled after", "%d, %.1f s" % (boards["lost"], boards["settle_s"])),
+        ("tracker RSS start / peak / end, MB", "/".join("%.1f" % (memory.get("rss_kb_" + at, 0) / 1024)
+                                                        for at in ("start", "peak", "end"))),
+        ("tracker descriptors start / peak / end", "/".join(str(memory.get("fds_" + at, "-"))
+                                                            for at in ("start", "peak", "end"))),
+        ("processes left after stop", len(results["processes_left"])),
+        ("tracebacks and ERROR lines in the daemons' logs", ", ".join("%s %d" % i for i in sorted(notable.items()))
+         or "none"),
+        ("warnings in the daemons' logs", "; ".join("%d x %s" % (count, message) for message, count in sorted(
+            results["daemon_logs"]["warnings"].items(), key=lambda item: -item[1])[:8]) or "none"),
+    ]  # fmt: skip
+    title = "### Soak: %d clients, %.0f s, a board killed every %g s (seed %d)"
+    lines = [title % (config.clients, results["window_s"], config.kill_every, config.seed), ""]
+    lines += harness.table(("", ""), rows) + [""] + ["- `%s`" % line for line in results["daemon_logs"]["examples"]]
+    latencies = results["latency"]
+    rows = [("all", latencies["overall"])] + [("priority %s" % level, row) for level, row in
+                                              sorted(latencies["by_priority"].items(), reverse=True)]  # fmt: skip
+    rows += [("key %s" % key, row) for key, row in sorted(latencies["by_key"].items())]
+    fields = ("p50_ms", "p90_ms", "p99_ms", "max_ms")
+    cells = [[name, row["count"]] + ["-" if row[f] is None else "%.1f" % row[f] for f in fields] for name, row in rows]
     lines += ["", "Request-to-ready latency (connect to the tracker, queue, session open):", ""]
-    lines += latency_table(results["latency"])
-    lines += ["", "Errors:", ""] + error_table(results["errors"])
+    lines += harness.table(("requests", "served", "p50 ms", "p90 ms", "p99 ms", "max ms"), cells)
+    kinds = sorted(results["errors"]["by_kind"].items(), key=lambda item: -item[1]["count"])
+    cells = [[kind, entry["count"], "yes" if entry["expected"] else "**no**", entry["example"].replace("|", "/")[:140]]
+             for kind, entry in kinds] or [["(none)", 0, "", ""]]  # fmt: skip
+    lines += ["", "Errors:", ""] + harness.table(
+        ("error (class at step: category)", "count", "expected", "example"), cells
+    )
     failed = [name for name, ok in results["checks"].items() if not ok]
-    lines += ["", "Checks: %s" % ("all passed" if not failed else "FAILED: " + ", ".join(failed))]
-    return lines
+    return lines + ["", "Checks: %s" % ("all passed" if not failed else "FAILED: " + ", ".join(failed))]
+
+
+def headline(results: Dict[str, Any]) -> List[Headline]:
+    soak, config = results["scenarios"]["soak"], results["config"]
+    boards = sum(soak["boards"]["expected"].values())
+    label = "%d clients x %.0f s on %d boards, one killed every %g s" % (
+        config["clients"], soak["window_s"], boards, config["kill_every"])  # fmt: skip
+    outcome = "%d served (%.0f/s), %d unexpected errors, %d boards lost, %d processes left" % (
+        soak["served"]["served"], soak["served"]["served_per_s"], soak["errors"]["unexpected"], soak["boards"]["lost"],
+        len(soak["processes_left"]))  # fmt: skip
+    return [Headline(label, outcome, target="every check", met=soak["pass"])]
 
 
 TOOL = Tool(
@@ -841,6 +780,7 @@ TOOL = Tool(
     pin="none",
     options=OPTIONS,
     scenarios=[Scenario("soak", run, report, target="every check passes")],
+    headline=headline,
     passed=lambda results: results["scenarios"]["soak"]["pass"],
     check_args=check_args,
 )
