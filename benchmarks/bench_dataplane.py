@@ -376,7 +376,7 @@ def headline(results: Dict[str, Any]) -> List[Headline]:
                 mine, ours = (mine[field], ours[field]) if field else (mine, ours)
                 rows.append(Headline("%s: %s" % (what, label), "%.2f %s" % (ours["median"], unit),
                                      anchor="%.2f %s (%s)" % (mine["median"], unit, label),
-                                     ratio="%.2f" % (mine["median"] / ours["median"])))  # fmt: skip
+                                     ratio="%.2f (%s / ours)" % (mine["median"] / ours["median"], label)))  # fmt: skip
     return rows
 
 

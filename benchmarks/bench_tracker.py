@@ -757,7 +757,7 @@ def headline(results: Dict[str, Any]) -> List[Headline]:
         if before:
             rows.append(Headline(label + ": code before", "%.2f ms" % request["farm" + variant]["median"],
                                  anchor="%.2f ms (before)" % request["before" + variant]["median"],
-                                 ratio="%.2f" % before["ratio"]))  # fmt: skip
+                                 ratio="%.2f (before / ours)" % before["ratio"]))  # fmt: skip
     for phase in ("plain", "progress"):
         if phase in load:
             rows.append(Headline("%d clients on %d boards, %s" % (load["clients"], load["boards"], phase),
