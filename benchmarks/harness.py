@@ -374,12 +374,13 @@ def parse_args(tool: Tool, argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--only", type=lambda text: text.split(","), default=names,
                         help="run only these scenarios, comma-separated: %s" % ",".join(names))  # fmt: skip
     if tool.tvm:
-        parser.add_argument("--tvm", action=argparse.BooleanOptionalAction, default=True,
-                            help="measure TVM side by side when the tvm extra imports (default: yes)")  # fmt: skip
+        parser.add_argument("--tvm", action="store_true", default=True,
+                            help="measure TVM side by side when the tvm extra imports (the default)")  # fmt: skip
+        parser.add_argument("--no-tvm", dest="tvm", action="store_false", help="measure our side only")
     argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []  # passed through to the daemons the tool starts
-    args = parser.parse_args(argv[: len(argv) - len(extra) - (1 if extra or "--" in argv else 0)])
-    args.extra = extra
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:cut])
+    args.extra = argv[cut + 1 :]  # after --: passed through to the daemons the tool starts
     for name, option in options.items():
         if getattr(args, name) is None:
             setattr(args, name, option.quick if args.quick and option.quick is not None else option.default)
