@@ -7,13 +7,16 @@ milliseconds of real time.
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import logging
 import weakref
 from collections import defaultdict
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from farm.protocol.handshake import MAX_KEY_LENGTH
 from farm.protocol.tracker import FARM_PROTOCOL, MAX_MESSAGE, OMITTED, TVM_PROTOCOL, Code, encode_message
@@ -42,6 +45,7 @@ class Farm:
         self.inbox: Dict[int, List[Any]] = defaultdict(list)
         self.closed: Dict[int, str] = {}
         self.stopped = False
+        self.offers = itertools.count()  # numbers the match keys
 
     def connect(self, name: str, host: str = "127.0.0.1") -> str:
         self.ids[name] = len(self.ids) + 1
@@ -88,7 +92,7 @@ class Farm:
         return self.offer(name, key, port)
 
     def offer(self, name: str, key: str = KEY, port: int = 9000) -> str:
-        matchkey = "%s:%s-%g" % (key, name, self.now)
+        matchkey = "%s:%s-%d" % (key, name, next(self.offers))
         assert self.send(name, Code.PUT, key, [port, matchkey], None) == [Code.SUCCESS]
         return matchkey
 
@@ -407,3 +411,52 @@ def test_a_peer_that_left_is_freed_at_once_without_the_garbage_collector() -> No
         assert peer() is None
     finally:
         gc.enable()
+
+
+STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("offer"), st.integers(0, 2), st.just(0.0)),  # board n offers itself (once more)
+        st.tuples(st.just("request"), st.integers(0, 2), st.floats(0, 5)),  # a new client, priority n, wait
+        st.tuples(st.just("advance"), st.integers(0, 0), st.floats(0, 3)),
+        st.tuples(st.just("leave"), st.integers(0, 30), st.just(0.0)),  # the client of an earlier request leaves
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=STEPS)
+def test_every_request_gets_one_answer_by_its_deadline_and_no_board_goes_twice(steps: List[Any]) -> None:
+    farm = Farm()
+    offered = {farm.board("board%d" % board, port=9000 + board) for board in range(3)}
+    requests: Dict[str, Tuple[float, float]] = {}  # client -> (asked at, wait)
+    answers: Dict[str, List[Tuple[float, Any]]] = defaultdict(list)
+    gone: Set[str] = set()
+    for kind, number, seconds in steps:
+        if kind == "offer":
+            offered.add(farm.offer("board%d" % number, port=9000 + number))
+        elif kind == "request":
+            client = "client%d" % len(requests)
+            requests[client] = (farm.now, seconds)
+            answers[client] += [(farm.now, message) for message in farm.request(client, priority=number, wait=seconds)]
+        elif kind == "advance":
+            farm.advance(seconds)
+        elif requests:
+            client = sorted(requests)[number % len(requests)]
+            farm.leave(client)
+            gone.add(client)
+        for client in set(requests) - gone:
+            answers[client] += [(farm.now, message) for message in farm.take(client)]
+    farm.advance(10)
+    handed = []
+    for client in set(requests) - gone:
+        asked, wait = requests[client]
+        final = answers[client] + [(farm.now, message) for message in farm.take(client)]
+        assert len(final) == 1, (client, final)
+        (when, (code, value)) = final[0]
+        if code == Code.SUCCESS:
+            assert when <= asked + wait
+            handed.append(value[2])
+        else:
+            assert code == Code.FAIL and value.startswith("no board of key") and when >= asked + wait
+    assert len(handed) == len(set(handed)) and set(handed) <= offered
