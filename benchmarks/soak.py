@@ -72,7 +72,7 @@ from farm.ops.toolchain import compile_shared  # noqa: E402
 logger = logging.getLogger("soak")
 
 HOST = "127.0.0.1"
-VADD = PROJECT / "farm" / "kernels" / "vadd.c"
+VADD = PROJECT / "farm" / "ops" / "kernels" / "vadd.c"
 VADD_SIG = "void vadd(const float *a, const float *b, float *c, int64_t n)"
 LIBRARY = "libvadd.so"
 #: Elements of each vadd call and bytes of each data file.

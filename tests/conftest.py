@@ -26,7 +26,7 @@ from farm.ops.toolchain import compile_shared
 TESTS = Path(__file__).resolve().parent
 PROJECT = TESTS.parent
 KERNEL_SOURCES = {
-    "libvadd.so": [PROJECT / "farm" / "kernels" / "vadd.c"],
+    "libvadd.so": [PROJECT / "farm" / "ops" / "kernels" / "vadd.c"],
     "liblinalg.so": [TESTS / "kernels" / "linalg.c"],
     "libmisbehave.so": [TESTS / "kernels" / "misbehave.c"],
     "libfaults.so": [TESTS / "kernels" / "faults.c"],

@@ -27,7 +27,7 @@ from farm.ops.targets import EMULATED
 from farm.ops.toolchain import build_shared, toolchain_for
 
 PROJECT = Path(__file__).resolve().parents[2]
-VADD = PROJECT / "farm" / "kernels" / "vadd.c"
+VADD = PROJECT / "farm" / "ops" / "kernels" / "vadd.c"
 VADD_SIG = "void vadd(const float *a, const float *b, float *c, int64_t n)"
 SIZES = "long sizes(void) { return (long)sizeof(long) * 100 + (long)sizeof(void *); }\n"
 MACHINES = {"local": os.uname().machine, "aarch64": "aarch64", "armhf": "armv7l"}
