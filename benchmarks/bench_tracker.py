@@ -79,7 +79,7 @@ _ASSIGNED = re.compile(r"board \S+:\d+ of key '([^']*)' to \S+ \(([^)]*)\) after
 _COLD_FARM = """
 import json, sys, time
 import farm
-import farm.client.session, farm.tracker_client
+import farm.client.session, farm.client.tracker
 host, port, key = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 before = "tvm" in sys.modules
 start = time.perf_counter()
