@@ -29,11 +29,12 @@ import sys
 import time
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
+from ..cli_types import positive_count
 from ..errors import ProtocolError
 from ..lifetime import die_with_launcher
 from ..logs import configure_logging
 from ..net.aio import DEFAULT_LIMITS, open_connection, proven, start_listener
-from ..net.gate import Limits, add_admission_arguments, address_key, limits_from, positive_int
+from ..net.gate import Limits, add_admission_arguments, address_key, limits_from
 from ..net.secret import add_secret_argument, admit_on_stream, daemon_secret, prove_on_stream
 from ..net.sockets import bind_first_free, keep_alive, parse_address
 from ..net.tls import TlsConfig, TlsError, add_tls_arguments, daemon_tls
@@ -468,21 +469,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-boards",
         metavar="N",
-        type=positive_int,
+        type=positive_count,
         help="boards connected at once, waiting or in a session (default: as many as the tracker's limit on the "
         "proxy's information allows with keys of --max-board-key: %d for %d)" % (MAX_BOARDS, MAX_BOARD_KEY),
     )
     parser.add_argument(
         "--max-boards-per-address",
         metavar="N",
-        type=positive_int,
+        type=positive_count,
         default=MAX_BOARDS_PER_ADDRESS,
         help="boards waiting at once from one address (an IPv6 /64) (default: %d)" % MAX_BOARDS_PER_ADDRESS,
     )
     parser.add_argument(
         "--max-board-key",
         metavar="N",
-        type=positive_int,
+        type=positive_count,
         default=MAX_BOARD_KEY,
         help="longest key of a board, in characters (default: %d)" % MAX_BOARD_KEY,
     )

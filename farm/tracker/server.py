@@ -23,8 +23,9 @@ import socket
 import ssl
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set
+from typing import Any, Dict, List, Optional, Sequence, Set
 
+from ..cli_types import count, positive_count, seconds, whole
 from ..errors import ProtocolError
 from ..lifetime import die_with_launcher
 from ..logs import configure_logging
@@ -201,33 +202,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     limits = parser.add_argument_group("limits (docs/tracker.md)")
     default = Limits()
-    limits.add_argument("--max-priority", type=_at_least(0, int), default=default.max_priority, metavar="N",
+    limits.add_argument("--max-priority", type=count, default=default.max_priority, metavar="N",
                         help="a request's priority is clamped to -N..N (default: %(default)s)")  # fmt: skip
-    limits.add_argument("--fair-after", type=_at_least(0, float), default=default.fair_after, metavar="SECONDS",
+    limits.add_argument("--fair-after", type=seconds(), default=default.fair_after, metavar="SECONDS",
                         help="a request waiting this long goes before all later ones, whatever their priority; "
                         "such requests take turns by address (default: %(default)s)")  # fmt: skip
-    limits.add_argument("--max-offers-per-peer", type=_at_least(1, int), default=default.max_offers, metavar="N",
+    limits.add_argument("--max-offers-per-peer", type=positive_count, default=default.max_offers, metavar="N",
                         help="free boards one connection may offer at once (default: %(default)s)")  # fmt: skip
-    limits.add_argument("--max-waiters-per-peer", type=_at_least(1, int), default=default.max_waiters, metavar="N",
+    limits.add_argument("--max-waiters-per-peer", type=positive_count, default=default.max_waiters, metavar="N",
                         help="requests one connection may have queued at once (default: %(default)s)")  # fmt: skip
-    limits.add_argument("--max-keys-per-peer", type=_at_least(1, int), default=default.max_keys, metavar="N",
+    limits.add_argument("--max-keys-per-peer", type=positive_count, default=default.max_keys, metavar="N",
                         help="keys one connection may serve (default: %(default)s)")  # fmt: skip
-    limits.add_argument("--max-peer-output", type=_at_least(MAX_MESSAGE, int), default=default.max_output,
+    limits.add_argument("--max-peer-output", type=whole(MAX_MESSAGE, "a number of bytes"), default=default.max_output,
                         metavar="BYTES", help="replies queued for a peer that does not read them before it is "
                         "dropped (default: %(default)s)")  # fmt: skip
-
-
-def _at_least(low: float, kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError("%r is not a number" % text) from None
-        if not value >= low:  # also NaN
-            raise argparse.ArgumentTypeError("%s is less than %s" % (text, low))
-        return value
-
-    return parse
 
 
 def limits_from(args: argparse.Namespace) -> Limits:
