@@ -1,8 +1,8 @@
 """The board daemon's admission of clients: accepting connections, the handshake of each, the gate on them.
 
 A new connection is pending until it has done its handshake: TLS first where
-the farm has it, then the proof of the farm secret where it has one, then
-TVM's hello. The gate (:mod:`farm.net.gate`) bounds the pending connections,
+the farm has it, then its opening (:mod:`farm.protocol.opening`): the proof of
+the farm secret where it has one, then TVM's hello. The gate (:mod:`farm.net.gate`) bounds the pending connections,
 in all and per address, and the time each has. A client whose hello names this
 board is admitted: the supervisor starts its session, or, with one running,
 it is told the board is busy. Standard library only, Python >= 3.8.
@@ -22,8 +22,9 @@ from ..net.gate import Gate, LogThrottle, Ticket, address_key
 from ..net.sockets import recv_nowait
 from ..net.tls import Handshake, TlsError
 from ..net.transport import tune
-from ..protocol.auth import Acceptor, AuthError
-from ..protocol.handshake import CODE_BUSY, CODE_MISMATCH, CODE_SUCCESS, Hello, HelloReader, encode_reply, parse_key
+from ..protocol.auth import AuthError
+from ..protocol.handshake import CODE_BUSY, CODE_MISMATCH, CODE_SUCCESS, Hello, parse_key
+from ..protocol.opening import Acceptor, Event, HelloReceived, Kind, Opened, Proven
 from ..protocol.peers import looks_like_tls, spoke
 from .config import BoardConfig
 from .registration import ProxyDialer, TrackerLink
@@ -42,9 +43,8 @@ class _Pending:
         self.ticket = ticket  # counts against the bounds on unproven connections until the peer proves itself
         self.deadline = ticket.deadline
         self.tls: Optional[Handshake] = None  # with TLS: its handshake, first of all
-        self.auth = Acceptor(secret) if secret is not None else None  # then the proof of the farm secret
+        self.opening = Acceptor(Kind.DATA, secret)  # then the proof of the farm secret (with one) and the hello
         self.sent = 0  # bytes sent before the handshake's reply
-        self.reader = HelloReader()
 
 
 def busy_reason(key: str, host: str, port: int, active: ActiveSession, now: float) -> str:
@@ -178,20 +178,11 @@ class Admission:
             logger.info("%s closed the connection during the handshake", pending.peer)
             self._drop_pending(pending)
             return
-        if pending.auth is not None and not pending.auth.done:
-            data = self._on_proof_data(pending, data)
-            if not data:
-                return
-        try:
-            hello = pending.reader.feed(data)  # a malformed -timeout is a bad handshake
-        except ProtocolError as exc:
-            logger.warning("bad handshake from %s: %s; closing", pending.peer, exc)
-            self._drop_pending(pending)
-            return
-        if hello is not None:
+        event = self._on_proof_data(pending, data)
+        if isinstance(event, HelloReceived):
             self._drop_pending(pending, close=False)
             self._gate.leave(pending.ticket)
-            self._admit(pending, hello)
+            self._admit(pending, event.hello)
 
     def _advance_tls(self, pending: _Pending) -> bool:
         """Take the TLS handshake a step on; whether it is done (and bytes may follow)."""
@@ -228,27 +219,33 @@ class Admission:
         self._selector.modify(pending.sock, events or selectors.EVENT_READ, pending)
         return pending.tls.done
 
-    def _on_proof_data(self, pending: _Pending, data: bytes) -> bytes:
-        """Feed the farm-secret exchange; the bytes after it once it succeeded (b"" while it goes on or failed)."""
-        auth = pending.auth
-        assert auth is not None
+    def _on_proof_data(self, pending: _Pending, data: bytes) -> Optional[Event]:
+        """Feed the opening (the proof of the farm secret, then the hello) and send what it answers; its event, or
+        None once the connection is dropped. A malformed hello (a bad -timeout too) is a bad handshake."""
+        opening = pending.opening
         try:
-            auth.feed(data)
+            opening.receive_data(data)
         except AuthError as exc:
             logger.warning("refused %s: %s", pending.peer, exc)
-            _send_now(pending.sock, auth.data_to_send())  # the refusal, if it got that far
+            _send_now(pending.sock, opening.data_to_send())  # the refusal, if it got that far
             self._drop_pending(pending)
-            return b""
-        outgoing = auth.data_to_send()
+            return None
+        except ProtocolError as exc:
+            logger.warning("bad handshake from %s: %s; closing", pending.peer, exc)
+            self._drop_pending(pending)
+            return None
+        outgoing = opening.data_to_send()
         if not _send_now(pending.sock, outgoing):
             logger.info("%s stopped reading during authentication; closing", pending.peer)
             self._drop_pending(pending)
-            return b""
+            return None
         pending.sent += len(outgoing)
-        if auth.done:
+        event = opening.next_event()
+        if isinstance(event, Proven):
             logger.debug("%s proved it holds the farm secret", pending.peer)
             self._gate.leave(pending.ticket)
-        return auth.leftover()
+            event = opening.next_event()
+        return event
 
     def _key_matches(self, hello: Hello) -> bool:
         if hello.role != "client":
@@ -258,18 +255,17 @@ class Admission:
         return not hello.key or not self.key or hello.key == self.key
 
     def _admit(self, pending: _Pending, hello: Hello) -> None:
-        sock, peer, leftover = pending.sock, pending.peer, pending.reader.leftover()
-        accepted = False
+        sock, peer, opening = pending.sock, pending.peer, pending.opening
         active = self._supervisor.active
         if not self._key_matches(hello):
             logger.warning("key mismatch from %s: %s:%s (this board: %r)", peer, hello.role, hello.key, self.key)
-            reply = encode_reply(CODE_MISMATCH)
+            opening.answer(CODE_MISMATCH)
         elif active is not None:
             logger.info("refusing %s: busy", peer)
-            reply = encode_reply(CODE_BUSY, busy_reason(self.key, self.host, self.port, active, time.monotonic()))
+            opening.answer(CODE_BUSY, busy_reason(self.key, self.host, self.port, active, time.monotonic()))
         else:
-            reply = encode_reply(CODE_SUCCESS, "server:" + self.key)
-            accepted = True
+            opening.answer(CODE_SUCCESS, "server:" + self.key)
+        reply, opened = opening.data_to_send(), opening.next_event()
         sock.setblocking(True)
         sock.settimeout(5.0)
         try:
@@ -278,12 +274,12 @@ class Admission:
             logger.info("handshake reply to %s failed: %s", peer, exc)
             sock.close()
             return
-        if not accepted:
+        if not isinstance(opened, Opened):
             sock.close()
             return
         sock.settimeout(None)
         tune(sock)
-        self._supervisor.start(sock, peer, hello.timeout, leftover, pending.sent + len(reply))
+        self._supervisor.start(sock, peer, hello.timeout, opened.leftover, pending.sent + len(reply))
 
     def paired_by_proxy(self, sock: socket.socket, client_key: str, leftover: bytes, bytes_sent: int) -> None:
         """The proxy paired a client with this board: its key text carries the client's options."""

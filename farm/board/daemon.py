@@ -74,14 +74,14 @@ class BoardServer:
         self._stopping = False
         self._stop_signal = 0
         self._wakeup_r, self._wakeup_w = os.pipe()
-        secret, tls = config.credentials
+        credentials = config.credentials
         self._link: Optional[Union[TrackerLink, ProxyDialer]] = None  # how clients find the board
         if config.through_proxy:
             address = (config.host, config.port)
-            self._link = ProxyDialer(address, config.key, self._selector, self._paired_by_proxy, secret, tls)
+            self._link = ProxyDialer(address, config.key, self._selector, self._paired_by_proxy, credentials)
         elif config.tracker is not None:
             self._link = TrackerLink(
-                config.tracker, config.key, self.port, self._selector, config.custom_addr, self.name, secret, tls
+                config.tracker, config.key, self.port, self._selector, config.custom_addr, self.name, credentials
             )
         self._supervisor = Supervisor(
             config, self.name, self.work_dir, spawner, confinement, self._selector, self._link, self._spawner_gone

@@ -30,18 +30,21 @@ from ..errors import ProtocolError
 from ..lifetime import die_with_launcher
 from ..logs import configure_logging
 from ..net import gate as admission
-from ..net.aio import DEFAULT_LIMITS, proven, start_listener
+from ..net.aio import DEFAULT_LIMITS, open_stream, start_listener
+from ..net.credentials import PLAIN, Credentials
 from ..net.gate import add_admission_arguments
-from ..net.secret import AUTH_TIMEOUT, add_secret_argument, admit_on_stream, daemon_secret
+from ..net.secret import add_secret_argument, daemon_secret
 from ..net.sockets import bind_first_free
-from ..net.tls import TlsConfig, add_tls_arguments, daemon_tls
+from ..net.tls import add_tls_arguments, daemon_tls
 from ..protocol.auth import AuthError
-from ..protocol.tracker import MAX_MESSAGE, MessageReader, encode_magic, encode_message
+from ..protocol.opening import Acceptor, Kind, Opened
+from ..protocol.tracker import MAX_MESSAGE, MessageReader, encode_message
 from .state import Action, Close, Limits, Send, Stop, TrackerState
 
 logger = logging.getLogger("farm.tracker")
 
-#: Seconds a new connection may stay silent before its magic; after it, an idle connection is its peer's lease.
+#: Seconds a new connection may take over its opening (the proof of the secret, with one, and the magic); after it,
+#: an idle connection is its peer's lease.
 MAGIC_TIMEOUT = 10.0
 
 
@@ -73,14 +76,6 @@ class Peer:
             self.writer.transport.abort()
 
 
-async def _before_magic(reader: asyncio.StreamReader) -> bytes:
-    """The next bytes of a connection that has not sent its magic yet; ProtocolError after MAGIC_TIMEOUT without."""
-    try:
-        return await asyncio.wait_for(reader.read(65536), MAGIC_TIMEOUT)
-    except asyncio.TimeoutError:
-        raise ProtocolError("no tracker magic within %g s" % MAGIC_TIMEOUT) from None
-
-
 class Tracker:
     """Connections in, messages to the state, its actions out; see the module docstring."""
 
@@ -102,24 +97,20 @@ class Tracker:
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = Peer(next(self._ids), writer, self.limits.max_output)
-        messages = MessageReader(expect_magic=True)
+        messages = MessageReader(expect_magic=False)  # (the opening takes the magic)
         self.peers[peer.id] = peer
         self.state.connected(peer.id, peer.address, time.monotonic())
         self.tasks.add(asyncio.current_task())  # type: ignore[arg-type]
         try:
-            data = await self._admit(peer, reader, writer) if self.secret is not None else b""
+            data = await self._open(peer, reader, writer)
             while data or not reader.at_eof():
                 self._receive(peer, messages, data)
                 if peer.closed:
                     break  # the state closed it (it sent something malformed), or it does not read its replies
-                if messages.magic_seen:
-                    proven()  # (with a secret, done already)
                 await writer.drain()
-                data = await reader.read(65536) if messages.magic_seen else await _before_magic(reader)
+                data = await reader.read(65536)
         except AuthError as exc:
             logger.warning("refused %s: %s", peer.name, exc)
-        except asyncio.TimeoutError:
-            logger.warning("refused %s: no proof of the farm secret within %g s", peer.name, AUTH_TIMEOUT)
         except ProtocolError as exc:
             logger.warning("closing the connection from %s: %s", peer.name, exc)
         except (ConnectionError, ssl.SSLError) as exc:  # SSLError: a TLS record that does not check out
@@ -134,23 +125,25 @@ class Tracker:
             self.tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
 
     def _receive(self, peer: Peer, messages: MessageReader, data: bytes) -> None:
-        """Bytes from a peer: answer its magic, then hand each whole message to the state."""
-        magic_was_seen = messages.magic_seen
-        received = messages.feed(data)
-        if not magic_was_seen and messages.magic_seen:
-            peer.writer.write(encode_magic())
-        for message in received:
+        """Bytes from a peer after its opening: hand each whole message to the state."""
+        for message in messages.feed(data):
             if peer.closed:
                 break  # dropped meanwhile: it does not read its replies, or sent something malformed
             self._apply(self.state.receive(peer.id, message, time.monotonic()))
 
-    async def _admit(self, peer: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
-        """The peer proves it holds the farm secret; the bytes it sent after the proof."""
-        assert self.secret is not None
-        leftover = await admit_on_stream(reader, writer, self.secret)
-        logger.debug("%s proved it holds the farm secret", peer.name)
-        proven()
-        return leftover
+    async def _open(self, peer: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+        """The peer's opening (its proof of the farm secret, with one, then its magic, echoed); the bytes it sent
+        after it. AuthError or ProtocolError naming what it did not send within MAGIC_TIMEOUT."""
+        opening = Acceptor(Kind.TRACKER, self.secret)
+        try:
+            opened = await asyncio.wait_for(open_stream(opening, reader, writer), MAGIC_TIMEOUT)
+        except asyncio.TimeoutError:
+            error = AuthError if opening.proving else ProtocolError
+            raise error("no %s within %g s" % (opening.waiting_for(), MAGIC_TIMEOUT)) from None
+        if self.secret is not None:
+            logger.debug("%s proved it holds the farm secret", peer.name)
+        assert isinstance(opened, Opened)  # (a tracker's opening opens, or raises)
+        return opened.leftover
 
     # --- the state's actions ----------------------------------------------------
 
@@ -233,18 +226,18 @@ def limits_from(args: argparse.Namespace) -> Limits:
 async def serve(
     sock: socket.socket,
     stop_key: Optional[str] = None,
-    secret: Optional[bytes] = None,
-    tls: Optional[TlsConfig] = None,
+    credentials: Credentials = PLAIN,
     limits: Optional[Limits] = None,
     gate: admission.Limits = DEFAULT_LIMITS,
 ) -> None:
-    """Serve on the listening ``sock`` (over TLS with ``tls``) until SIGTERM, SIGINT or an authorised STOP.
+    """Serve on the listening ``sock`` until SIGTERM, SIGINT or an authorised STOP, over TLS with the
+    ``credentials``' and asking each peer for their secret.
 
     ``limits`` bound what each peer may ask of the queue (default: :class:`Limits`); ``gate`` bounds the
     connections that have proven nothing yet (:mod:`farm.net.gate`).
     """
-    tracker = Tracker(stop_key, secret, limits)
-    server = await start_listener(sock, tracker.handle_connection, tls, "tracker", gate)
+    tracker = Tracker(stop_key, credentials.secret, limits)
+    server = await start_listener(sock, tracker.handle_connection, credentials.tls, "tracker", gate)
     loop = asyncio.get_running_loop()
     for number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(number, tracker.stopped.set)
@@ -270,7 +263,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         logger.error("cannot listen: %s", exc)
         return 1
-    asyncio.run(serve(sock, secret=secret, tls=tls, limits=limits_from(args), gate=admission.limits_from(args)))
+    credentials = Credentials(secret, tls)
+    asyncio.run(serve(sock, credentials=credentials, limits=limits_from(args), gate=admission.limits_from(args)))
     return 0
 
 
