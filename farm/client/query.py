@@ -1,8 +1,10 @@
 """``farm status --tracker HOST:PORT`` (or ``farm query``): the tracker's boards and queues.
 
-The text is laid out as TVM's ``query_rpc_tracker`` prints it (Server List,
-Queue Status), so anyone who read a TVM tutorial recognises it, with who
-holds each board after its key; ``--json`` prints the raw summary for scripts.
+By default it prints, byte for byte, what TVM's ``python -m tvm.exec.query_rpc_tracker`` prints for
+the same tracker (Server List, Queue Status), so scripts and eyes used to TVM's tool read it as they
+are. ``--wide`` adds what TVM's layout cannot show: who holds each board and for how long, and a
+key's boards as the tracker counts them (held ones and a proxy's too). ``--json`` prints the raw
+summary for scripts.
 """
 
 from __future__ import annotations
@@ -25,41 +27,53 @@ from .tracker import TrackerError, connect_tracker
 TRACKER_ENV = "REMOTEDEV_TRACKER"
 
 
-def format_summary(summary: Dict[str, Any], now: Optional[float] = None) -> str:
-    """The Server List and Queue Status tables of a tracker summary.
+def format_summary(summary: Dict[str, Any], now: Optional[float] = None, wide: bool = False) -> str:
+    """The Server List and Queue Status tables of a tracker summary, as TVM's ``text_summary`` lays them out.
 
-    Text that peers supplied (keys, addresses, user names) is shown with its
-    control characters escaped, so no key can forge a row or send the terminal codes.
+    A key's ``total`` is, as in TVM, the boards listed under it in the Server List. With ``wide``,
+    each held board's row names its holder, and ``total`` is the tracker's own count. Text that peers
+    supplied (keys, addresses, user names) is shown with its control characters escaped, so no key
+    can forge a row or send the terminal codes.
     """
     now = time.time() if now is None else now
     lines = ["Server List", "-" * 30, "server-address           key", "-" * 30]
+    listed: Dict[str, int] = {}  # key -> boards in the Server List
     for server in sorted(summary.get("server_info", []), key=lambda item: _shown(item.get("key", ""))):
+        key = _shown(server.get("key", ""))
+        board_key = key.split(":")[1] if ":" in key else key  # "server:rasp4" -> "rasp4"
+        listed[board_key] = listed.get(board_key, 0) + 1
         address = server.get("addr")
         address = ":".join(_shown(part) for part in address) if isinstance(address, list) else _shown(address or "")
-        line = "%-21s    %s" % (address, _shown(server.get("key", "")))
-        if server.get("state") == "held":
+        line = "%-21s    %s" % (address, key)
+        if wide and server.get("state") == "held":
             since = server.get("since")
             held_for = " for %.0f s" % (now - since) if _is_number(since) else ""
             line += "    held by %s%s" % (_shown(server.get("held_by") or "a client"), held_for)
         lines.append(line)
     lines += ["-" * 30, ""]
     queues = {_shown(key): queue for key, queue in summary.get("queue_info", {}).items()}
-    width = max([len(key) for key in queues] + [3])
+    width = max([len(key) for key in queues] + [0])
     title = "%-*s   total  free  pending" % (width, "key")
-    lines += ["Queue Status", "-" * len(title), title, "-" * len(title)]
+    rule = "-" * (len(title) + 1)  # TVM measures the title with its line end
+    lines += ["Queue Status", rule, title, rule]
     for key in sorted(queues):
         free, pending = queues[key].get("free", 0), queues[key].get("pending", 0)
-        total = queues[key].get("total", free)  # TVM's tracker does not count held boards
+        total = queues[key].get("total", free) if wide else listed.get(key, 0)
         if total or pending:
             lines.append("%-*s   %-5d  %-4d  %-7d" % (width, key, total, free, pending))
-    lines.append("-" * len(title))
-    omitted = summary.get(OMITTED) or {}
-    if omitted:  # a summary stays within the tracker's message limit, whatever its peers sent
-        lines.append(
-            "%s key(s) and %s board(s) not shown: the summary reached the tracker's size limit"
-            % (omitted.get("queue_info", 0), omitted.get("server_info", 0))
-        )
+    lines.append(rule)
     return "\n".join(lines) + "\n"
+
+
+def omitted_note(summary: Dict[str, Any]) -> str:
+    """What the summary left out to stay within the tracker's message limit ("" if nothing)."""
+    omitted = summary.get(OMITTED) or {}
+    if not omitted:
+        return ""
+    return "%s key(s) and %s board(s) not shown: the summary reached the tracker's size limit" % (
+        omitted.get("queue_info", 0),
+        omitted.get("server_info", 0),
+    )
 
 
 def _shown(value: Any) -> str:
@@ -77,6 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="the tracker's address (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=9190, help="the tracker's port (default: 9190)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument(
+        "-w", "--wide", action="store_true", help="also who holds each board, and the tracker's counts"
+    )
     add_secret_argument(parser)
     add_tls_arguments(parser)
 
@@ -97,9 +114,12 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
-    else:
-        print("Tracker address %s:%d\n" % (args.host, args.port))
-        print(format_summary(summary), end="")
+        return 0
+    note = omitted_note(summary)
+    if note:  # on stderr: the tables stay TVM's
+        print("farm query: %s" % note, file=sys.stderr)
+    print("Tracker address %s:%d\n" % (args.host, args.port))
+    print(format_summary(summary, wide=args.wide))  # with TVM's blank line after the tables
     return 0
 
 

@@ -57,7 +57,7 @@ from ..protocol.tracker import (
     key_of_matchkey,
     random_matchkey,
 )
-from ..tracker.server import MAX_INFO
+from ..tracker.state import MAX_INFO
 
 logger = logging.getLogger("farm.proxy")
 #: Put in a connection's reply queue when the connection ends, so that a waiting call stops waiting.

@@ -15,23 +15,18 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict, deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, FrozenSet, List, Optional, Tuple
-
-if TYPE_CHECKING:
-    import asyncio
-
-    from .server import Peer
+from typing import Any, Callable, Deque, Dict, FrozenSet, List, Optional, Tuple
 
 #: Entries of removed waiters a line may keep beyond twice its live ones before it is compacted.
 _SLACK = 64
 
 
 class Offer:
-    """A board's PUT: one free slot under a key, claimed with its match key."""
+    """A board's PUT: one free slot under a key, claimed with its match key; ``peer`` is the offering peer's id."""
 
     __slots__ = ("peer", "key", "host", "port", "matchkey", "protocol", "seq")
 
-    def __init__(self, peer: Peer, key: str, host: str, port: int, matchkey: str, protocol: str, seq: int) -> None:
+    def __init__(self, peer: int, key: str, host: str, port: int, matchkey: str, protocol: str, seq: int) -> None:
         self.peer = peer
         self.key = key
         self.host = host
@@ -42,16 +37,17 @@ class Offer:
 
 
 class Waiter:
-    """A queued REQUEST."""
+    """A queued REQUEST of peer ``peer`` (its id), which connected from ``address``."""
 
     __slots__ = (
         "peer", "key", "user", "priority", "seq", "address", "protocols", "extended", "progress", "wait", "since",
-        "position", "timer", "tag", "live",
+        "position", "tag", "live",
     )  # fmt: skip
 
     def __init__(
         self,
-        peer: Peer,
+        peer: int,
+        address: str,
         key: str,
         user: str,
         priority: int,
@@ -64,14 +60,13 @@ class Waiter:
         self.user = user
         self.priority = priority
         self.seq = seq
-        self.address = peer.host  # whose turn it is, among overdue requests
+        self.address = address  # whose turn it is, among overdue requests
         self.protocols = protocols
         self.extended = bool(options)  # this project's client: its reply also names the board's protocol
         self.progress = bool(options.get("progress"))
         self.wait = options.get("wait")
         self.since = 0.0  # when it was queued
         self.position: Optional[int] = None  # last reported
-        self.timer: Optional[asyncio.TimerHandle] = None
         self.tag: Optional[int] = None  # its round once overdue
         self.live = False  # queued
 

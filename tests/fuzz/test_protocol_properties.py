@@ -16,13 +16,12 @@ count instead of the CI's (tests/fuzz/fuzz_settings.py).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import struct
 import tracemalloc
 from collections import deque
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import pytest
 from fuzz_settings import FUZZ
@@ -37,7 +36,7 @@ from farm.protocol.framing import DEFAULT_MAX_META, HEADER, INLINE_PAYLOAD, Fram
 from farm.protocol.handshake import HelloReader, ReplyReader, encode_hello, encode_reply, parse_key
 from farm.protocol.ops import Op
 from farm.protocol.tracker import Code, MessageReader, encode_magic, encode_message
-from farm.tracker.server import Peer, Tracker
+from farm.tracker.state import Close, Send, TrackerState
 
 MAX_KEY_LENGTH, RPC_MAGIC = handshake.MAX_KEY_LENGTH, handshake.RPC_MAGIC
 MAX_MESSAGE, TRACKER_MAGIC = tracker_wire.MAX_MESSAGE, tracker_wire.TRACKER_MAGIC
@@ -680,60 +679,49 @@ def test_the_tracker_reader_allocates_only_what_arrived(length: int, sent: int) 
 # --- the tracker's handling of messages --------------------------------------------------------
 
 
-class Wire:
-    """The writer end the tracker gets for a peer: keeps what it is sent."""
+def play(script: Sequence[Tuple[int, Any]], peers: int) -> Dict[int, List[Any]]:
+    """Each ``(peer, message)`` of ``script`` handed to the tracker's state; what it sent to each peer.
 
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.sent = bytearray()
-        self.transport = self
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", self.port) if name == "peername" else default
-
-    def write(self, data: bytes) -> None:
-        self.sent += data
-
-    def get_write_buffer_size(self) -> int:
-        return 0  # the peer reads everything at once
-
-
-async def play(script: Sequence[Tuple[int, Any]], peers: int) -> List[Wire]:
-    """Each ``(peer, message)`` of ``script`` handled as the tracker's connection handler does it.
-
-    A peer the tracker drops connects again, as a new peer, for its next message.
+    A peer the state closes connects again, as a new peer, for its next message.
     """
-    tracker = Tracker()
-    wires: List[Wire] = []
+    state = TrackerState()
+    sent: Dict[int, List[Any]] = {}
 
-    def connect() -> Peer:
-        wires.append(Wire(40000 + len(wires)))
-        peer = Peer(wires[-1])  # type: ignore[arg-type]  (a writer as far as the tracker uses one)
-        tracker.peers.add(peer)
-        return peer
+    def connect() -> int:
+        sent[len(sent)] = []
+        state.connected(len(sent) - 1, ("127.0.0.1", 40000 + len(sent)), 0.0)
+        return len(sent) - 1
+
+    def take(actions: List[Any]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                sent[action.peer].append(action.message)
 
     connected = [connect() for _ in range(peers)]
-    for index, message in script:
-        try:
-            tracker._dispatch(connected[index], json.loads(json.dumps(message)))  # as it arrives: Codes are ints
-        except ProtocolError as exc:  # the handler drops that connection, and only that one
-            assert str(exc)
-            tracker._drop(connected[index])
+    for step, (index, message) in enumerate(script):
+        actions = state.receive(connected[index], json.loads(json.dumps(message)), float(step))  # Codes are ints
+        take(actions)
+        closes = [action for action in actions if isinstance(action, Close)]
+        if closes:  # that peer alone, for a reason
+            assert [close.peer for close in closes] == [connected[index]] and closes[0].reason
             connected[index] = connect()
-        encode_message([Code.SUCCESS, tracker.summary()])  # what any peer may ask for next: never too large
+        take(state.tick(float(step)))
+        encode_message([Code.SUCCESS, state.summary(float(step))])  # what any peer may ask for next: never too large
     for peer in connected:
-        tracker._drop(peer)  # cancels the timers of waits
-    return wires
+        take(state.disconnected(peer, float(len(script))))
+    assert state.next_deadline() is None and not state.peers and not state.queues
+    return sent
 
 
 @FUZZ
 @given(script=st.lists(st.tuples(st.integers(0, 2), LOOSE_REQUESTS), min_size=8, max_size=40))
 def test_the_tracker_answers_any_message_or_refuses_it_and_summaries_survive(script: List[Tuple[int, Any]]) -> None:
-    """Peers sending requests with fields of any type, missing or extra: each message is handled or refused with
-    ProtocolError (closing that peer alone), the summary works after every step, and every reply is a message."""
-    for wire in asyncio.run(play(script, 3)):
-        replies, error = until_refused(MessageReader(expect_magic=False).feed, [bytes(wire.sent)])
-        assert error is None and len(replies) <= len(script)
+    """Peers sending requests with fields of any type, missing or extra: each message is handled or refused by
+    closing that peer alone, the summary works after every step, and every reply is a message."""
+    for replies in play(script, 3).values():
+        stream = b"".join(encode_message(reply) for reply in replies)
+        decoded, error = until_refused(MessageReader(expect_magic=False).feed, [stream])
+        assert error is None and len(decoded) == len(replies) <= len(script)
 
 
 # --- the 2 GiB length prefix -----------------------------------------------------------------

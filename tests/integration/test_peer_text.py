@@ -72,7 +72,7 @@ def test_farm_status_escapes_control_characters_that_peers_supply(tracker: Addre
             return all(queues.get(key, {}).get("pending") == 1 for key in (EVIL_KEY, EVIL_KEY + "2"))
 
         wait_for(both_queued, 10, "both requests are queued")
-        for command in (("farm.query",), ("farm", "status")):
+        for command in (("farm.query", "--wide"), ("farm", "status", "-w")):  # with the holders: peers' text too
             done = _status(tracker, *command)
             assert done.returncode == 0, done.stderr
             text = done.stdout
@@ -85,7 +85,7 @@ def test_farm_status_escapes_control_characters_that_peers_supply(tracker: Addre
                 "\\x1b[2J\\x1b[H    held by mallory\\x0aforged-holder\\x1b]0;title\\x07\\x9b31m for "
             )
             assert len(servers) == 1 and re.fullmatch(re.escape(expected_server) + r"\d+ s", servers[0]), text
-            queues = lines[lines.index("Queue Status") + 4 : -1]
+            queues = lines[lines.index("Queue Status") + 4 : -2]  # then the rule and TVM's blank line
             assert [line.split()[0] for line in queues] == ["evil\\x0aforged-key"] * 2, text
             assert re.match(r"^evil\\x0aforged-key +1 +1 +0 +\\x1b\[2J\\x1b\[H +1 +0 +1 *$", queues[0]), text
         raw = json.loads(_status(tracker, "farm.query", "--json").stdout)  # the raw summary is JSON: escaped too

@@ -379,26 +379,19 @@ def test_priority_first_then_first_come_first_served(pool: Pool) -> None:
     pool.wait_free()
 
 
-def test_wait_deadline_names_the_key_the_time_and_the_requests_ahead(pool: Pool) -> None:
+def test_a_request_fails_at_its_wait_deadline_over_the_wire(pool: Pool) -> None:
+    """The server wakes the state at the deadline; the message and the counts ahead: tests/unit/farm/tracker."""
     pool.start_boards(1)
     pool.client().request_board(KEY, user="holder")
     client = pool.client()
 
     started = time.monotonic()
     with pytest.raises(NoBoardError) as refused:
-        client.request_board(KEY, wait=0.5)
+        client.request_board(KEY, wait=0.3)
     elapsed = time.monotonic() - started
-    assert 0.45 <= elapsed < 3.0
-    assert str(refused.value) == "no board of key %r freed within 0.5 s (0 requests ahead)" % KEY
+    assert 0.25 <= elapsed < 3.0
+    assert str(refused.value) == "no board of key %r freed within 0.3 s (0 requests ahead)" % KEY
     assert pool.state()["pending"] == 0  # the expired request left the queue
-    with pytest.raises(NoBoardError, match=re.escape("freed within 0 s (0 requests ahead)")):
-        client.request_board(KEY, wait=0)  # only a board free right now would do
-
-    pool.request_in_background(priority=1)
-    pool.wait_pending(1)
-    with pytest.raises(NoBoardError, match=re.escape("freed within 0.25 s (1 request ahead)")):
-        client.request_board(KEY, wait=0.25)
-    assert pool.state()["pending"] == 1
     client.ping()  # the client is still in step with the tracker
 
 
@@ -490,10 +483,11 @@ def test_summary_and_query_show_who_holds_the_board(pool: Pool) -> None:
         return done.stdout
 
     text = query()
-    assert "Server List" in text and "Queue Status" in text
+    assert "Server List" in text and "Queue Status" in text and "held by" not in text  # TVM's tables (test_query)
     assert re.search(r"^key\s+total\s+free\s+pending\s*$", text, re.M), text
     assert re.search(r"^%s\s+1\s+0\s+1\s*$" % KEY, text, re.M), text
-    assert re.search(r"127\.0\.0\.1:%d\s+server:%s\s+held by nightly-run-42 for \d+ s" % (port_of(board), KEY), text)
+    wide = query("--wide")
+    assert re.search(r"127\.0\.0\.1:%d\s+server:%s\s+held by nightly-run-42 for \d+ s" % (port_of(board), KEY), wide)
     raw = json.loads(query("--json"))
     queue = raw["queue_info"][KEY]
     assert (queue["free"], queue["pending"], queue["total"]) == (0, 1, 1)
@@ -586,34 +580,6 @@ def test_killed_board_leaves_the_pool(pool: Pool) -> None:
     assert re.search(r"board 127\.0\.0\.1:\d+ \(%s\) left" % KEY, pool.tracker_log())
     with pool.client().request(KEY, wait=5) as session:
         assert session.port == port_of(survivor)
-
-
-def test_a_free_board_that_goes_silent_is_not_handed_out_until_it_speaks(pool: Pool) -> None:
-    """A free board stopped with SIGSTOP (hung) stops asking for its match keys: after SILENT_AFTER the tracker
-    shows it silent and hands out only the live board; after SIGCONT it is free and handed out again."""
-    hung, live = pool.start_boards(2)
-    os.kill(hung.pid, signal.SIGSTOP)
-    try:
-
-        def hung_state() -> Optional[str]:
-            return (board_entry(pool.summary(), port_of(hung)) or {}).get("state")
-
-        wait_for(lambda: hung_state() == "silent", 15, "the tracker to take the stopped board for hung")
-        queue = pool.summary()["queue_info"][KEY]
-        assert (queue["free"], queue["silent"], queue["total"]) == (1, 1, 2), queue
-        client = pool.client()
-        for _ in range(3):  # more requests than live boards: a FIFO of offers would reach the hung one
-            with client.request(KEY, wait=10, session_timeout=30) as session:
-                assert session.port == port_of(live)
-        handed_out = re.findall(r"board 127\.0\.0\.1:(\d+) of key %r to" % KEY, pool.tracker_log())
-        assert str(port_of(hung)) not in handed_out, handed_out
-        assert re.search(r"board \S+ of key %r has said nothing for \d+ s \(hung\?\)" % KEY, pool.tracker_log())
-    finally:
-        os.kill(hung.pid, signal.SIGCONT)
-    pool.wait_free(count=2, timeout=10)
-    assert "speaks again" in pool.tracker_log()
-    sessions = [pool.keep(client.request(KEY, wait=10)), pool.keep(pool.client().request(KEY, wait=10))]
-    assert sorted(session.port for session in sessions) == sorted([port_of(hung), port_of(live)])
 
 
 def test_board_killed_after_it_was_handed_out_fails_clearly(pool: Pool) -> None:

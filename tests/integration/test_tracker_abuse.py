@@ -268,7 +268,7 @@ def test_no_peer_can_make_the_summary_too_large_for_anyone(pool: Pool) -> None:
             timeout=30,
         )
         assert query.returncode == 0, query.stderr
-        assert "not shown: the summary reached the tracker's size limit" in query.stdout
+        assert "not shown: the summary reached the tracker's size limit" in query.stderr  # the tables stay TVM's
     finally:
         for peer in boards:
             peer.close()
