@@ -54,7 +54,7 @@ DEADLINE = 30.0  # how long a board may take to be offered again, the daemons to
 
 Address = Tuple[str, int]
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
-# The tracker's line for each board it hands out (Tracker._schedule).
+# The tracker's line for each board it hands out (farm/tracker/state.py, TrackerState._schedule).
 _ASSIGNED = re.compile(r"board \S+:\d+ of key '([^']*)' to \S+ \(([^)]*)\) after [\d.]+ s")
 # A client in a fresh process, of whichever checkout is on its path: the clock starts once the client
 # library is imported (TVM's side imports tvm.rpc before its clock too).
