@@ -26,7 +26,7 @@ from typing import Any, Callable, Deque, Optional, Tuple
 
 from ..errors import ProtocolError
 from ..net.credentials import PLAIN, Credentials
-from ..net.sockets import recv_nowait, send_nowait, start_connect
+from ..net.sockets import PeerGone, recv_from_peer, send_nowait, start_connect
 from ..net.tls import Handshake, TlsError
 from ..protocol.auth import AuthError
 from ..protocol.handshake import encode_hello
@@ -241,14 +241,11 @@ class TrackerLink(_Dialler):
     def _receive(self) -> None:
         assert self._sock is not None
         try:
-            data = recv_nowait(self._sock, 65536)
-        except OSError as exc:
-            self._lost("lost the tracker: %s" % exc)
+            data = recv_from_peer(self._sock, 65536, "tracker")
+        except PeerGone as exc:
+            self._lost(str(exc))
             return
         if data is None:
-            return
-        if not data:
-            self._lost("the tracker closed the connection")
             return
         if not self._opening.ended:
             data = self._open(data)
@@ -417,14 +414,11 @@ class ProxyDialer(_Dialler):
             self._greet()
             return
         try:
-            data = recv_nowait(self._sock, 4096)
-        except OSError as exc:
-            self._retry("lost the proxy: %s" % exc)
+            data = recv_from_peer(self._sock, 4096, "proxy")
+        except PeerGone as exc:
+            self._retry(str(exc))
             return
         if data is None:
-            return
-        if not data:
-            self._retry("the proxy closed the connection")
             return
         try:
             self._opening.receive_data(data)

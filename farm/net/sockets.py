@@ -104,6 +104,21 @@ def recv_nowait(sock: socket.socket, size: int) -> Optional[bytes]:
     return data
 
 
+class PeerGone(ConnectionError):
+    """The peer of a non-blocking socket is gone; the message says how, naming the peer."""
+
+
+def recv_from_peer(sock: socket.socket, size: int, peer: str) -> Optional[bytes]:
+    """:func:`recv_nowait`, with a lost or closed connection raised as :class:`PeerGone` naming ``peer``."""
+    try:
+        data = recv_nowait(sock, size)
+    except OSError as exc:
+        raise PeerGone("lost the %s: %s" % (peer, exc)) from exc
+    if data == b"":
+        raise PeerGone("the %s closed the connection" % peer)
+    return data
+
+
 def send_nowait(sock: socket.socket, data: bytes) -> int:
     """How many bytes of ``data`` a non-blocking socket, plain or TLS, took now (0: wait until writable).
 
