@@ -263,13 +263,9 @@ class TrackerLink(_Dialler):
     def _open(self, data: bytes) -> bytes:
         """Feed the opening (the proof of the secret, then the magic's echo); once it is over, register and return
         what followed it."""
-        try:
-            self._opening.receive_data(data)
-        except AuthError as exc:
-            self._lost("the tracker at %s:%d refused us: %s" % (self.address[0], self.address[1], exc))
-            return b""
-        except ProtocolError as exc:
-            self._lost("the tracker sent nonsense: %s" % exc)
+        problem = feed_opening(self._opening, data, "the tracker at %s:%d" % self.address)
+        if problem:
+            self._lost(problem)
             return b""
         self._out += self._opening.data_to_send()
         self._flush()
@@ -420,13 +416,9 @@ class ProxyDialer(_Dialler):
             return
         if data is None:
             return
-        try:
-            self._opening.receive_data(data)
-        except AuthError as exc:
-            self._retry("the proxy refused us: %s" % exc)
-            return
-        except ProtocolError as exc:
-            self._retry("the proxy sent nonsense: %s" % exc)
+        problem = feed_opening(self._opening, data, "the proxy")
+        if problem:
+            self._retry(problem)
             return
         if not self._send(self._opening.data_to_send()):
             return
@@ -488,3 +480,14 @@ class ProxyDialer(_Dialler):
         self._retry_delay = min(RETRY_LAST, self._retry_delay * 2)
 
     _fail = _retry
+
+
+def feed_opening(opening: Connector, data: bytes, peer: str) -> str:
+    """Feed ``data`` to ``opening``: why to give up on ``peer`` (it refused us, or sent nonsense), else ``""``."""
+    try:
+        opening.receive_data(data)
+    except AuthError as exc:
+        return "%s refused us: %s" % (peer, exc)
+    except ProtocolError as exc:
+        return "%s sent nonsense: %s" % (peer, exc)
+    return ""
