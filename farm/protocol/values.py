@@ -105,7 +105,7 @@ class _Encoder:
         if self.size > self.max_bytes:
             raise DataError("the value's encoding exceeds the limit of %d bytes" % self.max_bytes)
 
-    def value(self, value: Any, depth: int) -> None:
+    def value(self, value: Any, depth: int) -> None:  # noqa: C901 - a flat dispatch: one branch per wire tag
         """Add ``value``, which ``depth`` containers hold."""
         self.items += 1
         if self.items > MAX_ITEMS:
