@@ -15,4 +15,4 @@ def test_the_version_is_written_once() -> None:
     pyproject = (PROJECT / "pyproject.toml").read_text()
     assert 'dynamic = ["version"]' in pyproject
     assert 'version = { attr = "farm.__version__" }' in pyproject
-    assert not re.search(r"^version\s*=", pyproject, re.MULTILINE), "a second version in pyproject.toml"
+    assert not re.search(r"^version\s*=\s*\"", pyproject, re.MULTILINE), "a second version in pyproject.toml"
