@@ -435,7 +435,7 @@ class BoardServer:
         except ProtocolError as exc:
             logger.warning("the proxy passed on a bad client key %r: %s", client_key, exc)
             sock.close()
-            self._link.session_ended()  # type: ignore[union-attr]  (dial again)
+            self._link.session_ended()  # type: ignore[union-attr]  # dial again
             return
         tune(sock)
         self._start_session(sock, "a client of the proxy", timeout, leftover, bytes_sent)

@@ -175,7 +175,7 @@ class TrackerClient:
             return self._next_message(timeout)
         except socket.timeout:
             raise TrackerError(
-                "no reply from the tracker at %s:%d within %g s" % (self.host, self.port, timeout)
+                "no reply from the tracker at %s:%d within %g s" % (self.host, self.port, timeout)  # type: ignore[str-format]  # it timed out: timeout is set
             ) from None
         except (OSError, ProtocolError) as exc:
             raise TrackerError("lost the tracker at %s:%d: %s" % (self.host, self.port, exc)) from None
@@ -225,7 +225,9 @@ class TrackerClient:
             reply = self._await_reply(deadline, progress)
         except socket.timeout:
             self.close()  # the request stays queued at a tracker that ignores wait; closing withdraws it
-            raise NoBoardError("no board of key %r was handed out within %g s" % (key, wait)) from None
+            raise NoBoardError(
+                "no board of key %r was handed out within %g s" % (key, wait)  # type: ignore[str-format]  # it was set
+            ) from None
         except (OSError, ProtocolError, TrackerError) as exc:  # TrackerError: it closed the connection
             where = "%s:%d" % (self.host, self.port)
             raise TrackerError(

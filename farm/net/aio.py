@@ -204,7 +204,7 @@ class Listener(asyncio.AbstractServer):
             self._close(conn, writer)
         finally:
             self._gate.leave(ticket)
-            self._ended.pop(asyncio.current_task(), None)  # type: ignore[arg-type]  (cancelled as it ended)
+            self._ended.pop(asyncio.current_task(), None)  # type: ignore[arg-type]  # cancelled as it ended
 
     @staticmethod
     def _close(conn: socket.socket, writer: Optional[asyncio.StreamWriter]) -> None:

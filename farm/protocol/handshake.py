@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Dict
 
 from ..errors import ProtocolError
 from .peers import spoke
@@ -38,7 +39,7 @@ class Hello:
 
     role: str
     key: str
-    options: dict = field(default_factory=dict)
+    options: Dict[str, str] = field(default_factory=dict)
 
     @property
     def timeout(self) -> float | None:

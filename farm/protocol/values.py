@@ -215,7 +215,7 @@ class _Decoder:
         return chunk
 
     def length(self, limit: int, what: str) -> int:
-        count = _U32.unpack(self.take(4))[0]
+        count: int = _U32.unpack(self.take(4))[0]
         if count > limit:
             raise self.fail("%s of %d bytes exceeds the limit of %d" % (what, count, limit))
         return count

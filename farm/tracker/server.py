@@ -207,7 +207,7 @@ class Tracker:
         finally:
             self._drop(peer)
             writer.close()
-            self.tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self.tasks.discard(asyncio.current_task())
 
     def _receive(self, peer: Peer, messages: MessageReader, data: bytes) -> None:
         """Bytes from a peer: answer its magic, then act on each whole message."""
