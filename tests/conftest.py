@@ -31,6 +31,14 @@ KERNEL_SOURCES = {
     "libmisbehave.so": [TESTS / "kernels" / "misbehave.c"],
     "libfaults.so": [TESTS / "kernels" / "faults.c"],
 }
+#: The benchmark and attack scripts' smoke tests: each runs a script end to end, all of them slow.
+BENCHMARK_SMOKE_TESTS = TESTS / "benchmarks"
+
+
+def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
+    for item in items:
+        if BENCHMARK_SMOKE_TESTS in item.path.parents:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
