@@ -1,36 +1,23 @@
-"""Tracker benchmark: the farm's tracker and client against Apache TVM's, on loopback, in one run.
+"""Tracker: requests, concurrency and summaries, side by side with Apache TVM's tracker, board and client.
 
-Three measurements, each side by side with TVM's tracker, board server and client when
-``import tvm`` works (the TVM side is skipped, with the reason logged, when it does not):
+On loopback, in one run; the TVM side runs when the ``tvm`` extra imports (``--no-tvm`` leaves it out):
 
-* **(a) request to a ready session** on a free board: from calling ``connect_tracker(...)``
-  to the first remote call answered (``request(key)``, then ``session.ping()`` on ours and
-  ``rpc.test.addone(1)`` on TVM's); also with a tracker connection kept from request to
-  request. Each repeat closes the session and waits, polling the tracker's summary against a
-  deadline, until the board is offered again; the variants take turns. Then a few requests
-  from a fresh client process, where the clock starts after the client library's import
-  and whatever ``request()`` imports by itself counts.
-* **(b) concurrency**: many clients (threads, our client) cycling request -> one ping -> close
-  over a few boards of one key for a bounded time, each client with a random priority; once
-  with plain requests, once with progress reports (``on_progress``). Reports cycles per
-  second, then checks that every board is free again with nothing pending and, from the
-  tracker's log of hand-outs, that requests were served in priority order and, within a
-  priority, in arrival order (see ``order_check``).
-* **(c) summary** of a tracker with many registered boards (fake ones: raw tracker
-  connections that send UPDATE_INFO and PUT and never serve), timed on our tracker with our
-  client and on TVM's tracker with TVM's client (and with ours, to tell tracker from client).
+* **requests**: from ``connect_tracker(...)`` to the first remote call answered on a free board (``request(key)``,
+  then ``ping()`` on ours, ``rpc.test.addone(1)`` on TVM's); also with the tracker connection kept, and from a
+  fresh client process (the clock starts after the client library's import). Each repeat closes the session and
+  waits until the board is offered again; the variants take turns. ``--before DIR`` adds a tracker and a board of
+  the checkout in DIR (the fresh process uses that checkout's client too).
+* **concurrency**: many client threads cycling request -> ping -> close over a few boards of one key, each with a
+  random priority; once plain, once with progress reports. Cycles per second; every board free again and nothing
+  pending; from the tracker's log of hand-outs, requests served in priority order, then arrival order.
+* **summary** of a tracker with many registered (fake) boards: ours with our client, TVM's with TVM's and ours.
 
-Then prints a table and the ratios::
-
-    python benchmarks/bench_tracker.py [--repeats 40] [--clients 100] [--duration 20] [--fake-boards 1000]
-                                       [--json out.json]
-
-Times are milliseconds. Exit status 1 means a correctness check of the concurrency run failed.
+Times are milliseconds. A failed check of the concurrency run makes the exit status 1.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import functools
 import gc
 import json
@@ -39,18 +26,17 @@ import os
 import random
 import re
 import resource
-import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
+import harness
 import numpy as np
-from common import PROJECT, child_env, exit_on_signal, machine_info, machine_line, publish  # noqa: E402  (puts this checkout's farm on the path)
+from harness import Headline, Option, Scenario, Tool, judged, mmm, spread, table, wait_until
 
 from farm.client.tracker import TrackerClient, connect_tracker  # noqa: E402
 from farm.ops.processes import DaemonProcess, board_command  # noqa: E402
@@ -63,25 +49,20 @@ KEY_REQUEST = "bench-request"
 KEY_LOAD = "bench-load"
 KEY_FAKE = "bench-fake"
 SESSION_TIMEOUT = 60
-#: Target: a request to a ready session at least this many times faster than TVM's (on medians).
-REQUEST_TARGET = 10.0
-#: How long a board may take to be offered again, the daemons to start, and so on.
-DEADLINE = 30.0
+REQUEST_TARGET = 10.0  # a request to a ready session at least this many times faster than TVM's (medians)
+DEADLINE = 30.0  # how long a board may take to be offered again, the daemons to start, and so on
 
 Address = Tuple[str, int]
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
-
-# The tracker's line for each board it hands out (farm/tracker/server.py, Tracker._schedule).
+# The tracker's line for each board it hands out (Tracker._schedule).
 _ASSIGNED = re.compile(r"board \S+:\d+ of key '([^']*)' to \S+ \(([^)]*)\) after [\d.]+ s")
-
-# A client in a fresh process: the clock starts once the client library is imported (TVM's side
-# imports tvm.rpc before its clock too), before request().
+# A client in a fresh process, of whichever checkout is on its path: the clock starts once the client
+# library is imported (TVM's side imports tvm.rpc before its clock too).
 _COLD_FARM = """
 import json, sys, time
 import farm
-import farm.client.session, farm.tracker_client
+farm.connect_tracker, farm.connect
 host, port, key = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-before = "tvm" in sys.modules
 start = time.perf_counter()
 client = farm.connect_tracker(host, port)
 session = client.request(key, session_timeout=%d)
@@ -89,9 +70,8 @@ session.ping()
 elapsed = time.perf_counter() - start
 client.close()
 session.close()
-print(json.dumps({"seconds": elapsed, "tvm_imported_by_request": not before and "tvm" in sys.modules}))
+print(json.dumps({"seconds": elapsed}))
 """ % (SESSION_TIMEOUT,)
-
 _COLD_TVM = """
 import json, sys, time
 from tvm import rpc
@@ -106,39 +86,12 @@ print(json.dumps({"seconds": elapsed}))
 """ % (SESSION_TIMEOUT,)
 
 
-# --- helpers -----------------------------------------------------------------------
-
-
-def load_tvm(skip: bool) -> Tuple[Any, str]:
-    """``tvm.rpc`` and TVM's version, or None and why the TVM side is skipped."""
-    if skip:
-        return None, "--skip-tvm was given"
-    try:
-        import tvm
-        from tvm import rpc
-    except Exception as exc:  # ImportError, or a broken install failing in its own way
-        return None, "import tvm failed: %s: %s" % (type(exc).__name__, exc)
-    return rpc, str(getattr(tvm, "__version__", "?"))
-
-
 def port_range(span: int = 200) -> Tuple[int, int]:
     """A port the system calls free now and the end of a range after it (TVM's daemons take no port 0)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((HOST, 0))
         port = probe.getsockname()[1]
     return port, min(port + span, 65536)
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.001) -> Any:
-    """Poll ``condition`` until it returns something true; RuntimeError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise RuntimeError("timed out after %g s waiting until %s" % (timeout, what))
-        time.sleep(interval)
 
 
 def key_state(summary: Dict[str, Any], key: str) -> Tuple[int, int, int]:
@@ -148,93 +101,68 @@ def key_state(summary: Dict[str, Any], key: str) -> Tuple[int, int, int]:
     return total, queue_info.get("free", 0), queue_info.get("pending", 0)
 
 
-def ms_stats(seconds: Sequence[float]) -> Dict[str, Any]:
-    values = [value * 1e3 for value in seconds]
-    return {
-        "first_ms": values[0],
-        "median_ms": statistics.median(values),
-        "mean_ms": statistics.fmean(values),
-        "min_ms": min(values),
-        "max_ms": max(values),
-        "repeats": len(values),
-    }
-
-
 def raise_fd_limit(needed: int) -> Dict[str, int]:
     """Raise the soft RLIMIT_NOFILE towards the hard limit if ``needed`` descriptors do not fit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     before = soft
     if soft != resource.RLIM_INFINITY and soft < needed:
-        target = hard if hard == resource.RLIM_INFINITY else min(hard, max(needed, soft))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = target
-        logger.info("raised the soft limit on open files from %d to %d (hard limit %d)", before, soft, hard)
+        soft = hard if hard == resource.RLIM_INFINITY else min(hard, max(needed, soft))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     return {"soft_before": before, "soft": soft, "hard": hard, "needed": needed}
 
 
-# --- processes ---------------------------------------------------------------------
-
-
 class Processes:
-    """Every daemon this run starts: trackers and boards, ours and TVM's; each one stopped at the end."""
+    """Every daemon this run starts: trackers and boards, ours, TVM's and an older checkout's."""
 
     def __init__(self, workdir: str) -> None:
         self.workdir = workdir
         self.running: List[DaemonProcess] = []
-        self._count = 0
 
-    def start(self, name: str, argv: List[str]) -> DaemonProcess:
-        self._count += 1
-        log = os.path.join(self.workdir, "%02d-%s.log" % (self._count, name))
-        daemon = DaemonProcess(argv, log, env=child_env(), cwd=str(PROJECT))
-        self.running.append(daemon)  # registered before waiting, so that a failed start is stopped too
+    def start(self, name: str, argv: List[str], checkout: Optional[str] = None) -> DaemonProcess:
+        log = os.path.join(self.workdir, "%02d-%s.log" % (len(self.running), name))
+        env = harness.child_env(checkout)
+        daemon = DaemonProcess(argv, log, env=env, cwd=checkout or str(harness.PROJECT))
+        self.running.append(daemon)  # before waiting, so that a failed start is stopped too
         daemon.wait_for_bind(DEADLINE)
         return daemon
 
-    def our_tracker(self) -> DaemonProcess:
-        return self.start("tracker", [sys.executable, "-m", "farm.tracker", "--host", HOST, "--port", "0"])
+    def tracker(self, checkout: Optional[str] = None) -> Address:
+        argv = [sys.executable, "-m", "farm.tracker", "--host", HOST, "--port", "0"]
+        return self.start("tracker", argv, checkout).address  # type: ignore[return-value]
 
-    def tvm_tracker(self) -> DaemonProcess:
+    def board(self, key: str, tracker: Address, checkout: Optional[str] = None) -> None:
+        self.start("board", board_command(key, HOST, 0, extra=["--tracker", "%s:%d" % tracker]), checkout)
+
+    def tvm_tracker(self) -> Address:
         first, end = port_range()
-        argv = [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", HOST]
-        return self.start("tvm-tracker", [*argv, "--port", str(first), "--port-end", str(end)])
+        argv = [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", HOST, "--port", str(first)]
+        return self.start("tvm-tracker", [*argv, "--port-end", str(end)]).address  # type: ignore[return-value]
 
-    def our_board(self, key: str, tracker: Address) -> DaemonProcess:
-        argv = board_command(key, HOST, 0, extra=["--tracker", "%s:%d" % tracker])
-        return self.start("board", argv)
-
-    def tvm_board(self, key: str, tracker: Address) -> DaemonProcess:
+    def tvm_board(self, key: str, tracker: Address) -> None:
         first, end = port_range()
         argv = [sys.executable, "-m", "tvm.exec.rpc_server", "--host", HOST, "--port", str(first)]
-        argv += ["--port-end", str(end), "--tracker", "%s:%d" % tracker, "--key", key]
-        return self.start("tvm-board", argv)
+        self.start("tvm-board", [*argv, "--port-end", str(end), "--tracker", "%s:%d" % tracker, "--key", key])
 
-    def stop(self, daemons: Optional[Sequence[DaemonProcess]] = None) -> bool:
-        """Stop ``daemons`` (default: all still running), the last started first; False if one failed."""
-        ok = True
-        interrupted: Optional[BaseException] = None
-        for daemon in reversed(list(self.running if daemons is None else daemons)):
-            try:
-                daemon.stop()
-            except Exception:  # keep stopping the rest
-                logger.exception("could not stop %s", " ".join(daemon.argv))
-                ok = False
-            except BaseException as exc:  # an interrupt: finish stopping first
-                interrupted = interrupted or exc
-            if daemon in self.running:
-                self.running.remove(daemon)
-        if interrupted is not None:
-            raise interrupted
-        return ok
+    def stop(self, keep: int = 0) -> None:
+        """Stop every daemon but the first ``keep``, the last started first."""
+        while len(self.running) > keep:
+            self.running.pop().stop()
 
-    def log_tails(self, chars: int = 2000) -> str:
-        parts = []
-        for daemon in self.running:
-            try:
-                parts.append("--- %s\n%s" % (" ".join(daemon.argv[1:4]), daemon.log_text()[-chars:]))
-            except OSError:
-                pass
-        return "\n".join(parts)
+
+@contextlib.contextmanager
+def setup(args: Any, workdir: str) -> Iterator[Processes]:
+    import farm.client.session  # noqa: F401  (imported before any clock starts, as TVM's is)
+
+    procs = Processes(workdir)
+    try:
+        yield procs
+    except BaseException:
+        for daemon in procs.running:
+            with contextlib.suppress(OSError):
+                logger.error("%s (end of its log):\n%s", " ".join(daemon.argv[1:4]), daemon.log_text()[-2000:])
+        raise
+    finally:
+        procs.stop()
 
 
 class Watch:
@@ -250,36 +178,19 @@ class Watch:
     def wait_free(self, key: str, boards: int, timeout: float = DEADLINE) -> float:
         """Wait until all ``boards`` of ``key`` are offered and nothing is pending; seconds waited."""
         start = time.perf_counter()
-        wait_until(
-            lambda: self.state(key) == (boards, boards, 0),
-            timeout,
-            "%d board(s) of key %r are free at the tracker at %s:%d" % ((boards, key) + self.address),
-        )
+        what = "%d board(s) of key %r are free at the tracker at %s:%d" % ((boards, key) + self.address)
+        wait_until(lambda: self.state(key) == (boards, boards, 0), timeout, what)
         return time.perf_counter() - start
 
     def close(self) -> None:
         self.client.close()
 
 
-# --- (a) request to a ready session -------------------------------------------------
-
-
-class RequestSide:
-    """One side of the request measurement: a tracker, one board of KEY_REQUEST and a client library."""
-
-    def __init__(self, name: str, tracker: Address, cycle: Callable[[], Tuple[float, float]]) -> None:
-        self.name = name
-        self.tracker = tracker
-        self.cycle = cycle
-        self.request_s: List[float] = []
-        self.recycle_s: List[float] = []
+# --- requests ------------------------------------------------------------------------------------
 
 
 def farm_cycle(tracker: Address, watch: Watch, kept: Optional[TrackerClient] = None) -> Tuple[float, float]:
-    """Our request to a ready session; then seconds from closing it until the board is offered again.
-
-    ``kept``: a tracker connection to reuse; else one is made inside the timing (and closed after it).
-    """
+    """Our request to a ready session; then seconds from closing it until the board is offered again."""
     start = time.perf_counter()
     client = kept or connect_tracker(*tracker)
     session = client.request(KEY_REQUEST, session_timeout=SESSION_TIMEOUT)
@@ -309,84 +220,74 @@ def tvm_cycle(tvm_rpc: Any, tracker: Address, watch: Watch, kept: Any = None) ->
     return ready - start, watch.wait_free(KEY_REQUEST, 1) + (time.perf_counter() - closing)
 
 
-def cold_request(code: str, tracker: Address, watch: Watch) -> Dict[str, Any]:
-    """A request from a fresh client process; waits until the board is offered again."""
+def cold_request(code: str, tracker: Address, watch: Watch, checkout: Optional[str]) -> float:
+    """Seconds of a request from a fresh client process (of ``checkout``); waits until the board is free again."""
     argv = [sys.executable, "-c", code, tracker[0], str(tracker[1]), KEY_REQUEST]
-    done = subprocess.run(
-        argv, capture_output=True, text=True, timeout=DEADLINE * 2, env=child_env(), cwd=str(PROJECT)
-    )
+    env, cwd = harness.child_env(checkout), checkout or str(harness.PROJECT)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=DEADLINE * 2, env=env, cwd=cwd)
     if done.returncode != 0:
         raise RuntimeError("the fresh client process failed:\n%s%s" % (done.stdout, done.stderr[-4000:]))
-    outcome = json.loads(done.stdout.strip().splitlines()[-1])
     watch.wait_free(KEY_REQUEST, 1)
-    return outcome
+    return json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
 
 
-def measure_requests(args: argparse.Namespace, procs: Processes, tvm_rpc: Any) -> Dict[str, Any]:
-    """(a): each library's request to a ready session, with a new tracker connection and with one kept."""
-    started = list(procs.running)
-    watches: Dict[str, Watch] = {}
-    kept: List[Any] = []  # tracker connections reused from request to request
+def measure_requests(procs: Processes, args: Any) -> Dict[str, Any]:
+    """Each side's request to a ready session, with a new tracker connection and with one kept."""
+    keep = len(procs.running)
+    closing: List[Any] = []
+    cycles: Dict[str, Callable[[], Tuple[float, float]]] = {}
+    cold: Dict[str, Callable[[], float]] = {}
+    checkouts = {"farm": None, **({"before": os.path.abspath(args.before)} if args.before else {})}
     try:
-        ours = procs.our_tracker().address
-        assert ours is not None
-        procs.our_board(KEY_REQUEST, ours)
-        farm_watch = watches["farm"] = Watch(ours)
-        farm_kept = connect_tracker(*ours, timeout=DEADLINE)
-        kept.append(farm_kept)
-        sides = [RequestSide("farm", ours, lambda: farm_cycle(ours, farm_watch))]
-        kept_sides = [RequestSide("farm_kept", ours, lambda: farm_cycle(ours, farm_watch, farm_kept))]
-        if tvm_rpc is not None:
-            theirs = procs.tvm_tracker().address
-            assert theirs is not None
-            procs.tvm_board(KEY_REQUEST, theirs)
-            tvm_watch = watches["tvm"] = Watch(theirs)
-            tvm_kept = tvm_rpc.connect_tracker(*theirs)
-            kept.append(tvm_kept)
-            sides.append(RequestSide("tvm", theirs, lambda: tvm_cycle(tvm_rpc, theirs, tvm_watch)))
-            kept_sides.append(RequestSide("tvm_kept", theirs, lambda: tvm_cycle(tvm_rpc, theirs, tvm_watch, tvm_kept)))
-        for watch in watches.values():
-            watch.wait_free(KEY_REQUEST, 1)
-        variants = sides + kept_sides  # the first repeat starts with a new connection on each side
-        names = ", ".join(side.name for side in variants)
-        logger.info("requests: %d interleaved repeats per variant (%s)", args.repeats, names)
-        for repeat in range(args.repeats):
-            shift = repeat % len(variants)  # rotate the order so no variant always runs first
-            for side in variants[shift:] + variants[:shift]:
+        for name, checkout in checkouts.items():
+            address = procs.tracker(checkout)
+            procs.board(KEY_REQUEST, address, checkout)
+            watch = Watch(address)
+            kept = connect_tracker(*address, timeout=DEADLINE)
+            closing += [watch, kept]
+            cycles[name] = functools.partial(farm_cycle, address, watch)
+            cycles[name + "_kept"] = functools.partial(farm_cycle, address, watch, kept)
+            cold[name] = functools.partial(cold_request, _COLD_FARM, address, watch, checkout)
+        if args.tvm_rpc is not None:
+            address = procs.tvm_tracker()
+            procs.tvm_board(KEY_REQUEST, address)
+            watch = Watch(address)
+            kept = args.tvm_rpc.connect_tracker(*address)
+            closing += [watch, kept]
+            cycles["tvm"] = functools.partial(tvm_cycle, args.tvm_rpc, address, watch)
+            cycles["tvm_kept"] = functools.partial(tvm_cycle, args.tvm_rpc, address, watch, kept)
+            cold["tvm"] = functools.partial(cold_request, _COLD_TVM, address, watch, None)
+        for watcher in closing[::2]:
+            watcher.wait_free(KEY_REQUEST, 1)
+        times: Dict[str, List[Tuple[float, float]]] = {name: [] for name in cycles}
+        for repeat in range(args.rounds):  # the first repeat starts with a new connection on each side
+            for name in harness.rotated(list(cycles), repeat):
                 gc.collect()
-                request_s, recycle_s = side.cycle()
-                side.request_s.append(request_s)
-                side.recycle_s.append(recycle_s)
+                times[name].append(cycles[name]())
         result: Dict[str, Any] = {}
-        for side in variants:
-            entry = ms_stats(side.request_s)
-            entry["board_free_again_median_ms"] = ms_stats(side.recycle_s)["median_ms"]
-            result[side.name] = entry
-        codes = {"farm": _COLD_FARM, "tvm": _COLD_TVM}
-        cold: Dict[str, List[Dict[str, Any]]] = {side.name: [] for side in sides}
-        logger.info("requests from a fresh client process: %d per side", args.cold_repeats)
+        for name, pairs in times.items():
+            result[name] = spread([pair[0] for pair in pairs], 1e3)
+            result[name]["free_again_ms"] = spread([pair[1] for pair in pairs], 1e3)
+        fresh: Dict[str, List[float]] = {name: [] for name in cold}
         for repeat in range(args.cold_repeats):
-            for side in sides[:: 1 if repeat % 2 == 0 else -1]:
-                cold[side.name].append(cold_request(codes[side.name], side.tracker, watches[side.name]))
-        for name, outcomes in cold.items():
-            if outcomes:
-                seconds = [outcome["seconds"] for outcome in outcomes]
-                result[name]["fresh_process_median_ms"] = statistics.median(seconds) * 1e3
-                result[name]["fresh_process_ms"] = [value * 1e3 for value in seconds]
-                if name == "farm":
-                    result[name]["fresh_process_tvm_imported_by_request"] = any(
-                        outcome["tvm_imported_by_request"] for outcome in outcomes
-                    )
+            for name in harness.rotated(list(cold), repeat):
+                fresh[name].append(cold[name]())
+        for name, seconds in fresh.items():
+            if seconds:
+                result[name + "_fresh"] = spread(seconds, 1e3)
         return result
     finally:
-        for client in kept:
-            client.close()
-        for watch in watches.values():
-            watch.close()
-        procs.stop([daemon for daemon in procs.running if daemon not in started])
+        for closable in closing:
+            closable.close()
+        procs.stop(keep)
 
 
-# --- (b) many clients cycling over a few boards --------------------------------------
+def report_requests(figures: Dict[str, Any], args: Any) -> List[str]:
+    rows = [(name, "%.2f" % row["first"] if "first" in row else "-", mmm(row), "%.2f" % row["p99"],
+             mmm(row.get("free_again_ms")), row["rounds"])
+            for name, row in figures.items()]  # fmt: skip
+    header = ("request to a ready session, ms", "first", "median (min-max)", "p99", "free again after close", "n")
+    return ["### Requests", ""] + table(header, rows) + [""]
 
 
 class Cycle:
@@ -536,9 +437,7 @@ def order_check(cycles: List[Cycle], order: List[str]) -> Dict[str, Any]:
     }
 
 
-def load_phase(
-    args: argparse.Namespace, tracker: DaemonProcess, watch: Watch, phase: str, progress: bool
-) -> Dict[str, Any]:
+def load_phase(args: Any, tracker: DaemonProcess, watch: Watch, phase: str, progress: bool) -> Dict[str, Any]:
     """``args.clients`` threads cycling over the boards of KEY_LOAD for ``args.duration`` seconds, then checks."""
     address = tracker.address
     assert address is not None
@@ -654,32 +553,6 @@ def load_phase(
                 client.client.close()  # a thread still blocked ends when the tracker is stopped
 
 
-def measure_concurrency(args: argparse.Namespace, procs: Processes) -> Dict[str, Any]:
-    """Two load phases on one tracker and set of boards: plain requests, then requests with progress reports."""
-    started = list(procs.running)
-    watch: Optional[Watch] = None
-    try:
-        tracker = procs.our_tracker()
-        address = tracker.address
-        assert address is not None
-        for _ in range(args.boards):
-            procs.our_board(KEY_LOAD, address)
-        watch = Watch(address)
-        watch.wait_free(KEY_LOAD, args.boards)
-        result: Dict[str, Any] = {"clients": args.clients, "boards": args.boards}
-        for phase, progress in (("plain", False), ("progress", True)):
-            result[phase] = load_phase(args, tracker, watch, phase, progress)
-        result["pass"] = all(result[phase]["checks"]["pass"] for phase in ("plain", "progress"))
-        return result
-    finally:
-        if watch is not None:
-            watch.close()
-        procs.stop([daemon for daemon in procs.running if daemon not in started])
-
-
-# --- (c) summary with many registered boards ------------------------------------------
-
-
 class FakeBoards:
     """Boards that only register: one raw tracker connection each, UPDATE_INFO and PUT, never serving."""
 
@@ -729,359 +602,214 @@ class FakeBoards:
         self.socks.clear()
 
 
-def measure_summaries(args: argparse.Namespace, procs: Processes, tvm_rpc: Any) -> Dict[str, Any]:
-    """(c): summaries of trackers with ``args.fake_boards`` registered boards each."""
-    started = list(procs.running)
-    trackers = 2 if tvm_rpc is not None else 1
-    limits = raise_fd_limit(trackers * args.fake_boards + 256)
+def measure_concurrency(procs: Processes, args: Any) -> Dict[str, Any]:
+    """Two load phases on one tracker and set of boards: plain requests, then requests with progress reports."""
+    keep = len(procs.running)
+    watch: Optional[Watch] = None
+    try:
+        address = procs.tracker()
+        tracker = procs.running[-1]
+        for _ in range(args.boards):
+            procs.board(KEY_LOAD, address)
+        watch = Watch(address)
+        watch.wait_free(KEY_LOAD, args.boards)
+        result: Dict[str, Any] = {"clients": args.clients, "boards": args.boards}
+        for phase, progress in (("plain", False), ("progress", True)):
+            result[phase] = load_phase(args, tracker, watch, phase, progress)
+        result["pass"] = all(result[phase]["checks"]["pass"] for phase in ("plain", "progress"))
+        return result
+    finally:
+        if watch is not None:
+            watch.close()
+        procs.stop(keep)
+
+
+def report_concurrency(load: Dict[str, Any], args: Any) -> List[str]:
+    lines = ["### Concurrency: %d clients cycling request -> ping -> close over %d boards of one key"
+             % (load["clients"], load["boards"]), ""]  # fmt: skip
+    rows = []
+    for phase in ("plain", "progress"):
+        row, checks, order = load[phase], load[phase]["checks"], load[phase]["order"]
+        rows.append((phase, "%.1f" % row["cycles_per_s"], row["cycles_in_window"],
+                     "%.1f / %.1f" % (row["request_wait_median_ms"] or 0, row["request_wait_p99_ms"] or 0),
+                     row["waiting_messages"], "%d/%d" % (order["priority_violations"], order["priority_constraints"]),
+                     "%d/%d" % (order["arrival_order_violations"], order["arrival_constraints"]),
+                     "%d free of %d, %d pending" % (checks["final_free"], checks["final_total"],
+                                                    checks["final_pending"]),
+                     checks["error_count"], "yes" if checks["pass"] else "NO"))  # fmt: skip
+    header = ("phase", "cycles/s", "cycles", "wait median / p99, ms", "WAITING messages",
+              "priority violations / constraints", "arrival violations / constraints", "end state", "errors",
+              "checks pass")  # fmt: skip
+    lines += table(header, rows) + ["", "wait for a board by priority, median / max ms:", ""]
+    rows = []
+    for phase in ("plain", "progress"):
+        for level, row in sorted(load[phase]["by_priority"].items(), key=lambda item: -int(item[0])):
+            waits = "-" if row["median_wait_ms"] is None else "%.1f / %.1f" % (row["median_wait_ms"],
+                                                                              row["max_wait_ms"])  # fmt: skip
+            rows.append((phase, level, "-" if row["clients"] is None else row["clients"], row["cycles_in_window"],
+                         waits))  # fmt: skip
+    return lines + table(("phase", "priority", "clients", "cycles", "wait"), rows) + [""]
+
+
+def measure_summaries(procs: Processes, args: Any) -> Dict[str, Any]:
+    """Summaries of trackers with ``args.fake_boards`` registered boards each, interleaved if descriptors allow."""
+    keep = len(procs.running)
+    sides = ["farm"] + (["tvm"] if args.tvm_rpc is not None else [])
+    limits = raise_fd_limit(len(sides) * args.fake_boards + 256)
     interleave = limits["soft"] == resource.RLIM_INFINITY or limits["soft"] >= limits["needed"]
-    if not interleave:
-        logger.warning(
-            "only %d open files allowed (hard limit %d); measuring the trackers one after the other",
-            limits["soft"],
-            limits["hard"],
-        )
     fakes: List[FakeBoards] = []
     clients: List[Any] = []
     result: Dict[str, Any] = {"boards": args.fake_boards, "fd_limits": limits, "interleaved": interleave}
+    calls: Dict[str, Callable[[], Any]] = {}
+
+    def prepare(which: str) -> Dict[str, Callable[[], Any]]:
+        address = procs.tracker() if which == "farm" else procs.tvm_tracker()
+        fake = FakeBoards()
+        fakes.append(fake)
+        seconds = fake.register(address, args.fake_boards, KEY_FAKE)
+        ours = connect_tracker(*address, timeout=DEADLINE)
+        clients.append(ours)
+        summary = ours.summary()
+        if key_state(summary, KEY_FAKE) != (args.fake_boards, args.fake_boards, 0):
+            raise RuntimeError("%s's tracker shows %r" % (which, key_state(summary, KEY_FAKE)))
+        size = len(encode_message([Code.SUCCESS, summary])) - 4
+        result[which + "_tracker"] = {"register_s": seconds, "summary_bytes": size}
+        if which == "farm":
+            return {"farm": ours.summary}
+        theirs = args.tvm_rpc.connect_tracker(*address)
+        clients.append(theirs)
+        return {"tvm": theirs.summary, "farm_client_tvm_tracker": ours.summary}
+
+    def rounds(variants: Dict[str, Callable[[], Any]]) -> None:
+        for call in variants.values():
+            call()  # warm-up
+        for name, seconds in harness.interleaved(variants, args.summary_repeats).items():
+            result[name] = spread(seconds, 1e3)
+
     try:
-        variants: List[Tuple[str, Callable[[], Dict[str, Any]]]] = []  # (name, summary call)
-
-        def prepare(which: str) -> None:
-            daemon = procs.our_tracker() if which == "farm" else procs.tvm_tracker()
-            address = daemon.address
-            assert address is not None
-            fake = FakeBoards()
-            fakes.append(fake)
-            seconds = fake.register(address, args.fake_boards, KEY_FAKE)
-            ours = connect_tracker(*address, timeout=DEADLINE)
-            clients.append(ours)
-            summary = ours.summary()
-            if key_state(summary, KEY_FAKE) != (args.fake_boards, args.fake_boards, 0):
-                state = key_state(summary, KEY_FAKE)
-                raise RuntimeError("%s's tracker shows %r, not %d free boards" % (which, state, args.fake_boards))
-            result[which + "_tracker"] = {
-                "register_s": seconds,
-                "summary_bytes": len(encode_message([Code.SUCCESS, summary])) - 4,
-            }
-            if which == "farm":
-                variants.append(("farm", ours.summary))
-            else:
-                theirs = tvm_rpc.connect_tracker(*address)
-                clients.append(theirs)
-                variants.append(("tvm", theirs.summary))
-                variants.append(("farm_client_tvm_tracker", ours.summary))
-
-        def timed_rounds(names: List[str]) -> Dict[str, List[float]]:
-            seconds: Dict[str, List[float]] = {name: [] for name in names}
-            calls = {name: call for name, call in variants if name in names}
-            for name in names:
-                calls[name]()  # warm-up
-            for repeat in range(args.summary_repeats):
-                shift = repeat % len(names)
-                for name in names[shift:] + names[:shift]:
-                    gc.collect()
-                    start = time.perf_counter()
-                    calls[name]()
-                    seconds[name].append(time.perf_counter() - start)
-            return seconds
-
-        which_list = ["farm"] + (["tvm"] if tvm_rpc is not None else [])
-        logger.info(
-            "summary: %d fake boards per tracker, %d repeats (%s)",
-            args.fake_boards,
-            args.summary_repeats,
-            ", ".join(which_list),
-        )
-        timings: Dict[str, List[float]] = {}
+        for which in sides:
+            variants = prepare(which)
+            if interleave:
+                calls.update(variants)
+                continue
+            rounds(variants)  # one tracker after the other: too few descriptors for both
+            fakes[-1].close()
         if interleave:
-            for which in which_list:
-                prepare(which)
-            timings = timed_rounds([name for name, _ in variants])
-        else:
-            for which in which_list:
-                before = len(variants)
-                prepare(which)
-                timings.update(timed_rounds([name for name, _ in variants[before:]]))
-                fakes[-1].close()
-                for client in clients:
-                    client.close()
-                clients.clear()
-        for name, values in timings.items():
-            stats = ms_stats(values)
-            stats.pop("first_ms")
-            result[name] = stats
+            rounds(calls)
         return result
     finally:
-        for client in clients:
-            client.close()
-        for fake in fakes:
-            fake.close()
-        procs.stop([daemon for daemon in procs.running if daemon not in started])
+        for closable in clients + fakes:
+            closable.close()
+        procs.stop(keep)
 
 
-# --- the run -------------------------------------------------------------------------------
+def report_summaries(summary: Dict[str, Any], args: Any) -> List[str]:
+    labels = {"farm": "farm tracker, farm client", "tvm": "TVM tracker, TVM client",
+              "farm_client_tvm_tracker": "TVM tracker, farm client"}  # fmt: skip
+    rows = []
+    for name, label in labels.items():
+        if name in summary:
+            tracker = summary[("farm" if name == "farm" else "tvm") + "_tracker"]
+            rows.append((label, mmm(summary[name]), tracker["summary_bytes"], "%.2f" % tracker["register_s"]))
+    title = "### summary() of a tracker with %d boards, ms" % summary["boards"]
+    return [title, ""] + table(("", "median (min-max)", "bytes", "registering them, s"), rows) + [""]
 
 
 def ratios(results: Dict[str, Any]) -> Dict[str, Any]:
-    """TVM over farm (how many times faster ours is); the request ratios against their target."""
-    request, summary = results["request"], results["summary"]
+    """TVM (or the older checkout) over farm: how many times faster ours is; requests against their target."""
+    request, summary = results["scenarios"].get("requests", {}), results["scenarios"].get("summary", {})
     out: Dict[str, Any] = {}
-
-    def judged(value: float) -> Dict[str, Any]:
-        return {"ratio": value, "target": REQUEST_TARGET, "target_kind": ">=", "pass": value >= REQUEST_TARGET}
-
-    if "tvm" in request:
-        out["request_median_tvm_over_farm"] = judged(request["tvm"]["median_ms"] / request["farm"]["median_ms"])
-        out["request_first_tvm_over_farm"] = judged(request["tvm"]["first_ms"] / request["farm"]["first_ms"])
-        kept = request["tvm_kept"]["median_ms"] / request["farm_kept"]["median_ms"]
-        out["request_kept_connection_median_tvm_over_farm"] = judged(kept)
-        if "fresh_process_median_ms" in request["farm"] and "fresh_process_median_ms" in request["tvm"]:
-            fresh = request["tvm"]["fresh_process_median_ms"] / request["farm"]["fresh_process_median_ms"]
-            out["request_fresh_process_tvm_over_farm"] = judged(fresh)
+    for other in ("tvm", "before"):
+        for variant in ("", "_kept", "_fresh"):
+            if other + variant in request and "farm" + variant in request:
+                value = request[other + variant]["median"] / request["farm" + variant]["median"]
+                out["request%s_%s_over_farm" % (variant, other)] = (
+                    judged(value, REQUEST_TARGET, ">=") if other == "tvm" else {"ratio": value}
+                )
+        if other == "tvm" and "tvm" in request:
+            out["request_first_tvm_over_farm"] = judged(request["tvm"]["first"] / request["farm"]["first"],
+                                                        REQUEST_TARGET, ">=")  # fmt: skip
     if "tvm" in summary:
-        out["summary_median_tvm_over_farm"] = {"ratio": summary["tvm"]["median_ms"] / summary["farm"]["median_ms"]}
-        out["summary_median_tvm_tracker_farm_client_over_farm"] = {
-            "ratio": summary["farm_client_tvm_tracker"]["median_ms"] / summary["farm"]["median_ms"]
+        out["summary_tvm_over_farm"] = {"ratio": summary["tvm"]["median"] / summary["farm"]["median"]}
+        out["summary_tvm_tracker_farm_client_over_farm"] = {
+            "ratio": summary["farm_client_tvm_tracker"]["median"] / summary["farm"]["median"]
         }
     return out
 
 
-def load_report(load: Dict[str, Any], title: str) -> List[str]:
-    """The lines of one load phase of (b)."""
-    checks, order = load["checks"], load["order"]
-    lines = [
-        "  %s, %.1f s: %.1f cycles/s (%d cycles); wait for a board: median %.1f ms, p99 %.1f ms"
-        % (
-            title,
-            load["duration_s"],
-            load["cycles_per_s"],
-            load["cycles_in_window"],
-            load["request_wait_median_ms"] or 0.0,
-            load["request_wait_p99_ms"] or 0.0,
-        ),
-        "    %-10s %8s %10s %14s %14s" % ("priority", "clients", "cycles", "median wait", "max wait"),
-    ]
-    for level, row in sorted(load["by_priority"].items(), key=lambda item: -int(item[0])):
-        lines.append(
-            "    %-10s %8s %10d %14s %14s"
-            % (
-                level,
-                "-" if row["clients"] is None else row["clients"],
-                row["cycles_in_window"],
-                "-" if row["median_wait_ms"] is None else "%.1f ms" % row["median_wait_ms"],
-                "-" if row["max_wait_ms"] is None else "%.1f ms" % row["max_wait_ms"],
-            )
-        )
-    lines += [
-        "    end state: total %d, free %d, pending %d (boards %s) -> %s"
-        % (
-            checks["final_total"],
-            checks["final_free"],
-            checks["final_pending"],
-            "/".join(checks["final_board_states"]),
-            "OK" if checks["boards_all_free"] else "BOARD LOST OR HELD",
-        ),
-        "    errors: %d; clients stuck: %d; each session handed out once in the tracker's log: %s"
-        % (checks["error_count"], len(checks["stuck_clients"]), checks["every_request_logged"]),
-    ]
-    if load["progress_reports"]:
-        lines.append(
-            "    WAITING messages received: %d, %.1f per session handed out"
-            % (load["waiting_messages"], load["waiting_messages"] / max(1, load["order"]["served_in_log"]))
-        )
-        lines.append(
-            "    order: %d served requests, %d of them queued; pairs where one was queued before the other was "
-            "sent: %d with a higher priority (%d violated), %d with the same (%d violated); %d overtakes by a "
-            "higher priority -> %s"
-            % (
-                order["cycles_checked"],
-                order["cycles_that_waited"],
-                order["priority_constraints"],
-                order["priority_violations"],
-                order["arrival_constraints"],
-                order["arrival_order_violations"],
-                order["overtaken_by_higher_priority"],
-                "OK" if checks["order_ok"] else "VIOLATED",
-            )
-        )
-    return lines
+def headline(results: Dict[str, Any]) -> List[Headline]:
+    request = results["scenarios"].get("requests", {})
+    summary = results["scenarios"].get("summary", {})
+    load = results["scenarios"].get("concurrency", {})
+    ratio = results["ratios"]
+    rows = []
+    labels = (("", "request to a ready session"), ("_kept", "same, tracker connection kept"),
+              ("_fresh", "same, fresh client process"))  # fmt: skip
+    for variant, label in labels:
+        if "farm" + variant not in request:
+            continue
+        row = ratio.get("request%s_tvm_over_farm" % variant)
+        anchor = "%.2f ms" % request["tvm" + variant]["median"] if row else "-"
+        rows.append(Headline(label, "%.2f ms" % request["farm" + variant]["median"], anchor=anchor,
+                             ratio="%.1f x faster" % row["ratio"] if row else "-",
+                             target=">= %g x faster" % REQUEST_TARGET, met=row["pass"] if row else None))  # fmt: skip
+        before = ratio.get("request%s_before_over_farm" % variant)
+        if before:
+            rows.append(Headline(label + ": code before", "%.2f ms" % request["farm" + variant]["median"],
+                                 anchor="%.2f ms (before)" % request["before" + variant]["median"],
+                                 ratio="%.2f (before / ours)" % before["ratio"]))  # fmt: skip
+    for phase in ("plain", "progress"):
+        if phase in load:
+            rows.append(Headline("%d clients on %d boards, %s" % (load["clients"], load["boards"], phase),
+                                 "%.0f cycles/s" % load[phase]["cycles_per_s"], target="order and end state",
+                                 met=load[phase]["checks"]["pass"]))  # fmt: skip
+    if "farm" in summary:
+        row = ratio.get("summary_tvm_over_farm")
+        rows.append(Headline("summary() of %d boards" % summary["boards"], "%.2f ms" % summary["farm"]["median"],
+                             anchor="%.2f ms" % summary["tvm"]["median"] if row else "-",
+                             ratio="%.1f x faster" % row["ratio"] if row else "-"))  # fmt: skip
+    return rows
 
 
-def report(results: Dict[str, Any]) -> str:
-    machine, config = results["machine"], results["config"]
-    request, load, summary, ratio = results["request"], results["concurrency"], results["summary"], results["ratios"]
-    lines = [
-        "",
-        "machine: %s, TVM %s"
-        % (machine_line(machine), machine["tvm"] or "not measured (%s)" % results["tvm_skipped"]),
-        "",
-        "%-52s %9s %9s %9s %9s %11s %9s"
-        % ("(a) request to ready session, ms", "first", "median", "min", "max", "free again", "fresh"),
-    ]
-    labels = {
-        "farm": "farm: connect_tracker, request(), ping()",
-        "tvm": "TVM: connect_tracker, request(), addone(1)",
-        "farm_kept": "farm: tracker connection kept: request(), ping()",
-        "tvm_kept": "TVM: tracker connection kept: request(), addone(1)",
-    }
-    for name, label in labels.items():
-        if name in request:
-            row = request[name]
-            lines.append(
-                "%-52s %9.2f %9.2f %9.2f %9.2f %11.2f %9s"
-                % (
-                    label,
-                    row["first_ms"],
-                    row["median_ms"],
-                    row["min_ms"],
-                    row["max_ms"],
-                    row["board_free_again_median_ms"],
-                    "%.1f" % row["fresh_process_median_ms"] if "fresh_process_median_ms" in row else "-",
-                )
-            )
-    lines.append(
-        "  (%d repeats; 'free again': from close to the board offered again, median; 'fresh': first request of a "
-        "fresh client process, median of %d)" % (config["repeats"], config["cold_repeats"])
-    )
-    title = "(b) %d clients cycling request -> ping -> close over %d boards of one key"
-    lines += ["", title % (load["clients"], load["boards"])]
-    for phase, title in (("plain", "plain requests"), ("progress", "requests with progress reports (on_progress)")):
-        lines += load_report(load[phase], title)
-    lines += [
-        "",
-        "%-52s %9s %9s %9s %9s"
-        % ("(c) summary() with %d boards, ms" % summary["boards"], "median", "min", "max", "bytes"),
-    ]
-    labels = {
-        "farm": "farm tracker, farm client",
-        "tvm": "TVM tracker, TVM client",
-        "farm_client_tvm_tracker": "TVM tracker, farm client",
-    }
-    for name, label in labels.items():
-        if name in summary:
-            row = summary[name]
-            size = summary[("farm" if name == "farm" else "tvm") + "_tracker"]["summary_bytes"]
-            lines.append("%-52s %9.2f %9.2f %9.2f %9d" % (label, row["median_ms"], row["min_ms"], row["max_ms"], size))
-    for which in ("farm", "tvm"):
-        if which + "_tracker" in summary:
-            lines.append(
-                "  registering %d boards with the %s tracker took %.2f s"
-                % (summary["boards"], which, summary[which + "_tracker"]["register_s"])
-            )
-    if ratio:
-        lines += ["", "%-52s %9s %9s %8s" % ("ratio TVM / farm", "value", "target", "")]
-        names = {
-            "request_median_tvm_over_farm": "(a) request to ready session, median",
-            "request_first_tvm_over_farm": "(a) request to ready session, first",
-            "request_kept_connection_median_tvm_over_farm": "(a) same, tracker connection kept, median",
-            "request_fresh_process_tvm_over_farm": "(a) same, fresh client process, median",
-            "summary_median_tvm_over_farm": "(c) summary, median",
-            "summary_median_tvm_tracker_farm_client_over_farm": "(c) summary, median, both with farm client",
-        }
-        for name, label in names.items():
-            if name in ratio:
-                row = ratio[name]
-                target = "%s %g" % (row["target_kind"], row["target"]) if "target" in row else "-"
-                verdict = ("PASS" if row["pass"] else "MISS") if "pass" in row else ""
-                lines.append("%-52s %9.1f %9s %8s" % (label, row["ratio"], target, verdict))
-    return "\n".join(lines) + "\n"
-
-
-def run(args: argparse.Namespace) -> Dict[str, Any]:
-    started = time.monotonic()
-    tvm_rpc, text = load_tvm(args.skip_tvm)
-    tvm_version, why = (text, "") if tvm_rpc is not None else (None, text)
-    if tvm_rpc is None:
-        logger.warning("the TVM side is skipped: %s", why)
-    import farm.client.session  # noqa: F401  (imported before any clock starts, as TVM's is)
-
-    with tempfile.TemporaryDirectory(prefix="bench-tracker-") as workdir:
-        procs = Processes(workdir)
-        try:
-            request = measure_requests(args, procs, tvm_rpc)
-            concurrency = measure_concurrency(args, procs)
-            summary = measure_summaries(args, procs, tvm_rpc)
-        except BaseException:
-            tails = procs.log_tails()
-            if tails:
-                logger.error("daemon logs (end):\n%s", tails)
-            raise
-        finally:
-            stopped = procs.stop()
-        if not stopped:
-            raise RuntimeError("could not stop every daemon cleanly (see the log)")
-    results: Dict[str, Any] = {
-        "machine": machine_info(tvm=tvm_version),
-        "tvm_skipped": why,
-        "config": {
-            "repeats": args.repeats,
-            "cold_repeats": args.cold_repeats,
-            "clients": args.clients,
-            "boards": args.boards,
-            "duration_s": args.duration,
-            "priorities": args.priorities,
-            "priority_draw": args.priority_draw,
-            "seed": args.seed,
-            "fake_boards": args.fake_boards,
-            "summary_repeats": args.summary_repeats,
-        },
-        "request": request,
-        "concurrency": concurrency,
-        "summary": summary,
-        "elapsed_s": time.monotonic() - started,
-    }
-    results["ratios"] = ratios(results)
-    return results
-
-
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=40, help="(a) timed requests per side (default: 40)")
-    parser.add_argument(
-        "--cold-repeats", type=int, default=3, help="(a) requests from a fresh client process per side (default: 3)"
-    )
-    parser.add_argument("--clients", type=int, default=100, help="(b) concurrent clients (default: 100)")
-    parser.add_argument("--boards", type=int, default=4, help="(b) boards under the one key (default: 4)")
-    parser.add_argument("--duration", type=float, default=20.0, help="(b) seconds of cycling (default: 20)")
-    parser.add_argument(
-        "--priorities", type=int, default=4, help="(b) each client draws a priority in 0..N-1 (default: 4)"
-    )
-    parser.add_argument(
-        "--priority-draw",
-        choices=["client", "request"],
-        default="client",
-        help="(b) draw a random priority once per client (default) or anew for each request",
-    )
-    parser.add_argument("--seed", type=int, default=1, help="(b) seed of the priority draws (default: 1)")
-    parser.add_argument("--fake-boards", type=int, default=1000, help="(c) registered boards (default: 1000)")
-    parser.add_argument("--summary-repeats", type=int, default=50, help="(c) timed summaries per side (default: 50)")
-    parser.add_argument("--skip-tvm", action="store_true", help="measure our side only")
-    parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    args = parser.parse_args(argv)
-    if min(args.repeats, args.clients, args.boards, args.priorities, args.fake_boards, args.summary_repeats) < 1:
-        parser.error("--repeats, --clients, --boards, --priorities, --fake-boards and --summary-repeats must be >= 1")
+def check_args(args: Any) -> Optional[str]:
+    if min(args.clients, args.boards, args.priorities, args.fake_boards, args.summary_repeats) < 1:
+        return "--clients, --boards, --priorities, --fake-boards and --summary-repeats must be >= 1"
     if args.duration <= 0 or args.cold_repeats < 0:
-        parser.error("--duration must be positive and --cold-repeats not negative")
-    return args
+        return "--duration must be positive and --cold-repeats not negative"
+    return None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, exit_on_signal)  # so that the daemons are stopped on SIGTERM too
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    results = run(args)
-    publish(results, report(results), args.json)
-    load = results["concurrency"]
-    if not load["pass"]:
-        for phase in ("plain", "progress"):
-            if not load[phase]["checks"]["pass"]:
-                checks = json.dumps(load[phase]["checks"])
-                logger.error("a check of the concurrency run (%s) failed: %s", phase, checks)
-        return 1
-    return 0
-
+TOOL = Tool(
+    name="bench_tracker",
+    description=__doc__.split("\n\n")[0],
+    tvm=True,
+    rounds=Option(40, 3, "timed requests per variant"),
+    options={
+        "cold_repeats": Option(3, 1, "requests from a fresh client process per side"),
+        "before": Option(
+            "", "", "a checkout (a directory holding farm/) whose tracker and board are measured too", str
+        ),  # fmt: skip
+        "clients": Option(100, 10, "concurrent clients"),
+        "boards": Option(4, 2, "boards under the one key of the concurrency run"),
+        "duration": Option(20.0, 2.0, "seconds of cycling per phase", float),
+        "priorities": Option(4, 4, "each client draws a priority in 0..N-1"),
+        "priority_draw": Option("client", "client", "draw a priority once per client, or anew per request", str),
+        "seed": Option(1, 1, "seed of the priority draws"),
+        "fake_boards": Option(1000, 50, "registered boards of the summary"),
+        "summary_repeats": Option(50, 3, "timed summaries per variant"),
+    },
+    setup=setup,
+    scenarios=[
+        Scenario("requests", measure_requests, report_requests, anchor="TVM", target=">= %g x" % REQUEST_TARGET),
+        Scenario("concurrency", measure_concurrency, report_concurrency, target="priority, then arrival order"),
+        Scenario("summary", measure_summaries, report_summaries, anchor="TVM"),
+    ],
+    ratios=ratios,
+    headline=headline,
+    passed=lambda results: results["scenarios"]["concurrency"]["pass"],
+    check_args=check_args,
+    pin="none",
+)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(harness.main(TOOL))

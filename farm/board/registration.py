@@ -25,11 +25,13 @@ from collections import deque
 from typing import Any, Callable, Deque, Optional, Tuple
 
 from ..errors import ProtocolError
+from ..net.credentials import PLAIN, Credentials
 from ..net.sockets import recv_nowait, send_nowait, start_connect
-from ..net.tls import Handshake, TlsConfig, TlsError
-from ..protocol.auth import AuthError, Connector
-from ..protocol.handshake import CODE_SUCCESS, ReplyReader, encode_hello
-from ..protocol.tracker import FARM_PROTOCOL, Code, MessageReader, encode_magic, encode_message, random_matchkey
+from ..net.tls import Handshake, TlsError
+from ..protocol.auth import AuthError
+from ..protocol.handshake import encode_hello
+from ..protocol.opening import Connector, Kind, Opened, Proven, Refused
+from ..protocol.tracker import FARM_PROTOCOL, Code, MessageReader, encode_message, random_matchkey
 
 logger = logging.getLogger("farm.registration")
 
@@ -47,16 +49,17 @@ class _Dialler:
     address: Tuple[str, int]
     _sock: Optional[socket.socket]
     _selector: selectors.BaseSelector
-    _tls: Optional[TlsConfig]
+    _credentials: Credentials
     _handshake: Optional[Handshake]
 
     def _start_tls(self) -> None:
         """The TCP connection is up: wrap it and start the TLS handshake (no-op without TLS)."""
-        if self._tls is None or self._sock is None:
+        tls = self._credentials.tls
+        if tls is None or self._sock is None:
             return
         self._selector.unregister(self._sock)  # wrapping detaches the socket
         try:
-            self._handshake = Handshake(self._sock, self._tls, server_side=False, host=self.address[0])
+            self._handshake = Handshake(self._sock, tls, server_side=False, host=self.address[0])
         except TlsError as exc:
             self._sock = None  # closed
             self._fail("TLS with %s:%d failed: %s" % (self.address[0], self.address[1], exc))
@@ -94,15 +97,13 @@ class TrackerLink(_Dialler):
         selector: selectors.BaseSelector,
         custom_addr: Optional[str] = None,
         name: str = "",
-        secret: Optional[bytes] = None,
-        tls: Optional[TlsConfig] = None,
+        credentials: Credentials = PLAIN,
     ) -> None:
         self.address = address
         self.key = key
-        self._secret = secret
-        self._tls = tls
+        self._credentials = credentials
         self._handshake = None
-        self._auth: Optional[Connector] = None  # the proof of the farm secret, before the tracker protocol
+        self._opening = Connector(Kind.TRACKER, credentials.secret)  # the proof of the secret (if any), the magic
         self.name = name
         self.port = port
         self.custom_addr = custom_addr
@@ -110,7 +111,7 @@ class TrackerLink(_Dialler):
         self._selector = selector
         self._sock: Optional[socket.socket] = None
         self._connected = False
-        self._reader = MessageReader(expect_magic=True)
+        self._reader = MessageReader(expect_magic=False)  # (the opening takes the magic's echo)
         self._out = bytearray()
         self._expected: Deque[str] = deque()  # what each outstanding request was
         self._retry_delay = RETRY_FIRST
@@ -135,7 +136,7 @@ class TrackerLink(_Dialler):
     def next_deadline(self) -> float:
         if self._sock is None:
             return self._next_attempt
-        if self._reader.magic_seen and not self._in_session and not self._expected:
+        if self._opening.ended and not self._in_session and not self._expected:
             return self._next_poll
         return float("inf")  # nothing to do until the tracker answers or the session ends
 
@@ -156,7 +157,7 @@ class TrackerLink(_Dialler):
             if now >= self._next_attempt:
                 self._connect()
             return
-        if self._reader.magic_seen and not self._in_session and now >= self._next_poll and not self._expected:
+        if self._opening.ended and not self._in_session and now >= self._next_poll and not self._expected:
             self._next_poll = now + POLL_PERIOD
             self._send([Code.GET_PENDING_MATCHKEYS], "pending")
 
@@ -188,15 +189,15 @@ class TrackerLink(_Dialler):
         self._sock = sock
         self._connected = False
         self._handshake = None
-        self._reader = MessageReader(expect_magic=True)
-        self._auth = Connector(self._secret) if self._secret is not None else None
-        self._out = bytearray(self._auth.data_to_send() if self._auth is not None else encode_magic())
+        self._reader = MessageReader(expect_magic=False)
+        self._opening = Connector(Kind.TRACKER, self._credentials.secret)
+        # The proof of the secret, or the magic alone in its segment (as TVM's tracker wants).
+        self._out = bytearray(self._opening.data_to_send())
         self._expected.clear()
         self._selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self)
 
     def _on_connected(self) -> None:
-        """The TCP connection is up: TLS first if the farm uses it, then the magic alone (TVM's tracker wants it
-        in a segment of its own)."""
+        """The TCP connection is up: TLS first if the farm uses it, then the opening."""
         self._connected = True
         self._start_tls()
 
@@ -215,7 +216,7 @@ class TrackerLink(_Dialler):
         self.matchkey = random_matchkey(self.key)
         self._handed_out_since = None
         self._next_poll = time.monotonic() + POLL_PERIOD
-        if self._reader.magic_seen:
+        if self._opening.ended:
             self._send([Code.PUT, self.key, [self.port, self.matchkey], self.custom_addr], "put")
 
     def _send(self, message: Any, kind: str) -> None:
@@ -249,35 +250,39 @@ class TrackerLink(_Dialler):
         if not data:
             self._lost("the tracker closed the connection")
             return
-        if self._auth is not None and not self._auth.done:
-            data = self._prove(data)
+        if not self._opening.ended:
+            data = self._open(data)
             if not data:
                 return
-        echoed = self._reader.magic_seen
         try:
             replies = self._reader.feed(data)
         except ProtocolError as exc:
             self._lost("the tracker sent nonsense: %s" % exc)
             return
-        if not echoed and self._reader.magic_seen:
-            self._on_magic_echoed()
         for reply in replies:
             kind = self._expected.popleft() if self._expected else "unexpected"
             self._on_reply(kind, reply)
 
-    def _prove(self, data: bytes) -> bytes:
-        """Feed the farm-secret exchange; once it succeeded, send the magic and return what followed it."""
-        assert self._auth is not None
+    def _open(self, data: bytes) -> bytes:
+        """Feed the opening (the proof of the secret, then the magic's echo); once it is over, register and return
+        what followed it."""
         try:
-            self._auth.feed(data)
+            self._opening.receive_data(data)
         except AuthError as exc:
             self._lost("the tracker at %s:%d refused us: %s" % (self.address[0], self.address[1], exc))
             return b""
-        self._out += self._auth.data_to_send()
-        if self._auth.done:
-            self._out += encode_magic()
+        except ProtocolError as exc:
+            self._lost("the tracker sent nonsense: %s" % exc)
+            return b""
+        self._out += self._opening.data_to_send()
         self._flush()
-        return self._auth.leftover()
+        event = self._opening.next_event()
+        if isinstance(event, Proven):
+            event = self._opening.next_event()
+        if not isinstance(event, Opened) or self._sock is None:
+            return b""
+        self._on_magic_echoed()
+        return event.leftover
 
     def _on_reply(self, kind: str, reply: Any) -> None:
         if kind == "pending":
@@ -339,23 +344,20 @@ class ProxyDialer(_Dialler):
         key: str,
         selector: selectors.BaseSelector,
         on_paired: Callable[[socket.socket, str, bytes, int], None],
-        secret: Optional[bytes] = None,
-        tls: Optional[TlsConfig] = None,
+        credentials: Credentials = PLAIN,
     ) -> None:
         self.address = address
         self.key = key
         self._selector = selector
         self._on_paired = on_paired
-        self._secret = secret
-        self._tls = tls
+        self._credentials = credentials
         self._handshake = None
         self._greeted = False
-        self._auth: Optional[Connector] = None  # the proof of the farm secret, before the hello
+        self._hello = encode_hello("server", "%s -protocol=%s" % (key, FARM_PROTOCOL))
+        self._opening = Connector(Kind.DATA, credentials.secret, self._hello)  # the proof (if any), the hello
         self._sent = 0  # bytes sent on this connection: the session counts on from there
         self._sock: Optional[socket.socket] = None
         self._connected = False
-        self._hello = encode_hello("server", "%s -protocol=%s" % (key, FARM_PROTOCOL))
-        self._replies = ReplyReader()
         self._retry_delay = RETRY_FIRST
         self._next_attempt = 0.0
         self._in_session = False
@@ -396,7 +398,7 @@ class ProxyDialer(_Dialler):
         self._connected = False
         self._handshake = None
         self._greeted = False
-        self._replies = ReplyReader()
+        self._opening = Connector(Kind.DATA, self._credentials.secret, self._hello)
         self._selector.register(sock, selectors.EVENT_WRITE, self)
 
     def on_event(self, mask: int) -> None:
@@ -424,44 +426,50 @@ class ProxyDialer(_Dialler):
         if not data:
             self._retry("the proxy closed the connection")
             return
-        if self._auth is not None and not self._auth.done:
-            data = self._prove(data)
-            if not data:
-                return
         try:
-            reply = self._replies.feed(data)
+            self._opening.receive_data(data)
+        except AuthError as exc:
+            self._retry("the proxy refused us: %s" % exc)
+            return
         except ProtocolError as exc:
             self._retry("the proxy sent nonsense: %s" % exc)
             return
-        if reply is None:
+        if not self._send(self._opening.data_to_send()):
             return
-        if reply.code != CODE_SUCCESS:
-            why = ": " + reply.text if reply.text else ""
-            self._retry("the proxy answered with code 0x%X%s" % (reply.code & 0xFFFFFFFF, why))
+        event = self._opening.next_event()
+        if isinstance(event, Proven):
+            logger.info("waiting at the proxy %s:%d for a client", *self.address)
+            event = self._opening.next_event()
+        if isinstance(event, Refused):
+            self._retry("the proxy %s" % event.reason)
             return
+        if not isinstance(event, Opened):
+            return
+        assert event.reply is not None
         sock = self._sock
         self._selector.unregister(sock)
         self._sock = None
         self._in_session = True
         self._retry_delay = RETRY_FIRST
         sock.setblocking(True)
-        self._on_paired(sock, reply.text, self._replies.leftover(), self._sent)
+        self._on_paired(sock, event.reply.text, event.leftover, self._sent)
 
     def _greet(self) -> None:
         """Connected (and TLS up, with TLS): the proof of the secret, if the farm has one, or the hello."""
         assert self._sock is not None
         self._greeted = True
         self._sent = 0
-        self._auth = Connector(self._secret) if self._secret is not None else None
-        if not self._send(self._auth.data_to_send() if self._auth is not None else self._hello):
+        if not self._send(self._opening.data_to_send()):
             return
         self._selector.modify(self._sock, selectors.EVENT_READ, self)
-        if self._auth is None:
+        if self._credentials.secret is None:
             logger.info("waiting at the proxy %s:%d for a client", *self.address)
 
     def _send(self, data: bytes) -> bool:
         """A few bytes into an almost empty socket buffer; False (and dial again later) if that fails."""
         assert self._sock is not None
+        if not data:
+            return True
         try:
             self._sock.sendall(data)
         except OSError as exc:
@@ -469,22 +477,6 @@ class ProxyDialer(_Dialler):
             return False
         self._sent += len(data)
         return True
-
-    def _prove(self, data: bytes) -> bytes:
-        """Feed the farm-secret exchange; once it succeeded, say hello and return what followed it."""
-        assert self._auth is not None
-        try:
-            self._auth.feed(data)
-        except AuthError as exc:
-            self._retry("the proxy refused us: %s" % exc)
-            return b""
-        if not self._send(self._auth.data_to_send()):
-            return b""
-        if self._auth.done:
-            if not self._send(self._hello):
-                return b""
-            logger.info("waiting at the proxy %s:%d for a client", *self.address)
-        return self._auth.leftover()
 
     def _drop(self) -> None:
         if self._sock is not None:

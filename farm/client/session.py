@@ -38,7 +38,9 @@ from ..errors import (
     RemoteError,
     SessionLostError,
 )
-from ..net.secret import SECRET_ENV, prove_on_socket, secret_from
+from ..net.credentials import Credentials
+from ..net.opening import OpeningClosed, open_socket
+from ..net.secret import SECRET_ENV, secret_from
 from ..net.sockets import is_tls, keep_alive, would_block
 from ..net.tls import ENV as TLS_ENV
 from ..net.tls import TlsConfig, TlsError
@@ -46,7 +48,8 @@ from ..net.transport import ConnectionClosed, FramedSocket, tune
 from ..protocol.auth import AuthError
 from ..protocol.calls import decode_result, encode_call, tag_of
 from ..protocol.framing import Frame, FrameReader
-from ..protocol.handshake import CODE_BUSY, CODE_MISMATCH, CODE_SUCCESS, ReplyReader, encode_hello
+from ..protocol.handshake import CODE_BUSY, CODE_MISMATCH, encode_hello
+from ..protocol.opening import Connector, Kind, Opened, Refused
 from ..protocol.ops import PICKLE_PROTOCOL, RESULT_PICKLE, Op
 from ..protocol.values import decode_value
 from ..signature import DTYPE_SIZES, Signature, parse_signature
@@ -106,39 +109,34 @@ def connect(
     a peer that is not a board, and when TLS fails.
     """
     where = "%s:%d" % (host, port)
-    secret = secret if secret is not None else secret_from()
     tls = tls if tls is not None else TlsConfig.from_env()
+    credentials = Credentials(secret if secret is not None else secret_from(), tls)
     sock = socket.create_connection((host, port), timeout=connect_timeout)
     try:
         tune(sock)
         keep_alive(sock)  # a board that vanished is noticed in about 90 s, even without a session timeout
         if tls.enabled:
             sock = tls.wrap_client(sock, host)
-        leftover = prove_on_socket(sock, secret, connect_timeout) if secret is not None else b""
-        sock.sendall(encode_hello("client", key, session_timeout))
-        reader = ReplyReader()
-        reply = reader.feed(leftover) if leftover else None
-        while reply is None:
-            try:
-                data = sock.recv(4096)
-            except ConnectionResetError:  # it closed without reading what we sent
-                data = b""
-            if not data:
-                hint = _closed_hint(secret, tls)
-                raise HandshakeError("the board at %s closed the connection during the handshake%s" % (where, hint))
-            reply = reader.feed(data)
-        if reply.code == CODE_BUSY:
-            raise BoardBusyError(reply.text)
-        if reply.code == CODE_MISMATCH:
-            raise HandshakeError("the board at %s refused key %r (key mismatch)" % (where, key))
-        if reply.code != CODE_SUCCESS:
-            raise HandshakeError("the board at %s answered the handshake with code 0x%X" % (where, reply.code))
+        opening = Connector(Kind.DATA, credentials.secret, encode_hello("client", key, session_timeout))
+        event = open_socket(sock, opening, connect_timeout)
+        if isinstance(event, Refused):
+            if event.reply.code == CODE_BUSY:
+                raise BoardBusyError(event.reply.text)
+            if event.reply.code == CODE_MISMATCH:
+                raise HandshakeError("the board at %s refused key %r (key mismatch)" % (where, key))
+            raise HandshakeError("the board at %s %s" % (where, event.reason))
+        assert isinstance(event, Opened) and event.reply is not None
         sock.settimeout(None)
-        board_key = reply.text.split()[0].partition(":")[2] if reply.text.split() else ""  # "server:KEY [-options]"
-        return RemoteSession(sock, host, port, board_key, reader.leftover(), session_timeout)
-    except socket.timeout:
+        text = event.reply.text.split()
+        board_key = text[0].partition(":")[2] if text else ""  # "server:KEY [-options]"
+        return RemoteSession(sock, host, port, board_key, event.leftover, session_timeout)
+    except (OpeningClosed, ConnectionResetError):  # reset: it closed without reading what we sent
         sock.close()
-        raise HandshakeError("no handshake reply from %s within %g s" % (where, connect_timeout)) from None
+        hint = _closed_hint(credentials)
+        raise HandshakeError("the board at %s closed the connection during the handshake%s" % (where, hint)) from None
+    except socket.timeout as exc:
+        sock.close()
+        raise HandshakeError("the board at %s: %s" % (where, exc or "no handshake reply")) from None
     except (AuthError, TlsError) as exc:
         sock.close()
         raise HandshakeError("the board at %s: %s" % (where, exc)) from None
@@ -150,12 +148,12 @@ def connect(
         raise
 
 
-def _closed_hint(secret: Optional[bytes], tls: TlsConfig) -> str:
+def _closed_hint(credentials: Credentials) -> str:
     """Why a board may close the connection in the handshake, from what this end did not use."""
     hints = []
-    if secret is None:
+    if credentials.secret is None:
         hints.append("a farm with a secret does so: set %s" % SECRET_ENV)
-    if not tls.enabled:
+    if not credentials.tls_enabled:
         hints.append("a board with TLS does so: set %s" % TLS_ENV["ca"])
     return " (%s)" % "; ".join(hints) if hints else ""
 
@@ -177,7 +175,7 @@ def _as_host_array(data: Any) -> np.ndarray:
 
 
 def _byte_view(array: np.ndarray) -> memoryview:
-    return memoryview(array.reshape(-1).view(np.uint8))
+    return memoryview(array.reshape(-1).view(np.uint8))  # type: ignore[arg-type]  # ndarray exports its buffer
 
 
 def _shape(shape: Union[int, Sequence[int]]) -> Tuple[int, ...]:
@@ -320,7 +318,7 @@ class RemoteSession:
             self._lost = SessionLostError(
                 "%s went silent while %s: nothing for %d s, past the session timeout of %g s it had to end the "
                 "session by; the board hangs, or the network to it is down"
-                % (where, doing, self.silence_limit, self.session_timeout)
+                % (where, doing, self.silence_limit, self.session_timeout)  # type: ignore[str-format]  # bounded
             )
             self._conn.close()  # no point waiting for it
             return self._lost
@@ -443,7 +441,7 @@ class RemoteSession:
         finally:
             if size:
                 try:
-                    contents.close()
+                    contents.close()  # type: ignore[union-attr]  # a file with bytes in it: a mapping
                 except BufferError:
                     pass  # a failed send's traceback still holds a view; the map closes when that goes
 

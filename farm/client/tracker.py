@@ -18,12 +18,15 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from ..errors import FarmError, HandshakeError, ProtocolError
 from ..logs import escape_control
-from ..net.secret import SECRET_ENV, prove_on_socket, secret_from
+from ..net.credentials import Credentials
+from ..net.opening import OpeningClosed, open_socket
+from ..net.secret import SECRET_ENV, secret_from
 from ..net.sockets import keep_alive
 from ..net.tls import ENV as TLS_ENV
 from ..net.tls import TlsConfig
 from ..protocol.auth import AuthError
-from ..protocol.tracker import FARM_PROTOCOL, TVM_PROTOCOL, Code, MessageReader, encode_magic, encode_message
+from ..protocol.opening import Connector, Kind, Opened
+from ..protocol.tracker import FARM_PROTOCOL, TVM_PROTOCOL, Code, MessageReader, encode_message
 
 #: How often a request is retried when the board it was handed cannot be reached.
 BOARD_CONNECT_ATTEMPTS = 3
@@ -102,9 +105,9 @@ class TrackerClient:
         connections (default: the one ``$REMOTEDEV_TLS_*`` name, if any)."""
         self.host = host
         self.port = port
-        self.secret = secret if secret is not None else secret_from()
-        self.tls = tls if tls is not None else TlsConfig.from_env()
-        self._reader = MessageReader(expect_magic=True)
+        tls = tls if tls is not None else TlsConfig.from_env()
+        self.credentials = Credentials(secret if secret is not None else secret_from(), tls)
+        self._reader = MessageReader(expect_magic=False)  # (the opening takes the magic's echo)
         self._pending: list = []
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
@@ -112,19 +115,18 @@ class TrackerClient:
             raise TrackerError("cannot reach the tracker at %s:%d: %s" % (host, port, exc)) from None
         keep_alive(sock)  # a request may wait a long time in the queue
         try:
-            self._sock = self.tls.wrap_client(sock, host) if self.tls.enabled else sock
+            self._sock = tls.wrap_client(sock, host) if tls.enabled else sock
         except OSError as exc:  # TlsError, or the handshake timed out
             sock.close()
             raise TrackerError("the tracker at %s:%d: %s" % (host, port, exc)) from None
         try:
-            leftover = prove_on_socket(self._sock, self.secret, timeout) if self.secret is not None else b""
-            self._sock.sendall(encode_magic())
-            self._pending += self._reader.feed(leftover)
-            while not self._reader.magic_seen:
-                self._pending += self._reader.feed(self._recv())
-        except TrackerError as exc:  # closed before it echoed the magic
+            opened = open_socket(self._sock, Connector(Kind.TRACKER, self.credentials.secret), timeout)
+            assert isinstance(opened, Opened)  # (a tracker's opening opens, or raises)
+            self._pending += self._reader.feed(opened.leftover)
+        except OpeningClosed:  # before it echoed the magic
             self._sock.close()
-            raise TrackerError("%s%s" % (exc, self._refusal_hint(closed=True))) from None
+            closed = "the tracker at %s:%d closed the connection" % (host, port)
+            raise TrackerError("%s%s" % (closed, self._refusal_hint(closed=True))) from None
         except ConnectionResetError:  # a tracker with TLS resets a connection that does not start with TLS
             self._sock.close()
             raise TrackerError(
@@ -141,9 +143,9 @@ class TrackerClient:
         """Why a tracker may end a new connection at once, from what this end did not use: the farm secret (when
         it ``closed`` the connection) or TLS (when it closed or reset it)."""
         hints = []
-        if closed and self.secret is None:
+        if closed and self.credentials.secret is None:
             hints.append("a farm with a secret does so: set %s" % SECRET_ENV)
-        if not self.tls.enabled:
+        if not self.credentials.tls_enabled:
             hints.append("does the tracker use TLS? set --tls-ca / %s" % TLS_ENV["ca"])
         return " (%s)" % "; ".join(hints) if hints else ""
 
@@ -299,7 +301,7 @@ class TrackerClient:
                 key, priority, user, remaining, wait_for_key, protocols, on_progress, progress_every
             )
             try:
-                return _open_session(board, session_timeout, self.secret, self.tls)
+                return _open_session(board, session_timeout, self.credentials)
             except (OSError, HandshakeError) as exc:
                 failures.append("%s:%d: %s" % (board.host, board.port, exc))
         raise TrackerError(
@@ -365,10 +367,10 @@ def _is_waiter(waiter: Any) -> bool:
     )
 
 
-def _open_session(board: Assignment, session_timeout: Optional[float], secret: Optional[bytes], tls: TlsConfig) -> Any:
+def _open_session(board: Assignment, session_timeout: Optional[float], credentials: Credentials) -> Any:
     """A session on the handed-out board: ours, or TVM's for a TVM board (importing TVM only then)."""
     if board.protocol == TVM_PROTOCOL:
-        if tls.enabled:
+        if credentials.tls_enabled:
             raise TrackerError(
                 "board %s:%d speaks TVM's RPC, whose client cannot use TLS, and this client uses TLS: serve the "
                 "key with this project's board server (farm server), or use a farm without TLS"
@@ -383,6 +385,7 @@ def _open_session(board: Assignment, session_timeout: Optional[float], secret: O
         return rpc.connect(board.host, board.port, key=board.matchkey, session_timeout=session_timeout or 0)
     from .session import connect  # the host client needs numpy; the rest of this module does not
 
+    secret, tls = credentials
     return connect(board.host, board.port, key=board.matchkey, session_timeout=session_timeout, secret=secret, tls=tls)
 
 

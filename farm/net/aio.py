@@ -22,8 +22,11 @@ import socket
 import ssl
 from typing import Awaitable, Callable, Dict, Optional, Set, Tuple
 
+from ..errors import ProtocolError
+from ..protocol.opening import Acceptor, Event, NeedData, Proven
 from ..protocol.peers import looks_like_tls, spoke
 from .gate import Gate, Limits, LogThrottle, Ticket, address_key
+from .opening import Opening, closed_during
 from .tls import HANDSHAKE_TIMEOUT, TlsConfig, TlsError, describe_failure
 
 logger = logging.getLogger("farm.aio")
@@ -61,6 +64,34 @@ def proven() -> None:
         _TICKET.set(None)
 
 
+async def open_stream(opening: Opening, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Event:
+    """Run ``opening`` on asyncio streams until it ends (Opened, Refused) or, on an acceptor, a hello awaits an
+    answer (HelloReceived): that event. Exceptions as :func:`farm.net.opening.open_socket`'s, without a timeout
+    (the caller's ``asyncio.wait_for`` keeps it). An acceptor's peer counts as :func:`proven` once it proved the
+    farm secret, else once its opening ended or its hello came.
+    """
+    while True:
+        outgoing = opening.data_to_send()
+        if outgoing:
+            writer.write(outgoing)
+            await writer.drain()
+        event = opening.next_event()
+        if isinstance(event, Proven) or (isinstance(opening, Acceptor) and not isinstance(event, NeedData)):
+            proven()
+        if isinstance(event, Proven):
+            continue
+        if not isinstance(event, NeedData):
+            return event
+        data = await reader.read(65536)
+        if not data:
+            raise closed_during(opening)
+        try:
+            opening.receive_data(data)
+        except ProtocolError:
+            writer.write(opening.data_to_send())  # the refusal, if it got that far: sent as the caller closes
+            raise
+
+
 async def start_listener(
     sock: socket.socket, handler: Handler, tls: Optional[TlsConfig], what: str, limits: Limits = DEFAULT_LIMITS
 ) -> asyncio.AbstractServer:
@@ -72,7 +103,8 @@ async def start_listener(
     """
     if tls is not None:
         logger.info("the %s speaks TLS only, with the certificate %s", what, tls.cert)
-    return Listener(sock, handler, tls.server_context() if tls is not None else None, what, limits)
+    context = tls.server_context() if tls is not None else None
+    return Listener(sock, handler, context, what, limits)  # type: ignore[abstract]  # it serves from the start
 
 
 async def open_connection(host: str, port: int, tls: Optional[TlsConfig]) -> Streams:

@@ -17,6 +17,11 @@ class Credentials(NamedTuple):
     secret: Optional[bytes] = None
     tls: Optional[TlsConfig] = None
 
+    @property
+    def tls_enabled(self) -> bool:
+        """Whether TLS is on: a configuration that names no file leaves it off."""
+        return self.tls is not None and self.tls.enabled
+
 
 #: No secret, no TLS: plain TVM.
 PLAIN = Credentials()

@@ -17,6 +17,8 @@ import ipaddress
 import logging
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
+from ..cli_types import positive_count, seconds
+
 #: Seconds between two log lines about the same kind of refusal (the ones between are counted, not logged).
 LOG_INTERVAL = 10.0
 
@@ -160,7 +162,7 @@ def add_admission_arguments(parser: argparse.ArgumentParser, defaults: Limits, w
     parser.add_argument(
         "--max-unproven",
         metavar="N",
-        type=positive_int,
+        type=positive_count,
         default=defaults.total,
         help="connections that have not proven anything yet (the farm secret, or without one the protocol's "
         "opening) held at once; more are closed at accept (default: %d)" % defaults.total,
@@ -168,7 +170,7 @@ def add_admission_arguments(parser: argparse.ArgumentParser, defaults: Limits, w
     parser.add_argument(
         "--max-unproven-per-address",
         metavar="N",
-        type=positive_int,
+        type=positive_count,
         default=defaults.per_address,
         help="of those, from one address (an IPv6 /64) (default: %d)" % defaults.per_address,
     )
@@ -176,7 +178,7 @@ def add_admission_arguments(parser: argparse.ArgumentParser, defaults: Limits, w
         parser.add_argument(
             "--unproven-timeout",
             metavar="SECONDS",
-            type=_positive_float,
+            type=seconds(positive=True),
             default=defaults.seconds,
             help="seconds a connection has to prove itself (default: %g)" % defaults.seconds,
         )
@@ -185,20 +187,3 @@ def add_admission_arguments(parser: argparse.ArgumentParser, defaults: Limits, w
 def limits_from(args: argparse.Namespace) -> Limits:
     """The :class:`Limits` of the options :func:`add_admission_arguments` added."""
     return Limits(args.max_unproven, args.max_unproven_per_address, args.unproven_timeout)
-
-
-def positive_int(text: str) -> int:
-    """An option's whole number of 1 or more (argparse's ``type``)."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError("%r is not a whole number of 1 or more" % text)
-    return int(text)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError("%r is not a number of seconds above 0" % text)
-    return value

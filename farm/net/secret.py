@@ -1,9 +1,10 @@
-"""The farm secret: where it comes from, and the proof exchange on sockets and asyncio streams.
+"""The farm secret: where it comes from, and the proof exchange alone on a blocking socket.
 
 A secret lives in a file named by ``--secret-file PATH`` or by the environment
 variable ``REMOTEDEV_SECRET_FILE`` (never on a command line, where ``ps`` would
 show it). With one, every daemon refuses peers that cannot prove they hold it
-(:mod:`farm.protocol.auth`); without one, the farm speaks plain TVM. Standard
+(:mod:`farm.protocol.auth`, run as part of each connection's opening:
+:mod:`farm.protocol.opening`); without one, the farm speaks plain TVM. Standard
 library only: boards use it.
 """
 
@@ -15,13 +16,11 @@ import logging
 import os
 import socket
 import stat
-import time
-from typing import TYPE_CHECKING, Optional, Union
+from typing import Optional
 
-from ..protocol.auth import Acceptor, AuthError, Connector
-
-if TYPE_CHECKING:  # asyncio is the tracker's and the proxy's; a board need not import it
-    import asyncio
+from ..protocol.auth import AuthError
+from ..protocol.opening import Connector, Kind, Opened
+from .opening import OpeningClosed, OpeningTimeout, open_socket
 
 logger = logging.getLogger("farm.auth")
 
@@ -107,71 +106,13 @@ def prove_on_socket(sock: socket.socket, secret: bytes, timeout: float = AUTH_TI
     AuthError if the other end does not hold the secret, refuses us, or does
     not answer within ``timeout`` (an end without a secret says nothing).
     """
-    exchange = Connector(secret)
-    previous = sock.gettimeout()
-    deadline = time.monotonic() + timeout
     try:
-        while not exchange.done:
-            outgoing = exchange.data_to_send()
-            if outgoing:
-                sock.sendall(outgoing)
-            sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                data = sock.recv(4096)
-            except socket.timeout:
-                raise AuthError(
-                    "no answer to our proof of the farm secret within %g s (does the other end have a secret?)"
-                    % timeout
-                ) from None
-            if not data:
-                raise AuthError("the other end closed the connection during authentication (a different secret?)")
-            exchange.feed(data)
-        sock.sendall(exchange.data_to_send())
-    finally:
-        sock.settimeout(previous)
-    return exchange.leftover()
-
-
-async def prove_on_stream(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: bytes, timeout: float = AUTH_TIMEOUT
-) -> bytes:
-    """:func:`prove_on_socket` for asyncio streams (a daemon dialling another)."""
-    import asyncio
-
-    return await asyncio.wait_for(_exchange_on_stream(Connector(secret), reader, writer), timeout)
-
-
-async def admit_on_stream(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: bytes, timeout: float = AUTH_TIMEOUT
-) -> bytes:
-    """Run the exchange as the accepting side of asyncio streams; return bytes that came after it.
-
-    AuthError (after telling the peer it is refused, when it got that far) if
-    it cannot prove the secret; asyncio.TimeoutError if it says nothing in time.
-    """
-    import asyncio
-
-    return await asyncio.wait_for(_exchange_on_stream(Acceptor(secret), reader, writer), timeout)
-
-
-async def _exchange_on_stream(
-    exchange: Union[Connector, Acceptor], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> bytes:
-    try:
-        while not exchange.done:
-            outgoing = exchange.data_to_send()
-            if outgoing:
-                writer.write(outgoing)
-                await writer.drain()
-            data = await reader.read(4096)
-            if not data:
-                raise AuthError("the other end closed the connection during authentication")
-            exchange.feed(data)
-    except AuthError:
-        refusal = exchange.data_to_send()
-        if refusal:
-            writer.write(refusal)
-        raise
-    writer.write(exchange.data_to_send())
-    await writer.drain()
-    return exchange.leftover()
+        opened = open_socket(sock, Connector(Kind.PROOF, secret), timeout)
+    except OpeningTimeout:
+        raise AuthError(
+            "no answer to our proof of the farm secret within %g s (does the other end have a secret?)" % timeout
+        ) from None
+    except OpeningClosed:
+        raise AuthError("the other end closed the connection during authentication (a different secret?)") from None
+    assert isinstance(opened, Opened)  # (the proof alone ends opened, or raises)
+    return opened.leftover

@@ -43,7 +43,7 @@ sys.exit(server.run(parser.parse_args()))
 '''
 #: What ships to a board, as the tree says it: these folders of ``farm`` whole, and these shared top-level modules.
 BOARD_PACKAGES = ("board", "net", "protocol")
-BOARD_TOP_MODULES = ("__init__", "errors", "lifetime", "logs", "server", "signature")
+BOARD_TOP_MODULES = ("__init__", "cli_types", "errors", "lifetime", "logs", "server", "signature")
 
 Entry = Tuple[str, Path]  # the name in the archive, the file it comes from
 

@@ -1,5 +1,7 @@
 """Wire protocols, sans-IO: bytes in, events out, no sockets.
 
+``opening``: the opening of every connection (the farm secret's proof from
+``auth``, then the handshake or the tracker magic), one machine per side.
 ``handshake``: TVM's data-plane handshake. ``framing``: this project's frames
 after it. ``calls``: the binary payloads of native calls. ``ops``: the
 operation codes. The blocking board and client (:mod:`farm.net.transport`) use

@@ -35,27 +35,33 @@ _CODES_WITHOUT_TEXT = (CODE_MISMATCH, CODE_DUPLICATE)
 
 @dataclass(frozen=True)
 class Hello:
-    """The connecting side's key, split into role, match key and options."""
+    """The connecting side's key, split into role, match key and options.
+
+    A malformed ``-timeout`` makes the hello itself malformed: making one raises :class:`ProtocolError`.
+    """
 
     role: str
     key: str
     options: Dict[str, str] = field(default_factory=dict)
+    #: The session timeout asked for with ``-timeout=S``, if any (0 means none).
+    timeout: float | None = field(init=False, repr=False, compare=False)
 
-    @property
-    def timeout(self) -> float | None:
-        """The session timeout asked for with ``-timeout=S``, if any (0 means none)."""
-        value = self.options.get("timeout")
-        if value is None:
-            return None
-        try:
-            seconds = float(value)
-        except ValueError:
-            raise ProtocolError("handshake option -timeout=%s is not a number" % value) from None
-        if seconds != seconds or seconds in (float("inf"), float("-inf")):
-            raise ProtocolError("handshake option -timeout=%s is not a finite number" % value)
-        if seconds < 0:
-            raise ProtocolError("handshake option -timeout=%s is negative" % value)
-        return seconds or None
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "timeout", _timeout(self.options.get("timeout")))
+
+
+def _timeout(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ProtocolError("handshake option -timeout=%s is not a number" % value) from None
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        raise ProtocolError("handshake option -timeout=%s is not a finite number" % value)
+    if seconds < 0:
+        raise ProtocolError("handshake option -timeout=%s is negative" % value)
+    return seconds or None
 
 
 @dataclass(frozen=True)
@@ -67,7 +73,7 @@ class Reply:
 
 
 def parse_key(text: str) -> Hello:
-    """Split ``client:KEY -timeout=S`` into a :class:`Hello`."""
+    """Split ``client:KEY -timeout=S`` into a :class:`Hello`; :class:`ProtocolError` if it is malformed."""
     tokens = text.split()
     if not tokens or ":" not in tokens[0]:
         raise ProtocolError("handshake key %r is not of the form ROLE:KEY" % text[:80])

@@ -29,14 +29,16 @@ import sys
 import time
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
+from ..cli_types import positive_count
 from ..errors import ProtocolError
 from ..lifetime import die_with_launcher
 from ..logs import configure_logging
-from ..net.aio import DEFAULT_LIMITS, open_connection, proven, start_listener
-from ..net.gate import Limits, add_admission_arguments, address_key, limits_from, positive_int
-from ..net.secret import add_secret_argument, admit_on_stream, daemon_secret, prove_on_stream
+from ..net.aio import DEFAULT_LIMITS, open_connection, open_stream, start_listener
+from ..net.credentials import PLAIN, Credentials
+from ..net.gate import Limits, add_admission_arguments, address_key, limits_from
+from ..net.secret import AUTH_TIMEOUT, add_secret_argument, daemon_secret
 from ..net.sockets import bind_first_free, keep_alive, parse_address
-from ..net.tls import TlsConfig, TlsError, add_tls_arguments, daemon_tls
+from ..net.tls import TlsError, add_tls_arguments, daemon_tls
 from ..protocol.auth import AuthError
 from ..protocol.handshake import (
     CODE_BUSY,
@@ -44,14 +46,13 @@ from ..protocol.handshake import (
     CODE_MISMATCH,
     CODE_SUCCESS,
     Hello,
-    HelloReader,
     encode_reply,
 )
+from ..protocol.opening import Acceptor, Connector, HelloReceived, Kind, Opened
 from ..protocol.tracker import (
     TVM_PROTOCOL,
     Code,
     MessageReader,
-    encode_magic,
     encode_message,
     key_of_matchkey,
     random_matchkey,
@@ -107,24 +108,14 @@ class Endpoint:
         self.watch: Optional[asyncio.Future[bytes]] = None  # a waiting board's read that notices it leave
 
 
-async def read_hello(reader: asyncio.StreamReader, secret: Optional[bytes] = None,
-                     writer: Optional[asyncio.StreamWriter] = None) -> Tuple[Hello, str, bytes]:  # fmt: skip
+async def read_hello(reader: asyncio.StreamReader, secret: Optional[bytes], writer: asyncio.StreamWriter
+                     ) -> Tuple[Hello, str, bytes]:  # fmt: skip
     """The peer's hello (after its proof of the farm secret, with one), the key text it sent, and any bytes that
     came after it."""
-    hellos = HelloReader()
-    data = b""
-    if secret is not None and writer is not None:
-        data = await admit_on_stream(reader, writer, secret)
-        proven()
-    while True:
-        data = data or await reader.read(4096)
-        if not data:
-            raise ProtocolError("the peer closed the connection before its hello")
-        hello = hellos.feed(data)
-        if hello is not None:
-            text = "%s:%s" % (hello.role, hello.key) + "".join(" -%s=%s" % item for item in hello.options.items())
-            return hello, text, hellos.leftover()
-        data = b""
+    opening = Acceptor(Kind.DATA, secret)
+    event = await open_stream(opening, reader, writer)
+    assert isinstance(event, HelloReceived)  # (an acceptor stops there: its answer is the pairing's)
+    return event.hello, event.text, opening.leftover()
 
 
 def _peer_name(writer: asyncio.StreamWriter) -> str:
@@ -162,13 +153,11 @@ class Proxy:
     """Pairs clients with boards that dialled out; see the module docstring."""
 
     def __init__(self, port: int, tracker: Optional[Tuple[str, int]] = None, host: Optional[str] = None,
-                 secret: Optional[bytes] = None, tls: Optional[TlsConfig] = None,
-                 bounds: Optional[BoardBounds] = None) -> None:  # fmt: skip
+                 credentials: Credentials = PLAIN, bounds: Optional[BoardBounds] = None) -> None:  # fmt: skip
         self.port = port
         self.bounds = bounds or BoardBounds()
         self.tracker = tracker
-        self.secret = secret
-        self.tls = tls  # for dialling the tracker
+        self.credentials = credentials  # the secret for every peer; TLS for dialling the tracker
         # What the tracker tells clients: the address we listen on, unless that is every address
         # (then the tracker takes the address it sees us at).
         self.advertised = None if host in (None, "", "0.0.0.0", "::") else host
@@ -184,7 +173,9 @@ class Proxy:
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            hello, text, leftover = await asyncio.wait_for(read_hello(reader, self.secret, writer), HELLO_TIMEOUT)
+            hello, text, leftover = await asyncio.wait_for(
+                read_hello(reader, self.credentials.secret, writer), HELLO_TIMEOUT
+            )
         except AuthError as exc:
             logger.warning("refused %s: %s", _peer_name(writer), exc)
             writer.close()
@@ -193,7 +184,6 @@ class Proxy:
             logger.warning("closing a connection without a valid hello: %s", str(exc) or "timed out")
             writer.close()
             return
-        proven()
         endpoint = Endpoint(hello, text, reader, writer)
         endpoint.leftover = leftover
         if hello.role == "server":
@@ -315,20 +305,17 @@ class Proxy:
         assert self.tracker is not None
         delay = 0.25
         while not self.stopped.is_set():
+            opening = Connector(Kind.TRACKER, self.credentials.secret)
             try:
-                reader, writer = await open_connection(*self.tracker, self.tls)
+                reader, writer = await open_connection(*self.tracker, self.credentials.tls)
                 keep_alive(writer.get_extra_info("socket"))
-                leftover = await prove_on_stream(reader, writer, self.secret) if self.secret is not None else b""
-                writer.write(encode_magic())
-                messages = MessageReader(expect_magic=True)
-                messages.feed(leftover)
-                while not messages.magic_seen:
-                    data = await reader.read(4)
-                    if not data:
-                        raise ConnectionError("the tracker closed the connection")
-                    messages.feed(data)
+                opened = await asyncio.wait_for(open_stream(opening, reader, writer), AUTH_TIMEOUT)
                 self._tracker_writer = writer
                 self._tracker_replies = asyncio.Queue()
+                messages = MessageReader(expect_magic=False)
+                assert isinstance(opened, Opened)  # (a tracker's opening opens, or raises)
+                for message in messages.feed(opened.leftover):
+                    self._tracker_replies.put_nowait(message)
                 delay = 0.25
                 logger.info("registered with the tracker at %s:%d", *self.tracker)
                 pump = asyncio.ensure_future(self._read_tracker(reader, messages))
@@ -339,7 +326,7 @@ class Proxy:
                     await self._offer(fresh, self.boards[fresh])
                 await self._poll_pending(pump)
             except (OSError, ProtocolError, asyncio.TimeoutError) as exc:
-                why = str(exc) or "no answer to our proof of the farm secret"  # a timeout says nothing itself
+                why = str(exc) or "no %s within %g s" % (opening.waiting_for(), AUTH_TIMEOUT)  # a timeout says nothing
                 level = logging.WARNING if isinstance(exc, TlsError) else logging.INFO  # TLS: a setup to fix
                 logger.log(level, "tracker link: %s; retrying in %.2f s", why, delay)
             finally:
@@ -468,21 +455,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-boards",
         metavar="N",
-        type=positive_int,
+        type=positive_count,
         help="boards connected at once, waiting or in a session (default: as many as the tracker's limit on the "
         "proxy's information allows with keys of --max-board-key: %d for %d)" % (MAX_BOARDS, MAX_BOARD_KEY),
     )
     parser.add_argument(
         "--max-boards-per-address",
         metavar="N",
-        type=positive_int,
+        type=positive_count,
         default=MAX_BOARDS_PER_ADDRESS,
         help="boards waiting at once from one address (an IPv6 /64) (default: %d)" % MAX_BOARDS_PER_ADDRESS,
     )
     parser.add_argument(
         "--max-board-key",
         metavar="N",
-        type=positive_int,
+        type=positive_count,
         default=MAX_BOARD_KEY,
         help="longest key of a board, in characters (default: %d)" % MAX_BOARD_KEY,
     )
@@ -495,15 +482,15 @@ def bounds_from(args: argparse.Namespace) -> BoardBounds:
     return BoardBounds(total, args.max_boards_per_address, args.max_board_key)
 
 
-async def serve(sock: socket.socket, tracker: Optional[Tuple[str, int]], secret: Optional[bytes] = None,
-                tls: Optional[TlsConfig] = None, limits: Limits = DEFAULT_LIMITS,
-                bounds: Optional[BoardBounds] = None) -> None:  # fmt: skip
-    """Serve on the listening ``sock`` (over TLS with ``tls``, which also dials the tracker) until SIGTERM or
+async def serve(sock: socket.socket, tracker: Optional[Tuple[str, int]], credentials: Credentials = PLAIN,
+                limits: Limits = DEFAULT_LIMITS, bounds: Optional[BoardBounds] = None) -> None:  # fmt: skip
+    """Serve on the listening ``sock`` (over TLS with the ``credentials``' TLS, which also dials the tracker, and
+    asking each peer for their secret) until SIGTERM or
     SIGINT; ``limits`` bound the connections that have proven nothing yet (:mod:`farm.net.gate`), ``bounds`` the
     boards."""
     host, port = sock.getsockname()[:2]
-    proxy = Proxy(port, tracker, host, secret, tls, bounds)
-    server = await start_listener(sock, proxy.handle_connection, tls, "proxy", limits)
+    proxy = Proxy(port, tracker, host, credentials, bounds)
+    server = await start_listener(sock, proxy.handle_connection, credentials.tls, "proxy", limits)
     loop = asyncio.get_running_loop()
     for number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(number, proxy.stopped.set)
@@ -526,7 +513,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         logger.error("cannot listen: %s", exc)
         return 1
-    asyncio.run(serve(sock, args.tracker, secret, tls, limits_from(args), bounds_from(args)))
+    asyncio.run(serve(sock, args.tracker, Credentials(secret, tls), limits_from(args), bounds_from(args)))
     return 0
 
 

@@ -26,19 +26,22 @@ import ssl
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
+from ..cli_types import count, positive_count, seconds, whole
 from ..errors import ProtocolError
 from ..lifetime import die_with_launcher
 from ..logs import configure_logging
 from ..net import gate as admission
-from ..net.aio import DEFAULT_LIMITS, proven, start_listener
+from ..net.aio import DEFAULT_LIMITS, open_stream, start_listener
+from ..net.credentials import PLAIN, Credentials
 from ..net.gate import add_admission_arguments
-from ..net.secret import AUTH_TIMEOUT, add_secret_argument, admit_on_stream, daemon_secret
+from ..net.secret import add_secret_argument, daemon_secret
 from ..net.sockets import bind_first_free
-from ..net.tls import TlsConfig, add_tls_arguments, daemon_tls
+from ..net.tls import add_tls_arguments, daemon_tls
 from ..protocol.auth import AuthError
 from ..protocol.handshake import MAX_KEY_LENGTH
+from ..protocol.opening import Acceptor, Kind, Opened
 from ..protocol.tracker import (
     FARM_PROTOCOL,
     MAX_MESSAGE,
@@ -47,7 +50,6 @@ from ..protocol.tracker import (
     TVM_PROTOCOL,
     Code,
     MessageReader,
-    encode_magic,
     encode_message,
 )
 from .queues import KeyQueue, Offer, Waiter
@@ -70,7 +72,8 @@ MAX_SERVER_ENTRY = 4 << 10
 MAX_SHOWN = 256
 #: Keys a refusal names ("keys served: ...").
 MAX_NAMED_KEYS = 20
-#: Seconds a new connection may stay silent before its magic; after it, an idle connection is its peer's lease.
+#: Seconds a new connection may take over its opening (the proof of the secret, with one, and the magic); after it,
+#: an idle connection is its peer's lease.
 MAGIC_TIMEOUT = 10.0
 #: Seconds after which a free board of this farm that has said nothing is taken for hung and not handed out until
 #: it speaks again: a free board asks for its pending match keys every second (registration.POLL_PERIOD).
@@ -145,14 +148,6 @@ class Peer:
         self.info = {}
 
 
-async def _before_magic(reader: asyncio.StreamReader) -> bytes:
-    """The next bytes of a connection that has not sent its magic yet; ProtocolError after MAGIC_TIMEOUT without."""
-    try:
-        return await asyncio.wait_for(reader.read(65536), MAGIC_TIMEOUT)
-    except asyncio.TimeoutError:
-        raise ProtocolError("no tracker magic within %g s" % MAGIC_TIMEOUT) from None
-
-
 def _expect(condition: bool, what: str) -> None:
     if not condition:
         raise ProtocolError(what)
@@ -183,21 +178,17 @@ class Tracker:
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = Peer(writer, self.limits.max_output)
-        messages = MessageReader(expect_magic=True)
+        messages = MessageReader(expect_magic=False)  # (the opening takes the magic)
         self.peers.add(peer)
         self.tasks.add(asyncio.current_task())  # type: ignore[arg-type]
         try:
-            data = await self._admit(peer, reader, writer) if self.secret is not None else b""
+            data = await self._open(peer, reader, writer)
             while data or not reader.at_eof():
                 self._receive(peer, messages, data)
-                if messages.magic_seen:
-                    proven()  # (with a secret, done already)
                 await writer.drain()
-                data = await reader.read(65536) if messages.magic_seen else await _before_magic(reader)
+                data = await reader.read(65536)
         except AuthError as exc:
             logger.warning("refused %s: %s", peer.name, exc)
-        except asyncio.TimeoutError:
-            logger.warning("refused %s: no proof of the farm secret within %g s", peer.name, AUTH_TIMEOUT)
         except ProtocolError as exc:
             logger.warning("closing the connection from %s: %s", peer.name, exc)
         except (ConnectionError, ssl.SSLError) as exc:  # SSLError: a TLS record that does not check out
@@ -210,11 +201,8 @@ class Tracker:
             self.tasks.discard(asyncio.current_task())
 
     def _receive(self, peer: Peer, messages: MessageReader, data: bytes) -> None:
-        """Bytes from a peer: answer its magic, then act on each whole message."""
-        magic_was_seen = messages.magic_seen
+        """Bytes from a peer after its opening: act on each whole message."""
         received = messages.feed(data)
-        if not magic_was_seen and messages.magic_seen:
-            peer.writer.write(encode_magic())
         now = time.monotonic()
         was_silent = peer.silent(now)
         if was_silent:
@@ -234,13 +222,19 @@ class Tracker:
             for key in {offer.key for offer in peer.offers}:
                 self._schedule(key)
 
-    async def _admit(self, peer: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
-        """The peer proves it holds the farm secret; the bytes it sent after the proof."""
-        assert self.secret is not None
-        leftover = await admit_on_stream(reader, writer, self.secret)
-        logger.debug("%s proved it holds the farm secret", peer.name)
-        proven()
-        return leftover
+    async def _open(self, peer: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+        """The peer's opening (its proof of the farm secret, with one, then its magic, echoed); the bytes it sent
+        after it. AuthError or ProtocolError naming what it did not send within MAGIC_TIMEOUT."""
+        opening = Acceptor(Kind.TRACKER, self.secret)
+        try:
+            opened = await asyncio.wait_for(open_stream(opening, reader, writer), MAGIC_TIMEOUT)
+        except asyncio.TimeoutError:
+            error = AuthError if opening.proving else ProtocolError
+            raise error("no %s within %g s" % (opening.waiting_for(), MAGIC_TIMEOUT)) from None
+        if self.secret is not None:
+            logger.debug("%s proved it holds the farm secret", peer.name)
+        assert isinstance(opened, Opened)  # (a tracker's opening opens, or raises)
+        return opened.leftover
 
     def _drop(self, peer: Peer) -> None:
         """A closed connection takes its queued requests and its boards' offers along."""
@@ -671,33 +665,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     limits = parser.add_argument_group("limits (docs/tracker.md)")
     default = Limits()
-    limits.add_argument("--max-priority", type=_at_least(0, int), default=default.max_priority, metavar="N",
+    limits.add_argument("--max-priority", type=count, default=default.max_priority, metavar="N",
                         help="a request's priority is clamped to -N..N (default: %(default)s)")  # fmt: skip
-    limits.add_argument("--fair-after", type=_at_least(0, float), default=default.fair_after, metavar="SECONDS",
+    limits.add_argument("--fair-after", type=seconds(), default=default.fair_after, metavar="SECONDS",
                         help="a request waiting this long goes before all later ones, whatever their priority; "
                         "such requests take turns by address (default: %(default)s)")  # fmt: skip
-    limits.add_argument("--max-offers-per-peer", type=_at_least(1, int), default=default.max_offers, metavar="N",
+    limits.add_argument("--max-offers-per-peer", type=positive_count, default=default.max_offers, metavar="N",
                         help="free boards one connection may offer at once (default: %(default)s)")  # fmt: skip
-    limits.add_argument("--max-waiters-per-peer", type=_at_least(1, int), default=default.max_waiters, metavar="N",
+    limits.add_argument("--max-waiters-per-peer", type=positive_count, default=default.max_waiters, metavar="N",
                         help="requests one connection may have queued at once (default: %(default)s)")  # fmt: skip
-    limits.add_argument("--max-keys-per-peer", type=_at_least(1, int), default=default.max_keys, metavar="N",
+    limits.add_argument("--max-keys-per-peer", type=positive_count, default=default.max_keys, metavar="N",
                         help="keys one connection may serve (default: %(default)s)")  # fmt: skip
-    limits.add_argument("--max-peer-output", type=_at_least(MAX_MESSAGE, int), default=default.max_output,
+    limits.add_argument("--max-peer-output", type=whole(MAX_MESSAGE, "a number of bytes"), default=default.max_output,
                         metavar="BYTES", help="replies queued for a peer that does not read them before it is "
                         "dropped (default: %(default)s)")  # fmt: skip
-
-
-def _at_least(low: float, kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError("%r is not a number" % text) from None
-        if not value >= low:  # also NaN
-            raise argparse.ArgumentTypeError("%s is less than %s" % (text, low))
-        return value
-
-    return parse
 
 
 def limits_from(args: argparse.Namespace) -> Limits:
@@ -715,18 +696,18 @@ def limits_from(args: argparse.Namespace) -> Limits:
 async def serve(
     sock: socket.socket,
     stop_key: Optional[str] = None,
-    secret: Optional[bytes] = None,
-    tls: Optional[TlsConfig] = None,
+    credentials: Credentials = PLAIN,
     limits: Limits = Limits(),
     gate: admission.Limits = DEFAULT_LIMITS,
 ) -> None:
-    """Serve on the listening ``sock`` (over TLS with ``tls``) until SIGTERM, SIGINT or an authorised STOP.
+    """Serve on the listening ``sock`` until SIGTERM, SIGINT or an authorised STOP, over TLS with the
+    ``credentials``' and asking each peer for their secret.
 
     ``limits`` bound what each peer may ask of the queue; ``gate`` bounds the connections that have
     proven nothing yet (:mod:`farm.net.gate`).
     """
-    tracker = Tracker(stop_key, secret, limits)
-    server = await start_listener(sock, tracker.handle_connection, tls, "tracker", gate)
+    tracker = Tracker(stop_key, credentials.secret, limits)
+    server = await start_listener(sock, tracker.handle_connection, credentials.tls, "tracker", gate)
     loop = asyncio.get_running_loop()
     for number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(number, tracker.stopped.set)
@@ -752,7 +733,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         logger.error("cannot listen: %s", exc)
         return 1
-    asyncio.run(serve(sock, secret=secret, tls=tls, limits=limits_from(args), gate=admission.limits_from(args)))
+    credentials = Credentials(secret, tls)
+    asyncio.run(serve(sock, credentials=credentials, limits=limits_from(args), gate=admission.limits_from(args)))
     return 0
 
 

@@ -20,7 +20,6 @@ and its log has no traceback. ``FARM_FUZZ_SEED`` replays another stream.
 
 from __future__ import annotations
 
-import inspect
 import math
 import random
 import re
@@ -43,7 +42,7 @@ from fuzz_streams import Fields, cut, edit, mutate, random_bytes, random_json, r
 
 import farm
 from conftest import fd_count, python_env, rss, wait_for
-from farm.board.daemon import BoardServer
+from farm.board.config import HANDSHAKE_TIMEOUT  # a board's, without --handshake-timeout
 from farm.errors import ProtocolError
 from farm.ops.processes import DaemonProcess
 from farm.protocol.calls import TAGS, encode_call
@@ -69,8 +68,6 @@ MAX_PAYLOAD = 64 << 20
 SILENT_AT_MOST = 32
 #: Seconds beyond a daemon's own timeout for it to have closed what it must.
 GRACE = 10.0
-#: The handshake timeout of a board started without --handshake-timeout.
-BOARD_HANDSHAKE_TIMEOUT = inspect.signature(BoardServer).parameters["handshake_timeout"].default
 VADD = "void vadd(const float *a, const float *b, float *c, int64_t n)"
 ENDS = ("close", "reset", "half-close", "silent")
 
@@ -567,7 +564,7 @@ def test_the_board_survives_malformed_connections(board: DaemonProcess, kernels:
         with farm.connect(host, port, key="fuzz", session_timeout=60) as session:
             exercise(session, kernels["libvadd.so"])
 
-    run = survive(BoardTarget(), board, BOARD_HANDSHAKE_TIMEOUT, board_settled(board), serve)
+    run = survive(BoardTarget(), board, HANDSHAKE_TIMEOUT, board_settled(board), serve)
     by_port = lines_by_port(board.log_text())
     for record in run.records:
         lines = by_port.get(record.port, [])

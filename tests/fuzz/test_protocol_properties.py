@@ -481,18 +481,6 @@ def test_replies_round_trip_however_the_stream_is_cut(code: int, text: str, poin
         assert reply.text == text or len(reply.text.encode()) > MAX_KEY_LENGTH - 4
 
 
-def checked_hello(reader: HelloReader) -> Callable[[bytes], Any]:
-    """The hello reader's feed, with the ``-timeout`` check the board makes on each hello."""
-
-    def feed(piece: bytes) -> Any:
-        hello = reader.feed(piece)
-        if hello is not None:
-            hello.timeout  # noqa: B018  (ProtocolError for a malformed -timeout)
-        return hello
-
-    return feed
-
-
 @FUZZ
 @given(
     role=ROLES,
@@ -512,13 +500,13 @@ def test_mutated_hellos_and_replies_raise_only_protocol_errors(
     use_arbitrary: bool,
     points: List[int],
 ) -> None:
-    """Hello reader (with the ``-timeout`` check) and reply reader: a result, more bytes needed, or ProtocolError."""
+    """Hello reader (which checks ``-timeout``) and reply reader: a result, more bytes needed, or ProtocolError."""
     try:
         valid = encode_hello(role, key, timeout)
     except ValueError:  # documented: a key text past MAX_KEY_LENGTH
         valid = encode_hello(role, "k", timeout)
     data = arbitrary if use_arbitrary else mutate(valid, [(0, 4), (4, 4)], mutations)
-    first_result(checked_hello(HelloReader()), cut(data, points))
+    first_result(HelloReader().feed, cut(data, points))
     reply = arbitrary if use_arbitrary else mutate(encode_reply(handshake.CODE_BUSY, key), [(0, 4), (4, 4)], mutations)
     first_result(ReplyReader().feed, cut(reply, points))
 
@@ -547,7 +535,7 @@ def test_the_hello_reader_decides_within_one_maximal_hello(
     """Given 8 + MAX_KEY_LENGTH bytes it has a hello or has refused: it never buffers more than that, waiting."""
     data = (struct.pack("<ii", magic, length) + body + bytes(MAX_KEY_LENGTH))[: 8 + MAX_KEY_LENGTH]
     outcome: List[Any] = []
-    peak, _ = peak_while(lambda: outcome.extend(first_result(checked_hello(HelloReader()), cut(data, points))))
+    peak, _ = peak_while(lambda: outcome.extend(first_result(HelloReader().feed, cut(data, points))))
     hello, error = outcome
     assert (hello is None) != (error is None), "undecided after %d bytes" % len(data)
     if hello is not None:

@@ -294,25 +294,29 @@ def test_timeout_values(text, expected):
     ],
 )
 def test_timeout_bad_values(value, problem):
-    """A malformed or negative timeout raises ProtocolError naming the option and the problem."""
-    hello = parse_key("client:k -timeout=%s" % value)
+    """A malformed or negative timeout makes the key malformed: ProtocolError naming the option and the problem."""
     with pytest.raises(ProtocolError, match="-timeout=%s %s" % (value, problem)):
-        hello.timeout  # noqa: B018
+        parse_key("client:k -timeout=%s" % value)
 
 
 def test_timeout_bad_value_through_reader():
-    """The reader hands out a hello with a bad timeout; reading ``timeout`` raises."""
-    hello = HelloReader().feed(tvm_hello(b"client:k -timeout=soon"))
-    assert hello is not None
+    """The reader refuses a hello with a bad timeout as it decodes it."""
+    reader = HelloReader()
     with pytest.raises(ProtocolError, match="not a number"):
-        hello.timeout  # noqa: B018
+        reader.feed(tvm_hello(b"client:k -timeout=soon"))
 
 
-def test_timeout_nan_is_refused():
-    """``-timeout=nan`` is not a usable number of seconds and must be refused."""
-    hello = parse_key("client:k -timeout=nan")
-    with pytest.raises(ProtocolError, match="-timeout=nan"):
-        hello.timeout  # noqa: B018
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_timeout_not_finite_is_refused(value):
+    """``-timeout=nan`` or ``inf`` is not a usable number of seconds and must be refused."""
+    with pytest.raises(ProtocolError, match="-timeout=%s is not a finite number" % value):
+        parse_key("client:k -timeout=%s" % value)
+
+
+def test_a_hello_made_by_hand_is_checked_too():
+    with pytest.raises(ProtocolError, match="-timeout=x is not a number"):
+        Hello("client", "k", {"timeout": "x"})
+    assert Hello("client", "k", {"timeout": "2"}).timeout == 2.0
 
 
 # --- replies ------------------------------------------------------------------------------------

@@ -4,15 +4,15 @@ Each attack runs against the tracker of this checkout and, with ``--before DIR``
 tracker of another source tree (for instance the code before the fix:
 ``git worktree add ../before COMMIT``), side by side in one run::
 
-    python benchmarks/tracker_abuse.py [--before DIR] [--only NAME ...] [--json out.json]
+    python reliability/tracker_abuse.py [--before DIR] [--only NAME,...] [--json out.json]
 
 * **starvation**: one real board; an attacker REQUESTs with priority 1,000,000, never connects
   to the board it is handed, and asks again at once each time; a request of priority 0 waits.
   Reports how long until it gets the board (or that it did not within ``--starve-limit``).
   This checkout's tracker runs with ``--fair-after 5``.
-* **summary-flood**: 200 fake boards registered; one peer sends 1,000 SUMMARY requests
+* **summary_flood**: 200 fake boards registered; one peer sends 1,000 SUMMARY requests
   (7 KB) and never reads. Reports the tracker's RSS before and 3 s after.
-* **long-keys**: two PUTs with 600,000-character keys; reports whether ``farm query`` still works.
+* **long_keys**: two PUTs with 600,000-character keys; reports whether ``farm query`` still works.
 * **queue**: N = 1,000 / 8,000 / 32,000 requests queued on one connection at once; reports how
   long until the tracker has them all (its event loop is blocked meanwhile: the longest wait
   for a SUMMARY on another connection), and how long until they are gone once that connection closes.
@@ -22,19 +22,19 @@ tracker of another source tree (for instance the code before the fix:
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import select
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
-from common import PROJECT, child_env  # noqa: E402  (puts this checkout's farm on the path)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  # the shared harness
+
+import harness  # noqa: E402
+from harness import PROJECT, Option, Scenario, Tool, child_env  # noqa: E402
 
 from farm.client.tracker import connect_tracker  # noqa: E402
 from farm.ops.processes import DaemonProcess, start_board  # noqa: E402
@@ -238,51 +238,51 @@ def attack_departed(tracker: Tracker, rounds: int = 3, peers: int = 100, keys: i
     return {"rss_mb": [round(size, 1) for size in sizes]}
 
 
-ATTACKS = ["starvation", "summary-flood", "long-keys", "queue", "departed"]
 OPTIONS = ["--fair-after=5", "--max-waiters-per-peer=40000"]
 
 
-def run_all(sources: Path, only: Sequence[str], limit: float) -> Dict[str, Any]:
-    results: Dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="tracker-abuse-") as directory:
+def scenario(name: str, attack: Callable[..., Any]) -> Scenario:
+    """``attack(fresh, workdir, args)`` on this checkout's tracker and, with ``--before``, the older one's."""
 
-        def fresh(attack: Callable[..., Dict[str, Any]], *args: Any) -> Dict[str, Any]:
-            tracker = Tracker(sources, directory, OPTIONS)
-            try:
-                return attack(tracker, *args)
-            finally:
-                tracker.stop()
+    def measure(workdir: str, args: Any) -> Dict[str, Any]:
+        result = {}
+        for side, sources in (("after", PROJECT), ("before", args.before)):
+            if not sources:
+                continue
 
-        if "starvation" in only:
-            results["starvation"] = fresh(attack_starvation, directory, limit)
-        if "summary-flood" in only:
-            results["summary-flood"] = fresh(attack_summary_flood)
-        if "long-keys" in only:
-            results["long-keys"] = fresh(attack_long_keys)
-        if "queue" in only:
-            results["queue"] = {str(count): fresh(attack_queue, count) for count in (1000, 8000, 32000)}
-        if "departed" in only:
-            results["departed"] = fresh(attack_departed)
-        logger.info("%s: %s", sources, json.dumps(results))
-    return results
+            def fresh(attack: Callable[..., Dict[str, Any]], *more: Any, sources: Any = sources) -> Dict[str, Any]:
+                tracker = Tracker(Path(sources).resolve(), workdir, OPTIONS)
+                try:
+                    return attack(tracker, *more)
+                finally:
+                    tracker.stop()
+
+            result[side] = attack(fresh, workdir, args)
+        return result
+
+    def report(figures: Dict[str, Any], args: Any) -> List[str]:
+        return ["- %s, %s: %s" % (name, side, figures[side]) for side in ("before", "after") if side in figures]
+
+    return Scenario(name, measure, report)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--before", type=Path, help="a source tree whose tracker is attacked too, for comparison")
-    parser.add_argument("--only", nargs="+", choices=ATTACKS, default=ATTACKS)
-    parser.add_argument("--starve-limit", type=float, default=60.0, help="seconds the starved request waits at most")
-    parser.add_argument("--json", help="write the results here")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    results = {"after": run_all(PROJECT, args.only, args.starve_limit)}
-    if args.before:
-        results["before"] = run_all(args.before.resolve(), args.only, args.starve_limit)
-    print(json.dumps(results, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    return 0
-
+TOOL = Tool(
+    name="tracker_abuse",
+    description=__doc__.split("\n\n")[0],
+    rounds=None,
+    pin="none",
+    options={
+        "before": Option("", "", "a source tree whose tracker is attacked too, for comparison", str),
+        "starve_limit": Option(60.0, 60.0, "seconds the starved request waits at most", float),
+    },
+    scenarios=[
+        scenario("starvation", lambda fresh, workdir, args: fresh(attack_starvation, workdir, args.starve_limit)),
+        scenario("summary_flood", lambda fresh, *_: fresh(attack_summary_flood)),
+        scenario("long_keys", lambda fresh, *_: fresh(attack_long_keys)),
+        scenario("queue", lambda fresh, *_: {str(n): fresh(attack_queue, n) for n in (1000, 8000, 32000)}),
+        scenario("departed", lambda fresh, *_: fresh(attack_departed)),
+    ],
+)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(harness.main(TOOL))

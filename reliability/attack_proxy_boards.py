@@ -1,26 +1,26 @@
 """Boards with long keys crowd the proxy: does the tracker keep the proxy, and the boards behind it?
 
-    python benchmarks/attack_proxy_boards.py --boards 20 --key-length 4000
+    python reliability/attack_proxy_boards.py --boards 20 --key-length 4000
 
 Starts a tracker and a proxy registered with it on 127.0.0.1, and one board of key ``near`` waiting at the proxy
 (a data-plane hello, as ``farm.server --through-proxy`` sends). Then ``--boards`` more say hello with keys of
-``--key-length`` characters. After ``--settle`` seconds it prints (and with ``--json`` writes) whether the
+``--key-length`` characters. After ``--settle`` seconds it reports whether the
 tracker still lists the proxy and offers ``near``, how many of the long boards the proxy refused and with what
 reply, and what the tracker logged about the proxy.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from common import child_env, machine_info
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  # the shared harness
+
+import harness  # noqa: E402
+from harness import Headline, Option, Scenario, Tool, child_env  # noqa: E402
 
 import farm
 from farm.ops.processes import DaemonProcess
@@ -51,8 +51,8 @@ def reply_within(sock: socket.socket, seconds: float) -> Optional[str]:
         return None
 
 
-def attack(args: argparse.Namespace) -> Dict[str, Any]:
-    directory = Path(tempfile.mkdtemp(prefix="attack-proxy-"))
+def attack(workdir: str, args: Any) -> Dict[str, Any]:
+    directory = Path(workdir)
     base = [sys.executable, "-m"]
     tracker = DaemonProcess([*base, "farm.tracker", "--port", "0"], str(directory / "tracker.log"), env=child_env())
     daemons = [tracker]
@@ -83,7 +83,6 @@ def attack(args: argparse.Namespace) -> Dict[str, Any]:
             "long_boards_refused": sum(1 for reply in replies if reply is not None),
             "replies": sorted({reply for reply in replies if reply is not None}),
             "tracker_dropped_the_proxy": dropped[:1],
-            "machine": machine_info(),
         }
     finally:
         for sock in socks:
@@ -96,19 +95,33 @@ def _free(observer: farm.TrackerClient, key: str) -> int:
     return observer.summary()["queue_info"].get(key, {}).get("free", 0)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--boards", type=int, default=20, help="boards with long keys")
-    parser.add_argument("--key-length", type=int, default=4000, help="characters in each of their keys")
-    parser.add_argument("--settle", type=float, default=3.0, help="seconds the tracker has to act")
-    parser.add_argument("--json", help="write the results here")
-    args = parser.parse_args(argv)
-    text = json.dumps(attack(args), indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    return 0
+def report(figures: Dict[str, Any], args: Any) -> List[str]:
+    rows = [(name, figures[name]) for name in ("proxy_registered", "near_free", "long_boards_refused", "replies",
+                                               "tracker_dropped_the_proxy")]  # fmt: skip
+    return harness.table(("%d boards, keys of %d characters" % (args.boards, args.key_length), ""), rows) + [""]
 
+
+def headline(results: Dict[str, Any]) -> List[Headline]:
+    figures = results["scenarios"]["attack"]
+    outcome = "proxy %s, %d of %d refused" % ("registered" if figures["proxy_registered"] else "DROPPED",
+                                               figures["long_boards_refused"], figures["boards"])  # fmt: skip
+    return [Headline("%d boards with %d-character keys at the proxy" % (figures["boards"], figures["key_length"]),
+                     outcome, target="the proxy stays registered", met=figures["proxy_registered"])]  # fmt: skip
+
+
+TOOL = Tool(
+    name="attack_proxy_boards",
+    description=__doc__.split("\n\n")[0],
+    rounds=None,
+    pin="none",
+    options={
+        "boards": Option(20, 3, "boards with long keys"),
+        "key_length": Option(4000, 4000, "characters in each of their keys"),
+        "settle": Option(3.0, 1.0, "seconds the tracker has to act", float),
+    },
+    scenarios=[Scenario("attack", attack, report, target="the proxy stays registered")],
+    headline=headline,
+)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(harness.main(TOOL))

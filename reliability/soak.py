@@ -1,45 +1,21 @@
 """Soak: many clients cycling through a farm on loopback for minutes while its boards are killed and restarted.
 
-The farm is a :class:`farm.ops.launcher.FarmStack` of an inventory this script writes: by default 6 local boards
-over 3 keys (``soak-a``, ``soak-b``, ``soak-c``, 2 boards each; the second board of ``soak-b`` and of
-``soak-c`` dials out to the proxy). ``--clients`` client processes (this script with ``--worker``) each loop
-for ``--duration`` seconds, each cycle:
+A :class:`farm.ops.launcher.FarmStack` of an inventory written here (``--keys`` keys of ``--boards-per-key``
+boards, one behind the proxy in ``--proxied-keys`` of them) and ``--clients`` client processes (this script with
+``--worker PLAN INDEX``), each cycling for ``--duration`` s: draw a key and a priority (seeded), request a board
+(the request-to-ready latency runs from ``connect_tracker`` to the open session), upload, load and call ``vadd``
+and compare with numpy, upload a data file and download it back, close. Meanwhile the tool supervises the stack
+every ``--tick`` s, SIGKILLs one board daemon every ``--kill-every`` s (never the last registered board of its
+key, not in the last 2 s) and samples the tracker's memory and descriptors. Then it waits until every board is
+back and free, stops the stack, looks for any process left and scans the daemons' logs. Errors a killed board
+explains are *expected* (``SessionLostError`` once a session is open, ``TrackerError`` and ``NoBoardError``
+while requesting); any other error, a wrong result or a failed client is *unexpected*. RELIABILITY.md ("Load")
+has the details and the figures::
 
-1. draw a key and a priority in ``0..--priorities-1`` (seeded: ``--seed`` and the client's number);
-2. ``connect_tracker(...).request(key, priority=..., wait=--wait, session_timeout=...)``; the clock of the
-   *request-to-ready latency* runs from before ``connect_tracker`` until ``request()`` returns an open session
-   (queueing for a free board included);
-3. upload ``libvadd.so`` (built once from farm/ops/kernels/vadd.c with ``farm.ops.toolchain.compile_shared``), load it,
-   call ``vadd`` on two random float32 arrays and compare the result with numpy's (exactly);
-4. upload a random data file and download it back, comparing the bytes;
-5. close the session (which frees the board).
+    python reliability/soak.py [--duration 180] [--clients 12] [--kill-every 10] [--seed 1] [--tls] [--json out.json]
 
-Meanwhile the harness calls ``stack.supervise()`` every ``--tick`` seconds (the launcher restarts dead daemons,
-with backoff) and every ``--kill-every`` seconds, until 2 s before the clients stop, SIGKILLs one board daemon
-drawn at random (seeded), never the last registered board of its key: boards are counted from the summary's
-``server_info`` (a board's own entry, the proxy's ``boards``), not from the tracker's ``total``, which goes on
-counting a board behind the proxy once it is gone. Every second it reads the tracker's VmRSS and VmHWM from
-/proc and counts its open file descriptors.
-
-Errors are classified by class, the step that raised them and a category of their message. *Expected* ones are
-what a client sees when its board is killed: ``SessionLostError`` once a session is open, ``TrackerError`` and
-``NoBoardError`` while requesting. Anything else (a wrong result or file, another exception, a client process
-that fails) is *unexpected*.
-
-After the clients end, the harness waits (``--settle`` seconds at most) until, for every key, the boards
-registered, the tracker's ``total`` and its ``free`` offers all equal the inventory's count and nothing is
-pending; *boards lost* is how many boards are still missing then. It stops the stack and looks for any process
-left that the stack started (its daemons and their sessions, found by the ``FARM_PARENT_PID`` in their
-environment), and counts tracebacks, ERROR lines and warnings in the daemons' logs. Then prints a markdown
-report::
-
-    python benchmarks/soak.py [--duration 180] [--clients 12] [--kill-every 10] [--seed 1] [--json out.json]
-                              [--cycles-json cycles.json] [--keep-logs DIR]
-    python benchmarks/soak.py --quick --json out.json     # 15 s, 6 clients, a kill every 3 s (the smoke test)
-    python benchmarks/soak.py --tls ...                   # TLS on every connection
-
-Exit status 1 when a check fails: a board lost, an unexpected error, a board or daemon that died without being
-killed, a process left behind, or no request served at all.
+A check that fails (a board lost, an unexpected error, a daemon that died unkilled, a process left, nothing
+served) makes the exit status 1.
 """
 
 from __future__ import annotations
@@ -54,13 +30,17 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from common import PROJECT, child_env, exit_on_signal, machine_info, machine_line, publish, tls_files  # noqa: E402  (puts this checkout's farm on the path)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  # the shared harness
+
+import harness  # noqa: E402
+from harness import PROJECT, Headline, Option, Scenario, Tool, child_env, tls_files  # noqa: E402
 
 from farm.client.session import RemoteSession  # noqa: E402
 from farm.client.tracker import TrackerError, connect_tracker  # noqa: E402
@@ -83,30 +63,35 @@ SESSION_TIMEOUT = 60.0
 QUIET_END = 2.0
 #: Seconds the stack may take to start, and the clients to start up and end after their duration.
 START_DEADLINE, CLIENT_GRACE = 60.0, 30.0
-#: The numeric options by group: name -> type, default, value with --quick, bound (a key of BOUNDS), help.
-OPTION_GROUPS: Dict[str, Dict[str, Tuple[type, float, float, str, str]]] = {
-    "the load": {
-        "duration": (float, 180.0, 15.0, ">0", "seconds the clients cycle"),
-        "clients": (int, 12, 6, ">=1", "client processes"),
-        "priorities": (int, 4, 4, ">=1", "priorities drawn from 0..N-1"),
-        "wait": (float, 30.0, 30.0, ">0", "seconds a request waits for a board at most"),
-        "max_cycles": (int, 100000, 100000, ">=1", "most cycles per client"),
-    },
-    "the farm": {
-        "keys": (int, 3, 3, ">=1", "keys of the farm"),
-        "boards_per_key": (int, 2, 2, ">=1", "boards of each key"),
-        "proxied_keys": (int, 2, 2, ">=0", "keys with one board behind the proxy"),
-    },
-    "the chaos and the harness": {
-        "kill_every": (float, 10.0, 3.0, ">=0", "seconds between board kills, 0: none"),
-        "seed": (int, 1, 1, ">=0", "seed of the draws and the kills"),
-        "tick": (float, 0.2, 0.2, ">0", "seconds between two supervise() calls"),
-        "settle": (float, 90.0, 90.0, ">=0", "seconds the farm may take to settle at the end"),
-    },
+#: The tool's options: the load, the farm, the chaos and the harness.
+OPTIONS = {
+    "duration": Option(180.0, 15.0, "seconds the clients cycle", float),
+    "clients": Option(12, 6, "client processes"),
+    "priorities": Option(4, 4, "priorities drawn from 0..N-1"),
+    "wait": Option(30.0, 30.0, "seconds a request waits for a board at most", float),
+    "max_cycles": Option(100000, 100000, "most cycles per client"),
+    "keys": Option(3, 3, "keys of the farm (at most 26)"),
+    "boards_per_key": Option(2, 2, "boards of each key"),
+    "proxied_keys": Option(2, 2, "keys with one board behind the proxy"),
+    "kill_every": Option(10.0, 3.0, "seconds between board kills, 0: none", float),
+    "seed": Option(1, 1, "seed of the draws and the kills"),
+    "tick": Option(0.2, 0.2, "seconds between two supervise() calls", float),
+    "settle": Option(90.0, 90.0, "seconds the farm may take to settle at the end", float),
+    "tls": Option(False, help="TLS on every connection (certificates made for the run)", type=bool),
+    "keep_logs": Option("", "", "write the daemons' logs to this directory and keep them", str),
+    "cycles_json": Option("", "", "write every cycle (key, priority, times, error) to this file", str),
 }
-OPTIONS = {name: spec for group in OPTION_GROUPS.values() for name, spec in group.items()}
-#: What each bound of OPTIONS asks of a value.
-BOUNDS = {">0": lambda value: value > 0, ">=0": lambda value: value >= 0, ">=1": lambda value: value >= 1}
+
+
+def check_args(args: Any) -> Optional[str]:
+    positive = ("duration", "wait", "tick", "clients", "priorities", "max_cycles", "keys", "boards_per_key")
+    if any(getattr(args, name) <= 0 for name in positive):
+        return "--%s must be positive" % ", --".join(name.replace("_", "-") for name in positive)
+    if min(args.kill_every, args.seed, args.settle, args.proxied_keys) < 0:
+        return "--kill-every, --seed, --settle and --proxied-keys must not be negative"
+    if args.keys > 26 or args.proxied_keys > args.keys:
+        return "--keys must be at most 26 (soak-a to soak-z), --proxied-keys at most --keys"
+    return None
 
 
 # --- errors ---------------------------------------------------------------------------------------------------
@@ -598,7 +583,7 @@ class Soak:
         with open(plan_path, "w", encoding="utf-8") as handle:
             json.dump(plan.__dict__, handle)
         for index in range(self.args.clients):
-            argv = [sys.executable, os.path.abspath(__file__), "--worker", plan_path, "--worker-index", str(index)]
+            argv = [sys.executable, os.path.abspath(__file__), "--worker", plan_path, str(index)]
             log = open(os.path.join(self.workdir, "client-%02d.log" % index), "wb")
             try:
                 self.clients.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=child_env()))
@@ -685,35 +670,28 @@ def board_figures(expected: Dict[str, int], settle: Dict[str, Any]) -> Dict[str,
     }
 
 
-def run(args: argparse.Namespace) -> Dict[str, Any]:
+def run(workdir: str, args: Any) -> Dict[str, Any]:
     """Start the farm, soak it, settle it, stop it; the results."""
     started = time.monotonic()
     load_before = os.getloadavg()
     os.environ.update(child_env())  # the daemons FarmStack starts import this checkout's farm
-    with tempfile.TemporaryDirectory(prefix="soak-") as workdir:
-        if args.tls:  # every daemon and client of the soak takes it from the environment
-            os.environ.update(tls_files(workdir).daemon().as_env())
-        library = compile_shared([VADD], os.path.join(workdir, LIBRARY))
-        path = write_inventory(
-            os.path.join(workdir, "inventory.yaml"), args.keys, args.boards_per_key, args.proxied_keys
-        )
-        inventory = load_inventory(path)
-        log_dir = args.keep_logs or os.path.join(workdir, "logs")
-        soak = Soak(args, workdir, FarmStack(inventory, log_dir))
-        measured = soak.run(library)
-        left = processes_left(os.getpid())
-        findings = scan_logs(log_dir)
-        rows, reported = soak.client_rows()
+    logging.getLogger("farm.toolchain").setLevel(logging.WARNING)
+    if args.tls:  # every daemon and client of the soak takes it from the environment
+        os.environ.update(tls_files(workdir).daemon().as_env())
+    library = compile_shared([VADD], os.path.join(workdir, LIBRARY))
+    path = write_inventory(os.path.join(workdir, "inventory.yaml"), args.keys, args.boards_per_key, args.proxied_keys)
+    inventory = load_inventory(path)
+    log_dir = args.keep_logs or os.path.join(workdir, "logs")
+    soak = Soak(args, workdir, FarmStack(inventory, log_dir))
+    measured = soak.run(library)
+    left = processes_left(os.getpid())
+    findings = scan_logs(log_dir)
+    rows, reported = soak.client_rows()
     if args.cycles_json:
         with open(args.cycles_json, "w", encoding="utf-8") as handle:
             json.dump(rows, handle)
     keys = sorted(inventory.board_counts())
-    options = ("quick", "duration", "clients", "kill_every", "keys", "boards_per_key", "proxied_keys", "priorities")
     results: Dict[str, Any] = {
-        "machine": machine_info(),
-        "config": {
-            name: getattr(args, name) for name in options + ("wait", "max_cycles", "seed", "tick", "settle", "tls")
-        },
         "inventory": [[group.key, group.count, group.proxy] for group in inventory.boards],
         "window_s": measured["window_s"],
         "served": served_figures(rows, measured["window_s"], keys),
@@ -736,151 +714,78 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 # --- the report ---------------------------------------------------------------------------------------------
 
 
-def _ms(value: Optional[float]) -> str:
-    return "-" if value is None else "%.1f" % value
-
-
-def latency_table(latencies: Dict[str, Any]) -> List[str]:
-    lines = ["| requests | served | p50 ms | p90 ms | p99 ms | max ms |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    rows = [("all", latencies["overall"])]
-    rows += [("priority %s" % level, row) for level, row in sorted(latencies["by_priority"].items(), reverse=True)]
-    rows += [("key %s" % key, row) for key, row in sorted(latencies["by_key"].items())]
-    for name, row in rows:
-        cells = (row["p50_ms"], row["p90_ms"], row["p99_ms"], row["max_ms"])
-        lines.append("| %s | %d | %s |" % (name, row["count"], " | ".join(_ms(cell) for cell in cells)))
-    return lines
-
-
-def error_table(errors: Dict[str, Any]) -> List[str]:
-    lines = ["| error (class at step: category) | count | expected | example |", "| --- | ---: | --- | --- |"]
-    for kind, entry in sorted(errors["by_kind"].items(), key=lambda item: -item[1]["count"]):
-        example = entry["example"].replace("|", "/")[:140]
-        lines.append(
-            "| %s | %d | %s | %s |" % (kind, entry["count"], "yes" if entry["expected"] else "**no**", example)
-        )
-    if not errors["by_kind"]:
-        lines.append("| (none) | 0 | | |")
-    return lines
-
-
-def report(results: Dict[str, Any]) -> str:
-    """The results as a markdown section."""
-    config, served, chaos, boards = results["config"], results["served"], results["chaos"], results["boards"]
-    memory, load = results["tracker_memory"], results["load_average"]
-    farm = ", ".join(
-        "%s %d%s" % (key, count, " behind the proxy" if proxy else "") for key, count, proxy in results["inventory"]
-    )
-    lines = [
-        "",
-        "### Soak: %d clients, %.0f s, a board killed every %g s (seed %d)"
-        % (config["clients"], results["window_s"], config["kill_every"], config["seed"]),
-        "",
-        "Machine: %s; load average %s before, %s after."
-        % (
-            machine_line(results["machine"]),
-            "/".join("%.2f" % value for value in load["before"]),
-            "/".join("%.2f" % value for value in load["after"]),
-        ),
-        "Farm: %s (key and boards)%s." % (farm, ", TLS on every connection" if config["tls"] else ""),
-        "",
-        "- requests: %d, served %d (%.1f/s), cycles completed %d (%.1f/s); served per key: %s"
-        % (
-            served["requests"],
-            served["served"],
-            served["served_per_s"],
-            served["cycles_completed"],
-            served["cycles_completed_per_s"],
-            ", ".join("%s %d" % item for item in sorted(served["served_per_key"].items())),
-        ),
-        "- errors: %d expected, %d unexpected" % (results["errors"]["expected"], results["errors"]["unexpected"]),
-        "- boards killed: %d (as the tracker saw them just before: %s), restarts: %d (unplanned: %d), "
-        "turns without a board to kill: %d"
-        % (
-            chaos["kills"],
-            ", ".join("%s %d" % item for item in sorted(chaos["kills_by_state"].items())) or "-",
-            chaos["restarts"],
-            chaos["unplanned_restarts"],
-            chaos["turns_skipped"],
-        ),
-        "- boards lost: %d (settled: %s, after %.1f s)" % (boards["lost"], boards["settled"], boards["settle_s"]),
-    ]
-    if memory.get("samples"):
-        lines.append(
-            "- tracker RSS: %.1f MB at the start, %.1f MB peak, %.1f MB at the end (VmHWM %.1f MB); "
-            "open descriptors %d, peak %d, end %d"
-            % (
-                memory["rss_kb_start"] / 1024,
-                memory["rss_kb_peak"] / 1024,
-                memory["rss_kb_end"] / 1024,
-                memory["hwm_kb_end"] / 1024,
-                memory["fds_start"],
-                memory["fds_peak"],
-                memory["fds_end"],
-            )
-        )
-    lines.append("- processes left after stop: %d" % len(results["processes_left"]))
+def report(results: Dict[str, Any], config: Any) -> List[str]:
+    """The results as markdown: the load, the chaos, the farm at the end, the latency and the errors."""
+    served, chaos, boards, memory = results["served"], results["chaos"], results["boards"], results["tracker_memory"]
+    farm = ", ".join("%s %d%s" % (key, count, " behind the proxy" if proxy else "")
+                     for key, count, proxy in results["inventory"])  # fmt: skip
     notable = results["daemon_logs"]["notable_lines"]
-    lines.append(
-        "- tracebacks and ERROR lines in the daemons' logs: %s"
-        % (", ".join("%s %d" % item for item in sorted(notable.items())) or "none")
-    )
-    lines += ["  - `%s`" % line for line in results["daemon_logs"]["examples"]]
-    warnings = sorted(results["daemon_logs"]["warnings"].items(), key=lambda item: -item[1])
-    lines.append("- warnings in the daemons' logs%s" % (": none" if not warnings else ", by message (numbers as N):"))
-    lines += ["  - %d x `%s`" % (count, message) for message, count in warnings[:8]]
+    rows = [
+        ("farm (key and boards)", farm + (", TLS on every connection" if config.tls else "")),
+        ("load average before / after", " / ".join("%.2f" % v[0] for v in results["load_average"].values())),
+        ("requests, served (per s), cycles completed", "%d, %d (%.1f/s), %d" % (
+            served["requests"], served["served"], served["served_per_s"], served["cycles_completed"])),
+        ("served per key", ", ".join("%s %d" % item for item in sorted(served["served_per_key"].items()))),
+        ("errors expected / unexpected", "%d / %d" % (results["errors"]["expected"], results["errors"]["unexpected"])),
+        ("boards killed (state just before), restarts (unplanned)", "%d (%s), %d (%d)" % (
+            chaos["kills"], ", ".join("%s %d" % item for item in sorted(chaos["kills_by_state"].items())) or "-",
+            chaos["restarts"], chaos["unplanned_restarts"])),
+        ("boards lost, settled after", "%d, %.1f s" % (boards["lost"], boards["settle_s"])),
+        ("tracker RSS start / peak / end, MB", "/".join("%.1f" % (memory.get("rss_kb_" + at, 0) / 1024)
+                                                        for at in ("start", "peak", "end"))),
+        ("tracker descriptors start / peak / end", "/".join(str(memory.get("fds_" + at, "-"))
+                                                            for at in ("start", "peak", "end"))),
+        ("processes left after stop", len(results["processes_left"])),
+        ("tracebacks and ERROR lines in the daemons' logs", ", ".join("%s %d" % i for i in sorted(notable.items()))
+         or "none"),
+        ("warnings in the daemons' logs", "; ".join("%d x %s" % (count, message) for message, count in sorted(
+            results["daemon_logs"]["warnings"].items(), key=lambda item: -item[1])[:8]) or "none"),
+    ]  # fmt: skip
+    title = "### Soak: %d clients, %.0f s, a board killed every %g s (seed %d)"
+    lines = [title % (config.clients, results["window_s"], config.kill_every, config.seed), ""]
+    lines += harness.table(("", ""), rows) + [""] + ["- `%s`" % line for line in results["daemon_logs"]["examples"]]
+    latencies = results["latency"]
+    rows = [("all", latencies["overall"])] + [("priority %s" % level, row) for level, row in
+                                              sorted(latencies["by_priority"].items(), reverse=True)]  # fmt: skip
+    rows += [("key %s" % key, row) for key, row in sorted(latencies["by_key"].items())]
+    fields = ("p50_ms", "p90_ms", "p99_ms", "max_ms")
+    cells = [[name, row["count"]] + ["-" if row[f] is None else "%.1f" % row[f] for f in fields] for name, row in rows]
     lines += ["", "Request-to-ready latency (connect to the tracker, queue, session open):", ""]
-    lines += latency_table(results["latency"])
-    lines += ["", "Errors:", ""] + error_table(results["errors"])
+    lines += harness.table(("requests", "served", "p50 ms", "p90 ms", "p99 ms", "max ms"), cells)
+    kinds = sorted(results["errors"]["by_kind"].items(), key=lambda item: -item[1]["count"])
+    cells = [[kind, entry["count"], "yes" if entry["expected"] else "**no**", entry["example"].replace("|", "/")[:140]]
+             for kind, entry in kinds] or [["(none)", 0, "", ""]]  # fmt: skip
+    lines += ["", "Errors:", ""] + harness.table(
+        ("error (class at step: category)", "count", "expected", "example"), cells
+    )
     failed = [name for name, ok in results["checks"].items() if not ok]
-    lines += ["", "Checks: %s" % ("all passed" if not failed else "FAILED: " + ", ".join(failed))]
-    return "\n".join(lines) + "\n"
+    return lines + ["", "Checks: %s" % ("all passed" if not failed else "FAILED: " + ", ".join(failed))]
 
 
-# --- the command line ---------------------------------------------------------------------------------------
+def headline(results: Dict[str, Any]) -> List[Headline]:
+    soak, config = results["scenarios"]["soak"], results["config"]
+    boards = sum(soak["boards"]["expected"].values())
+    label = "%d clients x %.0f s on %d boards, one killed every %g s" % (
+        config["clients"], soak["window_s"], boards, config["kill_every"])  # fmt: skip
+    outcome = "%d served (%.0f/s), %d unexpected errors, %d boards lost, %d processes left" % (
+        soak["served"]["served"], soak["served"]["served_per_s"], soak["errors"]["unexpected"], soak["boards"]["lost"],
+        len(soak["processes_left"]))  # fmt: skip
+    return [Headline(label, outcome, target="every check", met=soak["pass"])]
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """The options, with their defaults (or their ``--quick`` values) filled in and their bounds checked."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a short run, for the smoke test")
-    for title, group in OPTION_GROUPS.items():
-        options = parser.add_argument_group(title)
-        for name, (kind, default, quick, _, text) in group.items():
-            shown = "default: %g" % default + ("; quick: %g" % quick if quick != default else "")
-            options.add_argument("--" + name.replace("_", "-"), type=kind, help="%s (%s)" % (text, shown))
-    parser.add_argument("--tls", action="store_true", help="TLS on every connection (certificates made for the run)")
-    parser.add_argument("--keep-logs", metavar="DIR", help="write the daemons' logs to DIR and keep them")
-    parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
-    parser.add_argument("--cycles-json", metavar="PATH", help="write every cycle (key, priority, times, error) here")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    parser.add_argument("--worker", metavar="PLAN", help=argparse.SUPPRESS)
-    parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    for name, (_, default, quick, bound, _) in OPTIONS.items():
-        if getattr(args, name) is None:
-            setattr(args, name, quick if args.quick else default)
-        if not BOUNDS[bound](getattr(args, name)):
-            parser.error("--%s must be %s, not %s" % (name.replace("_", "-"), bound, getattr(args, name)))
-    if args.keys > 26 or args.proxied_keys > args.keys:
-        parser.error("--keys must be at most 26 (soak-a to soak-z), --proxied-keys at most --keys")
-    return args
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the soak (or, with --worker, one client), print the report, write the JSON; 1 if a check failed."""
-    args = parse_args(argv)
-    if args.worker:
-        return client_main(args.worker, args.worker_index)
-    signal.signal(signal.SIGTERM, exit_on_signal)  # so that the farm and the clients are stopped on SIGTERM too
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("farm.toolchain").setLevel(logging.WARNING)
-    results = run(args)
-    publish(results, report(results), args.json)
-    if results["pass"]:
-        return 0
-    logger.error("soak checks failed: %s", ", ".join(name for name, ok in results["checks"].items() if not ok))
-    return 1
-
+TOOL = Tool(
+    name="soak",
+    description=__doc__.split("\n\n")[0],
+    rounds=None,
+    pin="none",
+    options=OPTIONS,
+    scenarios=[Scenario("soak", run, report, target="every check passes")],
+    headline=headline,
+    passed=lambda results: results["scenarios"]["soak"]["pass"],
+    check_args=check_args,
+)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if sys.argv[1:2] == ["--worker"]:  # one client of a running soak
+        sys.exit(client_main(sys.argv[2], int(sys.argv[3])))
+    sys.exit(harness.main(TOOL))

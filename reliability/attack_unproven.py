@@ -1,6 +1,6 @@
 """A stranger holds many silent connections to a daemon: are the farm's own peers still served, and what is logged?
 
-    python benchmarks/attack_unproven.py --daemon tracker --secret --silent 1000 --nofile 1024 --window 25
+    python reliability/attack_unproven.py --daemon tracker --secret --silent 1000 --nofile 1024 --window 25
 
 Starts the daemon (``tracker``, ``proxy`` or ``board``; with ``--secret`` a farm secret, with ``--tls`` TLS) on
 127.0.0.1 and lowers its open-file limit to ``--nofile`` (``prlimit``, as ``ulimit -n`` would). A stranger then
@@ -8,27 +8,26 @@ opens ``--silent`` connections from ``--attacker`` (127.0.0.2 by default: loopba
 address; with ``--addresses N`` spread over N addresses from there on), says nothing on them, and holds them
 open for ``--window`` seconds, opening a new one for each the daemon closes. Meanwhile a member of the farm
 (from 127.0.0.1, holding the secret) asks something of the daemon every second: a tracker's SUMMARY, the
-proxy's pairing of a board with a client, a board's session. Prints (and with ``--json`` writes) how many of
-those asks were served and how fast, and how much the daemon logged during the window (bytes, lines,
-tracebacks).
+proxy's pairing of a board with a client, a board's session. Reports how many of those asks were served and how
+fast, and how much the daemon logged during the window (bytes, lines, tracebacks).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import resource
 import selectors
 import socket
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from common import child_env, machine_info
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  # the shared harness
+
+import harness  # noqa: E402
+from harness import Headline, Option, Scenario, Tool, child_env  # noqa: E402
 
 import farm
 from farm.net.secret import prove_on_socket
@@ -151,8 +150,8 @@ def _hello_at(port: int, text: str, secret: Optional[bytes], tls: TlsConfig, tim
     return sock
 
 
-def attack(args: argparse.Namespace) -> Dict[str, Any]:
-    directory = Path(tempfile.mkdtemp(prefix="attack-unproven-"))
+def attack(workdir: str, args: Any) -> Dict[str, Any]:
+    directory = Path(workdir)
     secret_file = None
     secret = None
     if args.secret:
@@ -207,7 +206,6 @@ def attack(args: argparse.Namespace) -> Dict[str, Any]:
         "log_bytes": len(log.encode()),
         "log_lines": log.count("\n"),
         "tracebacks": log.count("Traceback"),
-        "machine": machine_info(),
     }
 
 
@@ -221,33 +219,62 @@ def _timed(ask: Callable[[], None]) -> Dict[str, Any]:
 
 
 def _make_tls(directory: Path) -> Dict[str, str]:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from farm_certs import make_tls_files
-
-    files = make_tls_files(directory / "tls")
+    files = harness.tls_files(str(directory / "tls"))
     return {"ca": str(files.ca), "cert": str(files.cert), "key": str(files.key)}
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--daemon", choices=["tracker", "proxy", "board"], default="tracker")
-    parser.add_argument("--secret", action="store_true", help="the farm has a secret (the stranger does not hold it)")
-    parser.add_argument("--tls", action="store_true", help="the daemon speaks TLS (the stranger never starts it)")
-    parser.add_argument("--silent", type=int, default=1000, help="silent connections the stranger holds")
-    parser.add_argument("--attacker", default="127.0.0.2", help="the stranger's (first) source address")
-    parser.add_argument("--addresses", type=int, default=1, help="source addresses the stranger spreads them over")
-    parser.add_argument("--nofile", type=int, default=1024, help="the daemon's open-file limit")
-    parser.add_argument("--window", type=float, default=25.0, help="seconds the attack lasts")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds a member waits to be served")
-    parser.add_argument("--json", help="write the results here")
-    args = parser.parse_args(argv)
-    result = attack(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    return 0
+FIGURES = (
+    "asks",
+    "served",
+    "served_max_s",
+    "failures",
+    "stranger_opened",
+    "stranger_not_accepted",
+    "closed_by_daemon",
+    "daemon_fds_at_end",
+    "daemon_alive",
+    "log_bytes",
+    "log_lines",
+    "tracebacks",
+)
 
+
+def report(figures: Dict[str, Any], args: Any) -> List[str]:
+    title = "%s, %d silent connections from %d address(es), %g s" % (args.daemon, args.silent, args.addresses,
+                                                                     args.window)  # fmt: skip
+    return harness.table((title, ""), [(name, figures[name]) for name in FIGURES]) + [""]
+
+
+def headline(results: Dict[str, Any]) -> List[Headline]:
+    figures, config = results["scenarios"]["attack"], results["config"]
+    counts = (figures["served"], figures["asks"], figures["served_max_s"], figures["tracebacks"])
+    outcome = "%d of %d served, slowest %s s; %d tracebacks" % counts
+    label = "%d silent connections to the %s" % (config["silent"], config["daemon"])
+    return [Headline(label, outcome, target="every member served", met=figures["served"] == figures["asks"])]
+
+
+TOOL = Tool(
+    name="attack_unproven",
+    description=__doc__.split("\n\n")[0],
+    rounds=None,
+    pin="none",
+    options={
+        "daemon": Option("tracker", "board", "the daemon attacked: tracker, proxy or board", str),
+        "secret": Option(False, help="the farm has a secret (the stranger does not hold it)", type=bool),
+        "tls": Option(False, help="the daemon speaks TLS (the stranger never starts it)", type=bool),
+        "silent": Option(1000, 100, "silent connections the stranger holds"),
+        "attacker": Option("127.0.0.2", "127.0.0.2", "the stranger's (first) source address", str),
+        "addresses": Option(1, 2, "source addresses the stranger spreads them over"),
+        "nofile": Option(1024, 1024, "the daemon's open-file limit"),
+        "window": Option(25.0, 4.0, "seconds the attack lasts", float),
+        "timeout": Option(5.0, 5.0, "seconds a member waits to be served", float),
+    },
+    scenarios=[Scenario("attack", attack, report, target="every member served")],
+    headline=headline,
+    check_args=lambda args: (
+        None if args.daemon in ("tracker", "proxy", "board") else "--daemon: tracker, proxy or board"
+    ),
+)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(harness.main(TOOL))

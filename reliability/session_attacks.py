@@ -1,42 +1,41 @@
-"""Sessions that attack their board, measured: ``python benchmarks/session_attacks.py [--source DIR] [-- OPTIONS]``.
+"""Sessions that attack their board: ``python reliability/session_attacks.py [--source DIR] [-- OPTIONS]``.
 
 Each attack runs on a fresh board daemon (``python -m farm.server`` from
 ``--source``, default this checkout, with the board OPTIONS after ``--``),
 through this checkout's client, with code from tests/kernels/confine.c:
 
-- ``detached-killed``: a daemonised process (fork, setsid, fork), then SIGKILL to the daemon;
-- ``detached-ended``: the same, then the session ends normally;
-- ``fork-bomb``: 2^9 processes if nothing stops them;
+- ``detached_killed``: a daemonised process (fork, setsid, fork), then SIGKILL to the daemon;
+- ``detached_ended``: the same, then the session ends normally;
+- ``fork_bomb``: 2^9 processes if nothing stops them;
 - ``memory``: 1024 MB taken and touched;
-- ``open-files``: 100,000 opens of /dev/null;
+- ``open_files``: 100,000 opens of /dev/null;
 - ``files``: 200,000 empty files in the session's directory (the session asked for a timeout of 20 s);
-- ``long-session``: a call that never returns, in a session that asked for a timeout of 3600 s.
+- ``long_session``: a call that never returns, in a session that asked for a timeout of 3600 s.
 
-Prints one line of figures per attack (and JSON with ``--json``). Compare the
-code before and after a change by pointing ``--source`` at each.
+Compare the code before and after a change by pointing ``--source`` at each.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from common import PROJECT
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  # the shared harness
+
+import harness  # noqa: E402
+from harness import PROJECT, Option, Scenario, Tool  # noqa: E402
 
 import farm
 from farm.ops.processes import DaemonProcess, board_command
 from farm.ops.toolchain import compile_shared
 
-logger = logging.getLogger("benchmarks.session_attacks")
+logger = logging.getLogger("reliability.session_attacks")
 
 KERNELS = PROJECT / "tests" / "kernels" / "confine.c"
 #: Seconds a process left behind is given to die before it counts as a survivor.
@@ -185,39 +184,41 @@ def long_session(board: Board) -> Dict[str, Any]:
     return outcome or {"still_running_after_s": 15}
 
 
-ATTACKS: Dict[str, Callable[[Board], Dict[str, Any]]] = {
-    "detached-killed": lambda board: detached(board, kill_daemon=True),
-    "detached-ended": lambda board: detached(board, kill_daemon=False),
-    "fork-bomb": fork_bomb,
-    "memory": memory,
-    "open-files": open_files,
-    "files": files,
-    "long-session": long_session,
-}
+def scenario(name: str, attack: Callable[[Board], Dict[str, Any]]) -> Scenario:
+    """The attack ``name`` on a fresh board of ``--source`` with the board options after ``--``."""
+
+    def measure(workdir: str, args: Any) -> Dict[str, Any]:
+        library = Path(workdir, "libconfine.so")
+        if not library.exists():
+            compile_shared([str(KERNELS)], str(library))
+        board = Board(Path(args.source).resolve(), args.extra, library, Path(workdir, name + ".log"))
+        try:
+            return attack(board)
+        finally:
+            board.daemon.stop()
+
+    def report(figures: Dict[str, Any], args: Any) -> List[str]:
+        return ["- %s: %s" % (name, ", ".join("%s %s" % item for item in figures.items()))]
+
+    return Scenario(name, measure, report)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=PROJECT, help="the checkout whose board is attacked")
-    parser.add_argument("--only", action="append", choices=sorted(ATTACKS), help="run only these attacks")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("options", nargs="*", help="board options (after --)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    results: Dict[str, Any] = {"source": str(args.source), "board_options": args.options}
-    with tempfile.TemporaryDirectory(prefix="attacks-") as scratch:
-        library = Path(compile_shared([KERNELS], Path(scratch) / "libconfine.so"))
-        for name in args.only or list(ATTACKS):
-            board = Board(args.source.resolve(), args.options, library, Path(scratch) / ("%s.log" % name))
-            try:
-                results[name] = ATTACKS[name](board)
-            finally:
-                board.daemon.stop()
-            print("%-16s %s" % (name, json.dumps(results[name])), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-    return 0
-
+TOOL = Tool(
+    name="session_attacks",
+    description=__doc__.split("\n\n")[0],
+    rounds=None,
+    pin="none",
+    options={"source": Option(str(PROJECT), str(PROJECT), "the checkout whose board is attacked", str)},
+    scenarios=[
+        scenario("detached_killed", lambda board: detached(board, kill_daemon=True)),
+        scenario("detached_ended", lambda board: detached(board, kill_daemon=False)),
+        scenario("fork_bomb", fork_bomb),
+        scenario("memory", memory),
+        scenario("open_files", open_files),
+        scenario("files", files),
+        scenario("long_session", long_session),
+    ],
+)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(harness.main(TOOL))
