@@ -74,7 +74,7 @@ def c_type_sizes() -> Dict[str, int]:
 
 
 # C scalar type spelling -> (dtype name of the type, ctypes type), for fixed-size types.
-_SCALARS = {
+_SCALARS: Dict[str, Tuple[str, Any]] = {
     "bool": ("bool", ctypes.c_bool),
     "_Bool": ("bool", ctypes.c_bool),
     "float": ("float32", ctypes.c_float),
@@ -238,7 +238,11 @@ class Signature(NamedTuple):
                     "%s expects a %s array (%s), got a %s array"
                     % (self.describe(index), param.type.dtype, spelling, array_dtypes[index])
                 )
-        for index, low, high in self.int_ranges if values is not None else ():
+        if values is not None:
+            self._check_int_ranges(values)
+
+    def _check_int_ranges(self, values: Sequence[Any]) -> None:
+        for index, low, high in self.int_ranges:
             if not low <= values[index] < high:
                 raise ArgumentError(
                     "%s is %d, outside the range of %s (%d to %d)"
@@ -278,7 +282,9 @@ def parse_signature(text: str, sizes: Optional[Mapping[str, int]] = None) -> Sig
             params.append(Param(pname, ptype))
     pattern = re.compile("".join("[%s]" % _ACCEPTED_TAGS[param.type.kind] for param in params))
     int_ranges = tuple(
-        (index, *_int_range(param.type.dtype)) for index, param in enumerate(params) if param.type.kind == "int"
+        (index, *_int_range(param.type.dtype))  # type: ignore[arg-type]  # an int's dtype is always known
+        for index, param in enumerate(params)
+        if param.type.kind == "int"
     )
     usual_tags = "".join({"pointer": "a", "float": "f"}.get(param.type.kind, "i") for param in params)
     usual_dtypes = tuple(param.type.dtype if param.type.kind == "pointer" else None for param in params)

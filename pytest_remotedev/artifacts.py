@@ -31,16 +31,17 @@ class Builder:
 
     def machine_of(self, session: Any) -> str:
         """What the board runs (``x86_64``, ``aarch64``, ``armv7l``), asked once per session."""
-        machine = self._machines.get(session)
-        if machine is None:
-            failure = ""
-            try:
-                machine = str(session.system_info()["machine"])
-            except (FarmError, KeyError, AttributeError) as exc:
-                failure = "cannot tell what the board runs, to build for it: %s" % exc
-            if failure:
-                pytest.fail(failure, pytrace=False)
-            self._machines[session] = machine
+        known = self._machines.get(session)
+        if known is not None:
+            return known
+        machine = failure = ""
+        try:
+            machine = str(session.system_info()["machine"])
+        except (FarmError, KeyError, AttributeError) as exc:
+            failure = "cannot tell what the board runs, to build for it: %s" % exc
+        if failure:
+            pytest.fail(failure, pytrace=False)  # outside the except: no chained traceback in the report
+        self._machines[session] = machine
         return machine
 
     def __call__(
@@ -57,5 +58,9 @@ class Builder:
             toolchain = toolchain_for_machine(machine, self.overrides)
             return build_shared(sources, toolchain, name=name, flags=flags, cache_dir=self.cache_dir, defines=defines)
         except BuildError as exc:
-            failure = "building %s for the board (%s): %s" % (", ".join(map(os.fspath, sources)), machine, exc)
+            failure = "building %s for the board (%s): %s" % (
+                ", ".join(os.fspath(source) for source in sources),
+                machine,
+                exc,
+            )
         pytest.fail(failure, pytrace=False)  # outside the except: no chained traceback in the report

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, cast
 
 import pytest
 
@@ -13,7 +13,7 @@ from .stack import Farm
 
 
 def _run(request: pytest.FixtureRequest) -> RemoteDevRun:
-    return request.config.pluginmanager.get_plugin(RUN_PLUGIN)
+    return cast(RemoteDevRun, request.config.pluginmanager.get_plugin(RUN_PLUGIN))  # registered at configure
 
 
 @pytest.fixture(scope="session")

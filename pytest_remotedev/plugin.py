@@ -252,8 +252,8 @@ class RemoteDevRun:
             return
         line = fetch_status(self._farm.tracker, self.run_tag)
         if self._announcer.due(line, time.monotonic()):
-            capture = self.config.pluginmanager.get_plugin("capturemanager")
-            with capture.global_and_fixture_disabled():
+            capture = self.config.pluginmanager.get_plugin("capturemanager")  # None under -p no:capture
+            with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
                 self._write_status(line)  # type: ignore[arg-type]
 
     def _write_status(self, line: str) -> None:

@@ -31,6 +31,14 @@ KERNEL_SOURCES = {
     "libmisbehave.so": [TESTS / "kernels" / "misbehave.c"],
     "libfaults.so": [TESTS / "kernels" / "faults.c"],
 }
+#: The benchmark and attack scripts' smoke tests: each runs a script end to end, all of them slow.
+BENCHMARK_SMOKE_TESTS = TESTS / "benchmarks"
+
+
+def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
+    for item in items:
+        if BENCHMARK_SMOKE_TESTS in item.path.parents:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -214,6 +222,10 @@ def python_version(interpreter: str, root: Path) -> Optional[str]:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
+#: Names the Python 3.8 that bare boards run; the tests that need one fail, not skip, when it does not work.
+PYTHON38_ENV = "REMOTEDEV_PYTHON38"
+
+
 def find_python38(root: Path) -> Optional[str]:
     """A Python 3.8 interpreter: ``python3.8`` on PATH, else one under ~/.pyenv/versions/3.8*."""
     candidates: List[str] = []
@@ -230,10 +242,16 @@ def find_python38(root: Path) -> Optional[str]:
 
 @pytest.fixture(scope="module", params=["this-python", "python3.8"])
 def interpreter(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The Python a bare board runs: this one, and a Python 3.8 (skipped when there is none)."""
+    """The Python a bare board runs: this one, and a Python 3.8 (skipped when there is none, unless
+    ``$REMOTEDEV_PYTHON38`` names the one to use: CI sets it, so that these tests cannot skip there)."""
     if request.param == "this-python":
         return sys.executable
-    found = find_python38(tmp_path_factory.mktemp("probe"))
+    probe = tmp_path_factory.mktemp("probe")
+    named = os.environ.get(PYTHON38_ENV)
+    if named:
+        assert python_version(named, probe) == "3.8", "$%s=%s does not run Python 3.8" % (PYTHON38_ENV, named)
+        return named
+    found = find_python38(probe)
     if found is None:
         pytest.skip("no Python 3.8 interpreter was found (python3.8 on PATH or ~/.pyenv/versions/3.8*)")
     return found

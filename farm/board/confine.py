@@ -268,7 +268,7 @@ def _unescape(text: str) -> str:
 
 def mounts(mountinfo: str) -> List[Tuple[int, Tuple[str, ...], str, str]]:
     """The cgroup mounts in ``mountinfo``'s text: (version, v1 controllers, mount root, mount point)."""
-    found = []
+    found: List[Tuple[int, Tuple[str, ...], str, str]] = []
     for line in mountinfo.splitlines():
         before, _, after = line.partition(" - ")
         fields, tail = before.split(), after.split()

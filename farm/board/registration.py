@@ -414,8 +414,12 @@ class ProxyDialer(_Dialler):
         except PeerGone as exc:
             self._retry(str(exc))
             return
-        if data is None:
-            return
+        if data is not None:
+            self._advance_opening(data)
+
+    def _advance_opening(self, data: bytes) -> None:
+        """Feed the proxy's bytes to the opening; once a client is paired, hand the connection to the session."""
+        assert self._sock is not None
         problem = feed_opening(self._opening, data, "the proxy")
         if problem:
             self._retry(problem)

@@ -105,6 +105,12 @@ class SessionRelay:
     def _pump_once(self) -> bool:
         """One round of the four moves, each reading all there is (up to the limit) before writing it on, so
         that the session process is woken once per batch, not per TLS record; whether any of them moved bytes."""
+        moved_in = self._pump_to_child()
+        moved_out = self._pump_to_client()
+        return moved_in or moved_out
+
+    def _pump_to_child(self) -> bool:
+        """Read the client, write the session process, and end its stream once the client's has ended."""
         moved = False
         while self._reads_client():
             try:
@@ -131,6 +137,11 @@ class SessionRelay:
                 self.inner.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
+        return moved
+
+    def _pump_to_client(self) -> bool:
+        """Read the session process and write the client."""
+        moved = False
         while self._reads_child():
             data = recv_nowait(self.inner, _CHUNK)
             if data is None:

@@ -491,7 +491,8 @@ class Session:
             size = os.fstat(handle.fileno()).st_size
             if size > self.max_payload:
                 raise FarmError("%s is %d bytes, more than the message limit of %d" % (path, size, self.max_payload))
-            contents = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+            # the view keeps the mapping until the reply is sent
+            contents = memoryview(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)) if size else b""
         return {"size": size}, contents
 
     def _remove(self, frame: Frame) -> Reply:
@@ -583,7 +584,9 @@ class Session:
         return {"id": function_id}, b""
 
     def _call(self, frame: Frame) -> Reply:
-        function_id, tags, values = decode_call(frame.payload)
+        function_id, tags, decoded = decode_call(frame.payload)
+        values: Sequence[Any] = decoded
+        dtypes: Sequence[Optional[str]]
         function = self._functions.get(function_id)
         if function is None:
             raise FarmError("function %d was not looked up in this session" % function_id)
@@ -643,7 +646,8 @@ class Session:
             )
         if not nbytes:
             return self._store(*_new_storage(0), shape, dtype)
-        return self._store(frame.payload, _address_of(frame.payload), shape, dtype)
+        storage = memoryview(frame.payload)  # the session's reader placed it in a buffer of its own
+        return self._store(storage, _address_of(storage), shape, dtype)
 
     def _array_empty(self, frame: Frame) -> Reply:
         shape, dtype, nbytes = self._array_spec(frame.meta)

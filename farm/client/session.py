@@ -175,7 +175,7 @@ def _as_host_array(data: Any) -> np.ndarray:
 
 
 def _byte_view(array: np.ndarray) -> memoryview:
-    return memoryview(array.reshape(-1).view(np.uint8))
+    return memoryview(array.reshape(-1).view(np.uint8))  # type: ignore[arg-type]  # ndarray exports its buffer
 
 
 def _shape(shape: Union[int, Sequence[int]]) -> Tuple[int, ...]:
@@ -318,7 +318,7 @@ class RemoteSession:
             self._lost = SessionLostError(
                 "%s went silent while %s: nothing for %d s, past the session timeout of %g s it had to end the "
                 "session by; the board hangs, or the network to it is down"
-                % (where, doing, self.silence_limit, self.session_timeout)
+                % (where, doing, self.silence_limit, self.session_timeout)  # type: ignore[str-format]  # bounded
             )
             self._conn.close()  # no point waiting for it
             return self._lost
@@ -441,7 +441,7 @@ class RemoteSession:
         finally:
             if size:
                 try:
-                    contents.close()
+                    contents.close()  # type: ignore[union-attr]  # a file with bytes in it: a mapping
                 except BufferError:
                     pass  # a failed send's traceback still holds a view; the map closes when that goes
 

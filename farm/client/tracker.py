@@ -64,6 +64,31 @@ class Assignment(Tuple[str, int, str, str]):
         return self[3]
 
 
+class _Progress:
+    """The progress reports of one request: each WAITING, and every ``every`` seconds when that is given."""
+
+    def __init__(
+        self, report: Optional[Callable[[Dict[str, Any]], None]], every: Optional[float], started: float
+    ) -> None:
+        self.report = report
+        self.every = every if report is not None and every else None
+        self.started = started
+        self.next_tick = None if self.every is None else started + self.every
+        self.state: Dict[str, Any] = {}
+
+    def tick(self, now: float) -> None:
+        """Report again if ``every`` has passed since the last tick."""
+        if self.report is not None and self.every is not None and self.next_tick is not None and now >= self.next_tick:
+            self.next_tick = now + self.every
+            self.report(dict(self.state, waited=now - self.started))
+
+    def waiting(self, state: Any, now: float) -> None:
+        """Report the place in the queue that a WAITING message gave."""
+        if self.report is not None and isinstance(state, dict):
+            self.state = dict(state)
+            self.report(dict(self.state, waited=now - self.started))
+
+
 class TrackerClient:
     """A connection to a tracker; each call waits for its reply."""
 
@@ -152,7 +177,7 @@ class TrackerClient:
             return self._next_message(timeout)
         except socket.timeout:
             raise TrackerError(
-                "no reply from the tracker at %s:%d within %g s" % (self.host, self.port, timeout)
+                "no reply from the tracker at %s:%d within %g s" % (self.host, self.port, timeout)  # type: ignore[str-format]  # it timed out: timeout is set
             ) from None
         except (OSError, ProtocolError) as exc:
             raise TrackerError("lost the tracker at %s:%d: %s" % (self.host, self.port, exc)) from None
@@ -195,33 +220,16 @@ class TrackerClient:
             options["wait"] = wait
         if wait_for_key:
             options["wait_for_key"] = True
-        started = time.monotonic()
-        deadline = None if wait is None else started + wait + WAIT_GRACE
-        next_tick = None if on_progress is None or not progress_every else started + progress_every
-        state: Dict[str, Any] = {}
+        progress = _Progress(on_progress, progress_every, time.monotonic())
+        deadline = None if wait is None else progress.started + wait + WAIT_GRACE
         try:
             self._sock.sendall(encode_message([Code.REQUEST, key, user, priority, options]))
-            while True:
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    raise socket.timeout()
-                if next_tick is not None and now >= next_tick:
-                    next_tick = now + progress_every  # type: ignore[operator]
-                    on_progress(dict(state, waited=now - started))  # type: ignore[misc]
-                until = min(t for t in (deadline, next_tick, now + 3600.0) if t is not None)
-                try:
-                    reply = self._next_message(max(0.001, until - now))
-                except socket.timeout:
-                    continue
-                if isinstance(reply, list) and len(reply) == 2 and reply[0] == Code.WAITING:
-                    if on_progress is not None and isinstance(reply[1], dict):
-                        state = dict(reply[1])
-                        on_progress(dict(state, waited=time.monotonic() - started))
-                    continue
-                break
+            reply = self._await_reply(deadline, progress)
         except socket.timeout:
             self.close()  # the request stays queued at a tracker that ignores wait; closing withdraws it
-            raise NoBoardError("no board of key %r was handed out within %g s" % (key, wait)) from None
+            raise NoBoardError(
+                "no board of key %r was handed out within %g s" % (key, wait)  # type: ignore[str-format]  # it was set
+            ) from None
         except (OSError, ProtocolError, TrackerError) as exc:  # TrackerError: it closed the connection
             where = "%s:%d" % (self.host, self.port)
             raise TrackerError(
@@ -235,6 +243,24 @@ class TrackerClient:
         host, port, matchkey = reply[1][:3]
         protocol = reply[1][3] if len(reply[1]) == 4 else self._protocol_of(host, port)
         return Assignment((host, port, matchkey, protocol))
+
+    def _await_reply(self, deadline: Optional[float], progress: _Progress) -> Any:
+        """The reply to a REQUEST that is not WAITING, reporting progress meanwhile; socket.timeout at
+        ``deadline``."""
+        while True:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise socket.timeout()
+            progress.tick(now)
+            until = min(t for t in (deadline, progress.next_tick, now + 3600.0) if t is not None)
+            try:
+                reply = self._next_message(max(0.001, until - now))
+            except socket.timeout:
+                continue
+            if isinstance(reply, list) and len(reply) == 2 and reply[0] == Code.WAITING:
+                progress.waiting(reply[1], time.monotonic())
+                continue
+            return reply
 
     def _protocol_of(self, host: str, port: int) -> str:
         """The protocol of the board at ``host:port`` when the tracker (TVM's) did not name it.

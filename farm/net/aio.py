@@ -103,7 +103,8 @@ async def start_listener(
     """
     if tls is not None:
         logger.info("the %s speaks TLS only, with the certificate %s", what, tls.cert)
-    return Listener(sock, handler, tls.server_context() if tls is not None else None, what, limits)
+    context = tls.server_context() if tls is not None else None
+    return Listener(sock, handler, context, what, limits)  # type: ignore[abstract]  # it serves from the start
 
 
 async def open_connection(host: str, port: int, tls: Optional[TlsConfig]) -> Streams:
@@ -235,7 +236,7 @@ class Listener(asyncio.AbstractServer):
             self._close(conn, writer)
         finally:
             self._gate.leave(ticket)
-            self._ended.pop(asyncio.current_task(), None)  # type: ignore[arg-type]  (cancelled as it ended)
+            self._ended.pop(asyncio.current_task(), None)  # type: ignore[arg-type]  # cancelled as it ended
 
     @staticmethod
     def _close(conn: socket.socket, writer: Optional[asyncio.StreamWriter]) -> None:

@@ -6,7 +6,7 @@ import errno
 import os
 import socket
 import sys
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 #: TCP keepalive on every connection of the farm: a peer that vanished (power cut, cable pulled) is noticed
 #: after about IDLE + INTERVAL * COUNT seconds, and its requests and offers leave the tracker's queues.
@@ -119,7 +119,7 @@ def recv_from_peer(sock: socket.socket, size: int, peer: str) -> Optional[bytes]
     return data
 
 
-def send_nowait(sock: socket.socket, data: bytes) -> int:
+def send_nowait(sock: socket.socket, data: Union[bytes, bytearray, memoryview]) -> int:
     """How many bytes of ``data`` a non-blocking socket, plain or TLS, took now (0: wait until writable).
 
     A TLS socket takes all or nothing, and after nothing wants the same bytes

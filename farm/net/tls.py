@@ -16,7 +16,7 @@ import argparse
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Dict, Optional
+from typing import TYPE_CHECKING, Dict, Mapping, Optional
 
 if TYPE_CHECKING:  # ssl is imported when TLS is on: a board without it does not load it
     import ssl
@@ -54,7 +54,7 @@ class TlsConfig:
         self._client: Optional[ssl.SSLContext] = None
 
     @classmethod
-    def from_env(cls, environ: Optional[Dict[str, str]] = None) -> TlsConfig:
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> TlsConfig:
         """The configuration ``$REMOTEDEV_TLS_*`` name (TLS off when none is set)."""
         environ = os.environ if environ is None else environ
         return cls(**{field: environ.get(name) for field, name in ENV.items()})

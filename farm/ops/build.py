@@ -53,6 +53,8 @@ def _toolchain(args: argparse.Namespace) -> Toolchain:
     overrides = inventory.toolchains if inventory is not None else {}
     if args.target:
         return toolchain_for(args.target, overrides)
+    if inventory is None:
+        raise BuildError("--key needs --farm: the inventory that names the key's boards")
     groups = [group for group in inventory.boards if group.key == args.key]
     if not groups:
         keys = ", ".join(sorted({group.key for group in inventory.boards}))

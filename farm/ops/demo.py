@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
             address = parse_address(args.board)
         else:
             board = start_board(os.path.join(workdir, "board.log"), key=args.key)
-            address = board.address
+            address = board.wait_for_bind()  # it listens already: its address at once
             print("started a board %r at %s:%d (pid %d)" % (args.key, address[0], address[1], board.pid))
         try:
             return _demo(address, args.key, args.size, workdir)

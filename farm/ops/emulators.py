@@ -97,7 +97,7 @@ def python_command(arch: str, directory: Optional[str] = None) -> List[str]:
         raise EmulatorError(
             "%s is not on PATH (Debian package %s): %s as root" % (target.qemu, QEMU_PACKAGE, _hint(directory))
         )
-    return [qemu, "-L", root, os.path.join(root, _marker(root)["python"])]
+    return [qemu, "-L", root, os.path.join(root, _installed(root)["python"])]
 
 
 def status(directory: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
@@ -353,6 +353,14 @@ def _run(command: Sequence[str], what: str) -> str:
         lines = [line for line in result.stdout.splitlines() if line.strip()]
         raise EmulatorError("%s failed with code %d: %s" % (what, result.returncode, lines[-1] if lines else ""))
     return result.stdout
+
+
+def _installed(root: str) -> Dict[str, Any]:
+    """The marker of a sysroot that :func:`sysroot` found complete."""
+    marker = _marker(root)
+    if marker is None:  # removed since
+        raise EmulatorError("the emulator in %s is no longer installed" % root)
+    return marker
 
 
 def _marker(root: str) -> Optional[Dict[str, Any]]:

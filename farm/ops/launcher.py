@@ -241,7 +241,7 @@ class FarmStack:
     def _external_missing(self, summary: Dict[str, Any]) -> Dict[str, Tuple[int, int]]:
         """Keys whose external boards have not all registered: key -> (expected, registered)."""
         queues = summary.get("queue_info", {})
-        started = {}
+        started: Dict[str, int] = {}
         for board in self.boards:
             assert board.group is not None
             started[board.group.key] = started.get(board.group.key, 0) + 1

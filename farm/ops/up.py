@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ..net.secret import SECRET_ENV, add_secret_argument, load_secret
 from ..net.tls import TlsConfig, add_tls_arguments
-from .inventory import InventoryError, inventory_path, load_inventory
+from .inventory import Inventory, inventory_path, load_inventory
 from .launcher import FarmStack, StartInterrupted, external_board_command
 from .processes import DaemonError
 
@@ -50,28 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        inventory = load_inventory(inventory_path(args.inventory))
-    except InventoryError as exc:
+        inventory = _configure(args)
+    except ValueError as exc:  # InventoryError among them
         print("farm up: %s" % exc, file=sys.stderr)
         return 2
-    if args.timeout <= 0:
-        print("farm up: --timeout must be positive, got %g" % args.timeout, file=sys.stderr)
-        return 2
-    if args.secret_file:
-        try:
-            load_secret(args.secret_file)
-        except ValueError as exc:
-            print("farm up: %s" % exc, file=sys.stderr)
-            return 2
-        os.environ[SECRET_ENV] = os.path.abspath(args.secret_file)  # every daemon started here, and our own checks
-    inventory = inventory.with_tls(TlsConfig.from_args(args))
-    if inventory.tls is not None:
-        try:
-            inventory.tls.check(listens=True, dials=True)  # what the proxy and the boards load when they start
-        except ValueError as exc:
-            print("farm up: %s" % exc, file=sys.stderr)
-            return 2
-        os.environ.update(inventory.tls.as_env())  # likewise; the paths are absolute
     stack = FarmStack(inventory, args.logs or tempfile.mkdtemp(prefix="farm-up-"))
     stop = _StopRequest()
     previous = {number: signal.signal(number, stop.set) for number in (signal.SIGINT, signal.SIGTERM)}
@@ -103,6 +85,22 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(number, handler)
     print("farm up: stopped", flush=True)
     return 0
+
+
+def _configure(args: argparse.Namespace) -> Inventory:
+    """The inventory with the options' TLS, its secret and TLS files checked and put in the environment of every
+    daemon started here; InventoryError or ValueError saying what is wrong."""
+    inventory = load_inventory(inventory_path(args.inventory))
+    if args.timeout <= 0:
+        raise ValueError("--timeout must be positive, got %g" % args.timeout)
+    if args.secret_file:
+        load_secret(args.secret_file)
+        os.environ[SECRET_ENV] = os.path.abspath(args.secret_file)  # every daemon started here, and our own checks
+    inventory = inventory.with_tls(TlsConfig.from_args(args))
+    if inventory.tls is not None:
+        inventory.tls.check(listens=True, dials=True)  # what the proxy and the boards load when they start
+        os.environ.update(inventory.tls.as_env())  # likewise; the paths are absolute
+    return inventory
 
 
 class _StopRequest:

@@ -20,7 +20,7 @@ import json
 import mmap
 import struct
 from collections import deque
-from typing import Callable, Container, Deque, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Container, Deque, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from ..errors import ProtocolError
 
@@ -36,29 +36,33 @@ _CHUNK = 1 << 16
 LAZY_PAYLOAD = 1 << 20
 
 Buffer = Union[bytes, bytearray, memoryview]
+#: A frame's metadata: the JSON object between its header and its payload.
+Meta = Dict[str, Any]
+#: magic, version, op, request id, metadata length, payload size
+Header = Tuple[bytes, int, int, int, int, int]
 #: ``allocate(op, meta, nbytes)`` returns a writable buffer of exactly ``nbytes`` for a
 #: payload to land in, or None to leave it to the reader (a new buffer of its own).
 #: A reader without one always uses its own buffers.
-Allocator = Callable[[int, dict, int], Optional[Buffer]]
+Allocator = Callable[[int, Meta, int], Optional[Buffer]]
 
 
 class Frame(NamedTuple):
     op: int
     request_id: int
-    meta: dict
+    meta: Meta
     payload: Buffer
 
 
 _ENCODE_JSON = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 _DECODE_JSON = json.JSONDecoder().decode
 _RAW_DECODE_JSON = json.JSONDecoder().raw_decode
-_unpack_header = HEADER.unpack_from
+_unpack_header: Callable[[Buffer, int], Header] = HEADER.unpack_from
 _pack_header = HEADER.pack
 INLINE_PAYLOAD = 4096
 _EMPTY = b""
 
 
-def encode_frame(op: int, request_id: int, meta: Optional[dict] = None, payload: Buffer = b"") -> List[Buffer]:
+def encode_frame(op: int, request_id: int, meta: Optional[Meta] = None, payload: Buffer = b"") -> List[Buffer]:
     """The frame as buffers to send in order: header and metadata, then the payload.
 
     A small payload is joined to the header (one buffer); a large one stays
@@ -106,7 +110,7 @@ class FrameReader:
         self._start = 0  # unparsed bytes are _buf[_start:_end]
         self._end = 0
         self._need = HEADER.size  # bytes from _start the next step needs
-        self._frame: Optional[Tuple[int, int, dict]] = None  # op, request id, meta of the payload arriving
+        self._frame: Optional[Tuple[int, int, Meta]] = None  # op, request id, meta of the payload arriving
         self._payload: Optional[memoryview] = None
         self._filled = 0
         self._frames: Deque[Frame] = deque()
@@ -170,7 +174,7 @@ class FrameReader:
             meta = self._decode_meta(HEADER.size, head_end) if meta_len else {}
             payload = self._place_payload(op, meta, size, self._view[head_end:count]) if size else _EMPTY
             self._end = 0
-            return Frame(op, request_id, meta, payload)  # type: ignore[arg-type]  (complete: it all arrived)
+            return Frame(op, request_id, meta, payload)  # type: ignore[arg-type]  # all of it arrived: not None
         return self._frames.popleft()
 
     def advance(self, count: int) -> None:
@@ -239,7 +243,7 @@ class FrameReader:
             start = end = 0
         self._start, self._end = start, end
 
-    def _header_at(self, offset: int) -> tuple:
+    def _header_at(self, offset: int) -> Header:
         """The header at ``offset`` of the buffer, or :class:`ProtocolError` naming what is wrong with it."""
         header = _unpack_header(self._buf, offset)
         magic, version, _op, _request_id, meta_len, size = header
@@ -247,7 +251,7 @@ class FrameReader:
             self._reject_header(magic, version, meta_len, size)
         return header
 
-    def _place_payload(self, op: int, meta: dict, size: int, arrived: memoryview) -> Optional[Buffer]:
+    def _place_payload(self, op: int, meta: Meta, size: int, arrived: memoryview) -> Optional[Buffer]:
         """Put a payload's first bytes (``arrived``) where it belongs.
 
         Returns the payload when ``arrived`` is all of it. Otherwise its buffer
@@ -283,7 +287,7 @@ class FrameReader:
             "frame payload of %d bytes exceeds the limit of %d bytes (max message size)" % (size, self.max_payload)
         )
 
-    def _decode_meta(self, begin: int, end: int) -> dict:
+    def _decode_meta(self, begin: int, end: int) -> Meta:
         try:
             text = str(self._view[begin:end], "utf-8")
             try:

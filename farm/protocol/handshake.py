@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Dict
 
 from ..errors import ProtocolError
 from .peers import spoke
@@ -41,7 +42,7 @@ class Hello:
 
     role: str
     key: str
-    options: dict = field(default_factory=dict)
+    options: Dict[str, str] = field(default_factory=dict)
     #: The session timeout asked for with ``-timeout=S``, if any (0 means none).
     timeout: float | None = field(init=False, repr=False, compare=False)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from typing import Union
 
 #: The first byte of a TLS handshake record (a ClientHello), followed by the major version 3.
 _TLS_HANDSHAKE = 0x16
@@ -13,12 +14,12 @@ _KNOWN_MAGICS = {
 }
 
 
-def looks_like_tls(data: bytes) -> bool:
+def looks_like_tls(data: Union[bytes, bytearray]) -> bool:
     """Whether ``data`` (at least one byte) could begin a TLS handshake."""
     return len(data) >= 1 and data[0] == _TLS_HANDSHAKE and (len(data) < 2 or data[1] == 3)
 
 
-def spoke(data: bytes) -> str:
+def spoke(data: Union[bytes, bytearray]) -> str:
     """``"TVM's tracker protocol"``, ``"TLS (...)"``, or the first bytes themselves."""
     if looks_like_tls(data):
         return "TLS (is TLS on at one end only?)"

@@ -100,7 +100,7 @@ class MessageReader:
     def feed(self, data: bytes) -> List[Any]:
         """Add ``data``; return every message it completed, in order."""
         self._data += data
-        messages = []
+        messages: List[Any] = []
         if not self._magic_seen:
             if len(self._data) < 4:
                 return messages

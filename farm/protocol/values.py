@@ -105,7 +105,7 @@ class _Encoder:
         if self.size > self.max_bytes:
             raise DataError("the value's encoding exceeds the limit of %d bytes" % self.max_bytes)
 
-    def value(self, value: Any, depth: int) -> None:
+    def value(self, value: Any, depth: int) -> None:  # noqa: C901 - a flat dispatch: one branch per wire tag
         """Add ``value``, which ``depth`` containers hold."""
         self.items += 1
         if self.items > MAX_ITEMS:
@@ -215,7 +215,7 @@ class _Decoder:
         return chunk
 
     def length(self, limit: int, what: str) -> int:
-        count = _U32.unpack(self.take(4))[0]
+        count: int = _U32.unpack(self.take(4))[0]
         if count > limit:
             raise self.fail("%s of %d bytes exceeds the limit of %d" % (what, count, limit))
         return count

@@ -122,7 +122,7 @@ class Tracker:
             del self.peers[peer.id]
             self._apply(self.state.disconnected(peer.id, time.monotonic()))
             writer.close()
-            self.tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self.tasks.discard(asyncio.current_task())
 
     def _receive(self, peer: Peer, messages: MessageReader, data: bytes) -> None:
         """Bytes from a peer after its opening: hand each whole message to the state."""

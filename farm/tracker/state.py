@@ -235,7 +235,8 @@ class TrackerState:
     # --- messages ---------------------------------------------------------------
 
     def _dispatch(self, peer: PeerState, message: Any, now: float) -> None:
-        _expect(isinstance(message, list) and message and type(message[0]) is int, "a request is not [code, ...]")
+        is_request = isinstance(message, list) and bool(message) and type(message[0]) is int
+        _expect(is_request, "a request is not [code, ...]")
         code = message[0]
         if code == Code.PING:
             self._send(peer.id, Code.SUCCESS)
@@ -324,7 +325,8 @@ class TrackerState:
         info = dict(message[1])
         still_offered = info.pop("offers", None)  # this project's proxy: the match keys it still offers
         addr = info.get("addr")
-        _expect(isinstance(addr, list) and len(addr) == 2, "UPDATE_INFO's addr is not [host, port]")
+        if not (isinstance(addr, list) and len(addr) == 2):
+            raise ProtocolError("UPDATE_INFO's addr is not [host, port]")
         protocol = info.get("protocol", TVM_PROTOCOL)  # summaries join the protocols of every board
         _expect(isinstance(protocol, str), "UPDATE_INFO's protocol %r is not a name" % (protocol,))
         if addr[0] is None:
@@ -520,6 +522,7 @@ class TrackerState:
         if queue is None or not waiter.live:
             return
         ahead, more = queue.ahead(waiter, now)
+        assert waiter.wait is not None  # only a request that gave a wait has a deadline
         self._remove_waiter(waiter)
         self._send(
             waiter.peer,

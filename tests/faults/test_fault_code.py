@@ -19,7 +19,7 @@ from fault_farm import FaultFarm, assert_farm_whole, fault_farms
 import farm
 from conftest import wait_for
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
 ONE_BOARD = "tracker: {port: 0}\nboards:\n  - {key: k, count: 1}\n"
 #: The quota of the board the quota scenarios add, in MB.

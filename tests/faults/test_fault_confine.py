@@ -27,7 +27,7 @@ from farm.board import confine
 from farm.ops.processes import DaemonProcess
 from farm.ops.toolchain import compile_shared
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 TESTS = Path(__file__).resolve().parent.parent
 ONE_BOARD = "tracker: {port: 0}\nboards:\n  - {key: k, count: 1}\n"

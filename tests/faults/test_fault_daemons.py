@@ -20,7 +20,7 @@ import farm
 from conftest import wait_for
 from farm.client.session import SESSION_END_GRACE
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 TWO_BOARDS = "tracker: {port: 0}\nboards:\n  - {key: k, count: 2}\n"
 PROXIED = "tracker: {port: 0}\nproxy: {port: 0}\nboards:\n  - {key: k}\n  - {key: nat, count: 2, proxy: true}\n"

@@ -28,7 +28,7 @@ from farm.client.session import SESSION_END_GRACE
 
 logger = logging.getLogger("tests.faults.network")
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
 VADD = "void vadd(const float *a, const float *b, float *c, int64_t n)"
 

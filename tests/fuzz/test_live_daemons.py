@@ -555,6 +555,7 @@ def board_settled(board: DaemonProcess) -> Callable[[], bool]:
     return settled
 
 
+@pytest.mark.slow
 def test_the_board_survives_malformed_connections(board: DaemonProcess, kernels: Dict[str, Path]) -> None:
     """The board: every connection's end is logged, a refused one's with its hello reader's reason."""
     host, port = board.address  # type: ignore[misc]
@@ -573,6 +574,7 @@ def test_the_board_survives_malformed_connections(board: DaemonProcess, kernels:
             assert any(expected in line for line in lines), "%s: not in %s" % (record, lines)
 
 
+@pytest.mark.slow
 def test_the_tracker_survives_malformed_connections(tracker: DaemonProcess, kernels: Dict[str, Path]) -> None:
     """The tracker: refused connections are logged with a reason; a silent one goes once the magic is overdue."""
     serve = through_tracker(tracker, "direct", kernels["libvadd.so"])
@@ -588,6 +590,7 @@ def test_the_tracker_survives_malformed_connections(tracker: DaemonProcess, kern
             assert any("no tracker magic within" in line for line in closing), (record, lines)
 
 
+@pytest.mark.slow
 def test_the_proxy_survives_malformed_connections(
     proxy: DaemonProcess, tracker: DaemonProcess, kernels: Dict[str, Path]
 ) -> None:

@@ -26,6 +26,9 @@ from farm.ops.launcher import FarmStack
 from farm.ops.targets import EMULATED
 from farm.ops.toolchain import build_shared, toolchain_for
 
+#: Each test runs code under qemu-user or a whole example suite: seconds to minutes.
+pytestmark = pytest.mark.slow
+
 PROJECT = Path(__file__).resolve().parents[2]
 VADD = PROJECT / "farm" / "ops" / "kernels" / "vadd.c"
 VADD_SIG = "void vadd(const float *a, const float *b, float *c, int64_t n)"

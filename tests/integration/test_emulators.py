@@ -25,6 +25,9 @@ from farm.ops import emulators
 from farm.ops.targets import EMULATED, TARGETS
 from farm.ops.toolchain import compile_shared
 
+#: Each test runs code under qemu-user or a whole example suite: seconds to minutes.
+pytestmark = pytest.mark.slow
+
 PROJECT = Path(__file__).resolve().parents[2]
 NOBODY = 65534
 AS_NOBODY = [shutil.which("setpriv") or "setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups"]

@@ -21,6 +21,9 @@ import pytest
 from farm.ops.emulators import EmulatorError, python_command
 from farm.ops.targets import EMULATED
 
+#: Each test runs code under qemu-user or a whole example suite: seconds to minutes.
+pytestmark = pytest.mark.slow
+
 PROJECT = Path(__file__).resolve().parents[2]
 #: Tests of examples/test_kernels.py per key.
 TESTS_PER_KEY = 12

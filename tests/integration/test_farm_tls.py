@@ -164,6 +164,7 @@ def test_farm_up_with_tls_and_a_secret(tmp_path: Path, tls_files: TlsFiles) -> N
         up.close()
 
 
+@pytest.mark.slow
 def test_emulated_boards_speak_tls(tmp_path: Path, tls_files: TlsFiles) -> None:
     """The packed board server under qemu-user gets the TLS files through the environment, listening and
     behind the proxy."""

@@ -368,6 +368,7 @@ def test_daemons_die_with_a_killed_farm_up(launch: Callable[..., FarmUp], tmp_pa
         session.close()
 
 
+@pytest.mark.slow
 def test_dead_daemons_are_restarted(launch: Callable[..., FarmUp], tmp_path: Path) -> None:
     """A killed board is logged and restarted after 0.5 s, registers again and serves; a killed tracker is
     restarted on its port, the boards (direct and proxied) register again and clients are served; a board
@@ -542,6 +543,7 @@ def require_emulators() -> None:
         )
 
 
+@pytest.mark.slow
 def test_the_emulated_farm(launch: Callable[..., FarmUp]) -> None:
     """``farm up emulated``: local boards plus an aarch64 board and an armhf one behind the proxy, each the
     board server in that architecture's Python under qemu-user; sessions report the emulated machine."""
@@ -569,6 +571,7 @@ def test_the_emulated_farm(launch: Callable[..., FarmUp]) -> None:
     up.assert_nothing_left(daemons)
 
 
+@pytest.mark.slow
 def test_emulated_boards_die_with_a_killed_farm_up(launch: Callable[..., FarmUp]) -> None:
     """SIGKILL of ``farm up emulated``: the boards under qemu-user go too (the target Python's
     PR_SET_PDEATHSIG passes through qemu-user), with everything else."""

@@ -197,6 +197,7 @@ def stop_inner(process: subprocess.Popen) -> None:
 # --- sharing boards under pytest-xdist ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_xdist_workers_take_turns_on_one_board(pytester: pytest.Pytester, tag: str) -> None:
     inventory = pytester.makefile(".yaml", farm=ONE_BOARD)
     [(board, _)] = load_inventory(str(inventory)).named_boards()
@@ -468,6 +469,7 @@ def test_killed_pytest_leaves_no_process(pytester: pytest.Pytester, tag: str, xd
 # --- the queue display ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_xdist_waiting_line_stands_on_its_own(pytester: pytest.Pytester, tag: str) -> None:
     pytester.makefile(".yaml", farm=ONE_BOARD)
     pytester.makepyfile(
