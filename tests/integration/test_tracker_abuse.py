@@ -136,9 +136,9 @@ def test_overdue_requests_take_turns_by_address(pool: Pool) -> None:
     board = RawPeer(pool.address)
     assert board.call([Code.UPDATE_INFO, {"key": "server:" + KEY, "addr": [None, PORT]}]) == Code.SUCCESS
     early = [RawPeer(pool.address, source="127.0.0.2") for _ in range(8)]
-    for peer in early:
+    for number, peer in enumerate(early, 1):  # one at a time: they arrive in this order, early[0] the oldest
         peer.send([Code.REQUEST, KEY, "attacker", 1_000_000])
-    pool.wait_pending(8)
+        pool.wait_pending(number)
     victim = RawPeer(pool.address)
     victim.send([Code.REQUEST, KEY, "victim", 0])
     pool.wait_pending(9)
