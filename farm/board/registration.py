@@ -86,6 +86,26 @@ class _Dialler:
         raise NotImplementedError
 
 
+class UnusedMatchKey:
+    """Whether the match key a board offered was handed out and then never used, judged from the tracker's
+    answers to the board's polls of its pending keys, with the clock passed in."""
+
+    def __init__(self, timeout: float = UNUSED_MATCHKEY_TIMEOUT) -> None:
+        self.timeout = timeout
+        self._handed_out_since: Optional[float] = None  # when a poll first found the key gone from the pending list
+
+    def polled(self, still_pending: bool, now: float) -> Optional[float]:
+        """One poll's answer: how long ago the key was handed out, once that is more than ``timeout``; else None."""
+        if still_pending:
+            self._handed_out_since = None
+            return None
+        if self._handed_out_since is None:
+            self._handed_out_since = now
+            return None
+        unused = now - self._handed_out_since
+        return unused if unused > self.timeout else None
+
+
 class TrackerLink(_Dialler):
     """The board's connection to its tracker (see the module docstring)."""
 
@@ -117,7 +137,7 @@ class TrackerLink(_Dialler):
         self._retry_delay = RETRY_FIRST
         self._next_attempt = 0.0
         self._next_poll = 0.0
-        self._handed_out_since: Optional[float] = None
+        self._unused = UnusedMatchKey()
         self._in_session = False
 
     # --- what the daemon tells it ---------------------------------------------
@@ -214,7 +234,7 @@ class TrackerLink(_Dialler):
     def _offer(self) -> None:
         """Offer the board under a new match key (when connected; else on connecting)."""
         self.matchkey = random_matchkey(self.key)
-        self._handed_out_since = None
+        self._unused = UnusedMatchKey()
         self._next_poll = time.monotonic() + POLL_PERIOD
         if self._opening.ended:
             self._send([Code.PUT, self.key, [self.port, self.matchkey], self.custom_addr], "put")
@@ -284,14 +304,8 @@ class TrackerLink(_Dialler):
             logger.warning("the tracker answered %s with %r", kind, reply)
 
     def _check_pending(self, pending: list) -> None:
-        if self.matchkey is None or self.matchkey in pending:
-            self._handed_out_since = None
-            return
-        now = time.monotonic()
-        if self._handed_out_since is None:
-            self._handed_out_since = now
-        elif now - self._handed_out_since > UNUSED_MATCHKEY_TIMEOUT:
-            unused = now - self._handed_out_since
+        unused = self._unused.polled(self.matchkey is None or self.matchkey in pending, time.monotonic())
+        if unused is not None:
             logger.info("a match key handed out %.0f s ago was never used; offering the board again", unused)
             self._offer()
 

@@ -672,6 +672,7 @@ def test_a_registered_board_daemon_rests_while_its_session_runs(pool: Pool) -> N
     assert used < 0.2 * window, "the board daemon used %.2f s of CPU in %.2f s of a session" % (used, window)
 
 
+@pytest.mark.slow  # the board's 5 s for an unused key, on the wire; the rule is unit-tested with a clock
 def test_unused_match_key_is_offered_again(pool: Pool) -> None:
     (board,) = pool.start_boards(1)
     handed = pool.client().request_board(KEY, user="vanished")  # and never used

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
 import pytest
 
-from farm.board.registration import ProxyDialer, TrackerLink
+from farm.board.registration import ProxyDialer, TrackerLink, UnusedMatchKey
 from farm.net.credentials import Credentials
 from farm.net.opening import open_socket
 from farm.protocol.handshake import CODE_BUSY, CODE_SUCCESS
@@ -180,3 +180,23 @@ def test_a_refusing_proxy_is_dialled_again(selector: selectors.BaseSelector, cap
     run(selector, dialer, peer, lambda: "dialling again" in caplog.text)
     assert "the proxy answered the handshake with code 0xFF274: no room" in caplog.text
     assert dialer.next_deadline() < float("inf")  # a next attempt is due
+
+
+# --- a match key handed out and never used, with the clock passed in ---------------------------
+
+
+def test_a_handed_out_key_counts_as_unused_only_past_the_timeout() -> None:
+    watch = UnusedMatchKey(timeout=5.0)
+    assert watch.polled(True, 0.0) is None  # still offered
+    assert watch.polled(False, 1.0) is None  # handed out: the clock starts here
+    assert watch.polled(False, 6.0) is None  # 5 s: not more than the timeout
+    assert watch.polled(False, 6.5) == 5.5
+
+
+def test_a_key_offered_again_restarts_the_watch() -> None:
+    watch = UnusedMatchKey(timeout=5.0)
+    assert watch.polled(False, 0.0) is None
+    assert watch.polled(True, 4.0) is None  # pending again (the tracker took the key back)
+    assert watch.polled(False, 8.0) is None  # handed out anew at 8 s
+    assert watch.polled(False, 12.0) is None
+    assert watch.polled(False, 13.5) == 5.5
