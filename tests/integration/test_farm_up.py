@@ -246,8 +246,9 @@ def queue_is(tracker: Tuple[str, int], key: str, total: int, free: int) -> bool:
 
 
 def farm_status(tracker: Tuple[str, int]) -> str:
+    """``farm status --wide``: the tracker's own totals (TVM's layout counts a proxied board under the proxy's key)."""
     result = subprocess.run(
-        [sys.executable, "-m", "farm", "status", "--tracker", "%s:%d" % tracker],
+        [sys.executable, "-m", "farm", "status", "--wide", "--tracker", "%s:%d" % tracker],
         capture_output=True,
         text=True,
         env=python_env(),
