@@ -82,6 +82,16 @@ class _Dialler:
             self._selector.modify(self._sock, events, self)
         return handshake.done
 
+    def _drop(self) -> None:
+        """Close the connection, if any, and take it out of the selector."""
+        if self._sock is not None:
+            try:
+                self._selector.unregister(self._sock)
+            except (KeyError, ValueError):
+                pass
+            self._sock.close()
+            self._sock = None
+
     def _fail(self, why: str) -> None:
         raise NotImplementedError
 
@@ -316,13 +326,7 @@ class TrackerLink(_Dialler):
     _fail = _lost
 
     def _disconnect(self, reconnect: bool) -> None:
-        if self._sock is not None:
-            try:
-                self._selector.unregister(self._sock)
-            except (KeyError, ValueError):
-                pass
-            self._sock.close()
-        self._sock = None
+        self._drop()
         self._connected = False
         if not self._in_session:
             self.matchkey = None  # a new one is offered on reconnecting
@@ -481,15 +485,6 @@ class ProxyDialer(_Dialler):
             return False
         self._sent += len(data)
         return True
-
-    def _drop(self) -> None:
-        if self._sock is not None:
-            try:
-                self._selector.unregister(self._sock)
-            except (KeyError, ValueError):
-                pass
-            self._sock.close()
-            self._sock = None
 
     def _retry(self, why: str) -> None:
         self._drop()
