@@ -6,6 +6,7 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +34,14 @@ KERNEL_SOURCES = {
 }
 #: The benchmark and attack scripts' smoke tests: each runs a script end to end, all of them slow.
 BENCHMARK_SMOKE_TESTS = TESTS / "benchmarks"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A suite started in the background by a non-interactive shell inherits SIGINT ignored, and so would every
+    process it starts; the tests that press Ctrl-C need it delivered. Caught here, SIGINT is the default again in
+    every program this process (and each xdist worker) starts, since exec resets a caught signal."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
