@@ -31,6 +31,7 @@ from ..protocol.ops import PICKLE_PROTOCOL, RESULT_PICKLE, Op
 from ..protocol.values import ADMITTED, encode_value
 from ..signature import DTYPE_SIZES, Signature, c_type_sizes, parse_signature
 from .elf import elf_machine, interpreter_machine
+from .machine import machine_state
 
 logger = logging.getLogger("farm.session")
 
@@ -527,6 +528,7 @@ class Session:
             "pid": os.getpid(),
             "c_type_sizes": c_type_sizes(),
             "live_arrays": len(self._arrays),
+            "state": machine_state(),
         }
         return info, b""
 

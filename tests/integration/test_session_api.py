@@ -137,6 +137,10 @@ def test_system_info_describes_the_board(remote: farm.RemoteSession) -> None:
     assert info["byteorder"] == sys.byteorder
     assert os.path.isdir(info["session_dir"])
     assert isinstance(info["pid"], int) and info["pid"] != os.getpid()
+    state = info["state"]  # read by the session, as its board's user
+    assert state["machine"] == platform.machine() and 0 <= state["cpu"] < (os.cpu_count() or 1)
+    assert len(state["load_average"]) == 3 and state["other_processes_running"] >= 0
+    assert {"governor", "current_khz", "min_khz", "max_khz", "temperatures_c", "throttled"} <= set(state)
 
 
 # --- files ---------------------------------------------------------------------------
