@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         library = build_shared(args.sources, toolchain, name=args.name, flags=args.flag, cache_dir=args.cache_dir,
                                defines=_defines(args.define), depends=args.depends)  # fmt: skip
         if args.output:
-            library = _copy(library, args.output, os.path.basename(library).rsplit("-", 1)[0])
+            library = copy_artifact(library, args.output, os.path.basename(library).rsplit("-", 1)[0] + ".so")
     except (BuildError, OSError) as exc:
         print("farm build: %s" % exc, file=sys.stderr)
         return 1
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _toolchain(args: argparse.Namespace) -> Toolchain:
-    inventory = _load_inventory(args.farm) if args.farm else None
+    inventory = load_inventory_named(args.farm) if args.farm else None
     overrides = inventory.toolchains if inventory is not None else {}
     if args.target:
         return toolchain_for(args.target, overrides)
@@ -66,7 +66,7 @@ def _toolchain(args: argparse.Namespace) -> Toolchain:
     return toolchains.pop()
 
 
-def _load_inventory(name: str) -> Any:
+def load_inventory_named(name: str) -> Any:
     """The inventory file or built-in inventory (``local``, ``emulated``) ``name``."""
     from .inventory import InventoryError, inventory_path, load_inventory  # needs PyYAML, a host-only package
 
@@ -93,13 +93,14 @@ def _defines(texts: Sequence[str]) -> Dict[str, Optional[str]]:
     return defines
 
 
-def _copy(library: str, output: str, name: str) -> str:
-    """Copy ``library`` to the file ``output``, or to ``output/NAME.so`` for a directory, atomically."""
-    destination = os.path.join(output, name + ".so") if os.path.isdir(output) or output.endswith(os.sep) else output
+def copy_artifact(artifact: str, output: str, name: str) -> str:
+    """Copy ``artifact`` to the file ``output``, or to ``output/NAME`` for a directory, atomically."""
+    destination = os.path.join(output, name) if os.path.isdir(output) or output.endswith(os.sep) else output
     parent = os.path.dirname(os.path.abspath(destination))
     os.makedirs(parent, exist_ok=True)
     partial = destination + ".tmp"
-    shutil.copyfile(library, partial)
+    shutil.copyfile(artifact, partial)
+    shutil.copymode(artifact, partial)
     os.replace(partial, destination)
     return destination
 

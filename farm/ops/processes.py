@@ -149,9 +149,22 @@ def start_board(
     env: Optional[Mapping[str, str]] = None,
     cwd: Optional[str] = None,
     timeout: float = 15.0,
+    server: str = "python",
+    program: Optional[str] = None,
 ) -> DaemonProcess:
-    """Start ``python -m farm.server`` and return it once it listens."""
-    daemon = DaemonProcess(board_command(key, host, port, python, extra), log_path, env, cwd)
+    """Start a board server and return it once it listens.
+
+    ``server`` is ``python`` (``python -m farm.server``) or ``native`` (the C daemon, built for this machine and
+    cached; ``program`` names another build of it, such as the sanitized one).
+    """
+    command = None
+    if server == "native":
+        from .native import host_server  # builds with a C compiler: host side only
+
+        command = [program or host_server()]
+    elif server != "python":
+        raise ValueError("unknown board server %r: python or native" % server)
+    daemon = DaemonProcess(board_command(key, host, port, python, extra, command), log_path, env, cwd)
     try:
         daemon.wait_for_bind(timeout)
     except BaseException:

@@ -171,24 +171,57 @@ def build_shared(
     miss compiles under a lock per artifact into a temporary file that replaces
     the artifact only when complete and for the right architecture.
     """
+    options = (*toolchain.flags, *flags, *_define_flags(defines or {}), *SHARED_FLAGS)
+    return _cached_build(sources, toolchain, name, options, (), ".so", cache_dir, depends)
+
+
+def build_executable(
+    sources: Sequence[PathLike],
+    toolchain: Toolchain,
+    name: Optional[str] = None,
+    flags: Sequence[str] = (),
+    libraries: Sequence[str] = (),
+    cache_dir: Optional[str] = None,
+    depends: Sequence[PathLike] = (),
+) -> str:
+    """Build ``sources`` into one executable for ``toolchain``, cached as :func:`build_shared` caches libraries.
+
+    ``libraries`` (``-lffi``, a static archive's path) follow the sources on the linker's command line.
+    """
+    options = (*toolchain.flags, *flags)
+    return _cached_build(sources, toolchain, name, options, libraries, "", cache_dir, depends)
+
+
+def _cached_build(
+    sources: Sequence[PathLike],
+    toolchain: Toolchain,
+    name: Optional[str],
+    options: Sequence[str],
+    libraries: Sequence[str],
+    suffix: str,
+    cache_dir: Optional[str],
+    depends: Sequence[PathLike],
+) -> str:
     paths = [os.path.abspath(os.fspath(source)) for source in sources]
     if not paths:
         raise BuildError("no sources to build")
     name = name or os.path.splitext(os.path.basename(paths[0]))[0]
     if not name or os.sep in name:
         raise BuildError("%r cannot name an artifact (a file name without %r)" % (name, os.sep))
-    options = (*toolchain.flags, *flags, *_define_flags(defines or {}), *SHARED_FLAGS)
-    key = _artifact_key(paths, toolchain, options, [os.fspath(path) for path in depends])
+    keyed = (*options, "libraries:", *libraries) if libraries else options
+    key = _artifact_key(paths, toolchain, keyed, [os.fspath(path) for path in depends])
     directory = os.path.join(cache_dir or default_cache_dir("artifacts"), toolchain.target.triple)
-    artifact = os.path.join(directory, "%s-%s.so" % (name, key[:16]))
+    artifact = os.path.join(directory, "%s-%s%s" % (name, key[:16], suffix))
     if os.path.exists(artifact):
         logger.debug("cache hit: %s", artifact)
         return artifact
     os.makedirs(directory, exist_ok=True)
-    return _build_locked(paths, toolchain, options, artifact)
+    return _build_locked(paths, toolchain, options, artifact, libraries)
 
 
-def _build_locked(sources: List[str], toolchain: Toolchain, options: Sequence[str], artifact: str) -> str:
+def _build_locked(
+    sources: List[str], toolchain: Toolchain, options: Sequence[str], artifact: str, libraries: Sequence[str] = ()
+) -> str:
     """Build ``artifact`` unless another process did while this one waited for the lock."""
     from filelock import FileLock  # host-only: farm.cli imports this module, and `farm server` runs on bare Pythons
 
@@ -198,7 +231,7 @@ def _build_locked(sources: List[str], toolchain: Toolchain, options: Sequence[st
             return artifact
         partial = artifact + ".tmp"  # only the lock holder writes it: one found now is a crashed build's, overwritten
         try:
-            compile_shared(sources, partial, toolchain.compiler, options)
+            compile_shared(sources, partial, toolchain.compiler, options, libraries=libraries)
             _check_built(partial, toolchain)
             os.replace(partial, artifact)
         finally:
@@ -323,10 +356,15 @@ def compile_shared(
     compiler: Optional[str] = None,
     flags: Sequence[str] = DEFAULT_FLAGS,
     extra_flags: Sequence[str] = (),
+    libraries: Sequence[str] = (),
 ) -> str:
-    """Compile ``sources`` into the shared library ``output`` and return its path."""
+    """Compile ``sources`` into ``output`` (a shared library with the default flags) and return its path.
+
+    ``libraries`` follow the sources, where the linker looks for what they need.
+    """
     command = [*shlex.split(compiler or default_compiler()), *flags, *extra_flags, "-o", os.fspath(output)]
     command += [os.fspath(source) for source in sources]
+    command += list(libraries)
     logger.debug("compiling: %s", shlex.join(command))
     try:
         result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -1,0 +1,129 @@
+"""``farm build-server``: the native board server (the C daemon in ``native/``) built for a target (host side).
+
+The daemon is one executable per target, built with the toolchain that builds
+the target's kernels and cached by content as kernels are
+(:func:`farm.ops.toolchain.build_executable`). It links libc, libdl and
+libffi, libffi statically where the toolchain has ``libffi.a``. See
+docs/native-board.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import logging
+import os
+import shlex
+import subprocess
+import sys
+from typing import List, Optional, Tuple
+
+from .. import __version__
+from .build import copy_artifact, load_inventory_named
+from .toolchain import BuildError, Toolchain, build_executable, toolchain_for
+
+logger = logging.getLogger("farm.native")
+
+#: The daemon's sources: the ``native`` folder beside the ``farm`` package in a checkout or an sdist.
+SOURCE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "native")
+#: How every build compiles: C11, every warning an error.
+FLAGS = ("-std=c11", "-Wall", "-Wextra", "-Werror", "-O2")
+#: An instrumented build for the tests: AddressSanitizer and UndefinedBehaviorSanitizer, every report fatal.
+SANITIZE_FLAGS = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g")
+NAME = "farm-board"
+
+
+def sources() -> List[str]:
+    """The daemon's C sources; BuildError when this installation has none."""
+    found = sorted(glob.glob(os.path.join(SOURCE_DIR, "*.c")))
+    if not found:
+        raise BuildError(
+            "the native board's sources are not in %s: build it from a checkout or an sdist of pytest-remotedev"
+            % SOURCE_DIR
+        )
+    return found
+
+
+def _static_libffi(toolchain: Toolchain) -> Optional[str]:
+    """The toolchain's ``libffi.a``, if it has one."""
+    command = [*toolchain.command(), "-print-file-name=libffi.a"]
+    try:
+        answer = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout.strip()
+    except OSError:
+        return None
+    return answer if os.path.isabs(answer) and os.path.isfile(answer) else None
+
+
+def _libraries(toolchain: Toolchain) -> Tuple[List[str], List[str]]:
+    """What the daemon links after its sources, and the files among them that the build depends on."""
+    archive = _static_libffi(toolchain)
+    if archive is not None:
+        return [archive, "-ldl"], [archive]
+    return ["-lffi", "-ldl"], []
+
+
+def build_server(toolchain: Toolchain, sanitize: bool = False, cache_dir: Optional[str] = None) -> str:
+    """Build the native board server for ``toolchain`` (``sanitize``: with ASan and UBSan); its path in the cache."""
+    if not toolchain.available():
+        toolchain.version()  # raises BuildError saying which package to install
+    libraries, depends = _libraries(toolchain)
+    flags = [*FLAGS, '-DFARM_VERSION="%s"' % __version__, *(SANITIZE_FLAGS if sanitize else ())]
+    name = NAME + ("-sanitized" if sanitize else "")
+    try:
+        return build_executable(sources(), toolchain, name, flags, libraries, cache_dir, depends)
+    except BuildError as exc:
+        if "ffi.h" in str(exc) or "-lffi" in str(exc):
+            raise BuildError(
+                "%s\nthe native board needs libffi for %s: install the Debian package libffi-dev (for a cross "
+                "target, libffi-dev:%s), or give the toolchain's sysroot one"
+                % (exc, toolchain.target.name, toolchain.target.debian_arch or toolchain.target.name)
+            ) from None
+        raise
+
+
+def host_server(sanitize: bool = False) -> str:
+    """The native board server built for this machine with ``$CC`` or ``cc`` (cached)."""
+    from .targets import host_target
+
+    target = host_target()
+    if target is None:
+        raise BuildError("this machine's architecture is unknown to the farm")
+    return build_server(toolchain_for(target), sanitize)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", required=True, help="the target: x86_64, aarch64 or armhf")
+    parser.add_argument(
+        "--toolchain",
+        metavar="TRIPLE",
+        help="build with this triple's toolchain: the --farm inventory's toolchains: entry, else TRIPLE-gcc",
+    )
+    parser.add_argument("--farm", metavar="INVENTORY", help="the inventory whose toolchains: section to use")
+    parser.add_argument("-o", "--output", metavar="PATH", help="copy the executable here (a directory or a file name)")
+    parser.add_argument("--sanitize", action="store_true", help="instrument with AddressSanitizer and UBSan")
+    parser.add_argument("--cache-dir", metavar="DIR", help="the artifact cache (default: $REMOTEDEV_CACHE/artifacts)")
+    parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def _toolchain(args: argparse.Namespace) -> Toolchain:
+    overrides = load_inventory_named(args.farm).toolchains if args.farm else {}
+    target = toolchain_for(args.arch, overrides).target
+    if not args.toolchain or args.toolchain == target.triple:
+        return toolchain_for(target, overrides)
+    spec = overrides.get(args.toolchain)
+    if spec is not None:
+        return Toolchain(target, spec.compiler, tuple(spec.flags) or ("-O2",))
+    return Toolchain(target, shlex.quote(args.toolchain + "-gcc"))
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        server = build_server(_toolchain(args), args.sanitize, args.cache_dir)
+        if args.output:
+            server = copy_artifact(server, args.output, NAME)
+    except (BuildError, OSError) as exc:
+        print("farm build-server: %s" % exc, file=sys.stderr)
+        return 1
+    print(server)
+    return 0

@@ -1,0 +1,294 @@
+/* The native board daemon: declarations shared by its parts (see docs/native-board.md). */
+#ifndef FARM_BOARD_H
+#define FARM_BOARD_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifndef FARM_VERSION
+#define FARM_VERSION "0.0.0"
+#endif
+
+#define FORMAT(a, b) __attribute__((format(printf, a, b)))
+
+/* --- util.c: logging, buffers, small helpers ---------------------------------------------- */
+
+enum { LOG_DEBUG = 10, LOG_INFO = 20, LOG_WARNING = 30, LOG_ERROR = 40 };
+extern int log_level;
+void log_msg(int level, const char *fmt, ...) FORMAT(2, 3);
+
+/* A growable byte buffer; a failed allocation sets `failed` and later additions do nothing. */
+typedef struct {
+    char *data;
+    size_t len, cap;
+    int failed;
+} Buf;
+void buf_add(Buf *b, const void *data, size_t n);
+void buf_adds(Buf *b, const char *text);
+void buf_addf(Buf *b, const char *fmt, ...) FORMAT(2, 3);
+void buf_vaddf(Buf *b, const char *fmt, va_list args);
+void buf_free(Buf *b);
+const char *buf_str(Buf *b); /* NUL-terminated contents ("" when empty) */
+
+void *xmalloc(size_t n);   /* aborts on failure: for small bookkeeping only */
+char *xstrdup(const char *s);
+double monotonic_now(void); /* seconds */
+double wall_now(void);      /* seconds since the epoch */
+int64_t monotonic_ns(void);
+int valid_utf8(const unsigned char *s, size_t n);
+uint16_t get_u16(const unsigned char *p);
+uint32_t get_u32(const unsigned char *p);
+uint64_t get_u64(const unsigned char *p);
+void put_u32(unsigned char *p, uint32_t v);
+void put_u64(unsigned char *p, uint64_t v);
+int read_text_file(const char *path, char *out, size_t cap); /* bytes read (trailing space stripped), -1 */
+int remove_tree(const char *path);                           /* rm -rf; 0 or -1 */
+const char *signal_name(int number);
+
+/* --- json.c: a bounded JSON reader and a writer for exactly what the protocol carries ----- */
+
+typedef enum { J_NULL, J_BOOL, J_INT, J_FLOAT, J_STRING, J_ARRAY, J_OBJECT } JType;
+typedef struct JValue JValue;
+typedef struct JMember JMember;
+struct JValue {
+    JType type;
+    int big;       /* J_INT: the integer does not fit int64 (i is then meaningless) */
+    int64_t i;     /* J_INT, J_BOOL */
+    double f;      /* J_FLOAT */
+    char *s;       /* J_STRING: decoded UTF-8, NUL-terminated, may hold NULs */
+    size_t len;    /* J_STRING length; J_ARRAY/J_OBJECT count */
+    JValue *items; /* J_ARRAY */
+    JMember *members; /* J_OBJECT */
+};
+struct JMember {
+    char *key;
+    size_t key_len;
+    JValue value;
+};
+#define JSON_MAX_DEPTH 128
+typedef struct Arena Arena;
+Arena *arena_new(void);
+void arena_free(Arena *a);
+/* Parse `len` bytes (surrounding whitespace allowed); NULL and a reason in `err` if they are not one JSON value. */
+JValue *json_parse(const char *text, size_t len, Arena *arena, char *err, size_t errlen);
+const JValue *json_get(const JValue *object, const char *key); /* the last member of that name, or NULL */
+const char *json_type_name(const JValue *v);                  /* Python's name: int, str, list, dict ... */
+void json_string(Buf *b, const char *s, size_t n);              /* a JSON string; invalid UTF-8 as \udcXX */
+void json_double(Buf *b, double value);
+
+/* --- sha256.c / proof.c: the farm-secret proof ------------------------------------------- */
+
+typedef struct {
+    uint32_t state[8];
+    uint64_t length;
+    unsigned char block[64];
+    size_t used;
+} Sha256;
+void sha256_init(Sha256 *c);
+void sha256_update(Sha256 *c, const void *data, size_t n);
+void sha256_final(Sha256 *c, unsigned char out[32]);
+void hmac_sha256(const unsigned char *key, size_t key_len, const unsigned char *const *parts, const size_t *lens,
+                 size_t count, unsigned char out[32]);
+
+#define AUTH_MAGIC 0x2F27A
+#define NONCE_SIZE 32
+#define MAC_SIZE 32
+/* The acceptor's side: feed the connector's bytes; what to answer goes to `out`. */
+typedef struct {
+    int stage; /* 0: waiting for the connector's hello, 1: for its proof, 2: proven */
+    unsigned char ours[NONCE_SIZE], theirs[NONCE_SIZE];
+} Proof;
+int proof_start(Proof *p);
+/* Consume from data[0..n): returns bytes used, -1 when refused (a refusal to send may be in `out`). */
+long proof_feed(Proof *p, const unsigned char *secret, size_t secret_len, const unsigned char *data, size_t n,
+                Buf *out, char *why, size_t whylen);
+int load_secret(const char *path, unsigned char *out, size_t *len); /* 0, or -1 logged */
+
+/* --- handshake.c: TVM's hello and reply ----------------------------------------------------- */
+
+#define RPC_MAGIC 0xFF271
+#define CODE_SUCCESS 0xFF271
+#define CODE_MISMATCH 0xFF273
+#define CODE_BUSY 0xFF274
+#define MAX_KEY_LENGTH 4096
+typedef struct {
+    char role[MAX_KEY_LENGTH + 1];
+    char key[MAX_KEY_LENGTH + 1];
+    double timeout; /* 0: none asked for */
+} Hello;
+/* From the hello's bytes: 1 and `used` once complete, 0 when more are needed, -1 (why) when malformed. */
+int hello_parse(const unsigned char *data, size_t n, Hello *hello, size_t *used, char *why, size_t whylen);
+void reply_encode(Buf *out, uint32_t code, const char *text);
+
+/* --- options.c ------------------------------------------------------------------------------ */
+
+typedef struct {
+    const char *host;
+    int port, port_end;
+    const char *key, *name, *work_dir, *secret_file;
+    uint64_t max_message_size;
+    uint64_t session_quota;      /* bytes, 0: none */
+    uint64_t session_quota_files;
+    double max_session_time;     /* 0: none */
+    double handshake_timeout;
+    int max_unproven, max_unproven_per_address;
+} Options;
+int parse_options(int argc, char **argv, Options *o); /* 0, or the exit code */
+
+/* --- framing.c: frames on a blocking connection ---------------------------------------------- */
+
+#define FRAME_HEADER 20
+#define MAX_META (1u << 20)
+#define ATOMIC_REPLY 4096
+enum {
+    OP_PING = 1, OP_SYSTEM_INFO, OP_UPLOAD, OP_DOWNLOAD, OP_REMOVE, OP_LISTDIR, OP_LOAD_MODULE, OP_GET_FUNCTION,
+    OP_CALL, OP_ARRAY_NEW, OP_ARRAY_EMPTY, OP_ARRAY_READ, OP_ARRAY_WRITE, OP_RUN, OP_CLOSE, OP_TIME,
+    OP_RESULT = 64, OP_ERROR, OP_SESSION_END
+};
+typedef struct {
+    int fd;
+    unsigned char *buf; /* bytes received ahead of the next read */
+    size_t start, end, cap;
+    uint64_t sent; /* bytes sent on the connection, the handshake's reply included */
+} Conn;
+typedef struct {
+    uint8_t op;
+    uint32_t request_id;
+    uint32_t meta_len;
+    uint64_t size;
+} Header;
+void header_encode(unsigned char out[FRAME_HEADER], uint8_t op, uint32_t request_id, uint32_t meta_len,
+                   uint64_t size);
+int header_decode(const unsigned char in[FRAME_HEADER], Header *h, uint64_t max_payload, char *why, size_t whylen);
+int conn_read(Conn *c, void *dst, size_t n); /* 0 when all n arrived, -1 at end of stream or error */
+int conn_send(Conn *c, const void *a, size_t alen, const void *b, size_t blen);
+int send_frame(int fd, uint8_t op, uint32_t request_id, const char *meta, size_t meta_len, const void *payload,
+               uint64_t size);
+
+/* --- status: what the session process is doing, shared with the daemon ---------------------- */
+
+enum { ST_IDLE, ST_RUNNING, ST_SENDING, ST_FINISHED };
+#define STATUS_SIZE 4096
+#define STATUS_TEXT 18
+void status_set(unsigned char *status, int state);
+void status_running(unsigned char *status, const char *activity);
+void status_sending(unsigned char *status, uint64_t reply_end);
+void status_activity(const unsigned char *status, char *out, size_t cap);
+
+/* --- session.c and its parts --------------------------------------------------------------- */
+
+typedef struct Session Session;
+typedef struct {
+    const char *directory;
+    const char *key, *name;
+    uint64_t max_message_size, quota;
+    unsigned char *status;
+    const unsigned char *leftover;
+    size_t leftover_len;
+    uint64_t bytes_sent;
+} SessionOrder;
+int session_serve(int fd, const SessionOrder *order); /* the session process's exit code */
+
+/* A request's reply: metadata (JSON text, empty for none) and a payload the handler owns. */
+typedef struct {
+    Buf meta;
+    const void *payload;
+    uint64_t size;
+    void *mapped; /* munmap(mapped, size) after sending */
+    Buf owned;    /* or the payload lives here */
+} Reply;
+
+/* The session's error: set by fail(), answered as an ERROR frame. */
+int fail(Session *s, const char *type, const char *fmt, ...) FORMAT(3, 4);
+int fail_errno(Session *s, int err, const char *path);
+int field_str(Session *s, const JValue *meta, const char *name, const char *fallback, const char **out,
+              size_t *len);
+int field_int(Session *s, const JValue *meta, const char *name, int64_t *out, int *big);
+void py_repr(Buf *b, const char *s, size_t n); /* 'text' as Python's repr shows a str */
+
+/* Objects of a session: one id counter for modules, functions and arrays. */
+typedef enum { OBJ_NONE, OBJ_MODULE, OBJ_FUNCTION, OBJ_ARRAY } ObjKind;
+typedef struct {
+    ObjKind kind;
+    void *p;
+} Obj;
+typedef struct {
+    char *path;
+    dev_t dev;
+    ino_t ino;
+    int64_t mtime_ns;
+    off_t size;
+} Loaded;
+struct Session {
+    Conn conn;
+    const SessionOrder *order;
+    char *root;     /* the session directory, links resolved */
+    char err_type[64];
+    Buf err_message;
+    Obj *objects;   /* by id; ids count from 1 */
+    size_t objects_cap;
+    uint64_t next_id;
+    size_t live_arrays;
+    Loaded *loaded; /* what LOAD_MODULE loaded, by path, to notice a file that changed */
+    size_t loaded_count;
+};
+typedef struct {
+    void *data;
+    uint64_t nbytes;
+    int mapped; /* its own anonymous mapping */
+    int dtype;
+    void *block; /* what to free when not mapped */
+} Array;
+void *session_object(Session *s, uint64_t id, ObjKind kind);
+uint64_t session_add(Session *s, ObjKind kind, void *object);
+
+/* files.c */
+typedef struct {
+    char *path;     /* the temporary file the payload goes into (NULL: refused, or nothing yet) */
+    void *map;      /* its writable mapping (NULL for an empty file) */
+    uint64_t size;
+    char refusal[512]; /* why the upload is refused (QuotaError); its payload is read and dropped */
+} Upload;
+int resolve(Session *s, const JValue *name, int follow, char **out);
+int upload_begin(Session *s, const JValue *meta, uint64_t nbytes, Upload *u, char *why, size_t whylen);
+void upload_abort(Upload *u);
+int op_upload(Session *s, const JValue *meta, Upload *u, Reply *r);
+int op_download(Session *s, const JValue *meta, Reply *r);
+int op_remove(Session *s, const JValue *meta, Reply *r);
+int op_listdir(Session *s, const JValue *meta, Reply *r);
+
+/* arrays.c */
+#define DTYPE_COUNT 12
+extern const char *const DTYPE_NAMES[DTYPE_COUNT];
+extern const int DTYPE_SIZES[DTYPE_COUNT];
+int dtype_index(const char *name);
+int array_alloc(uint64_t nbytes, Array *a); /* zero-filled aligned storage; 0 or -1 */
+void array_release(Array *a);
+int array_spec(Session *s, const JValue *meta, int *dtype, uint64_t *nbytes);
+int op_array_new(Session *s, const JValue *meta, Array *received, Reply *r);
+int op_array_empty(Session *s, const JValue *meta, Reply *r);
+int op_array_read(Session *s, const JValue *meta, Reply *r);
+int op_array_write(Session *s, const JValue *meta, const void *payload, uint64_t size, Reply *r);
+Array *array_for_write(Session *s, const JValue *meta, uint64_t nbytes);
+void release_arrays(Session *s, const JValue *ids);
+
+/* calls.c */
+int op_load_module(Session *s, const JValue *meta, Reply *r);
+int op_get_function(Session *s, const JValue *meta, Reply *r);
+int op_call(Session *s, const unsigned char *payload, uint64_t size, Reply *r);
+int op_time(Session *s, const JValue *meta, const unsigned char *payload, uint64_t size, Reply *r);
+
+/* sysinfo.c */
+int op_system_info(Session *s, Reply *r);
+void machine_state(Buf *b, int cpu, long others_override); /* others_override < -1: read it now */
+int current_cpu(void);
+long others_running(void); /* -1 when unknown */
+const char *machine_name(void);
+const char *elf_machine(const char *path, char *out, size_t cap); /* NULL if not ELF */
+
+/* daemon.c */
+int serve_board(const Options *o, const unsigned char *secret, size_t secret_len);
+
+#endif

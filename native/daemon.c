@@ -1,0 +1,652 @@
+/* The daemon: listens, runs each connection's opening (the farm-secret proof, TVM's hello) without blocking,
+ * forks one process per session, and tells the client how the session ended (SESSION_END, docs/protocol.md §3.4),
+ * as farm/board/daemon.py, admission.py and supervisor.py do. One session at a time. */
+#define _GNU_SOURCE
+#include "board.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+/* The proof, the longest hello, and what may come after it in the same reads. */
+#define OPENING_BUFFER (5 + NONCE_SIZE + MAC_SIZE + 8 + MAX_KEY_LENGTH + 8192)
+#define QUOTA_CHECK_PERIOD 1.0
+#define NOTIFY_TIMEOUT 2
+#define REPLY_TIMEOUT 5
+#define ACCEPT_PAUSE 1.0
+
+typedef struct {
+    int fd;
+    char peer[80];
+    char address[64]; /* counted per address until it proves itself */
+    double deadline;
+    int counted;
+    Proof proof;
+    unsigned char buf[OPENING_BUFFER];
+    size_t len;
+    uint64_t sent;
+} Pending;
+
+typedef struct {
+    pid_t pid;
+    int fd;
+    char peer[80];
+    char directory[4200];
+    double started, started_at, deadline;
+    char timeout_reason[200];
+    int timed_out, abandoned, over_files;
+    uint64_t over_quota;
+    double next_quota_check;
+} Active;
+
+typedef struct {
+    const Options *o;
+    unsigned char *secret;
+    size_t secret_len;
+    int listener, port;
+    double accept_paused_until;
+    char name[300];
+    char work_dir[4096];
+    int own_work_dir;
+    Pending **pending;
+    int pending_count;
+    Active active;
+    int busy;
+    unsigned char *status; /* shared with the session process */
+} Board;
+
+static int wake[2] = {-1, -1};
+static volatile sig_atomic_t stop_signal;
+
+static void on_signal(int number) {
+    int saved = errno;
+    if (number == SIGTERM || number == SIGINT) stop_signal = number;
+    ssize_t ignored = write(wake[1], "", 1);
+    (void)ignored;
+    errno = saved;
+}
+
+static int listen_on(Board *b) {
+    const Options *o = b->o;
+    int first = o->port, last = o->port && o->port_end > o->port ? (o->port_end < 65536 ? o->port_end : 65536) - 1
+                                                                 : o->port;
+    struct addrinfo hints = {.ai_family = strchr(o->host, ':') ? AF_INET6 : AF_INET, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE},
+                    *found;
+    int error = getaddrinfo(o->host, NULL, &hints, &found);
+    if (error) {
+        log_msg(LOG_ERROR, "cannot listen: %s: %s", o->host, gai_strerror(error));
+        return -1;
+    }
+    int last_errno = 0;
+    for (int port = first; port <= last; port++) {
+        int fd = socket(found->ai_family, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP), one = 1;
+        if (fd < 0) break;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+        struct sockaddr_storage address;
+        memcpy(&address, found->ai_addr, found->ai_addrlen);
+        ((struct sockaddr_in *)&address)->sin_port = htons((uint16_t)port); /* same place in sockaddr_in6 */
+        if (bind(fd, (struct sockaddr *)&address, found->ai_addrlen) == 0 && listen(fd, 128) == 0) {
+            socklen_t length = sizeof address;
+            getsockname(fd, (struct sockaddr *)&address, &length);
+            b->port = ntohs(((struct sockaddr_in *)&address)->sin_port);
+            b->listener = fd;
+            fcntl(fd, F_SETFL, O_NONBLOCK);
+            freeaddrinfo(found);
+            return 0;
+        }
+        last_errno = errno;
+        close(fd);
+    }
+    freeaddrinfo(found);
+    log_msg(LOG_ERROR, "cannot listen: no free port in %d..%d on %s (last error: %s)", first, last, o->host,
+            strerror(last_errno));
+    return -1;
+}
+
+/* --- the opening of each connection -------------------------------------------------------- */
+
+static int counted_from(Board *b, const char *address) {
+    int n = 0;
+    for (int k = 0; k < b->pending_count; k++) n += b->pending[k]->counted && !strcmp(b->pending[k]->address, address);
+    return n;
+}
+
+static int counted_all(Board *b) {
+    int n = 0;
+    for (int k = 0; k < b->pending_count; k++) n += b->pending[k]->counted;
+    return n;
+}
+
+static void drop_pending(Board *b, int index, int close_it) {
+    Pending *p = b->pending[index];
+    if (close_it) close(p->fd);
+    b->pending[index] = b->pending[--b->pending_count];
+    explicit_bzero(&p->proof, sizeof p->proof);
+    free(p);
+}
+
+static void accept_one(Board *b) {
+    struct sockaddr_storage address;
+    socklen_t length = sizeof address;
+    int fd = accept4(b->listener, (struct sockaddr *)&address, &length, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+            log_msg(LOG_WARNING, "cannot accept connections (%s); pausing for a second", strerror(errno));
+            b->accept_paused_until = monotonic_now() + ACCEPT_PAUSE;
+        }
+        return;
+    }
+    char host[64] = "?";
+    int port = 0;
+    if (address.ss_family == AF_INET6) {
+        struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&address;
+        inet_ntop(AF_INET6, &v6->sin6_addr, host, sizeof host);
+        port = ntohs(v6->sin6_port);
+    } else {
+        struct sockaddr_in *v4 = (struct sockaddr_in *)&address;
+        inet_ntop(AF_INET, &v4->sin_addr, host, sizeof host);
+        port = ntohs(v4->sin_port);
+    }
+    if (counted_all(b) >= b->o->max_unproven || counted_from(b, host) >= b->o->max_unproven_per_address) {
+        log_msg(LOG_WARNING, "refusing %s:%d: too many connections are in their handshake", host, port);
+        close(fd);
+        return;
+    }
+    Pending *p = calloc(1, sizeof(Pending));
+    Pending **grown = p ? realloc(b->pending, sizeof(Pending *) * (size_t)(b->pending_count + 1)) : NULL;
+    if (!grown || (b->secret && proof_start(&p->proof))) {
+        free(p);
+        close(fd);
+        return;
+    }
+    b->pending = grown;
+    p->fd = fd;
+    p->counted = 1;
+    snprintf(p->peer, sizeof p->peer, "%s:%d", host, port);
+    snprintf(p->address, sizeof p->address, "%s", host);
+    p->deadline = monotonic_now() + b->o->handshake_timeout;
+    b->pending[b->pending_count++] = p;
+}
+
+static int send_now(int fd, const Buf *out) {
+    if (!out->len) return 0;
+    ssize_t sent = send(fd, out->data, out->len, MSG_NOSIGNAL);
+    return sent == (ssize_t)out->len ? 0 : -1;
+}
+
+static void tune(int fd) {
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+}
+
+static void set_send_timeout(int fd, int seconds) {
+    struct timeval timeout = {seconds, 0};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
+}
+
+static void start_session(Board *b, int fd, const char *peer, double asked, const unsigned char *leftover,
+                          size_t leftover_len, uint64_t sent);
+
+static void admit(Board *b, int index, const Hello *hello, size_t used) {
+    Pending *p = b->pending[index];
+    int matches = !strcmp(hello->role, "client") && (!hello->key[0] || !b->o->key[0] || !strcmp(hello->key, b->o->key));
+    Buf reply = {0}, text = {0};
+    uint32_t code = CODE_SUCCESS;
+    if (!matches) {
+        log_msg(LOG_WARNING, "key mismatch from %s: %s:%s (this board: '%s')", p->peer, hello->role, hello->key,
+                b->o->key);
+        code = CODE_MISMATCH;
+    } else if (b->busy) {
+        log_msg(LOG_INFO, "refusing %s: busy", p->peer);
+        code = CODE_BUSY;
+        buf_addf(&text, "board '%s' at %s:%d is busy: it serves a session from %s since %.1f s", b->o->key,
+                 b->o->host, b->port, b->active.peer, monotonic_now() - b->active.started);
+    } else {
+        buf_addf(&text, "server:%s", b->o->key);
+    }
+    reply_encode(&reply, code, buf_str(&text));
+    int fd = p->fd;
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    set_send_timeout(fd, REPLY_TIMEOUT);
+    size_t rest_len = p->len - used;
+    unsigned char *rest = xmalloc(rest_len);
+    memcpy(rest, p->buf + used, rest_len);
+    uint64_t sent = p->sent + reply.len;
+    char peer[80];
+    snprintf(peer, sizeof peer, "%s", p->peer);
+    drop_pending(b, index, 0); /* before the fork: the session process closes what is pending */
+    int delivered = send(fd, reply.data, reply.len, MSG_NOSIGNAL) == (ssize_t)reply.len;
+    if (!delivered) log_msg(LOG_INFO, "handshake reply to %s failed: %s", peer, strerror(errno));
+    if (!delivered || code != CODE_SUCCESS) close(fd);
+    else {
+        set_send_timeout(fd, 0);
+        tune(fd);
+        start_session(b, fd, peer, hello->timeout, rest, rest_len, sent);
+    }
+    buf_free(&reply);
+    buf_free(&text);
+    free(rest);
+}
+
+/* Takes the opening of pending connection `index` on with what arrived. */
+static void on_opening_data(Board *b, int index) {
+    Pending *p = b->pending[index];
+    ssize_t got = recv(p->fd, p->buf + p->len, sizeof p->buf - p->len, 0);
+    if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+    if (got <= 0) {
+        log_msg(LOG_INFO, "%s closed the connection during the handshake", p->peer);
+        drop_pending(b, index, 1);
+        return;
+    }
+    p->len += (size_t)got;
+    char why[300];
+    if (b->secret && p->proof.stage < 2) {
+        Buf out = {0};
+        long used = proof_feed(&p->proof, b->secret, b->secret_len, p->buf, p->len, &out, why, sizeof why);
+        int delivered = send_now(p->fd, &out) == 0;
+        p->sent += out.len;
+        buf_free(&out);
+        if (used < 0) {
+            log_msg(LOG_WARNING, "refused %s: %s", p->peer, why);
+            drop_pending(b, index, 1);
+            return;
+        }
+        if (!delivered) {
+            log_msg(LOG_INFO, "%s stopped reading during authentication; closing", p->peer);
+            drop_pending(b, index, 1);
+            return;
+        }
+        memmove(p->buf, p->buf + used, p->len - (size_t)used);
+        p->len -= (size_t)used;
+        if (p->proof.stage < 2) return;
+        log_msg(LOG_DEBUG, "%s proved it holds the farm secret", p->peer);
+        p->counted = 0;
+    }
+    Hello *hello = malloc(sizeof(Hello));
+    size_t used = 0;
+    int status = hello ? hello_parse(p->buf, p->len, hello, &used, why, sizeof why) : -1;
+    if (status < 0) {
+        log_msg(LOG_WARNING, "bad handshake from %s: %s; closing", p->peer, hello ? why : "out of memory");
+        drop_pending(b, index, 1);
+    } else if (status == 1) {
+        admit(b, index, hello, used);
+    } else if (p->len == sizeof p->buf) {
+        drop_pending(b, index, 1);
+    }
+    free(hello);
+}
+
+/* --- sessions -------------------------------------------------------------------------------- */
+
+static void session_time(Board *b, double asked) {
+    double limit = b->o->max_session_time;
+    Active *a = &b->active;
+    a->deadline = 0;
+    if (asked > 0 && (limit <= 0 || asked <= limit)) {
+        a->deadline = a->started + asked;
+        snprintf(a->timeout_reason, sizeof a->timeout_reason, "the session timeout of %g s", asked);
+    } else if (limit > 0) {
+        a->deadline = a->started + limit;
+        char wanted[64] = "asked for none";
+        if (asked > 0) snprintf(wanted, sizeof wanted, "asked for %g s", asked);
+        snprintf(a->timeout_reason, sizeof a->timeout_reason,
+                 "the board's maximum session time of %g s (--max-session-time; the client %s)", limit, wanted);
+    }
+}
+
+static void close_for_session(Board *b) {
+    close(b->listener);
+    close(wake[0]);
+    close(wake[1]);
+    for (int k = 0; k < b->pending_count; k++) close(b->pending[k]->fd);
+    if (b->secret) explicit_bzero(b->secret, b->secret_len); /* the session starts without the secret */
+}
+
+static void start_session(Board *b, int fd, const char *peer, double asked, const unsigned char *leftover,
+                          size_t leftover_len, uint64_t sent) {
+    Active *a = &b->active;
+    memset(a, 0, sizeof *a);
+    snprintf(a->directory, sizeof a->directory, "%s/session-XXXXXX", b->work_dir);
+    if (!mkdtemp(a->directory)) {
+        log_msg(LOG_ERROR, "cannot make a session directory for %s: %s", peer, strerror(errno));
+        close(fd);
+        return;
+    }
+    snprintf(a->peer, sizeof a->peer, "%s", peer);
+    a->fd = fd;
+    a->started = monotonic_now();
+    a->started_at = wall_now();
+    a->next_quota_check = a->started + QUOTA_CHECK_PERIOD;
+    session_time(b, asked);
+    memset(b->status, 0, STATUS_SIZE);
+    SessionOrder order = {a->directory, b->o->key, b->name, b->o->max_message_size, b->o->session_quota,
+                          b->status, leftover, leftover_len, sent};
+    pid_t pid = fork();
+    if (pid < 0) {
+        log_msg(LOG_ERROR, "cannot start a session process for %s: %s", peer, strerror(errno));
+        remove_tree(a->directory);
+        close(fd);
+        return;
+    }
+    if (pid == 0) {
+        setpgid(0, 0);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        signal(SIGCHLD, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
+        signal(SIGINT, SIG_DFL);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        close_for_session(b);
+        exit(session_serve(fd, &order));
+    }
+    setpgid(pid, pid);
+    a->pid = pid;
+    b->busy = 1;
+    if (a->deadline > 0)
+        log_msg(LOG_INFO, "session from %s started (pid %d, timeout %g s)", peer, (int)pid, a->deadline - a->started);
+    else log_msg(LOG_INFO, "session from %s started (pid %d)", peer, (int)pid);
+}
+
+/* Bytes written to a TCP socket so far by anyone holding it: acknowledged plus queued (Linux); -1 if unknown. */
+static int64_t bytes_written(int fd) {
+    unsigned char info[256] = {0};
+    socklen_t length = sizeof info;
+    int queued = 0;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, info, &length) || length < 128 || ioctl(fd, TIOCOUTQ, &queued))
+        return -1;
+    uint64_t acked;
+    memcpy(&acked, info + 120, sizeof acked); /* tcpi_bytes_acked */
+    return (int64_t)acked + queued;
+}
+
+static int reply_cut_short(Board *b) {
+    if (__atomic_load_n(b->status, __ATOMIC_SEQ_CST) != ST_SENDING) return 0;
+    int64_t written = bytes_written(b->active.fd);
+    return written < 0 || (uint64_t)written < get_u64(b->status + 8);
+}
+
+static void megabytes(Buf *out, uint64_t size) {
+    if (size % (1 << 20)) buf_addf(out, "%.1f", (double)size / (1 << 20));
+    else buf_addf(out, "%llu", (unsigned long long)(size >> 20));
+}
+
+static void end_message(Board *b, int wait_status, const char *reason, Buf *out) {
+    Active *a = &b->active;
+    char how[80], activity[STATUS_SIZE];
+    if (WIFSIGNALED(wait_status))
+        snprintf(how, sizeof how, "was killed by signal %d (%s)", WTERMSIG(wait_status), signal_name(WTERMSIG(wait_status)));
+    else snprintf(how, sizeof how, "exited with code %d", WEXITSTATUS(wait_status));
+    status_activity(b->status, activity, sizeof activity);
+    if (reason) buf_adds(out, reason);
+    else if (a->over_quota) {
+        buf_adds(out, "the session's directory holds ");
+        megabytes(out, a->over_quota);
+        buf_adds(out, " MB, over its quota of ");
+        megabytes(out, b->o->session_quota);
+        buf_addf(out, " MB; the board ended the session while %s", activity);
+    } else if (a->over_files)
+        buf_addf(out, "the session's directory holds more than its quota of %llu files and directories; the board "
+                 "ended the session while %s", (unsigned long long)b->o->session_quota_files, activity);
+    else if (a->abandoned) buf_addf(out, "the client left while %s; the board ended the session", activity);
+    else if (a->timed_out) buf_addf(out, "%s expired while %s; the board ended the session", a->timeout_reason, activity);
+    else if (!WIFSIGNALED(wait_status) && WEXITSTATUS(wait_status) == 0 &&
+             __atomic_load_n(b->status, __ATOMIC_SEQ_CST) == ST_FINISHED) {
+    } else buf_addf(out, "the board's session process %s while %s", how, activity);
+}
+
+/* Kills and reaps what the session left behind that came to the daemon, a subreaper. */
+static void kill_strays(void) {
+    DIR *proc = opendir("/proc");
+    struct dirent *entry;
+    pid_t self = getpid();
+    while (proc && (entry = readdir(proc))) {
+        pid_t pid = (pid_t)atoi(entry->d_name);
+        char path[64], stat[512];
+        if (pid <= 0) continue;
+        snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+        if (read_text_file(path, stat, sizeof stat) <= 0) continue;
+        char *close_paren = strrchr(stat, ')');
+        int parent = 0;
+        if (close_paren && sscanf(close_paren + 2, "%*c %d", &parent) == 1 && parent == self) kill(pid, SIGKILL);
+    }
+    if (proc) closedir(proc);
+    while (waitpid(-1, NULL, WNOHANG) > 0) {
+    }
+}
+
+static void end_session(Board *b, int wait_status, const char *reason) {
+    Active *a = &b->active;
+    b->busy = 0;
+    Buf message = {0}, notice = {0};
+    end_message(b, wait_status, reason, &message);
+    double elapsed = monotonic_now() - a->started;
+    if (message.len) log_msg(LOG_WARNING, "session from %s ended after %.1f s: %s", a->peer, elapsed, buf_str(&message));
+    else log_msg(LOG_INFO, "session from %s ended after %.1f s", a->peer, elapsed);
+    remove_tree(a->directory); /* before the client sees the end of the stream */
+    if (reason || !reply_cut_short(b)) {
+        buf_adds(&notice, "{\"message\":");
+        json_string(&notice, buf_str(&message), message.len);
+        if (WIFSIGNALED(wait_status)) buf_addf(&notice, ",\"signal\":%d,\"exit_code\":null", WTERMSIG(wait_status));
+        else buf_addf(&notice, ",\"signal\":null,\"exit_code\":%d", WEXITSTATUS(wait_status));
+        buf_addf(&notice, ",\"timed_out\":%s,\"board\":", a->timed_out ? "true" : "false");
+        json_string(&notice, b->name, strlen(b->name));
+        buf_adds(&notice, ",\"started\":");
+        json_double(&notice, a->started_at);
+        buf_adds(&notice, ",\"ended\":");
+        json_double(&notice, wall_now());
+        buf_adds(&notice, "}");
+        set_send_timeout(a->fd, NOTIFY_TIMEOUT);
+        if (send_frame(a->fd, OP_SESSION_END, 0, notice.data, notice.len, NULL, 0))
+            log_msg(LOG_INFO, "could not tell the client: %s", strerror(errno));
+        shutdown(a->fd, SHUT_WR);
+    }
+    close(a->fd);
+    buf_free(&message);
+    buf_free(&notice);
+}
+
+static void kill_session(Board *b) {
+    if (b->busy && b->active.pid > 0) killpg(b->active.pid, SIGKILL);
+}
+
+/* Reaps the session process once it ended: its group killed while its id cannot be reused yet. */
+static void reap(Board *b, int block) {
+    if (!b->busy) {
+        kill_strays();
+        return;
+    }
+    siginfo_t info;
+    memset(&info, 0, sizeof info);
+    if (waitid(P_PID, (id_t)b->active.pid, &info, WEXITED | WNOWAIT | (block ? 0 : WNOHANG)) || info.si_pid == 0)
+        return;
+    killpg(b->active.pid, SIGKILL);
+    int wait_status = 0;
+    waitpid(b->active.pid, &wait_status, 0);
+    kill_strays();
+    end_session(b, wait_status, NULL);
+}
+
+static uint64_t usage_bytes, usage_entries, usage_entry_limit;
+
+static int count_entry(const char *path, const struct stat *info, int flag, struct FTW *ftw) {
+    (void)path;
+    if (ftw->level == 0) return 0;
+    usage_entries++;
+    if (usage_entry_limit && usage_entries > usage_entry_limit) return 1;
+    if (flag != FTW_D && flag != FTW_DNR) usage_bytes += (uint64_t)info->st_size;
+    return 0;
+}
+
+static void check_quota(Board *b, double now) {
+    Active *a = &b->active;
+    a->next_quota_check = now + QUOTA_CHECK_PERIOD;
+    usage_bytes = usage_entries = 0;
+    usage_entry_limit = b->o->session_quota_files;
+    nftw(a->directory, count_entry, 16, FTW_PHYS);
+    if (b->o->session_quota_files && usage_entries > b->o->session_quota_files) a->over_files = 1;
+    else if (b->o->session_quota && usage_bytes > b->o->session_quota) a->over_quota = usage_bytes;
+    else return;
+    log_msg(LOG_WARNING, "session from %s: its directory is over its quota; killing it", a->peer);
+    kill_session(b);
+}
+
+static void tick(Board *b, double now) {
+    for (int k = b->pending_count; k-- > 0;)
+        if (b->pending[k]->deadline <= now) {
+            log_msg(LOG_WARNING, "handshake from %s timed out after %g s; closing", b->pending[k]->peer,
+                    b->o->handshake_timeout);
+            drop_pending(b, k, 1);
+        }
+    if (b->accept_paused_until && now >= b->accept_paused_until) b->accept_paused_until = 0;
+    if (!b->busy) return;
+    Active *a = &b->active;
+    if (a->deadline > 0 && now >= a->deadline && !a->timed_out) {
+        log_msg(LOG_WARNING, "session from %s reached its timeout; killing it", a->peer);
+        a->timed_out = 1;
+        kill_session(b);
+    }
+    if ((b->o->session_quota || b->o->session_quota_files) && now >= a->next_quota_check && !a->over_quota &&
+        !a->over_files)
+        check_quota(b, now);
+    if (!a->abandoned && __atomic_load_n(b->status, __ATOMIC_SEQ_CST) == ST_RUNNING) {
+        struct pollfd hangup = {a->fd, POLLRDHUP, 0};
+        if (poll(&hangup, 1, 0) > 0 && (hangup.revents & (POLLRDHUP | POLLHUP))) {
+            log_msg(LOG_WARNING, "client %s left while the session runs code; killing the session", a->peer);
+            a->abandoned = 1;
+            kill_session(b);
+        }
+    }
+}
+
+static double next_timeout(Board *b, double now) {
+    double soonest = now + 1.0;
+    for (int k = 0; k < b->pending_count; k++)
+        if (b->pending[k]->deadline < soonest) soonest = b->pending[k]->deadline;
+    if (b->busy && b->active.deadline > 0 && b->active.deadline < soonest) soonest = b->active.deadline;
+    if (b->busy && b->active.next_quota_check < soonest) soonest = b->active.next_quota_check;
+    return soonest > now ? soonest - now : 0;
+}
+
+static void serve_loop(Board *b) {
+    struct pollfd *fds = NULL;
+    while (!stop_signal) {
+        fds = realloc(fds, sizeof(struct pollfd) * (size_t)(b->pending_count + 2));
+        if (!fds) abort();
+        fds[0] = (struct pollfd){wake[0], POLLIN, 0};
+        fds[1] = (struct pollfd){b->accept_paused_until ? -1 : b->listener, POLLIN, 0};
+        int count = b->pending_count;
+        for (int k = 0; k < count; k++) fds[k + 2] = (struct pollfd){b->pending[k]->fd, POLLIN, 0};
+        int timeout = (int)(next_timeout(b, monotonic_now()) * 1000) + 1;
+        int ready = poll(fds, (nfds_t)(count + 2), timeout);
+        if (ready < 0 && errno != EINTR) break;
+        if (ready > 0 && fds[0].revents) {
+            char drain[64];
+            while (read(wake[0], drain, sizeof drain) > 0) {
+            }
+        }
+        reap(b, 0);
+        if (ready > 0) {
+            /* from the last: a handshake that ends drops its entry, moving the last one into its place */
+            for (int k = count; k-- > 0;)
+                if (fds[k + 2].revents && k < b->pending_count && b->pending[k]->fd == fds[k + 2].fd)
+                    on_opening_data(b, k);
+            if (fds[1].revents & POLLIN) accept_one(b);
+        }
+        tick(b, monotonic_now());
+    }
+    free(fds);
+}
+
+static void shut_down(Board *b) {
+    if (stop_signal) log_msg(LOG_INFO, "received %s, shutting down", signal_name(stop_signal));
+    if (b->busy) {
+        kill_session(b);
+        int wait_status = SIGKILL;
+        waitpid(b->active.pid, &wait_status, 0);
+        kill_strays();
+        end_session(b, wait_status, "the board daemon shut down");
+    }
+    while (b->pending_count) drop_pending(b, 0, 1);
+    free(b->pending);
+    close(b->listener);
+    if (b->own_work_dir) remove_tree(b->work_dir);
+    log_msg(LOG_INFO, "board server stopped");
+}
+
+static int make_work_dir(Board *b) {
+    const char *given = b->o->work_dir;
+    if (given) {
+        snprintf(b->work_dir, sizeof b->work_dir, "%s", given);
+        for (char *p = b->work_dir + 1; *p; p++)
+            if (*p == '/') {
+                *p = 0;
+                mkdir(b->work_dir, 0777);
+                *p = '/';
+            }
+        if (mkdir(b->work_dir, 0777) && errno != EEXIST) {
+            log_msg(LOG_ERROR, "cannot make the work directory %s: %s", b->work_dir, strerror(errno));
+            return -1;
+        }
+        return 0;
+    }
+    const char *temp = getenv("TMPDIR");
+    snprintf(b->work_dir, sizeof b->work_dir, "%s/farm-board-XXXXXX", temp && *temp ? temp : "/tmp");
+    if (!mkdtemp(b->work_dir)) {
+        log_msg(LOG_ERROR, "cannot make a work directory in %s: %s", temp && *temp ? temp : "/tmp", strerror(errno));
+        return -1;
+    }
+    chmod(b->work_dir, 0711);
+    b->own_work_dir = 1;
+    return 0;
+}
+
+int serve_board(const Options *o, const unsigned char *secret, size_t secret_len) {
+    Board b = {.o = o, .secret = (unsigned char *)secret, .secret_len = secret_len, .listener = -1};
+    if (!secret_len) b.secret = NULL;
+    b.status = mmap(NULL, STATUS_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (b.status == MAP_FAILED || pipe2(wake, O_NONBLOCK | O_CLOEXEC)) {
+        log_msg(LOG_ERROR, "cannot set up: %s", strerror(errno));
+        return 1;
+    }
+    if (listen_on(&b)) return 1;
+    if (make_work_dir(&b)) return 1;
+    if (o->name[0]) snprintf(b.name, sizeof b.name, "%s", o->name);
+    else {
+        char host[256] = "";
+        gethostname(host, sizeof host - 1);
+        snprintf(b.name, sizeof b.name, "%s:%d", host, b.port);
+    }
+    prctl(PR_SET_CHILD_SUBREAPER, 1); /* what sessions leave behind comes here, to be killed */
+    struct sigaction action = {.sa_handler = on_signal};
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGCHLD, &action, NULL);
+    sigaction(SIGTERM, &action, NULL);
+    sigaction(SIGINT, &action, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    log_msg(LOG_INFO, "bind to %s:%d", o->host, b.port);
+    serve_loop(&b);
+    shut_down(&b);
+    return 0;
+}
