@@ -278,6 +278,8 @@ void release_arrays(Session *s, const JValue *ids);
 int op_load_module(Session *s, const JValue *meta, Reply *r);
 int op_get_function(Session *s, const JValue *meta, Reply *r);
 int op_call(Session *s, const unsigned char *payload, uint64_t size, Reply *r);
+void function_free(void *function); /* what it holds, not itself */
+void module_free(void *module);
 int op_time(Session *s, const JValue *meta, const unsigned char *payload, uint64_t size, Reply *r);
 
 /* sysinfo.c */

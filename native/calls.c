@@ -308,6 +308,15 @@ static void *load_fresh(Session *s, const char *path) {
     return handle;
 }
 
+void module_free(void *module) { free(((Module *)module)->name); }
+
+void function_free(void *function) {
+    Function *f = function;
+    free_signature(f->signature);
+    free(f->types);
+    free(f->label);
+}
+
 int op_load_module(Session *s, const JValue *meta, Reply *r) {
     const char *name;
     size_t n;

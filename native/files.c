@@ -335,7 +335,7 @@ int op_listdir(Session *s, const JValue *meta, Reply *r) {
         names[count++] = xstrdup(entry->d_name);
     }
     closedir(directory);
-    qsort(names, count, sizeof *names, by_name);
+    if (count) qsort(names, count, sizeof *names, by_name);
     buf_add(&r->owned, "[", 1);
     for (size_t k = 0; k < count; k++) {
         if (k) buf_add(&r->owned, ",", 1);

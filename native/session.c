@@ -398,6 +398,24 @@ done:
     return go_on;
 }
 
+/* Frees what the session holds (its libraries stay loaded: their code may still be running in threads). */
+static void session_free(Session *s) {
+    for (size_t id = 1; id < s->objects_cap; id++) {
+        Obj *o = &s->objects[id];
+        if (o->kind == OBJ_ARRAY) array_release(o->p);
+        else if (o->kind == OBJ_FUNCTION) function_free(o->p);
+        else if (o->kind == OBJ_MODULE) module_free(o->p);
+        else continue;
+        free(o->p);
+    }
+    free(s->objects);
+    for (size_t k = 0; k < s->loaded_count; k++) free(s->loaded[k].path);
+    free(s->loaded);
+    free(s->conn.buf);
+    free(s->root);
+    buf_free(&s->err_message);
+}
+
 int session_serve(int fd, const SessionOrder *order) {
     Session s = {.order = order, .next_id = 1};
     s.conn.fd = fd;
@@ -413,6 +431,7 @@ int session_serve(int fd, const SessionOrder *order) {
     }
     while (serve_one(&s)) {
     }
+    session_free(&s);
     status_set(order->status, ST_FINISHED);
     return 0;
 }

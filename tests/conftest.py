@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import platform
+import re
 import shutil
 import signal
 import socket
@@ -14,15 +16,16 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional
 
 import numpy  # noqa: F401  (see below)
 import pytest
 from farm_certs import TlsFiles, make_tls_files
 
 import farm
+from farm.ops.native import host_server
 from farm.ops.processes import DaemonProcess, start_board
-from farm.ops.toolchain import compile_shared
+from farm.ops.toolchain import BuildError, compile_shared
 
 TESTS = Path(__file__).resolve().parent
 PROJECT = TESTS.parent
@@ -37,12 +40,82 @@ KERNEL_SOURCES = {
 BENCHMARK_SMOKE_TESTS = TESTS / "benchmarks"
 
 
+#: The board servers a test marked ``board_servers(...)`` runs against: the Python board, the native one (C), and
+#: the native one built with AddressSanitizer and UBSan (on x86_64; elsewhere the sanitized run is not made).
+BOARD_SERVERS = ("python", "native", "native-asan")
+#: Any report of the sanitizers is fatal: the process aborts, and the log is checked when the board stops.
+SANITIZER_ENV = {
+    "ASAN_OPTIONS": "halt_on_error=1:abort_on_error=1:detect_leaks=1",
+    "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
+}
+SANITIZER_REPORT = re.compile(r"ERROR: (Address|Leak)Sanitizer|runtime error:|SUMMARY: UndefinedBehaviorSanitizer")
+#: Marks a test (or with ``pytestmark``, a module) to run against every board server.
+every_board_server = pytest.mark.board_servers(*BOARD_SERVERS)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """A suite started in the background by a non-interactive shell inherits SIGINT ignored, and so would every
     process it starts; the tests that press Ctrl-C need it delivered. Caught here, SIGINT is the default again in
     every program this process (and each xdist worker) starts, since exec resets a caught signal."""
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    config.addinivalue_line(
+        "markers", "board_servers(*names): run against these board servers (python, native, native-asan)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked ``board_servers`` runs once per board server its fixtures start; others on the Python board."""
+    marker = metafunc.definition.get_closest_marker("board_servers")
+    if marker is None or "board_server" not in metafunc.fixturenames:
+        return
+    names = [name for name in marker.args if name != "native-asan" or platform.machine() == "x86_64"]
+    metafunc.parametrize("board_server", names, indirect=True, scope="module")
+
+
+class BoardServer(NamedTuple):
+    """Which board server the fixtures start: ``program`` is the native daemon's executable (None: Python's)."""
+
+    name: str
+    program: Optional[str] = None
+    env: Dict[str, str] = {}
+
+    @property
+    def native(self) -> bool:
+        return self.program is not None
+
+    def start_options(self) -> Dict[str, Any]:
+        """What :func:`farm.ops.processes.start_board` takes to start it."""
+        return {"server": "native" if self.native else "python", "program": self.program}
+
+    def check_log(self, daemon: DaemonProcess) -> None:
+        """Fail if a sanitizer reported anything in the daemon's log (its session processes write there too)."""
+        report = SANITIZER_REPORT.search(daemon.log_text())
+        assert report is None, "the %s board's sanitizers reported:\n%s" % (self.name, daemon.log_text()[-6000:])
+
+
+@pytest.fixture(scope="session")
+def native_builds() -> Dict[bool, str]:
+    """The native daemon's executables built in this test session, by whether they are sanitized."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def board_server(request: pytest.FixtureRequest, native_builds: Dict[bool, str]) -> BoardServer:
+    """The board server this module's boards run (see ``board_servers``); the native one is built once per session.
+
+    A machine without a C compiler or libffi fails these tests, saying so: they never skip.
+    """
+    name = getattr(request, "param", "python")
+    if name == "python":
+        return BoardServer(name)
+    sanitize = name == "native-asan"
+    if sanitize not in native_builds:
+        try:
+            native_builds[sanitize] = host_server(sanitize)
+        except BuildError as exc:
+            pytest.fail("the native board server cannot be built on this machine: %s" % exc)
+    return BoardServer(name, native_builds[sanitize], SANITIZER_ENV if sanitize else {})
 
 
 def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
@@ -97,32 +170,35 @@ BoardFactory = Callable[..., DaemonProcess]
 
 
 @pytest.fixture
-def board_factory(tmp_path: Path) -> Iterator[BoardFactory]:
-    """Start board server processes for one test; all are stopped at teardown.
+def board_factory(tmp_path: Path, board_server: BoardServer) -> Iterator[BoardFactory]:
+    """Start board server processes (of ``board_server``) for one test; all are stopped at teardown.
 
     ``board_factory(key="k", extra=["--max-message-size", "1024"], python=..., env=..., cwd=...)``
     """
     started: List[DaemonProcess] = []
 
-    def start(key: str = "test", **kwargs: object) -> DaemonProcess:
+    def start(key: str = "test", **kwargs: Any) -> DaemonProcess:
         log = tmp_path / ("board-%d.log" % len(started))
-        kwargs.setdefault("env", python_env())
-        daemon = start_board(str(log), key=key, **kwargs)  # type: ignore[arg-type]
+        kwargs["env"] = {**(kwargs.get("env") or python_env()), **board_server.env}
+        daemon = start_board(str(log), key=key, **{**board_server.start_options(), **kwargs})
         started.append(daemon)
         return daemon
 
     yield start
     for daemon in started:
         daemon.stop()
+    for daemon in started:
+        board_server.check_log(daemon)
 
 
 @pytest.fixture(scope="module")
-def shared_board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+def shared_board(tmp_path_factory: pytest.TempPathFactory, board_server: BoardServer) -> Iterator[DaemonProcess]:
     """One board server for a whole test module; each test opens its own session on it."""
     log = tmp_path_factory.mktemp("board") / "board.log"
-    daemon = start_board(str(log), key="test", env=python_env())
+    daemon = start_board(str(log), key="test", env=python_env(**board_server.env), **board_server.start_options())
     yield daemon
     daemon.stop()
+    board_server.check_log(daemon)
 
 
 @pytest.fixture

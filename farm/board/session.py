@@ -522,6 +522,7 @@ class Session:
             "os_release": platform.release(),
             "python": platform.python_version(),
             "python_implementation": platform.python_implementation(),
+            "server": "python",
             "hostname": socket.gethostname(),
             "key": self.key,
             "name": self.name,

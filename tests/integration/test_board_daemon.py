@@ -24,7 +24,7 @@ import pytest
 from farm_certs import TlsFiles
 
 import farm
-from conftest import python_env, read_until_closed, wait_for
+from conftest import every_board_server, python_env, read_until_closed, wait_for
 from farm.net.tls import ENV as TLS_ENV
 from farm.ops.processes import DaemonProcess
 from farm.protocol.calls import encode_call
@@ -498,6 +498,7 @@ def test_key_mismatch_is_refused(board: DaemonProcess) -> None:
 # --- malformed input before and during the handshake --------------------------------------------
 
 
+@every_board_server
 def test_wrong_handshake_magic(board: DaemonProcess) -> None:
     sock = socket.create_connection(board.address, timeout=10)
     sock.sendall((0x12345).to_bytes(4, "little") + (11).to_bytes(4, "little") + b"client:test")
@@ -505,6 +506,7 @@ def test_wrong_handshake_magic(board: DaemonProcess) -> None:
     assert_board_serves(board)
 
 
+@every_board_server
 def test_huge_handshake_key_length(board: DaemonProcess) -> None:
     sock = socket.create_connection(board.address, timeout=10)
     sock.sendall(RPC_MAGIC.to_bytes(4, "little") + (2**31 - 1).to_bytes(4, "little") + b"client:test")
@@ -533,6 +535,7 @@ def test_silent_peer_does_not_block_the_board(board_factory: Callable[..., Daemo
     assert_board_serves(daemon)
 
 
+@every_board_server
 def test_garbage_after_a_valid_handshake(board: DaemonProcess) -> None:
     rng = random.Random(20240611)
     garbage = b"\x00\xff" + bytes(rng.getrandbits(8) for _ in range(4094))
@@ -543,6 +546,7 @@ def test_garbage_after_a_valid_handshake(board: DaemonProcess) -> None:
     assert_board_serves(board)
 
 
+@every_board_server
 @pytest.mark.parametrize(
     "sent",
     [
@@ -568,6 +572,7 @@ def error_frame(frames: List[Frame]) -> Frame:
     return frames[0]
 
 
+@every_board_server
 def test_oversized_payload_is_refused_with_an_error_frame(board_factory: Callable[..., DaemonProcess]) -> None:
     daemon = board_factory(key=KEY, extra=["--max-message-size", "1024"])
     sock, leftover = raw_session(daemon.address)
@@ -602,6 +607,7 @@ BAD_FRAMES = [
 ]
 
 
+@every_board_server
 @pytest.mark.parametrize("sent, complaint", BAD_FRAMES)
 def test_malformed_frame_gets_an_error_frame_and_a_close(board: DaemonProcess, sent: bytes, complaint: str) -> None:
     sock, leftover = raw_session(board.address)
@@ -612,6 +618,7 @@ def test_malformed_frame_gets_an_error_frame_and_a_close(board: DaemonProcess, s
     assert_board_serves(board)
 
 
+@every_board_server
 @pytest.mark.parametrize(
     "sent, complaint",
     [

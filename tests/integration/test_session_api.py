@@ -20,7 +20,11 @@ import numpy as np
 import pytest
 
 import farm
+from conftest import BoardServer, every_board_server, rss
 from farm.client.session import RemotePathEscapeError
+
+pytestmark = every_board_server
+python_board_only = pytest.mark.board_servers("python")
 
 VADD_SIG = "void vadd(const float *a, const float *b, float *c, int64_t n)"
 MATMUL_SIG = "void matmul(const float *a, const float *b, float *c, int64_t m, int64_t k, int64_t n)"
@@ -49,17 +53,14 @@ MIB = 1 << 20
 # --- helpers -------------------------------------------------------------------------
 
 
-def _rss_reader() -> Callable[[], int]:
-    """A function for ``session.run``: the resident set size of the calling process, in KiB."""
+def _session_rss_kib(session: farm.RemoteSession) -> int:
+    """The resident set size of the session's process, in KiB (read from here: the board runs on this machine)."""
+    return rss(session.system_info()["pid"]) // 1024
 
-    def read_rss_kib() -> int:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        raise RuntimeError("no VmRSS line in /proc/self/status")
 
-    return read_rss_kib
+def _in_session_dir(session: farm.RemoteSession, make: Callable[[Path], None]) -> None:
+    """Make files in the session's directory from here (the board runs on this machine), as its user would."""
+    make(Path(session.system_info()["session_dir"]))
 
 
 def _sample(dtype: str, shape: tuple, seed: int = 0) -> np.ndarray:
@@ -126,11 +127,14 @@ def outside_dir(remote: farm.RemoteSession) -> Iterator[Path]:
 # --- system_info ---------------------------------------------------------------------
 
 
-def test_system_info_describes_the_board(remote: farm.RemoteSession) -> None:
+def test_system_info_describes_the_board(remote: farm.RemoteSession, board_server: BoardServer) -> None:
     info = remote.system_info()
     assert info["machine"] == platform.machine()
     assert info["os"] == platform.system()
-    assert info["python"] == platform.python_version()
+    if board_server.native:
+        assert info["server"] == "native" and info["python"] is None
+    else:
+        assert info["server"] == "python" and info["python"] == platform.python_version()
     assert info["hostname"] == socket.gethostname()
     assert info["key"] == "test"
     assert info["server_version"] == farm.__version__
@@ -305,7 +309,7 @@ def test_upload_from_path_with_escaping_target_is_refused(
 
 def test_symlink_to_etc_is_not_followed(remote: farm.RemoteSession) -> None:
     pid = remote.system_info()["pid"]
-    remote.run(lambda: os.symlink("/etc", "link"))
+    _in_session_dir(remote, lambda root: os.symlink("/etc", root / "link"))
     assert remote.listdir() == ["link"]
     probe = "farm-escape-probe-%s" % uuid.uuid4().hex
     assert not os.path.exists(os.path.join("/etc", probe))
@@ -325,9 +329,13 @@ def test_symlink_to_etc_is_not_followed(remote: farm.RemoteSession) -> None:
 def test_symlink_to_outside_directory_is_not_followed(remote: farm.RemoteSession, outside_dir: Path) -> None:
     pid = remote.system_info()["pid"]
     target = str(outside_dir)
-    remote.run(lambda: os.symlink(target, "link"))
-    remote.run(lambda: os.symlink(os.path.join(target, "victim.txt"), "file-link"))
-    remote.run(lambda: os.symlink(os.path.join(target, "not-yet.txt"), "dangling"))
+
+    def make_links(root: Path) -> None:
+        os.symlink(target, root / "link")
+        os.symlink(os.path.join(target, "victim.txt"), root / "file-link")
+        os.symlink(os.path.join(target, "not-yet.txt"), root / "dangling")
+
+    _in_session_dir(remote, make_links)
     assert remote.listdir() == ["dangling", "file-link", "link"]
 
     _assert_escape_refused(lambda: remote.download("link/victim.txt"))
@@ -649,28 +657,27 @@ def test_cpu_device(remote: farm.RemoteSession) -> None:
 
 
 def test_dropped_arrays_are_freed_on_the_board(remote: farm.RemoteSession) -> None:
-    rss = _rss_reader()
     block = np.random.default_rng(9).integers(0, 256, size=MIB, dtype=np.uint8)
     for _ in range(5):  # warm up buffers on both sides
         remote.array(block)
     remote.ping()
-    before = remote.run(rss)
+    before = _session_rss_kib(remote)
 
     for index in range(200):
         arr = remote.array(block)
         assert arr.nbytes == MIB, index
     del arr
     remote.ping()  # carries the last release
-    after = remote.run(rss)
+    after = _session_rss_kib(remote)
     assert after - before < 48 * 1024, "the board grew by %d KiB for 200 MiB of dropped arrays" % (after - before)
 
     # The measurement can see arrays that stay alive, and their release.
     kept: List[farm.RemoteArray] = [remote.array(block) for _ in range(64)]
-    while_kept = remote.run(rss)
+    while_kept = _session_rss_kib(remote)
     assert while_kept - before > 48 * 1024, "64 live MiB arrays only grew the board by %d KiB" % (while_kept - before)
     kept.clear()
     remote.ping()
-    released = remote.run(rss)
+    released = _session_rss_kib(remote)
     assert while_kept - released > 48 * 1024
     assert released - before < 48 * 1024
 
@@ -700,6 +707,16 @@ def test_dropping_arrays_of_a_closed_session(shared_board) -> None:
 # --- run ---------------------------------------------------------------------------
 
 
+@pytest.mark.board_servers("native")
+def test_run_on_a_board_without_python_says_so(remote: farm.RemoteSession) -> None:
+    pid = remote.system_info()["pid"]
+    with pytest.raises(farm.RemoteError, match="this board has no Python") as info:
+        remote.run(lambda: 1)
+    assert info.value.remote_type == "FarmError" and not isinstance(info.value, farm.SessionLostError)
+    _assert_usable(remote, pid)
+
+
+@python_board_only
 def test_run_returns_values(remote: farm.RemoteSession) -> None:
     assert remote.run(lambda: 1 + 1) == 2
     assert remote.run(pow, 2, 10) == 1024
@@ -712,6 +729,7 @@ def test_run_returns_values(remote: farm.RemoteSession) -> None:
     _assert_same_array(got, np.arange(5, dtype=np.int16) * 3)
 
 
+@python_board_only
 def test_run_closures_capture_host_values(remote: farm.RemoteSession) -> None:
     factor = 7
     data = [1, 2, 3]
@@ -725,6 +743,7 @@ def test_run_closures_capture_host_values(remote: farm.RemoteSession) -> None:
     assert remote.run(combine, 0) == [10, 20, 30, 0.5]
 
 
+@python_board_only
 def test_run_raising_reports_the_remote_traceback(remote: farm.RemoteSession) -> None:
     pid = remote.system_info()["pid"]
     marker = "marker-%s" % uuid.uuid4().hex
@@ -744,6 +763,7 @@ def test_run_raising_reports_the_remote_traceback(remote: farm.RemoteSession) ->
     assert remote.run(lambda: "alive") == "alive"
 
 
+@python_board_only
 def test_run_result_that_is_not_data(remote: farm.RemoteSession) -> None:
     pid = remote.system_info()["pid"]
     with pytest.raises(farm.DataError, match="an object of type function is not data") as info:
@@ -752,6 +772,7 @@ def test_run_result_that_is_not_data(remote: farm.RemoteSession) -> None:
     _assert_usable(remote, pid)
 
 
+@python_board_only
 def test_run_trusted_result_that_cannot_be_pickled(remote: farm.RemoteSession) -> None:
     pid = remote.system_info()["pid"]
     with pytest.raises(farm.RemoteError) as info:
@@ -813,6 +834,7 @@ def test_board_errors_keep_the_session_usable(remote: farm.RemoteSession, linalg
     assert linalg["add_ints"](20, 22) == 42
 
 
+@python_board_only
 def test_unprintable_exception_from_run_keeps_the_session(remote: farm.RemoteSession) -> None:
     pid = remote.system_info()["pid"]
 
@@ -830,6 +852,7 @@ def test_unprintable_exception_from_run_keeps_the_session(remote: farm.RemoteSes
     _assert_usable(remote, pid)
 
 
+@python_board_only
 def test_huge_exception_message_from_run_keeps_the_session(remote: farm.RemoteSession) -> None:
     pid = remote.system_info()["pid"]
 
@@ -848,14 +871,14 @@ def test_listdir_of_a_large_directory(remote: farm.RemoteSession) -> None:
     pid = remote.system_info()["pid"]
     count, stem = 4400, "n" * 245  # 250-byte names: about 1.1 MB of names in all
 
-    def populate() -> None:
-        os.mkdir("many")
-        with open("base", "wb"):
+    def populate(root: Path) -> None:
+        os.mkdir(root / "many")
+        with open(root / "base", "wb"):
             pass
         for index in range(count):
-            os.link("base", os.path.join("many", "%s%05d" % (stem, index)))  # cheap: no new inode
+            os.link(root / "base", root / "many" / ("%s%05d" % (stem, index)))  # cheap: no new inode
 
-    remote.run(populate)
+    _in_session_dir(remote, populate)
     names = remote.listdir("many")
     assert len(names) == count
     assert names == sorted("%s%05d" % (stem, index) for index in range(count))
