@@ -42,10 +42,13 @@ BENCHMARK_SMOKE_TESTS = TESTS / "benchmarks"
 
 #: The board servers a test marked ``board_servers(...)`` runs against: the Python board, the native one (C), and
 #: the native one built with AddressSanitizer and UBSan (on x86_64; elsewhere the sanitized run is not made).
-BOARD_SERVERS = ("python", "native", "native-asan")
-#: Any report of the sanitizers is fatal: the process aborts, and the log is checked when the board stops.
+NATIVE_SERVERS = ("native", "native-asan") if platform.machine() == "x86_64" else ("native",)
+BOARD_SERVERS = ("python", *NATIVE_SERVERS)
+#: Any report of the sanitizers is fatal: the process aborts, and the log is checked when the board stops. The
+#: signals of code that crashes on purpose (the tests' misbehaving kernels) are left to the board to report.
 SANITIZER_ENV = {
-    "ASAN_OPTIONS": "halt_on_error=1:abort_on_error=1:detect_leaks=1",
+    "ASAN_OPTIONS": "halt_on_error=1:abort_on_error=1:detect_leaks=1:handle_segv=0:handle_sigbus=0:handle_sigfpe=0:"
+    "handle_sigill=0:handle_abort=0",
     "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
 }
 SANITIZER_REPORT = re.compile(r"ERROR: (Address|Leak)Sanitizer|runtime error:|SUMMARY: UndefinedBehaviorSanitizer")
@@ -69,7 +72,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     marker = metafunc.definition.get_closest_marker("board_servers")
     if marker is None or "board_server" not in metafunc.fixturenames:
         return
-    names = [name for name in marker.args if name != "native-asan" or platform.machine() == "x86_64"]
+    names = [name for name in marker.args if name in BOARD_SERVERS]
     metafunc.parametrize("board_server", names, indirect=True, scope="module")
 
 
@@ -88,10 +91,10 @@ class BoardServer(NamedTuple):
         """What :func:`farm.ops.processes.start_board` takes to start it."""
         return {"server": "native" if self.native else "python", "program": self.program}
 
-    def check_log(self, daemon: DaemonProcess) -> None:
-        """Fail if a sanitizer reported anything in the daemon's log (its session processes write there too)."""
-        report = SANITIZER_REPORT.search(daemon.log_text())
-        assert report is None, "the %s board's sanitizers reported:\n%s" % (self.name, daemon.log_text()[-6000:])
+
+def check_sanitizer_log(daemon: DaemonProcess) -> None:
+    """Fail if a sanitizer reported anything in a board's log (its session processes write there too)."""
+    assert SANITIZER_REPORT.search(daemon.log_text()) is None, "sanitizers reported:\n%s" % daemon.log_text()[-6000:]
 
 
 @pytest.fixture(scope="session")
@@ -100,13 +103,11 @@ def native_builds() -> Dict[bool, str]:
     return {}
 
 
-@pytest.fixture(scope="module")
-def board_server(request: pytest.FixtureRequest, native_builds: Dict[bool, str]) -> BoardServer:
-    """The board server this module's boards run (see ``board_servers``); the native one is built once per session.
+def board_server_named(name: str, native_builds: Dict[bool, str]) -> BoardServer:
+    """The board server ``name`` (one of BOARD_SERVERS); the native one is built once per test session.
 
-    A machine without a C compiler or libffi fails these tests, saying so: they never skip.
+    A machine without a C compiler or libffi fails the tests that need it, saying so: they never skip.
     """
-    name = getattr(request, "param", "python")
     if name == "python":
         return BoardServer(name)
     sanitize = name == "native-asan"
@@ -116,6 +117,12 @@ def board_server(request: pytest.FixtureRequest, native_builds: Dict[bool, str])
         except BuildError as exc:
             pytest.fail("the native board server cannot be built on this machine: %s" % exc)
     return BoardServer(name, native_builds[sanitize], SANITIZER_ENV if sanitize else {})
+
+
+@pytest.fixture(scope="module")
+def board_server(request: pytest.FixtureRequest, native_builds: Dict[bool, str]) -> BoardServer:
+    """The board server this module's boards run (see the ``board_servers`` marker; default: Python's)."""
+    return board_server_named(getattr(request, "param", "python"), native_builds)
 
 
 def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
@@ -188,7 +195,7 @@ def board_factory(tmp_path: Path, board_server: BoardServer) -> Iterator[BoardFa
     for daemon in started:
         daemon.stop()
     for daemon in started:
-        board_server.check_log(daemon)
+        check_sanitizer_log(daemon)
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +205,7 @@ def shared_board(tmp_path_factory: pytest.TempPathFactory, board_server: BoardSe
     daemon = start_board(str(log), key="test", env=python_env(**board_server.env), **board_server.start_options())
     yield daemon
     daemon.stop()
-    board_server.check_log(daemon)
+    check_sanitizer_log(daemon)
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
 """The board daemon as a real process on 127.0.0.1: its command line, crashes, timeouts, abuse.
 
 Every board here is a ``python -m farm.server`` child process started by the fixtures in
-tests/conftest.py (or, for the command-line checks, directly); nothing of the package is
-replaced or mocked. Waits poll a condition against a deadline instead of sleeping.
+tests/conftest.py (or, for the command-line checks, directly), and where marked also the native
+board (``farm build-server``); nothing of the package is replaced or mocked. Waits poll a condition
+against a deadline instead of sleeping.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pytest
 from farm_certs import TlsFiles
 
 import farm
-from conftest import every_board_server, python_env, read_until_closed, wait_for
+from conftest import NATIVE_SERVERS, board_server_named, every_board_server, python_env, read_until_closed, wait_for
 from farm.net.tls import ENV as TLS_ENV
 from farm.ops.processes import DaemonProcess
 from farm.protocol.calls import encode_call
@@ -175,16 +176,23 @@ def board(
     board_factory: Callable[..., DaemonProcess],
     tls_files: TlsFiles,
     monkeypatch: pytest.MonkeyPatch,
+    native_builds: Dict[bool, str],
 ) -> DaemonProcess:
-    """A board; with ``@BOTH_TRANSPORTS`` also one under TLS, whose CA the test's clients take from the environment."""
-    if getattr(request, "param", "plain") == "tls":
+    """A board; with ``@EVERY_BOARD`` also one under TLS, whose CA the test's clients take from the environment, and
+    the native ones."""
+    variant = getattr(request, "param", "plain")
+    if variant == "tls":
         monkeypatch.setenv(TLS_ENV["ca"], tls_files.ca)
         return board_factory(key=KEY, env=python_env(**tls_files.daemon().as_env()))
+    if variant in NATIVE_SERVERS:
+        server = board_server_named(variant, native_builds)
+        return board_factory(key=KEY, env=python_env(**server.env), **server.start_options())
     return board_factory(key=KEY)
 
 
-#: Run a test on a plain board and on one under TLS, where the daemon relays the session's bytes.
-BOTH_TRANSPORTS = pytest.mark.parametrize("board", ["plain", "tls"], indirect=True)
+#: Run a test on a plain board, on one under TLS (where the daemon relays the session's bytes), and on the native
+#: boards (which offer no TLS yet).
+EVERY_BOARD = pytest.mark.parametrize("board", ["plain", "tls", *NATIVE_SERVERS], indirect=True)
 
 
 @pytest.fixture
@@ -306,7 +314,7 @@ def assert_recovered(daemon: DaemonProcess, session_dir: str, old_pid: int) -> N
 
 
 @pytest.mark.parametrize("name, signature, args, signum, exit_code", CRASHES)
-@BOTH_TRANSPORTS
+@EVERY_BOARD
 def test_crash_is_reported_and_the_board_recovers(
     board: DaemonProcess,
     kernels: dict,
@@ -338,13 +346,13 @@ def test_crash_is_reported_and_the_board_recovers(
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-@BOTH_TRANSPORTS
+@EVERY_BOARD
 def test_session_process_killed_from_outside_while_idle(board: DaemonProcess, signum: int) -> None:
     for _attempt in range(3):  # the report must not depend on how fast the kill follows the last reply
         with farm.connect(*board.address, key=KEY) as session:
             info = session.system_info()
-            pid = session.run(os.getpid)
-            assert pid == info["pid"] and pid != os.getpid()
+            pid = info["pid"]
+            assert pid != os.getpid()
             os.kill(pid, signum)
             wait_gone(pid, "the session process")
             with pytest.raises(farm.SessionLostError) as caught:
@@ -356,11 +364,11 @@ def test_session_process_killed_from_outside_while_idle(board: DaemonProcess, si
         assert_recovered(board, info["session_dir"], pid)
 
 
-@BOTH_TRANSPORTS
+@EVERY_BOARD
 def test_session_process_killed_from_outside_while_running(board: DaemonProcess, kernels: dict) -> None:
     with farm.connect(*board.address, key=KEY) as session:
         info = session.system_info()
-        pid = session.run(os.getpid)
+        pid = info["pid"]
         spin = misbehave(session, kernels, "spin_forever", "void spin_forever(void)")
         before = cpu_ticks(pid)
         call = Background(spin)
@@ -376,7 +384,7 @@ def test_session_process_killed_from_outside_while_running(board: DaemonProcess,
 # --- session timeout -----------------------------------------------------------------------
 
 
-@BOTH_TRANSPORTS
+@EVERY_BOARD
 def test_session_timeout_ends_a_spinning_call(board: DaemonProcess, kernels: dict) -> None:
     with farm.connect(*board.address, key=KEY, session_timeout=1) as session:
         info = session.system_info()
@@ -394,7 +402,7 @@ def test_session_timeout_ends_a_spinning_call(board: DaemonProcess, kernels: dic
     assert_recovered(board, info["session_dir"], info["pid"])
 
 
-@BOTH_TRANSPORTS
+@EVERY_BOARD
 def test_session_timeout_that_does_not_expire(board: DaemonProcess, kernels: dict) -> None:
     x = np.arange(64, dtype=np.float32)
     with farm.connect(*board.address, key=KEY, session_timeout=60) as session:
@@ -449,7 +457,7 @@ def test_non_finite_session_timeout_does_not_make_the_daemon_spin(board: DaemonP
 
 
 @pytest.mark.parametrize("ending", ["close", "crash"])
-@BOTH_TRANSPORTS
+@EVERY_BOARD
 def test_forked_children_die_with_the_session(board: DaemonProcess, kernels: dict, ending: str) -> None:
     with farm.connect(*board.address, key=KEY) as session:
         session_pid = session.system_info()["pid"]
@@ -469,7 +477,7 @@ def test_forked_children_die_with_the_session(board: DaemonProcess, kernels: dic
 # --- one session at a time, keys -------------------------------------------------------------
 
 
-@BOTH_TRANSPORTS
+@EVERY_BOARD
 def test_second_client_is_refused_while_busy(board: DaemonProcess) -> None:
     first = farm.connect(*board.address, key=KEY)
     try:
@@ -486,7 +494,7 @@ def test_second_client_is_refused_while_busy(board: DaemonProcess) -> None:
         second.ping()
 
 
-@BOTH_TRANSPORTS
+@EVERY_BOARD
 def test_key_mismatch_is_refused(board: DaemonProcess) -> None:
     with pytest.raises(farm.HandshakeError) as caught:
         farm.connect(*board.address, key="another-board")
@@ -638,7 +646,7 @@ def test_malformed_frame_sent_with_the_handshake(board: DaemonProcess, sent: byt
 # --- stopping the daemon during a session --------------------------------------------------------
 
 
-@BOTH_TRANSPORTS
+@EVERY_BOARD
 def test_sigterm_to_the_daemon_during_an_idle_session(board: DaemonProcess) -> None:
     session = farm.connect(*board.address, key=KEY)
     try:
@@ -657,7 +665,7 @@ def test_sigterm_to_the_daemon_during_an_idle_session(board: DaemonProcess) -> N
     assert not os.path.exists(work_dir)
 
 
-@BOTH_TRANSPORTS
+@EVERY_BOARD
 def test_sigterm_to_the_daemon_during_a_running_call(board: DaemonProcess, kernels: dict) -> None:
     with farm.connect(*board.address, key=KEY) as session:
         info = session.system_info()

@@ -1,7 +1,7 @@
 """A board daemon with TLS, as a real process on 127.0.0.1, with certificates the tests made.
 
 The crash, timeout, busy and shutdown behaviour under TLS runs in
-test_board_daemon.py (``BOTH_TRANSPORTS``); here: who gets in, what the logs
+test_board_daemon.py (``EVERY_BOARD``); here: who gets in, what the logs
 and errors say, the relay's bytes, and strangers that do not finish TLS.
 """
 
