@@ -121,6 +121,7 @@ typedef struct {
 /* From the hello's bytes: 1 and `used` once complete, 0 when more are needed, -1 (why) when malformed. */
 int hello_parse(const unsigned char *data, size_t n, Hello *hello, size_t *used, char *why, size_t whylen);
 void reply_encode(Buf *out, uint32_t code, const char *text);
+void spoke(const unsigned char *data, size_t n, char *out, size_t cap);
 
 /* --- options.c ------------------------------------------------------------------------------ */
 

@@ -68,9 +68,34 @@ static int parse_key(const char *text, size_t n, Hello *hello, char *why, size_t
     return 0;
 }
 
+/* What a peer spoke, named from its first bytes, as farm.protocol.peers.spoke names it. */
+void spoke(const unsigned char *data, size_t n, char *out, size_t cap) {
+    if (n >= 1 && data[0] == 0x16 && (n < 2 || data[1] == 3)) {
+        snprintf(out, cap, "TLS (is TLS on at one end only?)");
+        return;
+    }
+    if (n >= 4) {
+        uint32_t magic = get_u32(data);
+        const char *name = magic == 0xFF271 ? "TVM's data-plane handshake" : magic == 0x2F271 ? "TVM's tracker protocol"
+                         : magic == AUTH_MAGIC ? "the farm's proof of its secret" : NULL;
+        if (name) {
+            snprintf(out, cap, "%s", name);
+            return;
+        }
+    }
+    size_t at = (size_t)snprintf(out, cap, "no protocol of this farm (first bytes b'");
+    for (size_t k = 0; k < n && k < 4 && at < cap; k++)
+        at += (size_t)(data[k] >= 0x20 && data[k] < 0x7f && data[k] != '\\' && data[k] != '\''
+                           ? snprintf(out + at, cap - at, "%c", data[k])
+                           : snprintf(out + at, cap - at, "\\x%02x", data[k]));
+    if (at < cap) snprintf(out + at, cap - at, "')");
+}
+
 int hello_parse(const unsigned char *data, size_t n, Hello *hello, size_t *used, char *why, size_t whylen) {
     if (n >= 4 && get_u32(data) != RPC_MAGIC) {
-        snprintf(why, whylen, "wrong handshake magic 0x%X (expected 0x%X)", get_u32(data), RPC_MAGIC);
+        char what[80];
+        spoke(data, n, what, sizeof what);
+        snprintf(why, whylen, "wrong handshake magic 0x%X (expected 0x%X): %s", get_u32(data), RPC_MAGIC, what);
         return -1;
     }
     if (n < 8) return 0;

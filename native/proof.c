@@ -59,7 +59,9 @@ long proof_feed(Proof *p, const unsigned char *secret, size_t secret_len, const 
     size_t used = 0;
     if (p->stage == 0) {
         if (n >= 4 && get_u32(data) != AUTH_MAGIC) {
-            snprintf(why, whylen, "the other end did not authenticate: it spoke without the farm secret");
+            char what[80];
+            spoke(data, n, what, sizeof what);
+            snprintf(why, whylen, "the other end did not authenticate: it spoke %s without the farm secret", what);
             return -1;
         }
         if (n < 5 + NONCE_SIZE) return 0;

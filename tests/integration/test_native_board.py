@@ -1,0 +1,157 @@
+"""What is particular to the native board server (C, no Python on the board), on real processes at 127.0.0.1.
+
+The protocol it shares with the Python board is tested against both in test_session_api.py,
+test_time_evaluator.py and test_board_daemon.py; here: the farm secret, the session's memory,
+the options it does not offer yet, the upload quota and ``farm build-server``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import numpy as np
+import pytest
+
+import farm
+from conftest import NATIVE_SERVERS, BoardServer, python_env, wait_for
+from farm.net.secret import SECRET_ENV
+from farm.ops.processes import DaemonProcess
+from farm.ops.targets import host_target
+from farm.protocol.handshake import encode_hello
+
+pytestmark = pytest.mark.board_servers(*NATIVE_SERVERS)
+KEY = "test"
+
+
+@pytest.fixture
+def secret_file(tmp_path: Path) -> Path:
+    path = tmp_path / "secret"
+    path.write_bytes(os.urandom(24).hex().encode() + b"\n")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+def locked_board(board_factory: Callable[..., DaemonProcess], secret_file: Path) -> DaemonProcess:
+    return board_factory(key=KEY, extra=["--secret-file", str(secret_file)])
+
+
+def test_a_member_holding_the_secret_is_admitted(
+    locked_board: DaemonProcess, secret_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SECRET_ENV, str(secret_file))
+    with farm.connect(*locked_board.address, key=KEY) as session:
+        session.ping()
+        assert session.system_info()["server"] == "native"
+
+
+def test_a_client_without_the_secret_is_refused_and_told_what_to_set(
+    locked_board: DaemonProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    with pytest.raises(farm.HandshakeError, match="set %s" % SECRET_ENV):
+        farm.connect(*locked_board.address, key=KEY, connect_timeout=10)
+    wait_for(
+        lambda: "it spoke TVM's data-plane handshake without the farm secret" in locked_board.log_text(),
+        10,
+        "the board logs the refusal",
+    )
+
+
+def test_a_client_with_another_secret_is_refused(locked_board: DaemonProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    with pytest.raises(farm.HandshakeError, match="does not hold this farm's secret"):
+        farm.connect(*locked_board.address, key=KEY, secret=os.urandom(24).hex().encode(), connect_timeout=10)
+    with socket.create_connection(locked_board.address, timeout=10) as sock:
+        sock.sendall(encode_hello("client", KEY))  # a TVM client: closed without a word
+        assert sock.recv(100) == b""
+
+
+#: Mappings larger than this are skipped: AddressSanitizer's shadow reserves terabytes, and holds no bytes of ours.
+LARGEST_MAPPING = 1 << 30
+
+
+def _memory_holds(pid: int, needles: Dict[str, bytes]) -> List[str]:
+    """Which of ``needles`` are somewhere in the readable memory of process ``pid`` (read as root, from here)."""
+    found = []
+    with open("/proc/%d/maps" % pid) as maps, open("/proc/%d/mem" % pid, "rb", 0) as mem:
+        for fields in (line.split() for line in maps):
+            if not fields[1].startswith("r") or (len(fields) > 5 and fields[5] in ("[vvar]", "[vsyscall]")):
+                continue
+            start, end = (int(value, 16) for value in fields[0].split("-"))
+            if end - start > LARGEST_MAPPING:
+                continue
+            try:
+                mem.seek(start)
+                data = mem.read(end - start)
+            except (OSError, OverflowError, ValueError):
+                continue
+            found += [name for name, needle in needles.items() if needle in data]
+    return sorted(set(found))
+
+
+def test_the_session_process_starts_without_the_secret(
+    locked_board: DaemonProcess, secret_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon read the secret and proved it on this very connection; the session process it forked holds no
+    copy of it (nor of the proof's key schedule), while what the session was sent is found the same way."""
+    monkeypatch.setenv(SECRET_ENV, str(secret_file))
+    secret = secret_file.read_bytes().rstrip(b"\n")
+    marker = b"marker of this session: " + os.urandom(16).hex().encode()
+    with farm.connect(*locked_board.address, key=KEY) as session:
+        kept = session.array(np.frombuffer(marker, np.uint8))
+        found = _memory_holds(session.system_info()["pid"], {"secret": secret, "marker": marker})
+        assert kept.numpy().tobytes() == marker
+    assert found == ["marker"], found
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("--tracker", "127.0.0.1:9190"), ("--through-proxy", None), ("--custom-addr", "a"), ("--tls-cert", "c.pem")],
+)
+def test_options_it_does_not_offer_yet_are_refused(board_server: BoardServer, option: str, value: str) -> None:
+    assert board_server.program is not None
+    argv = [board_server.program, "--port", "0", option, *([value] if value else [])]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=python_env(**board_server.env))
+    assert result.returncode == 2
+    assert "%s is not offered by the native board yet" % option in result.stderr
+    assert "docs/native-board.md" in result.stderr
+
+
+def test_tls_from_the_environment_is_refused(board_server: BoardServer) -> None:
+    assert board_server.program is not None
+    env = python_env(REMOTEDEV_TLS_CERT="cert.pem", **board_server.env)
+    result = subprocess.run([board_server.program, "--port", "0"], capture_output=True, text=True, timeout=30, env=env)
+    assert result.returncode == 2 and "does not offer TLS yet" in result.stderr
+
+
+def test_an_upload_over_the_quota_is_refused_and_the_session_goes_on(
+    board_factory: Callable[..., DaemonProcess],
+) -> None:
+    daemon = board_factory(key=KEY, extra=["--session-quota", "1"])
+    with farm.connect(*daemon.address, key=KEY) as session:
+        session.upload(b"x" * 600_000, target="first")
+        with pytest.raises(farm.RemoteError, match="over its quota of 1 MB") as info:
+            session.upload(b"y" * 600_000, target="second")
+        assert info.value.remote_type == "QuotaError"
+        session.upload(b"z" * 600_000, target="first")  # replacing a file counts only the difference
+        assert session.listdir() == ["first"] and session.download("first") == b"z" * 600_000
+
+
+def test_farm_build_server_writes_one_executable(tmp_path: Path) -> None:
+    target = host_target()
+    assert target is not None, "this machine's architecture is unknown to the farm"
+    command = [sys.executable, "-m", "farm.ops.cli", "build-server", "--arch", target.name, "-o", str(tmp_path)]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=300, env=python_env())
+    assert first.returncode == 0, first.stderr
+    built = Path(first.stdout.strip())
+    assert built == tmp_path / "farm-board" and os.access(built, os.X_OK)
+    version = subprocess.run([str(built), "--version"], capture_output=True, text=True, timeout=30)
+    assert version.stdout.strip() == "farm-board %s" % farm.__version__
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300, env=python_env())
+    assert again.returncode == 0 and Path(again.stdout.strip()) == built
