@@ -259,8 +259,21 @@ def _remove_unfinished(target: Target, directory: str) -> None:
         shutil.rmtree(path)
 
 
-def _download(target: Target, state: str) -> List[str]:
-    """Download the Python packages of ``target`` and their dependencies with a private apt state in ``state``."""
+def download_packages(target: Target, state: str, packages: Sequence[str]) -> List[str]:
+    """The ``.deb`` files of ``packages`` for ``target`` and their dependencies, downloaded into ``state`` with a
+    private apt state (the system's dpkg database is untouched)."""
+    _require_commands(("apt-get", "dpkg-deb"), "to download and unpack %s" % " ".join(packages))
+    return _download(target, state, packages)
+
+
+def unpack_packages(archives: Sequence[str], root: str) -> None:
+    """Extract ``archives`` into ``root`` with ``dpkg-deb -x`` (no maintainer scripts run)."""
+    for archive in archives:
+        _run(["dpkg-deb", "-x", archive, root], "dpkg-deb -x %s" % os.path.basename(archive))
+
+
+def _download(target: Target, state: str, packages: Sequence[str] = PYTHON_PACKAGES) -> List[str]:
+    """Download ``packages`` of ``target`` and their dependencies with a private apt state in ``state``."""
     for sub in ("lists/partial", "archives/partial", "cache"):
         os.makedirs(os.path.join(state, sub))
     open(os.path.join(state, "status"), "w").close()
@@ -276,13 +289,10 @@ def _download(target: Target, state: str) -> List[str]:
     options += ["-o", "Dir::Cache::archives=" + os.path.join(state, "archives")]
     options += ["-o", "Debug::NoLocking=1", "-o", "APT::Sandbox::User=root"]
     logger.info(
-        "%s: downloading %s (%s) from the system's apt sources",
-        target.name,
-        " ".join(PYTHON_PACKAGES),
-        target.debian_arch,
+        "%s: downloading %s (%s) from the system's apt sources", target.name, " ".join(packages), target.debian_arch
     )
     _run(["apt-get", *options, "update"], "apt-get update (%s)" % target.debian_arch)
-    command = ["apt-get", *options, "install", "-y", "--download-only", "--no-install-recommends", *PYTHON_PACKAGES]
+    command = ["apt-get", *options, "install", "-y", "--download-only", "--no-install-recommends", *packages]
     _run(command, "apt-get install --download-only (%s)" % target.debian_arch)
     return sorted(glob.glob(os.path.join(state, "archives", "*.deb")))
 

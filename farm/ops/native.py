@@ -3,8 +3,9 @@
 The daemon is one executable per target, built with the toolchain that builds
 the target's kernels and cached by content as kernels are
 (:func:`farm.ops.toolchain.build_executable`). It links libc, libdl and
-libffi, libffi statically where the toolchain has ``libffi.a``. See
-docs/native-board.md.
+libffi, libffi statically where the toolchain has ``libffi.a``; for a cross
+target whose toolchain has no libffi, Debian's libffi-dev for that
+architecture is fetched once (:func:`target_libffi`). See docs/native-board.md.
 """
 
 from __future__ import annotations
@@ -14,12 +15,17 @@ import glob
 import logging
 import os
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 from typing import List, Optional, Tuple
 
 from .. import __version__
 from .build import copy_artifact, load_inventory_named
+from .cache import cache_dir
+from .emulators import EmulatorError, download_packages, unpack_packages
+from .targets import Target, host_target
 from .toolchain import BuildError, Toolchain, build_executable, toolchain_for
 
 logger = logging.getLogger("farm.native")
@@ -31,6 +37,10 @@ FLAGS = ("-std=c11", "-Wall", "-Wextra", "-Werror", "-O2")
 #: An instrumented build for the tests: AddressSanitizer and UndefinedBehaviorSanitizer, every report fatal.
 SANITIZE_FLAGS = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g")
 NAME = "farm-board"
+#: Debian's package of libffi's headers and static library, fetched for a cross target whose toolchain lacks them.
+FFI_PACKAGES = ("libffi-dev",)
+#: Written last into a fetched libffi: only a directory holding it counts.
+MARKER = ".farm-complete"
 
 
 def sources() -> List[str]:
@@ -44,6 +54,47 @@ def sources() -> List[str]:
     return found
 
 
+def _finds_libffi(toolchain: Toolchain) -> bool:
+    """Whether the toolchain finds ``ffi.h`` by itself (its own sysroot, or this machine's for the host)."""
+    try:
+        result = subprocess.run(
+            [*toolchain.command(), "-E", "-x", "c", "-"],
+            input="#include <ffi.h>\n",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+    except OSError:
+        return False
+    return result.returncode == 0
+
+
+def target_libffi(target: Target, directory: Optional[str] = None) -> str:
+    """A directory holding ``target``'s libffi headers and static library: Debian's libffi-dev for the target,
+    downloaded and unpacked once (as ``farm emulators install`` fetches the targets' Pythons)."""
+    from filelock import FileLock  # host-only
+
+    base = directory or cache_dir("native-sysroots")
+    root = os.path.join(base, target.name)
+    if os.path.exists(os.path.join(root, MARKER)):
+        return root
+    with FileLock(os.path.join(base, ".%s.lock" % target.name)):
+        if os.path.exists(os.path.join(root, MARKER)):
+            return root
+        shutil.rmtree(root, ignore_errors=True)
+        work = tempfile.mkdtemp(prefix=".%s.partial-" % target.name, dir=base)
+        try:
+            archives = download_packages(target, os.path.join(work, "apt"), FFI_PACKAGES)
+            unpack_packages(archives, os.path.join(work, "root"))
+            open(os.path.join(work, "root", MARKER), "w").close()
+            os.rename(os.path.join(work, "root"), root)
+        except EmulatorError as exc:
+            raise BuildError("cannot fetch libffi for %s: %s" % (target.name, exc)) from None
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return root
+
+
 def _static_libffi(toolchain: Toolchain) -> Optional[str]:
     """The toolchain's ``libffi.a``, if it has one."""
     command = [*toolchain.command(), "-print-file-name=libffi.a"]
@@ -54,20 +105,27 @@ def _static_libffi(toolchain: Toolchain) -> Optional[str]:
     return answer if os.path.isabs(answer) and os.path.isfile(answer) else None
 
 
-def _libraries(toolchain: Toolchain) -> Tuple[List[str], List[str]]:
-    """What the daemon links after its sources, and the files among them that the build depends on."""
-    archive = _static_libffi(toolchain)
-    if archive is not None:
-        return [archive, "-ldl"], [archive]
-    return ["-lffi", "-ldl"], []
+def _libffi(toolchain: Toolchain) -> Tuple[List[str], List[str], List[str]]:
+    """Where libffi comes from: flags, what to link after the sources, and the files the build depends on.
+
+    The toolchain's own libffi (static where it has ``libffi.a``), else, for a cross target Debian knows, its
+    libffi-dev fetched by :func:`target_libffi`.
+    """
+    if _finds_libffi(toolchain) or not toolchain.target.debian_arch or toolchain.target == host_target():
+        archive = _static_libffi(toolchain)
+        return [], [archive, "-ldl"] if archive else ["-lffi", "-ldl"], [archive] if archive else []
+    root, triple = target_libffi(toolchain.target), toolchain.target.triple
+    archive = os.path.join(root, "usr", "lib", triple, "libffi.a")
+    flags = ["-I", os.path.join(root, "usr", "include", triple), "-I", os.path.join(root, "usr", "include")]
+    return flags, [archive, "-ldl"], [archive, os.path.join(root, "usr", "include", triple, "ffi.h")]
 
 
 def build_server(toolchain: Toolchain, sanitize: bool = False, cache_dir: Optional[str] = None) -> str:
     """Build the native board server for ``toolchain`` (``sanitize``: with ASan and UBSan); its path in the cache."""
     if not toolchain.available():
         toolchain.version()  # raises BuildError saying which package to install
-    libraries, depends = _libraries(toolchain)
-    flags = [*FLAGS, '-DFARM_VERSION="%s"' % __version__, *(SANITIZE_FLAGS if sanitize else ())]
+    include, libraries, depends = _libffi(toolchain)
+    flags = [*FLAGS, '-DFARM_VERSION="%s"' % __version__, *(SANITIZE_FLAGS if sanitize else ()), *include]
     name = NAME + ("-sanitized" if sanitize else "")
     try:
         return build_executable(sources(), toolchain, name, flags, libraries, cache_dir, depends)
@@ -83,8 +141,6 @@ def build_server(toolchain: Toolchain, sanitize: bool = False, cache_dir: Option
 
 def host_server(sanitize: bool = False) -> str:
     """The native board server built for this machine with ``$CC`` or ``cc`` (cached)."""
-    from .targets import host_target
-
     target = host_target()
     if target is None:
         raise BuildError("this machine's architecture is unknown to the farm")

@@ -20,12 +20,17 @@ import pytest
 import farm
 from conftest import NATIVE_SERVERS, BoardServer, python_env, wait_for
 from farm.net.secret import SECRET_ENV
+from farm.ops.emulators import EmulatorError, sysroot
+from farm.ops.native import build_server
 from farm.ops.processes import DaemonProcess
-from farm.ops.targets import host_target
+from farm.ops.targets import EMULATED, TARGETS, host_target
+from farm.ops.toolchain import build_shared, toolchain_for
 from farm.protocol.handshake import encode_hello
 
 pytestmark = pytest.mark.board_servers(*NATIVE_SERVERS)
 KEY = "test"
+VADD = Path(__file__).resolve().parents[2] / "farm" / "ops" / "kernels" / "vadd.c"
+VADD_SIG = "void vadd(const float *a, const float *b, float *c, int64_t n)"
 
 
 @pytest.fixture
@@ -155,3 +160,29 @@ def test_farm_build_server_writes_one_executable(tmp_path: Path) -> None:
     assert version.stdout.strip() == "farm-board %s" % farm.__version__
     again = subprocess.run(command, capture_output=True, text=True, timeout=300, env=python_env())
     assert again.returncode == 0 and Path(again.stdout.strip()) == built
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", EMULATED)
+def test_the_daemon_built_for_another_architecture_serves_under_qemu(arch: str, tmp_path: Path) -> None:
+    """``farm build-server --arch aarch64|armhf`` (libffi fetched for the target), run under qemu-user with the
+    target's userland that ``farm emulators install`` provides; without the emulators this fails, saying so."""
+    try:
+        root = sysroot(arch)
+    except EmulatorError as exc:
+        pytest.fail("the cross-built native board needs the emulators: %s" % exc, pytrace=False)
+    toolchain = toolchain_for(arch)
+    server, library = build_server(toolchain), build_shared([VADD], toolchain)
+    argv = [TARGETS[arch].qemu, "-L", root, server, "--port", "0", "--key", KEY]
+    with DaemonProcess(argv, str(tmp_path / "board.log")) as daemon:
+        with farm.connect(*daemon.wait_for_bind(60), key=KEY) as session:
+            info = session.system_info()
+            assert (info["server"], info["state"]["emulator"]) == ("native", TARGETS[arch].qemu)
+            session.upload(library, target="libvadd.so")
+            vadd = session.load_module("libvadd.so").get_function("vadd", VADD_SIG)
+            x = np.arange(64, dtype=np.float32)
+            a, c = session.array(x), session.empty(64, "float32")
+            vadd(a, a, c, 64)
+            np.testing.assert_array_equal(c.numpy(), x * 2)
+            result = vadd.time_evaluator(number=5, repeat=2)(a, a, c, 64)
+            assert result.method == "board-native" and result.emulated == TARGETS[arch].qemu
