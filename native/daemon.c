@@ -533,7 +533,9 @@ static void tick(Board *b, double now) {
     if (!a->abandoned && __atomic_load_n(b->status, __ATOMIC_SEQ_CST) == ST_RUNNING) {
         struct pollfd hangup = {a->fd, POLLRDHUP, 0};
         if (poll(&hangup, 1, 0) > 0 && (hangup.revents & (POLLRDHUP | POLLHUP))) {
-            log_msg(LOG_WARNING, "client %s left while the session runs code; killing the session", a->peer);
+            char activity[STATUS_SIZE];
+            status_activity(b->status, activity, sizeof activity);
+            log_msg(LOG_WARNING, "client %s left while %s; killing the session", a->peer, activity);
             a->abandoned = 1;
             kill_session(b);
         }

@@ -62,9 +62,6 @@ def pytest_configure(config: pytest.Config) -> None:
     every program this process (and each xdist worker) starts, since exec resets a caught signal."""
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    config.addinivalue_line(
-        "markers", "board_servers(*names): run against these board servers (python, native, native-asan)"
-    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

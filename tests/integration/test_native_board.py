@@ -7,10 +7,12 @@ the options it does not offer yet, the upload quota and ``farm build-server``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -146,6 +148,51 @@ def test_an_upload_over_the_quota_is_refused_and_the_session_goes_on(
         assert info.value.remote_type == "QuotaError"
         session.upload(b"z" * 600_000, target="first")  # replacing a file counts only the difference
         assert session.listdir() == ["first"] and session.download("first") == b"z" * 600_000
+
+
+def test_a_directory_that_outgrows_the_quota_ends_the_session(
+    board_factory: Callable[..., DaemonProcess], kernels: Dict[str, Path]
+) -> None:
+    daemon = board_factory(key=KEY, extra=["--session-quota", "2"])
+    with farm.connect(*daemon.address, key=KEY) as session:
+        session.upload(kernels["libfaults.so"])
+        module = session.load_module("libfaults.so")
+        write_and_pause = module.get_function("write_files_and_pause", "long write_files_and_pause(int, long)")
+        with pytest.raises(farm.SessionLostError, match="over its quota of 2 MB; the board ended the session while "
+                           r"running write_files_and_pause\(\) from libfaults.so"):  # fmt: skip
+            write_and_pause(3, 1 << 20)
+    with farm.connect(*daemon.address, key=KEY, connect_timeout=5) as session:
+        session.ping()
+
+
+def test_a_client_that_leaves_mid_call_frees_the_board(
+    board_factory: Callable[..., DaemonProcess], kernels: Dict[str, Path]
+) -> None:
+    daemon = board_factory(key=KEY)
+    session = farm.connect(*daemon.address, key=KEY)
+    session.upload(kernels["libmisbehave.so"])
+    spin = session.load_module("libmisbehave.so").get_function("spin_forever", "void spin_forever(void)")
+
+    def run_call() -> None:
+        with contextlib.suppress(farm.FarmError, OSError):  # the session is lost when its client goes
+            spin()
+
+    call = threading.Thread(target=run_call, daemon=True)
+    pid = session.system_info()["pid"]
+    call.start()
+    wait_for(lambda: _state(pid) == "R", 10, "the session process to run the call")
+    session._conn.sock.shutdown(socket.SHUT_RDWR)  # the client goes, the call runs on
+    ended = "the client left while running spin_forever() from libmisbehave.so; the board ended the session"
+    wait_for(lambda: ended in daemon.log_text(), 10, "the board to end the session")
+    call.join(10)
+    session.close()
+    with farm.connect(*daemon.address, key=KEY, connect_timeout=5) as again:
+        again.ping()
+
+
+def _state(pid: int) -> str:
+    with open("/proc/%d/stat" % pid) as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]
 
 
 def test_farm_build_server_writes_one_executable(tmp_path: Path) -> None:
