@@ -474,7 +474,8 @@ static void kill_session(Board *b) {
 /* Reaps the session process once it ended: its group killed while its id cannot be reused yet. */
 static void reap(Board *b, int block) {
     if (!b->busy) {
-        kill_strays();
+        while (waitpid(-1, NULL, WNOHANG) > 0) { /* what a session's strays left when they died */
+        }
         return;
     }
     siginfo_t info;

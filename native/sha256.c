@@ -34,7 +34,7 @@ static void compress(uint32_t h[8], const unsigned char block[64]) {
         k = g, g = f, f = e, e = d + t1, d = c, c = b, b = a, a = t1 + t2;
     }
     h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e, h[5] += f, h[6] += g, h[7] += k;
-    memset(w, 0, sizeof w);
+    explicit_bzero(w, sizeof w);
 }
 
 void sha256_init(Sha256 *c) {
@@ -68,7 +68,7 @@ void sha256_final(Sha256 *c, unsigned char out[32]) {
     sha256_update(c, length, 8);
     for (int k = 0; k < 8; k++)
         for (int j = 0; j < 4; j++) out[4 * k + j] = (unsigned char)(c->state[k] >> (24 - 8 * j));
-    memset(c, 0, sizeof *c);
+    explicit_bzero(c, sizeof *c);
 }
 
 /* HMAC-SHA256 of the concatenation of `count` parts. */
