@@ -46,6 +46,9 @@ void put_u64(unsigned char *p, uint64_t v);
 int read_text_file(const char *path, char *out, size_t cap); /* bytes read (trailing space stripped), -1 */
 int remove_tree(const char *path);                           /* rm -rf; 0 or -1 */
 const char *signal_name(int number);
+/* 'text' as Python's repr() shows a str, of at most `max_chars` code points; bytes that are not UTF-8 as \udcXX. */
+void py_repr_limit(Buf *b, const char *text, size_t n, size_t max_chars);
+#define py_repr(b, text, n) py_repr_limit(b, text, n, (size_t)-1)
 
 /* --- json.c: a bounded JSON reader and a writer for exactly what the protocol carries ----- */
 
@@ -207,7 +210,6 @@ int fail_errno(Session *s, int err, const char *path);
 int field_str(Session *s, const JValue *meta, const char *name, const char *fallback, const char **out,
               size_t *len);
 int field_int(Session *s, const JValue *meta, const char *name, int64_t *out, int *big);
-void py_repr(Buf *b, const char *s, size_t n); /* 'text' as Python's repr shows a str */
 
 /* Objects of a session: one id counter for modules, functions and arrays. */
 typedef enum { OBJ_NONE, OBJ_MODULE, OBJ_FUNCTION, OBJ_ARRAY } ObjKind;

@@ -260,7 +260,7 @@ static void on_opening_data(Board *b, int index) {
         return;
     }
     p->len += (size_t)got;
-    char why[300];
+    char why[8400];
     if (b->secret && p->proof.stage < 2) {
         Buf out = {0};
         long used = proof_feed(&p->proof, b->secret, b->secret_len, p->buf, p->len, &out, why, sizeof why);

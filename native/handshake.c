@@ -2,45 +2,86 @@
 #define _GNU_SOURCE
 #include "board.h"
 
+#include <ctype.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static int is_space(unsigned char c) { return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f); }
+/* The byte length of the whitespace character at text[i] as Python's str.split() counts whitespace, or 0. */
+static size_t space_at(const char *text, size_t n, size_t i) {
+    const unsigned char *s = (const unsigned char *)text + i;
+    unsigned c = s[0];
+    if (c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f)) return 1;
+    if (c < 0xC2 || i + 1 >= n) return 0;
+    if (c == 0xC2 && (s[1] == 0x85 || s[1] == 0xA0)) return 2;
+    if ((c & 0xF0) != 0xE0 || i + 2 >= n || (s[1] & 0xC0) != 0x80 || (s[2] & 0xC0) != 0x80) return 0;
+    uint32_t cp = (uint32_t)(c & 0x0F) << 12 | (uint32_t)(s[1] & 0x3F) << 6 | (s[2] & 0x3F);
+    int space = cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F ||
+                cp == 0x205F || cp == 0x3000;
+    return space ? 3 : 0;
+}
+
+static size_t skip_space(const char *text, size_t n, size_t i) {
+    size_t k;
+    while (i < n && (k = space_at(text, n, i))) i += k;
+    return i;
+}
+
+static size_t skip_token(const char *text, size_t n, size_t i) {
+    while (i < n && !space_at(text, n, i)) i++;
+    return i;
+}
+
+/* Python's float() of an option's value: a decimal number, inf, infinity or nan in any case, with underscores
+ * only between digits; 0 and the value, or -1. */
+static int python_float(const char *text, size_t n, double *out) {
+    char value[MAX_KEY_LENGTH + 1];
+    size_t length = 0;
+    if (n == 0 || n >= sizeof value) return -1;
+    for (size_t k = 0; k < n; k++) {
+        char c = text[k];
+        if (c == '_') {
+            if (k == 0 || k + 1 == n || !isdigit((unsigned char)text[k - 1]) || !isdigit((unsigned char)text[k + 1]))
+                return -1;
+            continue;
+        }
+        if (!(isdigit((unsigned char)c) || strchr("+-.eEinfatyINFATY", c))) return -1;
+        value[length++] = c;
+    }
+    value[length] = 0;
+    char *end;
+    *out = strtod(value, &end);
+    return end == value + length && length ? 0 : -1;
+}
 
 static int parse_timeout(const char *text, size_t n, double *out, char *why, size_t whylen) {
-    char value[64];
-    if (n == 0 || n >= sizeof value) goto bad;
-    memcpy(value, text, n);
-    value[n] = 0;
-    char *end;
-    double seconds = strtod(value, &end);
-    if (end != value + n || strchr(value, 'x') || strchr(value, 'X')) goto bad;
+    double seconds;
+    if (python_float(text, n, &seconds)) {
+        snprintf(why, whylen, "handshake option -timeout=%.*s is not a number", (int)n, text);
+        return -1;
+    }
     if (!isfinite(seconds)) {
-        snprintf(why, whylen, "handshake option -timeout=%s is not a finite number", value);
+        snprintf(why, whylen, "handshake option -timeout=%.*s is not a finite number", (int)n, text);
         return -1;
     }
     if (seconds < 0) {
-        snprintf(why, whylen, "handshake option -timeout=%s is negative", value);
+        snprintf(why, whylen, "handshake option -timeout=%.*s is negative", (int)n, text);
         return -1;
     }
     *out = seconds;
     return 0;
-bad:
-    snprintf(why, whylen, "handshake option -timeout=%.*s is not a number", (int)(n < 64 ? n : 64), text);
-    return -1;
 }
 
 /* Split `ROLE:KEY [-name=value ...]`; only -timeout is used, unknown options are ignored. */
 static int parse_key(const char *text, size_t n, Hello *hello, char *why, size_t whylen) {
-    size_t i = 0;
-    while (i < n && is_space((unsigned char)text[i])) i++;
-    size_t start = i;
-    while (i < n && !is_space((unsigned char)text[i])) i++;
-    const char *colon = memchr(text + start, ':', i - start);
-    if (i == start || !colon) {
-        snprintf(why, whylen, "handshake key is not of the form ROLE:KEY");
+    size_t start = skip_space(text, n, 0), i = skip_token(text, n, start);
+    const char *colon = i > start ? memchr(text + start, ':', i - start) : NULL;
+    if (!colon) {
+        Buf quoted = {0};
+        py_repr_limit(&quoted, text, n, 80);
+        snprintf(why, whylen, "handshake key %s is not of the form ROLE:KEY", buf_str(&quoted));
+        buf_free(&quoted);
         return -1;
     }
     size_t role_len = (size_t)(colon - (text + start)), key_len = i - start - role_len - 1;
@@ -51,10 +92,9 @@ static int parse_key(const char *text, size_t n, Hello *hello, char *why, size_t
     hello->timeout = 0;
     const char *timeout = NULL;
     size_t timeout_len = 0;
-    while (i < n) {
-        while (i < n && is_space((unsigned char)text[i])) i++;
-        size_t token = i;
-        while (i < n && !is_space((unsigned char)text[i])) i++;
+    for (;;) {
+        size_t token = skip_space(text, n, i);
+        i = skip_token(text, n, token);
         if (token == i) break;
         while (token < i && text[token] == '-') token++;
         const char *equals = memchr(text + token, '=', i - token);
@@ -83,12 +123,20 @@ void spoke(const unsigned char *data, size_t n, char *out, size_t cap) {
             return;
         }
     }
-    size_t at = (size_t)snprintf(out, cap, "no protocol of this farm (first bytes b'");
-    for (size_t k = 0; k < n && k < 4 && at < cap; k++)
-        at += (size_t)(data[k] >= 0x20 && data[k] < 0x7f && data[k] != '\\' && data[k] != '\''
-                           ? snprintf(out + at, cap - at, "%c", data[k])
-                           : snprintf(out + at, cap - at, "\\x%02x", data[k]));
-    if (at < cap) snprintf(out + at, cap - at, "')");
+    size_t first = n < 4 ? n : 4;
+    int single = memchr(data, '\'', first) != NULL, twice = memchr(data, '"', first) != NULL;
+    char quote = single && !twice ? '"' : '\'';
+    size_t at = (size_t)snprintf(out, cap, "no protocol of this farm (first bytes b%c", quote);
+    for (size_t k = 0; k < first && at < cap; k++) {
+        unsigned char c = data[k];
+        if (c == '\\' || c == (unsigned char)quote) at += (size_t)snprintf(out + at, cap - at, "\\%c", c);
+        else if (c == '\t') at += (size_t)snprintf(out + at, cap - at, "\\t");
+        else if (c == '\n') at += (size_t)snprintf(out + at, cap - at, "\\n");
+        else if (c == '\r') at += (size_t)snprintf(out + at, cap - at, "\\r");
+        else if (c >= 0x20 && c < 0x7f) at += (size_t)snprintf(out + at, cap - at, "%c", c);
+        else at += (size_t)snprintf(out + at, cap - at, "\\x%02x", c);
+    }
+    if (at < cap) snprintf(out + at, cap - at, "%c)", quote);
 }
 
 int hello_parse(const unsigned char *data, size_t n, Hello *hello, size_t *used, char *why, size_t whylen) {

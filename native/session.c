@@ -49,21 +49,6 @@ int fail_errno(Session *s, int err, const char *path) {
     return -1;
 }
 
-void py_repr(Buf *b, const char *s, size_t n) {
-    char quote = memchr(s, '\'', n) && !memchr(s, '"', n) ? '"' : '\'';
-    buf_add(b, &quote, 1);
-    for (size_t k = 0; k < n; k++) {
-        unsigned char c = (unsigned char)s[k];
-        if (c == '\\' || c == (unsigned char)quote) buf_addf(b, "\\%c", c);
-        else if (c == '\n') buf_adds(b, "\\n");
-        else if (c == '\r') buf_adds(b, "\\r");
-        else if (c == '\t') buf_adds(b, "\\t");
-        else if (c < 0x20 || c == 0x7f) buf_addf(b, "\\x%02x", c);
-        else buf_add(b, &c, 1);
-    }
-    buf_add(b, &quote, 1);
-}
-
 static int field(Session *s, const JValue *meta, const char *name, JType type, const JValue **out) {
     const JValue *v = json_get(meta, name);
     *out = v;

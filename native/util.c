@@ -26,7 +26,7 @@ static const char *level_name(int level) {
 /* One line per record, as the Python daemons log: control characters in the text are shown escaped. */
 void log_msg(int level, const char *fmt, ...) {
     if (level < log_level) return;
-    char text[2048], line[8300];
+    char text[16384], line[4 * 16384 + 128];
     va_list args;
     va_start(args, fmt);
     vsnprintf(text, sizeof text, fmt, args);
@@ -213,4 +213,59 @@ const char *signal_name(int number) {
     for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
         if (names[k].number == number) return names[k].name;
     return "unknown signal";
+}
+
+/* Whether Python's str.isprintable() holds for code point `cp` (the control, format, separator and private-use
+ * ranges; unassigned code points are taken as printable). */
+static int printable(uint32_t cp) {
+    static const uint32_t NOT[][2] = {
+        {0x00, 0x1f},       {0x7f, 0xa0},       {0xad, 0xad},       {0x600, 0x605},     {0x61c, 0x61c},
+        {0x6dd, 0x6dd},     {0x70f, 0x70f},     {0x1680, 0x1680},   {0x180e, 0x180e},   {0x2000, 0x200f},
+        {0x2028, 0x202f},   {0x205f, 0x2064},   {0x2066, 0x206f},   {0x3000, 0x3000},   {0xd800, 0xf8ff},
+        {0xfeff, 0xfeff},   {0xfff9, 0xfffb},   {0xfffe, 0xffff},   {0xe0001, 0xe007f}, {0xf0000, 0x10ffff},
+    };
+    for (size_t k = 0; k < sizeof NOT / sizeof NOT[0]; k++)
+        if (cp >= NOT[k][0] && cp <= NOT[k][1]) return 0;
+    return 1;
+}
+
+/* The next code point of UTF-8 text at s[*i] (a byte that is not UTF-8 as the surrogate U+DC80..U+DCFF, as
+ * Python's surrogateescape decodes it); *i moves past it. */
+static uint32_t next_code_point(const unsigned char *s, size_t n, size_t *i) {
+    unsigned c = s[*i];
+    size_t more = c < 0x80 ? 0 : (c & 0xE0) == 0xC0 ? 1 : (c & 0xF0) == 0xE0 ? 2 : (c & 0xF8) == 0xF0 ? 3 : 9;
+    if (more == 0 || more == 9 || *i + more >= n || !valid_utf8(s + *i, more + 1)) {
+        (*i)++;
+        return c < 0x80 ? c : 0xDC00 + c;
+    }
+    uint32_t cp = c & (0x3F >> more);
+    for (size_t k = 1; k <= more; k++) cp = (cp << 6) | (s[*i + k] & 0x3F);
+    *i += more + 1;
+    return cp;
+}
+
+void py_repr_limit(Buf *b, const char *text, size_t n, size_t max_chars) {
+    const unsigned char *s = (const unsigned char *)text;
+    size_t chars = 0;
+    int single = 0, twice = 0;
+    for (size_t i = 0; i < n && chars < max_chars; chars++) {
+        uint32_t cp = next_code_point(s, n, &i);
+        single |= cp == '\'', twice |= cp == '"';
+    }
+    char quote = single && !twice ? '"' : '\'';
+    buf_add(b, &quote, 1);
+    chars = 0;
+    for (size_t i = 0; i < n && chars < max_chars; chars++) {
+        size_t at = i;
+        uint32_t cp = next_code_point(s, n, &i);
+        if (cp == '\\' || cp == (uint32_t)quote) buf_addf(b, "\\%c", (char)cp);
+        else if (cp == '\t') buf_adds(b, "\\t");
+        else if (cp == '\n') buf_adds(b, "\\n");
+        else if (cp == '\r') buf_adds(b, "\\r");
+        else if (printable(cp)) buf_add(b, s + at, i - at);
+        else if (cp < 0x100) buf_addf(b, "\\x%02x", cp);
+        else if (cp < 0x10000) buf_addf(b, "\\u%04x", cp);
+        else buf_addf(b, "\\U%08x", cp);
+    }
+    buf_add(b, &quote, 1);
 }

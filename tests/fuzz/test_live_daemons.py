@@ -1,7 +1,8 @@
 """The live daemons under a bounded, seeded stream of malformed connections.
 
-A board server, a tracker and a proxy run as real processes, each started once
-for the module. Each daemon gets CONNECTION_COUNT connections (fuzz_settings:
+A board server (the Python one, the native one and, on x86_64, the native one
+under AddressSanitizer and UBSan), a tracker and a proxy run as real processes,
+each started once for the module. Each daemon gets CONNECTION_COUNT connections (fuzz_settings:
 150 in CI, more with ``FARM_FUZZ_PROFILE=long``), WORKERS at a time, of random
 bytes, valid openings then garbage, mutated valid openings, huge length fields,
 valid openings, some dripped a few bytes at a time with pauses, ended by a
@@ -41,7 +42,16 @@ from fuzz_settings import CONNECTION_COUNT, IDLE_BURST, SEED, WIDE_GATE
 from fuzz_streams import Fields, cut, edit, mutate, random_bytes, random_json, random_mutations
 
 import farm
-from conftest import fd_count, python_env, rss, wait_for
+from conftest import (
+    BOARD_SERVERS,
+    BoardServer,
+    board_server_named,
+    check_sanitizer_log,
+    fd_count,
+    python_env,
+    rss,
+    wait_for,
+)
 from farm.board.config import HANDSHAKE_TIMEOUT  # a board's, without --handshake-timeout
 from farm.errors import ProtocolError
 from farm.ops.processes import DaemonProcess
@@ -91,14 +101,18 @@ def where(daemon: DaemonProcess) -> str:
 @pytest.fixture(scope="module")
 def daemons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., DaemonProcess]]:
     """``start(name, *args)``: ``python -m farm.server`` (name ``*board``) or ``farm.NAME``, logging to NAME.log,
-    once it listens (a board through a proxy: once it waits there); all are stopped at the end of the module."""
+    once it listens (a board through a proxy: once it waits there); all are stopped at the end of the module.
+    ``start(name, *args, server=BoardServer)`` starts that board server instead."""
     directory = tmp_path_factory.mktemp("fuzz-farm")
     started: List[DaemonProcess] = []
 
-    def start(name: str, *args: str) -> DaemonProcess:
+    def start(name: str, *args: str, server: Optional[BoardServer] = None) -> DaemonProcess:
         module = "server" if name.endswith("board") else name
-        argv = [sys.executable, "-m", "farm." + module, "--host", "127.0.0.1", *args]
-        started.append(DaemonProcess(argv, str(directory / (name + ".log")), env=daemon_env()))
+        program = [server.program] if server and server.program else [sys.executable, "-m", "farm." + module]
+        env = {**daemon_env(), **(server.env if server else {})}
+        started.append(
+            DaemonProcess([*program, "--host", "127.0.0.1", *args], str(directory / (name + ".log")), env=env)
+        )
         if "--through-proxy" in args:
             started[-1].wait_for_log(re.compile("waiting at the proxy"))
         else:
@@ -110,10 +124,17 @@ def daemons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., 
         daemon.stop()
 
 
-@pytest.fixture(scope="module")
-def board(daemons: Callable[..., DaemonProcess]) -> DaemonProcess:
-    """A board on its own, key ``fuzz``: a valid hello opens a session."""
-    return daemons("board", "--port", "0", "--key", "fuzz", "--max-message-size", str(MAX_PAYLOAD), *WIDE_GATE)
+@pytest.fixture(scope="module", params=BOARD_SERVERS)
+def board(
+    request: pytest.FixtureRequest, daemons: Callable[..., DaemonProcess], native_builds: Dict[bool, str]
+) -> Iterator[DaemonProcess]:
+    """A board on its own, key ``fuzz``: a valid hello opens a session. The Python board, and the native ones."""
+    server = board_server_named(request.param, native_builds)
+    args = ("--port", "0", "--key", "fuzz", "--max-message-size", str(MAX_PAYLOAD), *WIDE_GATE)
+    daemon = daemons(request.param + "-board", *args, server=server)
+    yield daemon
+    daemon.stop()
+    check_sanitizer_log(daemon)
 
 
 @pytest.fixture(scope="module")
