@@ -108,6 +108,10 @@ int proof_start(Proof *p);
 long proof_feed(Proof *p, const unsigned char *secret, size_t secret_len, const unsigned char *data, size_t n,
                 Buf *out, char *why, size_t whylen);
 int load_secret(const char *path, unsigned char *out, size_t *len); /* 0, or -1 logged */
+/* The connector's side: its hello goes to `out`; then feed the acceptor's bytes (stage 2 once admitted). */
+int proof_connector_start(Proof *p, Buf *out);
+long proof_connector_feed(Proof *p, const unsigned char *secret, size_t secret_len, const unsigned char *data,
+                          size_t n, Buf *out, char *why, size_t whylen);
 
 /* --- handshake.c: TVM's hello and reply ----------------------------------------------------- */
 
@@ -132,6 +136,7 @@ typedef struct {
     const char *host;
     int port, port_end;
     const char *key, *name, *work_dir, *secret_file;
+    const char *tracker, *custom_addr; /* HOST:PORT of the tracker to register with; the address it gives clients */
     uint64_t max_message_size;
     uint64_t session_quota;      /* bytes, 0: none */
     uint64_t session_quota_files;
@@ -292,6 +297,33 @@ int current_cpu(void);
 long others_running(void); /* -1 when unknown */
 const char *machine_name(void);
 const char *elf_machine(const char *path, char *out, size_t cap); /* NULL if not ELF */
+
+/* tracker.c: the board's registration with a tracker */
+typedef struct {
+    char host[256];
+    int port, board_port;
+    const char *key, *custom_addr, *name;
+    const unsigned char *secret;
+    size_t secret_len;
+    int fd; /* -1 while not connected */
+    int connected, opened, in_session;
+    Proof proof;
+    Buf out, in;
+    char expected[64]; /* what each outstanding request was: u(pdate_info), p(ut), g(et pending match keys) */
+    int expected_count;
+    double retry_delay, next_attempt, next_poll, handed_out_since;
+    char matchkey[MAX_KEY_LENGTH + 64]; /* what a client must present now; empty while in a session */
+} Tracker;
+void tracker_init(Tracker *t, const char *address, const char *key, const char *custom_addr, const char *name,
+                  int port, const unsigned char *secret, size_t secret_len);
+short tracker_events(const Tracker *t);
+void tracker_on_event(Tracker *t, short revents);
+void tracker_tick(Tracker *t, double now);
+double tracker_next_deadline(const Tracker *t); /* 0: none */
+void tracker_session_started(Tracker *t);
+void tracker_session_ended(Tracker *t);
+int tracker_accepts(const Tracker *t, const char *client_key);
+void tracker_close(Tracker *t);
 
 /* daemon.c */
 int serve_board(const Options *o, const unsigned char *secret, size_t secret_len);

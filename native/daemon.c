@@ -32,6 +32,8 @@
 #define NOTIFY_TIMEOUT 2
 #define REPLY_TIMEOUT 5
 #define ACCEPT_PAUSE 1.0
+/* The poll set: the wake-up pipe, the listener, the tracker link, then the pending openings. */
+#define FIRST_PENDING 3
 
 typedef struct {
     int fd;
@@ -70,6 +72,8 @@ typedef struct {
     int pending_count;
     Active active;
     int busy;
+    Tracker tracker; /* with --tracker: how clients find the board */
+    int has_tracker;
     unsigned char *status; /* shared with the session process */
 } Board;
 
@@ -210,7 +214,9 @@ static void start_session(Board *b, int fd, const char *peer, double asked, cons
 
 static void admit(Board *b, int index, const Hello *hello, size_t used) {
     Pending *p = b->pending[index];
-    int matches = !strcmp(hello->role, "client") && (!hello->key[0] || !b->o->key[0] || !strcmp(hello->key, b->o->key));
+    int matches = !strcmp(hello->role, "client") &&
+                  (b->has_tracker ? tracker_accepts(&b->tracker, hello->key) /* only whom the tracker sent */
+                                  : !hello->key[0] || !b->o->key[0] || !strcmp(hello->key, b->o->key));
     Buf reply = {0}, text = {0};
     uint32_t code = CODE_SUCCESS;
     if (!matches) {
@@ -320,6 +326,8 @@ static void close_for_session(Board *b) {
     close(wake[0]);
     close(wake[1]);
     for (int k = 0; k < b->pending_count; k++) close(b->pending[k]->fd);
+    if (b->has_tracker && b->tracker.fd >= 0) close(b->tracker.fd);
+    explicit_bzero(&b->tracker.proof, sizeof b->tracker.proof);
     if (b->secret) explicit_bzero(b->secret, b->secret_len); /* the session starts without the secret */
 }
 
@@ -364,6 +372,7 @@ static void start_session(Board *b, int fd, const char *peer, double asked, cons
     setpgid(pid, pid);
     a->pid = pid;
     b->busy = 1;
+    if (b->has_tracker) tracker_session_started(&b->tracker);
     if (a->deadline > 0)
         log_msg(LOG_INFO, "session from %s started (pid %d, timeout %g s)", peer, (int)pid, a->deadline - a->started);
     else log_msg(LOG_INFO, "session from %s started (pid %d)", peer, (int)pid);
@@ -439,6 +448,7 @@ static void kill_strays(void) {
 static void end_session(Board *b, int wait_status, const char *reason) {
     Active *a = &b->active;
     b->busy = 0;
+    if (b->has_tracker && !reason) tracker_session_ended(&b->tracker);
     Buf message = {0}, notice = {0};
     end_message(b, wait_status, reason, &message);
     double elapsed = monotonic_now() - a->started;
@@ -549,20 +559,24 @@ static double next_timeout(Board *b, double now) {
         if (b->pending[k]->deadline < soonest) soonest = b->pending[k]->deadline;
     if (b->busy && b->active.deadline > 0 && b->active.deadline < soonest) soonest = b->active.deadline;
     if (b->busy && b->active.next_quota_check < soonest) soonest = b->active.next_quota_check;
+    double link = b->has_tracker ? tracker_next_deadline(&b->tracker) : 0;
+    if (link > 0 && link < soonest) soonest = link;
     return soonest > now ? soonest - now : 0;
 }
 
 static void serve_loop(Board *b) {
     struct pollfd *fds = NULL;
     while (!stop_signal) {
-        fds = realloc(fds, sizeof(struct pollfd) * (size_t)(b->pending_count + 2));
+        fds = realloc(fds, sizeof(struct pollfd) * (size_t)(b->pending_count + FIRST_PENDING));
         if (!fds) abort();
         fds[0] = (struct pollfd){wake[0], POLLIN, 0};
         fds[1] = (struct pollfd){b->accept_paused_until ? -1 : b->listener, POLLIN, 0};
+        fds[2] = (struct pollfd){-1, 0, 0};
+        if (b->has_tracker) fds[2] = (struct pollfd){b->tracker.fd, tracker_events(&b->tracker), 0};
         int count = b->pending_count;
-        for (int k = 0; k < count; k++) fds[k + 2] = (struct pollfd){b->pending[k]->fd, POLLIN, 0};
+        for (int k = 0; k < count; k++) fds[k + FIRST_PENDING] = (struct pollfd){b->pending[k]->fd, POLLIN, 0};
         int timeout = (int)(next_timeout(b, monotonic_now()) * 1000) + 1;
-        int ready = poll(fds, (nfds_t)(count + 2), timeout);
+        int ready = poll(fds, (nfds_t)(count + FIRST_PENDING), timeout);
         if (ready < 0 && errno != EINTR) break;
         if (ready > 0 && fds[0].revents) {
             char drain[64];
@@ -573,11 +587,15 @@ static void serve_loop(Board *b) {
         if (ready > 0) {
             /* from the last: a handshake that ends drops its entry, moving the last one into its place */
             for (int k = count; k-- > 0;)
-                if (fds[k + 2].revents && k < b->pending_count && b->pending[k]->fd == fds[k + 2].fd)
+                if (fds[k + FIRST_PENDING].revents && k < b->pending_count &&
+                    b->pending[k]->fd == fds[k + FIRST_PENDING].fd)
                     on_opening_data(b, k);
             if (fds[1].revents & POLLIN) accept_one(b);
+            if (fds[2].revents && b->has_tracker && b->tracker.fd == fds[2].fd)
+                tracker_on_event(&b->tracker, fds[2].revents);
         }
         tick(b, monotonic_now());
+        if (b->has_tracker) tracker_tick(&b->tracker, monotonic_now());
     }
     free(fds);
 }
@@ -593,6 +611,7 @@ static void shut_down(Board *b) {
     }
     while (b->pending_count) drop_pending(b, 0, 1);
     free(b->pending);
+    if (b->has_tracker) tracker_close(&b->tracker);
     close(b->listener);
     if (b->own_work_dir) remove_tree(b->work_dir);
     log_msg(LOG_INFO, "board server stopped");
@@ -641,6 +660,10 @@ int serve_board(const Options *o, const unsigned char *secret, size_t secret_len
         gethostname(host, sizeof host - 1);
         snprintf(b.name, sizeof b.name, "%s:%d", host, b.port);
     }
+    if (o->tracker) {
+        b.has_tracker = 1;
+        tracker_init(&b.tracker, o->tracker, o->key, o->custom_addr, b.name, b.port, b.secret, b.secret_len);
+    }
     prctl(PR_SET_CHILD_SUBREAPER, 1); /* what sessions leave behind comes here, to be killed */
     struct sigaction action = {.sa_handler = on_signal};
     sigemptyset(&action.sa_mask);
@@ -649,6 +672,7 @@ int serve_board(const Options *o, const unsigned char *secret, size_t secret_len
     sigaction(SIGINT, &action, NULL);
     signal(SIGPIPE, SIG_IGN);
     log_msg(LOG_INFO, "bind to %s:%d", o->host, b.port);
+    if (b.has_tracker) tracker_tick(&b.tracker, monotonic_now());
     serve_loop(&b);
     shut_down(&b);
     return 0;

@@ -14,7 +14,8 @@ static const char USAGE[] =
     "usage: farm-board [--host HOST] [--port PORT] [--port-end PORT_END] [--key KEY] [--work-dir WORK_DIR]\n"
     "                  [--max-message-size N] [--session-quota MB] [--session-quota-files N]\n"
     "                  [--max-session-time SECONDS] [--handshake-timeout SECONDS] [--name NAME]\n"
-    "                  [--secret-file PATH] [--max-unproven N] [--max-unproven-per-address N]\n"
+    "                  [--secret-file PATH] [--tracker HOST:PORT] [--custom-addr ADDR]\n"
+    "                  [--max-unproven N] [--max-unproven-per-address N]\n"
     "                  [--log-level {DEBUG,INFO,WARNING,ERROR}]\n"
     "The native board server: the same options as `python -m farm.server` (see docs/native-board.md).\n";
 
@@ -54,8 +55,7 @@ static int integer(const char *name, const char *text, int *out) {
 }
 
 /* Options of the Python board that the native board does not offer yet: refused, never ignored. */
-static const char *const NOT_YET[] = {"--tracker", "--custom-addr", "--through-proxy", "--tls-cert",
-                                      "--tls-key", "--tls-ca",      "--tls-server-name"};
+static const char *const NOT_YET[] = {"--through-proxy", "--tls-cert", "--tls-key", "--tls-ca", "--tls-server-name"};
 /* Confinement options: accepted, but not enforced yet (said in the log). */
 static const char *const NOT_ENFORCED[] = {"--session-user", "--session-memory", "--session-processes",
                                            "--session-open-files"};
@@ -107,6 +107,15 @@ int parse_options(int argc, char **argv, Options *o) {
         else if (!strcmp(name, "--name")) o->name = value;
         else if (!strcmp(name, "--work-dir")) o->work_dir = value;
         else if (!strcmp(name, "--secret-file")) o->secret_file = *value ? value : NULL;
+        else if (!strcmp(name, "--custom-addr")) o->custom_addr = value;
+        else if (!strcmp(name, "--tracker")) {
+            const char *colon = strrchr(value, ':');
+            int port = colon ? atoi(colon + 1) : 0;
+            if (!colon || colon == value || strspn(colon + 1, "0123456789") != strlen(colon + 1) || port < 1 ||
+                port > 65535)
+                return usage_error("argument --tracker: '%s' is not HOST:PORT with a port in 1..65535%s", value, "");
+            o->tracker = value;
+        }
         else if (!strcmp(name, "--max-message-size")) status = whole(name, value, 0, &o->max_message_size);
         else if (!strcmp(name, "--session-quota")) {
             if (!(status = whole(name, value, 0, &number))) {

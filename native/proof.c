@@ -95,6 +95,48 @@ long proof_feed(Proof *p, const unsigned char *secret, size_t secret_len, const 
     return (long)used;
 }
 
+int proof_connector_start(Proof *p, Buf *out) {
+    if (proof_start(p)) return -1;
+    unsigned char hello[5];
+    put_u32(hello, AUTH_MAGIC);
+    hello[4] = AUTH_VERSION;
+    buf_add(out, hello, 5);
+    buf_add(out, p->ours, NONCE_SIZE);
+    return 0;
+}
+
+long proof_connector_feed(Proof *p, const unsigned char *secret, size_t secret_len, const unsigned char *data,
+                          size_t n, Buf *out, char *why, size_t whylen) {
+    size_t used = 0;
+    if (p->stage == 0) {
+        if (n < NONCE_SIZE + MAC_SIZE) return 0;
+        memcpy(p->theirs, data, NONCE_SIZE);
+        unsigned char expected[MAC_SIZE];
+        mac(secret, secret_len, "server", p->ours, p->theirs, expected);
+        int ok = same(expected, data + NONCE_SIZE, MAC_SIZE);
+        if (!ok) {
+            explicit_bzero(expected, sizeof expected);
+            snprintf(why, whylen, "the other end does not hold this farm's secret");
+            return -1;
+        }
+        mac(secret, secret_len, "client", p->theirs, p->ours, expected);
+        buf_add(out, expected, MAC_SIZE);
+        explicit_bzero(expected, sizeof expected);
+        p->stage = 1;
+        used = NONCE_SIZE + MAC_SIZE;
+    }
+    if (p->stage == 1) {
+        if (n - used < 1) return (long)used;
+        if (data[used] != 1) {
+            snprintf(why, whylen, "the other end refused our proof of the farm secret");
+            return -1;
+        }
+        p->stage = 2;
+        used++;
+    }
+    return (long)used;
+}
+
 /* The secret in `path` (trailing newlines stripped), as farm.net.secret.load_secret reads it. */
 int load_secret(const char *path, unsigned char *out, size_t *len) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);

@@ -2,7 +2,8 @@
 
 The protocol it shares with the Python board is tested against both in test_session_api.py,
 test_time_evaluator.py and test_board_daemon.py; here: the farm secret, the session's memory,
-the options it does not offer yet, the upload quota and ``farm build-server``.
+the tracker link with a secret, the options it does not offer yet, the upload quota and
+``farm build-server``.
 """
 
 from __future__ import annotations
@@ -83,6 +84,33 @@ def test_a_client_with_another_secret_is_refused(locked_board: DaemonProcess, mo
 LARGEST_MAPPING = 1 << 30
 
 
+def test_a_locked_board_registers_with_a_locked_tracker(
+    board_factory: Callable[..., DaemonProcess], secret_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The board proves the secret to the tracker as a connector, then registers; a member gets it through it."""
+    argv = [
+        sys.executable,
+        "-m",
+        "farm.tracker",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--secret-file",
+        str(secret_file),
+    ]
+    with DaemonProcess(argv, str(tmp_path / "tracker.log"), env=python_env()) as tracker:
+        tracker_address = tracker.wait_for_bind()
+        board = board_factory(
+            key=KEY, extra=["--secret-file", str(secret_file), "--tracker", "%s:%d" % tracker_address]
+        )
+        wait_for(lambda: "registered with the tracker" in board.log_text(), 10, "the board registers")
+        monkeypatch.setenv(SECRET_ENV, str(secret_file))
+        with farm.connect_tracker(*tracker_address) as client, client.request(KEY, wait=10) as session:
+            assert session.system_info()["server"] == "native"
+            assert session.port == board.address[1]  # type: ignore[index]
+
+
 def _memory_holds(pid: int, needles: Dict[str, bytes]) -> List[str]:
     """Which of ``needles`` are somewhere in the readable memory of process ``pid`` (read as root, from here)."""
     found = []
@@ -117,10 +145,7 @@ def test_the_session_process_starts_without_the_secret(
     assert found == ["marker"], found
 
 
-@pytest.mark.parametrize(
-    "option, value",
-    [("--tracker", "127.0.0.1:9190"), ("--through-proxy", None), ("--custom-addr", "a"), ("--tls-cert", "c.pem")],
-)
+@pytest.mark.parametrize("option, value", [("--through-proxy", None), ("--tls-cert", "c.pem")])
 def test_options_it_does_not_offer_yet_are_refused(board_server: BoardServer, option: str, value: str) -> None:
     assert board_server.program is not None
     argv = [board_server.program, "--port", "0", option, *([value] if value else [])]

@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import pytest
 
 import farm
-from conftest import python_env, wait_for
+from conftest import BoardServer, check_sanitizer_log, every_board_server, python_env, wait_for
 from farm.client.tracker import Assignment, NoBoardError, TrackerClient, TrackerError, connect_tracker
 from farm.ops.processes import DaemonProcess, start_board
 from farm.protocol.tracker import MAX_MESSAGE, TRACKER_MAGIC, Code, MessageReader, encode_magic, encode_message
@@ -105,8 +105,9 @@ class Background:
 class Pool:
     """A tracker process, boards registered with it, clients, client processes and threads of one test."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, server: Optional[BoardServer] = None) -> None:
         self.directory = directory
+        self.server = server or BoardServer("python")  # the board server its boards run
         self.trackers: List[DaemonProcess] = []
         self.boards: List[DaemonProcess] = []
         self.clients: List[TrackerClient] = []
@@ -134,7 +135,9 @@ class Pool:
         """A board daemon registered with the tracker under ``key`` (it may not have registered yet)."""
         log = self.directory / ("board-%d.log" % len(self.boards))
         extra = ["--tracker", "%s:%d" % self.address]
-        daemon = start_board(str(log), key=key, extra=extra, env=python_env())
+        daemon = start_board(
+            str(log), key=key, extra=extra, env=python_env(**self.server.env), **self.server.start_options()
+        )
         self.boards.append(daemon)
         return daemon
 
@@ -229,6 +232,7 @@ class Pool:
                 pass
         for board in self.boards:
             board.stop()
+            check_sanitizer_log(board)
         for tracker in self.trackers:
             tracker.stop()  # its connections close, so the threads blocked on them return
         for call in self.background:
@@ -240,9 +244,9 @@ class Pool:
 
 
 @pytest.fixture
-def pool(tmp_path: Path) -> Iterator[Pool]:
+def pool(tmp_path: Path, board_server: BoardServer) -> Iterator[Pool]:
     """A tracker process started for one test, and whatever the test starts with it; all stopped at teardown."""
-    setup = Pool(tmp_path)
+    setup = Pool(tmp_path, board_server)
     try:
         setup.start_tracker()
         yield setup
@@ -326,6 +330,7 @@ class RawPeer:
 # --- the queue --------------------------------------------------------------------------
 
 
+@every_board_server
 def test_two_boards_three_clients_the_third_waits_for_the_first_freed(pool: Pool) -> None:
     boards = pool.start_boards(2)
     first, second, third = pool.client(), pool.client(), pool.client()
@@ -459,6 +464,7 @@ def test_progress_ticks_while_waiting_and_the_summary_lists_the_waiters(pool: Po
     free_board(waiting.wait(5))
 
 
+@every_board_server
 def test_summary_and_query_show_who_holds_the_board(pool: Pool) -> None:
     (board,) = pool.start_boards(1)
     host, port = pool.address
@@ -505,6 +511,7 @@ def test_summary_and_query_show_who_holds_the_board(pool: Pool) -> None:
     assert re.search(r"^%s\s+1\s+1\s+0\s*$" % KEY, query(), re.M)
 
 
+@every_board_server
 def test_a_registered_board_admits_only_the_current_match_key(pool: Pool) -> None:
     (board,) = pool.start_boards(1)
     host, port = board.address  # type: ignore[misc]
@@ -540,6 +547,7 @@ print("served", flush=True)
 """
 
 
+@every_board_server
 def test_client_killed_while_holding_a_board_gives_it_back(pool: Pool) -> None:
     (board,) = pool.start_boards(1)
     client = pool.run_client(HOLDING_CLIENT)
@@ -570,6 +578,7 @@ def test_client_killed_while_queued_leaves_the_queue(pool: Pool) -> None:
     assert (entry["state"], entry["held_by"]) == ("free", None)
 
 
+@every_board_server
 def test_killed_board_leaves_the_pool(pool: Pool) -> None:
     doomed, survivor = pool.start_boards(2)
     os.kill(doomed.pid, signal.SIGKILL)
@@ -582,6 +591,7 @@ def test_killed_board_leaves_the_pool(pool: Pool) -> None:
         assert session.port == port_of(survivor)
 
 
+@every_board_server
 def test_board_killed_after_it_was_handed_out_fails_clearly(pool: Pool) -> None:
     (board,) = pool.start_boards(1)
     client = pool.client()
@@ -615,6 +625,7 @@ def test_board_killed_while_free_then_requested_at_once_fails_clearly(pool: Pool
     assert KEY in message and ("no board serves" in message or "could not be reached" in message), message
 
 
+@every_board_server
 def test_boards_register_again_after_the_tracker_restarts(pool: Pool) -> None:
     boards = pool.start_boards(2)
     old = pool.tracker
@@ -635,6 +646,7 @@ def test_boards_register_again_after_the_tracker_restarts(pool: Pool) -> None:
         assert board.log_text().count("registered with the tracker") == 2
 
 
+@every_board_server
 def test_a_board_in_a_session_while_the_tracker_restarts_is_offered_after_it(pool: Pool) -> None:
     boards = pool.start_boards(2)
     session = pool.keep(pool.client().request(KEY, user="through-the-restart"))
@@ -658,6 +670,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+@every_board_server
 def test_a_registered_board_daemon_rests_while_its_session_runs(pool: Pool) -> None:
     """The daemon waits on its sockets during a session: it must not spin on a stale poll deadline."""
     (board,) = pool.start_boards(1)
@@ -673,6 +686,7 @@ def test_a_registered_board_daemon_rests_while_its_session_runs(pool: Pool) -> N
 
 
 @pytest.mark.slow  # the board's 5 s for an unused key, on the wire; the rule is unit-tested with a clock
+@every_board_server
 def test_unused_match_key_is_offered_again(pool: Pool) -> None:
     (board,) = pool.start_boards(1)
     handed = pool.client().request_board(KEY, user="vanished")  # and never used

@@ -31,7 +31,7 @@ except ImportError as exc:  # the tvm extra is not installed (or needs Python 3.
     pytest.skip("Apache TVM is not importable (%s); install the tvm extra" % exc, allow_module_level=True)
 
 import farm
-from conftest import in_thread, python_env, wait_for
+from conftest import BoardServer, check_sanitizer_log, every_board_server, in_thread, python_env, wait_for
 from farm.client.tracker import NoBoardError, TrackerError
 from farm.ops.processes import DaemonProcess
 
@@ -128,13 +128,14 @@ def run_vadd(session: farm.RemoteSession, library: Path) -> None:
 class Processes:
     """Child processes of one test: trackers and boards, ours and TVM's; all stopped at teardown."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, server: BoardServer) -> None:
         self.directory = directory
+        self.server = server  # what our boards run
         self.started: List[DaemonProcess] = []
 
-    def _start(self, name: str, argv: List[str]) -> DaemonProcess:
+    def _start(self, name: str, argv: List[str], env: Optional[Dict[str, str]] = None) -> DaemonProcess:
         log = self.directory / ("%s-%d.log" % (name, len(self.started)))
-        daemon = DaemonProcess(argv, str(log), env=python_env())
+        daemon = DaemonProcess(argv, str(log), env=env or python_env())
         self.started.append(daemon)
         daemon.wait_for_bind(timeout=30)
         return daemon
@@ -152,8 +153,9 @@ class Processes:
         return daemon.address
 
     def our_board(self, key: str, tracker: Address) -> Address:
-        argv = [sys.executable, "-m", "farm.server", "--host", HOST, "--port", "0", "--key", key]
-        daemon = self._start("board", [*argv, "--tracker", "%s:%d" % tracker])
+        program = [self.server.program] if self.server.program else [sys.executable, "-m", "farm.server"]
+        argv = [*program, "--host", HOST, "--port", "0", "--key", key, "--tracker", "%s:%d" % tracker]
+        daemon = self._start("board", argv, python_env(**self.server.env))
         assert daemon.address is not None
         self._wait_registered(tracker, daemon.address, key)
         return daemon.address
@@ -185,15 +187,18 @@ class Processes:
 
 
 @pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Processes]:
-    processes = Processes(tmp_path)
+def procs(tmp_path: Path, board_server: BoardServer) -> Iterator[Processes]:
+    processes = Processes(tmp_path, board_server)
     yield processes
     processes.stop()
+    for daemon in processes.started:
+        check_sanitizer_log(daemon)
 
 
 # --- TVM's query tool and board server with our tracker -------------------------------
 
 
+@every_board_server
 def test_tvm_query_tool_reads_our_tracker_with_our_board_and_a_tvm_board(procs: Processes) -> None:
     tracker = procs.our_tracker()
     ours = procs.our_board("mixed", tracker)
@@ -237,6 +242,7 @@ def test_tvm_client_gets_a_working_session_on_a_tvm_board_through_our_tracker(pr
 # --- our board and client with TVM's tracker ------------------------------------------
 
 
+@every_board_server
 def test_our_board_serves_our_client_through_tvm_tracker(procs: Processes, kernels: Dict[str, Path]) -> None:
     tracker = procs.tvm_tracker()
     board = procs.our_board("farmkey", tracker)
