@@ -46,6 +46,7 @@ void put_u64(unsigned char *p, uint64_t v);
 int read_text_file(const char *path, char *out, size_t cap); /* bytes read (trailing space stripped), -1 */
 int remove_tree(const char *path);                           /* rm -rf; 0 or -1 */
 const char *signal_name(int number);
+int dial(const char *host, int port, const char *what, char *why, size_t whylen); /* a connecting socket, or -1 */
 /* 'text' as Python's repr() shows a str, of at most `max_chars` code points; bytes that are not UTF-8 as \udcXX. */
 void py_repr_limit(Buf *b, const char *text, size_t n, size_t max_chars);
 #define py_repr(b, text, n) py_repr_limit(b, text, n, (size_t)-1)
@@ -127,6 +128,7 @@ typedef struct {
 } Hello;
 /* From the hello's bytes: 1 and `used` once complete, 0 when more are needed, -1 (why) when malformed. */
 int hello_parse(const unsigned char *data, size_t n, Hello *hello, size_t *used, char *why, size_t whylen);
+int key_parse(const char *text, size_t n, Hello *hello, char *why, size_t whylen); /* `ROLE:KEY [-timeout=S]` */
 void reply_encode(Buf *out, uint32_t code, const char *text);
 void spoke(const unsigned char *data, size_t n, char *out, size_t cap);
 
@@ -137,6 +139,7 @@ typedef struct {
     int port, port_end;
     const char *key, *name, *work_dir, *secret_file;
     const char *tracker, *custom_addr; /* HOST:PORT of the tracker to register with; the address it gives clients */
+    int through_proxy;                 /* dial out to the proxy at host:port instead of listening */
     uint64_t max_message_size;
     uint64_t session_quota;      /* bytes, 0: none */
     uint64_t session_quota_files;
@@ -324,6 +327,37 @@ void tracker_session_started(Tracker *t);
 void tracker_session_ended(Tracker *t);
 int tracker_accepts(const Tracker *t, const char *client_key);
 void tracker_close(Tracker *t);
+
+/* proxy.c: a board behind a proxy */
+typedef struct {
+    char host[256];
+    int port;
+    const char *key;
+    const unsigned char *secret;
+    size_t secret_len;
+    int fd; /* -1 while not dialled */
+    int connected, greeted, in_session;
+    Proof proof;
+    Buf in;
+    uint64_t sent; /* bytes sent on this connection: the session counts on from there */
+    double retry_delay, next_attempt;
+} Proxy;
+/* A client the proxy paired with the board: the connection, its key text and what came after the reply. */
+typedef struct {
+    int fd;
+    char client[MAX_KEY_LENGTH + 1];
+    unsigned char *leftover;
+    size_t leftover_len;
+    uint64_t sent;
+} Paired;
+void proxy_init(Proxy *p, const char *host, int port, const char *key, const unsigned char *secret,
+                size_t secret_len);
+short proxy_events(const Proxy *p);
+int proxy_on_event(Proxy *p, short revents, Paired *paired); /* 1 once a client is paired */
+void proxy_tick(Proxy *p, double now);
+double proxy_next_deadline(const Proxy *p); /* 0: none */
+void proxy_session_ended(Proxy *p);
+void proxy_close(Proxy *p);
 
 /* daemon.c */
 int serve_board(const Options *o, const unsigned char *secret, size_t secret_len);

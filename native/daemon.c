@@ -74,6 +74,8 @@ typedef struct {
     int busy;
     Tracker tracker; /* with --tracker: how clients find the board */
     int has_tracker;
+    Proxy proxy; /* with --through-proxy: where clients come from */
+    int has_proxy;
     unsigned char *status; /* shared with the session process */
 } Board;
 
@@ -209,8 +211,8 @@ static void set_send_timeout(int fd, int seconds) {
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
 }
 
-static void start_session(Board *b, int fd, const char *peer, double asked, const unsigned char *leftover,
-                          size_t leftover_len, uint64_t sent);
+static int start_session(Board *b, int fd, const char *peer, double asked, const unsigned char *leftover,
+                         size_t leftover_len, uint64_t sent);
 
 static void admit(Board *b, int index, const Hello *hello, size_t used) {
     Pending *p = b->pending[index];
@@ -327,19 +329,22 @@ static void close_for_session(Board *b) {
     close(wake[1]);
     for (int k = 0; k < b->pending_count; k++) close(b->pending[k]->fd);
     if (b->has_tracker && b->tracker.fd >= 0) close(b->tracker.fd);
+    if (b->has_proxy && b->proxy.fd >= 0) close(b->proxy.fd);
+    explicit_bzero(&b->proxy.proof, sizeof b->proxy.proof);
     explicit_bzero(&b->tracker.proof, sizeof b->tracker.proof);
     if (b->secret) explicit_bzero(b->secret, b->secret_len); /* the session starts without the secret */
 }
 
-static void start_session(Board *b, int fd, const char *peer, double asked, const unsigned char *leftover,
-                          size_t leftover_len, uint64_t sent) {
+/* Starts a session on `fd`: 0, or -1 (logged; the connection closed). */
+static int start_session(Board *b, int fd, const char *peer, double asked, const unsigned char *leftover,
+                         size_t leftover_len, uint64_t sent) {
     Active *a = &b->active;
     memset(a, 0, sizeof *a);
     snprintf(a->directory, sizeof a->directory, "%s/session-XXXXXX", b->work_dir);
     if (!mkdtemp(a->directory)) {
         log_msg(LOG_ERROR, "cannot make a session directory for %s: %s", peer, strerror(errno));
         close(fd);
-        return;
+        return -1;
     }
     snprintf(a->peer, sizeof a->peer, "%s", peer);
     a->fd = fd;
@@ -355,7 +360,7 @@ static void start_session(Board *b, int fd, const char *peer, double asked, cons
         log_msg(LOG_ERROR, "cannot start a session process for %s: %s", peer, strerror(errno));
         remove_tree(a->directory);
         close(fd);
-        return;
+        return -1;
     }
     if (pid == 0) {
         setpgid(0, 0);
@@ -376,6 +381,26 @@ static void start_session(Board *b, int fd, const char *peer, double asked, cons
     if (a->deadline > 0)
         log_msg(LOG_INFO, "session from %s started (pid %d, timeout %g s)", peer, (int)pid, a->deadline - a->started);
     else log_msg(LOG_INFO, "session from %s started (pid %d)", peer, (int)pid);
+    return 0;
+}
+
+/* The proxy paired a client with the board: its key text carries the client's options. */
+static void paired_by_proxy(Board *b, Paired *paired) {
+    Hello *hello = xmalloc(sizeof(Hello));
+    char why[8400];
+    if (key_parse(paired->client, strlen(paired->client), hello, why, sizeof why)) {
+        log_msg(LOG_WARNING, "the proxy passed on a bad client key '%s': %s", paired->client, why);
+        close(paired->fd);
+        proxy_session_ended(&b->proxy); /* dial again */
+    } else {
+        tune(paired->fd);
+        fcntl(paired->fd, F_SETFL, fcntl(paired->fd, F_GETFL) & ~O_NONBLOCK);
+        if (start_session(b, paired->fd, "a client of the proxy", hello->timeout, paired->leftover,
+                          paired->leftover_len, paired->sent))
+            proxy_session_ended(&b->proxy);
+    }
+    free(hello);
+    free(paired->leftover);
 }
 
 /* Bytes written to a TCP socket so far by anyone holding it: acknowledged plus queued (Linux); -1 if unknown. */
@@ -449,6 +474,7 @@ static void end_session(Board *b, int wait_status, const char *reason) {
     Active *a = &b->active;
     b->busy = 0;
     if (b->has_tracker && !reason) tracker_session_ended(&b->tracker);
+    if (b->has_proxy && !reason) proxy_session_ended(&b->proxy);
     Buf message = {0}, notice = {0};
     end_message(b, wait_status, reason, &message);
     double elapsed = monotonic_now() - a->started;
@@ -559,7 +585,7 @@ static double next_timeout(Board *b, double now) {
         if (b->pending[k]->deadline < soonest) soonest = b->pending[k]->deadline;
     if (b->busy && b->active.deadline > 0 && b->active.deadline < soonest) soonest = b->active.deadline;
     if (b->busy && b->active.next_quota_check < soonest) soonest = b->active.next_quota_check;
-    double link = b->has_tracker ? tracker_next_deadline(&b->tracker) : 0;
+    double link = b->has_tracker ? tracker_next_deadline(&b->tracker) : b->has_proxy ? proxy_next_deadline(&b->proxy) : 0;
     if (link > 0 && link < soonest) soonest = link;
     return soonest > now ? soonest - now : 0;
 }
@@ -570,9 +596,10 @@ static void serve_loop(Board *b) {
         fds = realloc(fds, sizeof(struct pollfd) * (size_t)(b->pending_count + FIRST_PENDING));
         if (!fds) abort();
         fds[0] = (struct pollfd){wake[0], POLLIN, 0};
-        fds[1] = (struct pollfd){b->accept_paused_until ? -1 : b->listener, POLLIN, 0};
+        fds[1] = (struct pollfd){b->accept_paused_until || b->listener < 0 ? -1 : b->listener, POLLIN, 0};
         fds[2] = (struct pollfd){-1, 0, 0};
         if (b->has_tracker) fds[2] = (struct pollfd){b->tracker.fd, tracker_events(&b->tracker), 0};
+        if (b->has_proxy) fds[2] = (struct pollfd){b->proxy.fd, proxy_events(&b->proxy), 0};
         int count = b->pending_count;
         for (int k = 0; k < count; k++) fds[k + FIRST_PENDING] = (struct pollfd){b->pending[k]->fd, POLLIN, 0};
         int timeout = (int)(next_timeout(b, monotonic_now()) * 1000) + 1;
@@ -593,9 +620,14 @@ static void serve_loop(Board *b) {
             if (fds[1].revents & POLLIN) accept_one(b);
             if (fds[2].revents && b->has_tracker && b->tracker.fd == fds[2].fd)
                 tracker_on_event(&b->tracker, fds[2].revents);
+            Paired paired;
+            if (fds[2].revents && b->has_proxy && b->proxy.fd == fds[2].fd &&
+                proxy_on_event(&b->proxy, fds[2].revents, &paired))
+                paired_by_proxy(b, &paired);
         }
         tick(b, monotonic_now());
         if (b->has_tracker) tracker_tick(&b->tracker, monotonic_now());
+        if (b->has_proxy) proxy_tick(&b->proxy, monotonic_now());
     }
     free(fds);
 }
@@ -612,7 +644,8 @@ static void shut_down(Board *b) {
     while (b->pending_count) drop_pending(b, 0, 1);
     free(b->pending);
     if (b->has_tracker) tracker_close(&b->tracker);
-    close(b->listener);
+    if (b->has_proxy) proxy_close(&b->proxy);
+    if (b->listener >= 0) close(b->listener);
     if (b->own_work_dir) remove_tree(b->work_dir);
     log_msg(LOG_INFO, "board server stopped");
 }
@@ -652,15 +685,19 @@ int serve_board(const Options *o, const unsigned char *secret, size_t secret_len
         log_msg(LOG_ERROR, "cannot set up: %s", strerror(errno));
         return 1;
     }
-    if (listen_on(&b)) return 1;
+    /* through a proxy the board dials out (host and port are the proxy's) and listens nowhere */
+    if (o->through_proxy) b.port = o->port;
+    else if (listen_on(&b)) return 1;
     if (make_work_dir(&b)) return 1;
+    char host[256] = "";
+    gethostname(host, sizeof host - 1);
     if (o->name[0]) snprintf(b.name, sizeof b.name, "%s", o->name);
-    else {
-        char host[256] = "";
-        gethostname(host, sizeof host - 1);
-        snprintf(b.name, sizeof b.name, "%s:%d", host, b.port);
-    }
-    if (o->tracker) {
+    else if (o->through_proxy) snprintf(b.name, sizeof b.name, "%s/%d", host, (int)getpid());
+    else snprintf(b.name, sizeof b.name, "%s:%d", host, b.port);
+    if (o->through_proxy) {
+        b.has_proxy = 1;
+        proxy_init(&b.proxy, o->host, o->port, o->key, b.secret, b.secret_len);
+    } else if (o->tracker) {
         b.has_tracker = 1;
         tracker_init(&b.tracker, o->tracker, o->key, o->custom_addr, b.name, b.port, b.secret, b.secret_len);
     }
@@ -671,8 +708,10 @@ int serve_board(const Options *o, const unsigned char *secret, size_t secret_len
     sigaction(SIGTERM, &action, NULL);
     sigaction(SIGINT, &action, NULL);
     signal(SIGPIPE, SIG_IGN);
-    log_msg(LOG_INFO, "bind to %s:%d", o->host, b.port);
+    if (b.has_proxy) log_msg(LOG_INFO, "serving key '%s' through the proxy at %s:%d", o->key, o->host, o->port);
+    else log_msg(LOG_INFO, "bind to %s:%d", o->host, b.port);
     if (b.has_tracker) tracker_tick(&b.tracker, monotonic_now());
+    if (b.has_proxy) proxy_tick(&b.proxy, monotonic_now());
     serve_loop(&b);
     shut_down(&b);
     return 0;

@@ -74,7 +74,7 @@ static int parse_timeout(const char *text, size_t n, double *out, char *why, siz
 }
 
 /* Split `ROLE:KEY [-name=value ...]`; only -timeout is used, unknown options are ignored. */
-static int parse_key(const char *text, size_t n, Hello *hello, char *why, size_t whylen) {
+int key_parse(const char *text, size_t n, Hello *hello, char *why, size_t whylen) {
     size_t start = skip_space(text, n, 0), i = skip_token(text, n, start);
     const char *colon = i > start ? memchr(text + start, ':', i - start) : NULL;
     if (!colon) {
@@ -157,7 +157,7 @@ int hello_parse(const unsigned char *data, size_t n, Hello *hello, size_t *used,
         snprintf(why, whylen, "handshake key is not UTF-8");
         return -1;
     }
-    if (parse_key((const char *)data + 8, (size_t)length, hello, why, whylen)) return -1;
+    if (key_parse((const char *)data + 8, (size_t)length, hello, why, whylen)) return -1;
     *used = 8 + (size_t)length;
     return 1;
 }

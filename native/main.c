@@ -12,7 +12,7 @@ int main(int argc, char **argv) {
     static unsigned char secret[4097];
     size_t secret_len = 0;
     if (options.secret_file && load_secret(options.secret_file, secret, &secret_len)) return 2;
-    if (!secret_len && strcmp(options.host, "127.0.0.1") && strcmp(options.host, "localhost") &&
+    if (!secret_len && !options.through_proxy && strcmp(options.host, "127.0.0.1") && strcmp(options.host, "localhost") &&
         strcmp(options.host, "::1"))
         log_msg(LOG_WARNING, "the board server listens on %s without a farm secret: anyone who reaches it can run "
                 "code on it (see docs/security.md)", options.host);

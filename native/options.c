@@ -14,7 +14,7 @@ static const char USAGE[] =
     "usage: farm-board [--host HOST] [--port PORT] [--port-end PORT_END] [--key KEY] [--work-dir WORK_DIR]\n"
     "                  [--max-message-size N] [--session-quota MB] [--session-quota-files N]\n"
     "                  [--max-session-time SECONDS] [--handshake-timeout SECONDS] [--name NAME]\n"
-    "                  [--secret-file PATH] [--tracker HOST:PORT] [--custom-addr ADDR]\n"
+    "                  [--secret-file PATH] [--tracker HOST:PORT] [--custom-addr ADDR] [--through-proxy]\n"
     "                  [--max-unproven N] [--max-unproven-per-address N]\n"
     "                  [--log-level {DEBUG,INFO,WARNING,ERROR}]\n"
     "The native board server: the same options as `python -m farm.server` (see docs/native-board.md).\n";
@@ -55,7 +55,7 @@ static int integer(const char *name, const char *text, int *out) {
 }
 
 /* Options of the Python board that the native board does not offer yet: refused, never ignored. */
-static const char *const NOT_YET[] = {"--through-proxy", "--tls-cert", "--tls-key", "--tls-ca", "--tls-server-name"};
+static const char *const NOT_YET[] = {"--tls-cert", "--tls-key", "--tls-ca", "--tls-server-name"};
 /* Confinement options: accepted, but not enforced yet (said in the log). */
 static const char *const NOT_ENFORCED[] = {"--session-user", "--session-memory", "--session-processes",
                                            "--session-open-files"};
@@ -95,6 +95,10 @@ int parse_options(int argc, char **argv, Options *o) {
                         name);
                 return 2;
             }
+        if (!strcmp(name, "--through-proxy") && !equals) {
+            o->through_proxy = 1;
+            continue;
+        }
         if (equals) value = equals + 1;
         else if (i + 1 < argc) value = argv[++i];
         else return usage_error("argument %s: expected one argument%s", name, "");

@@ -7,7 +7,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <netdb.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,26 +61,12 @@ static void lost(Tracker *t, const char *why) {
 }
 
 static void connect_now(Tracker *t) {
-    struct addrinfo hints = {.ai_family = strchr(t->host, ':') ? AF_INET6 : AF_INET, .ai_socktype = SOCK_STREAM},
-                    *found;
-    char port[16], why[600];
-    snprintf(port, sizeof port, "%d", t->port);
-    int error = getaddrinfo(t->host, port, &hints, &found);
-    if (error) {
-        snprintf(why, sizeof why, "cannot reach the tracker at %s:%d: %s", t->host, t->port, gai_strerror(error));
+    char why[600];
+    int fd = dial(t->host, t->port, "tracker", why, sizeof why);
+    if (fd < 0) {
         schedule_retry(t, why);
         return;
     }
-    int fd = socket(found->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1;
-    if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
-    if (fd < 0 || (connect(fd, found->ai_addr, found->ai_addrlen) && errno != EINPROGRESS)) {
-        snprintf(why, sizeof why, "cannot reach the tracker at %s:%d: %s", t->host, t->port, strerror(errno));
-        if (fd >= 0) close(fd);
-        freeaddrinfo(found);
-        schedule_retry(t, why);
-        return;
-    }
-    freeaddrinfo(found);
     t->fd = fd;
     t->out.len = t->in.len = 0;
     if (t->secret) { /* the proof of the secret first; else the magic alone in its segment, as TVM's tracker wants */

@@ -5,10 +5,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <netdb.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -268,4 +270,25 @@ void py_repr_limit(Buf *b, const char *text, size_t n, size_t max_chars) {
         else buf_addf(b, "\\U%08x", cp);
     }
     buf_add(b, &quote, 1);
+}
+
+/* A non-blocking TCP connection to host:port on its way (keepalive on); -1 and why not (of `what`) in `why`. */
+int dial(const char *host, int port, const char *what, char *why, size_t whylen) {
+    struct addrinfo hints = {.ai_family = strchr(host, ':') ? AF_INET6 : AF_INET, .ai_socktype = SOCK_STREAM}, *found;
+    char service[16];
+    snprintf(service, sizeof service, "%d", port);
+    int error = getaddrinfo(host, service, &hints, &found);
+    if (error) {
+        snprintf(why, whylen, "cannot reach the %s at %s:%d: %s", what, host, port, gai_strerror(error));
+        return -1;
+    }
+    int fd = socket(found->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1;
+    if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    if (fd < 0 || (connect(fd, found->ai_addr, found->ai_addrlen) && errno != EINPROGRESS)) {
+        snprintf(why, whylen, "cannot reach the %s at %s:%d: %s", what, host, port, strerror(errno));
+        if (fd >= 0) close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(found);
+    return fd;
 }

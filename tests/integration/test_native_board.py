@@ -2,14 +2,15 @@
 
 The protocol it shares with the Python board is tested against both in test_session_api.py,
 test_time_evaluator.py and test_board_daemon.py; here: the farm secret, the session's memory,
-the tracker link with a secret, the options it does not offer yet, the upload quota and
-``farm build-server``.
+the tracker link and the proxy with a secret, the options it does not offer yet, the upload quota
+and ``farm build-server``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 
 import farm
-from conftest import NATIVE_SERVERS, BoardServer, python_env, wait_for
+from conftest import NATIVE_SERVERS, BoardServer, check_sanitizer_log, python_env, wait_for
 from farm.net.secret import SECRET_ENV
 from farm.ops.emulators import EmulatorError, sysroot
 from farm.ops.native import build_server
@@ -84,22 +85,19 @@ def test_a_client_with_another_secret_is_refused(locked_board: DaemonProcess, mo
 LARGEST_MAPPING = 1 << 30
 
 
+def _locked(daemon: str, secret_file: Path, tmp_path: Path) -> DaemonProcess:
+    """``python -m farm.DAEMON`` with the farm secret, on a free port."""
+    argv = [sys.executable, "-m", "farm." + daemon, "--host", "127.0.0.1", "--port", "0"]
+    return DaemonProcess(
+        [*argv, "--secret-file", str(secret_file)], str(tmp_path / (daemon + ".log")), env=python_env()
+    )
+
+
 def test_a_locked_board_registers_with_a_locked_tracker(
     board_factory: Callable[..., DaemonProcess], secret_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The board proves the secret to the tracker as a connector, then registers; a member gets it through it."""
-    argv = [
-        sys.executable,
-        "-m",
-        "farm.tracker",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--secret-file",
-        str(secret_file),
-    ]
-    with DaemonProcess(argv, str(tmp_path / "tracker.log"), env=python_env()) as tracker:
+    with _locked("tracker", secret_file, tmp_path) as tracker:
         tracker_address = tracker.wait_for_bind()
         board = board_factory(
             key=KEY, extra=["--secret-file", str(secret_file), "--tracker", "%s:%d" % tracker_address]
@@ -109,6 +107,23 @@ def test_a_locked_board_registers_with_a_locked_tracker(
         with farm.connect_tracker(*tracker_address) as client, client.request(KEY, wait=10) as session:
             assert session.system_info()["server"] == "native"
             assert session.port == board.address[1]  # type: ignore[index]
+
+
+def test_a_locked_board_waits_at_a_locked_proxy(
+    board_server: BoardServer, secret_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind a proxy the board proves the secret as the side that dials, then says its key and waits."""
+    assert board_server.program is not None
+    with _locked("proxy", secret_file, tmp_path) as proxy:
+        host, port = proxy.wait_for_bind()
+        argv = [board_server.program, "--host", host, "--port", str(port), "--key", KEY, "--through-proxy"]
+        argv += ["--secret-file", str(secret_file)]
+        with DaemonProcess(argv, str(tmp_path / "board.log"), env=python_env(**board_server.env)) as board:
+            board.wait_for_log(re.compile("waiting at the proxy"))
+            monkeypatch.setenv(SECRET_ENV, str(secret_file))
+            with farm.connect(host, port, key=KEY) as session:
+                assert session.system_info()["server"] == "native"
+    check_sanitizer_log(board)
 
 
 def _memory_holds(pid: int, needles: Dict[str, bytes]) -> List[str]:
@@ -145,10 +160,10 @@ def test_the_session_process_starts_without_the_secret(
     assert found == ["marker"], found
 
 
-@pytest.mark.parametrize("option, value", [("--through-proxy", None), ("--tls-cert", "c.pem")])
-def test_options_it_does_not_offer_yet_are_refused(board_server: BoardServer, option: str, value: str) -> None:
+@pytest.mark.parametrize("option", ["--tls-cert", "--tls-key", "--tls-ca", "--tls-server-name"])
+def test_options_it_does_not_offer_yet_are_refused(board_server: BoardServer, option: str) -> None:
     assert board_server.program is not None
-    argv = [board_server.program, "--port", "0", option, *([value] if value else [])]
+    argv = [board_server.program, "--port", "0", option, "value"]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=python_env(**board_server.env))
     assert result.returncode == 2
     assert "%s is not offered by the native board yet" % option in result.stderr
@@ -204,8 +219,9 @@ def test_a_client_that_leaves_mid_call_frees_the_board(
 
     call = threading.Thread(target=run_call, daemon=True)
     pid = session.system_info()["pid"]
+    before = _cpu_seconds(pid)
     call.start()
-    wait_for(lambda: _state(pid) == "R", 10, "the session process to run the call")
+    wait_for(lambda: _cpu_seconds(pid) - before >= 0.2, 10, "the session process to spin in the call")
     session._conn.sock.shutdown(socket.SHUT_RDWR)  # the client goes, the call runs on
     ended = "the client left while running spin_forever() from libmisbehave.so; the board ended the session"
     wait_for(lambda: ended in daemon.log_text(), 10, "the board to end the session")
@@ -215,9 +231,11 @@ def test_a_client_that_leaves_mid_call_frees_the_board(
         again.ping()
 
 
-def _state(pid: int) -> str:
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time the process has used, from /proc/PID/stat."""
     with open("/proc/%d/stat" % pid) as stat:
-        return stat.read().rsplit(")", 1)[1].split()[0]
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_farm_build_server_writes_one_executable(tmp_path: Path) -> None:

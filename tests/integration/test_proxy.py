@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import farm
-from conftest import wait_for
+from conftest import BoardServer, check_sanitizer_log, every_board_server, python_env, wait_for
 from farm.ops.processes import DaemonProcess
 from farm.protocol.handshake import CODE_MISMATCH, ReplyReader, encode_hello
 
@@ -27,13 +27,16 @@ Starter = Callable[..., DaemonProcess]
 
 
 @pytest.fixture
-def start(tmp_path: Path) -> Iterator[Starter]:
-    """Start ``python -m farm.<module> ARGS`` (optionally under a command prefix); stopped at teardown."""
+def start(tmp_path: Path, board_server: BoardServer) -> Iterator[Starter]:
+    """Start ``python -m farm.<module> ARGS`` (optionally under a command prefix), the board server ``server`` being
+    ``board_server``'s; stopped at teardown."""
     started: List[DaemonProcess] = []
 
     def launch(module: str, *args: str, prefix: Sequence[str] = (), wait_for: Optional[Pattern[str]] = None):
-        argv = [*prefix, sys.executable, "-m", "farm.%s" % module, *args]
-        daemon = DaemonProcess(argv, str(tmp_path / ("%s-%d.log" % (module, len(started)))))
+        native = module == "server" and board_server.program is not None
+        program = [board_server.program] if native else [sys.executable, "-m", "farm.%s" % module]
+        env = python_env(**board_server.env) if native else None
+        daemon = DaemonProcess([*prefix, *program, *args], str(tmp_path / ("%s-%d.log" % (module, len(started)))), env)
         started.append(daemon)
         if wait_for is None:
             daemon.wait_for_bind()
@@ -44,6 +47,8 @@ def start(tmp_path: Path) -> Iterator[Starter]:
     yield launch
     for daemon in reversed(started):
         daemon.stop()
+    for daemon in started:
+        check_sanitizer_log(daemon)
 
 
 def free_boards(tracker: farm.TrackerClient, key: str) -> int:
@@ -64,6 +69,7 @@ def address(daemon: DaemonProcess) -> str:
     return "%s:%d" % daemon.address
 
 
+@every_board_server
 def test_board_behind_the_proxy_serves_through_the_tracker(start: Starter, kernels) -> None:
     tracker_daemon = start("tracker", "--port", "0")
     proxy = start("proxy", "--port", "0", "--tracker", address(tracker_daemon))
@@ -85,6 +91,7 @@ def test_board_behind_the_proxy_serves_through_the_tracker(start: Starter, kerne
         session.ping()
 
 
+@every_board_server
 def test_the_tracker_counts_every_board_behind_the_proxy_held_or_free(start: Starter) -> None:
     tracker_daemon = start("tracker", "--port", "0")
     proxy = start("proxy", "--port", "0", "--tracker", address(tracker_daemon))
@@ -117,6 +124,7 @@ def test_the_tracker_counts_every_board_behind_the_proxy_held_or_free(start: Sta
     wait_for(lambda: counts()[0] == 1, 10, "the proxy to report the board that left")
 
 
+@every_board_server
 def test_session_timeout_reaches_the_board_through_the_proxy(start: Starter, kernels) -> None:
     tracker_daemon = start("tracker", "--port", "0")
     proxy = start("proxy", "--port", "0", "--tracker", address(tracker_daemon))
@@ -144,6 +152,7 @@ def test_unknown_match_key_is_refused_by_the_proxy(start: Starter) -> None:
         farm.connect(*proxy.address, key="nat:0.456")
 
 
+@every_board_server
 def test_without_a_tracker_client_and_board_pair_by_key(start: Starter, kernels) -> None:
     proxy = start("proxy", "--port", "0")
     start("server", "--host", proxy.address[0], "--port", str(proxy.address[1]), "--through-proxy", "--key", "solo",
@@ -153,6 +162,7 @@ def test_without_a_tracker_client_and_board_pair_by_key(start: Starter, kernels)
         run_vadd(session, kernels["libvadd.so"])
 
 
+@every_board_server
 def test_a_board_that_leaves_is_not_handed_out(start: Starter) -> None:
     tracker_daemon = start("tracker", "--port", "0")
     proxy = start("proxy", "--port", "0", "--tracker", address(tracker_daemon))
