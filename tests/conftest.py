@@ -23,8 +23,10 @@ import pytest
 from farm_certs import TlsFiles, make_tls_files
 
 import farm
+from farm.ops.emulators import EmulatorError, python_command
 from farm.ops.native import host_server
 from farm.ops.processes import DaemonProcess, start_board
+from farm.ops.targets import EMULATED
 from farm.ops.toolchain import BuildError, compile_shared
 
 TESTS = Path(__file__).resolve().parent
@@ -212,6 +214,15 @@ def remote(shared_board: DaemonProcess) -> Iterator[farm.RemoteSession]:
     host, port = shared_board.address
     with farm.connect(host, port, key="test") as session:
         yield session
+
+
+def require_emulators(what: str) -> None:
+    """Fail, saying so, unless the emulators are installed (``farm emulators install``): ``what`` needs them."""
+    for arch in EMULATED:
+        try:
+            python_command(arch)
+        except EmulatorError as exc:
+            pytest.fail("%s need the emulators: %s" % (what, exc), pytrace=False)
 
 
 def python_env(**extra: str) -> Dict[str, str]:

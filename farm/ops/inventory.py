@@ -10,6 +10,7 @@
       - {key: local, count: 1, proxy: true} # dials out to the proxy
       - {key: aarch64, start: emulated, arch: aarch64}   # the board server under qemu-user
       - {key: rasp4, start: external, arch: aarch64}     # registers itself; only expected
+      - {key: phone, server: native}        # the native board server (C): no Python on the board
     tls: {cert: farm.pem, key: farm.key, ca: ca.pem}    # optional; paths relative to this file
 
 :func:`load_inventory` reads one with PyYAML's safe loader and checks it;
@@ -63,7 +64,8 @@ class BoardGroup:
     when not 0, is the first of ``count`` consecutive ports they listen on;
     ``session_user`` is the user their sessions run as when they are started
     as root (None: the board server's default, ``nobody``); ``limits`` bounds
-    each of their sessions (:data:`LIMITS`: field, value).
+    each of their sessions (:data:`LIMITS`: field, value); ``server`` is the
+    board server they run (:data:`SERVERS`).
     """
 
     key: str
@@ -76,6 +78,7 @@ class BoardGroup:
     port: int = 0
     session_user: Optional[str] = None
     limits: Tuple[Tuple[str, float], ...] = ()
+    server: str = "python"
 
     def limit_options(self) -> List[str]:
         """The board server's options that set ``limits``: ``["--max-session-time", "600", ...]``."""
@@ -257,6 +260,8 @@ LIMITS = {
 }
 #: How a board group's daemons come to be: started here, started here under qemu-user, or started by someone else.
 STARTS = ("local", "emulated", "external")
+#: The board servers a group may run: ``python -m farm.server``, or the native one (docs/native-board.md).
+SERVERS = ("python", "native")
 
 
 def _listener(doc: _Document, path: Path, value: Any) -> Listener:
@@ -270,7 +275,7 @@ def _listener(doc: _Document, path: Path, value: Any) -> Listener:
 
 
 def _board_group(doc: _Document, path: Path, value: Any) -> BoardGroup:
-    allowed = ("key", "count", "proxy", "name", "host", "port", "start", "arch", "session_user", "limits")
+    allowed = ("key", "count", "proxy", "name", "host", "port", "start", "arch", "session_user", "limits", "server")
     fields = _fields(doc, path, value, allowed)
     if "key" not in fields:
         raise doc.error(path + ("key",), "the board's key (a required field)", found=False)
@@ -286,6 +291,7 @@ def _board_group(doc: _Document, path: Path, value: Any) -> BoardGroup:
         port=_get(doc, fields, path, "port", _is_int(0, 65535), "a port number in 0..65535 (0: any free port)", 0),
         session_user=_get(doc, fields, path, "session_user", _is_key, "a user name on the board's machine", None),
         limits=_limits(doc, path + ("limits",), fields["limits"]) if "limits" in fields else (),
+        server=_get(doc, fields, path, "server", lambda v: v in SERVERS, "one of: %s" % ", ".join(SERVERS), "python"),
     )
     _check_start(doc, path, group)
     return group
@@ -448,6 +454,10 @@ def parse_inventory(text: str, path: str = "<inventory>") -> Inventory:
     expected = "one of the boards' keys (%s)" % ", ".join(sorted(set(keys)))
     default_key = _get(doc, top, (), "default_key", lambda value: value in keys, expected, keys[0])
     tls = _tls(doc, top["tls"]) if top.get("tls") is not None else None
+    for index, group in enumerate(boards):
+        if tls is not None and group.server == "native" and group.start != "external":
+            raise doc.error(("boards", index, "server"), "the Python board server in a farm with TLS (the native "
+                            "one offers no TLS yet)", group.server)  # fmt: skip
     return Inventory(path, tracker, proxy, boards, default_key, toolchains, tls)
 
 

@@ -15,7 +15,9 @@ they also go when the launching process dies without stopping them.
 Local boards run ``python -m farm.server`` in this Python; emulated boards run
 the packed board server (:mod:`farm.ops.pack`) in the target's own Python under
 qemu-user (:mod:`farm.ops.emulators`); external boards are started by someone else
-and only waited for.
+and only waited for. Boards whose group says ``server: native`` run the native
+board server (:mod:`farm.ops.native`) built for their architecture, under
+qemu-user with the target's userland when emulated.
 
 An inventory's ``tls`` block reaches every daemon as ``REMOTEDEV_TLS_*``
 (:mod:`farm.net.tls`), in place of any the launching process has, and the
@@ -153,6 +155,7 @@ class FarmStack:
                 self.proxy = self._daemon("proxy", argv + ["--tracker", "%s:%d" % self.tracker_address])
             started = _numbered(self.inventory)
             emulated = self._emulated_servers([group for _, group, _ in started])
+            emulated.update(self._native_servers([group for _, group, _ in started]))
             for name, group, position in started:  # boards that listen start while the proxy binds
                 if not group.proxy:
                     self._board(name, group, position, emulated)
@@ -184,9 +187,31 @@ class FarmStack:
         log_path = os.path.join(self.log_dir, name + ".log")
         return Supervised(name, argv, log_path, env if env is not None else self._env, group)
 
+    def _native_servers(self, groups: Sequence[BoardGroup]) -> Dict[str, List[str]]:
+        """The command that runs the native board server of each architecture of the native groups, by
+        :func:`_native_key` (under qemu-user with the target's userland for an emulated one), each built once."""
+        natives = {_native_key(group): group for group in groups if group.server == "native" and group.target}
+        if not natives:
+            return {}
+        from .emulators import sysroot  # host side only, and only for farms with native boards
+        from .native import build_server
+        from .toolchain import toolchain_for
+
+        commands: Dict[str, List[str]] = {}
+        for key, group in natives.items():
+            target = group.target
+            assert target is not None
+            server = build_server(toolchain_for(target, self.inventory.toolchains))
+            emulated = group.start == "emulated"
+            commands[key] = [target.qemu, "-L", sysroot(target.name), server] if emulated else [server]
+        return commands
+
     def _emulated_servers(self, groups: Sequence[BoardGroup]) -> Dict[str, List[str]]:
         """The command that runs the board server in each emulated architecture's own Python."""
-        arches = sorted({group.target.name for group in groups if group.start == "emulated" and group.target})
+        arches = sorted(
+            {group.target.name for group in groups if group.start == "emulated" and group.target and
+             group.server == "python"}
+        )  # fmt: skip
         if not arches:
             return {}
         from .emulators import python_command  # host side only, and only for emulated farms
@@ -211,7 +236,9 @@ class FarmStack:
                 extra += ["--port-end", str(port + 1)]
         env = self._env
         server = None
-        if group.start == "emulated" and group.target is not None:
+        if group.server == "native" and group.target is not None:
+            server = emulated[_native_key(group)]
+        elif group.start == "emulated" and group.target is not None:
             server = emulated[group.target.name]
             env = {k: v for k, v in self._env.items() if k not in ("PYTHONPATH", "PYTHONHOME")}  # the host's Python's
         argv = board_command(group.key, host, port, self.python, extra, server=server)
@@ -313,6 +340,11 @@ class FarmStack:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def _native_key(group: BoardGroup) -> str:
+    """Which native board server a group runs: ``native:local:x86_64``, ``native:emulated:aarch64``."""
+    return "native:%s:%s" % (group.start, group.target.name if group.target else group.arch)
 
 
 def external_board_command(tracker: str, key: str, tls: bool) -> str:

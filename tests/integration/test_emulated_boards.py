@@ -18,12 +18,10 @@ import numpy as np
 import pytest
 
 import farm
-from conftest import wait_for
+from conftest import require_emulators, wait_for
 from farm.board import confine
-from farm.ops.emulators import EmulatorError, python_command
 from farm.ops.inventory import BUILTIN_INVENTORIES, load_inventory
 from farm.ops.launcher import FarmStack
-from farm.ops.targets import EMULATED
 from farm.ops.toolchain import build_shared, toolchain_for
 
 #: Each test runs code under qemu-user or a whole example suite: seconds to minutes.
@@ -38,11 +36,7 @@ MACHINES = {"local": os.uname().machine, "aarch64": "aarch64", "armhf": "armv7l"
 
 @pytest.fixture(scope="module")
 def emulated_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmStack]:
-    for arch in EMULATED:
-        try:
-            python_command(arch)
-        except EmulatorError as exc:
-            pytest.fail("the emulated boards need the emulators: %s" % exc, pytrace=False)
+    require_emulators("the emulated boards")
     stack = FarmStack(load_inventory(BUILTIN_INVENTORIES["emulated"]), str(tmp_path_factory.mktemp("farm")))
     stack.start(timeout=60)
     yield stack

@@ -18,8 +18,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from farm.ops.emulators import EmulatorError, python_command
-from farm.ops.targets import EMULATED
+from conftest import require_emulators
 
 #: Each test runs code under qemu-user or a whole example suite: seconds to minutes.
 pytestmark = pytest.mark.slow
@@ -57,11 +56,7 @@ def test_main_job_on_the_default_farm(tmp_path: Path) -> None:
 
 
 def test_main_job_on_the_emulated_farm(tmp_path: Path) -> None:
-    for arch in EMULATED:
-        try:
-            python_command(arch)
-        except EmulatorError as exc:
-            pytest.fail("the emulated farm needs the emulators: %s" % exc, pytrace=False)
+    require_emulators("the emulated farm's boards")
     result, cases = run_examples(tmp_path, "--farm", "emulated")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert Counter(case["outcome"] for case in cases) == {"passed": 3 * TESTS_PER_KEY}

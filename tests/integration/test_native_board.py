@@ -22,9 +22,11 @@ import numpy as np
 import pytest
 
 import farm
-from conftest import NATIVE_SERVERS, BoardServer, check_sanitizer_log, python_env, wait_for
+from conftest import NATIVE_SERVERS, BoardServer, check_sanitizer_log, python_env, require_emulators, wait_for
 from farm.net.secret import SECRET_ENV
-from farm.ops.emulators import EmulatorError, sysroot
+from farm.ops.emulators import sysroot
+from farm.ops.inventory import parse_inventory
+from farm.ops.launcher import FarmStack
 from farm.ops.native import build_server
 from farm.ops.processes import DaemonProcess
 from farm.ops.targets import EMULATED, TARGETS, host_target
@@ -257,10 +259,8 @@ def test_farm_build_server_writes_one_executable(tmp_path: Path) -> None:
 def test_the_daemon_built_for_another_architecture_serves_under_qemu(arch: str, tmp_path: Path) -> None:
     """``farm build-server --arch aarch64|armhf`` (libffi fetched for the target), run under qemu-user with the
     target's userland that ``farm emulators install`` provides; without the emulators this fails, saying so."""
-    try:
-        root = sysroot(arch)
-    except EmulatorError as exc:
-        pytest.fail("the cross-built native board needs the emulators: %s" % exc, pytrace=False)
+    require_emulators("the cross-built native boards")
+    root = sysroot(arch)
     toolchain = toolchain_for(arch)
     server, library = build_server(toolchain), build_shared([VADD], toolchain)
     argv = [TARGETS[arch].qemu, "-L", root, server, "--port", "0", "--key", KEY]
@@ -276,3 +276,44 @@ def test_the_daemon_built_for_another_architecture_serves_under_qemu(arch: str, 
             np.testing.assert_array_equal(c.numpy(), x * 2)
             result = vadd.time_evaluator(number=5, repeat=2)(a, a, c, 64)
             assert result.method == "board-native" and result.emulated == TARGETS[arch].qemu
+
+
+MIXED_FARM = """
+tracker: {port: 0}
+proxy: {port: 0}
+boards:
+  - {key: mixed, server: native}
+  - {key: mixed}
+  - {key: nat, server: native, proxy: true}
+"""
+
+
+def _servers_of(stack: FarmStack, key: str, count: int) -> List[str]:
+    """``system_info()["server"]`` of ``count`` boards of ``key``, held at once through the farm's tracker."""
+    with farm.connect_tracker(*stack.tracker_address) as client, contextlib.ExitStack() as held:
+        sessions = [held.enter_context(client.request(key, wait=10)) for _ in range(count)]
+        return sorted(session.system_info()["server"] for session in sessions)
+
+
+def test_an_inventory_mixes_native_and_python_boards_under_one_key(tmp_path: Path) -> None:
+    """``server: native`` in an inventory: a native board beside a Python one under one key, and one behind the
+    proxy; clients tell them apart only by system_info()."""
+    with FarmStack(parse_inventory(MIXED_FARM, "mixed.yaml"), str(tmp_path / "farm")) as stack:
+        stack.start(timeout=60)
+        assert _servers_of(stack, "mixed", 2) == ["native", "python"]
+        assert _servers_of(stack, "nat", 1) == ["native"]
+
+
+@pytest.mark.slow
+def test_an_inventory_runs_emulated_native_boards(tmp_path: Path) -> None:
+    """``server: native`` with ``start: emulated``: the daemon built for the target, under qemu-user."""
+    require_emulators("the emulated native boards")
+    text = "tracker: {port: 0}\nboards:\n" + "".join(
+        "  - {key: %s, server: native, start: emulated, arch: %s}\n" % (arch, arch) for arch in EMULATED
+    )
+    with FarmStack(parse_inventory(text, "emulated-native.yaml"), str(tmp_path / "farm")) as stack:
+        stack.start(timeout=120)
+        for arch in EMULATED:
+            with farm.connect_tracker(*stack.tracker_address) as client, client.request(arch, wait=10) as session:
+                info = session.system_info()
+                assert (info["server"], info["state"]["emulator"]) == ("native", TARGETS[arch].qemu)

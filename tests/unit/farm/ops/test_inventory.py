@@ -204,6 +204,15 @@ def test_limits_become_the_board_servers_options() -> None:
     assert plain.limits == () and plain.limit_options() == []
 
 
+def test_a_board_group_names_its_board_server() -> None:
+    text = "boards:\n  - {key: k, server: native}\n  - {key: k, server: native, start: emulated, arch: aarch64}\n"
+    native, emulated, python = parse(text + "  - {key: k}\n").boards
+    assert (native.server, emulated.server, python.server) == ("native", "native", "python")
+    assert "boards[0].server: expected one of: python, native, got 'rust'" in error_of(
+        "boards:\n  - {key: k, server: rust}\n"
+    )
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [
@@ -211,7 +220,7 @@ def test_limits_become_the_board_servers_options() -> None:
         (
             "tracker: {port: 0}\nboards:\n  - key: k\n    colour: red\n",
             "farm.yaml:4: boards[0].colour: unknown field 'colour' "
-            "(expected one of: key, count, proxy, name, host, port, start, arch, session_user, limits)",
+            "(expected one of: key, count, proxy, name, host, port, start, arch, session_user, limits, server)",
         ),
         (
             "trackr: {}\nboards: [{key: k}]\n",
@@ -572,3 +581,10 @@ def test_a_board_group_names_its_session_user() -> None:
     inventory = parse("boards:\n  - {key: a, session_user: farm-session}\n  - {key: b}\n")
     assert [group.session_user for group in inventory.boards] == ["farm-session", None]
     assert "session_user" in error_of("boards:\n  - {key: a, session_user: 'two words'}\n")
+
+
+def test_native_boards_are_refused_in_a_farm_with_tls(tmp_path: Path) -> None:
+    with pytest.raises(InventoryError) as info:
+        parse_in(tls_dir(tmp_path), "boards:\n  - {key: k, server: native}\n" + TLS_OK)
+    expected = "boards[0].server: expected the Python board server in a farm with TLS (the native one offers no TLS"
+    assert expected in str(info.value), str(info.value)
