@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--target", metavar="ARCH", help="an architecture (x86_64, aarch64, armhf) or its triple")
     which.add_argument("--key", help="build for the boards of this key in the --farm inventory")
     parser.add_argument(
-        "--farm", metavar="INVENTORY", help="the inventory (a file, or local or emulated) of --key and toolchains"
+        "--farm", metavar="INVENTORY", help="the inventory (a file; local, emulated, native) of --key and toolchains"
     )
     parser.add_argument("-o", "--output", metavar="PATH", help="copy the library here (a directory or a file name)")
     parser.add_argument("--name", help="the library's name (default: the first source's stem)")

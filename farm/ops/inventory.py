@@ -34,7 +34,7 @@ from .targets import EMULATED, TARGETS, Target, host_target, target_named
 
 _SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "inventories")
 #: Inventories that ship with the package, by the short name ``--farm`` and ``farm up`` also take.
-BUILTIN_INVENTORIES = {name: os.path.join(_SHIPPED, "farm.%s.yaml" % name) for name in ("local", "emulated")}
+BUILTIN_INVENTORIES = {name: os.path.join(_SHIPPED, "farm.%s.yaml" % name) for name in ("local", "emulated", "native")}
 #: The inventory the pytest plugin brings up when it is given neither a tracker nor an inventory.
 DEFAULT_INVENTORY = BUILTIN_INVENTORIES["local"]
 

@@ -67,3 +67,14 @@ def test_main_job_on_the_emulated_farm(tmp_path: Path) -> None:
     assert {case["device_id"] for case in cases if case["device_key"] == "armhf"} == {"armhf-0"}
     summary = result.stdout[result.stdout.index("remotedev: boards by key") :]
     assert all("\n%s " % key in summary for key in ("local", "aarch64", "armhf")), summary
+
+
+def test_main_job_on_the_native_farm(tmp_path: Path) -> None:
+    """The example suite on native boards (no Python on the board) of every architecture: this machine's, and
+    aarch64 and armhf under qemu-user."""
+    require_emulators("the native farm's emulated boards")
+    result, cases = run_examples(tmp_path, "--farm", "native")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    keys = Counter(case["device_key"] for case in cases)
+    assert keys == {key: TESTS_PER_KEY for key in ("native", "native-aarch64", "native-armhf")}
+    assert Counter(case["outcome"] for case in cases) == {"passed": 3 * TESTS_PER_KEY}
