@@ -4,7 +4,10 @@ Boards on loopback, side by side in one run, interleaved in rotating order so th
 
 * ``farm``: a board of this checkout; ``tls`` (``--tls``): the same with TLS (certificates made for the run);
   ``before`` (``--before DIR``): a board of the checkout in DIR (older code; the client is this checkout's, the
-  protocol is the same); ``--emulated ARCH``: each checkout's packed server under qemu-user too (sessions only).
+  protocol is the same); ``native`` (``--native``): the native board server (C) of this checkout, built for this
+  machine; ``--emulated ARCH``: each checkout's packed server under qemu-user too (sessions only).
+* **footprint**: each board daemon's resident memory while idle, its processes together (the Python board's
+  daemon, spawner and watchdog; the native board's one process), and the native daemon's binary size.
 * **sessions**: ``connect()`` to the first ``ping()`` answered (open), and to the end of ``close()`` (open+close).
 * **calls**: the round trip of ``int noop(void)`` with a signature (and, on ``farm``, without one, and a bare
   ``ping()``), against an 8-byte ping-pong over a raw TCP socket between two processes (the limit).
@@ -212,6 +215,7 @@ class State:
         self.data: Any = None
         self.resident: Dict[str, Any] = {}
         self.library = ""
+        self.native_server = ""  # the native board server's executable, with --native
 
 
 @contextlib.contextmanager
@@ -234,6 +238,11 @@ def setup(args: Any, workdir: str) -> Iterator[State]:
             env = board_env(checkout, tls_files.daemon().as_env() if tls_files else None)
             client_tls = tls_files.client() if tls_files else TlsConfig()
             state.sides[name] = Side(name, [sys.executable, "-m", "farm.server"], env, workdir, client_tls)
+        if args.native:
+            from farm.ops.native import host_server  # builds it (cached)
+
+            state.native_server = host_server()
+            state.sides["native"] = Side("native", [state.native_server], board_env(None), workdir, TlsConfig())
         for arch in args.emulated or []:
             from farm.ops.emulators import python_command
 
@@ -256,6 +265,33 @@ def setup(args: Any, workdir: str) -> Iterator[State]:
 
 
 # --- the scenarios ---------------------------------------------------------------------------------------
+
+
+def group_rss_kib(pgid: int) -> int:
+    """The resident memory of every process in process group ``pgid``, in KiB."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as stat:
+                if int(stat.read().rsplit(")", 1)[1].split()[2]) != pgid:
+                    continue
+            with open("/proc/%s/status" % entry) as status:
+                total += next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+        except (OSError, StopIteration, IndexError, ValueError):
+            continue  # gone, or a kernel thread
+    return total
+
+
+def measure_footprint(state: State, args: Any) -> Dict[str, Any]:
+    """Idle daemons: before any session of this run, each board's processes together (each in its own group)."""
+    figures: Dict[str, Any] = {
+        name + "_idle_rss_kib": group_rss_kib(side.board.pid) for name, side in state.sides.items()
+    }
+    if state.native_server:
+        figures["native_binary_bytes"] = os.path.getsize(state.native_server)
+    return figures
 
 
 def measure_sessions(state: State, args: Any) -> Dict[str, Any]:
@@ -368,7 +404,15 @@ def headline(results: Dict[str, Any]) -> List[Headline]:
     comparisons = (("sessions", "", "open_close_ms", "ms", "open + close"), ("calls", "_noop_signature", "", "us",
                    "no-op call"), ("transfers", "_upload", "", "MB/s", "upload"),
                    ("transfers", "_download", "", "MB/s", "download"))  # fmt: skip
-    for other, label in (("tls", "TLS"), ("before", "code before")):
+    footprint = results["scenarios"].get("footprint", {})
+    if "native_idle_rss_kib" in footprint:
+        rows.append(Headline("idle daemon, resident memory", "%d KiB (native)" % footprint["native_idle_rss_kib"],
+                             limit="%d KiB (Python board)" % footprint["farm_idle_rss_kib"],
+                             ratio="%.3f (native / Python)" % (footprint["native_idle_rss_kib"] /
+                                                             footprint["farm_idle_rss_kib"]),
+                             target="< 2048 KiB", met=footprint["native_idle_rss_kib"] < 2048))  # fmt: skip
+        rows.append(Headline("native daemon, binary size", "%d KiB" % (footprint["native_binary_bytes"] // 1024)))
+    for other, label in (("tls", "TLS"), ("before", "code before"), ("native", "native board")):
         for scenario, suffix, field, unit, what in comparisons:
             figures = results["scenarios"].get(scenario, {})
             if other + suffix in figures:
@@ -382,6 +426,11 @@ def headline(results: Dict[str, Any]) -> List[Headline]:
 
 def args_size(results: Dict[str, Any]) -> float:
     return results["config"]["size_mib"]
+
+
+def report_footprint(figures: Dict[str, Any], args: Any) -> List[str]:
+    rows = [(name, value) for name, value in figures.items()]
+    return ["### Footprint", ""] + table(("figure", "value"), rows) + [""]
 
 
 def report_sessions(figures: Dict[str, Any], args: Any) -> List[str]:
@@ -417,6 +466,7 @@ TOOL = Tool(
         "sessions": Option(10, 2, "sessions per board and round"),
         "profile": Option(0, 0, "also cProfile N no-op calls on the client"),
         "tls": Option(False, help="add a board with TLS", type=bool),
+        "native": Option(False, help="add a board of the native board server (C)", type=bool),
         "before": Option("", "", "a checkout (a directory holding farm/) whose board is measured too", str),
         "emulated": Option(
             "",
@@ -427,6 +477,7 @@ TOOL = Tool(
     },
     setup=setup,
     scenarios=[
+        Scenario("footprint", measure_footprint, report_footprint),
         Scenario("sessions", measure_sessions, report_sessions),
         Scenario("calls", measure_calls, report_calls, limit="raw TCP ping-pong", target="<= %g x" % CALL_TARGET),
         Scenario(

@@ -37,13 +37,18 @@ def run_tool(path: str, args: List[str], directory: Path, timeout: float = 300) 
 
 def check_dataplane(results: Dict[str, Any]) -> None:
     sessions, calls, transfers = (results["scenarios"][name] for name in ("sessions", "calls", "transfers"))
-    assert set(sessions) >= {"farm", "tls", "before"}
-    for side in ("farm", "tls", "before"):
+    assert set(sessions) >= {"farm", "tls", "before", "native"}
+    footprint = results["scenarios"]["footprint"]
+    assert all(positive(footprint[side + "_idle_rss_kib"]) for side in ("farm", "tls", "before", "native"))
+    assert positive(footprint["native_binary_bytes"])
+    for side in ("farm", "tls", "before", "native"):
         assert sessions[side]["open_ms"]["rounds"] == 4
         assert 0 < sessions[side]["open_ms"]["median"] <= sessions[side]["open_close_ms"]["median"] * 1.5
-    for name in ("raw_pingpong", "farm_noop_signature", "farm_noop_no_signature", "farm_ping", "tls_noop_signature"):
+    for name in ("raw_pingpong", "farm_noop_signature", "farm_noop_no_signature", "farm_ping", "tls_noop_signature",
+                 "native_noop_signature"):  # fmt: skip
         assert positive(calls[name]["median"]) and calls[name]["min"] <= calls[name]["p99"], name
-    for name in ("raw_upload", "farm_upload", "farm_copyfrom", "raw_download", "farm_download", "before_download"):
+    for name in ("raw_upload", "farm_upload", "farm_copyfrom", "raw_download", "farm_download", "before_download",
+                 "native_upload", "native_download"):  # fmt: skip
         assert positive(transfers[name]["median"]), name
     for name in ("upload_vs_raw", "download_vs_raw", "farm_noop_signature_vs_raw_pingpong"):
         assert positive(results["ratios"][name]["ratio"]) and isinstance(results["ratios"][name]["pass"], bool)
@@ -208,7 +213,11 @@ TOOLS: Dict[str, Any] = {
         check_farm_emulated,
     ),  # fmt: skip
     "tracker": ("benchmarks/bench_tracker.py", ["--quick", "--before", str(PROJECT)], check_tracker),
-    "dataplane": ("benchmarks/bench_dataplane.py", ["--quick", "--tls", "--before", str(PROJECT)], check_dataplane),
+    "dataplane": (
+        "benchmarks/bench_dataplane.py",
+        ["--quick", "--tls", "--before", str(PROJECT), "--native"],
+        check_dataplane,
+    ),
 }
 
 
