@@ -10,7 +10,8 @@ Boards on loopback, side by side in one run, interleaved in rotating order so th
   daemon, spawner and watchdog; the native board's one process), and the native daemon's binary size.
 * **sessions**: ``connect()`` to the first ``ping()`` answered (open), and to the end of ``close()`` (open+close).
 * **calls**: the round trip of ``int noop(void)`` with a signature (and, on ``farm``, without one, and a bare
-  ``ping()``), against an 8-byte ping-pong over a raw TCP socket between two processes (the limit).
+  ``ping()``), against an 8-byte ping-pong over a raw TCP socket between two processes (the limit), and, when the
+  ``tvm`` extra imports (``--no-tvm`` leaves it out), TVM 0.27's RPC server calling its C++ ``testing.nop``.
 * **transfers**: upload (``session.array(x)``) and download (``remote.numpy()``) of a float32 array, against
   ``sendall``/``recv_into`` of as many bytes between preallocated buffers (the limit); ``copyfrom`` for reference.
 
@@ -216,6 +217,47 @@ class State:
         self.resident: Dict[str, Any] = {}
         self.library = ""
         self.native_server = ""  # the native board server's executable, with --native
+        self.tvm_board: Optional[DaemonProcess] = None  # TVM's RPC server, and its no-op, when TVM imports
+        self.tvm_session: Any = None
+        self.tvm_nop: Any = None
+
+
+def start_sides(state: State, args: Any, workdir: str) -> Dict[str, str]:
+    """The boards of the run, each a :class:`Side`; the checkouts measured, by side."""
+    files = harness.tls_files(workdir) if args.tls else None
+    checkouts = {"farm": str(harness.PROJECT)}
+    if args.before:
+        checkouts["before"] = os.path.abspath(args.before)
+    plan = [(name, checkout, None) for name, checkout in checkouts.items()]
+    if files is not None:
+        plan.insert(1, ("tls", str(harness.PROJECT), files))
+    for name, checkout, tls_files in plan:
+        env = board_env(checkout, tls_files.daemon().as_env() if tls_files else None)
+        client_tls = tls_files.client() if tls_files else TlsConfig()
+        state.sides[name] = Side(name, [sys.executable, "-m", "farm.server"], env, workdir, client_tls)
+    if args.native:
+        from farm.ops.native import host_server  # builds it (cached)
+
+        state.native_server = host_server()
+        state.sides["native"] = Side("native", [state.native_server], board_env(None), workdir, TlsConfig())
+    return checkouts
+
+
+def start_tvm(state: State, workdir: str) -> None:
+    """TVM's RPC server (C++ behind its Python launcher)."""
+    first, end = harness.port_range(HOST)
+    argv = [sys.executable, "-m", "tvm.exec.rpc_server", "--host", HOST, "--port", str(first)]
+    state.tvm_board = DaemonProcess([*argv, "--port-end", str(end)], os.path.join(workdir, "tvm.log"))
+    state.tvm_board.wait_for_bind(timeout=120)
+
+
+def pin_daemons(state: State, cpus: Any) -> None:
+    """Run the boards, TVM's server and the raw peer on ``cpus``."""
+    daemons = [side.board.pid for side in state.sides.values()] + [state.raw.process.pid]  # type: ignore[union-attr]
+    if state.tvm_board is not None:
+        daemons.append(state.tvm_board.pid)
+    for pid in daemons:
+        os.sched_setaffinity(pid, cpus)  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager
@@ -226,23 +268,8 @@ def setup(args: Any, workdir: str) -> Iterator[State]:
     source = Path(workdir, "noop.c")
     source.write_text(NOOP_SOURCE)
     state.library = compile_shared([str(source)], os.path.join(workdir, "libnoop.so"))
-    files = harness.tls_files(workdir) if args.tls else None
-    checkouts = {"farm": str(harness.PROJECT)}
-    if args.before:
-        checkouts["before"] = os.path.abspath(args.before)
-    plan = [(name, checkout, None) for name, checkout in checkouts.items()]
-    if files is not None:
-        plan.insert(1, ("tls", str(harness.PROJECT), files))
     try:
-        for name, checkout, tls_files in plan:
-            env = board_env(checkout, tls_files.daemon().as_env() if tls_files else None)
-            client_tls = tls_files.client() if tls_files else TlsConfig()
-            state.sides[name] = Side(name, [sys.executable, "-m", "farm.server"], env, workdir, client_tls)
-        if args.native:
-            from farm.ops.native import host_server  # builds it (cached)
-
-            state.native_server = host_server()
-            state.sides["native"] = Side("native", [state.native_server], board_env(None), workdir, TlsConfig())
+        checkouts = start_sides(state, args, workdir)
         for arch in args.emulated or []:
             from farm.ops.emulators import python_command
 
@@ -251,15 +278,21 @@ def setup(args: Any, workdir: str) -> Iterator[State]:
                 side = "%s %s" % (name, arch)
                 state.emulated[side] = Side(side.replace(" ", "-"), [*python_command(arch), archive],
                                             board_env(None), workdir, TlsConfig())  # fmt: skip
+        if args.tvm_rpc is not None:
+            start_tvm(state, workdir)
         state.raw = RawPeer(nbytes)
         if args.cpus_far:  # before any session: the board forks it, and it inherits the daemon's CPUs
-            for side in state.sides.values():
-                os.sched_setaffinity(side.board.pid, args.cpus_far)
-            os.sched_setaffinity(state.raw.process.pid, args.cpus_far)  # type: ignore[arg-type]
+            pin_daemons(state, args.cpus_far)
+        if state.tvm_board is not None:
+            state.tvm_session = args.tvm_rpc.connect(*state.tvm_board.address)
+            state.tvm_nop = state.tvm_session.get_function("testing.nop")
         yield state
     finally:
         if state.raw is not None:
             state.raw.stop()
+        state.tvm_nop = state.tvm_session = None  # TVM closes a session with its last reference
+        if state.tvm_board is not None:
+            state.tvm_board.stop()
         for side in [*state.sides.values(), *state.emulated.values()]:
             side.stop()
 
@@ -323,6 +356,8 @@ def measure_calls(state: State, args: Any) -> Dict[str, Any]:
         variants["%s_noop_signature" % name] = lambda count, f=side.noop: [f() for _ in range(count)]
     variants["farm_noop_no_signature"] = lambda count: [farm_side.noop_plain() for _ in range(count)]
     variants["farm_ping"] = lambda count: [farm_side.session.ping() for _ in range(count)]
+    if state.tvm_nop is not None:
+        variants["tvm_noop"] = lambda count, f=state.tvm_nop: [f() for _ in range(count)]
     size = max(1, args.calls // args.batches)
     for action in variants.values():
         action(min(size, 1000))  # warm-up
@@ -412,6 +447,13 @@ def headline(results: Dict[str, Any]) -> List[Headline]:
                                                              footprint["farm_idle_rss_kib"]),
                              target="< 2048 KiB", met=footprint["native_idle_rss_kib"] < 2048))  # fmt: skip
         rows.append(Headline("native daemon, binary size", "%d KiB" % (footprint["native_binary_bytes"] // 1024)))
+    for side in ("farm", "native"):
+        if "tvm_noop" in calls and side + "_noop_signature" in calls:
+            ours, theirs = calls[side + "_noop_signature"]["median"], calls["tvm_noop"]["median"]
+            rows.append(Headline("no-op call, %s board" % ("Python" if side == "farm" else "native"),
+                                 "%.1f us" % ours, anchor="%.1f us (TVM's C++ server)" % theirs,
+                                 ratio="%.2f (ours / TVM)" % (ours / theirs), target="<= 1.0 x TVM",
+                                 met=ours <= theirs))  # fmt: skip
     for other, label in (("tls", "TLS"), ("before", "code before"), ("native", "native board")):
         for scenario, suffix, field, unit, what in comparisons:
             figures = results["scenarios"].get(scenario, {})
@@ -491,6 +533,7 @@ TOOL = Tool(
     ratios=ratios,
     headline=headline,
     machine_extra=lambda: {"numpy": np.__version__},
+    tvm=True,
 )
 
 if __name__ == "__main__":

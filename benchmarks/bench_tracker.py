@@ -86,14 +86,6 @@ print(json.dumps({"seconds": elapsed}))
 """ % (SESSION_TIMEOUT,)
 
 
-def port_range(span: int = 200) -> Tuple[int, int]:
-    """A port the system calls free now and the end of a range after it (TVM's daemons take no port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        port = probe.getsockname()[1]
-    return port, min(port + span, 65536)
-
-
 def key_state(summary: Dict[str, Any], key: str) -> Tuple[int, int, int]:
     """``(total, free, pending)`` of ``key``, counted as TVM's query tool counts them."""
     queue_info = summary.get("queue_info", {}).get(key, {})
@@ -134,12 +126,12 @@ class Processes:
         self.start("board", board_command(key, HOST, 0, extra=["--tracker", "%s:%d" % tracker]), checkout)
 
     def tvm_tracker(self) -> Address:
-        first, end = port_range()
+        first, end = harness.port_range(HOST)
         argv = [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", HOST, "--port", str(first)]
         return self.start("tvm-tracker", [*argv, "--port-end", str(end)]).address  # type: ignore[return-value]
 
     def tvm_board(self, key: str, tracker: Address) -> None:
-        first, end = port_range()
+        first, end = harness.port_range(HOST)
         argv = [sys.executable, "-m", "tvm.exec.rpc_server", "--host", HOST, "--port", str(first)]
         self.start("tvm-board", [*argv, "--port-end", str(end), "--tracker", "%s:%d" % tracker, "--key", key])
 

@@ -17,6 +17,7 @@ import logging
 import os
 import platform
 import signal
+import socket
 import statistics
 import sys
 import tempfile
@@ -233,6 +234,14 @@ def pin(args: argparse.Namespace) -> Tuple[Optional[set], Optional[set]]:
         raise SystemExit("--pin split needs two CPUs; this process may use only %s" % cpus)
     os.sched_setaffinity(0, {cpus[0]})
     return {cpus[0]}, ({cpus[1]} if args.pin == "split" else None)
+
+
+def port_range(host: str, span: int = 200) -> Tuple[int, int]:
+    """A port the system calls free now and the end of a range after it (TVM's daemons take no port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    return port, min(port + span, 65536)
 
 
 def load_tvm(wanted: bool) -> Tuple[Any, str]:
