@@ -42,21 +42,25 @@ int header_decode(const unsigned char in[FRAME_HEADER], Header *h, uint64_t max_
     return 0;
 }
 
-/* Exactly `n` bytes: first those already received ahead, then straight from the socket into `dst`. */
+/* Exactly `n` bytes: first those already received ahead; a large rest straight from the socket into `dst`, a
+ * small one through the buffer, which then keeps what came with it (a call's header and payload in one read). */
 int conn_read(Conn *c, void *dst, size_t n) {
     unsigned char *out = dst;
-    size_t ahead = c->end - c->start;
-    if (ahead) {
-        size_t take = ahead < n ? ahead : n;
-        memcpy(out, c->buf + c->start, take);
-        c->start += take, out += take, n -= take;
-        if (c->start == c->end) c->start = c->end = 0;
-    }
     while (n) {
-        ssize_t got = recv(c->fd, out, n, 0);
+        size_t ahead = c->end - c->start;
+        if (ahead) {
+            size_t take = ahead < n ? ahead : n;
+            memcpy(out, c->buf + c->start, take);
+            c->start += take, out += take, n -= take;
+            if (c->start == c->end) c->start = c->end = 0;
+            continue;
+        }
+        int direct = n >= c->cap / 4;
+        ssize_t got = direct ? recv(c->fd, out, n, 0) : recv(c->fd, c->buf, c->cap, 0);
         if (got < 0 && errno == EINTR) continue;
         if (got <= 0) return -1;
-        out += got, n -= (size_t)got;
+        if (direct) out += got, n -= (size_t)got;
+        else c->start = 0, c->end = (size_t)got;
     }
     return 0;
 }

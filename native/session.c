@@ -12,6 +12,8 @@
 
 /* Longest error message sent back, in bytes; the middle of a longer one is cut. */
 #define MAX_ERROR_TEXT (32 << 10)
+/* Bytes read ahead at once: a small request comes in one read, header, metadata and payload. */
+#define READ_AHEAD (64u << 10)
 /* A payload the session does not place itself goes into an anonymous mapping from this size up. */
 #define LAZY_PAYLOAD (1u << 20)
 
@@ -405,8 +407,8 @@ int session_serve(int fd, const SessionOrder *order) {
     Session s = {.order = order, .next_id = 1};
     s.conn.fd = fd;
     s.conn.sent = order->bytes_sent;
-    s.conn.cap = order->leftover_len;
-    s.conn.buf = xmalloc(order->leftover_len);
+    s.conn.cap = order->leftover_len > READ_AHEAD ? order->leftover_len : READ_AHEAD;
+    s.conn.buf = xmalloc(s.conn.cap);
     memcpy(s.conn.buf, order->leftover, order->leftover_len);
     s.conn.end = order->leftover_len;
     s.root = realpath(order->directory, NULL);
