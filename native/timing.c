@@ -43,6 +43,7 @@ static int timing_options(Session *s, const JValue *meta, TimingOptions *o) {
         int known = 0;
         for (size_t j = 0; j < sizeof OPTION_NAMES / sizeof OPTION_NAMES[0]; j++)
             known |= !strcmp(meta->members[k].key, OPTION_NAMES[j]);
+        known |= !strcmp(meta->members[k].key, "release"); /* every request may carry it: handled before */
         if (!known) unknown[count++] = meta->members[k].key;
     }
     if (count) {

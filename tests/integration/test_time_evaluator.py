@@ -53,6 +53,17 @@ def test_a_kernel_of_known_cost_reads_within_its_bounds(
     }
 
 
+def test_a_time_request_may_carry_the_release_of_arrays(remote: farm.RemoteSession, timing: farm.RemoteModule) -> None:
+    """Arrays dropped on the host are released with the next request, whatever it is: a TIME request too."""
+    evaluator = timing.get_function("spin_ns", SPIN).time_evaluator(number=2, repeat=1)
+    baseline = remote.system_info()["live_arrays"]
+    dropped = [remote.empty(16, "uint8") for _ in range(3)]
+    assert remote.system_info()["live_arrays"] == baseline + 3
+    del dropped  # their ids go with the next request: the TIME request
+    assert len(evaluator(1000).results) == 1
+    assert remote.system_info()["live_arrays"] == baseline
+
+
 def test_the_loops_own_cost_is_subtracted(timing: farm.RemoteModule, vectors: Dict[str, farm.RemoteArray]) -> None:
     """A function that does nothing measures at most 1 µs, though the loop's call costs more than that."""
     nothing = timing.get_function("nothing", NOTHING)
