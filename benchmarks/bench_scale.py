@@ -46,8 +46,9 @@ logger = logging.getLogger("bench_scale")
 HOST = "127.0.0.1"
 KEY = "scale"
 DEADLINE = 60.0  # a tracker or board to start, a batch of peers to be answered, a SUMMARY
-#: Peers connected at once: within the tracker's bound on connections that have proven nothing yet (512).
-BATCH = 256
+#: Peers connected at once: within the tracker's backlog of connections not yet accepted (128; a connection beyond
+#: it waits a second for its SYN to be sent again) and its bound on connections that have proven nothing (512).
+BATCH = 100
 #: Descriptors left for everything but the peers' connections (listener, logs, the query connection...).
 RESERVED_FDS = 64
 LATENCY_TARGET_MS = 10.0  # request to assignment, p99, at the largest size
@@ -305,6 +306,7 @@ def measure_cell(crowd: Crowd, query: Query, pid: int, args: Any) -> Dict[str, A
         "latency_ms": {"p50": percentile(latencies, 0.5) * 1e3, "p99": percentile(latencies, 0.99) * 1e3,
                        "max": max(latencies) * 1e3, "count": len(latencies)},
         "handouts_per_s": len(latencies) / elapsed,
+        "load_average": os.getloadavg()[0],
         "in_flight": in_flight,
         "cpu_ms_per_1000": cpu / len(latencies) * 1e6,
         "summary_ms": statistics.median(seconds for seconds, _, _ in timed) * 1e3,
@@ -322,21 +324,23 @@ def grow_plan(plan: str, tracker: DaemonProcess, args: Any, fd_budget: int) -> L
         for size in args.sizes:
             boards, requests = PLANS[plan](size, args.sizes[0])
             row: Dict[str, Any] = {"plan": plan, "size": size, "boards": boards, "requests": requests}
-            before = harness.proc_status(tracker.pid)["VmRSS"]
+            before, began = harness.proc_status(tracker.pid)["VmRSS"], time.perf_counter()
             added = boards - len(crowd.boards)
             crowd.add_boards(added)
-            middle = harness.proc_status(tracker.pid)["VmRSS"]
+            middle, registered = harness.proc_status(tracker.pid)["VmRSS"], time.perf_counter()
             queued = requests - crowd.requests
             row["requests_per_connection"] = crowd.add_requests(queued) if queued > 0 else None
-            after = harness.proc_status(tracker.pid)["VmRSS"]
+            after, queued_at = harness.proc_status(tracker.pid)["VmRSS"], time.perf_counter()
             crowd.settle()
+            row["setup_s"] = {"boards": registered - began, "requests": queued_at - registered,
+                              "settle": time.perf_counter() - queued_at}  # fmt: skip
             row["kb_per_board"] = (middle - before) / added if added > 0 else None
             row["kb_per_request"] = (after - middle) / queued if queued > 0 else None
             row["connections"] = crowd.connections
             row["rss_kb"] = after
             row.update(measure_cell(crowd, query, tracker.pid, args))
-            logger.info("%s %d: %d boards, %d requests: p99 %.2f ms", plan, size, boards, requests,
-                        row["latency_ms"]["p99"])  # fmt: skip
+            logger.info("%s %d: %d boards, %d requests: p99 %.2f ms; set up in %s", plan, size, boards, requests,
+                        row["latency_ms"]["p99"], row["setup_s"])  # fmt: skip
             rows.append(row)
         return rows
     finally:
@@ -422,8 +426,9 @@ def number(value: Optional[float], form: str = "%.1f") -> str:
 
 
 def daemon_kb(side: Side, helpers: List[int]) -> int:
-    """Resident kB of a board's daemon and its long-lived helpers (the session spawner)."""
-    return sum(harness.proc_status(pid)["VmRSS"] for pid in [side.board.pid, *helpers])
+    """Proportional kB (PSS: a page shared by N processes counts 1/N) of a board's daemon and its long-lived
+    helpers (the session spawner, forked from it)."""
+    return sum(harness.private_kb(pid)["pss"] for pid in [side.board.pid, *helpers])
 
 
 def children(pid: int) -> List[int]:
@@ -482,7 +487,7 @@ def measure_board(state: State, args: Any) -> Dict[str, Any]:
 
 def report_board(figures: Dict[str, Any], args: Any) -> List[str]:
     header = ("board", "sessions", "sessions/s", "open ms, median (p99)", "session RSS / PSS / private MB",
-              "daemon MB, first -> last")  # fmt: skip
+              "daemon PSS MB, first -> last")  # fmt: skip
     rows = []
     for name, row in figures["boards"].items():
         first, last = row["curve"][0]["daemon_kb"], row["curve"][-1]["daemon_kb"]
@@ -509,43 +514,49 @@ def draw(directory: str, name: str, plot: Callable[[Any], Any]) -> str:
     except ImportError as exc:
         return "plots: not drawn, matplotlib is not installed (the bench extra: pip install -e .[bench]): %s" % exc
     matplotlib.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "bench-scale", "font.size": 9})
-    directory = os.path.join(str(harness.PROJECT), directory)  # (an absolute one stays as it is)
+    directory = os.path.abspath(directory)
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, name)
     figure = plot(plt)
     figure.savefig(path, metadata={"Date": None})
     plt.close(figure)
-    return "plots: %s" % os.path.relpath(path, str(harness.PROJECT))
+    inside = os.path.commonpath([path, str(harness.PROJECT)]) == str(harness.PROJECT)
+    return "plots: %s" % (os.path.relpath(path, str(harness.PROJECT)) if inside else path)
 
 
 def plot_tracker(plt: Any, figures: Dict[str, Any]) -> Any:
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     figure, axes = plt.subplots(2, 2, figsize=(10, 7), constrained_layout=True)
-    styles = {"boards": "o-", "waiters": "s-", "diagonal": "^-"}
-    labels = {"boards": "boards (%d requests)", "waiters": "requests (%d boards)", "diagonal": "boards = requests"}
+    colors = {"boards": "C0", "waiters": "C1", "diagonal": "C2"}
     small = figures["sizes"][0]
+    labels = {"boards": "boards, %d requests" % small, "waiters": "requests, %d boards" % small,
+              "diagonal": "boards = requests"}  # fmt: skip
     panels = (
-        (axes[0][0], "request to assignment, ms", (("p99", lambda r: r["latency_ms"]["p99"]),
-                                                   ("p50", lambda r: r["latency_ms"]["p50"]))),
-        (axes[0][1], "tracker CPU ms per 1,000 hand-outs", (("", lambda r: r["cpu_ms_per_1000"]),)),
-        (axes[1][0], "tracker memory, kB per board / per request", (("board", lambda r: r["kb_per_board"]),
-                                                                    ("request", lambda r: r["kb_per_request"]))),
+        (axes[0][0], "offer or request to assignment, ms", (("p99", lambda r: r["latency_ms"]["p99"]),
+                                                            ("p50", lambda r: r["latency_ms"]["p50"]))),
+        (axes[0][1], "tracker CPU, ms per 1,000 hand-outs", (("", lambda r: r["cpu_ms_per_1000"]),)),
+        (axes[1][0], "tracker RSS, kB per board / per request", (("board", lambda r: r["kb_per_board"]),
+                                                                 ("request", lambda r: r["kb_per_request"]))),
         (axes[1][1], "SUMMARY, ms", (("", lambda r: r["summary_ms"]),)),
     )  # fmt: skip
+    axes[0][0].axhline(LATENCY_TARGET_MS, color="red", linestyle=":", label="target for p99")
     for axis, title, series in panels:
         for plan, rows in figures["plans"].items():
-            for index, (what, pick) in enumerate(series):
-                points = [(row["size"], pick(row)) for row in rows if pick(row) is not None and pick(row) > 0]
-                if not points:
-                    continue
-                label = (labels[plan] % small if "%" in labels[plan] else labels[plan]) + (" " + what if what else "")
-                axis.plot(*zip(*points), styles[plan], label=label, alpha=1.0 if index == 0 else 0.5)
+            for (what, pick), style in zip(series, ("o-", "s--")):
+                points = [(row["size"], pick(row)) for row in rows if (pick(row) or 0) > 0]
+                if points:
+                    axis.plot(*zip(*points), style, color=colors[plan], label=" ".join([labels[plan], what]).strip())
         axis.set_xscale("log")
         axis.set_yscale("log")
-        axis.set_xlabel("size (boards, requests, or both)")
+        plain = FuncFormatter(lambda value, _: "%g" % value)
+        low, high = axis.get_ylim()
+        axis.yaxis.set_major_formatter(plain)
+        axis.yaxis.set_minor_formatter(plain if high / low < 20 else NullFormatter())  # labels when few decades
+        axis.set_xlabel("size: boards, requests, or both")
         axis.set_title(title)
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=7)
-    axes[0][0].axhline(LATENCY_TARGET_MS, color="red", linestyle=":", label="target p99")
     return figure
 
 
@@ -556,7 +567,7 @@ def plot_board(plt: Any, figures: Dict[str, Any]) -> Any:
         axes[0].plot(served, [point["open_ms"] for point in row["curve"]], "o-", label=name)
         axes[1].plot(served, [point["sessions_per_s"] for point in row["curve"]], "o-", label=name)
         axes[2].plot(served, [point["daemon_kb"] / 1024 for point in row["curve"]], "o-", label=name)
-    titles = ("open a session (median of each step), ms", "sessions per second", "daemon and spawner RSS, MB")
+    titles = ("open a session (median of each step), ms", "sessions per second", "daemon and spawner PSS, MB")
     for axis, title in zip(axes, titles):
         axis.set_title(title)
         axis.set_xlabel("sessions served")
@@ -675,7 +686,12 @@ TOOL = Tool(
         "emulated_sessions": Option(60, 4, "the same on each emulated board"),
         "memory_samples": Option(5, 2, "sessions whose process memory is read, per board"),
         "emulated": Option(["aarch64"], [], "comma-separated architectures of emulated boards", names),
-        "figures": Option("docs/figures", "", "directory of the SVG plots, from the checkout (empty: none)", str),
+        "figures": Option(
+            str(harness.PROJECT / "docs" / "figures"),
+            "",
+            "directory of the SVG plots (empty: none; default: the checkout's docs/figures)",
+            str,
+        ),  # fmt: skip
     },
     setup=setup,
     scenarios=[

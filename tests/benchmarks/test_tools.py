@@ -199,6 +199,40 @@ def check_pipeline(results: Dict[str, Any]) -> None:
     assert isinstance(figures["met"], bool) and results["headline"][0]["met"] == figures["met"]
 
 
+def check_scale(results: Dict[str, Any]) -> None:
+    tracker, board = results["scenarios"]["tracker"], results["scenarios"]["board"]
+    steps = {"boards": [(10, 10), (100, 10)], "waiters": [(10, 10), (10, 100)], "diagonal": [(10, 10), (100, 100)]}
+    assert tracker["sizes"] == [10, 100] and set(tracker["plans"]) == set(steps)
+    for plan, rows in tracker["plans"].items():
+        assert [(row["boards"], row["requests"]) for row in rows] == steps[plan], plan
+        for row in rows:
+            latency = row["latency_ms"]
+            assert latency["count"] == 100 and 0 < latency["p50"] <= latency["p99"] <= latency["max"], (plan, row)
+            assert row["connections"] == row["boards"] + row["requests"] and row["cpu_ms_per_1000"] >= 0, (plan, row)
+            assert positive(row["summary_ms"]) and positive(row["summary_bytes"]) and positive(row["rss_kb"])
+        assert set(tracker["growth"][plan]) == {"latency_p50", "cpu_per_handout", "kb_per_board", "kb_per_request",
+                                                "summary"}  # fmt: skip
+    assert positive(tracker["plans"]["boards"][-1]["kb_per_board"]), tracker["plans"]["boards"]
+    assert positive(tracker["plans"]["waiters"][-1]["kb_per_request"]), tracker["plans"]["waiters"]
+    corner = tracker["corner"]
+    assert (corner["boards"], corner["requests"]) == (100, 100) and isinstance(corner["met"], bool)
+    assert set(board["boards"]) == {"local", "aarch64"}
+    for name, row in board["boards"].items():
+        assert row["curve"][-1]["served"] == row["sessions"] and positive(row["sessions_per_s"]), name
+        assert all(positive(value) for value in row["session_kb"].values()) and row["helpers"] >= 1, name
+        assert 0 < row["open_ms"]["median"] <= row["open_ms"]["max"], name
+    for scenario in (tracker, board):
+        drawn = scenario["figures"]
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            assert drawn.startswith("plots: not drawn, matplotlib is not installed"), drawn
+        else:
+            path = Path(drawn[len("plots: ") :])
+            assert path.parent.name == "figures" and "<svg" in path.read_text()[:1000], drawn
+    assert results["headline"][0]["figure"].startswith("request to assignment p99")
+
+
 TOOLS: Dict[str, Any] = {
     "soak": ("reliability/soak.py", ["--quick"], check_soak),
     "attack_unproven": ("reliability/attack_unproven.py", ["--quick", "--secret"], check_unproven),
@@ -217,6 +251,7 @@ TOOLS: Dict[str, Any] = {
     ),  # fmt: skip
     "tracker": ("benchmarks/bench_tracker.py", ["--quick", "--before", str(PROJECT)], check_tracker),
     "pipeline": ("benchmarks/bench_pipeline.py", ["--quick"], check_pipeline),
+    "scale": ("benchmarks/bench_scale.py", ["--quick", "--emulated", "aarch64", "--figures", "figures"], check_scale),
     "dataplane": ("benchmarks/bench_dataplane.py", ["--quick", "--tls", "--before", str(PROJECT)], check_dataplane),
 }
 
