@@ -425,10 +425,13 @@ def number(value: Optional[float], form: str = "%.1f") -> str:
 # --- the board scenario ----------------------------------------------------------------------------------
 
 
-def daemon_kb(side: Side, helpers: List[int]) -> int:
-    """Proportional kB (PSS: a page shared by N processes counts 1/N) of a board's daemon and its long-lived
-    helpers (the session spawner, forked from it)."""
-    return sum(harness.private_kb(pid)["pss"] for pid in [side.board.pid, *helpers])
+def daemon_kb(side: Side, helpers: List[int]) -> Dict[str, int]:
+    """Resident and proportional kB (PSS: a page shared by N processes counts 1/N) of a board's daemon and its
+    long-lived helpers (forked from it, such as the session spawner). Their PSS moves as pages they share stop
+    being shared (copy on write); their RSS is what grows if they keep something per session."""
+    pids = [side.board.pid, *helpers]
+    return {"rss": sum(harness.proc_status(pid)["VmRSS"] for pid in pids),
+            "pss": sum(harness.private_kb(pid)["pss"] for pid in pids)}  # fmt: skip
 
 
 def children(pid: int) -> List[int]:
@@ -487,10 +490,10 @@ def measure_board(state: State, args: Any) -> Dict[str, Any]:
 
 def report_board(figures: Dict[str, Any], args: Any) -> List[str]:
     header = ("board", "sessions", "sessions/s", "open ms, median (p99)", "session RSS / PSS / private MB",
-              "daemon PSS MB, first -> last")  # fmt: skip
+              "daemon and helpers RSS MB, first -> last")  # fmt: skip
     rows = []
     for name, row in figures["boards"].items():
-        first, last = row["curve"][0]["daemon_kb"], row["curve"][-1]["daemon_kb"]
+        first, last = row["curve"][0]["daemon_kb"]["rss"], row["curve"][-1]["daemon_kb"]["rss"]
         memory = row["session_kb"]
         rows.append((name, row["sessions"], "%.1f" % row["sessions_per_s"],
                      "%.2f (%.2f)" % (row["open_ms"]["median"], row["open_ms"]["p99"]),
@@ -566,8 +569,8 @@ def plot_board(plt: Any, figures: Dict[str, Any]) -> Any:
         served = [point["served"] for point in row["curve"]]
         axes[0].plot(served, [point["open_ms"] for point in row["curve"]], "o-", label=name)
         axes[1].plot(served, [point["sessions_per_s"] for point in row["curve"]], "o-", label=name)
-        axes[2].plot(served, [point["daemon_kb"] / 1024 for point in row["curve"]], "o-", label=name)
-    titles = ("open a session (median of each step), ms", "sessions per second", "daemon and spawner PSS, MB")
+        axes[2].plot(served, [point["daemon_kb"]["rss"] / 1024 for point in row["curve"]], "o-", label=name)
+    titles = ("open a session (median of each step), ms", "sessions per second", "daemon and its helpers, RSS MB")
     for axis, title in zip(axes, titles):
         axis.set_title(title)
         axis.set_xlabel("sessions served")
