@@ -648,8 +648,8 @@ def headline(results: Dict[str, Any]) -> List[Headline]:
     rows = []
     corner = tracker.get("corner")
     if corner:
-        rows.append(Headline("request to assignment p99, %d boards and %d waiting requests"
-                             % (corner["boards"], corner["requests"]), "%.2f ms" % corner["p99_ms"],
+        rows.append(Headline("request to assignment p99, {:,} boards and {:,} waiting requests".format(
+                             corner["boards"], corner["requests"]), "%.2f ms" % corner["p99_ms"],
                              target="< %g ms" % LATENCY_TARGET_MS, met=corner["met"]))  # fmt: skip
     if tracker.get("flat") is not None:
         worst = max(value for plan in tracker["growth"].values() for name, value in plan.items()
