@@ -366,20 +366,29 @@ PER_EVENT: Dict[str, Callable[[Dict[str, Any]], Optional[float]]] = {
 }
 
 
+def grow_plans(state: State, args: Any, budget: int, checkout: Optional[str]) -> Dict[str, Any]:
+    """Each plan on a tracker of its own, of this checkout or ``checkout``; their rows and exponents of growth."""
+    result: Dict[str, Any] = {"plans": {}, "growth": {}}
+    for plan in args.plans:
+        tracker = state.start_tracker(plan, args.profile, checkout)
+        try:
+            rows = result["plans"][plan] = grow_plan(plan, tracker, args, budget)
+        finally:
+            state.stop(tracker)
+        result["growth"][plan] = {name: exponent(rows, pick) for name, pick in PER_EVENT.items()}
+        result["growth"][plan]["summary"] = exponent(rows, lambda row: row["summary_ms"])
+    return result
+
+
 def measure_tracker(state: State, args: Any) -> Dict[str, Any]:
-    """Each plan on a tracker of its own; the exponents of growth and the verdicts."""
+    """Each plan on a tracker of its own (and of the older checkout's, with ``--before``); the verdicts."""
     largest = args.sizes[-1]
     limits = raise_fd_limit(2 * largest + RESERVED_FDS + 16)
     budget = int(limits["soft"]) - RESERVED_FDS if limits["soft"] != -1 else 2 * largest
-    result: Dict[str, Any] = {"sizes": args.sizes, "fd_limits": limits, "plans": {}, "growth": {}}
-    for plan in args.plans:
-        tracker = state.start_tracker(plan, args.profile)
-        try:
-            result["plans"][plan] = grow_plan(plan, tracker, args, budget)
-        finally:
-            state.stop(tracker)
-        result["growth"][plan] = {name: exponent(result["plans"][plan], pick) for name, pick in PER_EVENT.items()}
-        result["growth"][plan]["summary"] = exponent(result["plans"][plan], lambda row: row["summary_ms"])
+    result: Dict[str, Any] = {"sizes": args.sizes, "fd_limits": limits}
+    result.update(grow_plans(state, args, budget, None))
+    if args.before:
+        result["before"] = grow_plans(state, args, budget, os.path.abspath(args.before))
     corner = result["plans"].get("diagonal", [{}])[-1]
     growth = [value for plan in result["growth"].values() for name, value in plan.items()
               if name != "summary" and value is not None]  # fmt: skip
@@ -394,8 +403,7 @@ def measure_tracker(state: State, args: Any) -> Dict[str, Any]:
     return result
 
 
-def report_tracker(figures: Dict[str, Any], args: Any) -> List[str]:
-    lines = ["### Tracker: light peers, %d releases per size at %g per second" % (args.releases, args.rate), ""]
+def tracker_table(figures: Dict[str, Any]) -> List[str]:
     header = ("plan", "boards", "requests (per connection)", "p50 / p99 ms", "hand-outs/s", "CPU ms / 1,000",
               "kB / board", "kB / request", "SUMMARY ms (kB)", "tracker RSS MB")  # fmt: skip
     rows = []
@@ -409,10 +417,17 @@ def report_tracker(figures: Dict[str, Any], args: Any) -> List[str]:
                          "%.2f (%.0f)" % (row["summary_ms"], row["summary_bytes"] / 1e3),
                          "%.1f" % (row["rss_kb"] / 1024)))  # fmt: skip
     growth = "growth from the second largest size to the largest, as an exponent (0: flat, 1: in proportion; "
-    lines += table(header, rows) + ["", growth + "flat or logarithmic: <= %g):" % FLAT_EXPONENT, ""]
+    lines = table(header, rows) + ["", growth + "flat or logarithmic: <= %g):" % FLAT_EXPONENT, ""]
     names = list(PER_EVENT) + ["summary"]
     rows = [(plan, *(number(growth[name], "%.2f") for name in names)) for plan, growth in figures["growth"].items()]
-    lines += table(("plan", *names), rows) + [""]
+    return lines + table(("plan", *names), rows) + [""]
+
+
+def report_tracker(figures: Dict[str, Any], args: Any) -> List[str]:
+    lines = ["### Tracker: light peers, %d releases per size at %g per second" % (args.releases, args.rate), ""]
+    lines += tracker_table(figures)
+    if "before" in figures:
+        lines += ["#### The older checkout's tracker (%s)" % args.before, ""] + tracker_table(figures["before"])
     for plan, text in figures.get("profiles", {}).items():
         lines += ["profile of the %s tracker (cProfile, by own time):" % plan, "", "```", text, "```", ""]
     return lines + [figures["figures"], ""]
@@ -593,12 +608,14 @@ class State:
         self.sides: Dict[str, Side] = {}
         self.profiles: Dict[str, str] = {}
 
-    def start_tracker(self, name: str, profile: bool) -> DaemonProcess:
-        """A tracker of this checkout (under cProfile with ``profile``)."""
+    def start_tracker(self, name: str, profile: bool, checkout: Optional[str] = None) -> DaemonProcess:
+        """A tracker of this checkout or ``checkout`` (under cProfile with ``profile``)."""
+        name += "-before" if checkout else ""
         output = os.path.join(self.workdir, "%s.prof" % name)
         runner = ["-m", "cProfile", "-s", "tottime", "-o", output] if profile else []
         argv = [sys.executable, *runner, "-m", "farm.tracker", "--host", HOST, "--port", "0"]
-        daemon = DaemonProcess(argv, os.path.join(self.workdir, "tracker-%s.log" % name), env=harness.child_env())
+        log = os.path.join(self.workdir, "tracker-%s.log" % name)
+        daemon = DaemonProcess(argv, log, env=harness.child_env(checkout), cwd=checkout or str(harness.PROJECT))
         self.daemons.append(daemon)
         daemon.wait_for_bind(DEADLINE)
         return daemon
@@ -684,6 +701,7 @@ TOOL = Tool(
         "releases": Option(2000, 100, "releases (hand-outs) measured at each size"),
         "rate": Option(500.0, 500.0, "releases per second", float),
         "summary_repeats": Option(5, 2, "timed SUMMARY requests at each size"),
+        "before": Option("", "", "a checkout (a directory holding farm/) whose tracker is measured too", str),
         "profile": Option(False, help="run each tracker under cProfile and report where its time goes", type=bool),
         "sessions": Option(400, 10, "sessions one after the other on the local board"),
         "emulated_sessions": Option(60, 4, "the same on each emulated board"),

@@ -202,16 +202,17 @@ def check_pipeline(results: Dict[str, Any]) -> None:
 def check_scale(results: Dict[str, Any]) -> None:
     tracker, board = results["scenarios"]["tracker"], results["scenarios"]["board"]
     steps = {"boards": [(10, 10), (100, 10)], "waiters": [(10, 10), (10, 100)], "diagonal": [(10, 10), (100, 100)]}
-    assert tracker["sizes"] == [10, 100] and set(tracker["plans"]) == set(steps)
-    for plan, rows in tracker["plans"].items():
-        assert [(row["boards"], row["requests"]) for row in rows] == steps[plan], plan
-        for row in rows:
-            latency = row["latency_ms"]
-            assert latency["count"] == 100 and 0 < latency["p50"] <= latency["p99"] <= latency["max"], (plan, row)
-            assert row["connections"] == row["boards"] + row["requests"] and row["cpu_ms_per_1000"] >= 0, (plan, row)
-            assert positive(row["summary_ms"]) and positive(row["summary_bytes"]) and positive(row["rss_kb"])
-        assert set(tracker["growth"][plan]) == {"latency_p50", "cpu_per_handout", "kb_per_board", "kb_per_request",
-                                                "summary"}  # fmt: skip
+    assert tracker["sizes"] == [10, 100] and set(tracker["plans"]) == set(tracker["before"]["plans"]) == set(steps)
+    for side in (tracker, tracker["before"]):
+        for plan, rows in side["plans"].items():
+            assert [(row["boards"], row["requests"]) for row in rows] == steps[plan], plan
+            for row in rows:
+                latency = row["latency_ms"]
+                assert latency["count"] == 100 and 0 < latency["p50"] <= latency["p99"] <= latency["max"], row
+                assert row["connections"] == row["boards"] + row["requests"] and row["cpu_ms_per_1000"] >= 0, row
+                assert positive(row["summary_ms"]) and positive(row["summary_bytes"]) and positive(row["rss_kb"])
+            assert set(side["growth"][plan]) == {"latency_p50", "cpu_per_handout", "kb_per_board", "kb_per_request",
+                                                 "summary"}  # fmt: skip
     assert positive(tracker["plans"]["boards"][-1]["kb_per_board"]), tracker["plans"]["boards"]
     assert positive(tracker["plans"]["waiters"][-1]["kb_per_request"]), tracker["plans"]["waiters"]
     corner = tracker["corner"]
@@ -251,7 +252,11 @@ TOOLS: Dict[str, Any] = {
     ),  # fmt: skip
     "tracker": ("benchmarks/bench_tracker.py", ["--quick", "--before", str(PROJECT)], check_tracker),
     "pipeline": ("benchmarks/bench_pipeline.py", ["--quick"], check_pipeline),
-    "scale": ("benchmarks/bench_scale.py", ["--quick", "--emulated", "aarch64", "--figures", "figures"], check_scale),
+    "scale": (
+        "benchmarks/bench_scale.py",
+        ["--quick", "--emulated", "aarch64", "--figures", "figures", "--before", str(PROJECT)],
+        check_scale,
+    ),
     "dataplane": ("benchmarks/bench_dataplane.py", ["--quick", "--tls", "--before", str(PROJECT)], check_dataplane),
 }
 
