@@ -265,7 +265,10 @@ class Query:
         began = time.perf_counter()
         self.sock.sendall(encode_message([Code.SUMMARY]))
         size, replies = 0, []
-        while not replies:  # bounded by the socket's timeout and the reader's limit on a message
+        deadline = time.monotonic() + DEADLINE
+        while not replies:
+            if time.monotonic() > deadline:
+                raise RuntimeError("no whole answer to SUMMARY within %g s (%d bytes)" % (DEADLINE, size))
             data = self.sock.recv(1 << 20)
             if not data:
                 raise RuntimeError("the tracker closed the query connection")
