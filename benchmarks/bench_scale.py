@@ -30,6 +30,7 @@ import statistics
 import sys
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import harness
@@ -264,7 +265,8 @@ class Query:
         """Seconds to the whole answer, its size in bytes, and the summary."""
         began = time.perf_counter()
         self.sock.sendall(encode_message([Code.SUMMARY]))
-        size, replies = 0, []
+        size = 0
+        replies: List[Any] = []
         deadline = time.monotonic() + DEADLINE
         while not replies:
             if time.monotonic() > deadline:
@@ -320,8 +322,10 @@ def measure_cell(crowd: Crowd, query: Query, pid: int, args: Any) -> Dict[str, A
 
 def grow_plan(plan: str, tracker: DaemonProcess, args: Any, fd_budget: int) -> List[Dict[str, Any]]:
     """One tracker grown through the plan's sizes; a row per size."""
-    crowd = Crowd(tracker.address, fd_budget)  # type: ignore[arg-type]
-    query = Query(tracker.address)  # type: ignore[arg-type]
+    address = tracker.address
+    assert address is not None  # (it listens)
+    crowd = Crowd(address, fd_budget)
+    query = Query(address)
     rows = []
     try:
         for size in args.sizes:
@@ -473,7 +477,7 @@ def measure_one_board(side: Side, count: int, chunk: int, samples: int) -> Dict[
     side.open_and_close(2)  # warm-up
     helpers = children(side.board.pid)
     opens: List[float] = []
-    curve = []
+    curve: List[Dict[str, Any]] = []
     served = 0
     while served < count:
         began = time.perf_counter()
@@ -618,7 +622,7 @@ class State:
         runner = ["-m", "cProfile", "-s", "tottime", "-o", output] if profile else []
         argv = [sys.executable, *runner, "-m", "farm.tracker", "--host", HOST, "--port", "0"]
         log = os.path.join(self.workdir, "tracker-%s.log" % name)
-        daemon = DaemonProcess(argv, log, env=harness.child_env(checkout), cwd=checkout or str(harness.PROJECT))
+        daemon = DaemonProcess(argv, log, env=harness.child_env(Path(checkout) if checkout else None), cwd=checkout or str(harness.PROJECT))
         self.daemons.append(daemon)
         daemon.wait_for_bind(DEADLINE)
         return daemon
