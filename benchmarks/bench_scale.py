@@ -622,7 +622,8 @@ class State:
         runner = ["-m", "cProfile", "-s", "tottime", "-o", output] if profile else []
         argv = [sys.executable, *runner, "-m", "farm.tracker", "--host", HOST, "--port", "0"]
         log = os.path.join(self.workdir, "tracker-%s.log" % name)
-        daemon = DaemonProcess(argv, log, env=harness.child_env(Path(checkout) if checkout else None), cwd=checkout or str(harness.PROJECT))
+        env = harness.child_env(Path(checkout) if checkout else None)
+        daemon = DaemonProcess(argv, log, env=env, cwd=checkout or str(harness.PROJECT))
         self.daemons.append(daemon)
         daemon.wait_for_bind(DEADLINE)
         return daemon
