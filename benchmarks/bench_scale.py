@@ -7,7 +7,8 @@
   once. Measured: from the offer (or the request, if it came later) to the assignment's arrival, p50 and p99; the
   tracker's resident memory per board and per waiting request; the time of a SUMMARY; the tracker's CPU time per
   1,000 hand-outs. Sizes: the two axes (more boards, with as few requests; more requests, with as few boards) and
-  the diagonal (as many of each), each on a tracker of its own, grown in steps.
+  the diagonal (as many of each), each on a tracker of its own, grown in steps. ``--before DIR`` runs an older
+  checkout's tracker through the same plans; ``--profile`` runs each tracker under cProfile.
 * **board**: sessions one after the other on one board (connect, ``ping()``, close): sessions per second and the
   time to open one, as sessions go by; the resident and private memory of a session process; the daemon's
   memory as sessions go by. On a board of this checkout, and on emulated boards (``--emulated aarch64``: the
