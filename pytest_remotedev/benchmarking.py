@@ -17,10 +17,10 @@ import pytest
 
 from farm.errors import ArgumentError
 from farm.ops.benchruns import Entry
+from farm.protocol.timing import timing_options
 
 if TYPE_CHECKING:
     from farm.client.timing import BenchmarkResult
-
     from farm.ops.regression import Comparison
 
     from .leases import Leases
@@ -35,7 +35,7 @@ REPORT_ATTRIBUTE = "device_benchmarks"
 #: above the clock's resolution and a scheduler's tick, so that one interruption moves a sample little.
 DEFAULT_NUMBER = 10
 DEFAULT_REPEAT = 20
-DEFAULT_MIN_REPEAT_MS = 10.0
+DEFAULT_MIN_REPEAT_MS = 10
 
 
 @dataclass(frozen=True)
@@ -89,23 +89,15 @@ class Record:
         return json.dumps(compact, separators=(",", ":"))
 
 
-def check_counts(number: Any, repeat: Any, min_repeat_ms: Any) -> None:
-    """The counts every timing method needs; ArgumentError before anything runs."""
-    for label, value in (("number", number), ("repeat", repeat)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ArgumentError("device_benchmark: %s must be a whole number >= 1, got %r" % (label, value))
-    if isinstance(min_repeat_ms, bool) or not isinstance(min_repeat_ms, (int, float)) or not min_repeat_ms >= 0:
-        raise ArgumentError("device_benchmark: min_repeat_ms must be a number >= 0, got %r" % (min_repeat_ms,))
-
-
 class DeviceBenchmark:
-    """``device_benchmark(function, *args, name=None, number=10, repeat=20, min_repeat_ms=10, **options)``.
+    """``device_benchmark(function, *args, name=None, number=10, repeat=20, min_repeat_ms=10, dev=None, **options)``.
 
     ``function`` is a :class:`farm.RemoteFunction` of a session the test holds, timed on its board by
     ``function.time_evaluator(...)`` (``options``: its other arguments, such as ``pin_cpu`` or
     ``cache_flush_bytes``); or, for a TVM board, a pair ``(module, "function name")`` of a module loaded in
-    the TVM session, timed by TVM's own ``module.time_evaluator`` on ``dev=`` (default: the device of the
-    first argument). ``name`` tells a test's figures apart (default: the function's name).
+    the TVM session, timed by TVM's own ``module.time_evaluator`` on ``dev`` (default: the device of the
+    first argument that has one). ``name`` tells a test's figures apart (default: the function's name).
+    Options are checked as ``time_evaluator`` checks them, before anything runs.
     """
 
     def __init__(
@@ -129,17 +121,18 @@ class DeviceBenchmark:
         name: Optional[str] = None,
         number: int = DEFAULT_NUMBER,
         repeat: int = DEFAULT_REPEAT,
-        min_repeat_ms: float = DEFAULT_MIN_REPEAT_MS,
+        min_repeat_ms: int = DEFAULT_MIN_REPEAT_MS,
+        dev: Any = None,
         **options: Any,
     ) -> BenchmarkResult:
-        check_counts(number, repeat, min_repeat_ms)
-        counts: Dict[str, Any] = {"number": number, "repeat": repeat, "min_repeat_ms": min_repeat_ms}
+        options.update(number=number, repeat=repeat, min_repeat_ms=min_repeat_ms)
+        timing_options(options)  # ArgumentError naming a bad one, before anything runs
         if isinstance(function, tuple):
             label = self._label(name, function[1] if len(function) == 2 else "")
-            result = self._time_tvm(function, args, label, counts, options)
+            result = self._time_tvm(function, args, dev, options)
         else:
             label = self._label(name, self._farm_function(function).name)
-            result = function.time_evaluator(**counts, **options)(*args)
+            result = function.time_evaluator(dev, **options)(*args)
         board = result.board or {}
         record = Record(
             self.item.nodeid,
@@ -177,7 +170,7 @@ class DeviceBenchmark:
         return function
 
     def _time_tvm(
-        self, pair: Tuple[Any, ...], args: Tuple[Any, ...], label: str, counts: Dict[str, Any], options: Dict[str, Any]
+        self, pair: Tuple[Any, ...], args: Tuple[Any, ...], dev: Any, options: Dict[str, Any]
     ) -> BenchmarkResult:
         """TVM's own ``time_evaluator`` on the TVM board that holds ``module``; the result wrapped as ours."""
         from farm.client.timing import BenchmarkResult
@@ -188,14 +181,13 @@ class DeviceBenchmark:
                 "session; got %r" % (pair,)
             )
         module, function_name = pair
-        dev = options.pop("dev", None)
         if dev is None:
             dev = next((arg.device for arg in args if hasattr(arg, "device")), None)
         if dev is None:
             raise ArgumentError("device_benchmark: pass dev= (the TVM session's device) when no argument is a tensor")
-        if "pin_cpu" in options:
+        if options.pop("pin_cpu", None) is not None:
             raise ArgumentError("device_benchmark: pin_cpu is not an option of TVM's time_evaluator")
-        evaluator = module.time_evaluator(function_name, dev, **counts, **options)
+        evaluator = module.time_evaluator(function_name, dev, **options)
         return BenchmarkResult.from_tvm(evaluator(*args), board=self._tvm_board(dev), function=function_name)
 
     def _tvm_board(self, dev: Any) -> Dict[str, Any]:
