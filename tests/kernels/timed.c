@@ -19,12 +19,17 @@ void spin_ns(int64_t ns)
         ;
 }
 
-/* n steps of a linear congruential generator: arithmetic whose time depends on the build (-O0 keeps the state
-   in memory) and on the CPU time the process gets. */
+/* A deliberately slowed build defines more rounds: the same steps done that many times over. */
+#ifndef LCG_ROUNDS
+#define LCG_ROUNDS 1
+#endif
+
+/* n steps (times LCG_ROUNDS) of a linear congruential generator: arithmetic whose time depends on the build
+   and on the CPU time the process gets. */
 uint64_t lcg_steps(int64_t n)
 {
     uint64_t x = 1;
-    for (int64_t i = 0; i < n; i++)
+    for (int64_t i = 0; i < n * LCG_ROUNDS; i++)
         x = x * 6364136223846793005u + 1442695040888963407u;
     return x;
 }
