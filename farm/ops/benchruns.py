@@ -257,7 +257,7 @@ def format_run(run: Run) -> str:
     for entry in run.entries:
         samples = entry.samples
         median = statistics.median(samples) if samples else None
-        spread = _spread(samples)
+        spread = _spread(entry)
         noise = entry.result.get("noise") or []
         rows.append((entry.test, entry.key, entry.board, format_seconds(median),
                      "-" if spread is None else "%.1f%%" % (100 * spread), len(samples),
@@ -265,9 +265,12 @@ def format_run(run: Run) -> str:
     return heading + text_table(header, rows)
 
 
-def _spread(samples: Sequence[float]) -> Optional[float]:
-    """The coefficient of variation of ``samples`` (None for fewer than two or a zero mean)."""
+def _spread(entry: Entry) -> Optional[float]:
+    """The coefficient of variation of the repeats: the result's std over its mean (as TVM's, the population
+    standard deviation), None for fewer than two repeats or a zero mean."""
+    samples = entry.samples
     if len(samples) < 2:
         return None
-    mean = statistics.fmean(samples)
-    return statistics.stdev(samples) / mean if mean else None
+    mean = entry.result.get("mean", statistics.fmean(samples))
+    std = entry.result.get("std", statistics.pstdev(samples))
+    return float(std) / mean if mean else None

@@ -16,6 +16,7 @@ result is reported as "not enough samples" rather than decided.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import statistics
@@ -42,7 +43,7 @@ STATISTICS: Dict[str, Callable[[Sequence[float]], float]] = {
     "mean": statistics.fmean,
     "min": min,
 }
-_SPEC = re.compile(r"^\s*([a-z]+)\s*:\s*([0-9.eE+-]+)\s*(%?)\s*$")
+_SPEC = re.compile(r"^\s*(\w+)\s*:\s*([0-9.eE+-]+)\s*(%?)\s*$")
 
 
 class FailSpecError(FarmError, ValueError):
@@ -64,9 +65,10 @@ class FailSpec:
         match = _SPEC.match(text)
         if not match:
             raise FailSpecError("%r is not a benchmark failure threshold: use e.g. median:10%% or median:0.002" % text)
-        statistic, number, percent = match.groups()
+        name, number, percent = match.groups()
+        statistic = name.lower()
         if statistic not in STATISTICS:
-            raise FailSpecError("%r: unknown statistic %r (use %s)" % (text, statistic, ", ".join(STATISTICS)))
+            raise FailSpecError("%r: unknown statistic %r (use %s)" % (text, name, ", ".join(STATISTICS)))
         try:
             threshold = float(number)
         except ValueError:
@@ -253,7 +255,8 @@ def _ranks(values: List[float]) -> Tuple[List[float], List[int]]:
     return ranks, ties
 
 
-def _u_counts(n1: int, n2: int) -> List[int]:
+@functools.lru_cache(maxsize=64)
+def _u_counts(n1: int, n2: int) -> Tuple[int, ...]:
     """How many of the orderings of n1 + n2 distinct values give each U (0 to n1*n2): the coefficients of the
     Gaussian binomial [n1+n2 choose n1], built factor by factor so each step divides exactly."""
     counts = [1] + [0] * (n1 * n2)
@@ -263,7 +266,7 @@ def _u_counts(n1: int, n2: int) -> List[int]:
             counts[k] -= counts[k - shift]
         for k in range(i, len(counts)):  # divided by (1 - q^i)
             counts[k] += counts[k - i]
-    return counts
+    return tuple(counts)
 
 
 def _by_ident(entries: Union[Run, Iterable[Entry]]) -> Dict[Tuple[str, str], Entry]:
