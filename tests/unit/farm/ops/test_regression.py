@@ -5,6 +5,7 @@ figures)."""
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from typing import List, Sequence
 
@@ -24,6 +25,7 @@ from farm.ops.regression import (
     REGRESSION,
     SAME,
     TOO_FEW,
+    Comparison,
     FailSpec,
     FailSpecError,
     compare,
@@ -154,7 +156,8 @@ def test_three_times_slower_is_a_regression(n: int) -> None:
     assert comparison.verdict == REGRESSION and comparison.regression
     assert comparison.p_value is not None and comparison.p_value < ALPHA
     assert comparison.change == pytest.approx(2.0, rel=0.2)
-    assert "regression against median:10%" in comparison.message()
+    assert comparison.message().endswith("a regression: worse beyond median:10% and p < 0.01")
+    assert Comparison.from_dict(json.loads(json.dumps(comparison.to_dict()))) == comparison
 
 
 def test_three_times_faster_is_an_improvement() -> None:
@@ -187,14 +190,16 @@ def test_noisy_but_unchanged_is_not_flagged() -> None:
     # a preempted repeat now and then: the one slow outlier moves the mean, not the ranks
     before, after = timings(7, 10), timings(8, 10)
     after[3] *= 20
-    assert compare_entries(entry(before), entry(after), "mean:10%").verdict == SAME
+    comparison = compare_entries(entry(before), entry(after), "mean:10%")
+    assert comparison.verdict == SAME and comparison.change is not None and comparison.change > 0.1
+    assert comparison.message().endswith("the same: within mean:10%, or p >= 0.01")
 
 
 def test_too_few_repeats_are_not_decided() -> None:
     comparison = compare_entries(entry([1e-3] * 4), entry([3e-3] * 20), "median:10%")
     assert comparison.verdict == TOO_FEW and comparison.p_value is None and not comparison.regression
     assert comparison.change == pytest.approx(2.0)
-    assert "4 and 20 repeats, at least 5 a side" in comparison.message()
+    assert comparison.message().endswith("(+200.0%): not enough samples, 4 and 20 repeats where 5 a side are needed")
 
 
 def test_new_and_gone_results_are_named() -> None:
