@@ -123,6 +123,11 @@ def test_a_missing_run_names_the_storage_and_the_runs_there(tmp_path: Path) -> N
         ('{"format": 99, "name": "x"}', "format 99 of saved runs is not supported"),
         ('{"format": 1, "name": "x", "created": "t"}', "missing or malformed field"),
         ('{"format": 1, "name": "x", "created": "t", "results": [{"test": "t"}]}', "missing or malformed field"),
+        (
+            '{"format": 1, "name": "x", "created": "t", "results": [{"test": "t", "key": "k", "board": "b", '
+            '"result": {"results": ["fast"]}}]}',
+            "malformed field (the results of t on k are not a list of seconds)",
+        ),
     ],
 )
 def test_a_broken_file_is_a_clear_error_naming_it(tmp_path: Path, content: str, problem: str) -> None:
@@ -144,6 +149,12 @@ def test_an_unwritable_storage_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(BenchRunError, match="cannot save the run"):
         save_run(tmp_path / "file", "main", [])
+
+
+def test_a_result_that_is_not_json_is_a_clear_error_and_leaves_no_file(tmp_path: Path) -> None:
+    with pytest.raises(BenchRunError, match="cannot save the run: Object of type object is not JSON serializable"):
+        save_run(tmp_path, "main", [Entry("t", "k", "b", {"results": [1.0], "extra": object()})])
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_default_storage_is_relative_to_the_current_directory(tmp_path: Path, monkeypatch: Any) -> None:
