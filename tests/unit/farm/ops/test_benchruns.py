@@ -10,6 +10,7 @@ from typing import Any, Dict, List
 
 import pytest
 
+from farm.client.timing import BenchmarkResult
 from farm.ops.benchruns import (
     DEFAULT_STORAGE,
     FORMAT,
@@ -61,6 +62,17 @@ def test_a_saved_run_reads_back_whole(tmp_path: Path) -> None:
     assert run.path == path and run.entries == entries()
     assert set(run.by_ident()) == {("t.py::test_add", "local"), ("t.py::test_add", "aarch64")}
     assert run.entries[0].samples == [1e-3, 1.1e-3, 0.9e-3]
+
+
+def test_a_benchmark_result_is_saved_whole_and_reads_back_as_one(tmp_path: Path) -> None:
+    state = {"governor": "powersave", "load_average": [0.1, 0.1, 0.1], "cpu_count": 2}
+    board = {"key": "rasp4", "name": "rasp4-1", "address": "10.0.0.7:9090"}
+    measured = BenchmarkResult([2e-3, 2.1e-3, 1.9e-3], function="vadd_f32", board=board, number=50, state=state)
+    save_run(tmp_path, "main", [Entry.from_result("t.py::test_vadd", measured)])
+    (entry,) = load_run(tmp_path, "main").entries
+    assert (entry.test, entry.key, entry.board) == ("t.py::test_vadd", "rasp4", "rasp4-1")
+    again = BenchmarkResult.from_dict(entry.result)
+    assert again.to_dict() == measured.to_dict() and again.noisy and entry.samples == list(measured.results)
 
 
 def test_the_key_and_board_come_from_the_result() -> None:
