@@ -51,6 +51,11 @@ class Entry:
     board: str
     result: Dict[str, Any]
 
+    def __post_init__(self) -> None:
+        samples = self.result.get("results") or []
+        if not isinstance(samples, (list, tuple)) or not all(isinstance(value, (int, float)) for value in samples):
+            raise ValueError("the results of %s on %s are not a list of seconds" % (self.test, self.key))
+
     @property
     def ident(self) -> Tuple[str, str]:
         """(test, key): what a result is matched by between two runs."""
@@ -66,6 +71,7 @@ class Entry:
         """An entry for ``test`` from a ``BenchmarkResult`` (or its ``to_dict()``); the key and the board's
         name default to those in the result's ``board``."""
         data = dict(result if isinstance(result, Mapping) else result.to_dict())
+        data["results"] = list(data.get("results") or [])  # as it reads back from JSON
         about = data.get("board") or {}
         return cls(test, str(key or about.get("key") or ""), str(board or about.get("name") or ""), data)
 
@@ -180,7 +186,7 @@ def write_run(directory: PathLike, run: Run) -> Path:
         except BaseException:
             os.unlink(temporary)
             raise
-    except OSError as exc:
+    except (OSError, TypeError, ValueError) as exc:  # ValueError, TypeError: a result that is not JSON-able
         raise BenchRunError("%s: cannot save the run: %s" % (path, exc)) from exc
     logger.info("saved benchmark run %r (%d results) in %s", run.name, len(run.entries), path)
     return path
@@ -257,7 +263,7 @@ def format_run(run: Run) -> str:
     for entry in run.entries:
         samples = entry.samples
         median = statistics.median(samples) if samples else None
-        spread = _spread(samples)
+        spread = _spread(entry)
         noise = entry.result.get("noise") or []
         rows.append((entry.test, entry.key, entry.board, format_seconds(median),
                      "-" if spread is None else "%.1f%%" % (100 * spread), len(samples),
@@ -265,9 +271,12 @@ def format_run(run: Run) -> str:
     return heading + text_table(header, rows)
 
 
-def _spread(samples: Sequence[float]) -> Optional[float]:
-    """The coefficient of variation of ``samples`` (None for fewer than two or a zero mean)."""
+def _spread(entry: Entry) -> Optional[float]:
+    """The coefficient of variation of the repeats: the result's std over its mean (as TVM's, the population
+    standard deviation), None for fewer than two repeats or a zero mean."""
+    samples = entry.samples
     if len(samples) < 2:
         return None
-    mean = statistics.fmean(samples)
-    return statistics.stdev(samples) / mean if mean else None
+    mean = entry.result.get("mean", statistics.fmean(samples))
+    std = entry.result.get("std", statistics.pstdev(samples))
+    return float(std) / mean if mean else None

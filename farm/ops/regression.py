@@ -16,11 +16,12 @@ result is reported as "not enough samples" rather than decided.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import statistics
-from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from ..errors import FarmError
 from .benchruns import Entry, Run, format_seconds, text_table
@@ -42,7 +43,7 @@ STATISTICS: Dict[str, Callable[[Sequence[float]], float]] = {
     "mean": statistics.fmean,
     "min": min,
 }
-_SPEC = re.compile(r"^\s*([a-z]+)\s*:\s*([0-9.eE+-]+)\s*(%?)\s*$")
+_SPEC = re.compile(r"^\s*(\w+)\s*:\s*([0-9.eE+-]+)\s*(%?)\s*$")
 
 
 class FailSpecError(FarmError, ValueError):
@@ -64,9 +65,10 @@ class FailSpec:
         match = _SPEC.match(text)
         if not match:
             raise FailSpecError("%r is not a benchmark failure threshold: use e.g. median:10%% or median:0.002" % text)
-        statistic, number, percent = match.groups()
+        name, number, percent = match.groups()
+        statistic = name.lower()
         if statistic not in STATISTICS:
-            raise FailSpecError("%r: unknown statistic %r (use %s)" % (text, statistic, ", ".join(STATISTICS)))
+            raise FailSpecError("%r: unknown statistic %r (use %s)" % (text, name, ", ".join(STATISTICS)))
         try:
             threshold = float(number)
         except ValueError:
@@ -109,8 +111,8 @@ def parse_fail(text: str) -> FailSpec:
 @dataclass(frozen=True)
 class Comparison:
     """One result compared with its baseline: the figures (seconds, None where a side is missing), the change
-    as a fraction of the baseline's, the one-sided p-value in the direction of the change, and the verdict
-    (REGRESSION, IMPROVEMENT, SAME, TOO_FEW, NEW or GONE)."""
+    as a fraction of the baseline's, the one-sided p-value in the direction of the change, the verdict
+    (REGRESSION, IMPROVEMENT, SAME, TOO_FEW, NEW or GONE) and the repeats on each side."""
 
     test: str
     key: str
@@ -122,6 +124,7 @@ class Comparison:
     p_value: Optional[float]
     verdict: str
     samples: Tuple[int, int]
+    alpha: float = ALPHA
 
     @property
     def regression(self) -> bool:
@@ -129,20 +132,32 @@ class Comparison:
 
     def message(self) -> str:
         """One line saying what was compared and why the verdict."""
-        figures = "%s %s against %s in the baseline" % (
-            self.spec.statistic,
-            format_seconds(self.candidate),
-            format_seconds(self.baseline),
-        )
+        statistic = self.spec.statistic
         if self.verdict == NEW:
-            return "%s %s: no baseline for this test and key" % (self.spec.statistic, format_seconds(self.candidate))
+            return "%s %s: no baseline for this test and key" % (statistic, format_seconds(self.candidate))
         if self.verdict == GONE:
-            return "not run; the baseline's %s was %s" % (self.spec.statistic, format_seconds(self.baseline))
+            return "not run; the baseline's %s was %s" % (statistic, format_seconds(self.baseline))
+        before, after = format_seconds(self.baseline), format_seconds(self.candidate)
+        figures = "%s %s against %s in the baseline (%s" % (statistic, after, before, _percent(self.change))
         if self.verdict == TOO_FEW:
-            return "%s: %d and %d repeats, at least %d a side are needed to decide" % (
+            return "%s): not enough samples, %d and %d repeats where %d a side are needed" % (
                 figures, self.samples[0], self.samples[1], MIN_SAMPLES)  # fmt: skip
-        return "%s (%s, Mann-Whitney p=%s): %s against %s" % (
-            figures, _percent(self.change), _p(self.p_value), self.verdict, self.spec)  # fmt: skip
+        why = {
+            REGRESSION: "a regression: worse beyond %s and p < %g",
+            IMPROVEMENT: "an improvement: better beyond %s and p < %g",
+        }.get(self.verdict, "the same: within %s, or p >= %g")
+        return "%s, Mann-Whitney p=%s): %s" % (figures, _p(self.p_value), why % (self.spec, self.alpha))
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-able dict (the spec as its text), read back by from_dict."""
+        data = asdict(self)
+        data["spec"], data["samples"] = str(self.spec), list(self.samples)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> Comparison:
+        fields = dict(data, spec=FailSpec.parse(data["spec"]), samples=tuple(data["samples"]))
+        return cls(**fields)
 
 
 def mann_whitney_greater(x: Sequence[float], y: Sequence[float]) -> float:
@@ -232,7 +247,9 @@ def _decide(candidate: Entry, spec: FailSpec, before: List[float], after: List[f
             verdict = REGRESSION
         elif p < alpha and not slower and spec.better(old, new):
             verdict = IMPROVEMENT
-    return Comparison(candidate.test, candidate.key, candidate.board, spec, old, new, change, p, verdict, counts)
+    return Comparison(
+        candidate.test, candidate.key, candidate.board, spec, old, new, change, p, verdict, counts, alpha
+    )
 
 
 def _ranks(values: List[float]) -> Tuple[List[float], List[int]]:
@@ -253,7 +270,8 @@ def _ranks(values: List[float]) -> Tuple[List[float], List[int]]:
     return ranks, ties
 
 
-def _u_counts(n1: int, n2: int) -> List[int]:
+@functools.lru_cache(maxsize=64)
+def _u_counts(n1: int, n2: int) -> Tuple[int, ...]:
     """How many of the orderings of n1 + n2 distinct values give each U (0 to n1*n2): the coefficients of the
     Gaussian binomial [n1+n2 choose n1], built factor by factor so each step divides exactly."""
     counts = [1] + [0] * (n1 * n2)
@@ -263,7 +281,7 @@ def _u_counts(n1: int, n2: int) -> List[int]:
             counts[k] -= counts[k - shift]
         for k in range(i, len(counts)):  # divided by (1 - q^i)
             counts[k] += counts[k - i]
-    return counts
+    return tuple(counts)
 
 
 def _by_ident(entries: Union[Run, Iterable[Entry]]) -> Dict[Tuple[str, str], Entry]:
