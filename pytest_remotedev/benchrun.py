@@ -123,7 +123,7 @@ class BenchmarkRun:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.is_worker:
             return
-        for key, lines in self.tables().items():
+        for key, lines in key_tables(self.records).items():
             terminalreporter.write_sep("-", "remotedev: device benchmarks of key %s" % key)
             for line in lines:
                 terminalreporter.write_line(line)
@@ -137,13 +137,14 @@ class BenchmarkRun:
         if self.save_failure is not None:
             terminalreporter.write_line("remotedev: %s" % self.save_failure, red=True)
 
-    def tables(self) -> Dict[str, List[str]]:
-        """Per key, the lines of its table: test, figure, board, median, spread (CV) and the noisy flag."""
-        header = ("test", "figure", "board", "median", "spread", "noisy")
-        rows: Dict[str, List[Tuple[str, ...]]] = {}
-        for record in sorted(self.records, key=lambda r: (r.key, r.test, r.name)):
-            noisy = "yes: " + "; ".join(record.noise) if record.noise else "no"
-            row = (record.test, record.name, record.board, format_seconds(record.median),
-                   "%.1f%%" % (100 * record.spread), noisy)  # fmt: skip
-            rows.setdefault(record.key, []).append(row)
-        return {key: text_table(header, key_rows).splitlines() for key, key_rows in rows.items()}
+
+def key_tables(records: List[Record]) -> Dict[str, List[str]]:
+    """Per key, the lines of its table: test, figure, board, median, spread (CV) and the noisy flag with why."""
+    header = ("test", "figure", "board", "median", "spread", "noisy")
+    rows: Dict[str, List[Tuple[str, ...]]] = {}
+    for record in sorted(records, key=lambda r: (r.key, r.test, r.name)):
+        noisy = "yes: " + "; ".join(record.noise) if record.noise else "no"
+        row = (record.test, record.name, record.board, format_seconds(record.median),
+               "%.1f%%" % (100 * record.spread), noisy)  # fmt: skip
+        rows.setdefault(record.key, []).append(row)
+    return {key: text_table(header, key_rows).splitlines() for key, key_rows in sorted(rows.items())}
