@@ -246,7 +246,8 @@ def test_new_and_gone_results_are_named() -> None:
 def test_the_table_shows_both_figures_the_change_p_and_the_verdict() -> None:
     comparisons = compare([entry(timings(1, 10))], [entry(timings(2, 10, scale=3e-3))], "median:10%")
     assert regressions(comparisons) == comparisons
-    header, rule, row = format_comparison(comparisons).splitlines()
+    header, rule, row, why = format_comparison(comparisons).splitlines()
+    assert why == "t.py::test_add [local]: " + comparisons[0].message()
     assert header.split() == ["test", "key", "board", "baseline", "median", "median", "change", "p", "verdict"]
     cells = row.split()
     assert cells[:3] == ["t.py::test_add", "local", "local-0"] and cells[4] == "ms" and cells[6] == "ms"
