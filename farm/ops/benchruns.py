@@ -62,6 +62,11 @@ class Entry:
         return (self.test, self.key)
 
     @property
+    def noisy(self) -> bool:
+        """Whether the result was flagged noisy (its ``noise`` names the reasons)."""
+        return bool(self.result.get("noise"))
+
+    @property
     def samples(self) -> List[float]:
         """The seconds of each repeat (the result's ``results``)."""
         return [float(value) for value in self.result.get("results") or ()]

@@ -1,10 +1,14 @@
 """The regression decision between a baseline run and a candidate: pure functions, no I/O.
 
-A result is a regression only when both hold:
+A result is a regression only when all hold:
 
 * its figure (the median, mean or min of the repeats, per ``--device-benchmark-fail``) got worse than the
-  baseline's beyond the threshold, and
-* a one-sided Mann-Whitney U test of the repeats says the candidate is slower with p < ``ALPHA`` (0.01).
+  baseline's beyond the threshold;
+* a one-sided Mann-Whitney U test of the repeats says the candidate is slower with p < ``ALPHA`` (0.01);
+* the slowdown is beyond the noise: the candidate's fastest repeat is worse than the baseline's fastest beyond
+  the threshold (a change of the code slows every repeat; other work on the board slows some), and when either
+  run is flagged noisy, worse than the baseline's 90 % quantile too (a busy board slows whole runs).
+  Otherwise the verdict is NOISY, which does not fail.
 
 Why Mann-Whitney U: it compares ranks, so the long right tail of timings (a preempted repeat) weighs no
 more than any other slow repeat; it assumes no distribution; its p-value is exact for the few repeats a
@@ -30,11 +34,15 @@ ALPHA = 0.01
 MIN_SAMPLES = 5
 #: Above this many pairs (or with ties) the p-value comes from the normal approximation.
 EXACT_PAIRS = 2500
+#: When either run is flagged noisy, the candidate's fastest repeat must be worse than this quantile of the
+#: baseline's repeats beyond the threshold.
+NOISY_QUANTILE = 0.9
 
 REGRESSION = "regression"
 IMPROVEMENT = "improvement"
 SAME = "same"
 TOO_FEW = "not enough samples"
+NOISY = "noisy"  # slower, but not beyond the noise: not a regression
 NEW = "new"  # in the candidate, missing in the baseline
 GONE = "gone"  # in the baseline, missing in the candidate
 
@@ -112,7 +120,8 @@ def parse_fail(text: str) -> FailSpec:
 class Comparison:
     """One result compared with its baseline: the figures (seconds, None where a side is missing), the change
     as a fraction of the baseline's, the one-sided p-value in the direction of the change, the verdict
-    (REGRESSION, IMPROVEMENT, SAME, TOO_FEW, NEW or GONE) and the repeats on each side."""
+    (REGRESSION, IMPROVEMENT, SAME, NOISY, TOO_FEW, NEW or GONE), the repeats on each side, and for NOISY
+    why the slowdown may be noise."""
 
     test: str
     key: str
@@ -125,6 +134,7 @@ class Comparison:
     verdict: str
     samples: Tuple[int, int]
     alpha: float = ALPHA
+    note: str = ""
 
     @property
     def regression(self) -> bool:
@@ -145,8 +155,10 @@ class Comparison:
         why = {
             REGRESSION: "a regression: worse beyond %s and p < %g",
             IMPROVEMENT: "an improvement: better beyond %s and p < %g",
+            NOISY: "slower beyond %s with p < %g, but not failed as noise: ",
         }.get(self.verdict, "the same: within %s, or p >= %g")
-        return "%s, Mann-Whitney p=%s): %s" % (figures, _p(self.p_value), why % (self.spec, self.alpha))
+        why = why % (self.spec, self.alpha) + self.note
+        return "%s, Mann-Whitney p=%s): %s" % (figures, _p(self.p_value), why)
 
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-able dict (the spec as its text), read back by from_dict."""
@@ -190,7 +202,7 @@ def compare_entries(
         figure = spec.figure(after) if after else None
         return Comparison(candidate.test, candidate.key, candidate.board, spec, None, figure, None, None, NEW,
                           (0, len(after)))  # fmt: skip
-    return _decide(candidate, spec, baseline.samples, after, alpha)
+    return _decide(baseline, candidate, spec, alpha)
 
 
 def compare(
@@ -217,7 +229,8 @@ def compare(
 
 
 def format_comparison(comparisons: Sequence[Comparison]) -> str:
-    """The comparisons as a text table: test, key, board, both figures, the change, p and the verdict."""
+    """The comparisons as a text table (test, key, board, both figures, the change, p and the verdict), then a
+    line saying why for each regression and each noisy verdict."""
     statistic = comparisons[0].spec.statistic if comparisons else DEFAULT_SPEC.statistic
     header = ("test", "key", "board", "baseline " + statistic, statistic, "change", "p", "verdict")
     rows = [
@@ -225,7 +238,8 @@ def format_comparison(comparisons: Sequence[Comparison]) -> str:
          _p(c.p_value), c.verdict.upper() if c.regression else c.verdict)
         for c in comparisons
     ]  # fmt: skip
-    return text_table(header, rows)
+    reasons = ["%s [%s]: %s\n" % (c.test, c.key, c.message()) for c in comparisons if c.verdict in (REGRESSION, NOISY)]
+    return text_table(header, rows) + "".join(reasons)
 
 
 def regressions(comparisons: Iterable[Comparison]) -> List[Comparison]:
@@ -233,23 +247,47 @@ def regressions(comparisons: Iterable[Comparison]) -> List[Comparison]:
     return [comparison for comparison in comparisons if comparison.regression]
 
 
-def _decide(candidate: Entry, spec: FailSpec, before: List[float], after: List[float], alpha: float) -> Comparison:
+def _decide(baseline: Entry, candidate: Entry, spec: FailSpec, alpha: float) -> Comparison:
+    before, after = baseline.samples, candidate.samples
     old = spec.figure(before) if before else None
     new = spec.figure(after) if after else None
     change = (new - old) / old if old and new is not None else None
     counts = (len(before), len(after))
-    verdict, p = TOO_FEW, None
+    verdict, p, note = TOO_FEW, None, ""
     if min(counts) >= MIN_SAMPLES and old is not None and new is not None:
         slower = new >= old
         p = mann_whitney_greater(before, after) if slower else mann_whitney_greater(after, before)
         verdict = SAME
         if p < alpha and slower and spec.worse(old, new):
-            verdict = REGRESSION
+            note = _within_noise(baseline, candidate, spec)
+            verdict = NOISY if note else REGRESSION
         elif p < alpha and not slower and spec.better(old, new):
             verdict = IMPROVEMENT
-    return Comparison(
-        candidate.test, candidate.key, candidate.board, spec, old, new, change, p, verdict, counts, alpha
-    )
+    return Comparison(candidate.test, candidate.key, candidate.board, spec, old, new, change, p, verdict, counts,
+                      alpha, note)  # fmt: skip
+
+
+def _within_noise(baseline: Entry, candidate: Entry, spec: FailSpec) -> str:
+    """Why a significant slowdown beyond the threshold may still be the noise of the runs ("" if it cannot be):
+    a change of the code slows every repeat, its fastest too, while other work on the board slows some
+    repeats, or whole runs when the board is busy, which the noise flags then tell."""
+    fastest = min(candidate.samples)
+    if not spec.worse(min(baseline.samples), fastest):
+        return "the fastest repeat is not slower beyond %s: only some repeats are" % spec
+    noisy = [name for name, entry in (("baseline", baseline), ("candidate", candidate)) if entry.noisy]
+    if noisy and not spec.worse(quantile(baseline.samples, NOISY_QUANTILE), fastest):
+        return "the %s run is noisy and the fastest repeat is within %s of the baseline's %d%% quantile" % (
+            " and the ".join(noisy), spec, round(100 * NOISY_QUANTILE))  # fmt: skip
+    return ""
+
+
+def quantile(samples: Sequence[float], fraction: float) -> float:
+    """The ``fraction`` quantile of ``samples``, interpolated linearly between the two nearest."""
+    ordered = sorted(samples)
+    position = fraction * (len(ordered) - 1)
+    below = int(position)
+    above = min(below + 1, len(ordered) - 1)
+    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
 
 
 def _ranks(values: List[float]) -> Tuple[List[float], List[int]]:

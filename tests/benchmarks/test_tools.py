@@ -191,6 +191,18 @@ def check_soak(results: Dict[str, Any]) -> None:
     assert memory["samples"] >= 2 and 0 < memory["rss_kb_start"] <= memory["rss_kb_peak"], memory
 
 
+def check_regression(results: Dict[str, Any]) -> None:
+    unchanged = results["scenarios"]["unchanged"]
+    for spec in ("median:10%", "median:5%", "median:0%"):
+        alarms, detected = unchanged["false_alarms"][spec], unchanged["detected"][spec]
+        assert alarms["pairs"] == 4 * 3 and 0 <= alarms["flagged"] + alarms["noisy"] <= alarms["pairs"], alarms
+        assert detected == {"flagged": 4, "pairs": 4, "rate": 1.0}, (spec, detected)
+    assert unchanged["medians_us"]["O0"]["median"] > unchanged["medians_us"]["O2"]["median"] > 0
+    rows = results["scenarios"]["model"]["rows"]
+    assert len(rows) == 9 and all(row["trials"] == 50 and 0 <= row["u_test"] <= 1 for row in rows)
+    assert [row["figure"] for row in results["headline"]][0].startswith("regression check: false alarms")
+
+
 TOOLS: Dict[str, Any] = {
     "soak": ("reliability/soak.py", ["--quick"], check_soak),
     "attack_unproven": ("reliability/attack_unproven.py", ["--quick", "--secret"], check_unproven),
@@ -209,6 +221,7 @@ TOOLS: Dict[str, Any] = {
     ),  # fmt: skip
     "tracker": ("benchmarks/bench_tracker.py", ["--quick", "--before", str(PROJECT)], check_tracker),
     "dataplane": ("benchmarks/bench_dataplane.py", ["--quick", "--tls", "--before", str(PROJECT)], check_dataplane),
+    "regression": ("benchmarks/bench_regression.py", ["--quick"], check_regression),
 }
 
 

@@ -38,7 +38,8 @@ def test_compare_prints_the_table_and_fails_on_a_regression(runs: Path) -> None:
     assert done.returncode == 1, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("baseline main (") and "candidate slow (" in lines[0]
-    rows = {line.split()[0]: line.split()[-1] for line in lines[3:-1]}
+    rows = {line.split()[0]: line.split()[-1] for line in lines[3:6]}
+    assert lines[6].startswith("t.py::test_add [local]: median 3.03 ms against 1.01 ms in the baseline (+200.0%")
     assert rows == {"t.py::test_add": "REGRESSION", "t.py::test_new": "new", "t.py::test_gone": "gone"}
     assert lines[-1] == "1 regression(s) beyond median:10%"
 

@@ -22,6 +22,7 @@ from farm.ops.regression import (
     IMPROVEMENT,
     MIN_SAMPLES,
     NEW,
+    NOISY,
     REGRESSION,
     SAME,
     TOO_FEW,
@@ -39,8 +40,10 @@ from farm.ops.regression import (
 TRIALS = 1000  # per false-alarm measurement: a bounded loop, about a second
 
 
-def entry(samples: Sequence[float], test: str = "t.py::test_add", key: str = "local") -> Entry:
-    return Entry(test, key, key + "-0", {"results": [float(value) for value in samples]})
+def entry(
+    samples: Sequence[float], test: str = "t.py::test_add", key: str = "local", noise: Sequence[str] = ()
+) -> Entry:
+    return Entry(test, key, key + "-0", {"results": [float(value) for value in samples], "noise": list(noise)})
 
 
 def timings(seed: int, n: int, scale: float = 1e-3, spread: float = 0.05) -> List[float]:
@@ -195,6 +198,32 @@ def test_noisy_but_unchanged_is_not_flagged() -> None:
     assert comparison.message().endswith("the same: within mean:10%, or p >= 0.01")
 
 
+def test_a_slowdown_of_some_repeats_only_is_noise_not_a_regression() -> None:
+    before = timings(1, 20, spread=0.01)
+    after = [value * (1.6 if index % 3 else 1.0) for index, value in enumerate(timings(2, 20, spread=0.01))]
+    comparison = compare_entries(entry(before), entry(after), "median:10%")
+    assert comparison.verdict == NOISY and not comparison.regression
+    assert comparison.p_value is not None and comparison.p_value < ALPHA and comparison.change is not None
+    assert comparison.change > 0.5
+    assert comparison.message().endswith(
+        "but not failed as noise: the fastest repeat is not slower beyond median:10%: only some repeats are"
+    )
+
+
+def test_on_a_noisy_run_a_slowdown_must_clear_the_baseline_spread() -> None:
+    before = [1e-3 * (1 + 0.02 * index) for index in range(20)]  # 1.00 to 1.38 ms
+    after = [value * 1.25 for value in before]  # every repeat 25 % slower, yet within the baseline's spread
+    busy = ["the load average is 3.10 on 2 CPUs"]
+    quiet = compare_entries(entry(before), entry(after), "median:10%")
+    noisy = compare_entries(entry(before, noise=busy), entry(after), "median:10%")
+    assert quiet.verdict == REGRESSION and noisy.verdict == NOISY
+    assert "the baseline run is noisy and the fastest repeat is within median:10% of the baseline's 90% quantile" in (
+        noisy.message()
+    )
+    much_slower = compare_entries(entry(before, noise=busy), entry([3 * v for v in before], noise=busy), "median:10%")
+    assert much_slower.verdict == REGRESSION
+
+
 def test_too_few_repeats_are_not_decided() -> None:
     comparison = compare_entries(entry([1e-3] * 4), entry([3e-3] * 20), "median:10%")
     assert comparison.verdict == TOO_FEW and comparison.p_value is None and not comparison.regression
@@ -217,7 +246,8 @@ def test_new_and_gone_results_are_named() -> None:
 def test_the_table_shows_both_figures_the_change_p_and_the_verdict() -> None:
     comparisons = compare([entry(timings(1, 10))], [entry(timings(2, 10, scale=3e-3))], "median:10%")
     assert regressions(comparisons) == comparisons
-    header, rule, row = format_comparison(comparisons).splitlines()
+    header, rule, row, why = format_comparison(comparisons).splitlines()
+    assert why == "t.py::test_add [local]: " + comparisons[0].message()
     assert header.split() == ["test", "key", "board", "baseline", "median", "median", "change", "p", "verdict"]
     cells = row.split()
     assert cells[:3] == ["t.py::test_add", "local", "local-0"] and cells[4] == "ms" and cells[6] == "ms"
