@@ -112,6 +112,9 @@ class BenchmarkRun:
         name = self.settings.benchmark_save
         if self.is_worker or name is None:
             return
+        if session.exitstatus == pytest.ExitCode.INTERRUPTED:  # a part of the run must not replace a whole one
+            self.save_failure = "the run was interrupted: its device_benchmark figures are not saved as %r" % name
+            return
         try:
             path = save_run(self.settings.benchmark_storage, name, [r.entry() for r in self.records],
                             self.config.rootpath)  # fmt: skip

@@ -292,6 +292,16 @@ def test_the_same_build_compared_with_itself_is_never_a_regression(pytester: pyt
         assert row[-1] in ("same", "improvement", "noisy"), "attempt %d: %s" % (attempt, row)
 
 
+def test_a_run_that_cannot_be_saved_says_so_and_fails(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_spin=SPIN_TEST)
+    blocked = pytester.path / "blocked"
+    blocked.write_text("a file where the storage directory would be\n")
+    result = run(pytester, "--device-benchmark-storage", str(blocked), "--device-benchmark-save", "base")
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR
+    result.stdout.fnmatch_lines(["remotedev: could not save the device_benchmark figures: *blocked*"])
+
+
 def test_options_are_checked_before_the_run(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_never_runs(): raise AssertionError('ran despite a bad option')")
     cases = [
