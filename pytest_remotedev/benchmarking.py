@@ -70,6 +70,11 @@ class Record:
         return float(self.result["std"]) / mean if mean > 0 else 0.0
 
     @property
+    def emulated(self) -> Optional[str]:
+        """The emulator the figure was taken under (``qemu-aarch64``): not the hardware's time."""
+        return str(self.result["emulated"]) if self.result.get("emulated") else None
+
+    @property
     def noise(self) -> List[str]:
         return [str(reason) for reason in self.result.get("noise") or ()]
 
@@ -84,6 +89,7 @@ class Record:
             "std": float(self.result["std"]),
             "noisy": bool(self.noise),
             "noise": self.noise,
+            "emulated": self.emulated,
             "samples": list(self.result["results"]),
         }
         return json.dumps(compact, separators=(",", ":"))

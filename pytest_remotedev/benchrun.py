@@ -142,12 +142,14 @@ class BenchmarkRun:
 
 
 def key_tables(records: List[Record]) -> Dict[str, List[str]]:
-    """Per key, the lines of its table: test, figure, board, median, spread (CV) and the noisy flag with why."""
+    """Per key, the lines of its table: test, figure, board (and its emulator), median, spread (CV) and the noisy
+    flag with why."""
     header = ("test", "figure", "board", "median", "spread", "noisy")
     rows: Dict[str, List[Tuple[str, ...]]] = {}
     for record in sorted(records, key=lambda r: (r.key, r.test, r.name)):
         noisy = "yes: " + "; ".join(record.noise) if record.noise else "no"
-        row = (record.test, record.name, record.board, format_seconds(record.median),
+        board = "%s (%s)" % (record.board, record.emulated) if record.emulated else record.board
+        row = (record.test, record.name, board, format_seconds(record.median),
                "%.1f%%" % (100 * record.spread), noisy)  # fmt: skip
         rows.setdefault(record.key, []).append(row)
     return {key: text_table(header, key_rows).splitlines() for key, key_rows in sorted(rows.items())}

@@ -31,6 +31,7 @@ def test_the_property_is_compact_json_of_what_a_reader_needs() -> None:
         "std": figure.result["std"],
         "noisy": True,
         "noise": figure.noise,
+        "emulated": None,
         "samples": [2e-3, 1e-3, 3e-3],
     }
     assert any("governor" in reason for reason in figure.noise)
@@ -50,14 +51,16 @@ def test_one_table_per_key_sorted_by_test_with_the_noise_reasons() -> None:
         record("t.py::test_b[beta]", "f", "beta", [1e-3, 1e-3]),
         record("t.py::test_b[alpha]", "f", "alpha", [1e-3, 3e-3], STATE),
         record("t.py::test_a[alpha]", "g", "alpha", [2e-6, 2e-6]),
+        record("t.py::test_c[alpha]", "h", "alpha", [1e-3, 1e-3], dict(STATE, emulator="qemu-aarch64")),
     ]
     tables = key_tables(records)
     assert list(tables) == ["alpha", "beta"]
-    header, rule, first, second = tables["alpha"]
+    header, rule, first, second, third = tables["alpha"]
     assert header.split() == ["test", "figure", "board", "median", "spread", "noisy"]
     assert set(rule.replace(" ", "")) == {"-"}
     assert first.split()[:6] == ["t.py::test_a[alpha]", "g", "alpha-0", "2", "us", "0.0%"]
     assert first.endswith(" no")
     assert second.split()[:6] == ["t.py::test_b[alpha]", "f", "alpha-0", "2", "ms", "50.0%"]
     assert "yes: the CPU governor is 'powersave'" in second and "the repeats vary by 50.0%" in second
+    assert third.split()[:4] == ["t.py::test_c[alpha]", "h", "alpha-0", "(qemu-aarch64)"]
     assert [line.split()[0] for line in tables["beta"][2:]] == ["t.py::test_b[beta]"]
