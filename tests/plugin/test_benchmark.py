@@ -104,14 +104,22 @@ def failure_messages(pytester: pytest.Pytester) -> Dict[str, str]:
 def test_a_kernel_of_known_cost_reads_within_its_bounds(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         test_cost="""
+        def within_bounds(result, seconds):
+            # A spin cannot return before its time: with the per-call overhead the method subtracted added back,
+            # no figure is below it (that overhead is calibrated on a busy machine too, so it is not assumed small).
+            assert min(result.results) + result.overhead_s >= 0.99 * seconds, result
+            # The upper bound only catches wrong units and a broken loop, not a slow machine.
+            assert result.median <= 10 * seconds + 2e-3, result
+
         def test_spin(device, timed, device_benchmark):
             spin = timed.get_function("spin_ns", %r)
             result = device_benchmark(spin, 200_000, repeat=8)
-            assert result.repeat == 8 and len(result.results) == 8
-            assert result.number >= 50  # 10 ms a repeat at least: min_repeat_ms grew it from 10
+            assert result.repeat == 8 and len(result.results) == 8 and result.number >= 10
             assert result.method == "board-python"
+            within_bounds(result, 200e-6)
             second = device_benchmark(spin, 20_000, name="short spin", number=5, repeat=6, min_repeat_ms=0)
             assert second.number == 5 and len(second.results) == 6
+            within_bounds(second, 20e-6)
         """
         % SPIN
     )
@@ -119,13 +127,10 @@ def test_a_kernel_of_known_cost_reads_within_its_bounds(pytester: pytest.Pyteste
     result.assert_outcomes(passed=1)
     [long, short] = figures(pytester)["test_spin"]
     assert (long["name"], short["name"]) == ("spin_ns", "short spin")
-    for figure, nanoseconds in ((long, 200_000), (short, 20_000)):
+    for figure, seconds in ((long, 200e-6), (short, 20e-6)):
         assert figure["test"] == "test_cost.py::test_spin" and figure["key"] == "alpha"
-        assert figure["board"] == "alpha-0"
-        # It cannot return before its time (less a little for the subtracted per-call overhead); the upper
-        # bound only catches wrong units and a broken loop.
-        assert 0.9 * nanoseconds * 1e-9 <= figure["median"] <= 10 * nanoseconds * 1e-9 + 2e-3, figure
-        assert all(sample >= 0.9 * nanoseconds * 1e-9 for sample in figure["samples"]), figure
+        assert figure["board"] == "alpha-0" and len(figure["samples"]) in (6, 8)
+        assert 0 < figure["median"] <= 10 * seconds + 2e-3, figure  # in seconds, as the result's
     result.stdout.fnmatch_lines(
         [
             "*- remotedev: device benchmarks of key alpha -*",
