@@ -282,12 +282,10 @@ def _within_noise(baseline: Entry, candidate: Entry, spec: FailSpec) -> str:
 
 
 def quantile(samples: Sequence[float], fraction: float) -> float:
-    """The ``fraction`` quantile of ``samples``, interpolated linearly between the two nearest."""
+    """The ``fraction`` quantile of ``samples``, rounded down to a sample: below 1 it is never the largest
+    sample, so one outlier does not move it."""
     ordered = sorted(samples)
-    position = fraction * (len(ordered) - 1)
-    below = int(position)
-    above = min(below + 1, len(ordered) - 1)
-    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
+    return ordered[int(fraction * (len(ordered) - 1))]
 
 
 def _ranks(values: List[float]) -> Tuple[List[float], List[int]]:
