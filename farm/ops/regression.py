@@ -120,8 +120,8 @@ def parse_fail(text: str) -> FailSpec:
 class Comparison:
     """One result compared with its baseline: the figures (seconds, None where a side is missing), the change
     as a fraction of the baseline's, the one-sided p-value in the direction of the change, the verdict
-    (REGRESSION, IMPROVEMENT, SAME, NOISY, TOO_FEW, NEW or GONE), the repeats on each side, and for NOISY
-    why the slowdown may be noise."""
+    (REGRESSION, IMPROVEMENT, SAME, NOISY, TOO_FEW, NEW or GONE), the repeats on each side, and a note: for
+    NOISY why the slowdown may be noise, for a REGRESSION on a noisy run which run was noisy and why."""
 
     test: str
     key: str
@@ -261,6 +261,12 @@ def _decide(baseline: Entry, candidate: Entry, spec: FailSpec, alpha: float) -> 
         if p < alpha and slower and spec.worse(old, new):
             note = _within_noise(baseline, candidate, spec)
             verdict = NOISY if note else REGRESSION
+            if verdict == REGRESSION and (baseline.noisy or candidate.noisy):
+                side, noisy = ("candidate", candidate) if candidate.noisy else ("baseline", baseline)
+                note = "; the %s run was noisy (%s): time it again to confirm" % (
+                    side,
+                    "; ".join(noisy.result["noise"]),
+                )
         elif p < alpha and not slower and spec.better(old, new):
             verdict = IMPROVEMENT
     return Comparison(candidate.test, candidate.key, candidate.board, spec, old, new, change, p, verdict, counts,

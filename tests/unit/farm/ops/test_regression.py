@@ -224,6 +224,9 @@ def test_on_a_noisy_run_a_slowdown_must_clear_the_baseline_spread() -> None:
     )
     much_slower = compare_entries(entry(before, noise=busy), entry([3 * v for v in before], noise=busy), "median:10%")
     assert much_slower.verdict == REGRESSION
+    assert much_slower.message().endswith(
+        "p < 0.01; the candidate run was noisy (the load average is 3.10 on 2 CPUs): time it again to confirm"
+    )
     preempted = [*before[:9], 0.5]  # ten repeats, one of which took 500 ms
     assert compare_entries(entry(preempted, noise=busy), entry([3 * v for v in before[:10]]), "median:10%").regression
 
