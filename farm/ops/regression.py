@@ -259,14 +259,8 @@ def _decide(baseline: Entry, candidate: Entry, spec: FailSpec, alpha: float) -> 
         p = mann_whitney_greater(before, after) if slower else mann_whitney_greater(after, before)
         verdict = SAME
         if p < alpha and slower and spec.worse(old, new):
-            note = _within_noise(baseline, candidate, spec)
-            verdict = NOISY if note else REGRESSION
-            if verdict == REGRESSION and (baseline.noisy or candidate.noisy):
-                side, noisy = ("candidate", candidate) if candidate.noisy else ("baseline", baseline)
-                note = "; the %s run was noisy (%s): time it again to confirm" % (
-                    side,
-                    "; ".join(noisy.result["noise"]),
-                )
+            doubt = _within_noise(baseline, candidate, spec)
+            verdict, note = (NOISY, doubt) if doubt else (REGRESSION, _noisy_run(baseline, candidate))
         elif p < alpha and not slower and spec.better(old, new):
             verdict = IMPROVEMENT
     return Comparison(candidate.test, candidate.key, candidate.board, spec, old, new, change, p, verdict, counts,
@@ -282,9 +276,18 @@ def _within_noise(baseline: Entry, candidate: Entry, spec: FailSpec) -> str:
         return "the fastest repeat is not slower beyond %s: only some repeats are" % spec
     noisy = [name for name, entry in (("baseline", baseline), ("candidate", candidate)) if entry.noisy]
     if noisy and not spec.worse(quantile(baseline.samples, NOISY_QUANTILE), fastest):
-        return "the %s run is noisy and the fastest repeat is within %s of the baseline's %d%% quantile" % (
-            " and the ".join(noisy), spec, round(100 * NOISY_QUANTILE))  # fmt: skip
+        runs = "the %s run is" % noisy[0] if len(noisy) == 1 else "both runs are"
+        return "%s noisy and the fastest repeat is within %s of the baseline's %d%% quantile" % (
+            runs, spec, round(100 * NOISY_QUANTILE))  # fmt: skip
     return ""
+
+
+def _noisy_run(baseline: Entry, candidate: Entry) -> str:
+    """For a regression: which run was noisy and why ("" if neither was)."""
+    side, entry = ("candidate", candidate) if candidate.noisy else ("baseline", baseline)
+    if not entry.noisy:
+        return ""
+    return "; the %s run was noisy (%s): time it again to confirm" % (side, "; ".join(entry.result["noise"]))
 
 
 def quantile(samples: Sequence[float], fraction: float) -> float:
