@@ -120,8 +120,8 @@ def parse_fail(text: str) -> FailSpec:
 class Comparison:
     """One result compared with its baseline: the figures (seconds, None where a side is missing), the change
     as a fraction of the baseline's, the one-sided p-value in the direction of the change, the verdict
-    (REGRESSION, IMPROVEMENT, SAME, NOISY, TOO_FEW, NEW or GONE), the repeats on each side, and for NOISY
-    why the slowdown may be noise."""
+    (REGRESSION, IMPROVEMENT, SAME, NOISY, TOO_FEW, NEW or GONE), the repeats on each side, and a note: for
+    NOISY why the slowdown may be noise, for a REGRESSION on a noisy run which run was noisy and why."""
 
     test: str
     key: str
@@ -259,8 +259,8 @@ def _decide(baseline: Entry, candidate: Entry, spec: FailSpec, alpha: float) -> 
         p = mann_whitney_greater(before, after) if slower else mann_whitney_greater(after, before)
         verdict = SAME
         if p < alpha and slower and spec.worse(old, new):
-            note = _within_noise(baseline, candidate, spec)
-            verdict = NOISY if note else REGRESSION
+            doubt = _within_noise(baseline, candidate, spec)
+            verdict, note = (NOISY, doubt) if doubt else (REGRESSION, _noisy_run(baseline, candidate))
         elif p < alpha and not slower and spec.better(old, new):
             verdict = IMPROVEMENT
     return Comparison(candidate.test, candidate.key, candidate.board, spec, old, new, change, p, verdict, counts,
@@ -276,18 +276,25 @@ def _within_noise(baseline: Entry, candidate: Entry, spec: FailSpec) -> str:
         return "the fastest repeat is not slower beyond %s: only some repeats are" % spec
     noisy = [name for name, entry in (("baseline", baseline), ("candidate", candidate)) if entry.noisy]
     if noisy and not spec.worse(quantile(baseline.samples, NOISY_QUANTILE), fastest):
-        return "the %s run is noisy and the fastest repeat is within %s of the baseline's %d%% quantile" % (
-            " and the ".join(noisy), spec, round(100 * NOISY_QUANTILE))  # fmt: skip
+        runs = "the %s run is" % noisy[0] if len(noisy) == 1 else "both runs are"
+        return "%s noisy and the fastest repeat is within %s of the baseline's %d%% quantile" % (
+            runs, spec, round(100 * NOISY_QUANTILE))  # fmt: skip
     return ""
 
 
+def _noisy_run(baseline: Entry, candidate: Entry) -> str:
+    """For a regression: which run was noisy and why ("" if neither was)."""
+    side, entry = ("candidate", candidate) if candidate.noisy else ("baseline", baseline)
+    if not entry.noisy:
+        return ""
+    return "; the %s run was noisy (%s): time it again to confirm" % (side, "; ".join(entry.result["noise"]))
+
+
 def quantile(samples: Sequence[float], fraction: float) -> float:
-    """The ``fraction`` quantile of ``samples``, interpolated linearly between the two nearest."""
+    """The ``fraction`` quantile of ``samples``, rounded down to a sample: below 1 it is never the largest
+    sample, so one outlier does not move it."""
     ordered = sorted(samples)
-    position = fraction * (len(ordered) - 1)
-    below = int(position)
-    above = min(below + 1, len(ordered) - 1)
-    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
+    return ordered[int(fraction * (len(ordered) - 1))]
 
 
 def _ranks(values: List[float]) -> Tuple[List[float], List[int]]:
