@@ -4,7 +4,7 @@ Each figure becomes a :class:`Record`: the test, the benchmark's name, the board
 :class:`farm.client.timing.BenchmarkResult` as a dict. A compact form goes into the test's ``user_properties``
 (``device_benchmark``, for the junit XML); the whole records ride on the test's teardown report
 (``report.device_benchmarks``), which pytest-xdist carries to the controller, where the run is summed up
-and saved (:mod:`.benchreport`).
+and saved (:mod:`.benchrun`).
 """
 
 from __future__ import annotations

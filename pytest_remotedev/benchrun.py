@@ -14,7 +14,6 @@ Where each thing happens, so that it also holds under pytest-xdist:
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Dict, Generator, List, Optional, Tuple
 
 import pytest
@@ -24,8 +23,6 @@ from farm.ops.regression import Comparison, compare_entries, format_comparison
 
 from .benchmarking import REPORT_ATTRIBUTE, DeviceBenchmark, Record
 from .options import LATEST_RUN, Settings
-
-logger = logging.getLogger(__name__)
 
 #: The name :class:`BenchmarkRun` is registered under.
 BENCHMARK_PLUGIN = "remotedev-benchmark"
@@ -42,11 +39,11 @@ class BenchmarkRun:
         self.config = config
         self.settings = settings
         self.is_worker = hasattr(config, "workerinput")
-        self.comparing = settings.benchmark_compare is not None or settings.benchmark_fail is not None
+        comparing = settings.benchmark_compare is not None or settings.benchmark_fail is not None
         if self.is_worker:
             self.baseline_path: Optional[str] = config.workerinput[WORKERINPUT_KEY]["baseline"]  # type: ignore[attr-defined]
         else:
-            self.baseline_path = self._find_baseline() if self.comparing else None
+            self.baseline_path = self._find_baseline() if comparing else None
         self._baseline: Optional[Dict[Tuple[str, str], Entry]] = None
         self.records: List[Record] = []  # the controller's: every test's, from the reports
         self.saved: Optional[str] = None
