@@ -229,7 +229,8 @@ def add_options(parser: pytest.Parser) -> None:
                             metavar=option.metavar, help=option.help)  # fmt: skip
         else:
             group.addoption(option.flag, dest=dest, default=None, metavar=option.metavar, help=option.help)
-        parser.addini(option.ini, "%s (same as %s; env %s)" % (option.help, option.flag, option.env), default=None)
+        help_text = option.help.replace("%%", "%")  # argparse formats an option's help; the ini's is shown as it is
+        parser.addini(option.ini, "%s (same as %s; env %s)" % (help_text, option.flag, option.env), default=None)
 
 
 def resolve(config: pytest.Config, environ: Mapping[str, str] = os.environ) -> Settings:
