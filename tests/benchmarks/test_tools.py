@@ -205,6 +205,14 @@ def check_regression(results: Dict[str, Any]) -> None:
     assert len(results["headline"]) == 4 and results["headline"][0]["figure"].startswith("regression check")
 
 
+def check_pipeline(results: Dict[str, Any]) -> None:
+    figures = results["scenarios"]["pipeline"]
+    for name in ("link_sequential", "link_pipelined", "link_round_trip", "direct_pipelined", "floor"):
+        check_spread(figures[name], 2, name)
+    assert results["config"]["calls"] == 100 and results["config"]["delay_ms"] == 1.0
+    assert isinstance(figures["met"], bool) and results["headline"][0]["met"] == figures["met"]
+
+
 TOOLS: Dict[str, Any] = {
     "soak": ("reliability/soak.py", ["--quick"], check_soak),
     "attack_unproven": ("reliability/attack_unproven.py", ["--quick", "--secret"], check_unproven),
@@ -222,6 +230,7 @@ TOOLS: Dict[str, Any] = {
         check_farm_emulated,
     ),  # fmt: skip
     "tracker": ("benchmarks/bench_tracker.py", ["--quick", "--before", str(PROJECT)], check_tracker),
+    "pipeline": ("benchmarks/bench_pipeline.py", ["--quick"], check_pipeline),
     "dataplane": ("benchmarks/bench_dataplane.py", ["--quick", "--tls", "--before", str(PROJECT)], check_dataplane),
     "regression": ("benchmarks/bench_regression.py", ["--quick"], check_regression),
 }
