@@ -14,6 +14,7 @@ Where each thing happens, so that it also holds under pytest-xdist:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Dict, Generator, List, Optional, Tuple
 
 import pytest
@@ -70,7 +71,14 @@ class BenchmarkRun:
         if self.baseline_path is None:
             return None
         entry = record.entry()
-        return compare_entries(self.baseline().get(entry.ident), entry, self.settings.benchmark_fail)
+        comparison = compare_entries(self.baseline().get(entry.ident), entry, self.settings.benchmark_fail)
+        if record.first_timing is None:
+            return comparison
+        timed_again = "; timed again: a first timing read as a regression (%s %s)" % (
+            comparison.spec.statistic,
+            format_seconds(record.first_timing),
+        )
+        return replace(comparison, note=comparison.note + timed_again)
 
     # --- pytest-xdist, in the controller ------------------------------------------
 

@@ -19,7 +19,9 @@ The semantics are TVM's: one warm-up run; ``number`` runs per repeat, grown
 as TVM grows it until one repeat lasts ``min_repeat_ms``; a cooldown every
 ``repeats_to_cooldown`` repeats; ``cache_flush_bytes`` copied between two
 buffers before each batch, and ``cache_flush_cpu_non_first_arg`` before each
-repeat. Standard library only: boards run it.
+repeat. A flush evicts the loop's own code and data too, so a few calls of the
+no-op follow it (they do not touch the arguments' memory). Standard library
+only: boards run it.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ CALIBRATION_BATCH_NS = 2_000_000
 CALIBRATION_BATCHES = 9
 #: Batches of one call, for the cost of a batch beside its calls.
 SINGLE_BATCHES = 101
+#: Calls of the no-op after a cache flush: the loop, ctypes and the interpreter back in the caches, the data not.
+REWARM_CALLS = 3
 #: Repeats whose timed batch lasted this long report the share of it the process spent on a CPU.
 SHARE_BATCH_NS = 1_000_000
 #: Bytes written over to evict the caches when the board does not say how large its last level is.
@@ -126,7 +130,8 @@ def last_level_cache_bytes(root: str = "/") -> int:
 class _Flusher:
     """Evicts data from the CPU caches between runs, outside the timed loop."""
 
-    def __init__(self, options: TimingOptions, first: Optional[FirstArray]) -> None:
+    def __init__(self, options: TimingOptions, first: Optional[FirstArray], rewarm: Callable[[], Any]) -> None:
+        self._rewarm = rewarm  # the loop's own path, which the eviction evicts too, without touching the data
         self._copy = None
         if options.cache_flush_bytes:  # TVM copies one buffer of this size over another
             size = options.cache_flush_bytes
@@ -144,11 +149,13 @@ class _Flusher:
             ctypes.memset(buffer, 0x5A, size)
             if self._first is not None and self._first.nbytes:
                 ctypes.memmove(self._scratch, self._first.address, self._first.nbytes)
+            self._rewarm()
 
     def before_batch(self) -> None:
         if self._copy is not None:
             target, source, size = self._copy
             ctypes.memmove(target, source, size)
+            self._rewarm()
 
 
 class _Pinned:
@@ -183,7 +190,8 @@ def time_function(
     function: Any, args: Sequence[Any], options: TimingOptions, first: Optional[FirstArray] = None
 ) -> Dict[str, Any]:
     """Time ``function(*args)`` as ``options`` say; the reply's metadata (times in seconds)."""
-    flusher = _Flusher(options, first)
+    no_op = _no_op_like(function)
+    flusher = _Flusher(options, first, lambda: _batch(no_op, args, REWARM_CALLS))
     with _Pinned(options.pin_cpu):
         function(*args)  # the warm-up run, discarded
         overhead = calibrate(function, args)

@@ -230,7 +230,7 @@ def compare(
 
 def format_comparison(comparisons: Sequence[Comparison]) -> str:
     """The comparisons as a text table (test, key, board, both figures, the change, p and the verdict), then a
-    line saying why for each regression and each noisy verdict."""
+    line saying why for each regression, each noisy verdict and each comparison with a note."""
     statistic = comparisons[0].spec.statistic if comparisons else DEFAULT_SPEC.statistic
     header = ("test", "key", "board", "baseline " + statistic, statistic, "change", "p", "verdict")
     rows = [
@@ -238,7 +238,8 @@ def format_comparison(comparisons: Sequence[Comparison]) -> str:
          _p(c.p_value), c.verdict.upper() if c.regression else c.verdict)
         for c in comparisons
     ]  # fmt: skip
-    reasons = ["%s [%s]: %s\n" % (c.test, c.key, c.message()) for c in comparisons if c.verdict in (REGRESSION, NOISY)]
+    reasons = ["%s [%s]: %s\n" % (c.test, c.key, c.message()) for c in comparisons
+               if c.verdict in (REGRESSION, NOISY) or c.note]  # fmt: skip
     return text_table(header, rows) + "".join(reasons)
 
 

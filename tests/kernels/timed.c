@@ -1,5 +1,6 @@
-/* Kernels for the device_benchmark tests: one of known cost, one whose cost follows the compiler's flags and
-   the CPU's contention, and one that counts its calls. */
+/* Kernels for the time_evaluator and device_benchmark tests: one of known cost, one whose cost follows the
+   compiler's flags and the CPU's contention, one slow only at first, one that does nothing, and one that counts
+   its calls. */
 #include <stdint.h>
 #include <time.h>
 
@@ -45,4 +46,20 @@ void counted(void)
 int64_t call_count(void)
 {
     return calls;
+}
+
+/* Spins slow_ns for each of its first slow_calls calls, then fast_ns: a board busy for a while, then quiet. */
+void slow_at_first(int64_t slow_calls, int64_t slow_ns, int64_t fast_ns)
+{
+    static int64_t made;
+    spin_ns(made++ < slow_calls ? slow_ns : fast_ns);
+}
+
+/* Does nothing with four arguments: what the timing loop alone costs with a signature like vadd's. */
+void nothing(const float *a, const float *b, float *c, int64_t n)
+{
+    (void)a;
+    (void)b;
+    (void)c;
+    (void)n;
 }

@@ -297,6 +297,36 @@ def test_the_same_build_compared_with_itself_is_never_a_regression(pytester: pyt
         assert row[-1] in ("same", "improvement", "noisy"), "attempt %d: %s" % (attempt, row)
 
 
+#: A board busy during the first timing only: slow_at_first's first SLOW_CALLS calls (the warm-up and 1 x 5 runs
+#: of the first timing, min_repeat_ms=0 keeps number at 1) spin 20x longer. SLOW_CALLS=0: quiet throughout.
+AT_FIRST_TEST = """
+import os
+
+
+def test_at_first(device, timed, device_benchmark):
+    slow = timed.get_function("slow_at_first", "void slow_at_first(int64_t s, int64_t slow, int64_t fast)")
+    device_benchmark(slow, int(os.environ["SLOW_CALLS"]), 2_000_000, 100_000, number=1, repeat=5, min_repeat_ms=0)
+"""
+
+
+def test_a_regression_is_timed_again_before_it_fails_a_test(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A figure slow only in its first timing (the board was busy) reads as a regression; timed again, it is not,
+    and the test passes, its line saying so."""
+    pytester.makepyfile(test_at_first=AT_FIRST_TEST)
+    monkeypatch.setenv("SLOW_CALLS", "0")
+    run(pytester, "--device-benchmark-save", "quiet").assert_outcomes(passed=1)
+    monkeypatch.setenv("SLOW_CALLS", "6")
+    result = run(pytester, "--device-benchmark-compare", "--device-benchmark-fail", "median:10%")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        ["*the same: within median:10%*; timed again: a first timing read as a regression (median 2*ms)"]
+    )
+    [figure] = figures(pytester)["test_at_first"]
+    assert figure["median"] < 1e-3, figure  # the second timing's figure is the one kept
+
+
 def test_a_run_that_cannot_be_saved_says_so_and_fails(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_spin=SPIN_TEST)
     blocked = pytester.path / "blocked"
