@@ -191,6 +191,26 @@ def check_soak(results: Dict[str, Any]) -> None:
     assert memory["samples"] >= 2 and 0 < memory["rss_kb_start"] <= memory["rss_kb_peak"], memory
 
 
+def check_timing(results: Dict[str, Any]) -> None:
+    tvm = results["machine"]["tvm"] is not None
+    sides = {"host", "host_O3_native"} | ({"host_tvm", "tvm_local", "tvm_rpc"} if tvm else set())
+    kernels = results["scenarios"]["kernels"]
+    assert set(kernels) == {"vadd", "matmul"} and set(kernels["vadd"]) == {str(16 << 10), str(1 << 20)}
+    for kernel, rows in kernels.items():
+        for size, row in rows.items():
+            assert set(row["us"]) == sides, (kernel, size)
+            for side in sides:
+                check_spread(row["us"][side], row["repeat"] * row["rounds"], (kernel, size, side))
+    assert positive(results["scenarios"]["noop"]["us"]["host"]["median"])
+    instructions = results["scenarios"]["instructions"]["vadd"]
+    assert instructions["gcc_O2"]["scalar_float"] > 0 and instructions["gcc_O3_native"]["packed_float"] > 0
+    assert ("tvm_llvm" in instructions) == tvm
+    flush = results["scenarios"]["cache_flush"]["us"]
+    assert {"host_warm", "host_flushed"} <= set(flush) and ("tvm_rpc_preproc" in flush) == tvm
+    judged = [row for name, row in results["ratios"].items() if "_over_host_tvm" in name]
+    assert len(judged) == (2 * 3 if tvm else 0) and all(isinstance(row["pass"], bool) for row in judged)
+
+
 TOOLS: Dict[str, Any] = {
     "soak": ("reliability/soak.py", ["--quick"], check_soak),
     "attack_unproven": ("reliability/attack_unproven.py", ["--quick", "--secret"], check_unproven),
@@ -208,6 +228,7 @@ TOOLS: Dict[str, Any] = {
         check_farm_emulated,
     ),  # fmt: skip
     "tracker": ("benchmarks/bench_tracker.py", ["--quick", "--before", str(PROJECT)], check_tracker),
+    "timing": ("benchmarks/bench_timing.py", ["--quick"], check_timing),
     "dataplane": ("benchmarks/bench_dataplane.py", ["--quick", "--tls", "--before", str(PROJECT)], check_dataplane),
 }
 

@@ -1,0 +1,210 @@
+/* The reference for on-board timing: a plain C loop on the host timing a kernel of a shared library.
+ *
+ *   host_loop LIBRARY SYMBOL ABI KERNEL SIZE NUMBER REPEAT [FLUSH_BYTES]
+ *
+ * ABI is "c" (the kernel's own C prototype, as the farm's kernels) or "tvm-ffi" (a function exported by
+ * TVM: int f(void *self, const Any *args, int32_t count, Any *result), its tensors passed as DLTensor
+ * pointers). KERNEL is "noop" (void f(void)), "vadd" (c = a + b over SIZE float32) or "matmul" (c = a . b,
+ * SIZE x SIZE float32, row-major). After one untimed warm-up call, each of REPEAT repeats times NUMBER calls
+ * with clock_gettime(CLOCK_MONOTONIC) and prints "repeat SECONDS" (the mean of one call). With FLUSH_BYTES,
+ * a buffer of that size is written before each call, untimed, and each call is timed on its own. The result
+ * is then checked, and "check ok" printed; exit status 1 on a wrong result, 2 on bad arguments.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <dlfcn.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef struct {
+    int32_t device_type;
+    int32_t device_id;
+} Device;
+
+typedef struct {
+    uint8_t code;
+    uint8_t bits;
+    uint16_t lanes;
+} DataType;
+
+typedef struct { /* DLPack's DLTensor */
+    void *data;
+    Device device;
+    int32_t ndim;
+    DataType dtype;
+    int64_t *shape;
+    int64_t *strides;
+    uint64_t byte_offset;
+} Tensor;
+
+typedef struct { /* TVM FFI's 16-byte value: a type index, padding, a payload */
+    int32_t type_index;
+    uint32_t padding;
+    void *pointer;
+} Value;
+
+enum { VALUE_NONE = 0, VALUE_TENSOR_POINTER = 7, DEVICE_CPU = 1, CODE_FLOAT = 2 };
+
+typedef int (*FfiFunction)(void *, const Value *, int32_t, Value *);
+typedef void (*NoopFunction)(void);
+typedef void (*VaddFunction)(const float *, const float *, float *, int64_t);
+typedef void (*MatmulFunction)(const float *, const float *, float *, int64_t, int64_t, int64_t);
+
+/* Called by a TVM library only when it refuses its arguments: say so and stop. */
+void TVMFFIErrorSetRaisedFromCStrParts(const char *kind, const char **parts, int32_t count)
+{
+    fprintf(stderr, "the TVM function raised %s:", kind);
+    for (int32_t i = 0; i < count; i++)
+        if (parts[i])
+            fprintf(stderr, " %s", parts[i]);
+    fprintf(stderr, "\n");
+    exit(1);
+}
+
+struct Call {
+    const char *abi, *kernel;
+    void *symbol;
+    int64_t size;
+    float *a, *b, *c;
+    Tensor tensors[3];
+    int64_t shapes[3][2];
+    Value values[3];
+};
+
+static void fail(const char *what, const char *detail)
+{
+    fprintf(stderr, "host_loop: %s%s\n", what, detail ? detail : "");
+    exit(2);
+}
+
+static double now(void)
+{
+    struct timespec clock;
+    clock_gettime(CLOCK_MONOTONIC, &clock);
+    return (double)clock.tv_sec + 1e-9 * (double)clock.tv_nsec;
+}
+
+static float *floats(int64_t count)
+{
+    size_t bytes = ((size_t)count * sizeof(float) + 63) / 64 * 64; /* TVM's kernels expect aligned tensors */
+    float *data = aligned_alloc(64, bytes ? bytes : 64);
+    if (!data)
+        fail("out of memory", NULL);
+    return data;
+}
+
+static void prepare(struct Call *call)
+{
+    int matmul = strcmp(call->kernel, "matmul") == 0;
+    int64_t count = matmul ? call->size * call->size : call->size;
+    call->a = floats(count);
+    call->b = floats(count);
+    call->c = floats(count);
+    for (int64_t i = 0; i < count; i++) { /* touched now: no page faults in the timed calls */
+        call->a[i] = (float)(i % 97) * 0.25f;
+        call->b[i] = (float)(i % 89) * 0.5f;
+        call->c[i] = 0.0f;
+    }
+    float *data[3] = {call->a, call->b, call->c};
+    for (int i = 0; i < 3; i++) {
+        call->shapes[i][0] = call->size;
+        call->shapes[i][1] = call->size;
+        Tensor tensor = {data[i], {DEVICE_CPU, 0}, matmul ? 2 : 1, {CODE_FLOAT, 32, 1}, call->shapes[i], NULL, 0};
+        call->tensors[i] = tensor;
+        call->values[i].type_index = VALUE_TENSOR_POINTER;
+        call->values[i].padding = 0;
+        call->values[i].pointer = &call->tensors[i];
+    }
+}
+
+static void invoke(const struct Call *call)
+{
+    if (strcmp(call->abi, "tvm-ffi") == 0) {
+        Value result = {VALUE_NONE, 0, NULL};
+        int count = strcmp(call->kernel, "noop") == 0 ? 0 : 3;
+        if (((FfiFunction)call->symbol)(NULL, call->values, count, &result) != 0)
+            fail("the TVM function returned an error", NULL);
+    } else if (strcmp(call->kernel, "vadd") == 0) {
+        ((VaddFunction)call->symbol)(call->a, call->b, call->c, call->size);
+    } else if (strcmp(call->kernel, "matmul") == 0) {
+        ((MatmulFunction)call->symbol)(call->a, call->b, call->c, call->size, call->size, call->size);
+    } else {
+        ((NoopFunction)call->symbol)();
+    }
+}
+
+/* Whether c holds a + b, or a . b at a sample of its elements (against a double-precision sum). */
+static int correct(const struct Call *call)
+{
+    int64_t n = call->size;
+    if (strcmp(call->kernel, "vadd") == 0) {
+        for (int64_t i = 0; i < n; i++)
+            if (call->c[i] != call->a[i] + call->b[i])
+                return 0;
+        return 1;
+    }
+    if (strcmp(call->kernel, "matmul") != 0)
+        return 1;
+    for (int64_t sample = 0; sample < 64; sample++) {
+        int64_t i = (sample * 7919) % n, j = (sample * 104729) % n;
+        double sum = 0.0;
+        for (int64_t p = 0; p < n; p++)
+            sum += (double)call->a[i * n + p] * (double)call->b[p * n + j];
+        if (fabs(call->c[i * n + j] - sum) > 1e-4 * fabs(sum) + 1e-3)
+            return 0;
+    }
+    return 1;
+}
+
+static void flush(volatile unsigned char *buffer, long bytes)
+{
+    for (long i = 0; i < bytes; i += 64)
+        buffer[i] = (unsigned char)(buffer[i] + 1);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 8 && argc != 9)
+        fail("usage: host_loop LIBRARY SYMBOL c|tvm-ffi noop|vadd|matmul SIZE NUMBER REPEAT [FLUSH_BYTES]", NULL);
+    struct Call call = {.abi = argv[3], .kernel = argv[4], .size = atoll(argv[5])};
+    long number = atol(argv[6]), repeat = atol(argv[7]), flush_bytes = argc == 9 ? atol(argv[8]) : 0;
+    if (number < 1 || repeat < 1 || call.size < 1 || flush_bytes < 0)
+        fail("SIZE, NUMBER and REPEAT must be at least 1, FLUSH_BYTES at least 0", NULL);
+    void *library = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+    if (!library)
+        fail("dlopen: ", dlerror());
+    call.symbol = dlsym(library, argv[2]);
+    if (!call.symbol)
+        fail("dlsym: ", dlerror());
+    prepare(&call);
+    unsigned char *buffer = flush_bytes ? calloc(1, (size_t)flush_bytes) : NULL;
+    if (flush_bytes && !buffer)
+        fail("out of memory", NULL);
+    invoke(&call); /* the warm-up */
+    for (long r = 0; r < repeat; r++) {
+        double total = 0.0;
+        if (buffer) {
+            for (long i = 0; i < number; i++) {
+                flush(buffer, flush_bytes);
+                double began = now();
+                invoke(&call);
+                total += now() - began;
+            }
+        } else {
+            double began = now();
+            for (long i = 0; i < number; i++)
+                invoke(&call);
+            total = now() - began;
+        }
+        printf("repeat %.9e\n", total / (double)number);
+    }
+    if (!correct(&call)) {
+        fprintf(stderr, "host_loop: %s computed a wrong result\n", argv[2]);
+        return 1;
+    }
+    printf("check ok\n");
+    return 0;
+}
