@@ -23,7 +23,15 @@ from .errors import (
 
 __version__ = "0.1.0"
 
-_CLIENT_NAMES = ("connect", "RemoteArray", "RemoteDevice", "RemoteFunction", "RemoteModule", "RemoteSession")
+_CLIENT_NAMES = (
+    "connect",
+    "BenchmarkResult",
+    "RemoteArray",
+    "RemoteDevice",
+    "RemoteFunction",
+    "RemoteModule",
+    "RemoteSession",
+)
 _TRACKER_NAMES = ("connect_tracker", "NoBoardError", "TrackerClient", "TrackerError")
 
 __all__ = [

@@ -85,12 +85,25 @@ def load(root: str = "/") -> Dict[str, Any]:
     }
 
 
+def emulator(root: str = "/") -> Optional[str]:
+    """The user-mode emulator this process runs under (``qemu-aarch64``), None on the hardware itself.
+
+    qemu-user shows the guest everywhere but in the process's own command name.
+    """
+    for line in (_read(root, "proc/self/status") or "").splitlines():
+        if line.startswith("Name:"):
+            name = line.split(None, 1)[1] if len(line.split(None, 1)) > 1 else ""
+            return name if name.startswith("qemu-") else None
+    return None
+
+
 def machine_state(cpu: Optional[int] = None, root: str = "/") -> Dict[str, Any]:
     """The board's state for a figure measured on ``cpu`` (None: the CPU this process runs on now)."""
     if cpu is None:
-        cpu = _current_cpu(root)
+        cpu = current_cpu(root)
     return {
         "machine": platform.machine(),
+        "emulator": emulator(root),
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         **cpu_frequency(cpu, root),
@@ -100,7 +113,7 @@ def machine_state(cpu: Optional[int] = None, root: str = "/") -> Dict[str, Any]:
     }
 
 
-def _current_cpu(root: str) -> int:
+def current_cpu(root: str = "/") -> int:
     """The CPU this process last ran on (field 39 of /proc/self/stat), 0 where that cannot be read."""
     stat = _read(root, "proc/self/stat") or ""
     fields = stat[stat.rfind(")") + 2 :].split()  # after the command, which may hold spaces
@@ -120,6 +133,9 @@ def noise(state: Dict[str, Any], spread: Optional[float] = None) -> List[str]:
     averages, cpus = state.get("load_average"), state.get("cpu_count") or 1
     if averages and averages[0] > BUSY_LOAD_PER_CPU * cpus:
         reasons.append("the load average is %.2f on %d CPUs" % (averages[0], cpus))
+    others = state.get("other_processes_running")
+    if others is not None and others >= cpus:
+        reasons.append("%d other processes were running on %d CPUs" % (others, cpus))
     if spread is not None and spread > NOISY_SPREAD:
         reasons.append("the repeats vary by %.1f%% (more than %.0f%%)" % (100 * spread, 100 * NOISY_SPREAD))
     return reasons

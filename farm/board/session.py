@@ -28,10 +28,12 @@ from ..net.transport import FramedSocket
 from ..protocol.calls import MAX_ARGS, decode_call, encode_result
 from ..protocol.framing import DEFAULT_MAX_PAYLOAD, Buffer, Frame, encode_frame
 from ..protocol.ops import PICKLE_PROTOCOL, RESULT_PICKLE, Op
+from ..protocol.timing import timing_options
 from ..protocol.values import ADMITTED, encode_value
 from ..signature import DTYPE_SIZES, Signature, c_type_sizes, parse_signature
 from .elf import elf_machine, interpreter_machine
 from .machine import machine_state
+from .timing import FirstArray, time_function
 
 logger = logging.getLogger("farm.session")
 
@@ -110,6 +112,7 @@ class _Function(NamedTuple):
     cfunc: Any
     activity: bytes  # "running vadd() from libvadd.so", encoded for SessionStatus
     signature: Optional[Signature]
+    label: str  # "vadd() from libvadd.so"
 
 
 def _field(meta: dict, name: str, kind: Any, default: Any = ...) -> Any:
@@ -132,7 +135,7 @@ _NO_ARRAYS = (None,) * MAX_ARGS
 # Plain ints are quicker to reach than enum members on the call path.
 _ARRAY_NEW, _ARRAY_WRITE, _UPLOAD, _RESULT = int(Op.ARRAY_NEW), int(Op.ARRAY_WRITE), int(Op.UPLOAD), int(Op.RESULT)
 # Operations that record what they run themselves (or run nothing worth naming).
-_OWN_ACTIVITY = (int(Op.CALL), int(Op.RUN), int(Op.PING))
+_OWN_ACTIVITY = (int(Op.CALL), int(Op.RUN), int(Op.PING), int(Op.TIME))
 _RTLD_LOCAL = getattr(os, "RTLD_LOCAL", 0)
 #: Replies up to this size fit an empty socket buffer, so sending one cannot be cut short.
 ATOMIC_REPLY = 4096
@@ -294,6 +297,7 @@ class Session:
             Op.ARRAY_READ: self._array_read,
             Op.ARRAY_WRITE: self._array_write,
             Op.RUN: self._run,
+            Op.TIME: self._time,
         }
         conn.reader.allocate = self._allocate
         conn.reader.allocate_for = (_ARRAY_NEW, _ARRAY_WRITE, _UPLOAD)
@@ -580,13 +584,18 @@ class Session:
             cfunc.argtypes = [param.type.ctype for param in signature.params]
             cfunc.restype = signature.restype.ctype
         function_id = self._new_id()
-        self._functions[function_id] = _Function(
-            cfunc, SessionStatus.encode("running %s() from %s" % (name, module_name)), signature
-        )
+        label = "%s() from %s" % (name, module_name)
+        self._functions[function_id] = _Function(cfunc, SessionStatus.encode("running " + label), signature, label)
         return {"id": function_id}, b""
 
     def _call(self, frame: Frame) -> Reply:
-        function_id, tags, decoded = decode_call(frame.payload)
+        function, values = self._call_arguments(frame.payload)
+        self.status.running_encoded(function.activity)
+        return None, encode_result(function.cfunc(*values))
+
+    def _call_arguments(self, payload: Buffer) -> Tuple[_Function, Sequence[Any]]:
+        """The function a CALL payload names and the values to call it with, checked against its signature."""
+        function_id, tags, decoded = decode_call(payload)
         values: Sequence[Any] = decoded
         dtypes: Sequence[Optional[str]]
         function = self._functions.get(function_id)
@@ -600,8 +609,18 @@ class Session:
             function.signature.check(tags, dtypes, values)
         else:
             values = [_default_argument(index, tag, value) for index, (tag, value) in enumerate(zip(tags, values))]
-        self.status.running_encoded(function.activity)
-        return None, encode_result(function.cfunc(*values))
+        return function, values
+
+    def _time(self, frame: Frame) -> Reply:
+        options = timing_options(frame.meta or {}, max_flush_bytes=self.max_payload)
+        function, values = self._call_arguments(frame.payload)
+        _, tags, decoded = decode_call(frame.payload)
+        first = None
+        if tags[:1] == "a":
+            array = self._arrays[decoded[0]]
+            first = FirstArray(array.address, array.nbytes)
+        self.status.running("timing " + function.label)
+        return time_function(function.cfunc, values, options, first), b""
 
     def _pointer_arguments(self, tags: str, values: Sequence[Any]) -> Tuple[List[Any], List[Optional[str]]]:
         """Call values with arrays replaced by their addresses (NULLs by None), and each argument's dtype."""

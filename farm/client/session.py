@@ -23,7 +23,7 @@ import struct
 import sys
 import time
 import weakref
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -51,8 +51,10 @@ from ..protocol.framing import Frame, FrameReader
 from ..protocol.handshake import CODE_BUSY, CODE_MISMATCH, encode_hello
 from ..protocol.opening import Connector, Kind, Opened, Refused
 from ..protocol.ops import PICKLE_PROTOCOL, RESULT_PICKLE, Op
+from ..protocol.timing import TimingOptions, timing_options
 from ..protocol.values import decode_value
 from ..signature import DTYPE_SIZES, Signature, parse_signature
+from .timing import BenchmarkResult
 
 PathLike = Union[str, "os.PathLike[str]"]
 SUPPORTED_DTYPES = tuple(sorted(DTYPE_SIZES))
@@ -404,6 +406,14 @@ class RemoteSession:
         """``system_info()`` as first read in this session."""
         return self._info if self._info is not None else self.system_info()
 
+    def _board(self) -> Dict[str, Any]:
+        """Which board this is, as a benchmark result names it."""
+        return {
+            "key": self.key,
+            "name": _text(self._board_info().get("name", "")),
+            "address": "%s:%d" % (self.host, self.port),
+        }
+
     def _c_type_sizes(self) -> Dict[str, int]:
         """The board's sizes of C types (``long``: 8), the integer ones it reported."""
         sizes = self._board_info().get("c_type_sizes")
@@ -643,6 +653,18 @@ class RemoteModule:
         self._functions[(name, signature)] = function
         return function
 
+    def time_evaluator(
+        self,
+        func_name: str,
+        dev: Optional[RemoteDevice] = None,
+        *args: Any,
+        signature: Optional[str] = None,
+        **kwargs: Any,
+    ) -> Callable[..., BenchmarkResult]:
+        """TVM's ``Module.time_evaluator``: see :meth:`RemoteFunction.time_evaluator` for the options;
+        ``signature`` as in :meth:`get_function`."""
+        return self.get_function(func_name, signature).time_evaluator(dev, *args, **kwargs)
+
 
 class RemoteFunction:
     """A native function on the board; call it with remote arrays, ints and floats."""
@@ -679,6 +701,18 @@ class RemoteFunction:
         return "<RemoteFunction %s>" % (self.signature.text if self.signature else self.name)
 
     def __call__(self, *args: Any) -> Any:
+        payload = self._payload(args)
+        reply = self.session._request(_CALL, None, payload).payload
+        try:
+            result = decode_result(reply)
+        except ProtocolError as exc:
+            raise self.session._broken_reply("a call result that makes no sense (%s)" % exc) from None
+        if self._returns_bool and result is not None:
+            return bool(result)
+        return result
+
+    def _payload(self, args: Sequence[Any]) -> bytes:
+        """The CALL payload of ``args``, checked against the signature; ArgumentError before anything is sent."""
         tags: List[str] = []
         values: List[Any] = []
         dtypes: List[Optional[str]] = []
@@ -706,12 +740,42 @@ class RemoteFunction:
         tag_string = "".join(tags)
         if self.signature is not None:
             self.signature.check(tag_string, dtypes, values)
-        payload = encode_call(self.id, tag_string, values)
-        reply = self.session._request(_CALL, None, payload).payload
+        return encode_call(self.id, tag_string, values)
+
+    def time_evaluator(
+        self,
+        dev: Optional[RemoteDevice] = None,
+        number: int = 10,
+        repeat: int = 1,
+        min_repeat_ms: int = 0,
+        limit_zero_time_iterations: int = 100,
+        cooldown_interval_ms: int = 0,
+        repeats_to_cooldown: int = 1,
+        cache_flush_bytes: int = 0,
+        f_preproc: str = "",
+        *,
+        pin_cpu: Optional[int] = None,
+    ) -> Callable[..., BenchmarkResult]:
+        """A callable that times this function on the board, as TVM's ``time_evaluator`` does.
+
+        Called with the function's arguments, it runs the function once to warm
+        up, then ``repeat`` times ``number`` runs (``number`` grows until one
+        repeat lasts ``min_repeat_ms``), all in a loop on the board, and returns
+        a :class:`BenchmarkResult` of seconds per run with the board's state.
+        ``pin_cpu`` runs the loop on that CPU. Bad options raise ArgumentError here.
+        """
+        self.session._check_device(dev)
+        options = timing_options(
+            dict(number=number, repeat=repeat, min_repeat_ms=min_repeat_ms,
+                 limit_zero_time_iterations=limit_zero_time_iterations, cooldown_interval_ms=cooldown_interval_ms,
+                 repeats_to_cooldown=repeats_to_cooldown, cache_flush_bytes=cache_flush_bytes, f_preproc=f_preproc,
+                 pin_cpu=pin_cpu)
+        )  # fmt: skip
+        return lambda *args: self._time(options, args)
+
+    def _time(self, options: TimingOptions, args: Sequence[Any]) -> BenchmarkResult:
+        frame = self.session._request(Op.TIME, options.to_meta(), self._payload(args))
         try:
-            result = decode_result(reply)
-        except ProtocolError as exc:
-            raise self.session._broken_reply("a call result that makes no sense (%s)" % exc) from None
-        if self._returns_bool and result is not None:
-            return bool(result)
-        return result
+            return BenchmarkResult.from_reply(frame.meta, self.name, self.session._board(), options.repeat)
+        except ValueError as exc:
+            raise self.session._broken_reply("a timing reply that makes no sense (%s)" % exc) from None

@@ -28,6 +28,7 @@ class Op(IntEnum):
     ARRAY_WRITE = 13
     RUN = 14
     CLOSE = 15
+    TIME = 16
     # Replies and notices, board -> host.
     RESULT = 64
     ERROR = 65

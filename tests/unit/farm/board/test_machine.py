@@ -82,3 +82,16 @@ def test_this_machine() -> None:
     assert 0 <= state["cpu"] < (state["cpu_count"] or 1)
     assert state["load_average"] is not None and len(state["load_average"]) == 3
     assert isinstance(state["other_processes_running"], int)
+
+
+def test_an_emulated_process_names_its_emulator(tmp_path: Path) -> None:
+    root = lay_out(tmp_path, {"proc/self/status": "Name:\tqemu-aarch64\nUmask:\t0022\nState:\tR (running)"})
+    assert machine_state(cpu=0, root=root)["emulator"] == "qemu-aarch64"
+    native = lay_out(tmp_path / "native", {"proc/self/status": "Name:\tpython3\nUmask:\t0022"})
+    assert machine_state(cpu=0, root=native)["emulator"] is None
+
+
+def test_more_running_processes_than_cpus_is_noise() -> None:
+    quiet = {"cpu_count": 2, "other_processes_running": 1}
+    assert noise(quiet) == []
+    assert noise(dict(quiet, other_processes_running=2)) == ["2 other processes were running on 2 CPUs"]

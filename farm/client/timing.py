@@ -1,0 +1,173 @@
+"""What ``time_evaluator`` returns: the figures of each repeat, with the board's state and why they may be noisy.
+
+:class:`BenchmarkResult` holds what TVM's does (``results``, ``mean``,
+``median``, ``min``, ``max``, ``std``, in seconds, printed the same way) and
+what a figure needs to be trusted: the method, the overhead subtracted, the
+CPU, the board's state, the noise reasons and the emulator if any. It is
+built from the board's reply, which is data from a peer: every field is
+checked before it is used.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any, Dict, List, Optional, Sequence
+
+from ..board.machine import noise
+
+#: Fields of ``to_dict()``, in order.
+FIELDS = (
+    "function", "board", "method", "results", "number", "repeat", "mean", "median", "min", "max", "std",
+    "overhead_s", "overhead_spread_s", "cpu", "state", "noise", "emulated",
+)  # fmt: skip
+
+
+def _float(value: Any) -> Optional[float]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _state(value: Any) -> Dict[str, Any]:
+    """The parts of a board's reported state that have the types :func:`noise` reads; the rest as reported."""
+    if not isinstance(value, dict):
+        return {}
+    state = dict(value)
+    averages = state.get("load_average")
+    if not (isinstance(averages, list) and averages and all(_float(item) is not None for item in averages)):
+        state["load_average"] = None
+    for name in ("cpu_count", "other_processes_running", "cpu"):
+        if not (isinstance(state.get(name), int) and not isinstance(state.get(name), bool)):
+            state[name] = None
+    for name in ("governor", "emulator"):
+        if not isinstance(state.get(name), str):
+            state[name] = None
+    state["throttled"] = state.get("throttled") if isinstance(state.get("throttled"), bool) else None
+    return state
+
+
+class BenchmarkResult:
+    """Seconds per run of a function, one figure per repeat (each the mean of ``number`` runs)."""
+
+    def __init__(
+        self,
+        results: Sequence[float],
+        *,
+        function: str = "",
+        board: Optional[Dict[str, Any]] = None,
+        method: str = "board-python",
+        number: int = 0,
+        overhead_s: float = 0.0,
+        overhead_spread_s: float = 0.0,
+        cpu: Optional[int] = None,
+        state: Optional[Dict[str, Any]] = None,
+        noise_reasons: Optional[List[str]] = None,
+    ) -> None:
+        self.results = tuple(float(result) for result in results)
+        if not self.results:
+            raise ValueError("a benchmark result needs at least one figure")
+        self.function = function
+        self.board = dict(board or {})
+        self.method = method
+        self.number = number
+        self.repeat = len(self.results)
+        #: Per-call seconds of the timing loop, subtracted from each figure, and how much they varied.
+        self.overhead_s = overhead_s
+        self.overhead_spread_s = overhead_spread_s
+        self.cpu = cpu
+        self.state = state
+        self.mean = statistics.fmean(self.results)
+        self.median = statistics.median(self.results)
+        self.min = min(self.results)
+        self.max = max(self.results)
+        self.std = statistics.pstdev(self.results)
+        self.emulated: Optional[str] = (state or {}).get("emulator")
+        if noise_reasons is None:
+            noise_reasons = noise(_state(state), self.spread) if state is not None else []
+        self.noise = list(noise_reasons)
+
+    @property
+    def spread(self) -> Optional[float]:
+        """The coefficient of variation of the repeats (None with one repeat or a mean of zero)."""
+        return self.std / self.mean if self.repeat > 1 and self.mean > 0 else None
+
+    @property
+    def noisy(self) -> bool:
+        return bool(self.noise)
+
+    @classmethod
+    def from_reply(cls, meta: Any, function: str, board: Dict[str, Any], repeat: int) -> BenchmarkResult:
+        """The result of a TIME reply; ValueError naming what does not make sense in it."""
+        if not isinstance(meta, dict):
+            raise ValueError("the reply has no metadata")
+        results = meta.get("results")
+        if not isinstance(results, list) or len(results) != repeat:
+            raise ValueError("the reply does not hold %d figures" % repeat)
+        figures = [_float(result) for result in results]
+        if any(figure is None or figure < 0 for figure in figures):
+            raise ValueError("the reply's figures are not non-negative numbers")
+        number, overhead, cpu = meta.get("number"), _float(meta.get("overhead_s")), meta.get("cpu")
+        if not isinstance(number, int) or isinstance(number, bool) or number < 1 or overhead is None:
+            raise ValueError("the reply's number of runs or overhead is missing")
+        return cls(
+            [figure for figure in figures if figure is not None],
+            function=function,
+            board=board,
+            method=str(meta.get("method", ""))[:40],
+            number=number,
+            overhead_s=overhead,
+            overhead_spread_s=_float(meta.get("overhead_spread_s")) or 0.0,
+            cpu=cpu if isinstance(cpu, int) and not isinstance(cpu, bool) else None,
+            state=_state(meta.get("state")),
+        )
+
+    @classmethod
+    def from_tvm(cls, result: Any, function: str = "", board: Optional[Dict[str, Any]] = None) -> BenchmarkResult:
+        """A TVM ``BenchmarkResult`` (from TVM's own ``time_evaluator``) as one of ours."""
+        return cls(list(result.results), function=function, board=board, method="tvm", noise_reasons=[])
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Every field, JSON-able."""
+        values = dict(vars(self), results=list(self.results))
+        return {name: values[name] for name in FIELDS}
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> BenchmarkResult:
+        """The result ``to_dict()`` gave."""
+        return cls(
+            data["results"],
+            function=data.get("function", ""),
+            board=data.get("board"),
+            method=data.get("method", ""),
+            number=data.get("number", 0),
+            overhead_s=data.get("overhead_s", 0.0),
+            overhead_spread_s=data.get("overhead_spread_s", 0.0),
+            cpu=data.get("cpu"),
+            state=data.get("state"),
+            noise_reasons=data.get("noise", []),
+        )
+
+    def __repr__(self) -> str:
+        return "BenchmarkResult(min=%r, mean=%r, median=%r, max=%r, std=%r, results=%r)" % (
+            self.min, self.mean, self.median, self.max, self.std, self.results,
+        )  # fmt: skip
+
+    def __str__(self) -> str:
+        lines = [
+            "Execution time summary:",
+            "%s %s %s %s %s"
+            % tuple(
+                title.center(12) for title in ("mean (ms)", "median (ms)", "max (ms)", "min (ms)", "std (ms)")
+            ),  # fmt: skip
+            " ".join(
+                ("%.4f" % (value * 1000)).center(12)
+                for value in (self.mean, self.median, self.max, self.min, self.std)
+            )
+            + " " * 15,  # fmt: skip
+        ]
+        if self.emulated:
+            lines.append("emulated: measured under %s; its times are not the hardware's" % self.emulated)
+        if self.noise:
+            lines.append("noisy: " + "; ".join(self.noise))
+        return "\n".join(lines)
