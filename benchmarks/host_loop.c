@@ -7,7 +7,7 @@
  * pointers). KERNEL is "noop" (void f(void)), "vadd" (c = a + b over SIZE float32) or "matmul" (c = a . b,
  * SIZE x SIZE float32, row-major). After one untimed warm-up call, each of REPEAT repeats times NUMBER calls
  * with clock_gettime(CLOCK_MONOTONIC) and prints "repeat SECONDS" (the mean of one call). With FLUSH_BYTES,
- * a buffer of that size is written before each call, untimed, and each call is timed on its own. The result
+ * a buffer of that size is copied over another before each call, untimed, and each call is timed on its own. The result
  * is then checked, and "check ok" printed; exit status 1 on a wrong result, 2 on bad arguments.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -72,7 +72,10 @@ struct Call {
     Tensor tensors[3];
     int64_t shapes[3][2];
     Value values[3];
+    int32_t count;
 };
+
+typedef void (*Invoke)(const struct Call *);
 
 static void fail(const char *what, const char *detail)
 {
@@ -120,20 +123,44 @@ static void prepare(struct Call *call)
     }
 }
 
-static void invoke(const struct Call *call)
+static void invoke_ffi(const struct Call *call)
 {
-    if (strcmp(call->abi, "tvm-ffi") == 0) {
-        Value result = {VALUE_NONE, 0, NULL};
-        int count = strcmp(call->kernel, "noop") == 0 ? 0 : 3;
-        if (((FfiFunction)call->symbol)(NULL, call->values, count, &result) != 0)
-            fail("the TVM function returned an error", NULL);
-    } else if (strcmp(call->kernel, "vadd") == 0) {
-        ((VaddFunction)call->symbol)(call->a, call->b, call->c, call->size);
-    } else if (strcmp(call->kernel, "matmul") == 0) {
-        ((MatmulFunction)call->symbol)(call->a, call->b, call->c, call->size, call->size, call->size);
-    } else {
-        ((NoopFunction)call->symbol)();
-    }
+    Value result = {VALUE_NONE, 0, NULL};
+    if (((FfiFunction)call->symbol)(NULL, call->values, call->count, &result) != 0)
+        fail("the TVM function returned an error", NULL);
+}
+
+static void invoke_vadd(const struct Call *call)
+{
+    ((VaddFunction)call->symbol)(call->a, call->b, call->c, call->size);
+}
+
+static void invoke_matmul(const struct Call *call)
+{
+    ((MatmulFunction)call->symbol)(call->a, call->b, call->c, call->size, call->size, call->size);
+}
+
+static void invoke_noop(const struct Call *call)
+{
+    ((NoopFunction)call->symbol)();
+}
+
+/* How to call the kernel, chosen once: the timed loop only calls through this pointer. */
+static Invoke invoker(struct Call *call)
+{
+    call->count = strcmp(call->kernel, "noop") == 0 ? 0 : 3;
+    if (strcmp(call->abi, "tvm-ffi") == 0)
+        return invoke_ffi;
+    if (strcmp(call->abi, "c") != 0)
+        fail("unknown ABI: ", call->abi);
+    if (strcmp(call->kernel, "vadd") == 0)
+        return invoke_vadd;
+    if (strcmp(call->kernel, "matmul") == 0)
+        return invoke_matmul;
+    if (strcmp(call->kernel, "noop") == 0)
+        return invoke_noop;
+    fail("unknown kernel: ", call->kernel);
+    return NULL;
 }
 
 /* Whether c holds a + b, or a . b at a sample of its elements (against a double-precision sum). */
@@ -159,10 +186,11 @@ static int correct(const struct Call *call)
     return 1;
 }
 
-static void flush(volatile unsigned char *buffer, long bytes)
+/* As TVM's cache_flush_bytes and the board's: one buffer copied over another. */
+static void flush(unsigned char *target, const unsigned char *source, long bytes)
 {
-    for (long i = 0; i < bytes; i += 64)
-        buffer[i] = (unsigned char)(buffer[i] + 1);
+    memcpy(target, source, (size_t)bytes);
+    __asm__ __volatile__("" : : "r"(target) : "memory"); /* the copy is kept */
 }
 
 int main(int argc, char **argv)
@@ -179,8 +207,9 @@ int main(int argc, char **argv)
     call.symbol = dlsym(library, argv[2]);
     if (!call.symbol)
         fail("dlsym: ", dlerror());
+    Invoke invoke = invoker(&call);
     prepare(&call);
-    unsigned char *buffer = flush_bytes ? calloc(1, (size_t)flush_bytes) : NULL;
+    unsigned char *buffer = flush_bytes ? calloc(2, (size_t)flush_bytes) : NULL; /* target, then source */
     if (flush_bytes && !buffer)
         fail("out of memory", NULL);
     invoke(&call); /* the warm-up */
@@ -188,7 +217,7 @@ int main(int argc, char **argv)
         double total = 0.0;
         if (buffer) {
             for (long i = 0; i < number; i++) {
-                flush(buffer, flush_bytes);
+                flush(buffer, buffer + flush_bytes, flush_bytes);
                 double began = now();
                 invoke(&call);
                 total += now() - began;

@@ -11,13 +11,16 @@ import logging
 import os
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import harness  # noqa: F401  (puts this checkout first on the path)
 import numpy as np
 
+from farm.client.tracker import TrackerClient  # noqa: E402
+from farm.ops.inventory import BUILTIN_INVENTORIES, load_inventory  # noqa: E402
+from farm.ops.launcher import FarmStack  # noqa: E402
 from farm.ops.toolchain import default_compiler  # noqa: E402
 
 logger = logging.getLogger("bench_timing")
@@ -59,10 +62,12 @@ def check_output(case: Case, a: np.ndarray, b: np.ndarray, c: np.ndarray, side: 
 
 @dataclass
 class Timer:
-    """Times a prepared kernel: ``time(number, repeat, flush_bytes)`` -> seconds per repeat; ``check()``."""
+    """Times a prepared kernel: ``time(number, repeat, flush_bytes)`` -> seconds per repeat; ``check()``;
+    ``notes``: what the last timing said besides its figures (our board's overhead, noise, CPU)."""
 
     time: Callable[[int, int, int], Seconds]
     check: Callable[[], None] = lambda: None
+    notes: Dict[str, Any] = field(default_factory=dict)
 
 
 # --- the host C loop --------------------------------------------------------------------------------
@@ -85,6 +90,65 @@ class HostLoop:
             return [float(line.split()[1]) for line in done.stdout.splitlines() if line.startswith("repeat ")]
 
         return Timer(time)  # the loop checks the result itself
+
+
+# --- ours ------------------------------------------------------------------------------------------------
+
+SIGNATURES = {
+    "noop": "void noop(void)",
+    "vadd": "void vadd(const float *a, const float *b, float *c, int64_t n)",
+    "matmul": "void matmul_f32(const float *a, const float *b, float *c, int64_t m, int64_t k, int64_t n)",
+}
+
+
+class OurSide:
+    """The library on a local board of the bundled farm (the plugin's default farm), timed by time_evaluator."""
+
+    def __init__(self, workdir: str, library: str) -> None:
+        inventory = load_inventory(BUILTIN_INVENTORIES["local"])
+        self.stack = FarmStack(inventory, os.path.join(workdir, "farm"))
+        self.client: Optional[TrackerClient] = None
+        self.session: Any = None
+        try:
+            self.stack.start()
+            self.client = TrackerClient(*self.stack.tracker_address)
+            self.session = self.client.request(inventory.default_key, session_timeout=3600, wait=60)
+            self.module = self.session.load_module(self.session.upload(library))
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        try:
+            for closable in (self.session, self.client):
+                if closable is not None:
+                    closable.close()
+        finally:
+            self.stack.stop()
+
+    def timer(self, case: Case, f_preproc: str = "") -> Timer:
+        a, b = case.inputs()
+        arrays = [self.session.array(array) for array in (a, b, np.zeros_like(a))] if case.kernel != "noop" else []
+        args = [*arrays, *[case.size] * (3 if case.kernel == "matmul" else len(arrays) // 3)]
+        name = SIGNATURES[case.kernel].split("(")[0].split()[-1]
+
+        def time(number: int, repeat: int, flush_bytes: int) -> Seconds:
+            # ping() sends the releases of arrays dropped since the last request: a timing request refuses them
+            self.session.ping()
+            evaluator = self.module.time_evaluator(name, number=number, repeat=repeat, cache_flush_bytes=flush_bytes,
+                                                   f_preproc=f_preproc, signature=SIGNATURES[case.kernel])  # fmt: skip
+            result = evaluator(*args)
+            timer.notes.update(overhead_us=result.overhead_s * 1e6, overhead_spread_us=result.overhead_spread_s * 1e6,
+                               noise=list(result.noise), cpu=result.cpu, method=result.method,
+                               state=result.state)  # fmt: skip
+            return list(result.results)
+
+        def check() -> None:
+            if arrays:
+                check_output(case, a, b, arrays[2].numpy(), "our board")
+
+        timer = Timer(time, check)
+        return timer
 
 
 # --- TVM ------------------------------------------------------------------------------------------------

@@ -193,7 +193,7 @@ def check_soak(results: Dict[str, Any]) -> None:
 
 def check_timing(results: Dict[str, Any]) -> None:
     tvm = results["machine"]["tvm"] is not None
-    sides = {"host", "host_O3_native"} | ({"host_tvm", "tvm_local", "tvm_rpc"} if tvm else set())
+    sides = {"host", "ours", "host_O3_native"} | ({"host_tvm", "tvm_local", "tvm_rpc"} if tvm else set())
     kernels = results["scenarios"]["kernels"]
     assert set(kernels) == {"vadd", "matmul"} and set(kernels["vadd"]) == {str(16 << 10), str(1 << 20)}
     for kernel, rows in kernels.items():
@@ -201,14 +201,19 @@ def check_timing(results: Dict[str, Any]) -> None:
             assert set(row["us"]) == sides, (kernel, size)
             for side in sides:
                 check_spread(row["us"][side], row["repeat"] * row["rounds"], (kernel, size, side))
-    assert positive(results["scenarios"]["noop"]["us"]["host"]["median"])
+            assert row["notes"]["ours"]["method"] == "board-python" and positive(row["notes"]["ours"]["overhead_us"])
+    noop = results["scenarios"]["noop"]
+    assert positive(noop["us"]["host"]["median"]) and noop["us"]["ours"]["median"] >= 0
+    assert positive(noop["overhead_us"]) and noop["board_state"]["machine"] and noop["board_state"]["cpu"] is not None
     instructions = results["scenarios"]["instructions"]["vadd"]
     assert instructions["gcc_O2"]["scalar_float"] > 0 and instructions["gcc_O3_native"]["packed_float"] > 0
     assert ("tvm_llvm" in instructions) == tvm
     flush = results["scenarios"]["cache_flush"]["us"]
-    assert {"host_warm", "host_flushed"} <= set(flush) and ("tvm_rpc_preproc" in flush) == tvm
-    judged = [row for name, row in results["ratios"].items() if "_over_host_tvm" in name]
-    assert len(judged) == (2 * 3 if tvm else 0) and all(isinstance(row["pass"], bool) for row in judged)
+    assert {"host_warm", "host_flushed", "ours_warm", "ours_flushed", "ours_preproc"} <= set(flush)
+    assert ("tvm_rpc_preproc" in flush) == tvm
+    judged = [row for name, row in results["ratios"].items() if name.endswith("_ours_over_host")]
+    assert len(judged) == 3 and all(isinstance(row["pass"], bool) and positive(row["ratio"]) for row in judged)
+    assert len([name for name in results["ratios"] if name.endswith("_tvm_rpc_over_host_tvm")]) == (3 if tvm else 0)
 
 
 TOOLS: Dict[str, Any] = {
