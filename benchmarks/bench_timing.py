@@ -48,6 +48,7 @@ VADD_BUDGET = 1 << 24  # elements added per repeat: NUMBER = max(1, this / size)
 MATMUL_BUDGET = 1 << 25  # multiply-adds per repeat
 NOOP_NUMBER = 100_000
 FLUSH_BYTES = 64 << 20  # more than the last-level cache of the machines measured
+SHIFTS = (0, 64, 256, 1024, 2048, 3072)  # bytes past a page boundary of b (c: twice as many), for the placement
 FLUSH_REPEATS = 4  # times --repeat, for the cache flush's single calls
 FLUSH_CASE = Case("vadd", 16 << 10)  # 3 x 64 KiB: fits in L2
 AGREEMENT = 0.10  # ours within this fraction of the host loop
@@ -199,6 +200,15 @@ def measure_cache_flush(state: State, args: Any) -> Dict[str, Any]:
             "us": side_by_side(entries, 1, args, repeat), "notes": noted(entries)}  # fmt: skip
 
 
+def measure_placement(state: State, args: Any) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for size in args.placement_sizes:
+        case = Case("vadd", size)
+        entries = {str(shift): (state.host.timer(state.library, "vadd", "c", case, shift), 0) for shift in SHIFTS}
+        out[str(size)] = {"number": number_for(case), "us": side_by_side(entries, number_for(case), args)}
+    return out
+
+
 # --- ratios and the report ------------------------------------------------------------------------------------
 
 
@@ -322,6 +332,17 @@ def report_noop(figures: Dict[str, Any], args: Any) -> List[str]:
     return lines + [""]
 
 
+def report_placement(figures: Dict[str, Any], args: Any) -> List[str]:
+    shifts = list(next(iter(figures.values()))["us"]) if figures else []
+    cells = []
+    for size, row in figures.items():
+        medians = [row["us"][shift]["median"] for shift in shifts]
+        cells.append([label(int(size)), *[fmt(value) for value in medians], "%.2f" % (max(medians) / min(medians))])
+    header = ["size", *["shift %s B" % shift for shift in shifts], "slowest / fastest"]
+    title = "### Placement: the host loop over vector add with b and c shifted past page boundaries, median per call"
+    return [title, ""] + table(header, cells) + [""]
+
+
 def report_cache_flush(figures: Dict[str, Any], args: Any) -> List[str]:
     cells = [(name, fmt(row["median"]), fmt(row["min"]), fmt(row["max"])) for name, row in figures["us"].items()]
     title = "### Cache flush: %s of %s float32, one call per repeat, %d MiB flushed" % (
@@ -340,6 +361,7 @@ TOOL = Tool(
         "repeat": Option(3, 3, "repeats per side and round"),
         "vadd_sizes": Option(sizes("1K,16K,256K,1M,4M,16M"), sizes("16K,1M"), "vector add sizes (elements)", sizes),
         "matmul_sizes": Option([64, 256, 512], [64], "matrix product sizes (side)", sizes),
+        "placement_sizes": Option(sizes("16K,256K,1M"), sizes("16K"), "vector add sizes of the placement", sizes),
     },
     setup=setup,
     scenarios=[
@@ -353,6 +375,7 @@ TOOL = Tool(
             target="within %d %%" % (100 * AGREEMENT),
         ),
         Scenario("instructions", measure_instructions, report_instructions),
+        Scenario("placement", measure_placement, report_placement),
         Scenario("cache_flush", measure_cache_flush, report_cache_flush),
     ],  # fmt: skip
     ratios=ratios,

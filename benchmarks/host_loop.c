@@ -1,23 +1,30 @@
 /* The reference for on-board timing: a plain C loop on the host timing a kernel of a shared library.
  *
- *   host_loop LIBRARY SYMBOL ABI KERNEL SIZE NUMBER REPEAT [FLUSH_BYTES]
+ *   host_loop LIBRARY SYMBOL ABI KERNEL SIZE NUMBER REPEAT [FLUSH_BYTES [SHIFT]]
  *
  * ABI is "c" (the kernel's own C prototype, as the farm's kernels) or "tvm-ffi" (a function exported by
  * TVM: int f(void *self, const Any *args, int32_t count, Any *result), its tensors passed as DLTensor
  * pointers). KERNEL is "noop" (void f(void)), "vadd" (c = a + b over SIZE float32) or "matmul" (c = a . b,
  * SIZE x SIZE float32, row-major). After one untimed warm-up call, each of REPEAT repeats times NUMBER calls
  * with clock_gettime(CLOCK_MONOTONIC) and prints "repeat SECONDS" (the mean of one call). With FLUSH_BYTES,
- * a buffer of that size is copied over another before each call, untimed, and each call is timed on its own. The result
+ * a buffer of that size is copied over another before each call, untimed, and each call is timed on its own.
+ * The arrays are placed in memory as the board places its own; with SHIFT (bytes, a multiple of 64, -1 for
+ * the default), b and c start SHIFT and 2 SHIFT bytes past page boundaries while a starts on one: a scalar
+ * loop's speed depends on these distances (a store and a later load whose addresses match in their low 12
+ * bits are taken for dependent: "4K aliasing"). The result
  * is then checked, and "check ok" printed; exit status 1 on a wrong result, 2 on bad arguments.
  */
-#define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE
 #include <dlfcn.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
+
+enum { PAGE = 4096, MAPPED_BYTES = 256 << 10 }; /* the board maps each array this big on pages of its own */
 
 typedef struct {
     int32_t device_type;
@@ -90,22 +97,40 @@ static double now(void)
     return (double)clock.tv_sec + 1e-9 * (double)clock.tv_nsec;
 }
 
-static float *floats(int64_t count)
+static void *mapped(size_t bytes)
 {
-    size_t bytes = ((size_t)count * sizeof(float) + 63) / 64 * 64; /* TVM's kernels expect aligned tensors */
-    float *data = aligned_alloc(64, bytes ? bytes : 64);
-    if (!data)
+    void *data = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (data == MAP_FAILED)
         fail("out of memory", NULL);
+#ifdef MADV_HUGEPAGE
+    madvise(data, bytes, MADV_HUGEPAGE);
+#endif
     return data;
 }
 
-static void prepare(struct Call *call)
+/* The three arrays, placed as the board places its arrays (SHIFT < 0: one mapping each from MAPPED_BYTES on,
+ * else the heap, 64-byte aligned), or in one mapping, b SHIFT bytes and c twice SHIFT bytes past where a page
+ * boundary would put them. */
+static void place(struct Call *call, int64_t count, long shift)
+{
+    size_t bytes = (size_t)count * sizeof(float), pages = (bytes + PAGE - 1) / PAGE * PAGE;
+    float **arrays[3] = {&call->a, &call->b, &call->c};
+    unsigned char *block = shift >= 0 ? mapped(3 * pages + 2 * (size_t)shift + PAGE) : NULL;
+    for (int i = 0; i < 3; i++) {
+        if (block)
+            *arrays[i] = (float *)(block + (size_t)i * (pages + (size_t)shift));
+        else if (bytes >= MAPPED_BYTES)
+            *arrays[i] = mapped(bytes);
+        else if (!(*arrays[i] = aligned_alloc(64, (bytes + 63) / 64 * 64)))
+            fail("out of memory", NULL);
+    }
+}
+
+static void prepare(struct Call *call, long shift)
 {
     int matmul = strcmp(call->kernel, "matmul") == 0;
     int64_t count = matmul ? call->size * call->size : call->size;
-    call->a = floats(count);
-    call->b = floats(count);
-    call->c = floats(count);
+    place(call, count, shift);
     for (int64_t i = 0; i < count; i++) { /* touched now: no page faults in the timed calls */
         call->a[i] = (float)(i % 97) * 0.25f;
         call->b[i] = (float)(i % 89) * 0.5f;
@@ -195,12 +220,14 @@ static void flush(unsigned char *target, const unsigned char *source, long bytes
 
 int main(int argc, char **argv)
 {
-    if (argc != 8 && argc != 9)
-        fail("usage: host_loop LIBRARY SYMBOL c|tvm-ffi noop|vadd|matmul SIZE NUMBER REPEAT [FLUSH_BYTES]", NULL);
+    if (argc < 8 || argc > 10)
+        fail("usage: host_loop LIBRARY SYMBOL c|tvm-ffi noop|vadd|matmul SIZE NUMBER REPEAT [FLUSH_BYTES [SHIFT]]",
+             NULL);
     struct Call call = {.abi = argv[3], .kernel = argv[4], .size = atoll(argv[5])};
-    long number = atol(argv[6]), repeat = atol(argv[7]), flush_bytes = argc == 9 ? atol(argv[8]) : 0;
-    if (number < 1 || repeat < 1 || call.size < 1 || flush_bytes < 0)
-        fail("SIZE, NUMBER and REPEAT must be at least 1, FLUSH_BYTES at least 0", NULL);
+    long number = atol(argv[6]), repeat = atol(argv[7]), flush_bytes = argc > 8 ? atol(argv[8]) : 0;
+    long shift = argc > 9 ? atol(argv[9]) : -1;
+    if (number < 1 || repeat < 1 || call.size < 1 || flush_bytes < 0 || shift < -1 || (shift > 0 && shift % 64))
+        fail("SIZE, NUMBER and REPEAT must be at least 1, FLUSH_BYTES at least 0, SHIFT a multiple of 64", NULL);
     void *library = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
     if (!library)
         fail("dlopen: ", dlerror());
@@ -208,7 +235,7 @@ int main(int argc, char **argv)
     if (!call.symbol)
         fail("dlsym: ", dlerror());
     Invoke invoke = invoker(&call);
-    prepare(&call);
+    prepare(&call, shift);
     unsigned char *buffer = flush_bytes ? calloc(2, (size_t)flush_bytes) : NULL; /* target, then source */
     if (flush_bytes && !buffer)
         fail("out of memory", NULL);

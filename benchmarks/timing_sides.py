@@ -81,10 +81,12 @@ class HostLoop:
         command = [*default_compiler().split(), "-O2", "-rdynamic", "-o", self.binary, str(HOST_LOOP), "-ldl", "-lm"]
         subprocess.run(command, check=True, timeout=120, capture_output=True)
 
-    def timer(self, library: str, symbol: str, abi: str, case: Case) -> Timer:
+    def timer(self, library: str, symbol: str, abi: str, case: Case, shift: int = -1) -> Timer:
+        """``shift``: place b and c that many bytes (and twice as many) past page boundaries; -1: as the board."""
+
         def time(number: int, repeat: int, flush_bytes: int) -> Seconds:
             argv = [self.binary, library, symbol, abi, case.kernel, str(case.size), str(number), str(repeat)]
-            done = subprocess.run(argv + [str(flush_bytes)], capture_output=True, text=True, timeout=300)
+            done = subprocess.run(argv + [str(flush_bytes), str(shift)], capture_output=True, text=True, timeout=300)
             if done.returncode or "check ok" not in done.stdout.splitlines():
                 raise RuntimeError("host loop on %s: exit %d: %s" % (symbol, done.returncode, done.stderr.strip()))
             return [float(line.split()[1]) for line in done.stdout.splitlines() if line.startswith("repeat ")]

@@ -208,6 +208,8 @@ def check_timing(results: Dict[str, Any]) -> None:
     instructions = results["scenarios"]["instructions"]["vadd"]
     assert instructions["gcc_O2"]["scalar_float"] > 0 and instructions["gcc_O3_native"]["packed_float"] > 0
     assert ("tvm_llvm" in instructions) == tvm
+    placement = results["scenarios"]["placement"]
+    assert list(placement) == [str(16 << 10)] and len(placement[str(16 << 10)]["us"]) == 6
     flush = results["scenarios"]["cache_flush"]["us"]
     assert {"host_warm", "host_flushed", "ours_warm", "ours_flushed", "ours_preproc"} <= set(flush)
     assert ("tvm_rpc_preproc" in flush) == tvm
