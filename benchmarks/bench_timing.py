@@ -356,9 +356,9 @@ def report_cache_flush(figures: Dict[str, Any], args: Any) -> List[str]:
 TOOL = Tool(
     name="bench_timing",
     description=__doc__.split("\n\n")[0],
-    rounds=Option(7, 1, "rounds, taking turns between the sides"),
+    rounds=Option(11, 1, "rounds, taking turns between the sides"),
     options={
-        "repeat": Option(3, 3, "repeats per side and round"),
+        "repeat": Option(2, 3, "repeats per side and round"),
         "vadd_sizes": Option(sizes("1K,16K,256K,1M,4M,16M"), sizes("16K,1M"), "vector add sizes (elements)", sizes),
         "matmul_sizes": Option([64, 256, 512], [64], "matrix product sizes (side)", sizes),
         "placement_sizes": Option(sizes("16K,256K,1M"), sizes("16K"), "vector add sizes of the placement", sizes),
