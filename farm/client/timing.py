@@ -84,7 +84,8 @@ class BenchmarkResult:
         self.std = statistics.pstdev(self.results)
         self.emulated: Optional[str] = (state or {}).get("emulator")
         if noise_reasons is None:
-            noise_reasons = noise(_state(state), self.spread) if state is not None else []
+            resolved = self.mean > self.overhead_spread_s  # below it, the spread is the method's own
+            noise_reasons = noise(_state(state), self.spread if resolved else None) if state is not None else []
         self.noise = list(noise_reasons)
 
     @property

@@ -90,6 +90,23 @@ def test_cross_compiled_kernel_runs_on_the_emulated_board(
     assert session.load_module(os.path.basename(sizes)).get_function("sizes", "long sizes(void)")() == expected
 
 
+@pytest.mark.parametrize(("key", "emulator"), [("aarch64", "qemu-aarch64"), ("armhf", "qemu-arm")])
+def test_time_evaluator_on_an_emulated_board_says_its_times_are_qemus(
+    sessions: Dict[str, farm.RemoteSession], key: str, emulator: str, tmp_path: Path
+) -> None:
+    """The timing loop runs in the board's own Python under qemu, its cost calibrated there; the result says that
+    qemu's times are not the hardware's."""
+    session = sessions[key]
+    library = build_shared([PROJECT / "tests" / "kernels" / "timing.c"], toolchain_for(key), cache_dir=str(tmp_path))
+    session.upload(library)
+    spin = session.load_module(os.path.basename(library)).get_function("spin_ns", "int64_t spin_ns(int64_t ns)")
+    result = spin.time_evaluator(number=5, repeat=3)(200_000)
+    assert result.emulated == emulator and result.state and result.state["machine"] == MACHINES[key]
+    assert "emulated: measured under %s; its times are not the hardware's" % emulator in str(result)
+    assert 200e-6 - result.overhead_spread_s <= result.median and result.overhead_s > 0
+    assert session.system_info()["state"]["emulator"] == emulator
+
+
 WRONG_ARCHITECTURE = [("aarch64", "x86_64", "aarch64"), ("armhf", "aarch64", "arm")]  # key, built for, board runs
 
 

@@ -91,3 +91,10 @@ def test_a_hostile_state_is_read_as_data() -> None:
              "other_processes_running": 1e9}  # fmt: skip
     result = BenchmarkResult.from_reply(reply(state=state, cpu="0", results=[1.0] * 5), "vadd", {}, 5)
     assert result.noise == [] and result.emulated is None and result.cpu is None
+
+
+def test_the_spread_of_figures_below_the_methods_resolution_is_not_noise() -> None:
+    tiny = reply(results=[0.0, 2e-9, 0.0, 1e-9, 0.0], overhead_spread_s=5e-9)
+    assert BenchmarkResult.from_reply(tiny, "nothing", {}, 5).noise == []
+    resolved = reply(results=[1e-6, 2e-6, 1e-6, 1e-6, 1e-6], overhead_spread_s=5e-9)
+    assert BenchmarkResult.from_reply(resolved, "nothing", {}, 5).noise[0].startswith("the repeats vary by")
