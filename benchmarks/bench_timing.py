@@ -15,9 +15,11 @@ REPEAT repeats, NUMBER calls per repeat (the same for every side), one warm-up c
 * ``host_O3_native``: our kernels built -O3 -march=native, timed by the host loop: the compiler's share alone.
 * **instructions**: the float arithmetic of each library's kernel (objdump -d): packed against scalar.
 * **noop**: a void function with no work, by the host loop and ours; our board's calibrated per-call overhead.
-* **cache_flush**: a vector add that fits in cache, one call per repeat, warm and with the cache flushed before
-  each call: the host loop (a 64 MiB buffer written), ours and TVM (``cache_flush_bytes``, and TVM's
-  ``f_preproc="cache_flush_cpu_non_first_arg"``).
+* **placement**: the host loop alone over vector add, with b and c shifted past page boundaries: how much the
+  arrays' placement alone moves a scalar loop's figure.
+* **cache_flush**: a vector add that fits in cache, and the no-op, one call per repeat, warm and with the cache
+  flushed before each call: the host loop (a 64 MiB buffer copied over another), ours and TVM
+  (``cache_flush_bytes``, and ``f_preproc="cache_flush_cpu_non_first_arg"``).
 
 Vector add over 1K to 16M float32 (4 KiB to 64 MiB per array), matrix product 64, 256 and 512 square (float32).
 Targets: ours within 10 % of the host loop at every size, a no-op at most 1 us (medians). A kernel computing a
@@ -186,11 +188,15 @@ def measure_noop(state: State, args: Any) -> Dict[str, Any]:
 def measure_cache_flush(state: State, args: Any) -> Dict[str, Any]:
     case = FLUSH_CASE
     timers = state.timers(case)
-    entries = {"host_warm": (timers["host"], 0), "host_flushed": (timers["host"], FLUSH_BYTES)}
+    noop = Case("noop", 1)  # what a flush costs the timing loop itself: a call that does nothing
+    host_noop = state.host.timer(state.library, "noop", "c", noop)
+    entries = {"host_warm": (timers["host"], 0), "host_flushed": (timers["host"], FLUSH_BYTES),
+               "host_noop_warm": (host_noop, 0), "host_noop_flushed": (host_noop, FLUSH_BYTES)}  # fmt: skip
     if state.ours is not None:
-        preproc = state.ours.timer(case, f_preproc="cache_flush_cpu_non_first_arg")
+        preproc, ours_noop = state.ours.timer(case, f_preproc="cache_flush_cpu_non_first_arg"), state.ours.timer(noop)
         entries.update({"ours_warm": (timers["ours"], 0), "ours_flushed": (timers["ours"], FLUSH_BYTES),
-                        "ours_preproc": (preproc, 0)})  # fmt: skip
+                        "ours_preproc": (preproc, 0), "ours_noop_warm": (ours_noop, 0),
+                        "ours_noop_flushed": (ours_noop, FLUSH_BYTES)})  # fmt: skip
     if state.tvm is not None:
         preproc = state.tvm.timer(case, remote=True, f_preproc="cache_flush_cpu_non_first_arg")
         entries.update({"tvm_rpc_warm": (timers["tvm_rpc"], 0), "tvm_rpc_flushed": (timers["tvm_rpc"], FLUSH_BYTES),

@@ -211,7 +211,8 @@ def check_timing(results: Dict[str, Any]) -> None:
     placement = results["scenarios"]["placement"]
     assert list(placement) == [str(16 << 10)] and len(placement[str(16 << 10)]["us"]) == 6
     flush = results["scenarios"]["cache_flush"]["us"]
-    assert {"host_warm", "host_flushed", "ours_warm", "ours_flushed", "ours_preproc"} <= set(flush)
+    assert {"host_warm", "host_flushed", "host_noop_flushed", "ours_warm", "ours_flushed"} <= set(flush)
+    assert {"ours_preproc", "ours_noop_warm", "ours_noop_flushed"} <= set(flush)
     assert ("tvm_rpc_preproc" in flush) == tvm
     judged = [row for name, row in results["ratios"].items() if name.endswith("_ours_over_host")]
     assert len(judged) == 3 and all(isinstance(row["pass"], bool) and positive(row["ratio"]) for row in judged)
