@@ -37,14 +37,13 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import harness
 import numpy as np
 from harness import Headline, Option, Scenario, Tool, spread, table
-from timing_sides import Case, HostLoop, OurSide, Timer, TvmSide, instructions
+from timing_sides import SYMBOLS, Case, HostLoop, OurSide, Timer, TvmSide, instructions
 
 from farm.ops.targets import host_target  # noqa: E402  (harness puts this checkout first on the path)
 from farm.ops.toolchain import build_shared, toolchain_for  # noqa: E402
 
 KERNELS = {"vadd": harness.PROJECT / "farm" / "ops" / "kernels" / "vadd.c",
            "matmul": harness.PROJECT / "examples" / "kernels" / "matmul.c"}  # fmt: skip
-SYMBOLS = {"vadd": "vadd", "matmul": "matmul_f32", "noop": "noop"}
 NOOP_SOURCE = "/* No work: what a call costs. */\nvoid noop(void)\n{\n}\n"
 VADD_BUDGET = 1 << 24  # elements added per repeat: NUMBER = max(1, this / size)
 MATMUL_BUDGET = 1 << 25  # multiply-adds per repeat

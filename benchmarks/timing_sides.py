@@ -1,13 +1,12 @@
-"""The sides bench_timing.py measures: the host C loop, TVM's time_evaluator, and the instructions of a library.
+"""The sides bench_timing.py measures: the host C loop, our board, TVM's time_evaluator; a library's instructions.
 
-Each side times one :class:`Case` (a kernel at one size): ``open(case)`` returns a :class:`Timer`, whose call
-gives the seconds of each repeat (the mean of ``number`` calls) and whose ``check()`` raises if the kernel's
-output is wrong.
+Each side's ``timer(case, ...)`` prepares one :class:`Case` (a kernel at one size) and returns a :class:`Timer`,
+whose ``time(number, repeat, flush_bytes)`` gives the seconds of each repeat (the mean of ``number`` calls) and
+whose ``check()`` raises if the kernel's output is wrong.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import subprocess
@@ -22,8 +21,6 @@ from farm.client.tracker import TrackerClient  # noqa: E402
 from farm.ops.inventory import BUILTIN_INVENTORIES, load_inventory  # noqa: E402
 from farm.ops.launcher import FarmStack  # noqa: E402
 from farm.ops.toolchain import default_compiler  # noqa: E402
-
-logger = logging.getLogger("bench_timing")
 
 HOST = "127.0.0.1"
 HOST_LOOP = Path(__file__).resolve().parent / "host_loop.c"
@@ -96,6 +93,7 @@ class HostLoop:
 
 # --- ours ------------------------------------------------------------------------------------------------
 
+SYMBOLS = {"noop": "noop", "vadd": "vadd", "matmul": "matmul_f32"}
 SIGNATURES = {
     "noop": "void noop(void)",
     "vadd": "void vadd(const float *a, const float *b, float *c, int64_t n)",
@@ -131,8 +129,8 @@ class OurSide:
     def timer(self, case: Case, f_preproc: str = "") -> Timer:
         a, b = case.inputs()
         arrays = [self.session.array(array) for array in (a, b, np.zeros_like(a))] if case.kernel != "noop" else []
-        args = [*arrays, *[case.size] * (3 if case.kernel == "matmul" else len(arrays) // 3)]
-        name = SIGNATURES[case.kernel].split("(")[0].split()[-1]
+        args = [*arrays, *{"noop": [], "vadd": [case.size], "matmul": [case.size] * 3}[case.kernel]]
+        name = SYMBOLS[case.kernel]
 
         def time(number: int, repeat: int, flush_bytes: int) -> Seconds:
             # ping() sends the releases of arrays dropped since the last request: a timing request refuses them
