@@ -327,10 +327,14 @@ def report_instructions(figures: Dict[str, Any], args: Any) -> List[str]:
     return ["### Instructions of each kernel (objdump -d)", ""] + table(header, cells) + [""]
 
 
+def spread_table(sides: Dict[str, Any]) -> List[str]:
+    """Median, min and max per call of each side."""
+    cells = [(side, fmt(row["median"]), fmt(row["min"]), fmt(row["max"])) for side, row in sides.items()]
+    return table(("side", "median", "min", "max"), cells)
+
+
 def report_noop(figures: Dict[str, Any], args: Any) -> List[str]:
-    cells = [(side, fmt(row["median"]), fmt(row["min"]), fmt(row["max"])) for side, row in figures["us"].items()]
-    lines = ["### No-op, %d calls per repeat" % figures["number"], ""]
-    lines += table(("side", "median", "min", "max"), cells)
+    lines = ["### No-op, %d calls per repeat" % figures["number"], ""] + spread_table(figures["us"])
     if figures.get("overhead_us") is not None:
         lines += ["", "per-call overhead our board subtracted: %s (interquartile range of its calibration: %s)"
                   % (fmt(figures["overhead_us"]), fmt(figures["overhead_spread_us"]))]  # fmt: skip
@@ -349,13 +353,12 @@ def report_placement(figures: Dict[str, Any], args: Any) -> List[str]:
 
 
 def report_cache_flush(figures: Dict[str, Any], args: Any) -> List[str]:
-    cells = [(name, fmt(row["median"]), fmt(row["min"]), fmt(row["max"])) for name, row in figures["us"].items()]
     title = "### Cache flush: %s of %s float32, one call per repeat, %d MiB flushed" % (
         figures["kernel"],
         label(figures["size"]),
         figures["flush_bytes"] // MIB,
     )
-    return [title, ""] + table(("side", "median", "min", "max"), cells) + [""]
+    return [title, ""] + spread_table(figures["us"]) + [""]
 
 
 TOOL = Tool(
