@@ -126,7 +126,9 @@ class BenchmarkResult:
     @classmethod
     def from_tvm(cls, result: Any, function: str = "", board: Optional[Dict[str, Any]] = None) -> BenchmarkResult:
         """A TVM ``BenchmarkResult`` (from TVM's own ``time_evaluator``) as one of ours."""
-        return cls(list(result.results), function=function, board=board, method="tvm", noise_reasons=[])
+        ours = cls(list(result.results), function=function, board=board, method="tvm", noise_reasons=[])
+        ours.noise = noise({}, ours.spread)  # TVM reports no state: the spread alone can tell
+        return ours
 
     def to_dict(self) -> Dict[str, Any]:
         """Every field, JSON-able."""

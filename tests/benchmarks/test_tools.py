@@ -219,6 +219,28 @@ def check_timing(results: Dict[str, Any]) -> None:
     assert len([name for name in results["ratios"] if name.endswith("_tvm_rpc_over_host_tvm")]) == (3 if tvm else 0)
 
 
+def check_regression(results: Dict[str, Any]) -> None:
+    for name in ("vadd", "steps"):
+        pair = results["scenarios"][name]
+        for spec in ("median:10%", "median:5%", "median:0%"):
+            alarms, detected = pair["false_alarms"][spec], pair["detected"][spec]
+            assert alarms["pairs"] == 4 * 3 and 0 <= alarms["flagged"] + alarms["noisy"] <= alarms["pairs"], alarms
+            assert detected["pairs"] == 4 and 0 <= detected["flagged"] + detected["noisy"] <= 4, (name, detected)
+        assert pair["medians_us"]["slowed"]["median"] > pair["medians_us"]["base"]["median"] > 0, name
+    assert all(row["flagged"] >= 3 for row in results["scenarios"]["vadd"]["detected"].values())
+    rows = results["scenarios"]["model"]["rows"]
+    assert len(rows) == 9 and all(row["trials"] == 50 and 0 <= row["u_test"] <= 1 for row in rows)
+    assert len(results["headline"]) == 4 and results["headline"][0]["figure"].startswith("regression check")
+
+
+def check_pipeline(results: Dict[str, Any]) -> None:
+    figures = results["scenarios"]["pipeline"]
+    for name in ("link_sequential", "link_pipelined", "link_round_trip", "direct_pipelined", "floor"):
+        check_spread(figures[name], 2, name)
+    assert results["config"]["calls"] == 100 and results["config"]["delay_ms"] == 1.0
+    assert isinstance(figures["met"], bool) and results["headline"][0]["met"] == figures["met"]
+
+
 TOOLS: Dict[str, Any] = {
     "soak": ("reliability/soak.py", ["--quick"], check_soak),
     "attack_unproven": ("reliability/attack_unproven.py", ["--quick", "--secret"], check_unproven),
@@ -237,7 +259,9 @@ TOOLS: Dict[str, Any] = {
     ),  # fmt: skip
     "tracker": ("benchmarks/bench_tracker.py", ["--quick", "--before", str(PROJECT)], check_tracker),
     "timing": ("benchmarks/bench_timing.py", ["--quick"], check_timing),
+    "pipeline": ("benchmarks/bench_pipeline.py", ["--quick"], check_pipeline),
     "dataplane": ("benchmarks/bench_dataplane.py", ["--quick", "--tls", "--before", str(PROJECT)], check_dataplane),
+    "regression": ("benchmarks/bench_regression.py", ["--quick"], check_regression),
 }
 
 

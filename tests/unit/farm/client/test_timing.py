@@ -34,7 +34,10 @@ def test_printed_as_tvm_prints_its_benchmark_result() -> None:
     assert str(ours) == str(theirs)
     assert repr(ours).startswith("BenchmarkResult(min=0.0029, mean=")
     wrapped = BenchmarkResult.from_tvm(theirs, function="vadd", board={"key": "k"})
-    assert wrapped.method == "tvm" and wrapped.results == tuple(FIGURES) and not wrapped.noisy
+    assert wrapped.method == "tvm" and wrapped.results == tuple(FIGURES)
+    assert wrapped.noise == ["the repeats vary by 14.9% (more than 5%)"]  # the spread alone tells
+    steady = BenchmarkResult.from_tvm(tvm_module.BenchmarkResult([0.003, 0.003, 0.003]))
+    assert not steady.noisy and steady.state is None
 
 
 def test_a_quiet_board_with_steady_repeats_is_not_noisy() -> None:
