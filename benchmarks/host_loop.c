@@ -5,14 +5,17 @@
  * ABI is "c" (the kernel's own C prototype, as the farm's kernels) or "tvm-ffi" (a function exported by
  * TVM: int f(void *self, const Any *args, int32_t count, Any *result), its tensors passed as DLTensor
  * pointers). KERNEL is "noop" (void f(void)), "vadd" (c = a + b over SIZE float32) or "matmul" (c = a . b,
- * SIZE x SIZE float32, row-major). After one untimed warm-up call, each of REPEAT repeats times NUMBER calls
- * with clock_gettime(CLOCK_MONOTONIC) and prints "repeat SECONDS" (the mean of one call). With FLUSH_BYTES,
- * a buffer of that size is copied over another before each call, untimed, and each call is timed on its own.
- * The arrays are placed in memory as the board places its own; with SHIFT (bytes, a multiple of 64, -1 for
- * the default), b and c start SHIFT and 2 SHIFT bytes past page boundaries while a starts on one: a scalar
- * loop's speed depends on these distances (a store and a later load whose addresses match in their low 12
- * bits are taken for dependent: "4K aliasing"). The result
- * is then checked, and "check ok" printed; exit status 1 on a wrong result, 2 on bad arguments.
+ * SIZE x SIZE float32, row-major).
+ *
+ * After one untimed warm-up call, each of REPEAT repeats times NUMBER calls with
+ * clock_gettime(CLOCK_MONOTONIC) and prints "repeat SECONDS", SECONDS per call. With FLUSH_BYTES, a buffer of
+ * that size is copied over another before each call, untimed, and each call is timed on its own. The result
+ * is then checked and "check ok" printed; the exit status is 1 on a wrong result, 2 on bad arguments.
+ *
+ * The arrays are placed as the board places its own. With SHIFT (bytes, a multiple of 64; -1: the default),
+ * a starts on a page boundary and b and c SHIFT and 2 SHIFT bytes past one: a scalar loop's speed depends on
+ * these distances (a load whose address matches an earlier store's in its low 12 bits waits as if it
+ * depended on it: "4K aliasing").
  */
 #define _DEFAULT_SOURCE
 #include <dlfcn.h>
