@@ -630,7 +630,8 @@ class Session:
         return function, values
 
     def _time(self, frame: Frame) -> Reply:
-        options = timing_options(frame.meta or {}, max_flush_bytes=self.max_payload)
+        asked = {name: value for name, value in frame.meta.items() if name != "release"}  # handled already
+        options = timing_options(asked, max_flush_bytes=self.max_payload)
         function, values = self._call_arguments(frame.payload)
         _, tags, decoded = decode_call(frame.payload)
         first = None

@@ -191,6 +191,49 @@ def check_soak(results: Dict[str, Any]) -> None:
     assert memory["samples"] >= 2 and 0 < memory["rss_kb_start"] <= memory["rss_kb_peak"], memory
 
 
+def check_timing(results: Dict[str, Any]) -> None:
+    tvm = results["machine"]["tvm"] is not None
+    sides = {"host", "ours", "host_O3_native"} | ({"host_tvm", "tvm_local", "tvm_rpc"} if tvm else set())
+    kernels = results["scenarios"]["kernels"]
+    assert set(kernels) == {"vadd", "matmul"} and set(kernels["vadd"]) == {str(16 << 10), str(1 << 20)}
+    for kernel, rows in kernels.items():
+        for size, row in rows.items():
+            assert set(row["us"]) == sides, (kernel, size)
+            for side in sides:
+                check_spread(row["us"][side], row["repeat"] * row["rounds"], (kernel, size, side))
+            assert row["notes"]["ours"]["method"] == "board-python" and positive(row["notes"]["ours"]["overhead_us"])
+    noop = results["scenarios"]["noop"]
+    assert positive(noop["us"]["host"]["median"]) and noop["us"]["ours"]["median"] >= 0
+    assert positive(noop["overhead_us"]) and noop["board_state"]["machine"] and noop["board_state"]["cpu"] is not None
+    instructions = results["scenarios"]["instructions"]["vadd"]
+    assert set(instructions) == {"gcc_O2", "gcc_O3_native"} | ({"tvm_llvm"} if tvm else set())
+    for row in instructions.values():  # what the compilers made is reported, not checked
+        assert row["instructions"] > 0 and row["packed_float"] >= 0 and row["scalar_float"] >= 0, row
+    placement = results["scenarios"]["placement"]
+    assert list(placement) == [str(16 << 10)] and len(placement[str(16 << 10)]["us"]) == 6
+    flush = results["scenarios"]["cache_flush"]["us"]
+    assert {"host_warm", "host_flushed", "host_noop_flushed", "ours_warm", "ours_flushed"} <= set(flush)
+    assert {"ours_preproc", "ours_noop_warm", "ours_noop_flushed"} <= set(flush)
+    assert ("tvm_rpc_preproc" in flush) == tvm
+    judged = [row for name, row in results["ratios"].items() if name.endswith("_ours_over_host")]
+    assert len(judged) == 3 and all(isinstance(row["pass"], bool) and positive(row["ratio"]) for row in judged)
+    assert len([name for name in results["ratios"] if name.endswith("_tvm_rpc_over_host_tvm")]) == (3 if tvm else 0)
+
+
+def check_regression(results: Dict[str, Any]) -> None:
+    for name in ("vadd", "steps"):
+        pair = results["scenarios"][name]
+        for spec in ("median:10%", "median:5%", "median:0%"):
+            alarms, detected = pair["false_alarms"][spec], pair["detected"][spec]
+            assert alarms["pairs"] == 4 * 3 and 0 <= alarms["flagged"] + alarms["noisy"] <= alarms["pairs"], alarms
+            assert detected["pairs"] == 4 and 0 <= detected["flagged"] + detected["noisy"] <= 4, (name, detected)
+        assert pair["medians_us"]["slowed"]["median"] > pair["medians_us"]["base"]["median"] > 0, name
+    assert all(row["flagged"] >= 3 for row in results["scenarios"]["vadd"]["detected"].values())
+    rows = results["scenarios"]["model"]["rows"]
+    assert len(rows) == 9 and all(row["trials"] == 50 and 0 <= row["u_test"] <= 1 for row in rows)
+    assert len(results["headline"]) == 4 and results["headline"][0]["figure"].startswith("regression check")
+
+
 def check_pipeline(results: Dict[str, Any]) -> None:
     figures = results["scenarios"]["pipeline"]
     for name in ("link_sequential", "link_pipelined", "link_round_trip", "direct_pipelined", "floor"):
@@ -251,6 +294,7 @@ TOOLS: Dict[str, Any] = {
         check_farm_emulated,
     ),  # fmt: skip
     "tracker": ("benchmarks/bench_tracker.py", ["--quick", "--before", str(PROJECT)], check_tracker),
+    "timing": ("benchmarks/bench_timing.py", ["--quick"], check_timing),
     "pipeline": ("benchmarks/bench_pipeline.py", ["--quick"], check_pipeline),
     "scale": (
         "benchmarks/bench_scale.py",
@@ -258,6 +302,7 @@ TOOLS: Dict[str, Any] = {
         check_scale,
     ),
     "dataplane": ("benchmarks/bench_dataplane.py", ["--quick", "--tls", "--before", str(PROJECT)], check_dataplane),
+    "regression": ("benchmarks/bench_regression.py", ["--quick"], check_regression),
 }
 
 
