@@ -448,11 +448,11 @@ def number(value: Optional[float], form: str = "%.1f") -> str:
 # --- the board scenario ----------------------------------------------------------------------------------
 
 
-def daemon_kb(side: Side, helpers: List[int]) -> Dict[str, int]:
-    """Resident and proportional kB (PSS: a page shared by N processes counts 1/N) of a board's daemon and its
-    long-lived helpers (forked from it, such as the session spawner). Their PSS moves as pages they share stop
-    being shared (copy on write); their RSS is what grows if they keep something per session."""
-    pids = [side.board.pid, *helpers]
+def daemon_kb(side: Side, forked: List[int]) -> Dict[str, int]:
+    """Resident and proportional kB (PSS: a page shared by N processes counts 1/N) of a board's daemon and the
+    long-lived processes forked from it (the session spawner, the watchdog). Their PSS moves as pages they share
+    stop being shared (copy on write); their RSS is what grows if they keep something per session."""
+    pids = [side.board.pid, *forked]
     return {"rss": sum(harness.proc_status(pid)["VmRSS"] for pid in pids),
             "pss": sum(harness.private_kb(pid)["pss"] for pid in pids)}  # fmt: skip
 
@@ -476,7 +476,7 @@ def measure_one_board(side: Side, count: int, chunk: int, samples: int) -> Dict[
     """``count`` sessions back to back in chunks of ``chunk`` (the daemon's memory read between chunks); then the
     memory of ``samples`` sessions."""
     side.open_and_close(2)  # warm-up
-    helpers = children(side.board.pid)
+    forked = children(side.board.pid)
     opens: List[float] = []
     curve: List[Dict[str, Any]] = []
     served = 0
@@ -487,7 +487,7 @@ def measure_one_board(side: Side, count: int, chunk: int, samples: int) -> Dict[
         served += len(times)
         opens += [opened for opened, _ in times]
         curve.append({"served": served, "seconds": elapsed, "sessions_per_s": len(times) / elapsed,
-                      "daemon_kb": daemon_kb(side, helpers),
+                      "daemon_kb": daemon_kb(side, forked),
                       "open_ms": statistics.median(opened for opened, _ in times) * 1e3})  # fmt: skip
     memory = [session_memory(side) for _ in range(samples)]
     return {
@@ -496,7 +496,7 @@ def measure_one_board(side: Side, count: int, chunk: int, samples: int) -> Dict[
         "open_ms": harness.spread(opens, 1e3),
         "curve": curve,
         "session_kb": {name: statistics.median(row[name] for row in memory) for name in ("rss", "pss", "private")},
-        "helpers": len(helpers),
+        "forked": len(forked),
     }
 
 
@@ -513,7 +513,7 @@ def measure_board(state: State, args: Any) -> Dict[str, Any]:
 
 def report_board(figures: Dict[str, Any], args: Any) -> List[str]:
     header = ("board", "sessions", "sessions/s", "open ms, median (p99)", "session RSS / PSS / private MB",
-              "daemon and helpers RSS MB, first -> last")  # fmt: skip
+              "daemon and its children RSS MB, first -> last")  # fmt: skip
     rows = []
     for name, row in figures["boards"].items():
         first, last = row["curve"][0]["daemon_kb"]["rss"], row["curve"][-1]["daemon_kb"]["rss"]
@@ -544,7 +544,7 @@ def draw(directory: str, name: str, plot: Callable[[Any], Any]) -> str:
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, name)
     figure = plot(plt)
-    figure.savefig(path, metadata={"Date": None})
+    figure.savefig(path, metadata={"Date": None, "Creator": None})
     plt.close(figure)
     inside = os.path.commonpath([path, str(harness.PROJECT)]) == str(harness.PROJECT)
     return "plots: %s" % (os.path.relpath(path, str(harness.PROJECT)) if inside else path)
@@ -593,7 +593,7 @@ def plot_board(plt: Any, figures: Dict[str, Any]) -> Any:
         axes[0].plot(served, [point["open_ms"] for point in row["curve"]], "o-", label=name)
         axes[1].plot(served, [point["sessions_per_s"] for point in row["curve"]], "o-", label=name)
         axes[2].plot(served, [point["daemon_kb"]["rss"] / 1024 for point in row["curve"]], "o-", label=name)
-    titles = ("open a session (median of each step), ms", "sessions per second", "daemon and its helpers, RSS MB")
+    titles = ("open a session (median of each step), ms", "sessions per second", "daemon and its children, RSS MB")
     for axis, title in zip(axes, titles):
         axis.set_title(title)
         axis.set_xlabel("sessions served")
