@@ -6,8 +6,10 @@ Boards on loopback, side by side in one run, interleaved in rotating order so th
   ``before`` (``--before DIR``): a board of the checkout in DIR (older code; the client is this checkout's, the
   protocol is the same); ``--emulated ARCH``: each checkout's packed server under qemu-user too (sessions only).
 * **sessions**: ``connect()`` to the first ``ping()`` answered (open), and to the end of ``close()`` (open+close).
-* **calls**: the round trip of ``int noop(void)`` with a signature (and, on ``farm``, without one, and a bare
-  ``ping()``), against an 8-byte ping-pong over a raw TCP socket between two processes (the limit).
+* **calls**: the round trip of ``int noop(void)`` with a signature (and, on ``farm``, without one, a bare
+  ``ping()``, ``vadd`` of three arrays of one element, and calls of eight scalars and of eight arrays), against an
+  8-byte ping-pong over a raw TCP socket between two processes (the limit) and TVM 0.27's call of its own ``vadd``
+  of three arrays of one element on a TVM RPC server (unless ``--no-tvm``).
 * **transfers**: upload (``session.array(x)``) and download (``remote.numpy()``) of a float32 array, against
   ``sendall``/``recv_into`` of as many bytes between preallocated buffers (the limit); ``copyfrom`` for reference.
 
@@ -35,6 +37,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import harness
 import numpy as np
 from harness import Headline, Option, Scenario, Tool, interleaved, judged, spread, table
+from timing_sides import Case, TvmSide
 
 import farm  # noqa: E402  (harness puts this checkout first on the path)
 from farm.net.tls import TlsConfig  # noqa: E402
@@ -43,8 +46,25 @@ from farm.ops.toolchain import compile_shared  # noqa: E402
 
 HOST = "127.0.0.1"
 KEY = "bench"
-NOOP_SOURCE = "int noop(void)\n{\n    return 0;\n}\n"
+#: The calls' library: a no-op, TVM's measure of a call (``vadd`` of three arrays of one element), and the cost
+#: per argument (eight scalars, eight arrays).
+CALLS_SOURCE = """#include <stdint.h>
+int noop(void) { return 0; }
+void vadd(const float *a, const float *b, float *c, int64_t n) { for (int64_t i = 0; i < n; i++) c[i] = a[i] + b[i]; }
+int64_t scalars8(int64_t a, int64_t b, int64_t c, int64_t d, int64_t e, int64_t f, int64_t g, int64_t h)
+{ return a + b + c + d + e + f + g + h; }
+int arrays8(float *a, float *b, float *c, float *d, float *e, float *f, float *g, float *h)
+{ return a != b && c != d && e != f && g != h; }
+"""
 NOOP_SIGNATURE = "int noop(void)"
+#: The calls each side's session makes besides the no-op: signature and the arguments' kinds (a: an array).
+CALLS = {
+    "vadd_n1": ("void vadd(const float *a, const float *b, float *c, int64_t n)", "aaa1"),
+    "scalars8": ("int64_t scalars8(int64_t a, int64_t b, int64_t c, int64_t d, int64_t e, int64_t f, int64_t g, "
+                 "int64_t h)", "12345678"),
+    "arrays8": ("int arrays8(float *a, float *b, float *c, float *d, float *e, float *f, float *g, float *h)",
+                "aaaaaaaa"),
+}  # fmt: skip
 MB = 1e6
 THROUGHPUT_TARGET = 0.7  # farm throughput at least this fraction of the raw socket's ...
 CALL_TARGET = 1.5  # ... and a no-op call at most this multiple of the raw ping-pong
@@ -164,6 +184,7 @@ class Side:
         self.session: Any = None
         self.noop: Any = None
         self.noop_plain: Any = None
+        self.calls: Dict[str, Any] = {}  # name: (function, arguments)
         try:
             self.board.wait_for_bind(timeout=120)
         except BaseException:
@@ -191,6 +212,9 @@ class Side:
         module = self.session.load_module(self.session.upload(library))
         self.noop = module.get_function("noop", signature=NOOP_SIGNATURE)
         self.noop_plain = module.get_function("noop")
+        for name, (signature, kinds) in CALLS.items():
+            arguments = [self.session.empty(1, "float32") if kind == "a" else int(kind) for kind in kinds]
+            self.calls[name] = (module.get_function(name.split("_")[0], signature=signature), arguments)
         if self.noop() != 0 or self.noop_plain() != 0:
             raise RuntimeError("noop() did not return 0 on the %s board" % self.name)
 
@@ -212,6 +236,31 @@ class State:
         self.data: Any = None
         self.resident: Dict[str, Any] = {}
         self.library = ""
+        self.tvm: Any = None  # a TVM board (timing_sides.TvmSide) when TVM imports
+        self.tvm_call: Any = None  # TVM's vadd of three arrays of one element on it, with its arguments
+
+    def tvm_vadd(self, count: int) -> None:
+        function, arguments = self.tvm_call
+        for _ in range(count):
+            function(*arguments)
+
+
+def start_tvm(state: State, workdir: str) -> None:
+    """A TVM RPC server with TVM's own vadd of three arrays of one element loaded, ready to call."""
+    state.tvm = TvmSide(workdir)
+    case = Case("vadd", 1)
+    module, device = state.tvm.module(case, remote=True), state.tvm.remote.cpu()
+    arrays = (*case.inputs(), np.zeros(1, np.float32))
+    state.tvm_call = (module["vadd"], [state.tvm.tvm.runtime.tensor(array, device) for array in arrays])
+
+
+def pin_far(state: State, cpus: set) -> None:
+    """Every board, the raw peer and TVM's server on ``cpus``."""
+    for side in state.sides.values():
+        os.sched_setaffinity(side.board.pid, cpus)
+    os.sched_setaffinity(state.raw.process.pid, cpus)  # type: ignore[union-attr,arg-type]
+    if state.tvm is not None:  # TVM's server runs in a worker process of its own
+        os.sched_setaffinity(state.tvm.server.proc._proc.pid, cpus)
 
 
 @contextlib.contextmanager
@@ -219,9 +268,9 @@ def setup(args: Any, workdir: str) -> Iterator[State]:
     state = State()
     nbytes = int(args.size_mib * (1 << 20)) // 4 * 4
     state.data = np.random.default_rng(0).random(nbytes // 4, dtype=np.float32)
-    source = Path(workdir, "noop.c")
-    source.write_text(NOOP_SOURCE)
-    state.library = compile_shared([str(source)], os.path.join(workdir, "libnoop.so"))
+    source = Path(workdir, "calls.c")
+    source.write_text(CALLS_SOURCE)
+    state.library = compile_shared([str(source)], os.path.join(workdir, "libcalls.so"))
     files = harness.tls_files(workdir) if args.tls else None
     checkouts = {"farm": str(harness.PROJECT)}
     if args.before:
@@ -243,14 +292,17 @@ def setup(args: Any, workdir: str) -> Iterator[State]:
                 state.emulated[side] = Side(side.replace(" ", "-"), [*python_command(arch), archive],
                                             board_env(None), workdir, TlsConfig())  # fmt: skip
         state.raw = RawPeer(nbytes)
+        if args.tvm_rpc is not None and "calls" in args.only:
+            start_tvm(state, workdir)
         if args.cpus_far:  # before any session: the board forks it, and it inherits the daemon's CPUs
-            for side in state.sides.values():
-                os.sched_setaffinity(side.board.pid, args.cpus_far)
-            os.sched_setaffinity(state.raw.process.pid, args.cpus_far)  # type: ignore[arg-type]
+            pin_far(state, args.cpus_far)
         yield state
     finally:
         if state.raw is not None:
             state.raw.stop()
+        if state.tvm is not None:
+            state.tvm_call = None
+            state.tvm.stop()
         for side in [*state.sides.values(), *state.emulated.values()]:
             side.stop()
 
@@ -286,6 +338,10 @@ def measure_calls(state: State, args: Any) -> Dict[str, Any]:
     for name, side in state.sides.items():
         variants["%s_noop_signature" % name] = lambda count, f=side.noop: [f() for _ in range(count)]
     variants["farm_noop_no_signature"] = lambda count: [farm_side.noop_plain() for _ in range(count)]
+    for name, (function, arguments) in farm_side.calls.items():
+        variants["farm_" + name] = lambda count, f=function, a=arguments: [f(*a) for _ in range(count)]
+    if state.tvm is not None:
+        variants["tvm_vadd_n1"] = state.tvm_vadd
     variants["farm_ping"] = lambda count: [farm_side.session.ping() for _ in range(count)]
     size = max(1, args.calls // args.batches)
     for action in variants.values():
@@ -353,6 +409,17 @@ def headline(results: Dict[str, Any]) -> List[Headline]:
                 ratio="%.2f" % row["ratio"],
                 target="<= %.1f x limit" % CALL_TARGET,
                 met=row["pass"],
+            )
+        )
+    if "farm_vadd_n1" in calls:
+        tvm = calls.get("tvm_vadd_n1")
+        rows.append(
+            Headline(
+                "call of vadd (3 arrays, n=1) round trip",
+                "%.1f us" % calls["farm_vadd_n1"]["median"],
+                anchor="%.1f us (TVM)" % tvm["median"] if tvm else "-",
+                limit="%.1f us (raw ping-pong)" % calls["raw_pingpong"]["median"],
+                ratio="%.2f x TVM" % (calls["farm_vadd_n1"]["median"] / tvm["median"]) if tvm else "-",
             )
         )
     for direction in ("upload", "download"):
@@ -440,6 +507,7 @@ TOOL = Tool(
     ratios=ratios,
     headline=headline,
     machine_extra=lambda: {"numpy": np.__version__},
+    tvm=True,
 )
 
 if __name__ == "__main__":

@@ -185,7 +185,7 @@ class TvmSide:
             self.libraries[case] = path
         return self.libraries[case]
 
-    def _module(self, case: Case, remote: bool) -> Any:
+    def module(self, case: Case, remote: bool) -> Any:
         """``case``'s library loaded by the RPC server or here, once (TVM's server may crash on a second load)."""
         if (case, remote) not in self.modules:
             path = self.library(case)
@@ -213,7 +213,7 @@ class TvmSide:
 
     def timer(self, case: Case, remote: bool, f_preproc: str = "") -> Timer:
         """TVM's time_evaluator of ``case``'s library, through the RPC server or in this process."""
-        module, device = self._module(case, remote), self.remote.cpu() if remote else self.tvm.cpu()
+        module, device = self.module(case, remote), self.remote.cpu() if remote else self.tvm.cpu()
         a, b = case.inputs()
         tensors = [self.tvm.runtime.tensor(array, device) for array in (a, b, np.zeros_like(a))]
 

@@ -41,7 +41,11 @@ def check_dataplane(results: Dict[str, Any]) -> None:
     for side in ("farm", "tls", "before"):
         assert sessions[side]["open_ms"]["rounds"] == 4
         assert 0 < sessions[side]["open_ms"]["median"] <= sessions[side]["open_close_ms"]["median"] * 1.5
-    for name in ("raw_pingpong", "farm_noop_signature", "farm_noop_no_signature", "farm_ping", "tls_noop_signature"):
+    tvm = results["machine"]["tvm"] is not None
+    assert tvm == (not results["tvm_skipped"]), results["tvm_skipped"]
+    names = ["raw_pingpong", "farm_noop_signature", "farm_noop_no_signature", "farm_ping", "tls_noop_signature",
+             "farm_vadd_n1", "farm_scalars8", "farm_arrays8"] + (["tvm_vadd_n1"] if tvm else [])  # fmt: skip
+    for name in names:
         assert positive(calls[name]["median"]) and calls[name]["min"] <= calls[name]["p99"], name
     for name in ("raw_upload", "farm_upload", "farm_copyfrom", "raw_download", "farm_download", "before_download"):
         assert positive(transfers[name]["median"]), name
@@ -49,6 +53,7 @@ def check_dataplane(results: Dict[str, Any]) -> None:
         assert positive(results["ratios"][name]["ratio"]) and isinstance(results["ratios"][name]["pass"], bool)
     figures = [row["figure"] for row in results["headline"]]
     assert "no-op call round trip" in figures and "open + close: code before" in figures
+    assert "call of vadd (3 arrays, n=1) round trip" in figures
 
 
 def check_tracker(results: Dict[str, Any]) -> None:
