@@ -4,14 +4,16 @@ Boards on loopback, side by side in one run, interleaved in rotating order so th
 
 * ``farm``: a board of this checkout; ``tls`` (``--tls``): the same with TLS (certificates made for the run);
   ``before`` (``--before DIR``): a board of the checkout in DIR (older code; the client is this checkout's, the
-  protocol is the same); ``native`` (``--native``): the native board server (C) of this checkout, built for this
-  machine; ``--emulated ARCH``: each checkout's packed server under qemu-user too (sessions only).
+  protocol is the same); ``--emulated ARCH``: each checkout's packed server under qemu-user too (sessions only).
+* ``native`` (``--native``): the native board server (C) of this checkout, built for this machine, with the
+  calls of ``farm`` (but the call without a signature and the bare ping).
 * **footprint**: each board daemon's resident memory while idle, its processes together (the Python board's
   daemon, spawner and watchdog; the native board's one process), and the native daemon's binary size.
 * **sessions**: ``connect()`` to the first ``ping()`` answered (open), and to the end of ``close()`` (open+close).
-* **calls**: the round trip of ``int noop(void)`` with a signature (and, on ``farm``, without one, and a bare
-  ``ping()``), against an 8-byte ping-pong over a raw TCP socket between two processes (the limit), and, when the
-  ``tvm`` extra imports (``--no-tvm`` leaves it out), TVM 0.27's RPC server calling its C++ ``testing.nop``.
+* **calls**: the round trip of ``int noop(void)`` with a signature (and, on ``farm``, without one, a bare
+  ``ping()``, ``vadd`` of three arrays of one element, and calls of eight scalars and of eight arrays), against an
+  8-byte ping-pong over a raw TCP socket between two processes (the limit) and TVM 0.27's call of its own ``vadd``
+  of three arrays of one element on a TVM RPC server (unless ``--no-tvm``).
 * **transfers**: upload (``session.array(x)``) and download (``remote.numpy()``) of a float32 array, against
   ``sendall``/``recv_into`` of as many bytes between preallocated buffers (the limit); ``copyfrom`` for reference.
 
@@ -39,6 +41,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import harness
 import numpy as np
 from harness import Headline, Option, Scenario, Tool, interleaved, judged, spread, table
+from timing_sides import Case, TvmSide
 
 import farm  # noqa: E402  (harness puts this checkout first on the path)
 from farm.net.tls import TlsConfig  # noqa: E402
@@ -47,8 +50,25 @@ from farm.ops.toolchain import compile_shared  # noqa: E402
 
 HOST = "127.0.0.1"
 KEY = "bench"
-NOOP_SOURCE = "int noop(void)\n{\n    return 0;\n}\n"
+#: The calls' library: a no-op, TVM's measure of a call (``vadd`` of three arrays of one element), and the cost
+#: per argument (eight scalars, eight arrays).
+CALLS_SOURCE = """#include <stdint.h>
+int noop(void) { return 0; }
+void vadd(const float *a, const float *b, float *c, int64_t n) { for (int64_t i = 0; i < n; i++) c[i] = a[i] + b[i]; }
+int64_t scalars8(int64_t a, int64_t b, int64_t c, int64_t d, int64_t e, int64_t f, int64_t g, int64_t h)
+{ return a + b + c + d + e + f + g + h; }
+int arrays8(float *a, float *b, float *c, float *d, float *e, float *f, float *g, float *h)
+{ return a != b && c != d && e != f && g != h; }
+"""
 NOOP_SIGNATURE = "int noop(void)"
+#: The calls each side's session makes besides the no-op: signature and the arguments' kinds (a: an array).
+CALLS = {
+    "vadd_n1": ("void vadd(const float *a, const float *b, float *c, int64_t n)", "aaa1"),
+    "scalars8": ("int64_t scalars8(int64_t a, int64_t b, int64_t c, int64_t d, int64_t e, int64_t f, int64_t g, "
+                 "int64_t h)", "12345678"),
+    "arrays8": ("int arrays8(float *a, float *b, float *c, float *d, float *e, float *f, float *g, float *h)",
+                "aaaaaaaa"),
+}  # fmt: skip
 MB = 1e6
 THROUGHPUT_TARGET = 0.7  # farm throughput at least this fraction of the raw socket's ...
 CALL_TARGET = 1.5  # ... and a no-op call at most this multiple of the raw ping-pong
@@ -168,6 +188,7 @@ class Side:
         self.session: Any = None
         self.noop: Any = None
         self.noop_plain: Any = None
+        self.calls: Dict[str, Any] = {}  # name: (function, arguments)
         try:
             self.board.wait_for_bind(timeout=120)
         except BaseException:
@@ -195,6 +216,9 @@ class Side:
         module = self.session.load_module(self.session.upload(library))
         self.noop = module.get_function("noop", signature=NOOP_SIGNATURE)
         self.noop_plain = module.get_function("noop")
+        for name, (signature, kinds) in CALLS.items():
+            arguments = [self.session.empty(1, "float32") if kind == "a" else int(kind) for kind in kinds]
+            self.calls[name] = (module.get_function(name.split("_")[0], signature=signature), arguments)
         if self.noop() != 0 or self.noop_plain() != 0:
             raise RuntimeError("noop() did not return 0 on the %s board" % self.name)
 
@@ -217,47 +241,39 @@ class State:
         self.resident: Dict[str, Any] = {}
         self.library = ""
         self.native_server = ""  # the native board server's executable, with --native
-        self.tvm_board: Optional[DaemonProcess] = None  # TVM's RPC server, and its no-op, when TVM imports
-        self.tvm_session: Any = None
-        self.tvm_nop: Any = None
+        self.tvm: Any = None  # a TVM board (timing_sides.TvmSide) when TVM imports
+        self.tvm_call: Any = None  # TVM's vadd of three arrays of one element on it, with its arguments
 
-
-def start_sides(state: State, args: Any, workdir: str) -> Dict[str, str]:
-    """The boards of the run, each a :class:`Side`; the checkouts measured, by side."""
-    files = harness.tls_files(workdir) if args.tls else None
-    checkouts = {"farm": str(harness.PROJECT)}
-    if args.before:
-        checkouts["before"] = os.path.abspath(args.before)
-    plan = [(name, checkout, None) for name, checkout in checkouts.items()]
-    if files is not None:
-        plan.insert(1, ("tls", str(harness.PROJECT), files))
-    for name, checkout, tls_files in plan:
-        env = board_env(checkout, tls_files.daemon().as_env() if tls_files else None)
-        client_tls = tls_files.client() if tls_files else TlsConfig()
-        state.sides[name] = Side(name, [sys.executable, "-m", "farm.server"], env, workdir, client_tls)
-    if args.native:
-        from farm.ops.native import host_server  # builds it (cached)
-
-        state.native_server = host_server()
-        state.sides["native"] = Side("native", [state.native_server], board_env(None), workdir, TlsConfig())
-    return checkouts
+    def tvm_vadd(self, count: int) -> None:
+        function, arguments = self.tvm_call
+        for _ in range(count):
+            function(*arguments)
 
 
 def start_tvm(state: State, workdir: str) -> None:
-    """TVM's RPC server (C++ behind its Python launcher)."""
-    first, end = harness.port_range(HOST)
-    argv = [sys.executable, "-m", "tvm.exec.rpc_server", "--host", HOST, "--port", str(first)]
-    state.tvm_board = DaemonProcess([*argv, "--port-end", str(end)], os.path.join(workdir, "tvm.log"))
-    state.tvm_board.wait_for_bind(timeout=120)
+    """A TVM RPC server with TVM's own vadd of three arrays of one element loaded, ready to call."""
+    state.tvm = TvmSide(workdir)
+    case = Case("vadd", 1)
+    module, device = state.tvm.module(case, remote=True), state.tvm.remote.cpu()
+    arrays = (*case.inputs(), np.zeros(1, np.float32))
+    state.tvm_call = (module["vadd"], [state.tvm.tvm.runtime.tensor(array, device) for array in arrays])
 
 
-def pin_daemons(state: State, cpus: Any) -> None:
-    """Run the boards, TVM's server and the raw peer on ``cpus``."""
-    daemons = [side.board.pid for side in state.sides.values()] + [state.raw.process.pid]  # type: ignore[union-attr]
-    if state.tvm_board is not None:
-        daemons.append(state.tvm_board.pid)
-    for pid in daemons:
-        os.sched_setaffinity(pid, cpus)  # type: ignore[arg-type]
+def start_native(state: State, workdir: str) -> None:
+    """A board of the native board server, built for this machine (cached)."""
+    from farm.ops.native import host_server
+
+    state.native_server = host_server()
+    state.sides["native"] = Side("native", [state.native_server], board_env(None), workdir, TlsConfig())
+
+
+def pin_far(state: State, cpus: set) -> None:
+    """Every board, the raw peer and TVM's server on ``cpus``."""
+    for side in state.sides.values():
+        os.sched_setaffinity(side.board.pid, cpus)
+    os.sched_setaffinity(state.raw.process.pid, cpus)  # type: ignore[union-attr,arg-type]
+    if state.tvm is not None:  # TVM's server runs in a worker process of its own
+        os.sched_setaffinity(state.tvm.server.proc._proc.pid, cpus)
 
 
 @contextlib.contextmanager
@@ -265,11 +281,23 @@ def setup(args: Any, workdir: str) -> Iterator[State]:
     state = State()
     nbytes = int(args.size_mib * (1 << 20)) // 4 * 4
     state.data = np.random.default_rng(0).random(nbytes // 4, dtype=np.float32)
-    source = Path(workdir, "noop.c")
-    source.write_text(NOOP_SOURCE)
-    state.library = compile_shared([str(source)], os.path.join(workdir, "libnoop.so"))
+    source = Path(workdir, "calls.c")
+    source.write_text(CALLS_SOURCE)
+    state.library = compile_shared([str(source)], os.path.join(workdir, "libcalls.so"))
+    files = harness.tls_files(workdir) if args.tls else None
+    checkouts = {"farm": str(harness.PROJECT)}
+    if args.before:
+        checkouts["before"] = os.path.abspath(args.before)
+    plan = [(name, checkout, None) for name, checkout in checkouts.items()]
+    if files is not None:
+        plan.insert(1, ("tls", str(harness.PROJECT), files))
     try:
-        checkouts = start_sides(state, args, workdir)
+        for name, checkout, tls_files in plan:
+            env = board_env(checkout, tls_files.daemon().as_env() if tls_files else None)
+            client_tls = tls_files.client() if tls_files else TlsConfig()
+            state.sides[name] = Side(name, [sys.executable, "-m", "farm.server"], env, workdir, client_tls)
+        if args.native:
+            start_native(state, workdir)
         for arch in args.emulated or []:
             from farm.ops.emulators import python_command
 
@@ -278,21 +306,18 @@ def setup(args: Any, workdir: str) -> Iterator[State]:
                 side = "%s %s" % (name, arch)
                 state.emulated[side] = Side(side.replace(" ", "-"), [*python_command(arch), archive],
                                             board_env(None), workdir, TlsConfig())  # fmt: skip
-        if args.tvm_rpc is not None:
-            start_tvm(state, workdir)
         state.raw = RawPeer(nbytes)
+        if args.tvm_rpc is not None and "calls" in args.only:
+            start_tvm(state, workdir)
         if args.cpus_far:  # before any session: the board forks it, and it inherits the daemon's CPUs
-            pin_daemons(state, args.cpus_far)
-        if state.tvm_board is not None:
-            state.tvm_session = args.tvm_rpc.connect(*state.tvm_board.address)
-            state.tvm_nop = state.tvm_session.get_function("testing.nop")
+            pin_far(state, args.cpus_far)
         yield state
     finally:
         if state.raw is not None:
             state.raw.stop()
-        state.tvm_nop = state.tvm_session = None  # TVM closes a session with its last reference
-        if state.tvm_board is not None:
-            state.tvm_board.stop()
+        if state.tvm is not None:
+            state.tvm_call = None
+            state.tvm.stop()
         for side in [*state.sides.values(), *state.emulated.values()]:
             side.stop()
 
@@ -355,9 +380,12 @@ def measure_calls(state: State, args: Any) -> Dict[str, Any]:
     for name, side in state.sides.items():
         variants["%s_noop_signature" % name] = lambda count, f=side.noop: [f() for _ in range(count)]
     variants["farm_noop_no_signature"] = lambda count: [farm_side.noop_plain() for _ in range(count)]
+    for side_name in ("farm", "native"):
+        for name, (function, arguments) in getattr(state.sides.get(side_name), "calls", {}).items():
+            variants[side_name + "_" + name] = lambda count, f=function, a=arguments: [f(*a) for _ in range(count)]
+    if state.tvm is not None:
+        variants["tvm_vadd_n1"] = state.tvm_vadd
     variants["farm_ping"] = lambda count: [farm_side.session.ping() for _ in range(count)]
-    if state.tvm_nop is not None:
-        variants["tvm_noop"] = lambda count, f=state.tvm_nop: [f() for _ in range(count)]
     size = max(1, args.calls // args.batches)
     for action in variants.values():
         action(min(size, 1000))  # warm-up
@@ -426,6 +454,27 @@ def headline(results: Dict[str, Any]) -> List[Headline]:
                 met=row["pass"],
             )
         )
+    for side, board in (("farm", ""), ("native", ", native board")):
+        if side + "_vadd_n1" in calls:
+            tvm, ours = calls.get("tvm_vadd_n1"), calls[side + "_vadd_n1"]["median"]
+            rows.append(
+                Headline(
+                    "call of vadd (3 arrays, n=1) round trip" + board,
+                    "%.1f us" % ours,
+                    anchor="%.1f us (TVM)" % tvm["median"] if tvm else "-",
+                    limit="%.1f us (raw ping-pong)" % calls["raw_pingpong"]["median"],
+                    ratio="%.2f x TVM" % (ours / tvm["median"]) if tvm else "-",
+                    target="<= 1.0 x TVM" if tvm and side == "native" else "-",
+                    met=ours <= tvm["median"] if tvm and side == "native" else None,
+                )
+            )
+    footprint = results["scenarios"].get("footprint", {})
+    if "native_idle_rss_kib" in footprint:
+        native, python = footprint["native_idle_rss_kib"], footprint["farm_idle_rss_kib"]
+        rows.append(Headline("idle daemon, resident memory", "%d KiB (native)" % native,
+                             limit="%d KiB (Python board)" % python, target="< 2048 KiB", met=native < 2048,
+                             ratio="%.3f (native / Python)" % (native / python)))  # fmt: skip
+        rows.append(Headline("native daemon, binary size", "%d KiB" % (footprint["native_binary_bytes"] // 1024)))
     for direction in ("upload", "download"):
         if "farm_" + direction in transfers:
             row = judged_ratios[direction + "_vs_raw"]
@@ -439,21 +488,6 @@ def headline(results: Dict[str, Any]) -> List[Headline]:
     comparisons = (("sessions", "", "open_close_ms", "ms", "open + close"), ("calls", "_noop_signature", "", "us",
                    "no-op call"), ("transfers", "_upload", "", "MB/s", "upload"),
                    ("transfers", "_download", "", "MB/s", "download"))  # fmt: skip
-    footprint = results["scenarios"].get("footprint", {})
-    if "native_idle_rss_kib" in footprint:
-        rows.append(Headline("idle daemon, resident memory", "%d KiB (native)" % footprint["native_idle_rss_kib"],
-                             limit="%d KiB (Python board)" % footprint["farm_idle_rss_kib"],
-                             ratio="%.3f (native / Python)" % (footprint["native_idle_rss_kib"] /
-                                                             footprint["farm_idle_rss_kib"]),
-                             target="< 2048 KiB", met=footprint["native_idle_rss_kib"] < 2048))  # fmt: skip
-        rows.append(Headline("native daemon, binary size", "%d KiB" % (footprint["native_binary_bytes"] // 1024)))
-    for side in ("farm", "native"):
-        if "tvm_noop" in calls and side + "_noop_signature" in calls:
-            ours, theirs = calls[side + "_noop_signature"]["median"], calls["tvm_noop"]["median"]
-            rows.append(Headline("no-op call, %s board" % ("Python" if side == "farm" else "native"),
-                                 "%.1f us" % ours, anchor="%.1f us (TVM's C++ server)" % theirs,
-                                 ratio="%.2f (ours / TVM)" % (ours / theirs), target="<= 1.0 x TVM",
-                                 met=ours <= theirs))  # fmt: skip
     for other, label in (("tls", "TLS"), ("before", "code before"), ("native", "native board")):
         for scenario, suffix, field, unit, what in comparisons:
             figures = results["scenarios"].get(scenario, {})
@@ -471,8 +505,7 @@ def args_size(results: Dict[str, Any]) -> float:
 
 
 def report_footprint(figures: Dict[str, Any], args: Any) -> List[str]:
-    rows = [(name, value) for name, value in figures.items()]
-    return ["### Footprint", ""] + table(("figure", "value"), rows) + [""]
+    return ["### Footprint", ""] + table(("figure", "value"), list(figures.items())) + [""]
 
 
 def report_sessions(figures: Dict[str, Any], args: Any) -> List[str]:

@@ -60,7 +60,7 @@ SUITE_TARGET = 1.2  # (wall - start-up) / ideal and hold phase / ideal at most t
 RUN_TIMEOUT = 600.0  # one inner pytest run at most
 KEY = "bench"
 KEYS = ("local",) + EMULATED
-TESTS_PER_KEY = 12  # example tests per key
+TESTS_PER_KEY = 15  # example tests per key: 12 of kernels (examples/test_kernels.py), 3 benchmarks
 HOLD_VARIANTS = ("hold", "hold0", "xdist_only", "hold_minimal", "hold0_minimal", "xdist_only_minimal")
 EXAMPLE_VARIANTS = {  # name: (options, keys)
     **{key: (("--farm", "emulated", "--device-key", key), (key,)) for key in KEYS},

@@ -174,6 +174,35 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval
         time.sleep(interval)
 
 
+def _kb_fields(path: str) -> Dict[str, int]:
+    """The ``Name:  123 kB`` lines of a /proc file, as numbers of kB."""
+    sizes = {}
+    with open(path, encoding="ascii", errors="replace") as handle:
+        for line in handle:
+            name, _, value = line.partition(":")
+            if value.strip().endswith(" kB"):
+                sizes[name] = int(value.split()[0])
+    return sizes
+
+
+def proc_status(pid: int) -> Dict[str, int]:
+    """The sizes (kB) of ``/proc/PID/status`` (``VmRSS``, ``VmHWM``, ...) of a live process."""
+    return _kb_fields("/proc/%d/status" % pid)
+
+
+def private_kb(pid: int) -> Dict[str, int]:
+    """``Pss`` and the private (``Private_Clean`` + ``Private_Dirty``) kB of a process, from ``smaps_rollup``."""
+    fields = _kb_fields("/proc/%d/smaps_rollup" % pid)
+    return {"pss": fields["Pss"], "private": fields["Private_Clean"] + fields["Private_Dirty"]}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds a live process has used so far (``/proc/PID/stat``)."""
+    with open("/proc/%d/stat" % pid, encoding="ascii", errors="replace") as handle:
+        fields = handle.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
+
+
 # --- the machine -----------------------------------------------------------------------------------
 
 

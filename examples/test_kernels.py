@@ -10,16 +10,13 @@ the board says it runs (``build_for``), uploaded, loaded and called there.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pytest
 
+from conftest import CONV2D_RELU, MATMUL, MAX, SUM
 from pytest_remotedev import assert_close
-
-KERNELS = Path(__file__).resolve().parent / "kernels"
 
 pytestmark = pytest.mark.device(keys="all")
 
@@ -31,25 +28,6 @@ VADD = {
     "int8": ("vadd_i8", "int8_t"),
     "uint16": ("vadd_u16", "uint16_t"),
 }
-MATMUL = "void matmul_f32(const float *a, const float *b, float *c, int64_t m, int64_t k, int64_t n)"
-CONV2D_RELU = (
-    "void conv2d_relu_f32(const float *input, const float *weight, const float *bias, float *output, "
-    "int64_t channels_in, int64_t height, int64_t width, int64_t channels_out, int64_t kernel)"
-)
-SUM = "double sum_f32(const float *x, int64_t n)"
-MAX = "int32_t max_i32(const int32_t *x, int64_t n)"
-
-
-@pytest.fixture
-def kernel(device: Any, build_for: Callable[..., str]) -> Callable[[str], Any]:
-    """``kernel("vadd.c")``: that source built for this board, uploaded and loaded there."""
-
-    def load(source: str) -> Any:
-        library = build_for(device, [KERNELS / source])
-        device.upload(library)
-        return device.load_module(os.path.basename(library))
-
-    return load
 
 
 def accumulation_bound(terms: int, magnitudes: np.ndarray) -> float:

@@ -19,6 +19,7 @@ from .errors import (
     ProtocolError,
     RemoteError,
     SessionLostError,
+    SkippedCallError,
 )
 
 __version__ = "0.1.0"
@@ -26,6 +27,7 @@ __version__ = "0.1.0"
 _CLIENT_NAMES = (
     "connect",
     "BenchmarkResult",
+    "CallFuture",
     "RemoteArray",
     "RemoteDevice",
     "RemoteFunction",
@@ -44,6 +46,7 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "SessionLostError",
+    "SkippedCallError",
     "__version__",
     *_CLIENT_NAMES,
     *_TRACKER_NAMES,

@@ -31,6 +31,10 @@ class DataError(FarmError, ValueError):
     """A value that is not data a ``run()`` result may be, or bytes that do not encode one (farm.protocol.values)."""
 
 
+class SkippedCallError(FarmError):
+    """A pipelined call the board did not run, because an earlier call of its pipeline failed."""
+
+
 class RemoteError(FarmError):
     """Something failed on the board; carries the board's traceback text.
 

@@ -1,4 +1,5 @@
-"""The fixtures tests use: ``farm``, ``device_key``, ``remote_device``, ``device`` and ``build_for``."""
+"""The fixtures tests use: ``farm``, ``device_key``, ``remote_device``, ``device``, ``build_for`` and
+``device_benchmark``."""
 
 from __future__ import annotations
 
@@ -7,9 +8,14 @@ from typing import Any, Callable, Iterator, cast
 import pytest
 
 from .artifacts import Builder
+from .benchmarking import DeviceBenchmark
+from .benchrun import BENCHMARK_PLUGIN, FIXTURE_KEY, BenchmarkRun
 from .leases import Leases, key_of_test
 from .plugin import RUN_PLUGIN, RemoteDevRun
 from .stack import Farm
+
+#: Where ``remote_device`` keeps the test's boards (``device_benchmark`` finds a TVM board's among them).
+LEASES_KEY = pytest.StashKey[Leases]()
 
 
 def _run(request: pytest.FixtureRequest) -> RemoteDevRun:
@@ -47,6 +53,7 @@ def remote_device(request: pytest.FixtureRequest, farm: Farm) -> Iterator[Callab
     however it ended.
     """
     leases: Leases = _run(request).leases_for(request.node, farm)
+    request.node.stash[LEASES_KEY] = leases
     yield leases.acquire
     leases.release_all()
 
@@ -68,3 +75,27 @@ def build_for(request: pytest.FixtureRequest) -> Builder:
     """
     inventory = _run(request).settings.inventory
     return Builder(inventory.toolchains if inventory is not None else {})
+
+
+@pytest.fixture
+def device_benchmark(request: pytest.FixtureRequest, farm: Farm, remote_device: Callable[..., Any]) -> DeviceBenchmark:
+    """Time a function on its board: ``device_benchmark(function, *args, name=None, number=10, repeat=20,
+    min_repeat_ms=10, **options)`` returns a ``farm.BenchmarkResult``.
+
+    ``function`` is a ``RemoteFunction`` of a session the test holds (timed by its ``time_evaluator``; options
+    such as ``pin_cpu`` or ``cache_flush_bytes`` pass through), or ``(module, "name")`` of a module loaded in a
+    TVM session (timed by TVM's own, on ``dev=`` or the first argument's device). Each figure is recorded
+    on the test (junit property ``device_benchmark``), shown in the run's table per key, compared and saved
+    as the ``--device-benchmark-*`` options say. ``name`` tells a test's figures apart (default: the
+    function's name).
+    """
+    run = _run(request)
+    benchmarks = cast(BenchmarkRun, request.config.pluginmanager.get_plugin(BENCHMARK_PLUGIN))
+    benchmark = DeviceBenchmark(
+        request.node,
+        request.node.stash[LEASES_KEY],
+        lambda: key_of_test(request.node, run.settings, farm),
+        benchmarks.compare,
+    )
+    request.node.stash[FIXTURE_KEY] = benchmark
+    return benchmark

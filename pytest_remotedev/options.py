@@ -18,6 +18,7 @@ from farm.net.secret import SECRET_ENV, load_secret
 from farm.net.sockets import parse_address
 from farm.net.tls import ENV as TLS_ENV
 from farm.net.tls import SYSTEM_CA, TlsConfig
+from farm.ops.benchruns import DEFAULT_STORAGE, check_name
 from farm.ops.inventory import (
     BUILTIN_INVENTORIES,
     DEFAULT_INVENTORY,
@@ -26,7 +27,10 @@ from farm.ops.inventory import (
     inventory_path,
     load_inventory,
 )
+from farm.ops.regression import FailSpec
 
+#: ``--device-benchmark-compare`` given bare: the latest saved run.
+LATEST_RUN = "latest"
 #: Seconds a test may wait in the queue unless told otherwise.
 DEFAULT_DEVICE_WAIT = 600.0
 
@@ -91,6 +95,20 @@ def _priority(text: str) -> int:
         raise ValueError("%r is not a whole number" % text) from None
 
 
+def _run_name(text: str) -> str:
+    return check_name(text.strip())  # its BenchRunError is a ValueError that says what is wrong
+
+
+def _compared_run(text: str) -> str:
+    return LATEST_RUN if text.strip() in ("", LATEST_RUN) else _run_name(text)
+
+
+def _directory(text: str) -> str:
+    if not text.strip():
+        raise ValueError("%r is not a directory" % text)
+    return os.path.abspath(text)
+
+
 def _key(text: str) -> str:
     if not text.strip() or ":" in text:
         raise ValueError("%r is not a board key" % text)
@@ -111,6 +129,7 @@ class Option:
     metavar: str = ""
     path: bool = False  # a file: relative to the ini file's directory when given there
     names: Tuple[str, ...] = ()  # values that name something instead of a file (not made relative)
+    const: Optional[str] = None  # the value of the flag given bare (``--flag`` without ``=VALUE``)
 
 
 OPTIONS = (
@@ -145,6 +164,21 @@ OPTIONS = (
     Option("tls_server_name", "--tls-server-name", "remotedev_tls_server_name", TLS_ENV["server_name"],
            _server_name, None, "the name every daemon's certificate carries (default: the address dialled)",
            "NAME"),
+    Option("benchmark_save", "--device-benchmark-save", "device_benchmark_save", "REMOTEDEV_BENCHMARK_SAVE",
+           _run_name, None, "save the run's device_benchmark figures as NAME in the storage directory, at its end",
+           "NAME"),
+    Option("benchmark_storage", "--device-benchmark-storage", "device_benchmark_storage",
+           "REMOTEDEV_BENCHMARK_STORAGE", _directory, None,
+           "the directory of saved device_benchmark runs (default: %s in the rootdir)" % DEFAULT_STORAGE, "DIR",
+           path=True),
+    Option("benchmark_compare", "--device-benchmark-compare", "device_benchmark_compare",
+           "REMOTEDEV_BENCHMARK_COMPARE", _compared_run, None,
+           "compare each device_benchmark figure with the same test and key in saved run NAME (bare: the latest "
+           "saved run)", "NAME", const=LATEST_RUN),
+    Option("benchmark_fail", "--device-benchmark-fail", "device_benchmark_fail", "REMOTEDEV_BENCHMARK_FAIL",
+           FailSpec.parse, None, "fail the tests whose figure got worse than the compared run's by more than the "
+           "threshold, by a statistical test of the samples (as median:10%%; compares with the latest saved run "
+           "unless --device-benchmark-compare names one)", "STAT:PERCENT"),
 )  # fmt: skip
 #: The TLS settings, by the field of :class:`farm.net.tls.TlsConfig` each fills.
 TLS_OPTIONS = {field_name: "tls_" + field_name for field_name in TLS_ENV}
@@ -166,6 +200,10 @@ class Settings:
     tls_key: Optional[str] = None
     tls_ca: Optional[str] = None
     tls_server_name: Optional[str] = None
+    benchmark_save: Optional[str] = None
+    benchmark_storage: str = DEFAULT_STORAGE  # resolve() makes it absolute (the default: in the rootdir)
+    benchmark_compare: Optional[str] = None  # a run's name, or LATEST_RUN
+    benchmark_fail: Optional[FailSpec] = None
     sources: Dict[str, str] = field(default_factory=dict)
     inventory: Optional[Inventory] = None  # the run's own farm's, with the run's TLS settings in its tls
 
@@ -186,9 +224,13 @@ def add_options(parser: pytest.Parser) -> None:
         dest = "remotedev_" + option.dest
         if option.parse is _flag:
             group.addoption(option.flag, dest=dest, action="store_true", default=None, help=option.help)
+        elif option.const is not None:
+            group.addoption(option.flag, dest=dest, nargs="?", const=option.const, default=None,
+                            metavar=option.metavar, help=option.help)  # fmt: skip
         else:
             group.addoption(option.flag, dest=dest, default=None, metavar=option.metavar, help=option.help)
-        parser.addini(option.ini, "%s (same as %s; env %s)" % (option.help, option.flag, option.env), default=None)
+        help_text = option.help.replace("%%", "%")  # argparse formats an option's help; the ini's is shown as it is
+        parser.addini(option.ini, "%s (same as %s; env %s)" % (help_text, option.flag, option.env), default=None)
 
 
 def resolve(config: pytest.Config, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -207,6 +249,8 @@ def resolve(config: pytest.Config, environ: Mapping[str, str] = os.environ) -> S
             value = raw  # --device-strict given on the command line
         setattr(settings, option.dest, value)
         settings.sources[option.dest] = source
+    if settings.benchmark_storage is None:
+        settings.benchmark_storage = str(config.rootpath / DEFAULT_STORAGE)
     if settings.tracker is None:
         try:
             settings.inventory = load_inventory(settings.farm)

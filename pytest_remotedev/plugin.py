@@ -2,9 +2,10 @@
 
 Options and their sources live in :mod:`.options`, the farm's lifecycle in
 :mod:`.stack`, the fixtures in :mod:`.fixtures`, a test's boards in
-:mod:`.leases`, reporting in :mod:`.report` and the queue display in
-:mod:`.waiting`. :class:`RemoteDevRun` is the one object per process that
-ties them together; under pytest-xdist the controller's owns the bundled
+:mod:`.leases`, reporting in :mod:`.report`, the queue display in
+:mod:`.waiting` and the ``device_benchmark`` figures in :mod:`.benchrun`
+(a plugin object of its own). :class:`RemoteDevRun` is the one object per
+process that ties the rest together; under pytest-xdist the controller's owns the bundled
 farm and the workers' read it from ``workerinput``.
 """
 
@@ -20,6 +21,7 @@ import pytest
 
 from farm.net.secret import SECRET_ENV
 
+from .benchrun import BENCHMARK_PLUGIN, BenchmarkRun
 from .leases import ALL_KEYS, KEY_PARAM, Leases, device_mark, marker_key, requester
 from .options import Settings, add_options, resolve
 from .report import UsageSummary
@@ -49,6 +51,7 @@ def pytest_configure(config: pytest.Config) -> None:
     _export_environment(config, {SECRET_ENV: settings.secret_file, **(tls.as_env() if tls is not None else {})})
     run = RemoteDevRun(config, settings)
     config.pluginmanager.register(run, RUN_PLUGIN)
+    config.pluginmanager.register(BenchmarkRun(config, settings), BENCHMARK_PLUGIN)
     config.add_cleanup(run.close)
 
 

@@ -36,7 +36,7 @@ KERNEL_SOURCES = {
     "liblinalg.so": [TESTS / "kernels" / "linalg.c"],
     "libmisbehave.so": [TESTS / "kernels" / "misbehave.c"],
     "libfaults.so": [TESTS / "kernels" / "faults.c"],
-    "libtiming.so": [TESTS / "kernels" / "timing.c"],
+    "libtimed.so": [TESTS / "kernels" / "timed.c"],
 }
 #: The benchmark and attack scripts' smoke tests: each runs a script end to end, all of them slow.
 BENCHMARK_SMOKE_TESTS = TESTS / "benchmarks"

@@ -13,8 +13,10 @@ from typing import Any, Dict, List, Optional
 
 #: A governor that holds the frequency still; any other lets it move between runs.
 STEADY_GOVERNOR = "performance"
-#: The 1-minute load average per CPU above which the board counts as busy.
+#: The 1-minute load average per CPU, less one for the timing loop itself, above which the board counts as busy.
 BUSY_LOAD_PER_CPU = 0.5
+#: The share of a repeat's wall time the timing loop must have run on a CPU.
+ON_CPU = 0.9
 #: The coefficient of variation of the repeats above which a figure counts as noisy.
 NOISY_SPREAD = 0.05
 
@@ -121,9 +123,10 @@ def current_cpu(root: str = "/") -> int:
     return processor if processor is not None else 0
 
 
-def noise(state: Dict[str, Any], spread: Optional[float] = None) -> List[str]:
-    """Why a figure measured in ``state`` (with the repeats' coefficient of variation ``spread``) may be noisy:
-    each reason a sentence; empty when none is known."""
+def noise(state: Dict[str, Any], spread: Optional[float] = None, on_cpu: Optional[float] = None) -> List[str]:
+    """Why a figure measured in ``state`` may be noisy, given the repeats' coefficient of variation ``spread``
+    and the lowest share of a repeat's time the process was on a CPU (``on_cpu``): each reason a sentence;
+    empty when none is known."""
     reasons = []
     governor = state.get("governor")
     if governor is not None and governor != STEADY_GOVERNOR:
@@ -131,11 +134,16 @@ def noise(state: Dict[str, Any], spread: Optional[float] = None) -> List[str]:
     if state.get("throttled"):
         reasons.append("the board has throttled")
     averages, cpus = state.get("load_average"), state.get("cpu_count") or 1
-    if averages and averages[0] > BUSY_LOAD_PER_CPU * cpus:
+    if averages and averages[0] - 1 > BUSY_LOAD_PER_CPU * cpus:  # less the timing loop's own
         reasons.append("the load average is %.2f on %d CPUs" % (averages[0], cpus))
     others = state.get("other_processes_running")
     if others is not None and others >= cpus:
         reasons.append("%d other processes were running on %d CPUs" % (others, cpus))
+    if on_cpu is not None and on_cpu < ON_CPU:
+        reasons.append(
+            "the loop ran only %.0f%% of the time of a repeat (other processes took the CPU, or the function waits)"
+            % (100 * on_cpu)
+        )
     if spread is not None and spread > NOISY_SPREAD:
         reasons.append("the repeats vary by %.1f%% (more than %.0f%%)" % (100 * spread, 100 * NOISY_SPREAD))
     return reasons

@@ -23,7 +23,7 @@ import traceback
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from .. import __version__
-from ..errors import ArgumentError, DataError, FarmError, PathEscapeError, ProtocolError
+from ..errors import ArgumentError, DataError, FarmError, PathEscapeError, ProtocolError, SkippedCallError
 from ..net.transport import FramedSocket
 from ..protocol.calls import MAX_ARGS, decode_call, encode_result
 from ..protocol.framing import DEFAULT_MAX_PAYLOAD, Buffer, Frame, encode_frame
@@ -135,7 +135,7 @@ _NO_ARRAYS = (None,) * MAX_ARGS
 # Plain ints are quicker to reach than enum members on the call path.
 _ARRAY_NEW, _ARRAY_WRITE, _UPLOAD, _RESULT = int(Op.ARRAY_NEW), int(Op.ARRAY_WRITE), int(Op.UPLOAD), int(Op.RESULT)
 # Operations that record what they run themselves (or run nothing worth naming).
-_OWN_ACTIVITY = (int(Op.CALL), int(Op.RUN), int(Op.PING), int(Op.TIME))
+_OWN_ACTIVITY = (int(Op.CALL), int(Op.RUN), int(Op.PING), int(Op.TIME), int(Op.PIPELINED_CALL))
 _RTLD_LOCAL = getattr(os, "RTLD_LOCAL", 0)
 #: Replies up to this size fit an empty socket buffer, so sending one cannot be cut short.
 ATOMIC_REPLY = 4096
@@ -282,6 +282,7 @@ class Session:
         self._modules: Dict[int, Tuple[Any, str]] = {}
         self._functions: Dict[int, _Function] = {}
         self._next_id = 1
+        self._pipeline_failed = ""  # what failed in the current pipeline: its later calls are not run
         self._handlers: Dict[int, Callable[[Frame], Reply]] = {
             Op.PING: lambda frame: (None, b""),
             Op.SYSTEM_INFO: self._system_info,
@@ -298,6 +299,8 @@ class Session:
             Op.ARRAY_WRITE: self._array_write,
             Op.RUN: self._run,
             Op.TIME: self._time,
+            Op.PIPELINE: self._pipeline,
+            Op.PIPELINED_CALL: self._pipelined_call,
         }
         conn.reader.allocate = self._allocate
         conn.reader.allocate_for = (_ARRAY_NEW, _ARRAY_WRITE, _UPLOAD)
@@ -594,6 +597,21 @@ class Session:
         self.status.running_encoded(function.activity)
         return None, encode_result(function.cfunc(*values))
 
+    def _pipeline(self, frame: Frame) -> Reply:
+        self._pipeline_failed = ""
+        return None, b""
+
+    def _pipelined_call(self, frame: Frame) -> Reply:
+        """A CALL of the current pipeline: not run once an earlier one failed."""
+        if self._pipeline_failed:
+            raise SkippedCallError("not run: %s, earlier in this pipeline, failed" % self._pipeline_failed)
+        try:
+            return self._call(frame)
+        except Exception:
+            function = self._functions.get(int.from_bytes(bytes(frame.payload[:4]), "little"))
+            self._pipeline_failed = "%s (request %d)" % (function.label if function else "a call", frame.request_id)
+            raise
+
     def _call_arguments(self, payload: Buffer) -> Tuple[_Function, Sequence[Any]]:
         """The function a CALL payload names and the values to call it with, checked against its signature."""
         function_id, tags, decoded = decode_call(payload)
@@ -613,7 +631,8 @@ class Session:
         return function, values
 
     def _time(self, frame: Frame) -> Reply:
-        options = timing_options(frame.meta or {}, max_flush_bytes=self.max_payload)
+        asked = {name: value for name, value in frame.meta.items() if name != "release"}  # handled already
+        options = timing_options(asked, max_flush_bytes=self.max_payload)
         function, values = self._call_arguments(frame.payload)
         _, tags, decoded = decode_call(frame.payload)
         first = None

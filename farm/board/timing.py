@@ -7,7 +7,10 @@ process: the same loop calls a libc function that returns at once
 each argument is counted too. Its median cost per call, and the fixed cost
 of a batch (reading the clock), are subtracted from every figure and reported
 as ``overhead_s`` and ``overhead_batch_s``; what the subtraction cannot remove
-(the interquartile range of the calibration) is ``overhead_spread_s``.
+(the interquartile range of the calibration) is ``overhead_spread_s``. The
+process's CPU time is read around each batch, outside it: ``on_cpu`` is the
+share of each repeat's wall time the process ran, below 1 when other
+processes took the CPU (or the function waited).
 A native timing helper per target would avoid the subtraction, but it would
 need a toolchain on the board's side of the farm for every target; ctypes
 needs nothing a bare board lacks.
@@ -16,7 +19,9 @@ The semantics are TVM's: one warm-up run; ``number`` runs per repeat, grown
 as TVM grows it until one repeat lasts ``min_repeat_ms``; a cooldown every
 ``repeats_to_cooldown`` repeats; ``cache_flush_bytes`` copied between two
 buffers before each batch, and ``cache_flush_cpu_non_first_arg`` before each
-repeat. Standard library only: boards run it.
+repeat. A flush evicts the loop's own code and data too, so a few calls of the
+no-op follow it (they do not touch the arguments' memory). Standard library
+only: boards run it.
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ CALIBRATION_BATCH_NS = 2_000_000
 CALIBRATION_BATCHES = 9
 #: Batches of one call, for the cost of a batch beside its calls.
 SINGLE_BATCHES = 101
+#: Calls of the no-op after a cache flush: the loop, ctypes and the interpreter back in the caches, the data not.
+REWARM_CALLS = 3
+#: Repeats whose timed batch lasted this long report the share of it the process spent on a CPU.
+SHARE_BATCH_NS = 1_000_000
 #: Bytes written over to evict the caches when the board does not say how large its last level is.
 DEFAULT_EVICTION_BYTES = 64 << 20
 
@@ -121,7 +130,8 @@ def last_level_cache_bytes(root: str = "/") -> int:
 class _Flusher:
     """Evicts data from the CPU caches between runs, outside the timed loop."""
 
-    def __init__(self, options: TimingOptions, first: Optional[FirstArray]) -> None:
+    def __init__(self, options: TimingOptions, first: Optional[FirstArray], rewarm: Callable[[], Any]) -> None:
+        self._rewarm = rewarm  # the loop's own path, which the eviction evicts too, without touching the data
         self._copy = None
         if options.cache_flush_bytes:  # TVM copies one buffer of this size over another
             size = options.cache_flush_bytes
@@ -139,11 +149,13 @@ class _Flusher:
             ctypes.memset(buffer, 0x5A, size)
             if self._first is not None and self._first.nbytes:
                 ctypes.memmove(self._scratch, self._first.address, self._first.nbytes)
+            self._rewarm()
 
     def before_batch(self) -> None:
         if self._copy is not None:
             target, source, size = self._copy
             ctypes.memmove(target, source, size)
+            self._rewarm()
 
 
 class _Pinned:
@@ -178,11 +190,12 @@ def time_function(
     function: Any, args: Sequence[Any], options: TimingOptions, first: Optional[FirstArray] = None
 ) -> Dict[str, Any]:
     """Time ``function(*args)`` as ``options`` say; the reply's metadata (times in seconds)."""
-    flusher = _Flusher(options, first)
+    no_op = _no_op_like(function)
+    flusher = _Flusher(options, first, lambda: _batch(no_op, args, REWARM_CALLS))
     with _Pinned(options.pin_cpu):
         function(*args)  # the warm-up run, discarded
         overhead = calibrate(function, args)
-        results, others, clamped = [], [_others_running()], 0
+        results, others, clamped, on_cpu = [], [_others_running()], 0, []
         number = options.number
         for index in range(options.repeat):
             flusher.before_repeat()
@@ -191,13 +204,17 @@ def time_function(
                 if elapsed > 0:
                     number = int(max(options.min_repeat_ms / (elapsed / 1e6 / number) + 1, number * GOLDEN_RATIO))
                 flusher.before_batch()
+                cpu_time = time.process_time_ns()
                 elapsed = _batch(function, args, number)
+                cpu_time = time.process_time_ns() - cpu_time
                 zero_times += elapsed == 0
                 if elapsed / 1e6 >= options.min_repeat_ms or zero_times >= options.limit_zero_time_iterations:
                     break
             per_run = overhead.per_run(elapsed, number)
             clamped += per_run < 0
             results.append(max(per_run, 0.0) / 1e9)
+            if elapsed >= SHARE_BATCH_NS:
+                on_cpu.append(round(cpu_time / elapsed, 3))
             others.append(_others_running())
             if options.cooldown_interval_ms > 0 and index % options.repeats_to_cooldown == 0:
                 time.sleep(options.cooldown_interval_ms / 1000)
@@ -213,6 +230,7 @@ def time_function(
         "overhead_batch_s": overhead.batch_ns / 1e9,
         "overhead_spread_s": overhead.spread_ns / 1e9,
         "clamped": clamped,
+        "on_cpu": on_cpu,
         "cpu": cpu,
         "state": state,
         "method": "board-python",

@@ -23,7 +23,8 @@ import struct
 import sys
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -37,6 +38,7 @@ from ..errors import (
     ProtocolError,
     RemoteError,
     SessionLostError,
+    SkippedCallError,
 )
 from ..net.credentials import Credentials
 from ..net.opening import OpeningClosed, open_socket
@@ -54,12 +56,13 @@ from ..protocol.ops import PICKLE_PROTOCOL, RESULT_PICKLE, Op
 from ..protocol.timing import TimingOptions, timing_options
 from ..protocol.values import decode_value
 from ..signature import DTYPE_SIZES, Signature, parse_signature
+from .pipeline import MAX_IN_FLIGHT, CallFuture, Pipeline
 from .timing import BenchmarkResult
 
 PathLike = Union[str, "os.PathLike[str]"]
 SUPPORTED_DTYPES = tuple(sorted(DTYPE_SIZES))
 
-_RESULT, _CALL = int(Op.RESULT), int(Op.CALL)  # plain ints are quicker to reach on the call path
+_RESULT, _CALL, _PIPELINED_CALL = int(Op.RESULT), int(Op.CALL), int(Op.PIPELINED_CALL)  # plain ints: quicker
 #: Most freed array ids one request carries to the board.
 MAX_RELEASE = 4096
 #: How long closing waits for the board to finish with a session.
@@ -76,6 +79,10 @@ class RemoteArgumentError(RemoteError, ArgumentError):
     """The board refused a call's arguments."""
 
 
+class RemoteSkippedCallError(RemoteError, SkippedCallError):
+    """A pipelined call the board did not run: an earlier call of its pipeline failed."""
+
+
 class RemoteDataError(RemoteError, DataError):
     """A ``run()`` result on the board was not data (its type is named); the session goes on."""
 
@@ -85,6 +92,7 @@ _REMOTE_ERRORS = {
     "PathEscapeError": RemotePathEscapeError,
     "ArgumentError": RemoteArgumentError,
     "DataError": RemoteDataError,
+    "SkippedCallError": RemoteSkippedCallError,
 }
 
 
@@ -215,6 +223,8 @@ class RemoteSession:
         self._closed = False
         self._lost: Optional[SessionLostError] = None
         self._info: Optional[Dict[str, Any]] = None
+        self._pipeline = Pipeline(self)
+        self._pipelining: Optional[List[CallFuture]] = None  # inside ``with session.pipeline()``: its calls
         #: When the session started and ended by the board's clock (``time.time()``), once it ended.
         self.board_interval: Optional[Tuple[float, float]] = None
         self.session_timeout = session_timeout
@@ -243,6 +253,22 @@ class RemoteSession:
     def _request(
         self, op: int, meta: Optional[dict] = None, payload: Any = b"", into: Optional[memoryview] = None
     ) -> Frame:
+        if self._pipeline.in_flight:  # the replies to pipelined calls come first
+            self._pipeline.collect()
+        request_id = self._send_request(op, meta, payload)
+        try:
+            frame = self._conn.recv() if into is None else self._recv_into(into)
+        except (OSError, ProtocolError) as exc:
+            raise self._connection_lost("waiting for a reply", exc) from None
+        except BaseException:  # KeyboardInterrupt, a test timeout: the stream is mid-request, give it up
+            self._abandon()
+            raise
+        if frame.op == _RESULT and frame.request_id == request_id:
+            return frame
+        return self._check_reply(frame, request_id)
+
+    def _send_request(self, op: int, meta: Optional[dict], payload: Any) -> int:
+        """Send one request; its request id."""
         if self._lost is not None:
             raise self._lost
         if self._closed:
@@ -252,19 +278,69 @@ class RemoteSession:
             del self._release[:MAX_RELEASE]
         request_id = self._next_id
         self._next_id = request_id % 0xFFFFFFFF + 1
-        doing = "sending a request"
         try:
             self._conn.send(op, request_id, meta, payload)
-            doing = "waiting for a reply"
-            frame = self._conn.recv() if into is None else self._recv_into(into)
         except (OSError, ProtocolError) as exc:
-            raise self._connection_lost(doing, exc) from None
-        except BaseException:  # KeyboardInterrupt, a test timeout: the stream is mid-request, give it up
+            raise self._connection_lost("sending a request", exc) from None
+        except BaseException:
+            self._abandon()
+            raise
+        return request_id
+
+    def _receive_reply(self, request_id: int) -> Frame:
+        """The reply to ``request_id``, the next frame on the connection; errors raised as ``_request`` raises them."""
+        try:
+            frame = self._conn.recv()
+        except (OSError, ProtocolError) as exc:
+            raise self._connection_lost("waiting for a reply", exc) from None
+        except BaseException:
             self._abandon()
             raise
         if frame.op == _RESULT and frame.request_id == request_id:
             return frame
         return self._check_reply(frame, request_id)
+
+    def _send_pipelined(self, op: int, payload: Any, decode: Callable[[Frame], Any], description: str) -> CallFuture:
+        """Send a request without waiting for its reply: a future of ``decode(reply)``."""
+        if len(self._pipeline) >= MAX_IN_FLIGHT:
+            self._pipeline.collect(until=self._pipeline.in_flight[MAX_IN_FLIGHT // 2][1])
+        if self._pipelining is None and (self._pipeline.number == 0 or self._pipeline.broken):
+            self._start_pipeline()
+        future = CallFuture(self, description)
+        self._pipeline.add(self._send_request(op, None, payload), future, decode)
+        if self._pipelining is not None:
+            self._pipelining.append(future)
+        return future
+
+    def _start_pipeline(self) -> None:
+        """Begin a pipeline on the board: a failure in an earlier one no longer stops the calls that follow."""
+        self._pipeline.number += 1
+        self._pipeline.broken = False
+        marker = CallFuture(self, "the start of pipeline %d" % self._pipeline.number)
+        self._pipeline.add(self._send_request(Op.PIPELINE, None, b""), marker, lambda frame: None)
+
+    @contextmanager
+    def pipeline(self) -> Iterator[None]:
+        """Calls made inside the block are sent without waiting for their replies and return futures.
+
+        Replies keep their order. When a call fails, its future holds the error and the board runs none of the
+        calls after it in the block (their futures hold :class:`SkippedCallError`). On leaving the block every
+        reply has come back, and the first error is raised unless the block itself raised.
+        """
+        if self._pipelining is not None:
+            raise RemoteError("pipelines do not nest: this session is in one already")
+        self._start_pipeline()
+        calls: List[CallFuture] = []
+        self._pipelining = calls
+        try:
+            yield
+        finally:
+            self._pipelining = None
+        self._pipeline.collect()
+        for future in calls:
+            error = future.exception()
+            if error is not None:
+                raise error
 
     def _recv_into(self, into: memoryview) -> Frame:
         """The next frame, its payload received straight into ``into`` if the sizes match."""
@@ -701,10 +777,19 @@ class RemoteFunction:
         return "<RemoteFunction %s>" % (self.signature.text if self.signature else self.name)
 
     def __call__(self, *args: Any) -> Any:
+        """Call the function on the board and return its result (inside ``session.pipeline()``: a future of it)."""
         payload = self._payload(args)
-        reply = self.session._request(_CALL, None, payload).payload
+        if self.session._pipelining is not None:
+            return self.session._send_pipelined(_PIPELINED_CALL, payload, self._result, self.name + "()")
+        return self._result(self.session._request(_CALL, None, payload))
+
+    def submit(self, *args: Any) -> CallFuture:
+        """Send the call without waiting for its reply; a future of its result (see ``session.pipeline()``)."""
+        return self.session._send_pipelined(_PIPELINED_CALL, self._payload(args), self._result, self.name + "()")
+
+    def _result(self, frame: Frame) -> Any:
         try:
-            result = decode_result(reply)
+            result = decode_result(frame.payload)
         except ProtocolError as exc:
             raise self.session._broken_reply("a call result that makes no sense (%s)" % exc) from None
         if self._returns_bool and result is not None:

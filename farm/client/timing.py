@@ -15,11 +15,12 @@ import statistics
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..board.machine import noise
+from ..protocol.timing import MAX_REPEAT
 
 #: Fields of ``to_dict()``, in order.
 FIELDS = (
     "function", "board", "method", "results", "number", "repeat", "mean", "median", "min", "max", "std",
-    "overhead_s", "overhead_spread_s", "cpu", "state", "noise", "emulated",
+    "overhead_s", "overhead_spread_s", "cpu", "on_cpu", "state", "noise", "emulated",
 )  # fmt: skip
 
 
@@ -27,6 +28,14 @@ def _float(value: Any) -> Optional[float]:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None
+
+
+def _shares(value: Any) -> List[float]:
+    """The on-CPU shares of a reply: finite numbers only, at most one per repeat."""
+    if not isinstance(value, list):
+        return []
+    shares = [_float(item) for item in value[:MAX_REPEAT]]
+    return [share for share in shares if share is not None]
 
 
 def _state(value: Any) -> Dict[str, Any]:
@@ -63,6 +72,7 @@ class BenchmarkResult:
         cpu: Optional[int] = None,
         state: Optional[Dict[str, Any]] = None,
         noise_reasons: Optional[List[str]] = None,
+        on_cpu: Sequence[float] = (),
     ) -> None:
         self.results = tuple(float(result) for result in results)
         if not self.results:
@@ -83,9 +93,14 @@ class BenchmarkResult:
         self.max = max(self.results)
         self.std = statistics.pstdev(self.results)
         self.emulated: Optional[str] = (state or {}).get("emulator")
+        #: Per repeat (of at least 1 ms), the share of its wall time the board's process ran on a CPU.
+        self.on_cpu = [float(share) for share in on_cpu]
         if noise_reasons is None:
             resolved = self.mean > self.overhead_spread_s  # below it, the spread is the method's own
-            noise_reasons = noise(_state(state), self.spread if resolved else None) if state is not None else []
+            lowest = min(self.on_cpu) if self.on_cpu else None
+            noise_reasons = (
+                noise(_state(state), self.spread if resolved else None, lowest) if state is not None else []
+            )
         self.noise = list(noise_reasons)
 
     @property
@@ -121,12 +136,15 @@ class BenchmarkResult:
             overhead_spread_s=_float(meta.get("overhead_spread_s")) or 0.0,
             cpu=cpu if isinstance(cpu, int) and not isinstance(cpu, bool) else None,
             state=_state(meta.get("state")),
+            on_cpu=_shares(meta.get("on_cpu")),
         )
 
     @classmethod
     def from_tvm(cls, result: Any, function: str = "", board: Optional[Dict[str, Any]] = None) -> BenchmarkResult:
         """A TVM ``BenchmarkResult`` (from TVM's own ``time_evaluator``) as one of ours."""
-        return cls(list(result.results), function=function, board=board, method="tvm", noise_reasons=[])
+        ours = cls(list(result.results), function=function, board=board, method="tvm", noise_reasons=[])
+        ours.noise = noise({}, ours.spread)  # TVM reports no state: the spread alone can tell
+        return ours
 
     def to_dict(self) -> Dict[str, Any]:
         """Every field, JSON-able."""
@@ -147,6 +165,7 @@ class BenchmarkResult:
             cpu=data.get("cpu"),
             state=data.get("state"),
             noise_reasons=data.get("noise", []),
+            on_cpu=data.get("on_cpu", ()),
         )
 
     def __repr__(self) -> str:

@@ -29,6 +29,8 @@ class Op(IntEnum):
     RUN = 14
     CLOSE = 15
     TIME = 16
+    PIPELINE = 17
+    PIPELINED_CALL = 18
     # Replies and notices, board -> host.
     RESULT = 64
     ERROR = 65

@@ -433,14 +433,15 @@ class TrackerState:
             keys = heapq.nsmallest(MAX_NAMED_KEYS + 1, self.servers)
             named = ", ".join(keys[:MAX_NAMED_KEYS]) + (", ..." if len(keys) > MAX_NAMED_KEYS else "")
             return "no board serves key %r (keys served: %s)" % (waiter.key, named or "none")
+        served = (self.peers[peer_id].keys[waiter.key] for peer_id in boards)
+        if any(not waiter.protocols.isdisjoint(protocols) for protocols in served):
+            return ""  # at the first board the client can use: a request costs the same with 10 boards or 10,000
         spoken = sorted(set().union(*(self.peers[peer_id].keys[waiter.key] for peer_id in boards)))
-        if not any(protocol in waiter.protocols for protocol in spoken):
-            return "the boards of key %r speak %s, and this client speaks %s" % (
-                waiter.key,
-                " and ".join(spoken),
-                " and ".join(sorted(waiter.protocols)),
-            )
-        return ""
+        return "the boards of key %r speak %s, and this client speaks %s" % (
+            waiter.key,
+            " and ".join(spoken),
+            " and ".join(sorted(waiter.protocols)),
+        )
 
     def _board_count(self, key: str) -> int:
         """Boards of ``key``: one per board peer, or what a proxy says it has (``"boards": {key: n}``)."""

@@ -44,8 +44,22 @@ def check_dataplane(results: Dict[str, Any]) -> None:
     for side in ("farm", "tls", "before", "native"):
         assert sessions[side]["open_ms"]["rounds"] == 4
         assert 0 < sessions[side]["open_ms"]["median"] <= sessions[side]["open_close_ms"]["median"] * 1.5
-    for name in ("raw_pingpong", "farm_noop_signature", "farm_noop_no_signature", "farm_ping", "tls_noop_signature",
-                 "native_noop_signature"):  # fmt: skip
+    tvm = results["machine"]["tvm"] is not None
+    assert tvm == (not results["tvm_skipped"]), results["tvm_skipped"]
+    names = [
+        "raw_pingpong",
+        "farm_noop_signature",
+        "farm_noop_no_signature",
+        "farm_ping",
+        "tls_noop_signature",
+        "farm_vadd_n1",
+        "farm_scalars8",
+        "farm_arrays8",
+        "native_noop_signature",
+        "native_vadd_n1",
+    ]
+    names += ["tvm_vadd_n1"] if tvm else []
+    for name in names:
         assert positive(calls[name]["median"]) and calls[name]["min"] <= calls[name]["p99"], name
     for name in ("raw_upload", "farm_upload", "farm_copyfrom", "raw_download", "farm_download", "before_download",
                  "native_upload", "native_download"):  # fmt: skip
@@ -54,6 +68,7 @@ def check_dataplane(results: Dict[str, Any]) -> None:
         assert positive(results["ratios"][name]["ratio"]) and isinstance(results["ratios"][name]["pass"], bool)
     figures = [row["figure"] for row in results["headline"]]
     assert "no-op call round trip" in figures and "open + close: code before" in figures
+    assert "call of vadd (3 arrays, n=1) round trip" in figures
 
 
 def check_tracker(results: Dict[str, Any]) -> None:
@@ -123,10 +138,10 @@ def check_farm_emulated(results: Dict[str, Any]) -> None:
     variants = {"local": KEYS[:1], "aarch64": KEYS[1:2], "armhf": KEYS[2:], "emulated": KEYS, "default": KEYS[:1]}
     assert examples["failures"] == [] and examples["warmup_runs"] == [] and set(examples["runs"]) == set(variants)
     for name, (run,) in examples["runs"].items():
-        assert run["passed"] and run["outcomes"] == {"passed": 12 * len(variants[name])}, (name, run)
+        assert run["passed"] and run["outcomes"] == {"passed": 15 * len(variants[name])}, (name, run)
         assert sorted(run["keys"]) == sorted(variants[name]), name
         for key, entry in run["keys"].items():
-            assert (entry["tests"], entry["passed"]) == (12, 12) and entry["queue_wait_s"] >= 0, (name, key)
+            assert (entry["tests"], entry["passed"]) == (15, 15) and entry["queue_wait_s"] >= 0, (name, key)
             assert 0 < entry["call_s"] < entry["held_s"], (name, key)  # each test's call runs inside its hold
     assert set(examples["ratios"]) == {"aarch64_over_local", "armhf_over_local"}
     for name, row in examples["ratios"].items():
@@ -196,6 +211,92 @@ def check_soak(results: Dict[str, Any]) -> None:
     assert memory["samples"] >= 2 and 0 < memory["rss_kb_start"] <= memory["rss_kb_peak"], memory
 
 
+def check_timing(results: Dict[str, Any]) -> None:
+    tvm = results["machine"]["tvm"] is not None
+    sides = {"host", "ours", "host_O3_native"} | ({"host_tvm", "tvm_local", "tvm_rpc"} if tvm else set())
+    kernels = results["scenarios"]["kernels"]
+    assert set(kernels) == {"vadd", "matmul"} and set(kernels["vadd"]) == {str(16 << 10), str(1 << 20)}
+    for kernel, rows in kernels.items():
+        for size, row in rows.items():
+            assert set(row["us"]) == sides, (kernel, size)
+            for side in sides:
+                check_spread(row["us"][side], row["repeat"] * row["rounds"], (kernel, size, side))
+            assert row["notes"]["ours"]["method"] == "board-python" and positive(row["notes"]["ours"]["overhead_us"])
+    noop = results["scenarios"]["noop"]
+    assert positive(noop["us"]["host"]["median"]) and noop["us"]["ours"]["median"] >= 0
+    assert positive(noop["overhead_us"]) and noop["board_state"]["machine"] and noop["board_state"]["cpu"] is not None
+    instructions = results["scenarios"]["instructions"]["vadd"]
+    assert set(instructions) == {"gcc_O2", "gcc_O3_native"} | ({"tvm_llvm"} if tvm else set())
+    for row in instructions.values():  # what the compilers made is reported, not checked
+        assert row["instructions"] > 0 and row["packed_float"] >= 0 and row["scalar_float"] >= 0, row
+    placement = results["scenarios"]["placement"]
+    assert list(placement) == [str(16 << 10)] and len(placement[str(16 << 10)]["us"]) == 6
+    flush = results["scenarios"]["cache_flush"]["us"]
+    assert {"host_warm", "host_flushed", "host_noop_flushed", "ours_warm", "ours_flushed"} <= set(flush)
+    assert {"ours_preproc", "ours_noop_warm", "ours_noop_flushed"} <= set(flush)
+    assert ("tvm_rpc_preproc" in flush) == tvm
+    judged = [row for name, row in results["ratios"].items() if name.endswith("_ours_over_host")]
+    assert len(judged) == 3 and all(isinstance(row["pass"], bool) and positive(row["ratio"]) for row in judged)
+    assert len([name for name in results["ratios"] if name.endswith("_tvm_rpc_over_host_tvm")]) == (3 if tvm else 0)
+
+
+def check_regression(results: Dict[str, Any]) -> None:
+    for name in ("vadd", "steps"):
+        pair = results["scenarios"][name]
+        for spec in ("median:10%", "median:5%", "median:0%"):
+            alarms, detected = pair["false_alarms"][spec], pair["detected"][spec]
+            assert alarms["pairs"] == 4 * 3 and 0 <= alarms["flagged"] + alarms["noisy"] <= alarms["pairs"], alarms
+            assert detected["pairs"] == 4 and 0 <= detected["flagged"] + detected["noisy"] <= 4, (name, detected)
+        assert pair["medians_us"]["slowed"]["median"] > pair["medians_us"]["base"]["median"] > 0, name
+    assert all(row["flagged"] >= 3 for row in results["scenarios"]["vadd"]["detected"].values())
+    rows = results["scenarios"]["model"]["rows"]
+    assert len(rows) == 9 and all(row["trials"] == 50 and 0 <= row["u_test"] <= 1 for row in rows)
+    assert len(results["headline"]) == 4 and results["headline"][0]["figure"].startswith("regression check")
+
+
+def check_pipeline(results: Dict[str, Any]) -> None:
+    figures = results["scenarios"]["pipeline"]
+    for name in ("link_sequential", "link_pipelined", "link_round_trip", "direct_pipelined", "floor"):
+        check_spread(figures[name], 2, name)
+    assert results["config"]["calls"] == 100 and results["config"]["delay_ms"] == 1.0
+    assert isinstance(figures["met"], bool) and results["headline"][0]["met"] == figures["met"]
+
+
+def check_scale(results: Dict[str, Any]) -> None:
+    tracker, board = results["scenarios"]["tracker"], results["scenarios"]["board"]
+    steps = {"boards": [(10, 10), (100, 10)], "waiters": [(10, 10), (10, 100)], "diagonal": [(10, 10), (100, 100)]}
+    assert tracker["sizes"] == [10, 100] and set(tracker["plans"]) == set(tracker["before"]["plans"]) == set(steps)
+    for side in (tracker, tracker["before"]):
+        for plan, rows in side["plans"].items():
+            assert [(row["boards"], row["requests"]) for row in rows] == steps[plan], plan
+            for row in rows:
+                latency = row["latency_ms"]
+                assert latency["count"] == 100 and 0 < latency["p50"] <= latency["p99"] <= latency["max"], row
+                assert row["connections"] == row["boards"] + row["requests"] and row["cpu_ms_per_1000"] >= 0, row
+                assert positive(row["summary_ms"]) and positive(row["summary_bytes"]) and positive(row["rss_kb"])
+            assert set(side["growth"][plan]) == {"latency_p50", "cpu_per_handout", "kb_per_board", "kb_per_request",
+                                                 "summary"}  # fmt: skip
+    assert positive(tracker["plans"]["boards"][-1]["kb_per_board"]), tracker["plans"]["boards"]
+    assert positive(tracker["plans"]["waiters"][-1]["kb_per_request"]), tracker["plans"]["waiters"]
+    corner = tracker["corner"]
+    assert (corner["boards"], corner["requests"]) == (100, 100) and isinstance(corner["met"], bool)
+    assert set(board["boards"]) == {"local", "aarch64"}
+    for name, row in board["boards"].items():
+        assert row["curve"][-1]["served"] == row["sessions"] and positive(row["sessions_per_s"]), name
+        assert all(positive(value) for value in row["session_kb"].values()) and row["forked"] >= 1, name
+        assert 0 < row["open_ms"]["median"] <= row["open_ms"]["max"], name
+    for scenario in (tracker, board):
+        drawn = scenario["figures"]
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            assert drawn.startswith("plots: not drawn, matplotlib is not installed"), drawn
+        else:
+            path = Path(drawn[len("plots: ") :])
+            assert path.parent.name == "figures" and "<svg" in path.read_text()[:1000], drawn
+    assert results["headline"][0]["figure"].startswith("request to assignment p99")
+
+
 TOOLS: Dict[str, Any] = {
     "soak": ("reliability/soak.py", ["--quick"], check_soak),
     "attack_unproven": ("reliability/attack_unproven.py", ["--quick", "--secret"], check_unproven),
@@ -213,11 +314,19 @@ TOOLS: Dict[str, Any] = {
         check_farm_emulated,
     ),  # fmt: skip
     "tracker": ("benchmarks/bench_tracker.py", ["--quick", "--before", str(PROJECT)], check_tracker),
+    "timing": ("benchmarks/bench_timing.py", ["--quick"], check_timing),
+    "pipeline": ("benchmarks/bench_pipeline.py", ["--quick"], check_pipeline),
+    "scale": (
+        "benchmarks/bench_scale.py",
+        ["--quick", "--emulated", "aarch64", "--figures", "figures", "--before", str(PROJECT)],
+        check_scale,
+    ),
     "dataplane": (
         "benchmarks/bench_dataplane.py",
         ["--quick", "--tls", "--before", str(PROJECT), "--native"],
         check_dataplane,
     ),
+    "regression": ("benchmarks/bench_regression.py", ["--quick"], check_regression),
 }
 
 

@@ -91,9 +91,9 @@ def test_time_evaluator_on_an_emulated_board_says_its_times_are_qemus(
     """The timing loop runs in the board's own Python under qemu, its cost calibrated there; the result says that
     qemu's times are not the hardware's."""
     session = sessions[key]
-    library = build_shared([PROJECT / "tests" / "kernels" / "timing.c"], toolchain_for(key), cache_dir=str(tmp_path))
+    library = build_shared([PROJECT / "tests" / "kernels" / "timed.c"], toolchain_for(key), cache_dir=str(tmp_path))
     session.upload(library)
-    spin = session.load_module(os.path.basename(library)).get_function("spin_ns", "int64_t spin_ns(int64_t ns)")
+    spin = session.load_module(os.path.basename(library)).get_function("spin_ns", "void spin_ns(int64_t ns)")
     result = spin.time_evaluator(number=5, repeat=3)(200_000)
     assert result.emulated == emulator and result.state and result.state["machine"] == MACHINES[key]
     assert "emulated: measured under %s; its times are not the hardware's" % emulator in str(result)

@@ -8,6 +8,7 @@ saying so, without them.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -24,8 +25,8 @@ from conftest import require_emulators
 pytestmark = pytest.mark.slow
 
 PROJECT = Path(__file__).resolve().parents[2]
-#: Tests of examples/test_kernels.py per key.
-TESTS_PER_KEY = 12
+#: Tests of examples/test_kernels.py and examples/test_benchmarks.py per key.
+TESTS_PER_KEY = 15
 
 
 def run_examples(tmp_path: Path, *args: str) -> Tuple[subprocess.CompletedProcess, List[Dict[str, str]]]:
@@ -52,6 +53,7 @@ def test_main_job_on_the_default_farm(tmp_path: Path) -> None:
     assert Counter(case["outcome"] for case in cases) == {"passed": TESTS_PER_KEY}
     assert {case["device_key"] for case in cases} == {"local"}
     assert "remotedev: boards by key" in result.stdout
+    assert "remotedev: device benchmarks of key local" in result.stdout
     assert "%d passed" % TESTS_PER_KEY in result.stdout
 
 
@@ -67,6 +69,12 @@ def test_main_job_on_the_emulated_farm(tmp_path: Path) -> None:
     assert {case["device_id"] for case in cases if case["device_key"] == "armhf"} == {"armhf-0"}
     summary = result.stdout[result.stdout.index("remotedev: boards by key") :]
     assert all("\n%s " % key in summary for key in ("local", "aarch64", "armhf")), summary
+    benchmarks = [case for case in cases if case.get("device_benchmark")]
+    assert Counter(case["device_key"] for case in benchmarks) == {key: 3 for key in ("local", "aarch64", "armhf")}
+    assert all("remotedev: device benchmarks of key %s" % key in result.stdout for key in ("aarch64", "armhf"))
+    for case in benchmarks:  # a figure taken under qemu says so
+        emulated = json.loads(case["device_benchmark"])["emulated"]
+        assert (emulated or "").startswith("qemu-") == (case["device_key"] != "local"), case
 
 
 def test_main_job_on_the_native_farm(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Pattern, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Pattern, Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -55,6 +55,13 @@ def free_boards(tracker: farm.TrackerClient, key: str) -> int:
     return tracker.summary()["queue_info"].get(key, {}).get("free", 0)
 
 
+def offered(tracker: farm.TrackerClient, key: str) -> Optional[Dict[str, Any]]:
+    """The tracker's summary once one board of ``key`` is free and the proxy's entry is in it, else None."""
+    summary = tracker.summary()
+    free = summary["queue_info"].get(key, {}).get("free", 0)
+    return summary if free == 1 and summary["server_info"] else None
+
+
 def run_vadd(session: farm.RemoteSession, library: Path) -> None:
     session.upload(library)
     vadd = session.load_module(library.name).get_function("vadd", signature=VADD)
@@ -76,8 +83,9 @@ def test_board_behind_the_proxy_serves_through_the_tracker(start: Starter, kerne
     start("server", "--host", proxy.address[0], "--port", str(proxy.address[1]), "--through-proxy", "--key", "nat",
           wait_for=WAITING)  # fmt: skip
     tracker = farm.connect_tracker(*tracker_daemon.address)
-    wait_for(lambda: free_boards(tracker, "nat") == 1, 10, "the proxy to offer the board")
-    (entry,) = tracker.summary()["server_info"]
+    # the proxy offers the board (PUT), then tells the tracker about its boards (UPDATE_INFO): wait for both
+    summary = wait_for(lambda: offered(tracker, "nat"), 10, "the proxy to offer the board and describe it")
+    (entry,) = summary["server_info"]
     assert entry["key"] == "server:proxy[nat]"
     assert entry["addr"] == [proxy.address[0], proxy.address[1]]
     with tracker.request("nat", user="ci", session_timeout=60) as session:

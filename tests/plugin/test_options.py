@@ -8,13 +8,17 @@ start a farm: the plugin starts its own farm on the first test that needs a boar
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import List, Optional, Tuple
 
 import pytest
 
+from farm.ops.benchruns import save_run
 from farm.ops.inventory import DEFAULT_INVENTORY
+from farm.ops.regression import FailSpec
+from pytest_remotedev.benchrun import BENCHMARK_PLUGIN
 from pytest_remotedev.options import DEFAULT_DEVICE_WAIT, Settings
 
 #: Options of every inner run: hypothesis's plugin costs about a second per run and is not needed there.
@@ -29,6 +33,10 @@ ENV_VARS = (
     "REMOTEDEV_DEVICE_STRICT",
     "TVM_TRACKER_HOST",
     "TVM_TRACKER_PORT",
+    "REMOTEDEV_BENCHMARK_SAVE",
+    "REMOTEDEV_BENCHMARK_STORAGE",
+    "REMOTEDEV_BENCHMARK_COMPARE",
+    "REMOTEDEV_BENCHMARK_FAIL",
 )
 ONE_BOARD = "tracker: {port: 0}\nboards:\n  - {key: alpha, count: 1}\n"
 TWO_KEYS = "tracker: {port: 0}\ndefault_key: alpha\nboards:\n  - {key: alpha, count: 1}\n  - {key: beta, count: 1}\n"
@@ -119,6 +127,14 @@ PRECEDENCE = [
         (True, False, True),
         False,
     ),
+    (
+        "benchmark_save",
+        ("--device-benchmark-save", "cmd"),
+        ("REMOTEDEV_BENCHMARK_SAVE", "env"),
+        ("device_benchmark_save", "ini"),
+        ("cmd", "env", "ini"),
+        None,
+    ),
 ]
 
 
@@ -191,6 +207,33 @@ def test_farm_precedence_and_ini_path_relative_to_the_ini_file(
     settings = settings_of(pytester, "--farm", str(cmd_file))
     assert (settings.farm, settings.sources["farm"]) == (str(cmd_file), "--farm")
     assert settings.inventory is not None and settings.inventory.board_counts() == {"gamma": 1}
+
+
+def test_benchmark_storage_and_the_run_compared_with(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_of(pytester)
+    assert Path(settings.benchmark_storage) == pytester.path / ".benchmarks" / "device"  # in the rootdir
+    assert (settings.benchmark_compare, settings.benchmark_fail) == (None, None)
+
+    write_ini(pytester, device_benchmark_storage="sub/runs")
+    storage = pytester.path / "sub" / "runs"
+    older, newer = save_run(storage, "older", []), save_run(storage, "newer", [])
+    os.utime(older, (1_000_000, 1_000_000))  # the latest is the most recently written
+
+    def baseline(*args: str) -> str:
+        config = pytester.parseconfigure(*INNER, *args)
+        assert Path(config.pluginmanager.get_plugin("remotedev-run").settings.benchmark_storage) == storage
+        return config.pluginmanager.get_plugin(BENCHMARK_PLUGIN).baseline_path
+
+    assert baseline("--device-benchmark-compare") == str(newer)
+    assert baseline("--device-benchmark-compare=older") == str(older)
+    assert baseline("--device-benchmark-fail=median:10%") == str(newer)
+    monkeypatch.setenv("REMOTEDEV_BENCHMARK_COMPARE", "older")
+    assert baseline("--device-benchmark-fail=min:0.002") == str(older)
+    settings = settings_of(pytester, "--device-benchmark-fail=min:0.002")
+    assert (settings.benchmark_compare, settings.benchmark_fail) == ("older", FailSpec("min", 0.002, False))
+    assert baseline() == str(older)  # compared, with nothing failing
 
 
 def test_tvm_tracker_variables(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -33,12 +33,22 @@ SECRET = "${{ secrets.FARM_TRACKER }}"
 #: The pytest options every pipeline's test run gives, with their values.
 RUN_OPTIONS = {"--tracker": "$FARM_TRACKER", "--device-key": "$DEVICE_KEY", "--device-strict": None}
 #: Options whose value is a path the command writes.
-OUTPUT_OPTIONS = {"farm": ("-o", "--output"), "pytest": ("--junitxml",)}
+OUTPUT_OPTIONS = {"farm": ("-o", "--output"), "pytest": ("--junitxml",), "curl": ("--output",)}
+#: Where GitLab's benchmarks-compare job downloads the baseline from (the artifacts of benchmarks-baseline).
+BASELINE_URL = (
+    "$CI_API_V4_URL/projects/$CI_PROJECT_ID/jobs/artifacts/$CI_DEFAULT_BRANCH/download?job=benchmarks-baseline"
+)
+#: The benchmark jobs: the one that saves main's baseline and the one that compares a branch with it.
+BENCHMARK_JOBS = {GITHUB.name: ("benchmarks",), GITLAB.name: ("benchmarks-baseline", "benchmarks-compare")}
 CROSS_PACKAGES = {name for target in TARGETS.values() for name in (target.compiler_package, target.libc_package)}
 #: Programs that are not ours: subcommand -> the arguments it may have.
 ALLOWED: Dict[str, Dict[str, Set[str]]] = {
     "apt-get": {"update": set(), "install": {"-y"} | CROSS_PACKAGES},
     "pip": {"install": {".", "pytest-remotedev"}},
+    "curl": {
+        "--fail": {"--location", "--output", "baseline.zip", "--header", "JOB-TOKEN: $CI_JOB_TOKEN", BASELINE_URL}
+    },
+    "zipfile": {"-e": {"baseline.zip", "."}},
 }
 #: Top-level keys of a GitLab CI file that are not jobs.
 GITLAB_KEYWORDS = {"stages", "default", "variables", "workflow", "include", "image", "services", "cache"}
@@ -187,19 +197,30 @@ def inputs(command: Command, pytester: pytest.Pytester) -> List[str]:
     return paths
 
 
+def saved_runs(command: Command) -> Set[str]:
+    """The run file a ``pytest --device-benchmark-save=NAME`` writes: STORAGE/NAME.json."""
+    if command.program != "pytest":
+        return set()
+    storage = option_values(command.args, ("--device-benchmark-storage",)) or [os.path.join(".benchmarks", "device")]
+    names = option_values(command.args, ("--device-benchmark-save",))
+    return {os.path.normpath(os.path.join(storage[-1], name + ".json")) for name in names}
+
+
 def in_repository(pattern: str) -> bool:
     return bool(list(PROJECT.glob(pattern.rstrip("/"))))
 
 
-def artifact_paths(pipeline: str) -> List[str]:
-    """The paths a pipeline keeps or publishes as artifacts and reports."""
+def artifact_paths(pipeline: str, only_job: str = "") -> List[str]:
+    """The paths a pipeline (or its job ``only_job``) keeps or publishes as artifacts and reports."""
     doc = PIPELINES[pipeline]
     if pipeline == GITHUB.name:
-        steps = [step for job in doc["jobs"].values() for step in job["steps"]]
+        steps = [step for name, job in doc["jobs"].items() if only_job in ("", name) for step in job["steps"]]
         uploads = [step for step in steps if step.get("uses", "").startswith("actions/upload-artifact@")]
         return [path for step in uploads for path in script_lines(step["with"]["path"])]
     paths = []
-    for job in gitlab_jobs(doc).values():
+    for name, job in gitlab_jobs(doc).items():
+        if only_job not in ("", name):
+            continue
         artifacts = job.get("artifacts", {})
         paths += artifacts.get("paths", []) + list(artifacts.get("reports", {}).values())
     return paths
@@ -215,7 +236,7 @@ def commands_of(pipeline: str, program: str = "", job: str = "") -> List[Command
 
 
 def junit_report(pipeline: str) -> str:
-    (run,) = commands_of(pipeline, "pytest")
+    (run,) = commands_of(pipeline, "pytest", "boards")
     (report,) = option_values(run.args, ("--junitxml",))
     return report
 
@@ -254,6 +275,9 @@ def test_paths_exist_or_are_made_first(pipeline: str, pytester: pytest.Pytester)
                 "%s reads %s, which is neither in the repository nor made before it" % (each, path)
             )
         made |= {os.path.normpath(path) for path in option_values(each.args, OUTPUT_OPTIONS.get(each.program, ()))}
+        made |= saved_runs(each)
+        if each.program == "zipfile":  # the baseline downloaded from the job that saved it
+            made |= {os.path.normpath(path) for path in artifact_paths(pipeline, "benchmarks-baseline")}
     for path in artifact_paths(pipeline):
         assert os.path.normpath(path) in made, "%s keeps %s, which no command makes" % (pipeline, path)
 
@@ -274,7 +298,7 @@ def test_cross_compiler_of_the_target_is_installed(pipeline: str) -> None:
 
 @pytest.mark.parametrize("pipeline", sorted(PIPELINES))
 def test_tests_run_on_the_farm_with_xdist(pipeline: str, pytester: pytest.Pytester) -> None:
-    (run,) = commands_of(pipeline, "pytest")
+    (run,) = commands_of(pipeline, "pytest", "boards")
     for name, value in RUN_OPTIONS.items():
         assert name in run.args, run
         if value is not None:
@@ -295,7 +319,7 @@ def test_github_takes_the_tracker_from_a_secret() -> None:
     doc = PIPELINES[GITHUB.name]
     blocks = [doc.get("env", {})] + [job.get("env", {}) for job in doc["jobs"].values()]
     blocks += [step.get("env", {}) for job in doc["jobs"].values() for step in job["steps"]]
-    assert [block["FARM_TRACKER"] for block in blocks if "FARM_TRACKER" in block] == [SECRET]
+    assert {block["FARM_TRACKER"] for block in blocks if "FARM_TRACKER" in block} == {SECRET}
     boards = doc["jobs"]["boards"]
     assert boards["env"]["FARM_TRACKER"] == SECRET
     assert boards["env"]["DEVICE_KEY"] == "${{ matrix.device-key }}" and boards["strategy"]["matrix"]["device-key"]
@@ -318,7 +342,7 @@ def test_gitlab_stages_and_junit_report() -> None:
     doc = PIPELINES[GITLAB.name]
     jobs = gitlab_jobs(doc)
     assert "default" not in doc and not [name for name, job in jobs.items() if set(job) & SCRIPT_ELSEWHERE]
-    assert doc["stages"] == ["test"] and list(jobs) == ["boards"]
+    assert doc["stages"] == ["test"] and list(jobs) == ["boards", *BENCHMARK_JOBS[GITLAB.name]]
     boards = jobs["boards"]
     assert boards["stage"] == "test"
     assert boards["artifacts"]["reports"]["junit"] == junit_report(GITLAB.name)
@@ -331,3 +355,45 @@ def test_gitlab_takes_the_tracker_from_a_project_variable() -> None:
     blocks = [doc.get("variables", {}), doc.get("default", {}).get("variables", {})]
     blocks += [job.get("variables", {}) for job in gitlab_jobs(doc).values()]
     assert not [block for block in blocks if "FARM_TRACKER" in block], "FARM_TRACKER belongs in the CI/CD settings"
+
+
+@pytest.mark.parametrize("pipeline", sorted(PIPELINES))
+def test_benchmarks_save_on_main_and_compare_elsewhere(pipeline: str, pytester: pytest.Pytester) -> None:
+    runs = [run for job in BENCHMARK_JOBS[pipeline] for run in commands_of(pipeline, "pytest", job)]
+    assert len(runs) == 2, runs
+    saving, comparing = [parse_pytest(run.args, pytester) for run in runs]
+    for config, run in zip((saving, comparing), runs):
+        for name, value in RUN_OPTIONS.items():
+            assert name in run.args, run
+            if value is not None:
+                assert option_values(run.args, (name,)) == [value], run
+        assert config.getoption("numprocesses") is None, "benchmarks run one at a time: %s" % run
+        assert config.getoption("remotedev_benchmark_storage") == "benchmarks"
+    assert saving.getoption("remotedev_benchmark_save") == "main"
+    assert saving.getoption("remotedev_benchmark_compare") is None
+    assert comparing.getoption("remotedev_benchmark_save") is None
+    assert comparing.getoption("remotedev_benchmark_compare") == "main"
+    assert comparing.getoption("remotedev_benchmark_fail") == "median:10%"
+    assert "benchmarks/main.json" in artifact_paths(pipeline)
+
+
+def test_github_benchmarks_save_only_on_main() -> None:
+    steps = PIPELINES[GITHUB.name]["jobs"]["benchmarks"]["steps"]
+    conditions = {step.get("name", step.get("uses", "")): step.get("if") for step in steps}
+    assert conditions["Save the baseline (main)"] == "github.ref == 'refs/heads/main'"
+    assert (
+        conditions["Download the baseline of main"]
+        == conditions["Compare with main"]
+        != conditions["Save the baseline (main)"]
+    )
+    [download] = [step for step in steps if step.get("name") == "Download the baseline of main"]
+    [upload] = [step for step in steps if step.get("with", {}).get("path") == "benchmarks/main.json"]
+    assert download["with"]["name"] == upload["with"]["name"] and download["with"]["branch"] == "main"
+
+
+def test_gitlab_benchmarks_save_only_on_the_default_branch() -> None:
+    jobs = gitlab_jobs(PIPELINES[GITLAB.name])
+    baseline, compare = (jobs[name] for name in BENCHMARK_JOBS[GITLAB.name])
+    assert baseline["rules"] == [{"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"}]
+    assert compare["rules"] == [{"if": "$CI_COMMIT_BRANCH != $CI_DEFAULT_BRANCH"}]
+    assert baseline["artifacts"]["paths"][0] == "benchmarks/main.json"

@@ -34,7 +34,10 @@ def test_printed_as_tvm_prints_its_benchmark_result() -> None:
     assert str(ours) == str(theirs)
     assert repr(ours).startswith("BenchmarkResult(min=0.0029, mean=")
     wrapped = BenchmarkResult.from_tvm(theirs, function="vadd", board={"key": "k"})
-    assert wrapped.method == "tvm" and wrapped.results == tuple(FIGURES) and not wrapped.noisy
+    assert wrapped.method == "tvm" and wrapped.results == tuple(FIGURES)
+    assert wrapped.noise == ["the repeats vary by 14.9% (more than 5%)"]  # the spread alone tells
+    steady = BenchmarkResult.from_tvm(tvm_module.BenchmarkResult([0.003, 0.003, 0.003]))
+    assert not steady.noisy and steady.state is None
 
 
 def test_a_quiet_board_with_steady_repeats_is_not_noisy() -> None:
@@ -98,3 +101,22 @@ def test_the_spread_of_figures_below_the_methods_resolution_is_not_noise() -> No
     assert BenchmarkResult.from_reply(tiny, "nothing", {}, 5).noise == []
     resolved = reply(results=[1e-6, 2e-6, 1e-6, 1e-6, 1e-6], overhead_spread_s=5e-9)
     assert BenchmarkResult.from_reply(resolved, "nothing", {}, 5).noise[0].startswith("the repeats vary by")
+
+
+def test_a_loop_that_lost_its_cpu_is_noisy() -> None:
+    shared = BenchmarkResult.from_reply(reply(results=[0.003] * 5, on_cpu=[0.99, 0.55, 1.0]), "vadd", {}, 5)
+    assert shared.on_cpu == [0.99, 0.55, 1.0] and shared.to_dict()["on_cpu"] == [0.99, 0.55, 1.0]
+    assert shared.noise == [
+        "the loop ran only 55% of the time of a repeat (other processes took the CPU, or the function waits)"
+    ]
+    hostile = BenchmarkResult.from_reply(reply(results=[0.003] * 5, on_cpu=["x", None, float("inf")]), "f", {}, 5)
+    assert hostile.on_cpu == [] and hostile.noise == []
+
+
+def test_the_timing_loops_own_load_is_not_noise() -> None:
+    """The loop itself adds one to the load average: a 2-CPU board at load 1.9 is not busy, at 2.1 it is."""
+    assert BenchmarkResult.from_reply(reply(state=dict(QUIET, cpu_count=2, load_average=[1.9, 1, 1]),
+                                            results=[0.003] * 5), "f", {}, 5).noise == []  # fmt: skip
+    busy = BenchmarkResult.from_reply(reply(state=dict(QUIET, cpu_count=2, load_average=[2.1, 1, 1]),
+                                            results=[0.003] * 5), "f", {}, 5)  # fmt: skip
+    assert busy.noise == ["the load average is 2.10 on 2 CPUs"]

@@ -247,6 +247,22 @@ def test_the_boards_protocol_must_be_one_the_client_speaks() -> None:
     assert farm.queue()["free"] == 1
 
 
+def test_a_client_waits_if_any_board_of_the_key_speaks_one_of_its_protocols() -> None:
+    farm = Farm()
+    for number in range(3):
+        farm.board("tvm-%d" % number, port=9000 + number, protocol=TVM_PROTOCOL)
+    farm.board("farm", port=9010)
+    for number in range(4):  # every board taken, whatever it speaks
+        assert assigned(farm.request("both-%d" % number, protocols=[FARM_PROTOCOL, TVM_PROTOCOL]))
+    assert farm.request("farm-client") == []  # queued: one board of the key speaks farm
+    farm.connect("tvm-client")
+    assert farm.send("tvm-client", Code.REQUEST, KEY, "", 0) == []  # and three speak tvm
+    assert farm.queue()["pending"] == 2
+    farm.leave("farm")
+    ((code, why),) = farm.request("late-farm-client")
+    assert code == Code.FAIL and why == "the boards of key 'k' speak tvm, and this client speaks farm"
+
+
 def test_priorities_are_clamped_to_max_priority(caplog: pytest.LogCaptureFixture) -> None:
     farm = Farm(Limits(max_priority=10))
     farm.board("board")
