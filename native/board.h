@@ -156,7 +156,8 @@ int parse_options(int argc, char **argv, Options *o); /* 0, or the exit code */
 #define ATOMIC_REPLY 4096
 enum {
     OP_PING = 1, OP_SYSTEM_INFO, OP_UPLOAD, OP_DOWNLOAD, OP_REMOVE, OP_LISTDIR, OP_LOAD_MODULE, OP_GET_FUNCTION,
-    OP_CALL, OP_ARRAY_NEW, OP_ARRAY_EMPTY, OP_ARRAY_READ, OP_ARRAY_WRITE, OP_RUN, OP_CLOSE, OP_TIME,
+    OP_CALL, OP_ARRAY_NEW, OP_ARRAY_EMPTY, OP_ARRAY_READ, OP_ARRAY_WRITE, OP_RUN, OP_CLOSE, OP_TIME, OP_PIPELINE,
+    OP_PIPELINED_CALL,
     OP_RESULT = 64, OP_ERROR, OP_SESSION_END
 };
 typedef struct {
@@ -244,6 +245,7 @@ struct Session {
     size_t live_arrays;
     Loaded *loaded; /* what LOAD_MODULE loaded, by path, to notice a file that changed */
     size_t loaded_count;
+    char pipeline_failed[600]; /* what failed in the current pipeline: its later calls are not run ("": none) */
 };
 typedef struct {
     void *data;
@@ -289,6 +291,7 @@ void release_arrays(Session *s, const JValue *ids);
 int op_load_module(Session *s, const JValue *meta, Reply *r);
 int op_get_function(Session *s, const JValue *meta, Reply *r);
 int op_call(Session *s, const unsigned char *payload, uint64_t size, Reply *r);
+int op_pipelined_call(Session *s, uint32_t request_id, const unsigned char *payload, uint64_t size, Reply *r);
 void function_free(void *function); /* what it holds, not itself */
 void module_free(void *module);
 int op_time(Session *s, const JValue *meta, const unsigned char *payload, uint64_t size, Reply *r);

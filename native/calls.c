@@ -585,6 +585,16 @@ void call_result(const Prepared *call, void *result, unsigned char out[9]) {
     put_u64(out + 1, value);
 }
 
+/* A CALL of the current pipeline (docs/protocol.md §4.10): not run once an earlier one failed. */
+int op_pipelined_call(Session *s, uint32_t request_id, const unsigned char *payload, uint64_t size, Reply *r) {
+    if (s->pipeline_failed[0])
+        return fail(s, "SkippedCallError", "not run: %s, earlier in this pipeline, failed", s->pipeline_failed);
+    if (op_call(s, payload, size, r) == 0) return 0;
+    Function *f = size >= 4 ? session_object(s, get_u32(payload), OBJ_FUNCTION) : NULL;
+    snprintf(s->pipeline_failed, sizeof s->pipeline_failed, "%.500s (request %u)", f ? f->label : "a call", request_id);
+    return -1;
+}
+
 int op_call(Session *s, const unsigned char *payload, uint64_t size, Reply *r) {
     Prepared *call = malloc(sizeof(Prepared));
     if (!call) return fail(s, "MemoryError", "no memory for a call");

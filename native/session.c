@@ -19,7 +19,8 @@
 
 static const char *const OP_NAMES[] = {"",       "PING",        "SYSTEM_INFO", "UPLOAD",     "DOWNLOAD", "REMOVE",
                                        "LISTDIR", "LOAD_MODULE", "GET_FUNCTION", "CALL",     "ARRAY_NEW",
-                                       "ARRAY_EMPTY", "ARRAY_READ", "ARRAY_WRITE", "RUN",    "CLOSE",    "TIME"};
+                                       "ARRAY_EMPTY", "ARRAY_READ", "ARRAY_WRITE", "RUN",    "CLOSE",    "TIME",
+                                       "PIPELINE", "PIPELINED_CALL"};
 
 int fail(Session *s, const char *type, const char *fmt, ...) {
     snprintf(s->err_type, sizeof s->err_type, "%s", type);
@@ -283,6 +284,8 @@ static int dispatch(Session *s, const Header *h, const JValue *meta, Payload *p,
                                             : op_array_write(s, meta, p->data, p->size, r);
     case OP_RUN: return op_run(s, meta);
     case OP_TIME: return op_time(s, meta, p->data, p->size, r);
+    case OP_PIPELINE: s->pipeline_failed[0] = 0; return 0;
+    case OP_PIPELINED_CALL: return op_pipelined_call(s, h->request_id, p->data, p->size, r);
     default: return fail(s, "ProtocolError", "unknown operation %d", h->op);
     }
 }
@@ -296,8 +299,9 @@ static int handle(Session *s, const Header *h, const JValue *meta, Payload *p) {
     }
     Reply r = {0};
     int status = 0;
-    if (h->op >= OP_PING && h->op <= OP_TIME && h->op != OP_CALL && h->op != OP_RUN && h->op != OP_PING &&
-        h->op != OP_TIME) {
+    /* the calls, RUN and TIME record what they run themselves; PING runs nothing worth naming */
+    if (h->op >= OP_PING && h->op <= OP_PIPELINED_CALL && h->op != OP_CALL && h->op != OP_RUN && h->op != OP_PING &&
+        h->op != OP_TIME && h->op != OP_PIPELINED_CALL) {
         const JValue *name = json_get(meta, "name");
         char activity[300];
         snprintf(activity, sizeof activity, "handling %s %.200s", OP_NAMES[h->op],

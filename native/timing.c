@@ -16,6 +16,10 @@
 #define CALIBRATION_BATCH_NS 2000000.0
 #define CALIBRATION_BATCHES 9
 #define SINGLE_BATCHES 101
+/* Calls of the no-op after a cache flush: the loop and libffi back in the caches, the arguments' memory not. */
+#define REWARM_CALLS 3
+/* Repeats whose timed batch lasted this long report the share of it the process spent on a CPU. */
+#define SHARE_BATCH_NS 1000000
 #define DEFAULT_EVICTION_BYTES (64ull << 20)
 #define MAX_COUNT 2147483647ll
 #define MAX_REPEAT 100000
@@ -171,11 +175,13 @@ typedef struct {
     char *copy_to, *copy_from, *evict, *scratch;
     size_t copy_size, evict_size;
     const Array *first;
+    Prepared *rewarm; /* the call whose path a flush evicts too, made again through the no-op */
 } Flusher;
 
-static int flusher_init(Flusher *f, const TimingOptions *o, const Array *first) {
+static int flusher_init(Flusher *f, const TimingOptions *o, const Array *first, Prepared *call) {
     memset(f, 0, sizeof *f);
     f->first = first;
+    f->rewarm = call;
     if (o->count[FLUSH_BYTES]) {
         f->copy_size = (size_t)o->count[FLUSH_BYTES];
         f->copy_to = calloc(1, f->copy_size);
@@ -198,17 +204,27 @@ static void flusher_free(Flusher *f) {
     free(f->scratch);
 }
 
+static void rewarm(Flusher *f) { batch(f->rewarm->use, dlsym(RTLD_DEFAULT, "labs"), f->rewarm->values, REWARM_CALLS); }
+
 static void before_repeat(Flusher *f) {
     if (!f->evict) return;
     memset(f->evict, 0x5A, f->evict_size);
     if (f->first && f->first->nbytes) memcpy(f->scratch, f->first->data, (size_t)f->first->nbytes);
     __asm__ __volatile__("" : : "r"(f->evict), "r"(f->scratch) : "memory");
+    rewarm(f);
 }
 
 static void before_batch(Flusher *f) {
     if (!f->copy_to) return;
     memcpy(f->copy_to, f->copy_from, f->copy_size);
     __asm__ __volatile__("" : : "r"(f->copy_to) : "memory");
+    rewarm(f);
+}
+
+static int64_t process_cpu_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
 static void sleep_ms(long long ms) {
@@ -240,9 +256,12 @@ static int time_loop(Session *s, Prepared *call, const TimingOptions *o, Flusher
     void *function = call->function->symbol;
     long long repeat = o->count[REPEAT], min_repeat_ms = o->count[MIN_REPEAT_MS];
     double *results = malloc(sizeof(double) * (size_t)repeat), *others = malloc(sizeof(double) * (size_t)(repeat + 1));
-    if (!results || !others) {
+    double *on_cpu = malloc(sizeof(double) * (size_t)repeat);
+    size_t shares = 0;
+    if (!results || !others || !on_cpu) {
         free(results);
         free(others);
+        free(on_cpu);
         return fail(s, "MemoryError", "no memory for %lld figures", repeat);
     }
     batch(call->use, function, call->values, 1); /* the warm-up run, discarded */
@@ -254,7 +273,7 @@ static int time_loop(Session *s, Prepared *call, const TimingOptions *o, Flusher
     long long clamped = 0;
     for (long long index = 0; index < repeat; index++) {
         before_repeat(flusher);
-        int64_t elapsed = 0;
+        int64_t elapsed = 0, cpu_time = 0;
         long long zero_times = 0;
         for (;;) {
             if (elapsed > 0) {
@@ -263,13 +282,16 @@ static int time_loop(Session *s, Prepared *call, const TimingOptions *o, Flusher
                 if (number > 1e15) number = 1e15;
             }
             before_batch(flusher);
+            cpu_time = process_cpu_ns();
             elapsed = batch(call->use, function, call->values, (uint64_t)number);
+            cpu_time = process_cpu_ns() - cpu_time;
             zero_times += elapsed == 0;
             if ((double)elapsed / 1e6 >= (double)min_repeat_ms || zero_times >= o->count[LIMIT_ZERO]) break;
         }
         double per_run = ((double)elapsed - overhead.batch_ns) / number - overhead.per_call_ns;
         clamped += per_run < 0;
         results[index] = (per_run > 0 ? per_run : 0) / 1e9;
+        if (elapsed >= SHARE_BATCH_NS) on_cpu[shares++] = (double)cpu_time / (double)elapsed;
         now = others_running();
         if (now >= 0) others[counted++] = (double)now;
         if (o->count[COOLDOWN_MS] > 0 && index % o->count[REPEATS_TO_COOLDOWN] == 0) sleep_ms(o->count[COOLDOWN_MS]);
@@ -287,11 +309,14 @@ static int time_loop(Session *s, Prepared *call, const TimingOptions *o, Flusher
     json_double(b, overhead.batch_ns / 1e9);
     buf_adds(b, ",\"overhead_spread_s\":");
     json_double(b, overhead.spread_ns / 1e9);
-    buf_addf(b, ",\"clamped\":%lld,\"cpu\":%d,\"state\":", clamped, cpu);
+    buf_addf(b, ",\"clamped\":%lld,\"on_cpu\":[", clamped);
+    for (size_t k = 0; k < shares; k++) buf_addf(b, "%s%.3f", k ? "," : "", on_cpu[k]);
+    buf_addf(b, "],\"cpu\":%d,\"state\":", cpu);
     machine_state(b, cpu, counted ? (long)median(others, counted) : -1);
     buf_adds(b, ",\"method\":\"board-native\"}");
     free(results);
     free(others);
+    free(on_cpu);
     return b->failed ? fail(s, "MemoryError", "no memory for the figures") : 0;
 }
 
@@ -305,7 +330,8 @@ int op_time(Session *s, const JValue *meta, const unsigned char *payload, uint64
         return -1;
     }
     Flusher flusher;
-    int status = flusher_init(&flusher, &o, call->first) ? fail(s, "MemoryError", "no memory to flush the caches") : 0;
+    int status =
+        flusher_init(&flusher, &o, call->first, call) ? fail(s, "MemoryError", "no memory to flush the caches") : 0;
     char activity[512];
     snprintf(activity, sizeof activity, "timing %s", call->function->label);
     status_running(s->order->status, activity);

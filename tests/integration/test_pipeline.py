@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 
 import farm
+from conftest import every_board_server
 from farm.client.pipeline import MAX_IN_FLIGHT
+
+pytestmark = every_board_server
 
 ADD = "int add_ints(int a, int b)"
 AXPY = "void axpy(double alpha, const double *x, double *y, int64_t n)"
