@@ -132,6 +132,21 @@ int key_parse(const char *text, size_t n, Hello *hello, char *why, size_t whylen
 void reply_encode(Buf *out, uint32_t code, const char *text);
 void spoke(const unsigned char *data, size_t n, char *out, size_t cap);
 
+/* --- confine.c: what a session runs as and may use ----------------------------------------- */
+
+typedef struct {
+    char name[256];
+    uid_t uid;
+    gid_t gid;
+    int do_switch; /* the daemon is root: sessions become this user */
+} SessionUser;
+typedef struct {
+    uint64_t open_files, processes, memory, quota; /* 0: no limit */
+} SessionLimits;
+int session_user(const char *name, SessionUser *user); /* 0, or -1 logged */
+void warn_about_user(const SessionUser *user);
+int enter_session(const SessionUser *user, const SessionLimits *limits, const char *directory);
+
 /* --- options.c ------------------------------------------------------------------------------ */
 
 typedef struct {
@@ -140,6 +155,9 @@ typedef struct {
     const char *key, *name, *work_dir, *secret_file;
     const char *tracker, *custom_addr; /* HOST:PORT of the tracker to register with; the address it gives clients */
     int through_proxy;                 /* dial out to the proxy at host:port instead of listening */
+    const char *session_user_name;     /* --session-user (NULL: the default) */
+    SessionUser user;                  /* resolved from it at start */
+    SessionLimits limits;              /* of each session process */
     uint64_t max_message_size;
     uint64_t session_quota;      /* bytes, 0: none */
     uint64_t session_quota_files;

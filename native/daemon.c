@@ -346,6 +346,12 @@ static int start_session(Board *b, int fd, const char *peer, double asked, const
         close(fd);
         return -1;
     }
+    if (b->o->user.do_switch && chown(a->directory, b->o->user.uid, b->o->user.gid)) {
+        log_msg(LOG_ERROR, "cannot give the session directory to %s: %s", b->o->user.name, strerror(errno));
+        rmdir(a->directory);
+        close(fd);
+        return -1;
+    }
     snprintf(a->peer, sizeof a->peer, "%s", peer);
     a->fd = fd;
     a->started = monotonic_now();
@@ -372,6 +378,11 @@ static int start_session(Board *b, int fd, const char *peer, double asked, const
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
         close_for_session(b);
+        SessionLimits limits = b->o->limits;
+#ifdef __SANITIZE_ADDRESS__
+        limits.memory = 0; /* AddressSanitizer's shadow and allocator map far more than any such limit */
+#endif
+        if (enter_session(&b->o->user, &limits, a->directory)) _exit(1);
         exit(session_serve(fd, &order));
     }
     setpgid(pid, pid);

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define MB (1ull << 20)
 
@@ -56,15 +57,15 @@ static int integer(const char *name, const char *text, int *out) {
 
 /* Options of the Python board that the native board does not offer yet: refused, never ignored. */
 static const char *const NOT_YET[] = {"--tls-cert", "--tls-key", "--tls-ca", "--tls-server-name"};
-/* Confinement options: accepted, but not enforced yet (said in the log). */
-static const char *const NOT_ENFORCED[] = {"--session-user", "--session-memory", "--session-processes",
-                                           "--session-open-files"};
 
 int parse_options(int argc, char **argv, Options *o) {
     *o = (Options){.host = "127.0.0.1", .port = 9090, .port_end = 9199, .key = "", .name = "",
                    .max_message_size = 4ull << 30, .session_quota = 1024 * MB, .session_quota_files = 100000,
                    .max_session_time = 3600, .handshake_timeout = 10, .max_unproven = 64,
                    .max_unproven_per_address = 16};
+    long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
+    o->limits = (SessionLimits){.open_files = 1024, .processes = 1024,
+                                .memory = pages > 0 && page_size > 0 ? (uint64_t)pages * (uint64_t)page_size / 2 : 0};
     o->secret_file = getenv("REMOTEDEV_SECRET_FILE");
     if (o->secret_file && !*o->secret_file) o->secret_file = NULL;
     static const char *const TLS_ENV[] = {"REMOTEDEV_TLS_CERT", "REMOTEDEV_TLS_KEY", "REMOTEDEV_TLS_CA"};
@@ -112,6 +113,15 @@ int parse_options(int argc, char **argv, Options *o) {
         else if (!strcmp(name, "--work-dir")) o->work_dir = value;
         else if (!strcmp(name, "--secret-file")) o->secret_file = *value ? value : NULL;
         else if (!strcmp(name, "--custom-addr")) o->custom_addr = value;
+        else if (!strcmp(name, "--session-user")) o->session_user_name = value;
+        else if (!strcmp(name, "--session-processes")) status = whole(name, value, 0, &o->limits.processes);
+        else if (!strcmp(name, "--session-open-files")) status = whole(name, value, 0, &o->limits.open_files);
+        else if (!strcmp(name, "--session-memory")) {
+            if (!(status = whole(name, value, 0, &number))) {
+                if (number > UINT64_MAX / MB) return usage_error("argument %s: %s is too large", name, value);
+                o->limits.memory = number * MB;
+            }
+        }
         else if (!strcmp(name, "--tracker")) {
             const char *colon = strrchr(value, ':');
             int port = colon ? atoi(colon + 1) : 0;
@@ -140,15 +150,11 @@ int parse_options(int argc, char **argv, Options *o) {
             if (found < 0) return usage_error("argument --log-level: invalid choice: '%s'%s", value, "");
             log_level = 10 * (found + 1);
         } else {
-            int known = 0;
-            for (size_t k = 0; k < sizeof NOT_ENFORCED / sizeof NOT_ENFORCED[0]; k++)
-                known |= !strcmp(name, NOT_ENFORCED[k]);
-            if (!known) return usage_error("unrecognized arguments: %s%s", arg, "");
-            log_msg(LOG_WARNING, "%s %s: the native board does not enforce it yet (see docs/native-board.md)", name,
-                    value);
+            return usage_error("unrecognized arguments: %s%s", arg, "");
         }
         if (status) return status;
     }
+    o->limits.quota = o->session_quota;
     if (o->port < 0 || o->port > 65535)
         return usage_error("argument --port: %s is outside the TCP port range 0..65535%s", "the port", "");
     return 0;

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import re
 import socket
 import subprocess
@@ -170,6 +171,34 @@ def test_options_it_does_not_offer_yet_are_refused(board_server: BoardServer, op
     assert result.returncode == 2
     assert "%s is not offered by the native board yet" % option in result.stderr
     assert "docs/native-board.md" in result.stderr
+
+
+def _limits_of(pid: int) -> Dict[str, str]:
+    """Soft limits of a process, by the name /proc/PID/limits gives each."""
+    with open("/proc/%d/limits" % pid) as limits:
+        rows = limits.read().splitlines()[1:]
+    return {row[:26].strip(): row[26:].split()[0] for row in rows}
+
+
+def test_sessions_run_as_the_session_user_within_their_limits(board_factory: Callable[..., DaemonProcess]) -> None:
+    """A daemon started as root (as the tests are) runs sessions as nobody; a session's processes are bounded."""
+    daemon = board_factory(key=KEY, extra=["--session-quota", "3", "--session-open-files", "200"])
+    with farm.connect(*daemon.address, key=KEY) as session:
+        pid = session.system_info()["pid"]
+        with open("/proc/%d/status" % pid) as status:
+            uid = next(int(line.split()[1]) for line in status if line.startswith("Uid:"))
+        limits = _limits_of(pid)
+    assert uid == (pwd.getpwnam("nobody").pw_uid if os.geteuid() == 0 else os.geteuid())
+    assert (limits["Max file size"], limits["Max open files"], limits["Max core file size"]) == ("3145728", "200", "0")
+
+
+def test_an_unknown_session_user_stops_the_daemon(board_server: BoardServer) -> None:
+    assert board_server.program is not None
+    argv = [board_server.program, "--port", "0", "--session-user", "no-such-user-here"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=python_env(**board_server.env))
+    assert result.returncode == 2
+    expected = "the session user 'no-such-user-here' does not exist" if os.geteuid() == 0 else "needs a daemon started"
+    assert expected in result.stderr, result.stderr
 
 
 def test_tls_from_the_environment_is_refused(board_server: BoardServer) -> None:
