@@ -8,7 +8,9 @@ Boards on loopback, side by side in one run, interleaved in rotating order so th
 * ``native`` (``--native``): the native board server (C) of this checkout, built for this machine, with the
   calls of ``farm`` (but the call without a signature and the bare ping).
 * **footprint**: each board daemon's resident memory while idle, its processes together (the Python board's
-  daemon, spawner and watchdog; the native board's one process), and the native daemon's binary size.
+  daemon, spawner and watchdog; the native board's one process), the native daemon's binary size, and the time
+  each board took to start (to its ``bind to`` line; with ``--emulated ARCH --native`` the native server built for
+  ARCH under qemu-user too).
 * **sessions**: ``connect()`` to the first ``ping()`` answered (open), and to the end of ``close()`` (open+close).
 * **calls**: the round trip of ``int noop(void)`` with a signature (and, on ``farm``, without one, a bare
   ``ping()``, ``vadd`` of three arrays of one element, and calls of eight scalars and of eight arrays), against an
@@ -189,11 +191,13 @@ class Side:
         self.noop: Any = None
         self.noop_plain: Any = None
         self.calls: Dict[str, Any] = {}  # name: (function, arguments)
+        began = time.perf_counter()
         try:
             self.board.wait_for_bind(timeout=120)
         except BaseException:
             self.board.stop()
             raise
+        self.start_s = time.perf_counter() - began  # to its "bind to" line (the log is read every 20 ms)
 
     def connect(self) -> farm.RemoteSession:
         host, port = self.board.address  # type: ignore[misc]
@@ -267,6 +271,31 @@ def start_native(state: State, workdir: str) -> None:
     state.sides["native"] = Side("native", [state.native_server], board_env(None), workdir, TlsConfig())
 
 
+def start_emulated(state: State, args: Any, workdir: str, checkouts: Dict[str, str]) -> None:
+    """For each ``--emulated`` architecture: each checkout's packed server, and the native one, under qemu-user."""
+    from farm.ops.emulators import python_command
+
+    for arch in args.emulated or []:
+        for name, checkout in checkouts.items():
+            archive = pack(checkout, os.path.join(workdir, "%s-server.pyz" % name))
+            side = "%s %s" % (name, arch)
+            state.emulated[side] = Side(side.replace(" ", "-"), [*python_command(arch), archive],
+                                        board_env(None), workdir, TlsConfig())  # fmt: skip
+        if args.native:
+            state.emulated["native " + arch] = Side("native-" + arch, native_under_qemu(arch), board_env(None),
+                                                    workdir, TlsConfig())  # fmt: skip
+
+
+def native_under_qemu(arch: str) -> List[str]:
+    """The native board server built for ``arch``, run under qemu-user with the target's userland."""
+    from farm.ops.emulators import sysroot
+    from farm.ops.native import build_server
+    from farm.ops.targets import TARGETS
+    from farm.ops.toolchain import toolchain_for
+
+    return [TARGETS[arch].qemu, "-L", sysroot(arch), build_server(toolchain_for(arch))]
+
+
 def pin_far(state: State, cpus: set) -> None:
     """Every board, the raw peer and TVM's server on ``cpus``."""
     for side in state.sides.values():
@@ -298,14 +327,7 @@ def setup(args: Any, workdir: str) -> Iterator[State]:
             state.sides[name] = Side(name, [sys.executable, "-m", "farm.server"], env, workdir, client_tls)
         if args.native:
             start_native(state, workdir)
-        for arch in args.emulated or []:
-            from farm.ops.emulators import python_command
-
-            for name, checkout in checkouts.items():
-                archive = pack(checkout, os.path.join(workdir, "%s-server.pyz" % name))
-                side = "%s %s" % (name, arch)
-                state.emulated[side] = Side(side.replace(" ", "-"), [*python_command(arch), archive],
-                                            board_env(None), workdir, TlsConfig())  # fmt: skip
+        start_emulated(state, args, workdir, checkouts)
         state.raw = RawPeer(nbytes)
         if args.tvm_rpc is not None and "calls" in args.only:
             start_tvm(state, workdir)
@@ -347,6 +369,8 @@ def measure_footprint(state: State, args: Any) -> Dict[str, Any]:
     figures: Dict[str, Any] = {
         name + "_idle_rss_kib": group_rss_kib(side.board.pid) for name, side in state.sides.items()
     }
+    for name, side in dict(state.sides, **state.emulated).items():
+        figures[name.replace(" ", "_") + "_start_s"] = round(side.start_s, 3)
     if state.native_server:
         figures["native_binary_bytes"] = os.path.getsize(state.native_server)
     return figures
