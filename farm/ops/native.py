@@ -1,4 +1,4 @@
-"""``farm build-server``: the native board server (the C daemon in ``native/``) built for a target (host side).
+"""``farm build-server``: the native board server (the C daemon in ``farm/native/``) built for a target (host side).
 
 The daemon is one executable per target, built with the toolchain that builds
 the target's kernels and cached by content as kernels are
@@ -30,8 +30,8 @@ from .toolchain import BuildError, Toolchain, build_executable, toolchain_for
 
 logger = logging.getLogger("farm.native")
 
-#: The daemon's sources: the ``native`` folder beside the ``farm`` package in a checkout or an sdist.
-SOURCE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "native")
+#: The daemon's sources: ``farm/native``, package data, so that an installed package builds it too.
+SOURCE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "native")
 #: How every build compiles: C11, every warning an error.
 FLAGS = ("-std=c11", "-Wall", "-Wextra", "-Werror", "-O2")
 #: An instrumented build for the tests: AddressSanitizer and UndefinedBehaviorSanitizer, every report fatal.
@@ -48,7 +48,7 @@ def sources() -> List[str]:
     found = sorted(glob.glob(os.path.join(SOURCE_DIR, "*.c")))
     if not found:
         raise BuildError(
-            "the native board's sources are not in %s: build it from a checkout or an sdist of pytest-remotedev"
+            "the native board's sources are not in %s: this installation of pytest-remotedev lacks its package data"
             % SOURCE_DIR
         )
     return found
