@@ -138,6 +138,8 @@ class TrackerState:
         self.peers: Dict[int, PeerState] = {}
         self.queues: Dict[str, KeyQueue] = {}
         self.servers: Dict[str, Set[int]] = {}  # key -> the ids of the peers serving it
+        self.spoken: Dict[str, Dict[str, int]] = {}  # key -> protocol -> how many of its peers speak it
+        self._named_keys: Optional[str] = None  # the first keys served, named in refusals; None: to be listed
         self._seq = itertools.count()
         self._deadlines: List[Tuple[float, int, Waiter]] = []  # heap of the requests' deadlines
         self._timed = 0  # live waiters with a deadline (the others in _deadlines left early)
@@ -304,15 +306,27 @@ class TrackerState:
         return "this connection already serves %d keys, the most one may (--max-keys-per-peer)" % len(peer.keys)
 
     def _serve(self, peer: PeerState, key: str, protocol: str) -> None:
-        peer.keys.setdefault(key, set()).add(protocol)
+        protocols = peer.keys.setdefault(key, set())
+        if protocol not in protocols:
+            protocols.add(protocol)
+            spoken = self.spoken.setdefault(key, {})
+            spoken[protocol] = spoken.get(protocol, 0) + 1
+        if key not in self.servers:
+            self._named_keys = None
         self.servers.setdefault(key, set()).add(peer.id)
 
     def _unserve(self, peer: PeerState, key: str) -> None:
-        del peer.keys[key]
+        spoken = self.spoken.get(key, {})
+        for protocol in peer.keys.pop(key):
+            spoken[protocol] -= 1
+            if not spoken[protocol]:
+                del spoken[protocol]
         serving = self.servers.get(key, set())
         serving.discard(peer.id)
         if not serving:
             self.servers.pop(key, None)
+            self.spoken.pop(key, None)
+            self._named_keys = None
 
     def _queue(self, key: str) -> KeyQueue:
         queue = self.queues.get(key)
@@ -428,20 +442,25 @@ class TrackerState:
         """Why a request cannot ever be served right now ("" if it can wait)."""
         if options.get("wait_for_key"):
             return ""
-        boards = self.servers.get(waiter.key)
-        if not boards:
-            keys = heapq.nsmallest(MAX_NAMED_KEYS + 1, self.servers)
-            named = ", ".join(keys[:MAX_NAMED_KEYS]) + (", ..." if len(keys) > MAX_NAMED_KEYS else "")
-            return "no board serves key %r (keys served: %s)" % (waiter.key, named or "none")
-        served = (self.peers[peer_id].keys[waiter.key] for peer_id in boards)
-        if any(not waiter.protocols.isdisjoint(protocols) for protocols in served):
-            return ""  # at the first board the client can use: a request costs the same with 10 boards or 10,000
-        spoken = sorted(set().union(*(self.peers[peer_id].keys[waiter.key] for peer_id in boards)))
+        # Counted as boards come and go, so that a request, refused or not, costs the same with 10 boards or 10,000.
+        spoken = self.spoken.get(waiter.key)
+        if not spoken:
+            return "no board serves key %r (keys served: %s)" % (waiter.key, self._keys_served())
+        if not waiter.protocols.isdisjoint(spoken):
+            return ""
         return "the boards of key %r speak %s, and this client speaks %s" % (
             waiter.key,
-            " and ".join(spoken),
+            " and ".join(sorted(spoken)),
             " and ".join(sorted(waiter.protocols)),
         )
+
+    def _keys_served(self) -> str:
+        """The first keys served, for a refusal: listed again only after the keys served changed."""
+        if self._named_keys is None:
+            keys = heapq.nsmallest(MAX_NAMED_KEYS + 1, self.servers)
+            named = ", ".join(keys[:MAX_NAMED_KEYS]) + (", ..." if len(keys) > MAX_NAMED_KEYS else "")
+            self._named_keys = named or "none"
+        return self._named_keys
 
     def _board_count(self, key: str) -> int:
         """Boards of ``key``: one per board peer, or what a proxy says it has (``"boards": {key: n}``)."""

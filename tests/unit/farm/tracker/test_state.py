@@ -247,6 +247,28 @@ def test_the_boards_protocol_must_be_one_the_client_speaks() -> None:
     assert farm.queue()["free"] == 1
 
 
+def test_what_a_key_speaks_and_the_keys_served_follow_boards_as_they_come_and_go() -> None:
+    """A request is checked against counts kept as boards come and go, so that a refused one costs the same with
+    10 boards or 10,000; the keys a refusal names follow the boards too."""
+    farm = Farm()
+    farm.board("tvm", port=9000, protocol=TVM_PROTOCOL)
+    farm.board("farm-1", port=9001)
+    farm.board("farm-2", port=9002)
+    assert farm.state.spoken == {KEY: {TVM_PROTOCOL: 1, FARM_PROTOCOL: 2}}
+    assert farm.request("absent-client", "absent")[0][1] == "no board serves key 'absent' (keys served: k)"
+    farm.board("other", "other", 9003)
+    assert farm.request("absent-client-2", "absent")[0][1] == "no board serves key 'absent' (keys served: k, other)"
+    farm.leave("farm-1")
+    assert farm.state.spoken[KEY] == {TVM_PROTOCOL: 1, FARM_PROTOCOL: 1}
+    farm.leave("farm-2")
+    assert farm.state.spoken[KEY] == {TVM_PROTOCOL: 1}
+    ((code, why),) = farm.request("farm-client")
+    assert code == Code.FAIL and why == "the boards of key 'k' speak tvm, and this client speaks farm"
+    farm.leave("tvm")
+    assert KEY not in farm.state.spoken
+    assert farm.request("k-client")[0][1] == "no board serves key 'k' (keys served: other)"
+
+
 def test_a_client_waits_if_any_board_of_the_key_speaks_one_of_its_protocols() -> None:
     farm = Farm()
     for number in range(3):
