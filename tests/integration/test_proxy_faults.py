@@ -261,9 +261,12 @@ def test_board_killed_mid_session_fails_the_client_quickly(proxied: Farm, kernel
     try:
         in_thread(session.ping, 10, "a call through the proxy")
         if when == "between-calls":
+            child = int(re.findall(r"session from .* started \(pid (\d+)", board.log_text())[-1])
             os.kill(board.pid, signal.SIGKILL)
             board.process.wait(10)
             started = time.monotonic()
+            # the session process dies with its daemon, a moment after it (parent-death signals, one link at a time)
+            wait_for(lambda: not running(child), 5, "the session process dies with its board")
             with pytest.raises(farm.SessionLostError):
                 in_thread(session.ping, 15, "the next call after the board was killed")
         else:
