@@ -91,7 +91,10 @@ class Overhead(NamedTuple):
 
 def calibrate(function: Any, args: Sequence[Any]) -> Overhead:
     """The loop's cost when it calls ``function`` with ``args``, measured on a no-op of the same prototype."""
-    no_op = _no_op_like(function)
+    return _calibrate_on(_no_op_like(function), args)
+
+
+def _calibrate_on(no_op: Any, args: Sequence[Any]) -> Overhead:
     number = 1000
     while True:  # size a batch to CALIBRATION_BATCH_NS; bounded: each pass doubles it
         elapsed = _batch(no_op, args, number)
@@ -194,7 +197,7 @@ def time_function(
     flusher = _Flusher(options, first, lambda: _batch(no_op, args, REWARM_CALLS))
     with _Pinned(options.pin_cpu):
         function(*args)  # the warm-up run, discarded
-        overhead = calibrate(function, args)
+        overhead = _calibrate_on(no_op, args)
         results, others, clamped, on_cpu = [], [_others_running()], 0, []
         number = options.number
         for index in range(options.repeat):

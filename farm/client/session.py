@@ -255,17 +255,7 @@ class RemoteSession:
     ) -> Frame:
         if self._pipeline.in_flight:  # the replies to pipelined calls come first
             self._pipeline.collect()
-        request_id = self._send_request(op, meta, payload)
-        try:
-            frame = self._conn.recv() if into is None else self._recv_into(into)
-        except (OSError, ProtocolError) as exc:
-            raise self._connection_lost("waiting for a reply", exc) from None
-        except BaseException:  # KeyboardInterrupt, a test timeout: the stream is mid-request, give it up
-            self._abandon()
-            raise
-        if frame.op == _RESULT and frame.request_id == request_id:
-            return frame
-        return self._check_reply(frame, request_id)
+        return self._receive_reply(self._send_request(op, meta, payload), into)
 
     def _send_request(self, op: int, meta: Optional[dict], payload: Any) -> int:
         """Send one request; its request id."""
@@ -287,13 +277,14 @@ class RemoteSession:
             raise
         return request_id
 
-    def _receive_reply(self, request_id: int) -> Frame:
-        """The reply to ``request_id``, the next frame on the connection; errors raised as ``_request`` raises them."""
+    def _receive_reply(self, request_id: int, into: Optional[memoryview] = None) -> Frame:
+        """The reply to ``request_id``, the next frame on the connection (its payload received into ``into`` if the
+        sizes match); a board's error or a lost connection raised as an exception."""
         try:
-            frame = self._conn.recv()
+            frame = self._conn.recv() if into is None else self._recv_into(into)
         except (OSError, ProtocolError) as exc:
             raise self._connection_lost("waiting for a reply", exc) from None
-        except BaseException:
+        except BaseException:  # KeyboardInterrupt, a test timeout: the stream is mid-request, give it up
             self._abandon()
             raise
         if frame.op == _RESULT and frame.request_id == request_id:
