@@ -7,8 +7,10 @@ and switch to ``nobody`` with setpriv.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -109,6 +111,31 @@ def test_install_unpacks_each_target_python(installed: Path) -> None:
             compiled = source.parent / "__pycache__" / ("%s.%s.pyc" % (source.stem, tag))
             assert compiled.is_file(), "%s was not byte-compiled at install" % source
     assert not list(installed.glob(".*.partial-*")), "install left its temporary directories"
+
+
+def test_the_target_python_uses_the_bytecode_compiled_at_install(installed: Path) -> None:
+    for arch in EMULATED:
+        command = emulators.python_command(arch, str(installed))
+        env = dict(python_env(), PYTHONDONTWRITEBYTECODE="1", PYTHONVERBOSE="1")
+        result = subprocess.run([*command, "-c", "import json"], capture_output=True, text=True, env=env, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert re.search(r"__pycache__/__init__\.cpython-\d+\.pyc matches .*/json/__init__\.py", result.stderr), arch
+
+
+@pytest.mark.parametrize("same", [True, False], ids=["host-compiles", "target-compiles"])
+def test_the_standard_library_is_compiled_by_the_host_only_for_the_same_bytecode(
+    installed: Path, same: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    target, root = TARGETS["armhf"], installed / "armhf"
+    python = emulators.status(str(installed))["armhf"]["python"]
+    compiled = next((root / "usr" / "lib" / Path(python).name / "json" / "__pycache__").glob("scanner.*.pyc"))
+    compiled.unlink()
+    magic = importlib.util.MAGIC_NUMBER.hex() if same else "00000000"
+    with caplog.at_level(logging.INFO, logger="farm.emulators"):
+        emulators._compile_stdlib(target, str(root), str(Path(python).relative_to(root)), magic)
+    assert compiled.is_file()
+    expected = "this host's Python" if same else "its own Python under " + target.qemu
+    assert caplog.messages[-1].split(" with ")[-1].startswith(expected), caplog.messages
 
 
 @pytest.mark.parametrize("arch", EMULATED)
