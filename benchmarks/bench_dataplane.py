@@ -1,23 +1,13 @@
 """Data plane: sessions, calls and transfers on boards, against a raw socket, with TLS, and against older code.
 
 Boards on loopback, side by side in one run, interleaved in rotating order so that noise hits all alike: ``farm``
-(this checkout's board), ``tls`` (``--tls``: the same with certificates made for the run), ``before`` (``--before
-DIR``: the board of the checkout in DIR, with this checkout's client), ``native`` (``--native``: the native board
-server built for this machine) and, for ``--emulated ARCH,...``, each checkout's packed server (and with
-``--native`` the native one) under qemu-user, for start-up and sessions only.
-
-* **footprint**: each idle daemon's resident memory (its processes together), the native binary's size, and the
-  time each board took to start (to its ``bind to`` line, read every 20 ms).
-* **sessions**: ``connect()`` to the first ``ping()`` answered (open), and to the end of ``close()``.
-* **calls**: the round trip of ``int noop(void)`` with a signature (on ``farm`` also without one, and a bare
-  ``ping()``); on ``farm`` and ``native``, ``vadd`` of three arrays of one element and calls of eight scalars and of
-  eight arrays; against an 8-byte ping-pong over a raw TCP socket between two processes (the limit) and TVM 0.27's
-  ``vadd`` of three arrays of one element on a TVM RPC server (the anchor, unless ``--no-tvm``).
-* **transfers**: upload (``session.array(x)``) and download (``remote.numpy()``) of a float32 array, against
-  ``sendall``/``recv_into`` of as many bytes between preallocated buffers (the limit); ``copyfrom`` for reference.
-
-MB/s is 10**6 bytes per second. Every process shares one CPU by default (``--pin same``): on virtual machines a
-wakeup across CPUs can cost more than the whole round trip.
+(this checkout's), ``tls`` (``--tls``), ``before`` (``--before DIR``: the checkout in DIR's board, this checkout's
+client), ``native`` (``--native``: the native board server) and, for ``--emulated ARCH,...``, each checkout's packed
+server (and the native one) under qemu-user, for start-up and sessions only. Scenarios: the idle daemons' footprint
+and start-up, sessions opened and closed, calls (against a raw TCP ping-pong between two processes, the limit, and
+TVM 0.27's ``vadd`` of three arrays of one element on its RPC server, the anchor) and transfers (against a raw
+socket's ``sendall``/``recv_into``); BENCHMARKS.md ("Data plane") says what each measures. MB/s is 10**6 bytes
+per second. Every process shares one CPU by default (``--pin same``).
 """
 
 from __future__ import annotations
@@ -37,7 +27,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import harness
 import numpy as np
 from bench_timing import Case, TvmSide
-from harness import Headline, Option, Scenario, Tool, interleaved, judged, mmm, spread, table
+from harness import Headline, Option, Scenario, Tool, figures_report, interleaved, judged, spread
 
 import farm  # noqa: E402  (harness puts this checkout first on the path)
 from farm.net.tls import TlsConfig  # noqa: E402
@@ -456,21 +446,6 @@ def headline(results: Dict[str, Any]) -> List[Headline]:
     return rows
 
 
-def report_table(title: str, *header: str) -> Callable[[Dict[str, Any], Any], List[str]]:
-    """One row per figure: a number as it is, a spread as ``median (min-max)`` and its rounds, a dict of spreads
-    one cell each."""
-
-    def report(figures: Dict[str, Any], args: Any) -> List[str]:
-        rows = []
-        for name, value in figures.items():
-            cells = list(value.values()) if isinstance(value, dict) and "median" not in value else [value]
-            rounds = [cells[0]["rounds"]] if isinstance(cells[0], dict) else []
-            rows.append([name, *(mmm(cell) if isinstance(cell, dict) else cell for cell in cells), *rounds])
-        return [title % vars(args), ""] + table(header, rows) + [""]
-
-    return report
-
-
 # fmt: off
 TOOL = Tool(
     name="bench_dataplane",
@@ -490,12 +465,12 @@ TOOL = Tool(
     },
     setup=setup,
     scenarios=[
-        Scenario("footprint", measure_footprint, report_table("### Footprint", "figure", "value")),
-        Scenario("sessions", measure_sessions, report_table("### Sessions, ms", "board", "open", "open + close",
+        Scenario("footprint", measure_footprint, figures_report("### Footprint", "figure", "value")),
+        Scenario("sessions", measure_sessions, figures_report("### Sessions, ms", "board", "open", "open + close",
                                                             "sessions")),
-        Scenario("calls", measure_calls, report_table("### Calls, us per round trip", "variant", "batches: median "
+        Scenario("calls", measure_calls, figures_report("### Calls, us per round trip", "variant", "batches: median "
                  "(min-max)", "batches"), limit="raw TCP ping-pong", target="<= %g x" % CALL_TARGET),
-        Scenario("transfers", measure_transfers, report_table("### Transfers of %(size_mib)g MiB, MB/s", "variant",
+        Scenario("transfers", measure_transfers, figures_report("### Transfers of %(size_mib)g MiB, MB/s", "variant",
                  "repeats: median (min-max)", "repeats"), limit="raw TCP socket",
                  target=">= %g x" % THROUGHPUT_TARGET),
     ],

@@ -1,24 +1,13 @@
 """On-board timing: our time_evaluator against a plain C loop on the host and against TVM 0.27's time_evaluator.
 
 Side by side in one run, each kernel and size taking turns between the sides in rotating order, ROUNDS rounds of
-REPEAT repeats, NUMBER calls per repeat (the same for every side), one warm-up call:
-
-* ``host``, the reference: ``benchmarks/host_loop.c``, built at run time, dlopens the library the board uses
-  (``farm/ops/kernels/vadd.c``, ``examples/kernels/matmul.c`` and a no-op, built -O2 by ``build_shared`` as
-  ``build_for`` does) and times it with clock_gettime(CLOCK_MONOTONIC); ``host_O3_native``: the same kernels built
-  -O3 -march=native, by the same loop (the compiler's share alone).
-* ``ours``: the same library on the local board of a bundled farm, ``RemoteModule.time_evaluator``.
-* ``tvm_rpc``: the same arithmetic built by TVM (te, target ``llvm``; the matrix product's loops in the order of
-  ours: i, k, j), timed by TVM's time_evaluator through a TVM RPC server on 127.0.0.1; ``tvm_local``: the same
-  library in this process; ``host_tvm``: the same library timed by the host loop (TVM's own accuracy, and against
-  ``host`` what the two compilers make of the same loop).
-* **noop**: a void function with no work, by the host loop and ours; our board's calibrated per-call overhead.
-* **cache_flush**: a vector add that fits in cache, and the no-op, one call per repeat, warm and with the cache
-  flushed before each call (a 64 MiB buffer copied over another; ``cache_flush_bytes``), and with
-  ``f_preproc="cache_flush_cpu_non_first_arg"``.
-
-Targets: ours within 10 % of the host loop at every size, a no-op at most 1 us (medians). A kernel computing a
-wrong result on any side fails the run.
+REPEAT repeats of NUMBER calls (the same for every side) after one warm-up call: ``host`` (``host_loop.c`` over the
+library the board uses; the reference), ``host_O3_native`` (the same kernels built -O3 -march=native), ``ours``
+(that library on a local board of the bundled farm), ``tvm_rpc`` and ``tvm_local`` (the same arithmetic built by
+TVM and timed by TVM's time_evaluator through its RPC server, and in this process) and ``host_tvm`` (TVM's library
+timed by the host loop). Scenarios: the kernels (vector add, matrix product), a no-op, and a cache flush (warm
+against flushed); BENCHMARKS.md ("On-board timing") says what each measures. Targets: ours within 10 % of the host
+loop at every size, a no-op at most 1 us (medians). A kernel computing a wrong result on any side fails the run.
 """
 
 from __future__ import annotations
@@ -33,7 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import harness
 import numpy as np
-from harness import Headline, Option, Scenario, Tool, spread, table
+from harness import Headline, Option, Scenario, Tool, figures_report, spread, table
 
 from farm.client.tracker import TrackerClient  # noqa: E402  (harness puts this checkout first on the path)
 from farm.ops.inventory import BUILTIN_INVENTORIES, load_inventory  # noqa: E402
@@ -346,15 +335,12 @@ def ratios(results: Dict[str, Any]) -> Dict[str, Any]:
         for size, row in rows.items():
             for top, bottom in COMPARED:
                 value = ratio(row["us"], top, bottom)
-                if value is not None:
-                    judged = {
-                        "target": AGREEMENT,
-                        "target_kind": "|ratio - 1| <=",
-                        "pass": abs(value - 1) <= AGREEMENT,
-                    }
-                    out["%s_%s_%s_over_%s" % (kernel, size, top, bottom)] = dict(
-                        ratio=value, **(judged if (top, bottom) == JUDGED else {})
-                    )
+                name = "%s_%s_%s_over_%s" % (kernel, size, top, bottom)
+                if value is not None and (top, bottom) == JUDGED:
+                    out[name] = {"ratio": value, "target": AGREEMENT, "target_kind": "|ratio - 1| <=",
+                                 "pass": abs(value - 1) <= AGREEMENT}  # fmt: skip
+                elif value is not None:
+                    out[name] = {"ratio": value}
     return out
 
 
@@ -374,10 +360,9 @@ def headline(results: Dict[str, Any]) -> List[Headline]:
         for top, bottom, text in (("ours", "host", "ours / host C loop"),
                                   ("tvm_rpc", "host_tvm", "TVM's time_evaluator / host C loop, TVM's library"),
                                   ("host_tvm", "host", "TVM's library / ours, both by the host C loop")):  # fmt: skip
-            suffix = "_%s_over_%s" % (top, bottom)
-            found = [
-                row for name, row in results["ratios"].items() if name.startswith(kernel) and name.endswith(suffix)
-            ]
+            ending = "_%s_over_%s" % (top, bottom)
+            found = [row for name, row in results["ratios"].items() if name.startswith(kernel + "_") and
+                     name.endswith(ending)]  # fmt: skip
             if found:
                 values, met = [row["ratio"] for row in found], [row["pass"] for row in found if "pass" in row]
                 rows.append(Headline("%s: %s" % (what, text), "-", ratio="%.2f-%.2f" % (min(values), max(values)),
@@ -415,20 +400,14 @@ def report_kernels(figures: Dict[str, Any], args: Any) -> List[str]:
     return lines
 
 
-def report_sides(title: str) -> Callable[[Dict[str, Any], Any], List[str]]:
-    """A scenario's sides: median, min and max per call; for the no-op, what our board subtracted."""
-
-    def report(figures: Dict[str, Any], args: Any) -> List[str]:
-        cells = [(side, fmt(row["median"]), fmt(row["min"]), fmt(row["max"])) for side, row in figures["us"].items()]
-        lines = [title % figures, ""] + table(("side", "median", "min", "max"), cells)
-        if figures.get("overhead_us") is not None:
-            lines += ["", "per-call overhead our board subtracted: %s (interquartile range of its calibration: %s)"
-                      % (fmt(figures["overhead_us"]), fmt(figures["overhead_spread_us"]))]  # fmt: skip
-        return lines + [""]
-
-    return report
+def spread_us(row: Dict[str, Any]) -> str:
+    return "%s (%s-%s)" % tuple(fmt(row[name]) for name in ("median", "min", "max"))
 
 
+NOOP_TITLE = "### No-op, %(number)d calls per repeat; our board subtracted %(overhead_us).3g us a call"
+FLUSH_TITLE = "### Cache flush: %(kernel)s of %(size)d float32, one call per repeat, %(flush_bytes)d bytes flushed"
+
+# fmt: off
 TOOL = Tool(
     name="bench_timing",
     description=__doc__.split("\n\n")[0],
@@ -440,35 +419,19 @@ TOOL = Tool(
     },
     setup=setup,
     scenarios=[
-        Scenario(
-            "noop",
-            measure_noop,
-            report_sides("### No-op, %(number)d calls per repeat"),
-            limit="host C loop",
-            target="<= %g us" % NOOP_TARGET_US,
-        ),
-        Scenario(
-            "kernels",
-            measure_kernels,
-            report_kernels,
-            anchor="TVM 0.27 time_evaluator over RPC",
-            limit="host C loop over the same library",
-            target="within %d %%" % (100 * AGREEMENT),
-        ),
-        Scenario(
-            "cache_flush",
-            measure_cache_flush,
-            report_sides(
-                "### Cache flush: %(kernel)s of %(size)d float32, "
-                "one call per repeat, " + "%d MiB flushed" % (FLUSH_BYTES // MIB)
-            ),
-        ),
-    ],  # fmt: skip
+        Scenario("noop", measure_noop, figures_report(NOOP_TITLE, "side", "median (min-max) per call", "repeats",
+                 key="us", form=spread_us), limit="host C loop", target="<= %g us" % NOOP_TARGET_US),
+        Scenario("kernels", measure_kernels, report_kernels, anchor="TVM 0.27 time_evaluator over RPC",
+                 limit="host C loop over the same library", target="within %d %%" % (100 * AGREEMENT)),
+        Scenario("cache_flush", measure_cache_flush, figures_report(FLUSH_TITLE, "side", "median (min-max) per call",
+                 "repeats", key="us", form=spread_us)),
+    ],
     ratios=ratios,
     headline=headline,
     machine_extra=lambda: {"numpy": np.__version__, "compiler": toolchain_for(host_target()).version()},
     tvm=True,
 )
+# fmt: on
 
 if __name__ == "__main__":
     sys.exit(harness.main(TOOL))

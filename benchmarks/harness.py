@@ -335,6 +335,22 @@ def mmm(row: Optional[Dict[str, Any]], scale: float = 1.0, digits: int = 2) -> s
     return (form + " (" + form + between + form + ")") % tuple(row[name] * scale for name in ("median", "min", "max"))
 
 
+def figures_report(title: str, *header: str, key: str = "", form: Callable[[Dict[str, Any]], str] = mmm) -> Callable:
+    """A scenario's report as one table of its figures (or of ``figures[key]``), a row each: a number as it is, a
+    spread as ``form(spread)`` (``median (min-max)``) and its rounds, a dict of spreads a cell each. ``title`` may
+    name flags and figures: ``%(size_mib)g``."""
+
+    def report(figures: Figures, args: argparse.Namespace) -> List[str]:
+        rows = []
+        for name, value in (figures[key] if key else figures).items():
+            cells = list(value.values()) if isinstance(value, dict) and "median" not in value else [value]
+            rounds = [cells[0]["rounds"]] if isinstance(cells[0], dict) else []
+            rows.append([name, *(form(cell) if isinstance(cell, dict) else cell for cell in cells), *rounds])
+        return [title % dict(vars(args), **figures), ""] + table(header, rows) + [""]
+
+    return report
+
+
 def verdict(met: Optional[bool]) -> str:
     return "" if met is None else ("met" if met else "MISSED")
 
