@@ -73,17 +73,13 @@ static double now(void)
 
 static float *placed(size_t bytes)
 {
-    if (bytes < MAPPED_BYTES) {
-        float *data = aligned_alloc(64, (bytes + 63) / 64 * 64);
-        if (!data)
-            fail("out of memory", NULL);
-        return data;
-    }
-    void *data = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (data == MAP_FAILED)
+    void *data = bytes < MAPPED_BYTES ? aligned_alloc(64, (bytes + 63) / 64 * 64)
+                                      : mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (!data || data == MAP_FAILED)
         fail("out of memory", NULL);
 #ifdef MADV_HUGEPAGE
-    madvise(data, bytes, MADV_HUGEPAGE);
+    if (bytes >= MAPPED_BYTES)
+        madvise(data, bytes, MADV_HUGEPAGE);
 #endif
     return data;
 }
