@@ -247,7 +247,7 @@ class State:
 
     def __init__(self) -> None:
         self.boards: Dict[str, Side] = {}
-        self.raw: Optional[RawPeer] = None
+        self.raw: Any = None  # the RawPeer
         self.data: Any = None
         self.resident: Dict[str, Any] = {}
         self.library = ""
@@ -279,7 +279,7 @@ def setup(args: Any, workdir: str) -> Iterator[State]:
             state.tvm_call = (state.tvm.module(case, remote=True)["vadd"], tensors)
         if args.cpus_far:  # before any session: the board forks it, and it inherits the daemon's CPUs
             for pid in [side.board.pid for side in state.sides.values()] + [state.raw.process.pid]:
-                os.sched_setaffinity(pid, args.cpus_far)  # type: ignore[arg-type]
+                os.sched_setaffinity(pid, args.cpus_far)
             if state.tvm is not None:  # TVM's server runs in a worker process of its own
                 os.sched_setaffinity(state.tvm.server.proc._proc.pid, args.cpus_far)
         yield state
@@ -308,12 +308,9 @@ def group_rss_kib(pgid: int) -> int:
 
 def measure_footprint(state: State, args: Any) -> Dict[str, Any]:
     """Idle daemons: before any session of this run, each board's processes together (each in its own group)."""
-    figures: Dict[str, Any] = {
-        name + "_idle_rss_kib": group_rss_kib(side.board.pid) for name, side in state.sides.items()
-    }
-    figures.update(
-        {name.replace(" ", "_") + "_start_s": round(side.start_s, 3) for name, side in state.boards.items()}
-    )
+    idle = {name + "_idle_rss_kib": group_rss_kib(side.board.pid) for name, side in state.sides.items()}
+    start = {name.replace(" ", "_") + "_start_s": round(side.start_s, 3) for name, side in state.boards.items()}
+    figures: Dict[str, Any] = dict(idle, **start)
     if state.native_server:
         figures["native_binary_bytes"] = os.path.getsize(state.native_server)
     return figures
@@ -347,7 +344,7 @@ def measure_calls(state: State, args: Any) -> Dict[str, Any]:
         calls.update({name + "_" + call: state.sides[name].calls[call] for call in CALLS if name in state.sides})
     calls.update({"tvm_vadd_n1": state.tvm_call} if state.tvm_call else {})
     calls["farm_ping"] = (state.sides["farm"].session.ping, [])
-    batches: Dict[str, Callable[[int], Any]] = {"raw_pingpong": state.raw.ping_pong}  # type: ignore[union-attr]
+    batches: Dict[str, Callable[[int], Any]] = {"raw_pingpong": state.raw.ping_pong}
     batches.update({name: lambda count, f=f, a=a: [f(*a) for _ in range(count)] for name, (f, a) in calls.items()})
     size = max(1, args.calls // args.batches)
     for batch in batches.values():
@@ -358,17 +355,18 @@ def measure_calls(state: State, args: Any) -> Dict[str, Any]:
 
 def measure_transfers(state: State, args: Any) -> Dict[str, Any]:
     ensure_open(state)
-    data, raw = state.data, state.raw
-    view = memoryview(data).cast("B")
+    data, raw, view = state.data, state.raw, memoryview(state.data).cast("B")
     for name, side in state.sides.items():  # warm-up, checking the bytes
         state.resident[name] = side.session.array(data)
         if not np.array_equal(state.resident[name].numpy(), data):
             raise RuntimeError("the array read back from the %s board differs from the one sent" % name)
-    raw.transfer(b"U", view)  # type: ignore[union-attr]
-    if not np.array_equal(np.frombuffer(raw.transfer(b"D", view), np.float32), data):  # type: ignore[union-attr]
+    raw.transfer(b"U", view)
+    if not np.array_equal(np.frombuffer(raw.transfer(b"D", view), np.float32), data):
         raise RuntimeError("the raw peer sent back different bytes")
-    actions: Dict[str, Any] = {"raw_upload": lambda: raw.transfer(b"U", view),  # type: ignore[union-attr]
-                               "raw_download": lambda: raw.transfer(b"D", view)}  # type: ignore[union-attr]  # fmt: skip
+    actions: Dict[str, Any] = {
+        "raw_upload": lambda: raw.transfer(b"U", view),
+        "raw_download": lambda: raw.transfer(b"D", view),
+    }
     for name, side in state.sides.items():
         actions[name + "_upload"] = lambda s=side.session: s.array(data)
         actions[name + "_download"] = lambda n=name: state.resident[n].numpy()
