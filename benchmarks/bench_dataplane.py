@@ -1,59 +1,43 @@
 """Data plane: sessions, calls and transfers on boards, against a raw socket, with TLS, and against older code.
 
-Boards on loopback, side by side in one run, interleaved in rotating order so that noise hits all alike:
-
-* ``farm``: a board of this checkout; ``tls`` (``--tls``): the same with TLS (certificates made for the run);
-  ``before`` (``--before DIR``): a board of the checkout in DIR (older code; the client is this checkout's, the
-  protocol is the same); ``--emulated ARCH``: each checkout's packed server under qemu-user too (sessions only).
-* ``native`` (``--native``): the native board server (C) of this checkout, built for this machine, with the
-  calls of ``farm`` (but the call without a signature and the bare ping).
-* **footprint**: each board daemon's resident memory while idle, its processes together (the Python board's
-  daemon, spawner and watchdog; the native board's one process), the native daemon's binary size, and the time
-  each board took to start (to its ``bind to`` line; with ``--emulated ARCH --native`` the native server built for
-  ARCH under qemu-user too).
-* **sessions**: ``connect()`` to the first ``ping()`` answered (open), and to the end of ``close()`` (open+close).
-* **calls**: the round trip of ``int noop(void)`` with a signature (and, on ``farm``, without one, a bare
-  ``ping()``, ``vadd`` of three arrays of one element, and calls of eight scalars and of eight arrays), against an
-  8-byte ping-pong over a raw TCP socket between two processes (the limit) and TVM 0.27's call of its own ``vadd``
-  of three arrays of one element on a TVM RPC server (unless ``--no-tvm``).
-* **transfers**: upload (``session.array(x)``) and download (``remote.numpy()``) of a float32 array, against
-  ``sendall``/``recv_into`` of as many bytes between preallocated buffers (the limit); ``copyfrom`` for reference.
-
-MB/s is 10**6 bytes per second. By default every process shares one CPU (``--pin same``): left to the scheduler,
-one pair may share a CPU while another is split over two, and on virtual machines a wakeup across CPUs can cost
-more than the whole round trip.
+Boards on loopback, side by side in one run, interleaved in rotating order so that noise hits all alike: ``farm``
+(this checkout's), ``tls`` (``--tls``), ``before`` (``--before DIR``: the checkout in DIR's board, this checkout's
+client), ``native`` (``--native``: the native board server) and, for ``--emulated ARCH,...``, each checkout's packed
+server (and the native one) under qemu-user, for start-up and sessions only. Scenarios: the idle daemons' footprint
+and start-up, sessions opened and closed, calls (against a raw TCP ping-pong between two processes, the limit, and
+TVM 0.27's ``vadd`` of three arrays of one element on its RPC server, the anchor) and transfers (against a raw
+socket's ``sendall``/``recv_into``); BENCHMARKS.md ("Data plane") says what each measures. MB/s is 10**6 bytes
+per second. Every process shares one CPU by default (``--pin same``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import cProfile
-import io
+import itertools
 import multiprocessing
 import os
-import pstats
 import socket
 import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import harness
 import numpy as np
-from harness import Headline, Option, Scenario, Tool, interleaved, judged, spread, table
-from timing_sides import Case, TvmSide
+from bench_timing import Case, TvmSide
+from harness import Headline, Option, Scenario, Tool, figures_report, interleaved, judged, spread
 
 import farm  # noqa: E402  (harness puts this checkout first on the path)
 from farm.net.tls import TlsConfig  # noqa: E402
+from farm.ops.native import host_server  # noqa: E402
 from farm.ops.processes import DaemonProcess, board_command  # noqa: E402
 from farm.ops.toolchain import compile_shared  # noqa: E402
 
 HOST = "127.0.0.1"
 KEY = "bench"
-#: The calls' library: a no-op, TVM's measure of a call (``vadd`` of three arrays of one element), and the cost
-#: per argument (eight scalars, eight arrays).
+#: A no-op, TVM's measure of a call (``vadd`` of three arrays of one element), the cost of arguments.
 CALLS_SOURCE = """#include <stdint.h>
 int noop(void) { return 0; }
 void vadd(const float *a, const float *b, float *c, int64_t n) { for (int64_t i = 0; i < n; i++) c[i] = a[i] + b[i]; }
@@ -62,8 +46,7 @@ int64_t scalars8(int64_t a, int64_t b, int64_t c, int64_t d, int64_t e, int64_t 
 int arrays8(float *a, float *b, float *c, float *d, float *e, float *f, float *g, float *h)
 { return a != b && c != d && e != f && g != h; }
 """
-NOOP_SIGNATURE = "int noop(void)"
-#: The calls each side's session makes besides the no-op: signature and the arguments' kinds (a: an array).
+#: The calls each session makes besides the no-op: signature and the arguments' kinds (a: an array).
 CALLS = {
     "vadd_n1": ("void vadd(const float *a, const float *b, float *c, int64_t n)", "aaa1"),
     "scalars8": ("int64_t scalars8(int64_t a, int64_t b, int64_t c, int64_t d, int64_t e, int64_t f, int64_t g, "
@@ -74,7 +57,7 @@ CALLS = {
 MB = 1e6
 THROUGHPUT_TARGET = 0.7  # farm throughput at least this fraction of the raw socket's ...
 CALL_TARGET = 1.5  # ... and a no-op call at most this multiple of the raw ping-pong
-_COMMAND = struct.Struct("<cQ")  # to the raw peer: one byte, then a count (ping-pongs) or a byte length
+_COMMAND = struct.Struct("<cQ")  # to the raw peer: P(ing-pongs), U(pload), D(ownload) or Q(uit), and a count
 _PING = 8
 
 
@@ -148,17 +131,15 @@ class RawPeer:
             self.sock.sendall(b"p" * _PING)
             _recv_exact(self.sock, pong)
 
-    def upload(self, data: memoryview) -> None:
-        self.sock.sendall(_COMMAND.pack(b"U", len(data)))
-        self.sock.sendall(data)
-        if not _recv_exact(self.sock, memoryview(bytearray(1))):
+    def transfer(self, op: bytes, data: memoryview) -> memoryview:
+        """``U``: send ``data`` and wait for the peer's byte; ``D``: receive as many bytes into preallocated memory."""
+        self.sock.sendall(_COMMAND.pack(op, len(data)))
+        if op == b"U":
+            self.sock.sendall(data)
+        received = self.view[: 1 if op == b"U" else len(data)]
+        if not _recv_exact(self.sock, received):
             raise ConnectionError("raw peer closed the connection")
-
-    def download(self, nbytes: int) -> memoryview:
-        self.sock.sendall(_COMMAND.pack(b"D", nbytes))
-        if not _recv_exact(self.sock, self.view[:nbytes]):
-            raise ConnectionError("raw peer closed the connection")
-        return self.view[:nbytes]
+        return received
 
 
 # --- boards ------------------------------------------------------------------------------------------
@@ -181,16 +162,14 @@ def pack(checkout: str, output: str) -> str:
 
 
 class Side:
-    """A board, how to reach it, and, once :meth:`open` ran, a session with a loaded no-op."""
+    """A board, how to reach it, and, once :meth:`open` ran, a session with the calls loaded."""
 
     def __init__(self, name: str, server: List[str], env: Dict[str, str], workdir: str, tls: TlsConfig) -> None:
         self.name, self.tls = name, tls
-        argv = board_command(KEY, HOST, 0, extra=["--name", name], server=server)
-        self.board = DaemonProcess(argv, os.path.join(workdir, name + ".log"), env, cwd=workdir)
+        argv = board_command(KEY, HOST, 0, extra=["--name", name.replace(" ", "-")], server=server)
+        self.board = DaemonProcess(argv, os.path.join(workdir, name.replace(" ", "-") + ".log"), env, cwd=workdir)
         self.session: Any = None
-        self.noop: Any = None
-        self.noop_plain: Any = None
-        self.calls: Dict[str, Any] = {}  # name: (function, arguments)
+        self.calls: Dict[str, Tuple[Callable[..., Any], List[Any]]] = {}  # name: (function, arguments)
         began = time.perf_counter()
         try:
             self.board.wait_for_bind(timeout=120)
@@ -218,12 +197,12 @@ class Side:
     def open(self, library: str) -> None:
         self.session = self.connect()
         module = self.session.load_module(self.session.upload(library))
-        self.noop = module.get_function("noop", signature=NOOP_SIGNATURE)
-        self.noop_plain = module.get_function("noop")
+        self.calls["noop_signature"] = (module.get_function("noop", signature="int noop(void)"), [])
+        self.calls["noop_no_signature"] = (module.get_function("noop"), [])
         for name, (signature, kinds) in CALLS.items():
             arguments = [self.session.empty(1, "float32") if kind == "a" else int(kind) for kind in kinds]
             self.calls[name] = (module.get_function(name.split("_")[0], signature=signature), arguments)
-        if self.noop() != 0 or self.noop_plain() != 0:
+        if self.calls["noop_signature"][0]() != 0 or self.calls["noop_no_signature"][0]() != 0:
             raise RuntimeError("noop() did not return 0 on the %s board" % self.name)
 
     def stop(self) -> None:
@@ -232,58 +211,6 @@ class Side:
                 self.session.close()
         finally:
             self.board.stop()
-
-
-class State:
-    """The run's boards (data-plane sides and session-only emulated ones), the raw peer and the data."""
-
-    def __init__(self) -> None:
-        self.sides: Dict[str, Side] = {}
-        self.emulated: Dict[str, Side] = {}
-        self.raw: Optional[RawPeer] = None
-        self.data: Any = None
-        self.resident: Dict[str, Any] = {}
-        self.library = ""
-        self.native_server = ""  # the native board server's executable, with --native
-        self.tvm: Any = None  # a TVM board (timing_sides.TvmSide) when TVM imports
-        self.tvm_call: Any = None  # TVM's vadd of three arrays of one element on it, with its arguments
-
-    def tvm_vadd(self, count: int) -> None:
-        function, arguments = self.tvm_call
-        for _ in range(count):
-            function(*arguments)
-
-
-def start_tvm(state: State, workdir: str) -> None:
-    """A TVM RPC server with TVM's own vadd of three arrays of one element loaded, ready to call."""
-    state.tvm = TvmSide(workdir)
-    case = Case("vadd", 1)
-    module, device = state.tvm.module(case, remote=True), state.tvm.remote.cpu()
-    arrays = (*case.inputs(), np.zeros(1, np.float32))
-    state.tvm_call = (module["vadd"], [state.tvm.tvm.runtime.tensor(array, device) for array in arrays])
-
-
-def start_native(state: State, workdir: str) -> None:
-    """A board of the native board server, built for this machine (cached)."""
-    from farm.ops.native import host_server
-
-    state.native_server = host_server()
-    state.sides["native"] = Side("native", [state.native_server], board_env(None), workdir, TlsConfig())
-
-
-def start_emulated(state: State, args: Any, workdir: str, checkouts: Dict[str, str]) -> None:
-    """For each ``--emulated`` architecture: each checkout's packed server, and the native one, under qemu-user."""
-    from farm.ops.emulators import python_command
-
-    for arch in args.emulated or []:
-        for name, checkout in checkouts.items():
-            archive = pack(checkout, os.path.join(workdir, "%s-server.pyz" % name))
-            side = "%s %s" % (name, arch)
-            state.emulated[side] = Side(side.replace(" ", "-"), [*python_command(arch), archive],
-                                        board_env(None), workdir, TlsConfig())  # fmt: skip
-        if args.native:
-            state.emulated["native " + arch] = Side("native-" + arch, native_under_qemu(arch), board_env(None),
-                                                    workdir, TlsConfig())  # fmt: skip
 
 
 def native_under_qemu(arch: str) -> List[str]:
@@ -296,13 +223,41 @@ def native_under_qemu(arch: str) -> List[str]:
     return [TARGETS[arch].qemu, "-L", sysroot(arch), build_server(toolchain_for(arch))]
 
 
-def pin_far(state: State, cpus: set) -> None:
-    """Every board, the raw peer and TVM's server on ``cpus``."""
-    for side in state.sides.values():
-        os.sched_setaffinity(side.board.pid, cpus)
-    os.sched_setaffinity(state.raw.process.pid, cpus)  # type: ignore[union-attr,arg-type]
-    if state.tvm is not None:  # TVM's server runs in a worker process of its own
-        os.sched_setaffinity(state.tvm.server.proc._proc.pid, cpus)
+def plan(args: Any, workdir: str, native_server: str) -> List[Tuple[str, List[str], Dict[str, str], TlsConfig]]:
+    """The boards to start, in order: name, the server's command, its environment, and the client's TLS."""
+    from farm.ops.emulators import python_command
+
+    python = [sys.executable, "-m", "farm.server"]
+    checkouts = {"farm": str(harness.PROJECT), **({"before": os.path.abspath(args.before)} if args.before else {})}
+    boards = [(name, python, board_env(checkout), TlsConfig()) for name, checkout in checkouts.items()]
+    if args.tls:
+        files = harness.tls_files(workdir)
+        boards.insert(1, ("tls", python, board_env(checkouts["farm"], files.daemon().as_env()), files.client()))
+    boards += [("native", [native_server], board_env(None), TlsConfig())] if native_server else []
+    for arch in args.emulated:  # each checkout's packed server, and the native one, under qemu-user
+        for name, checkout in checkouts.items():
+            archive = pack(checkout, os.path.join(workdir, "%s-server.pyz" % name))
+            boards.append(("%s %s" % (name, arch), [*python_command(arch), archive], board_env(None), TlsConfig()))
+        boards += [("native " + arch, native_under_qemu(arch), board_env(None), TlsConfig())] if native_server else []
+    return boards
+
+
+class State:
+    """The run's boards (``sides``; emulated ones, named ``SIDE ARCH``, for sessions only), the raw peer, the data."""
+
+    def __init__(self) -> None:
+        self.boards: Dict[str, Side] = {}
+        self.raw: Any = None  # the RawPeer
+        self.data: Any = None
+        self.resident: Dict[str, Any] = {}
+        self.library = ""
+        self.native_server = ""  # the native board server's executable, with --native
+        self.tvm: Optional[TvmSide] = None
+        self.tvm_call: Any = None  # TVM's vadd of three arrays of one element on its server, and its arguments
+
+    @property
+    def sides(self) -> Dict[str, Side]:
+        return {name: side for name, side in self.boards.items() if " " not in name}
 
 
 @contextlib.contextmanager
@@ -310,29 +265,23 @@ def setup(args: Any, workdir: str) -> Iterator[State]:
     state = State()
     nbytes = int(args.size_mib * (1 << 20)) // 4 * 4
     state.data = np.random.default_rng(0).random(nbytes // 4, dtype=np.float32)
-    source = Path(workdir, "calls.c")
-    source.write_text(CALLS_SOURCE)
-    state.library = compile_shared([str(source)], os.path.join(workdir, "libcalls.so"))
-    files = harness.tls_files(workdir) if args.tls else None
-    checkouts = {"farm": str(harness.PROJECT)}
-    if args.before:
-        checkouts["before"] = os.path.abspath(args.before)
-    plan = [(name, checkout, None) for name, checkout in checkouts.items()]
-    if files is not None:
-        plan.insert(1, ("tls", str(harness.PROJECT), files))
+    Path(workdir, "calls.c").write_text(CALLS_SOURCE)
+    state.library = compile_shared([os.path.join(workdir, "calls.c")], os.path.join(workdir, "libcalls.so"))
     try:
-        for name, checkout, tls_files in plan:
-            env = board_env(checkout, tls_files.daemon().as_env() if tls_files else None)
-            client_tls = tls_files.client() if tls_files else TlsConfig()
-            state.sides[name] = Side(name, [sys.executable, "-m", "farm.server"], env, workdir, client_tls)
-        if args.native:
-            start_native(state, workdir)
-        start_emulated(state, args, workdir, checkouts)
+        state.native_server = host_server() if args.native else ""
+        for name, server, env, tls in plan(args, workdir, state.native_server):
+            state.boards[name] = Side(name, server, env, workdir, tls)
         state.raw = RawPeer(nbytes)
         if args.tvm_rpc is not None and "calls" in args.only:
-            start_tvm(state, workdir)
+            state.tvm, case = TvmSide(workdir), Case("vadd", 1)
+            device, arrays = state.tvm.remote.cpu(), (*case.inputs(), np.zeros(1, np.float32))
+            tensors = [state.tvm.tvm.runtime.tensor(array, device) for array in arrays]
+            state.tvm_call = (state.tvm.module(case, remote=True)["vadd"], tensors)
         if args.cpus_far:  # before any session: the board forks it, and it inherits the daemon's CPUs
-            pin_far(state, args.cpus_far)
+            for pid in [side.board.pid for side in state.sides.values()] + [state.raw.process.pid]:
+                os.sched_setaffinity(pid, args.cpus_far)
+            if state.tvm is not None:  # TVM's server runs in a worker process of its own
+                os.sched_setaffinity(state.tvm.server.proc._proc.pid, args.cpus_far)
         yield state
     finally:
         if state.raw is not None:
@@ -340,7 +289,7 @@ def setup(args: Any, workdir: str) -> Iterator[State]:
         if state.tvm is not None:
             state.tvm_call = None
             state.tvm.stop()
-        for side in [*state.sides.values(), *state.emulated.values()]:
+        for side in state.boards.values():
             side.stop()
 
 
@@ -350,47 +299,37 @@ def setup(args: Any, workdir: str) -> Iterator[State]:
 def group_rss_kib(pgid: int) -> int:
     """The resident memory of every process in process group ``pgid``, in KiB."""
     total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % entry) as stat:
-                if int(stat.read().rsplit(")", 1)[1].split()[2]) != pgid:
-                    continue
-            with open("/proc/%s/status" % entry) as status:
-                total += next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-        except (OSError, StopIteration, IndexError, ValueError):
-            continue  # gone, or a kernel thread
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError, KeyError):  # gone, or a kernel thread
+            if os.getpgid(int(entry)) == pgid:
+                total += harness.proc_status(int(entry))["VmRSS"]
     return total
 
 
 def measure_footprint(state: State, args: Any) -> Dict[str, Any]:
     """Idle daemons: before any session of this run, each board's processes together (each in its own group)."""
-    figures: Dict[str, Any] = {
-        name + "_idle_rss_kib": group_rss_kib(side.board.pid) for name, side in state.sides.items()
-    }
-    for name, side in dict(state.sides, **state.emulated).items():
-        figures[name.replace(" ", "_") + "_start_s"] = round(side.start_s, 3)
+    idle = {name + "_idle_rss_kib": group_rss_kib(side.board.pid) for name, side in state.sides.items()}
+    start = {name.replace(" ", "_") + "_start_s": round(side.start_s, 3) for name, side in state.boards.items()}
+    figures: Dict[str, Any] = dict(idle, **start)
     if state.native_server:
         figures["native_binary_bytes"] = os.path.getsize(state.native_server)
     return figures
 
 
 def measure_sessions(state: State, args: Any) -> Dict[str, Any]:
-    boards = dict(state.sides, **state.emulated)
-    for board in boards.values():
+    for board in state.boards.values():
         board.open_and_close(2)  # warm-up
-    times: Dict[str, List[Tuple[float, float]]] = {name: [] for name in boards}
+    times: Dict[str, List[Tuple[float, float]]] = {name: [] for name in state.boards}
     for number in range(args.rounds):
-        for name in harness.rotated(list(boards), number):
-            times[name] += boards[name].open_and_close(args.sessions)
+        for name in harness.rotated(list(state.boards), number):
+            times[name] += state.boards[name].open_and_close(args.sessions)
     return {
         name: {"open_ms": spread([t[0] for t in values], 1e3), "open_close_ms": spread([t[1] for t in values], 1e3)}
         for name, values in times.items()
     }
 
 
-def ensure_open(state: State, args: Any) -> None:
+def ensure_open(state: State) -> None:
     """Open the session the calls and transfers use on each board (after the sessions scenario: one at a time)."""
     for side in state.sides.values():
         if side.session is None:
@@ -398,45 +337,36 @@ def ensure_open(state: State, args: Any) -> None:
 
 
 def measure_calls(state: State, args: Any) -> Dict[str, Any]:
-    ensure_open(state, args)
-    farm_side = state.sides["farm"]
-    variants: Dict[str, Any] = {"raw_pingpong": state.raw.ping_pong}  # type: ignore[union-attr]
-    for name, side in state.sides.items():
-        variants["%s_noop_signature" % name] = lambda count, f=side.noop: [f() for _ in range(count)]
-    variants["farm_noop_no_signature"] = lambda count: [farm_side.noop_plain() for _ in range(count)]
-    for side_name in ("farm", "native"):
-        for name, (function, arguments) in getattr(state.sides.get(side_name), "calls", {}).items():
-            variants[side_name + "_" + name] = lambda count, f=function, a=arguments: [f(*a) for _ in range(count)]
-    if state.tvm is not None:
-        variants["tvm_vadd_n1"] = state.tvm_vadd
-    variants["farm_ping"] = lambda count: [farm_side.session.ping() for _ in range(count)]
+    ensure_open(state)
+    calls = {name + "_noop_signature": side.calls["noop_signature"] for name, side in state.sides.items()}
+    calls["farm_noop_no_signature"] = state.sides["farm"].calls["noop_no_signature"]
+    for name in ("farm", "native"):
+        calls.update({name + "_" + call: state.sides[name].calls[call] for call in CALLS if name in state.sides})
+    calls.update({"tvm_vadd_n1": state.tvm_call} if state.tvm_call else {})
+    calls["farm_ping"] = (state.sides["farm"].session.ping, [])
+    batches: Dict[str, Callable[[int], Any]] = {"raw_pingpong": state.raw.ping_pong}
+    batches.update({name: lambda count, f=f, a=a: [f(*a) for _ in range(count)] for name, (f, a) in calls.items()})
     size = max(1, args.calls // args.batches)
-    for action in variants.values():
-        action(min(size, 1000))  # warm-up
-    seconds = interleaved({name: (lambda action=action: action(size)) for name, action in variants.items()},
-                          args.batches)  # fmt: skip
-    result = {name: spread([value / size for value in values], 1e6) for name, values in seconds.items()}
-    if args.profile:  # the client side of N no-op calls with a signature
-        profiler = cProfile.Profile()
-        profiler.runcall(lambda: [farm_side.noop() for _ in range(args.profile)])
-        out = io.StringIO()
-        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(20)
-        result["client_profile"] = out.getvalue()
-    return result
+    for batch in batches.values():
+        batch(min(size, 1000))  # warm-up
+    seconds = interleaved({name: (lambda batch=batch: batch(size)) for name, batch in batches.items()}, args.batches)
+    return {name: spread([value / size for value in values], 1e6) for name, values in seconds.items()}
 
 
 def measure_transfers(state: State, args: Any) -> Dict[str, Any]:
-    ensure_open(state, args)
-    data, raw = state.data, state.raw
-    view = memoryview(data).cast("B")
+    ensure_open(state)
+    data, raw, view = state.data, state.raw, memoryview(state.data).cast("B")
     for name, side in state.sides.items():  # warm-up, checking the bytes
         state.resident[name] = side.session.array(data)
         if not np.array_equal(state.resident[name].numpy(), data):
             raise RuntimeError("the array read back from the %s board differs from the one sent" % name)
-    raw.upload(view)  # type: ignore[union-attr]
-    if not np.array_equal(np.frombuffer(raw.download(len(view)), np.float32), data):  # type: ignore[union-attr]
+    raw.transfer(b"U", view)
+    if not np.array_equal(np.frombuffer(raw.transfer(b"D", view), np.float32), data):
         raise RuntimeError("the raw peer sent back different bytes")
-    actions: Dict[str, Any] = {"raw_upload": lambda: raw.upload(view), "raw_download": lambda: raw.download(len(view))}
+    actions: Dict[str, Any] = {
+        "raw_upload": lambda: raw.transfer(b"U", view),
+        "raw_download": lambda: raw.transfer(b"D", view),
+    }
     for name, side in state.sides.items():
         actions[name + "_upload"] = lambda s=side.session: s.array(data)
         actions[name + "_download"] = lambda n=name: state.resident[n].numpy()
@@ -447,8 +377,7 @@ def measure_transfers(state: State, args: Any) -> Dict[str, Any]:
 
 
 def ratios(results: Dict[str, Any]) -> Dict[str, Any]:
-    calls = results["scenarios"].get("calls", {})
-    transfers = results["scenarios"].get("transfers", {})
+    calls, transfers = results["scenarios"].get("calls", {}), results["scenarios"].get("transfers", {})
     out: Dict[str, Any] = {}
     for direction in ("upload", "download"):
         if "farm_" + direction in transfers:
@@ -456,103 +385,66 @@ def ratios(results: Dict[str, Any]) -> Dict[str, Any]:
             out[direction + "_vs_raw"] = judged(value, THROUGHPUT_TARGET, ">=")
     for name in ("farm_noop_signature", "farm_noop_no_signature"):
         if name in calls:
-            out[name + "_vs_raw_pingpong"] = judged(calls[name]["median"] / calls["raw_pingpong"]["median"],
-                                                    CALL_TARGET, "<=")  # fmt: skip
+            value = calls[name]["median"] / calls["raw_pingpong"]["median"]
+            out[name + "_vs_raw_pingpong"] = judged(value, CALL_TARGET, "<=")
     return out
 
 
+OTHERS = [("tls", "TLS"), ("before", "code before"), ("native", "native board")]
+#: Each other board beside ours: (scenario, figure suffix, field, unit, what).
+COMPARED = [
+    ("sessions", "", "open_close_ms", "ms", "open + close"),
+    ("calls", "_noop_signature", "", "us", "no-op call"),
+    ("transfers", "_upload", "", "MB/s", "upload"),
+    ("transfers", "_download", "", "MB/s", "download"),
+]
+
+
 def headline(results: Dict[str, Any]) -> List[Headline]:
-    rows, judged_ratios = [], results["ratios"]
-    calls = results["scenarios"].get("calls", {})
-    transfers = results["scenarios"].get("transfers", {})
-    sessions = results["scenarios"].get("sessions", {})
+    scenarios, judged_ratios, rows = results["scenarios"], results["ratios"], []
+    calls, transfers, footprint = (scenarios.get(name, {}) for name in ("calls", "transfers", "footprint"))
+    raw = "%.1f us (raw ping-pong)" % calls["raw_pingpong"]["median"] if calls else "-"
     if "farm_noop_signature" in calls:
-        row = judged_ratios["farm_noop_signature_vs_raw_pingpong"]
-        rows.append(
-            Headline(
-                "no-op call round trip",
-                "%.1f us" % calls["farm_noop_signature"]["median"],
-                limit="%.1f us (raw ping-pong)" % calls["raw_pingpong"]["median"],
-                ratio="%.2f" % row["ratio"],
-                target="<= %.1f x limit" % CALL_TARGET,
-                met=row["pass"],
-            )
-        )
-    for side, board in (("farm", ""), ("native", ", native board")):
-        if side + "_vadd_n1" in calls:
-            tvm, ours = calls.get("tvm_vadd_n1"), calls[side + "_vadd_n1"]["median"]
-            rows.append(
-                Headline(
-                    "call of vadd (3 arrays, n=1) round trip" + board,
-                    "%.1f us" % ours,
-                    anchor="%.1f us (TVM)" % tvm["median"] if tvm else "-",
-                    limit="%.1f us (raw ping-pong)" % calls["raw_pingpong"]["median"],
-                    ratio="%.2f x TVM" % (ours / tvm["median"]) if tvm else "-",
-                    target="<= 1.0 x TVM" if tvm and side == "native" else "-",
-                    met=ours <= tvm["median"] if tvm and side == "native" else None,
-                )
-            )
-    footprint = results["scenarios"].get("footprint", {})
+        ratio = judged_ratios["farm_noop_signature_vs_raw_pingpong"]
+        rows.append(Headline("no-op call round trip", "%.1f us" % calls["farm_noop_signature"]["median"], limit=raw,
+                             ratio="%.2f" % ratio["ratio"], target="<= %g x limit" % CALL_TARGET,
+                             met=ratio["pass"]))  # fmt: skip
+    tvm = calls.get("tvm_vadd_n1", {}).get("median")
+    for side in ("farm", "native"):
+        ours, held = calls.get(side + "_vadd_n1", {}).get("median"), bool(tvm) and side == "native"
+        if ours:  # the native board is held to TVM's call
+            rows.append(Headline("call of vadd (3 arrays, n=1) round trip" + ", native board" * (side == "native"),
+                                 "%.1f us" % ours, anchor="%.1f us (TVM)" % tvm if tvm else "-", limit=raw,
+                                 ratio="%.2f x TVM" % (ours / tvm) if tvm else "-", target="<= 1.0 x TVM" if held
+                                 else "-", met=ours <= tvm if held else None))  # fmt: skip
     if "native_idle_rss_kib" in footprint:
         native, python = footprint["native_idle_rss_kib"], footprint["farm_idle_rss_kib"]
-        rows.append(Headline("idle daemon, resident memory", "%d KiB (native)" % native,
-                             limit="%d KiB (Python board)" % python, target="< 2048 KiB", met=native < 2048,
+        rows.append(Headline("idle daemon, resident memory", "%d KiB (native)" % native, target="< 2048 KiB",
+                             limit="%d KiB (Python board)" % python, met=native < 2048,
                              ratio="%.3f (native / Python)" % (native / python)))  # fmt: skip
         rows.append(Headline("native daemon, binary size", "%d KiB" % (footprint["native_binary_bytes"] // 1024)))
     for direction in ("upload", "download"):
         if "farm_" + direction in transfers:
-            row = judged_ratios[direction + "_vs_raw"]
-            rows.append(Headline("%s, %g MiB" % (direction, args_size(results)),
+            ratio = judged_ratios[direction + "_vs_raw"]
+            rows.append(Headline("%s, %g MiB" % (direction, results["config"]["size_mib"]),
                                  "%.0f MB/s" % transfers["farm_" + direction]["median"],
                                  limit="%.0f MB/s (raw socket)" % transfers["raw_" + direction]["median"],
-                                 ratio="%.2f" % row["ratio"], target=">= %.1f x limit" % THROUGHPUT_TARGET,
-                                 met=row["pass"]))  # fmt: skip
-    if "farm" in sessions:
-        rows.append(Headline("open + close a session", "%.2f ms" % sessions["farm"]["open_close_ms"]["median"]))
-    comparisons = (("sessions", "", "open_close_ms", "ms", "open + close"), ("calls", "_noop_signature", "", "us",
-                   "no-op call"), ("transfers", "_upload", "", "MB/s", "upload"),
-                   ("transfers", "_download", "", "MB/s", "download"))  # fmt: skip
-    for other, label in (("tls", "TLS"), ("before", "code before"), ("native", "native board")):
-        for scenario, suffix, field, unit, what in comparisons:
-            figures = results["scenarios"].get(scenario, {})
-            if other + suffix in figures:
-                mine, ours = figures[other + suffix], figures["farm" + suffix]
-                mine, ours = (mine[field], ours[field]) if field else (mine, ours)
-                rows.append(Headline("%s: %s" % (what, label), "%.2f %s" % (ours["median"], unit),
-                                     anchor="%.2f %s (%s)" % (mine["median"], unit, label),
-                                     ratio="%.2f (%s / ours)" % (mine["median"] / ours["median"], label)))  # fmt: skip
+                                 ratio="%.2f" % ratio["ratio"], target=">= %g x limit" % THROUGHPUT_TARGET,
+                                 met=ratio["pass"]))  # fmt: skip
+    if "farm" in scenarios.get("sessions", {}):
+        ours = scenarios["sessions"]["farm"]["open_close_ms"]["median"]
+        rows.append(Headline("open + close a session", "%.2f ms" % ours))
+    for (other, label), (scenario, suffix, field, unit, what) in itertools.product(OTHERS, COMPARED):
+        if other + suffix in scenarios.get(scenario, {}):
+            mine, ours = (scenarios[scenario][side + suffix] for side in (other, "farm"))
+            mine, ours = (mine[field], ours[field]) if field else (mine, ours)
+            rows.append(Headline("%s: %s" % (what, label), "%.2f %s" % (ours["median"], unit),
+                                 anchor="%.2f %s (%s)" % (mine["median"], unit, label),
+                                 ratio="%.2f (%s / ours)" % (mine["median"] / ours["median"], label)))  # fmt: skip
     return rows
 
 
-def args_size(results: Dict[str, Any]) -> float:
-    return results["config"]["size_mib"]
-
-
-def report_footprint(figures: Dict[str, Any], args: Any) -> List[str]:
-    return ["### Footprint", ""] + table(("figure", "value"), list(figures.items())) + [""]
-
-
-def report_sessions(figures: Dict[str, Any], args: Any) -> List[str]:
-    rows = [(name, harness.mmm(row["open_ms"]), harness.mmm(row["open_close_ms"]), row["open_ms"]["rounds"])
-            for name, row in figures.items()]  # fmt: skip
-    return ["### Sessions, ms", ""] + table(("board", "open", "open + close", "sessions"), rows) + [""]
-
-
-def report_calls(figures: Dict[str, Any], args: Any) -> List[str]:
-    rows = [(name, "%.1f" % row["mean"], "%.1f" % row["median"], "%.1f" % row["p99"], "%.1f" % row["min"],
-             row["rounds"]) for name, row in figures.items() if isinstance(row, dict)]  # fmt: skip
-    header = ("variant", "mean", "median", "p99", "best", "batches")
-    profile = ["", "client-side profile:", "", "```", figures["client_profile"], "```"] if args.profile else []
-    return ["### Calls, us per round trip", ""] + table(header, rows) + profile + [""]
-
-
-def report_transfers(figures: Dict[str, Any], args: Any) -> List[str]:
-    rows = [(name, "%.0f" % row["median"], "%.0f" % row["max"], row["rounds"])
-            for name, row in figures.items()]  # fmt: skip
-    title = "### Transfers of %g MiB, MB/s" % args.size_mib
-    return [title, ""] + table(("variant", "median", "best", "repeats"), rows) + [""]
-
-
+# fmt: off
 TOOL = Tool(
     name="bench_dataplane",
     description=__doc__.split("\n\n")[0],
@@ -563,35 +455,29 @@ TOOL = Tool(
         "batches": Option(100, 4, "timed batches the calls are split into"),
         "repeats": Option(5, 1, "timed transfers per direction and side"),
         "sessions": Option(10, 2, "sessions per board and round"),
-        "profile": Option(0, 0, "also cProfile N no-op calls on the client"),
         "tls": Option(False, help="add a board with TLS", type=bool),
         "native": Option(False, help="add a board of the native board server (C)", type=bool),
         "before": Option("", "", "a checkout (a directory holding farm/) whose board is measured too", str),
-        "emulated": Option(
-            "",
-            "",
-            "comma-separated architectures of emulated boards (sessions only)",
-            lambda text: [arch for arch in text.split(",") if arch],
-        ),  # fmt: skip
+        "emulated": Option([], [], "comma-separated architectures of emulated boards (start-up and sessions only)",
+                           lambda text: [arch for arch in text.split(",") if arch]),
     },
     setup=setup,
     scenarios=[
-        Scenario("footprint", measure_footprint, report_footprint),
-        Scenario("sessions", measure_sessions, report_sessions),
-        Scenario("calls", measure_calls, report_calls, limit="raw TCP ping-pong", target="<= %g x" % CALL_TARGET),
-        Scenario(
-            "transfers",
-            measure_transfers,
-            report_transfers,
-            limit="raw TCP socket",
-            target=">= %g x" % THROUGHPUT_TARGET,
-        ),  # fmt: skip
+        Scenario("footprint", measure_footprint, figures_report("### Footprint", "figure", "value")),
+        Scenario("sessions", measure_sessions, figures_report("### Sessions, ms", "board", "open", "open + close",
+                                                            "sessions")),
+        Scenario("calls", measure_calls, figures_report("### Calls, us per round trip", "variant", "batches: median "
+                 "(min-max)", "batches"), limit="raw TCP ping-pong", target="<= %g x" % CALL_TARGET),
+        Scenario("transfers", measure_transfers, figures_report("### Transfers of %(size_mib)g MiB, MB/s", "variant",
+                 "repeats: median (min-max)", "repeats"), limit="raw TCP socket",
+                 target=">= %g x" % THROUGHPUT_TARGET),
     ],
     ratios=ratios,
     headline=headline,
     machine_extra=lambda: {"numpy": np.__version__},
     tvm=True,
 )
+# fmt: on
 
 if __name__ == "__main__":
     sys.exit(harness.main(TOOL))

@@ -111,8 +111,7 @@ def timed(action: Callable[[], Any]) -> float:
 
 def rotated(items: Sequence[Any], shift: int) -> List[Any]:
     """``items`` starting at ``shift`` (modulo their number), so that no item always goes first."""
-    shift %= len(items)
-    return list(items[shift:]) + list(items[:shift])
+    return [items[(shift + index) % len(items)] for index in range(len(items))]
 
 
 def interleaved(
@@ -132,22 +131,10 @@ def interleaved(
 def spread(values: Sequence[float], scale: float = 1.0) -> Dict[str, Any]:
     """First, mean, median, p90, p99, min, max, the number of rounds and the values (each times ``scale``)."""
     scaled = [value * scale for value in values]
-    ordered = sorted(scaled)
-
-    def rank(fraction: float) -> float:
-        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-    return {
-        "first": scaled[0],
-        "mean": statistics.fmean(scaled),
-        "median": statistics.median(scaled),
-        "p90": rank(0.9),
-        "p99": rank(0.99),
-        "min": ordered[0],
-        "max": ordered[-1],
-        "rounds": len(scaled),
-        "values": scaled,
-    }
+    ordered, count = sorted(scaled), len(scaled)
+    p90, p99 = (ordered[min(count - 1, int(fraction * count))] for fraction in (0.9, 0.99))
+    return {"first": scaled[0], "mean": statistics.fmean(scaled), "median": statistics.median(scaled), "p90": p90,
+            "p99": p99, "min": ordered[0], "max": ordered[-1], "rounds": count, "values": scaled}  # fmt: skip
 
 
 def ratio_spread(tops: Sequence[Optional[float]], bottoms: Sequence[Optional[float]]) -> Optional[Dict[str, Any]]:
@@ -330,11 +317,6 @@ def publish(results: Dict[str, Any], text: str, json_path: Optional[str]) -> Non
         logger.info("wrote %s", json_path)
 
 
-def exit_on_signal(number: int, _frame: Any) -> None:
-    """A signal handler that unwinds the tool, so that its ``finally`` blocks stop every process."""
-    raise SystemExit(128 + number)
-
-
 # --- reporting -----------------------------------------------------------------------------------------
 
 
@@ -353,14 +335,24 @@ def mmm(row: Optional[Dict[str, Any]], scale: float = 1.0, digits: int = 2) -> s
     return (form + " (" + form + between + form + ")") % tuple(row[name] * scale for name in ("median", "min", "max"))
 
 
+def figures_report(title: str, *header: str, key: str = "", form: Callable[[Dict[str, Any]], str] = mmm) -> Callable:
+    """A scenario's report as one table of its figures (or of ``figures[key]``), a row each: a number as it is, a
+    spread as ``form(spread)`` (``median (min-max)``) and its rounds, a dict of spreads a cell each. ``title`` may
+    name flags and figures: ``%(size_mib)g``."""
+
+    def report(figures: Figures, args: argparse.Namespace) -> List[str]:
+        rows = []
+        for name, value in (figures[key] if key else figures).items():
+            cells = list(value.values()) if isinstance(value, dict) and "median" not in value else [value]
+            rounds = [cells[0]["rounds"]] if isinstance(cells[0], dict) else []
+            rows.append([name, *(form(cell) if isinstance(cell, dict) else cell for cell in cells), *rounds])
+        return [title % dict(vars(args), **figures), ""] + table(header, rows) + [""]
+
+    return report
+
+
 def verdict(met: Optional[bool]) -> str:
     return "" if met is None else ("met" if met else "MISSED")
-
-
-def headline_table(rows: Sequence[Headline]) -> List[str]:
-    """The headline rows as a markdown table."""
-    header = ("figure", "ours", "anchor", "limit", "ratio", "target", "")
-    return table(header, [(r.figure, r.ours, r.anchor, r.limit, r.ratio, r.target, verdict(r.met)) for r in rows])
 
 
 def command_line() -> str:
@@ -375,9 +367,9 @@ def report(tool: Tool, results: Dict[str, Any], args: argparse.Namespace) -> str
     if tool.tvm:
         lines.append("TVM: %s" % (results["machine"]["tvm"] or "not measured (%s)" % results["tvm_skipped"]))
     lines += ["command: `%s`" % results["command"], ""]
-    rows = tool.headline(results)
+    rows = [(r.figure, r.ours, r.anchor, r.limit, r.ratio, r.target, verdict(r.met)) for r in tool.headline(results)]
     if rows:
-        lines += headline_table(rows) + [""]
+        lines += table(("figure", "ours", "anchor", "limit", "ratio", "target", ""), rows) + [""]
     for scenario in tool.scenarios:
         if scenario.name in results["scenarios"]:
             lines += scenario.report(results["scenarios"][scenario.name], args)
@@ -462,7 +454,8 @@ def main(tool: Tool, argv: Optional[Sequence[str]] = None) -> int:
     """Parse, run, print the report, write the JSON; 0, or 1 when a check of the run failed."""
     args = parse_args(tool, argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    signal.signal(signal.SIGTERM, exit_on_signal)  # so that every process started is stopped on SIGTERM too
+    # on SIGTERM too, the tool unwinds, so that its finally blocks stop every process it started
+    signal.signal(signal.SIGTERM, lambda number, _frame: sys.exit(128 + number))
     args.cpus_far = pin(args)[1]
     results = run(tool, args)
     publish(results, report(tool, results, args), args.json)

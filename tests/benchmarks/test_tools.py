@@ -225,12 +225,6 @@ def check_timing(results: Dict[str, Any]) -> None:
     noop = results["scenarios"]["noop"]
     assert positive(noop["us"]["host"]["median"]) and noop["us"]["ours"]["median"] >= 0
     assert positive(noop["overhead_us"]) and noop["board_state"]["machine"] and noop["board_state"]["cpu"] is not None
-    instructions = results["scenarios"]["instructions"]["vadd"]
-    assert set(instructions) == {"gcc_O2", "gcc_O3_native"} | ({"tvm_llvm"} if tvm else set())
-    for row in instructions.values():  # what the compilers made is reported, not checked
-        assert row["instructions"] > 0 and row["packed_float"] >= 0 and row["scalar_float"] >= 0, row
-    placement = results["scenarios"]["placement"]
-    assert list(placement) == [str(16 << 10)] and len(placement[str(16 << 10)]["us"]) == 6
     flush = results["scenarios"]["cache_flush"]["us"]
     assert {"host_warm", "host_flushed", "host_noop_flushed", "ours_warm", "ours_flushed"} <= set(flush)
     assert {"ours_preproc", "ours_noop_warm", "ours_noop_flushed"} <= set(flush)
