@@ -1,16 +1,13 @@
 """Farm and pytest plugin: bring-up, a parallel suite, the example suite, the artifact cache.
 
-* **ready**: ``FarmStack(load_inventory(BUILTIN_INVENTORIES[NAME]), log_dir).start()`` timed to its return (every
-  board registered and free), then ``stop()``, for ``local`` (the plugin's default farm: two boards, one behind
-  the proxy) and, with ``--emulated``, ``emulated`` (two local boards, an aarch64 and an armhf one), taking turns.
+* **ready**: ``FarmStack(...).start()`` to every board registered and free, then ``stop()``, for the ``local`` farm
+  (the plugin's default) and, with ``--emulated``, the ``emulated`` one, taking turns.
 * **suite**: T tests each holding a board H s (``device`` fixture) on B boards of one key, ``pytest -n W``, taking
   turns with the same tests holding 0 s (``hold0``: its wall time is the start-up). Hold phase (first hold to last
   release) and wall - start-up, each against the ideal T * H / min(B, W); utilisation; queue waits.
 * **examples** (``--emulated``): ``pytest examples -n 4 --farm emulated --device-key KEY`` for each key, after
-  warm-up runs of every key that fill the artifact cache; per key, the sums of the tests' call phases, holds and
-  queue waits; emulated keys against local.
-* **cache** (``--emulated``): ``build_shared`` of each examples/kernels/*.c for x86_64, aarch64 and armhf, a miss
-  (fresh cache) then a hit.
+  warm-ups on every key (filling the artifact cache); per key, the tests' call phases, holds and queue waits summed.
+* **cache** (``--emulated``): ``build_shared`` of each examples/kernels/*.c per architecture, a miss then a hit.
 
 Each inner run must pass every test, else the exit status is 1.
 """
@@ -37,7 +34,6 @@ import harness
 from harness import Headline, Option, Scenario, Tool, judged, ratio_spread, spread, table
 
 from farm.ops.emulators import python_command  # noqa: E402
-from farm.ops.emulators import status as emulator_status  # noqa: E402
 from farm.ops.inventory import BUILTIN_INVENTORIES, load_inventory  # noqa: E402
 from farm.ops.launcher import FarmStack  # noqa: E402
 from farm.ops.targets import EMULATED  # noqa: E402
@@ -276,11 +272,9 @@ def check_args(args: Any) -> Optional[str]:
 
 
 def machine_extra() -> Dict[str, Any]:
-    """pytest's versions, the emulated Pythons and whether bytecode may be written (if not, every start compiles)."""
-    extra: Dict[str, Any] = {name: importlib.metadata.version(name) for name in ("pytest", "pytest-xdist")}
-    with contextlib.suppress(Exception):
-        extra["emulated_pythons"] = {arch: row["python_version"] for arch, row in emulator_status().items()}
-    return dict(extra, pythondontwritebytecode=bool(os.environ.get("PYTHONDONTWRITEBYTECODE")))
+    """pytest's versions and whether bytecode may be written (if not, every start compiles)."""
+    versions = {name: importlib.metadata.version(name) for name in ("pytest", "pytest-xdist")}
+    return dict(versions, pythondontwritebytecode=bool(os.environ.get("PYTHONDONTWRITEBYTECODE")))
 
 
 def setup(args: Any, workdir: str) -> Any:

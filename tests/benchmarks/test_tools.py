@@ -143,7 +143,6 @@ def check_farm_emulated(results: Dict[str, Any]) -> None:
         for name in ("miss_s", "hit_s", "miss_over_hit"):
             check_spread(row[name], 2, (arch, name))
     assert set(cache["arches"]) == {"x86_64", "aarch64", "armhf"}
-    assert set(results["machine"]["emulated_pythons"]) == {"aarch64", "armhf"}
     figures = [row["figure"] for row in results["headline"]]
     assert "emulated farm ready (4 boards, 2 under qemu)" in figures and "artifact cache, 4 kernels: hit" in figures
     assert "example suite, call time aarch64 / local" in figures
