@@ -49,9 +49,7 @@ KEY = "bench"
 KEYS = ("local",) + EMULATED
 TESTS_PER_KEY = 15  # example tests per key: 12 of kernels (examples/test_kernels.py), 3 benchmarks
 TEST_MODULE = """import time
-
 import pytest
-
 
 @pytest.mark.parametrize("index", range({tests}))
 def test_hold(device, index):
@@ -254,10 +252,10 @@ def headline(results: Dict[str, Any]) -> List[Headline]:
         ours = "%.1f x" % row["call"]["median"] if row["call"] else "-"
         rows.append(Headline("example suite, call time %s" % name.replace("_over_", " / "), ours))
     if "cache" in figures:
-        cache = figures["cache"]
-        hit, miss = (cache["arches"]["x86_64"][name]["median"] for name in ("hit_s", "miss_s"))
-        rows.append(Headline("artifact cache, %d kernels: hit" % len(cache["sources"]), "%.2f ms" % (1e3 * hit),
-                             limit="%.2f s, a miss" % miss, ratio="1 / %.0f" % (miss / hit)))  # fmt: skip
+        kernels, row = len(figures["cache"]["sources"]), figures["cache"]["arches"]["x86_64"]
+        rows.append(Headline("artifact cache, %d kernels: hit" % kernels, "%.2f ms" % (1e3 * row["hit_s"]["median"]),
+                             limit="%.2f s, a miss" % row["miss_s"]["median"],
+                             ratio="1 / %.0f" % row["miss_over_hit"]["median"]))  # fmt: skip
     return rows
 
 
