@@ -136,8 +136,9 @@ def take_turns(workdir: str, prepare: Callable[[str, str], Tuple[List[str], str,
         rows = [dict(next(iter(run["keys"].values()), {}), wall_s=run["wall_s"]) for run in mine]
         fields = dict.fromkeys(field for row in rows for field in row)
         variants[name] = {field: spread([row[field] for row in rows if field in row]) for field in fields}
+    every = [run for mine in runs.values() for run in mine] + warm
     failed = ["%s %s: exit code %d, %s" % (run["variant"], run["run"], run["returncode"], run["outcomes"])
-              for run in [run for mine in runs.values() for run in mine] + warm if not run["passed"]]  # fmt: skip
+              for run in every if not run["passed"]]  # fmt: skip
     return {"variants": variants, "runs": runs, "warmup_runs": warm, "failures": failed}
 
 
