@@ -39,14 +39,11 @@ def compare(results: Dict[str, Dict[str, Any]]) -> List[List[str]]:
     rows = []
     for tool, scenario, after, before, field, label, unit in ROWS:
         figures = results[tool]["scenarios"].get(scenario, {})
-        if after not in figures or before not in figures:
-            continue
-        mine, old = figures[after], figures[before]
-        mine, old = (mine[field], old[field]) if field else (mine, old)
-        tvm = figures.get(after.replace("farm", "tvm")) if tool == "tracker" else None
-        versus = "%.1f / %.1f" % (tvm["median"] / old["median"], tvm["median"] / mine["median"]) if tvm else "-"
-        rows.append([label, "%.2f %s" % (old["median"], unit), "%.2f %s" % (mine["median"], unit),
-                     "%.2f" % (mine["median"] / old["median"]), versus])  # fmt: skip
+        if after in figures and before in figures:
+            mine, old = ((figures[name][field] if field else figures[name])["median"] for name in (after, before))
+            tvm = figures.get(after.replace("farm", "tvm"), {}).get("median") if tool == "tracker" else None
+            versus = "%.1f / %.1f" % (tvm / old, tvm / mine) if tvm else "-"
+            rows.append([label, "%.2f %s" % (old, unit), "%.2f %s" % (mine, unit), "%.2f" % (mine / old), versus])
     return rows
 
 
