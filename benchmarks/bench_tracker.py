@@ -3,24 +3,22 @@
 On loopback, in one run; the TVM side runs when the ``tvm`` extra imports (``--no-tvm`` leaves it out):
 
 * **requests**: from ``connect_tracker(...)`` to the first remote call answered on a free board (``request(key)``,
-  then ``ping()`` on ours, ``rpc.test.addone(1)`` on TVM's); also with the tracker connection kept, and from a
-  fresh client process (the clock starts after the client library's import). Each repeat closes the session and
-  waits until the board is offered again; the variants take turns. ``--before DIR`` adds a tracker and a board of
-  the checkout in DIR (the fresh process uses that checkout's client too).
-* **concurrency**: many client threads cycling request -> ping -> close over a few boards of one key, each with a
-  random priority; once plain, once with progress reports. Cycles per second; every board free again and nothing
-  pending; from the tracker's log of hand-outs, requests served in priority order, then arrival order.
+  then ``ping()`` on ours, ``rpc.test.addone(1)`` on TVM's), also with the tracker connection kept. Each repeat
+  closes the session and waits until the board is offered again; the variants take turns. ``--before DIR`` adds a
+  tracker and a board of the checkout in DIR.
+* **concurrency**: client threads cycling request -> ping -> close over a few boards of one key, each with a random
+  priority; once plain, once with progress reports. Cycles per second; every board free again and nothing pending;
+  from the tracker's log of hand-outs, requests served in priority order, then arrival order.
 * **summary** of a tracker with many registered boards: ours with our client, TVM's with TVM's and with ours.
-* **scale**: a tracker grown along plans (more boards, more waiting requests, both) with a steady stream of
+* **scale**: a tracker grown along plans (more boards, more waiting requests, both), with a steady stream of
   releases at each size: request to assignment p50 and p99, memory per board and per waiting request, SUMMARY
   time, CPU per 1,000 hand-outs, and how each grows.
-* **board**: sessions one after the other on a local and on emulated boards: sessions per second, time to open
+* **board**: sessions one after the other on a local board and emulated ones: sessions per second, time to open
   one, the memory of a session and of the daemon as sessions go by.
 
-The registered boards and waiting requests are light peers (:class:`Crowd`: raw sockets speaking the tracker
-protocol, on one selector loop in this process). With matplotlib (the ``bench`` extra) scale and board draw their
-curves into ``--figures DIR`` as SVG. Scale and board measure this checkout alone (not run with ``--before``).
-Times are milliseconds. A failed check of the concurrency run makes the exit status 1.
+Registered boards and waiting requests are light peers (:class:`Crowd`). Scale and board measure this checkout
+alone (they do not run with ``--before``) and, with matplotlib (the ``bench`` extra), draw their curves into
+``--figures DIR`` as SVG. Times are milliseconds. A failed check of the concurrency run makes the exit status 1.
 """
 
 from __future__ import annotations
@@ -118,18 +116,8 @@ class Processes:
     def tvm(self, module: str, *extra: str) -> Address:
         """TVM's ``rpc_tracker`` or ``rpc_server`` (which take no port 0, but a range)."""
         first, end = harness.port_range(HOST)
-        argv = [
-            sys.executable,
-            "-m",
-            "tvm.exec." + module,
-            "--host",
-            HOST,
-            "--port",
-            str(first),
-            "--port-end",
-            str(end),
-        ]
-        return self.start(module, [*argv, *extra])[1]
+        argv = [sys.executable, "-m", "tvm.exec." + module, "--host", HOST, "--port", str(first)]
+        return self.start(module, [*argv, "--port-end", str(end), *extra])[1]
 
     def stop(self, keep: int = 0) -> None:
         """Stop every daemon but the first ``keep``."""
@@ -188,8 +176,12 @@ class Crowd:
     releases it. All requests have the same priority, so a connection's requests are served oldest first.
     """
 
-    def __init__(self, tracker: Address, key: str, fd_budget: int = 1 << 30) -> None:
+    def __init__(self, tracker: Address, key: str, fd_budget: int = 1 << 30, tvm: bool = False) -> None:
         self.tracker, self.key, self.fd_budget = tracker, key, fd_budget  # connections this process may hold
+        # TVM's tracker listens with a backlog of 1, and writes a reply in two pieces (length, then JSON): its
+        # second is held by Nagle's algorithm until the first is acknowledged, which a delayed ACK puts off by
+        # some 40 ms. So to TVM's, peers connect one at a time and acknowledge every segment at once (Linux).
+        self.batch, self.quickack = (1, getattr(socket, "TCP_QUICKACK", None)) if tvm else (BATCH, None)
         self.selector = selectors.DefaultSelector()
         self.boards: List[Peer] = []
         self.clients: List[Peer] = []
@@ -203,9 +195,9 @@ class Crowd:
     def _join(self, count: int, port: Callable[[], int], message: Callable[[Peer], bytes], replies: int) -> None:
         """``count`` new peers, in batches: each sends the magic alone (TVM's tracker wants it in a segment of its
         own), then ``message(peer)`` and a PING; return once each has had ``replies`` plain replies."""
-        for first in range(0, count, BATCH):
+        for first in range(0, count, self.batch):
             batch = []
-            for _ in range(min(BATCH, count - first)):
+            for _ in range(min(self.batch, count - first)):
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 batch.append(Peer(sock, port()))
                 self.selector.register(sock, selectors.EVENT_READ, batch[-1])
@@ -256,6 +248,8 @@ class Crowd:
         """Read whatever arrived within ``timeout`` seconds; a client handed a board asks again at once."""
         for key, _ in self.selector.select(timeout):
             peer: Peer = key.data
+            if self.quickack is not None:
+                peer.sock.setsockopt(socket.IPPROTO_TCP, self.quickack, 1)
             data = peer.sock.recv(65536)
             now = time.perf_counter()
             if not data:
@@ -501,14 +495,19 @@ def load_phase(args: Any, tracker: DaemonProcess, watch: TrackerClient, phase: s
         "order_ok": order["priority_violations"] == order["arrival_order_violations"] == 0,
         "order_checked": order["priority_constraints"] + order["arrival_constraints"] > 0 or phase == "plain",
     }  # fmt: skip
+    by_priority = {}
+    for level in range(args.priorities):
+        mine = [(c.served - c.sent) * 1e3 for c in cycles if c.priority == level and c.served is not None]
+        by_priority[str(level)] = {"clients": sum(c.priority == level for c in clients), "cycles": len(mine),
+                                   "median_wait_ms": statistics.median(mine) if mine else None,
+                                   "max_wait_ms": max(mine, default=None)}  # fmt: skip
     passed = ("boards_all_free", "every_request_logged", "order_ok", "order_checked")
     checks["pass"] = all(checks[name] for name in passed) and not errors and not checks["stuck_clients"]
     return {"duration_s": end - start, "cycles_in_window": len(in_window), "cycles_total": len(cycles),
             "cycles_per_s": len(in_window) / (end - start), "waiting_messages": sum(c.reports for c in clients),
             "request_wait_median_ms": statistics.median(waits) if waits else None,
             "request_wait_p99_ms": float(np.percentile(waits, 99)) if waits else None,
-            "clients_by_priority": [sum(c.priority == level for c in clients) for level in range(args.priorities)],
-            "order": order, "checks": checks}  # fmt: skip
+            "by_priority": by_priority, "order": order, "checks": checks}  # fmt: skip
 
 
 def measure_concurrency(procs: Processes, args: Any) -> Dict[str, Any]:
@@ -545,7 +544,7 @@ def measure_summaries(procs: Processes, args: Any) -> Dict[str, Any]:
     try:
         for side in sides:
             address = procs.tracker()[1] if side == "farm" else procs.tvm("rpc_tracker")
-            crowds.append(Crowd(address, KEY_FAKE))
+            crowds.append(Crowd(address, KEY_FAKE, tvm=side == "tvm"))
             began = time.perf_counter()
             crowds[-1].add_boards(args.fake_boards)
             registered = time.perf_counter() - began
