@@ -232,11 +232,11 @@ class Crowd:
         room = self.fd_budget - len(self.boards) - len(self.clients)
         if room < 1:
             raise RuntimeError("no descriptors left for clients")
-        each, left = max(1, math.ceil(count / room)), [count]
+        each = max(1, math.ceil(count / room))
+        shares = iter([min(each, count - first) for first in range(0, count, each)])  # one per new connection
 
         def ask(client: Peer) -> bytes:
-            asks = min(each, left[0])
-            left[0] -= asks
+            asks = next(shares)
             self.requests += asks
             client.asked.extend([time.perf_counter()] * asks)
             return self._request * asks
