@@ -972,7 +972,7 @@ TOOL = Tool(
         "sessions": Option(400, 10, "sessions one after the other on the local board"),
         "emulated_sessions": Option(60, 4, "the same on each emulated board"),
         "memory_samples": Option(5, 2, "sessions whose process memory is read, per board"),
-        "emulated": Option(["aarch64"], [], "comma-separated architectures of emulated boards", names),
+        "emulated": Option([], [], "comma-separated architectures of emulated boards (aarch64, armhf)", names),
         "figures": Option("", "", "directory of the SVG plots of scale and board (docs/figures for the docs)", str),
     },
     setup=setup,
