@@ -79,8 +79,6 @@ def check_tracker(results: Dict[str, Any]) -> None:
     for name in sides + [side + "_kept" for side in sides]:
         assert request[name]["rounds"] == 3 and positive(request[name]["first"]), name
         assert positive(request[name]["free_again_ms"]["median"]), name
-    for side in sides:
-        assert request[side + "_fresh"]["rounds"] == 1 and positive(request[side + "_fresh"]["median"]), side
     for phase in ("plain", "progress"):
         load = results["scenarios"]["concurrency"][phase]
         assert load["checks"]["pass"] and load["cycles_in_window"] > 0, load["checks"]
@@ -89,6 +87,7 @@ def check_tracker(results: Dict[str, Any]) -> None:
     assert summary["boards"] == 50 and positive(summary["farm"]["median"])
     assert ("summary_tvm_over_farm" in results["ratios"]) == tvm
     assert isinstance(results["ratios"]["request_before_over_farm"]["ratio"], float)
+    assert "scale" not in results["scenarios"] and "board" not in results["scenarios"]  # this checkout's alone
 
 
 def check_spread(row: Dict[str, Any], count: int, where: object) -> None:
@@ -248,29 +247,29 @@ def check_pipeline(results: Dict[str, Any]) -> None:
 
 
 def check_scale(results: Dict[str, Any]) -> None:
-    tracker, board = results["scenarios"]["tracker"], results["scenarios"]["board"]
+    scale, board = results["scenarios"]["scale"], results["scenarios"]["board"]
     steps = {"boards": [(10, 10), (100, 10)], "waiters": [(10, 10), (10, 100)], "diagonal": [(10, 10), (100, 100)]}
-    assert tracker["sizes"] == [10, 100] and set(tracker["plans"]) == set(tracker["before"]["plans"]) == set(steps)
-    for side in (tracker, tracker["before"]):
-        for plan, rows in side["plans"].items():
-            assert [(row["boards"], row["requests"]) for row in rows] == steps[plan], plan
-            for row in rows:
-                latency = row["latency_ms"]
-                assert latency["count"] == 100 and 0 < latency["p50"] <= latency["p99"] <= latency["max"], row
-                assert row["connections"] == row["boards"] + row["requests"] and row["cpu_ms_per_1000"] >= 0, row
-                assert positive(row["summary_ms"]) and positive(row["summary_bytes"]) and positive(row["rss_kb"])
-            assert set(side["growth"][plan]) == {"latency_p50", "cpu_per_handout", "kb_per_board", "kb_per_request",
-                                                 "summary"}  # fmt: skip
-    assert positive(tracker["plans"]["boards"][-1]["kb_per_board"]), tracker["plans"]["boards"]
-    assert positive(tracker["plans"]["waiters"][-1]["kb_per_request"]), tracker["plans"]["waiters"]
-    corner = tracker["corner"]
+    assert scale["sizes"] == [10, 100] and set(scale["plans"]) == set(steps)
+    for plan, rows in scale["plans"].items():
+        assert [(row["boards"], row["requests"]) for row in rows] == steps[plan], plan
+        for row in rows:
+            latency = row["latency_ms"]
+            assert latency["count"] == 100 and 0 < latency["p50"] <= latency["p99"] <= latency["max"], row
+            assert row["connections"] == row["boards"] + row["requests"] and row["cpu_ms_per_1000"] >= 0, row
+            assert positive(row["summary_ms"]) and positive(row["summary_bytes"]) and positive(row["rss_kb"])
+        assert set(scale["growth"][plan]) == {"latency_p50", "cpu_per_handout", "kb_per_board", "kb_per_request",
+                                              "summary"}  # fmt: skip
+    assert positive(scale["plans"]["boards"][-1]["kb_per_board"]), scale["plans"]["boards"]
+    assert positive(scale["plans"]["waiters"][-1]["kb_per_request"]), scale["plans"]["waiters"]
+    corner = scale["corner"]
     assert (corner["boards"], corner["requests"]) == (100, 100) and isinstance(corner["met"], bool)
+    assert isinstance(scale["flat"], bool) and isinstance(scale["worst_exponent"], float)
     assert set(board["boards"]) == {"local", "aarch64"}
     for name, row in board["boards"].items():
         assert row["curve"][-1]["served"] == row["sessions"] and positive(row["sessions_per_s"]), name
         assert all(positive(value) for value in row["session_kb"].values()) and row["forked"] >= 1, name
         assert 0 < row["open_ms"]["median"] <= row["open_ms"]["max"], name
-    for scenario in (tracker, board):
+    for scenario in (scale, board):
         drawn = scenario["figures"]
         try:
             import matplotlib  # noqa: F401
@@ -298,12 +297,16 @@ TOOLS: Dict[str, Any] = {
         ["--quick", "--rounds", "1", "--emulated", "--only", "ready,examples,cache"],
         check_farm_emulated,
     ),  # fmt: skip
-    "tracker": ("benchmarks/bench_tracker.py", ["--quick", "--before", str(PROJECT)], check_tracker),
+    "tracker": (
+        "benchmarks/bench_tracker.py",
+        ["--quick", "--before", str(PROJECT), "--only", "requests,concurrency,summary,scale,board"],
+        check_tracker,
+    ),
     "timing": ("benchmarks/bench_timing.py", ["--quick"], check_timing),
     "pipeline": ("benchmarks/bench_pipeline.py", ["--quick"], check_pipeline),
     "scale": (
-        "benchmarks/bench_scale.py",
-        ["--quick", "--emulated", "aarch64", "--figures", "figures", "--before", str(PROJECT)],
+        "benchmarks/bench_tracker.py",
+        ["--quick", "--only", "scale,board", "--emulated", "aarch64", "--figures", "figures", "--no-tvm"],
         check_scale,
     ),
     "dataplane": (
