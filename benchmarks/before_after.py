@@ -30,7 +30,6 @@ ROWS = (
     ("dataplane", "transfers", "farm_download", "before_download", "", "download", "MB/s"),
     ("tracker", "requests", "farm", "before", "", "request to a ready session", "ms"),
     ("tracker", "requests", "farm_kept", "before_kept", "", "same, tracker connection kept", "ms"),
-    ("tracker", "requests", "farm_fresh", "before_fresh", "", "same, fresh client process", "ms"),
 )
 
 
