@@ -55,8 +55,12 @@ SANITIZER_ENV = {
     "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
 }
 SANITIZER_REPORT = re.compile(r"ERROR: (Address|Leak)Sanitizer|runtime error:|SUMMARY: UndefinedBehaviorSanitizer")
-#: Marks a test (or with ``pytestmark``, a module) to run against every board server.
-every_board_server = pytest.mark.board_servers(*BOARD_SERVERS)
+#: The native build the board tests run: the sanitized one where it is made (it is the plain build's code, at the
+#: same optimisation, with every report fatal); the plain build runs tests/integration/test_native_board.py, the
+#: example suite on native boards of every architecture, and the benchmarks.
+NATIVE_CHECKED = NATIVE_SERVERS[-1]
+#: Marks a test (or with ``pytestmark``, a module) to run against both board servers: Python's and the native one.
+every_board_server = pytest.mark.board_servers("python", NATIVE_CHECKED)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -43,7 +43,7 @@ from fuzz_streams import Fields, cut, edit, mutate, random_bytes, random_json, r
 
 import farm
 from conftest import (
-    BOARD_SERVERS,
+    NATIVE_CHECKED,
     BoardServer,
     board_server_named,
     check_sanitizer_log,
@@ -124,7 +124,7 @@ def daemons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., 
         daemon.stop()
 
 
-@pytest.fixture(scope="module", params=BOARD_SERVERS)
+@pytest.fixture(scope="module", params=["python", NATIVE_CHECKED])
 def board(
     request: pytest.FixtureRequest, daemons: Callable[..., DaemonProcess], native_builds: Dict[bool, str]
 ) -> Iterator[DaemonProcess]:

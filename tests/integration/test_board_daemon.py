@@ -25,7 +25,15 @@ import pytest
 from farm_certs import TlsFiles
 
 import farm
-from conftest import NATIVE_SERVERS, board_server_named, every_board_server, python_env, read_until_closed, wait_for
+from conftest import (
+    NATIVE_CHECKED,
+    NATIVE_SERVERS,
+    board_server_named,
+    every_board_server,
+    python_env,
+    read_until_closed,
+    wait_for,
+)
 from farm.net.tls import ENV as TLS_ENV
 from farm.ops.processes import DaemonProcess
 from farm.protocol.calls import encode_call
@@ -191,8 +199,8 @@ def board(
 
 
 #: Run a test on a plain board, on one under TLS (where the daemon relays the session's bytes), and on the native
-#: boards (which offer no TLS yet).
-EVERY_BOARD = pytest.mark.parametrize("board", ["plain", "tls", *NATIVE_SERVERS], indirect=True)
+#: board (which offers no TLS yet).
+EVERY_BOARD = pytest.mark.parametrize("board", ["plain", "tls", NATIVE_CHECKED], indirect=True)
 
 
 @pytest.fixture

