@@ -1,9 +1,10 @@
 """Apache TVM's own RPC pieces against ours, all as real processes on 127.0.0.1.
 
-TVM's tracker, board server (``tvm.exec.rpc_server``) and query tool run as child
-processes, each in its own process group and stopped at teardown; TVM's client runs in
-this process, in a thread with a deadline so that a request that is never answered fails
-the test instead of hanging it. Waits poll a condition against a deadline.
+TVM's tracker and board server (``tvm.exec.rpc_server``) run as child processes, each in
+its own process group and stopped at teardown; TVM's client and query tool (its ``main``,
+the tool's whole code, with its arguments) run in this process, the client in a thread
+with a deadline so that a request that is never answered fails the test instead of
+hanging it. Waits poll a condition against a deadline.
 
 Needs the project's ``tvm`` extra (``pip install -e ".[tvm]"``); the module is skipped
 only where ``import tvm`` fails.
@@ -11,7 +12,9 @@ only where ``import tvm`` fails.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
 import re
 import socket
 import subprocess
@@ -26,6 +29,7 @@ import pytest
 try:
     import tvm
     from tvm import rpc as tvm_rpc
+    from tvm.exec import query_rpc_tracker
     from tvm.rpc.client import RPCSession
 except ImportError as exc:  # the tvm extra is not installed (or needs Python 3.10+)
     pytest.skip("Apache TVM is not importable (%s); install the tvm extra" % exc, allow_module_level=True)
@@ -81,11 +85,15 @@ def port_range(span: int = 200) -> Tuple[int, int]:
 
 
 def query_tool(address: Address) -> Tuple[Set[Tuple[str, str]], Dict[str, Tuple[int, int, int]], str]:
-    """Run ``python -m tvm.exec.query_rpc_tracker``: its server list, queue status per key, and the text."""
-    argv = [sys.executable, "-m", "tvm.exec.query_rpc_tracker", "--host", address[0], "--port", str(address[1])]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=python_env())
-    assert done.returncode == 0, "the query tool failed:\n%s%s" % (done.stdout, done.stderr)
-    text = done.stdout
+    """Run TVM's ``query_rpc_tracker`` (in this process: TVM imports in seconds): its server list, queue status
+    per key, and the text."""
+    argv, sys.argv = sys.argv, ["query_rpc_tracker", "--host", address[0], "--port", str(address[1])]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            query_rpc_tracker.main()
+    finally:
+        sys.argv = argv
+    text = out.getvalue()
     assert "Server List" in text and "Queue Status" in text, text
     servers_part, queue_part = text.split("Queue Status", 1)
     servers = set(re.findall(r"^(\S+:\d+)\s+(server:\S+)\s*$", servers_part, re.MULTILINE))
