@@ -65,7 +65,7 @@ QUIET_END = 2.0
 START_DEADLINE, CLIENT_GRACE = 60.0, 30.0
 #: The tool's options: the load, the farm, the chaos and the harness.
 OPTIONS = {
-    "duration": Option(180.0, 15.0, "seconds the clients cycle", float),
+    "duration": Option(180.0, 8.0, "seconds the clients cycle", float),
     "clients": Option(12, 6, "client processes"),
     "priorities": Option(4, 4, "priorities drawn from 0..N-1"),
     "wait": Option(30.0, 30.0, "seconds a request waits for a board at most", float),
