@@ -705,6 +705,7 @@ int serve_board(const Options *o, const unsigned char *secret, size_t secret_len
     if (o->through_proxy) b.port = o->port;
     else if (listen_on(&b)) return 1;
     if (make_work_dir(&b)) return 1;
+    if (b.own_work_dir && spawner_work_dir(spawner, b.work_dir)) b.spawner_gone = 1;
     char host[256] = "";
     gethostname(host, sizeof host - 1);
     if (o->name[0]) snprintf(b.name, sizeof b.name, "%s", o->name);

@@ -2,8 +2,9 @@
  * reads the farm secret, so neither the spawner nor any session it forks ever held the secret in its memory. The
  * daemon hands it each admitted connection over a SOCK_SEQPACKET pair (SCM_RIGHTS) with the session's order; the
  * spawner forks the session process, reaps it, kills what it left behind (the spawner is a subreaper) and reports
- * how it ended. When the daemon is gone (its end of the pair closes) the spawner kills the running session and
- * exits. Messages: one byte of kind, then packed fields. */
+ * how it ended. When the daemon is gone (its end of the pair closes) the spawner does what the Python board's
+ * watchdog does: it kills the running session and its cgroup, removes the session's directory and the daemon's own
+ * work directory, and the farm's cgroups, and exits. Messages: one byte of kind, then packed fields. */
 #define _GNU_SOURCE
 #include "board.h"
 
@@ -23,6 +24,7 @@
 /* The daemon's orders: start a session (with its connection), kill the running session's process group. */
 #define ORDER_START 'S'
 #define ORDER_KILL 'K'
+#define ORDER_WORK_DIR 'W' /* the work directory the daemon made, removed when the daemon is gone */
 /* Largest order: the directory, the key, the board's name, the cgroup's name and the bytes after the handshake. */
 #define MAX_ORDER (64u << 10)
 #define MAX_REPORT 1024
@@ -37,6 +39,8 @@ typedef struct {
     const Confinement *confinement;
     pid_t session;        /* the running session's pid and process group (0: none) */
     char cgroup[64];      /* its cgroup's name ("": none) */
+    char *directory;      /* the last session's directory (NULL: none yet) */
+    char *work_dir;       /* the daemon's own work directory (NULL: one it was given) */
 } SpawnerProcess;
 
 static int child_wake = -1;
@@ -178,6 +182,8 @@ static void start(SpawnerProcess *p, const unsigned char *message, size_t len, i
     SessionOrder order = {text[0], text[1], text[2], get_u64(message + 1), get_u64(message + 9), p->status,
                           (const unsigned char *)text[4], lengths[4], get_u64(message + 17)};
     snprintf(p->cgroup, sizeof p->cgroup, "%s", text[3]);
+    free(p->directory);
+    p->directory = xstrdup(text[0]);
     pid_t pid = fork();
     if (pid < 0) {
         report_failure(p, "cannot start a session process: %s", strerror(errno));
@@ -214,6 +220,12 @@ static int on_order(SpawnerProcess *p, unsigned char *message) {
     if (message[0] == ORDER_START && count == 1 && !(msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)))
         start(p, message, (size_t)got, fds[0]);
     else if (message[0] == ORDER_KILL) kill_session(p);
+    else if (message[0] == ORDER_WORK_DIR && got > 1 && !memchr(message + 1, 0, (size_t)got - 1)) {
+        free(p->work_dir);
+        p->work_dir = xmalloc((size_t)got);
+        memcpy(p->work_dir, message + 1, (size_t)got - 1);
+        p->work_dir[got - 1] = 0;
+    }
     else log_msg(LOG_ERROR, "the session spawner got an unexpected order '%c'; ignored", message[0]);
     for (int k = 0; k < count; k++) close(fds[k]);
     return 0;
@@ -246,6 +258,10 @@ static int spawner_main(SpawnerProcess *p) {
     reap(p, 1);
     if (p->cgroup[0]) cgroup_remove(p->confinement, p->cgroup);
     confinement_destroy(p->confinement);
+    if (p->directory) remove_tree(p->directory);
+    if (p->work_dir) remove_tree(p->work_dir);
+    free(p->directory);
+    free(p->work_dir);
     free(message);
     return 0;
 }
@@ -318,6 +334,17 @@ int spawner_order(Spawner *sp, int fd, const SessionOrder *order, const char *cg
     ssize_t sent = sendmsg(sp->fd, &msg, MSG_NOSIGNAL);
     free(message);
     return sent == (ssize_t)total ? 0 : -1;
+}
+
+int spawner_work_dir(Spawner *sp, const char *path) {
+    size_t n = strlen(path);
+    if (n + 1 > MAX_ORDER) return -1;
+    char *message = xmalloc(n + 1);
+    message[0] = ORDER_WORK_DIR;
+    memcpy(message + 1, path, n);
+    ssize_t sent = send(sp->fd, message, n + 1, MSG_NOSIGNAL);
+    free(message);
+    return sent == (ssize_t)(n + 1) ? 0 : -1;
 }
 
 int spawner_kill(Spawner *sp) {

@@ -5,6 +5,10 @@ Each scenario runs a whole farm (tests/faults/fault_farm.py) whose board runs
 code from tests/kernels/confine.c, and ends with :func:`assert_farm_whole`: the
 board is free again, no process of the session is left, nor its directory.
 Where the board has cgroups (root on Linux), each session's cgroup is gone too.
+
+The scenarios run on the native board as well (``board_servers``), but for the daemon's watchdog, which only the
+Python board has: the launcher's build for a farm's own boards, and the sanitized build where the test starts the
+board itself, but where a memory limit is set, which AddressSanitizer's reserved address space would exceed.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import pytest
 from fault_farm import FaultFarm, assert_farm_whole, fault_farms
 
 import farm
-from conftest import wait_for
+from conftest import NATIVE_SERVERS, BoardServer, wait_for
 from farm.board import confine
 from farm.ops.processes import DaemonProcess
 from farm.ops.toolchain import compile_shared
@@ -36,6 +40,8 @@ ROOT_SESSIONS = "tracker: {port: 0}\nboards:\n  - {key: k, count: 1, session_use
 CONFINED = "sessions are confined in cgroups"
 #: A user id no other process runs as (RLIMIT_NPROC counts every process of the user).
 LONE_UID = 61234
+#: The native board a test starts itself, sanitized where the build can be (x86_64).
+CHECKED_NATIVE = NATIVE_SERVERS[-1]
 MAXIMUM = r"the board's maximum session time of 2 s \(--max-session-time; the client "
 
 
@@ -47,8 +53,10 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., FaultFarm]]:
-    with fault_farms(tmp_path, monkeypatch) as starter:
+def start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, board_server: BoardServer
+) -> Iterator[Callable[..., FaultFarm]]:
+    with fault_farms(tmp_path, monkeypatch, board_server) as starter:
         yield starter
 
 
@@ -80,6 +88,7 @@ def assert_removed(cgroups: List[str]) -> None:
 # --- nothing outlives its session ---------------------------------------------------------
 
 
+@pytest.mark.board_servers("python", "native")
 @pytest.mark.parametrize("killer", ["session", "operator"])
 def test_detached_process_dies_when_the_daemon_is_killed(
     start: Callable[..., FaultFarm], library: Path, killer: str
@@ -107,6 +116,8 @@ def test_detached_process_dies_when_the_daemon_is_killed(
     else:
         os.kill(daemon.pid, signal.SIGKILL)
     wait_for(lambda: not alive(daemon.pid), 5, "the board daemon is dead")
+    # the session follows the daemon a moment later: killed by its spawner, which the daemon's death wakes
+    wait_for(lambda: not alive(info["pid"]), 5, "the session process dies with the daemon")
     with pytest.raises(farm.SessionLostError) as caught:
         session.ping()
     wait_for(lambda: not alive(detached), 5, "the detached process %d dies with the daemon" % detached)
@@ -150,6 +161,7 @@ def test_detached_process_dies_when_the_daemon_and_its_watchdog_are_killed(
     assert_farm_whole(faulty, caught.value, farm.SessionLostError, [says], restarted=["k-0"])
 
 
+@pytest.mark.board_servers("python", "native")
 def test_detached_process_dies_at_the_end_of_the_session(start: Callable[..., FaultFarm], library: Path) -> None:
     faulty = start(ONE_BOARD)
     session = faulty.request("k")
@@ -163,6 +175,7 @@ def test_detached_process_dies_at_the_end_of_the_session(start: Callable[..., Fa
     assert_farm_whole(faulty)
 
 
+@pytest.mark.board_servers("python", "native")
 def test_each_session_has_its_own_cgroup_removed_at_its_end(start: Callable[..., FaultFarm], library: Path) -> None:
     """Each session's processes are in a cgroup of their own below the board's, which holds no session's
     cgroup once the session ended, and is gone once the board stopped."""
@@ -193,6 +206,7 @@ def board_with(faulty: FaultFarm, *options: str) -> DaemonProcess:
     return daemon
 
 
+@pytest.mark.board_servers("python", CHECKED_NATIVE)
 def test_fork_bomb_is_bounded_by_the_process_limit(start: Callable[..., FaultFarm], library: Path) -> None:
     """A fork bomb (2^8 processes unbounded) stops at --session-processes; the session goes on, and when it
     ends everything it forked goes with it."""
@@ -210,6 +224,7 @@ def test_fork_bomb_is_bounded_by_the_process_limit(start: Callable[..., FaultFar
     assert "the process limit of 32 refused" in daemon.log_text()
 
 
+@pytest.mark.board_servers("python", CHECKED_NATIVE)
 def test_open_files_flood_stops_at_the_limit(start: Callable[..., FaultFarm], library: Path) -> None:
     faulty = start(ONE_BOARD)
     faulty.add_board("c", extra=["--session-open-files", "64"])
@@ -222,6 +237,7 @@ def test_open_files_flood_stops_at_the_limit(start: Callable[..., FaultFarm], li
     assert_farm_whole(faulty)
 
 
+@pytest.mark.board_servers("python", "native")
 def test_memory_over_the_limit_ends_the_session(start: Callable[..., FaultFarm], library: Path) -> None:
     """A session that takes 512 MB on a board that allows 64: the kernel kills it, and the client is told why."""
     faulty = start(ONE_BOARD)
@@ -240,6 +256,7 @@ def test_memory_over_the_limit_ends_the_session(start: Callable[..., FaultFarm],
     assert_farm_whole(faulty, caught.value, farm.SessionLostError, says)
 
 
+@pytest.mark.board_servers("python", CHECKED_NATIVE)
 def test_files_flood_is_stopped_by_the_files_quota(start: Callable[..., FaultFarm], library: Path) -> None:
     """A session that creates 20,000 empty files on a board that allows 1,000: the board ends it."""
     faulty = start(ONE_BOARD)
@@ -259,6 +276,7 @@ def test_files_flood_is_stopped_by_the_files_quota(start: Callable[..., FaultFar
     assert_farm_whole(faulty, caught.value, farm.SessionLostError, says)
 
 
+@pytest.mark.board_servers("python", CHECKED_NATIVE)
 @pytest.mark.parametrize(
     "asked, says",
     [
@@ -304,6 +322,7 @@ def shared_dir() -> Iterator[Path]:
     shutil.rmtree(str(path), ignore_errors=True)
 
 
+@pytest.mark.board_servers("python", "native")
 def test_a_board_that_is_not_root_falls_back_to_resource_limits(
     start: Callable[..., FaultFarm], library: Path, shared_dir: Path
 ) -> None:
@@ -321,7 +340,7 @@ def test_a_board_that_is_not_root_falls_back_to_resource_limits(
     session = faulty.request("c")
     found = limits_of(session.system_info()["pid"])
     assert (found["Max open files"], found["Max core file size"]) == ("64", "0")
-    assert 16 < int(found["Max processes"]) <= 16 + 5  # 16 more than the user ran then: the daemon, its watchdog...
+    assert 16 < int(found["Max processes"]) <= 16 + 5  # 16 more than the user ran then: the daemon, its spawner...
     assert found["Max data size"] == str(64 << 20)
     session.upload(library)
     module = session.load_module("libconfine.so")
@@ -335,6 +354,7 @@ def test_a_board_that_is_not_root_falls_back_to_resource_limits(
     wait_for(lambda: not list(shared_dir.glob("session-*")), 5, "the session's directory is removed")
 
 
+@pytest.mark.board_servers("python", "native")
 def test_an_inventorys_limits_reach_its_boards(start: Callable[..., FaultFarm], kernels: Dict[str, Path]) -> None:
     """A board group's ``limits`` in the inventory become its boards' options: here its maximum session time."""
     faulty = start("tracker: {port: 0}\nboards:\n  - {key: k, limits: {max_session_time: 2, open_files: 100}}\n")
