@@ -12,6 +12,7 @@ import contextlib
 import os
 import pwd
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -174,6 +175,22 @@ def test_the_session_process_starts_without_the_secret(
         assert kept.numpy().tobytes() == marker
     assert found == ["marker"], found
     assert in_spawner == ["order"], in_spawner
+
+
+def test_a_dead_spawner_stops_the_daemon(board_factory: Callable[..., DaemonProcess]) -> None:
+    """A daemon whose session spawner died starts no other (forked from the daemon now, it would hold the secret):
+    its session dies with the spawner, the client is told the board stopped, and the daemon exits 1 for its
+    supervisor to start it again."""
+    daemon = board_factory(key=KEY)
+    session = farm.connect(*daemon.address, key=KEY)
+    pid = session.system_info()["pid"]
+    spawner = _parent(pid)
+    os.kill(spawner, signal.SIGKILL)
+    assert daemon.process.wait(timeout=30) == 1
+    assert "the session spawner (pid %d) is gone" % spawner in daemon.log_text()
+    with pytest.raises(farm.SessionLostError, match="the board daemon shut down"):
+        session.ping()
+    session.close()
 
 
 @pytest.mark.parametrize("option", ["--tls-cert", "--tls-key", "--tls-ca", "--tls-server-name"])
