@@ -41,6 +41,7 @@ typedef struct {
     char cgroup[64];      /* its cgroup's name ("": none) */
     char *directory;      /* the last session's directory (NULL: none yet) */
     char *work_dir;       /* the daemon's own work directory (NULL: one it was given) */
+    int daemon_gone;      /* nobody to report to */
 } SpawnerProcess;
 
 static int child_wake = -1;
@@ -58,7 +59,7 @@ static void report(SpawnerProcess *p, char kind, const void *body, size_t len) {
     if (len > sizeof message - 1) len = sizeof message - 1;
     message[0] = (unsigned char)kind;
     memcpy(message + 1, body, len);
-    if (send(p->sock, message, len + 1, MSG_NOSIGNAL) < 0)
+    if (!p->daemon_gone && send(p->sock, message, len + 1, MSG_NOSIGNAL) < 0)
         log_msg(LOG_ERROR, "the session spawner cannot reach the daemon: %s", strerror(errno));
 }
 
@@ -254,6 +255,7 @@ static int spawner_main(SpawnerProcess *p) {
         reap(p, 0);
     }
     /* the daemon is gone: nothing of its sessions may outlive it */
+    p->daemon_gone = 1;
     kill_session(p);
     reap(p, 1);
     if (p->cgroup[0]) cgroup_remove(p->confinement, p->cgroup);
