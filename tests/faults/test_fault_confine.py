@@ -6,9 +6,10 @@ code from tests/kernels/confine.c, and ends with :func:`assert_farm_whole`: the
 board is free again, no process of the session is left, nor its directory.
 Where the board has cgroups (root on Linux), each session's cgroup is gone too.
 
-The scenarios run on the native board as well (``board_servers``), but for the daemon's watchdog, which only the
-Python board has: the launcher's build for a farm's own boards, and the sanitized build where the test starts the
-board itself, but where a memory limit is set, which AddressSanitizer's reserved address space would exceed.
+The scenarios run on the native board as well (``board_servers``), but for the daemon's watchdog, which only
+the Python board has (the native board's spawner does its part, and has a scenario of its own): the launcher's
+build for a farm's own boards, and the sanitized build where the test starts the board itself, but where a memory
+limit is set, which AddressSanitizer's reserved address space would exceed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List
 
 import pytest
-from fault_farm import FaultFarm, assert_farm_whole, fault_farms
+from fault_farm import FaultFarm, assert_farm_whole, fault_farms, parent_and_start
 
 import farm
 from conftest import NATIVE_SERVERS, BoardServer, wait_for
@@ -162,6 +163,40 @@ def test_detached_process_dies_when_the_daemon_and_its_watchdog_are_killed(
 
 
 @pytest.mark.board_servers("python", "native")
+@pytest.mark.board_servers("native")
+def test_detached_process_dies_when_the_daemon_and_its_spawner_are_killed(
+    start: Callable[..., FaultFarm], library: Path
+) -> None:
+    """The native board has no watchdog: its session spawner cleans up after a dead daemon. With both killed (the
+    daemon stopped first, so that it cannot end the session when its spawner dies), the board the launcher starts
+    in its place kills what is left in the dead daemon's cgroups and removes them."""
+    faulty = start(ONE_BOARD, supervised=True)
+    daemon = faulty.board("k-0")
+    require_cgroups(daemon)
+    session = faulty.request("k")
+    info = session.system_info()
+    spawner = parent_and_start(info["pid"])[0]
+    assert parent_and_start(spawner)[0] == daemon.pid
+    session.upload(library)
+    detached = session.load_module("libconfine.so").get_function("spawn_detached", "int spawn_detached(void)")()
+    cgroups = session_cgroups(detached)
+    assert cgroups and alive(detached)
+    os.kill(daemon.pid, signal.SIGSTOP)
+    os.kill(spawner, signal.SIGKILL)
+    wait_for(lambda: not alive(spawner), 5, "the spawner is dead")
+    os.kill(daemon.pid, signal.SIGKILL)
+    faulty.wait(lambda: faulty.board("k-0") is not daemon, 10, "the launcher restarts the board")
+    faulty.wait(lambda: not alive(detached), 5, "the detached process %d is killed" % detached)
+    assert_removed(cgroups)
+    swept = "removing the cgroup of a board daemon that is gone: .*/farm-board-%d\n" % daemon.pid
+    assert re.search(swept, faulty.board("k-0").log_text())
+    shutil.rmtree(os.path.dirname(info["session_dir"]))  # the dead daemon's directories: nobody was left to remove
+    with pytest.raises(farm.SessionLostError) as caught:
+        session.ping()
+    says = r"connection to board 'k' at 127\.0\.0\.1:%d lost" % session.port
+    assert_farm_whole(faulty, caught.value, farm.SessionLostError, [says], restarted=["k-0"])
+
+
 def test_detached_process_dies_at_the_end_of_the_session(start: Callable[..., FaultFarm], library: Path) -> None:
     faulty = start(ONE_BOARD)
     session = faulty.request("k")
