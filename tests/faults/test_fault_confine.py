@@ -21,7 +21,7 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 from fault_farm import FaultFarm, assert_farm_whole, fault_farms, parent_and_start
@@ -152,17 +152,25 @@ def test_detached_process_dies_when_the_daemon_and_its_watchdog_are_killed(
     os.kill(watchdog, signal.SIGKILL)
     wait_for(lambda: not alive(watchdog), 5, "the watchdog is dead")
     os.kill(daemon.pid, signal.SIGKILL)
+    assert_swept_by_the_next_board(faulty, daemon, session, detached, cgroups, work_dir)
+
+
+def assert_swept_by_the_next_board(
+    faulty: FaultFarm, daemon: DaemonProcess, session: Any, detached: int, cgroups: List[str], work_dir: str
+) -> None:
+    """The launcher restarts the killed board ``daemon``, which kills the ``detached`` process left in the dead
+    daemon's ``cgroups`` and removes them; the dead daemon's directories are removed here (nobody was left to);
+    the client lost its session, and the farm is whole again."""
     faulty.wait(lambda: faulty.board("k-0") is not daemon, 10, "the launcher restarts the board")
     faulty.wait(lambda: not alive(detached), 5, "the detached process %d is killed" % detached)
     assert_removed(cgroups)
-    shutil.rmtree(work_dir)  # the dead daemon's directories: nobody was left to remove them
+    shutil.rmtree(work_dir)
     with pytest.raises(farm.SessionLostError) as caught:
         session.ping()
     says = r"connection to board 'k' at 127\.0\.0\.1:%d lost" % session.port
     assert_farm_whole(faulty, caught.value, farm.SessionLostError, [says], restarted=["k-0"])
 
 
-@pytest.mark.board_servers("python", "native")
 @pytest.mark.board_servers("native")
 def test_detached_process_dies_when_the_daemon_and_its_spawner_are_killed(
     start: Callable[..., FaultFarm], library: Path
@@ -185,18 +193,12 @@ def test_detached_process_dies_when_the_daemon_and_its_spawner_are_killed(
     os.kill(spawner, signal.SIGKILL)
     wait_for(lambda: not alive(spawner), 5, "the spawner is dead")
     os.kill(daemon.pid, signal.SIGKILL)
-    faulty.wait(lambda: faulty.board("k-0") is not daemon, 10, "the launcher restarts the board")
-    faulty.wait(lambda: not alive(detached), 5, "the detached process %d is killed" % detached)
-    assert_removed(cgroups)
+    assert_swept_by_the_next_board(faulty, daemon, session, detached, cgroups, os.path.dirname(info["session_dir"]))
     swept = "removing the cgroup of a board daemon that is gone: .*/farm-board-%d\n" % daemon.pid
     assert re.search(swept, faulty.board("k-0").log_text())
-    shutil.rmtree(os.path.dirname(info["session_dir"]))  # the dead daemon's directories: nobody was left to remove
-    with pytest.raises(farm.SessionLostError) as caught:
-        session.ping()
-    says = r"connection to board 'k' at 127\.0\.0\.1:%d lost" % session.port
-    assert_farm_whole(faulty, caught.value, farm.SessionLostError, [says], restarted=["k-0"])
 
 
+@pytest.mark.board_servers("python", "native")
 def test_detached_process_dies_at_the_end_of_the_session(start: Callable[..., FaultFarm], library: Path) -> None:
     faulty = start(ONE_BOARD)
     session = faulty.request("k")
