@@ -27,7 +27,7 @@ import pytest
 from fault_farm import FaultFarm, assert_farm_whole, fault_farms, parent_and_start
 
 import farm
-from conftest import NATIVE_SERVERS, BoardServer, wait_for
+from conftest import NATIVE_CHECKED, BoardServer, wait_for
 from farm.board import confine
 from farm.ops.processes import DaemonProcess
 from farm.ops.toolchain import compile_shared
@@ -41,8 +41,6 @@ ROOT_SESSIONS = "tracker: {port: 0}\nboards:\n  - {key: k, count: 1, session_use
 CONFINED = "sessions are confined in cgroups"
 #: A user id no other process runs as (RLIMIT_NPROC counts every process of the user).
 LONE_UID = 61234
-#: The native board a test starts itself, sanitized where the build can be (x86_64).
-CHECKED_NATIVE = NATIVE_SERVERS[-1]
 MAXIMUM = r"the board's maximum session time of 2 s \(--max-session-time; the client "
 
 
@@ -243,7 +241,7 @@ def board_with(faulty: FaultFarm, *options: str) -> DaemonProcess:
     return daemon
 
 
-@pytest.mark.board_servers("python", CHECKED_NATIVE)
+@pytest.mark.board_servers("python", NATIVE_CHECKED)
 def test_fork_bomb_is_bounded_by_the_process_limit(start: Callable[..., FaultFarm], library: Path) -> None:
     """A fork bomb (2^8 processes unbounded) stops at --session-processes; the session goes on, and when it
     ends everything it forked goes with it."""
@@ -261,7 +259,7 @@ def test_fork_bomb_is_bounded_by_the_process_limit(start: Callable[..., FaultFar
     assert "the process limit of 32 refused" in daemon.log_text()
 
 
-@pytest.mark.board_servers("python", CHECKED_NATIVE)
+@pytest.mark.board_servers("python", NATIVE_CHECKED)
 def test_open_files_flood_stops_at_the_limit(start: Callable[..., FaultFarm], library: Path) -> None:
     faulty = start(ONE_BOARD)
     faulty.add_board("c", extra=["--session-open-files", "64"])
@@ -293,7 +291,7 @@ def test_memory_over_the_limit_ends_the_session(start: Callable[..., FaultFarm],
     assert_farm_whole(faulty, caught.value, farm.SessionLostError, says)
 
 
-@pytest.mark.board_servers("python", CHECKED_NATIVE)
+@pytest.mark.board_servers("python", NATIVE_CHECKED)
 def test_files_flood_is_stopped_by_the_files_quota(start: Callable[..., FaultFarm], library: Path) -> None:
     """A session that creates 20,000 empty files on a board that allows 1,000: the board ends it."""
     faulty = start(ONE_BOARD)
@@ -313,7 +311,7 @@ def test_files_flood_is_stopped_by_the_files_quota(start: Callable[..., FaultFar
     assert_farm_whole(faulty, caught.value, farm.SessionLostError, says)
 
 
-@pytest.mark.board_servers("python", CHECKED_NATIVE)
+@pytest.mark.board_servers("python", NATIVE_CHECKED)
 @pytest.mark.parametrize(
     "asked, says",
     [
