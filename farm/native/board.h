@@ -380,7 +380,49 @@ double proxy_next_deadline(const Proxy *p); /* 0: none */
 void proxy_session_ended(Proxy *p);
 void proxy_close(Proxy *p);
 
+/* cgroup.c: a cgroup per session (farm/board/confine.py) */
+enum { CONTROL_MEMORY = 1, CONTROL_PIDS = 2 };
+#define MAX_HIERARCHIES 4
+#define CGROUP_PATH 4096
+typedef struct {
+    int version;            /* 1 or 2 */
+    char base[CGROUP_PATH]; /* the daemon's own cgroup in this hierarchy */
+    char path[CGROUP_PATH]; /* the farm's cgroup: base/farm-board-PID */
+    int controls;           /* CONTROL_*: the limits set in this hierarchy */
+    int leaf;               /* the daemon moved into path/daemon (cgroup v2 with controllers) */
+} Hierarchy;
+typedef struct {
+    Hierarchy hierarchies[MAX_HIERARCHIES];
+    int count; /* 0: no cgroup; sessions get resource limits only */
+    unsigned sessions;
+    SessionLimits limits;
+} Confinement;
+void confinement_create(Confinement *c, const SessionLimits *limits); /* logs which mechanism holds */
+void confinement_destroy(const Confinement *c);
+int cgroup_session(Confinement *c, char *name, size_t cap); /* a new session's cgroup: 0, or -1 (errno) */
+int cgroup_enter(const Confinement *c, const char *name);   /* moves the calling process in: 0, or -1 logged */
+int cgroup_controls(const Confinement *c, int control);
+void cgroup_kill(const Confinement *c, const char *name);
+int cgroup_remove(const Confinement *c, const char *name); /* kill, wait until empty, remove: 0, or -1 logged */
+uint64_t cgroup_oom_kills(const Confinement *c, const char *name);
+uint64_t cgroup_refused_forks(const Confinement *c, const char *name);
+
+/* spawner.c: the process that forks the sessions, started before the secret is read */
+typedef struct {
+    pid_t pid;
+    int fd; /* the daemon's end of the socket pair */
+} Spawner;
+enum { REPORT_GONE = 0, REPORT_STARTED = 'P', REPORT_ENDED = 'E', REPORT_FAILED = 'F' };
+int spawner_start(Spawner *sp, const Options *o, const Confinement *confinement, unsigned char *status);
+int spawner_order(Spawner *sp, int fd, const SessionOrder *order, const char *cgroup); /* 0, or -1 (errno) */
+int spawner_kill(Spawner *sp);
+int spawner_work_dir(Spawner *sp, const char *path); /* removed by the spawner when the daemon is gone */
+/* The next report (REPORT_*, -1 for an unknown one); `pid`, `wait_status`, and for a failure its text. */
+int spawner_report(Spawner *sp, int *pid, int *wait_status, char *text, size_t cap);
+void spawner_stop(Spawner *sp); /* closes the daemon's end (the spawner then exits) and reaps it */
+
 /* daemon.c */
-int serve_board(const Options *o, const unsigned char *secret, size_t secret_len);
+int serve_board(const Options *o, const unsigned char *secret, size_t secret_len, Spawner *spawner,
+                Confinement *confinement, unsigned char *status);
 
 #endif

@@ -1,8 +1,8 @@
 /* What a session runs as and may use (farm/board/sandbox.py and the resource limits of farm/board/confine.py):
  * a daemon started as root runs sessions as an unprivileged user (`--session-user`, default nobody), each with a
- * clean environment, and bounds each process of a session with resource limits: no core dumps, open files,
- * processes of its user, private memory, and the size of any file (the session quota). The Python board's
- * cgroups (the sum of a session's memory, its processes wherever they go) are not here yet. */
+ * clean environment, and bounds each process of a session with resource limits: no core dumps, open files, the
+ * size of any file (the session quota), and where the session's cgroup (cgroup.c) does not bound them, processes
+ * of its user and private memory. */
 #define _GNU_SOURCE
 #include "board.h"
 

@@ -1,6 +1,8 @@
 /* The daemon: listens, runs each connection's opening (the farm-secret proof, TVM's hello) without blocking,
- * forks one process per session, and tells the client how the session ended (SESSION_END, docs/protocol.md §3.4),
- * as farm/board/daemon.py, admission.py and supervisor.py do. One session at a time. */
+ * hands each admitted connection to the session spawner (spawner.c), which forks its session process, gives each
+ * session a cgroup of its own where the board has them (cgroup.c), and tells the client how the session ended
+ * (SESSION_END, docs/protocol.md §3.4), as farm/board/daemon.py, admission.py and supervisor.py do. One session at
+ * a time. */
 #define _GNU_SOURCE
 #include "board.h"
 
@@ -32,8 +34,10 @@
 #define NOTIFY_TIMEOUT 2
 #define REPLY_TIMEOUT 5
 #define ACCEPT_PAUSE 1.0
-/* The poll set: the wake-up pipe, the listener, the tracker link, then the pending openings. */
-#define FIRST_PENDING 3
+/* Seconds a stopping daemon waits for the spawner to report the end of the session it killed. */
+#define STOP_TIMEOUT 5
+/* The poll set: the wake-up pipe, the listener, the tracker link, the spawner, then the pending openings. */
+#define FIRST_PENDING 4
 
 typedef struct {
     int fd;
@@ -55,8 +59,10 @@ typedef struct {
     double started, started_at, deadline;
     char timeout_reason[200];
     int timed_out, abandoned, over_files;
-    uint64_t over_quota;
+    uint64_t over_quota, oom_kills;
     double next_quota_check;
+    char cgroup[64];          /* the session's cgroup ("": none) */
+    char start_failure[1024]; /* why the spawner could not start the session process */
 } Active;
 
 typedef struct {
@@ -77,6 +83,9 @@ typedef struct {
     Proxy proxy; /* with --through-proxy: where clients come from */
     int has_proxy;
     unsigned char *status; /* shared with the session process */
+    Spawner *spawner;      /* forks the sessions */
+    int spawner_gone;      /* then the daemon stops, exit code 1 */
+    Confinement *confinement;
 } Board;
 
 static int wake[2] = {-1, -1};
@@ -323,18 +332,6 @@ static void session_time(Board *b, double asked) {
     }
 }
 
-static void close_for_session(Board *b) {
-    close(b->listener);
-    close(wake[0]);
-    close(wake[1]);
-    for (int k = 0; k < b->pending_count; k++) close(b->pending[k]->fd);
-    if (b->has_tracker && b->tracker.fd >= 0) close(b->tracker.fd);
-    if (b->has_proxy && b->proxy.fd >= 0) close(b->proxy.fd);
-    explicit_bzero(&b->proxy.proof, sizeof b->proxy.proof);
-    explicit_bzero(&b->tracker.proof, sizeof b->tracker.proof);
-    if (b->secret) explicit_bzero(b->secret, b->secret_len); /* the session starts without the secret */
-}
-
 /* Starts a session on `fd`: 0, or -1 (logged; the connection closed). */
 static int start_session(Board *b, int fd, const char *peer, double asked, const unsigned char *leftover,
                          size_t leftover_len, uint64_t sent) {
@@ -358,40 +355,25 @@ static int start_session(Board *b, int fd, const char *peer, double asked, const
     a->started_at = wall_now();
     a->next_quota_check = a->started + QUOTA_CHECK_PERIOD;
     session_time(b, asked);
-    memset(b->status, 0, STATUS_SIZE);
-    SessionOrder order = {a->directory, b->o->key, b->name, b->o->max_message_size, b->o->session_quota,
-                          b->status, leftover, leftover_len, sent};
-    pid_t pid = fork();
-    if (pid < 0) {
-        log_msg(LOG_ERROR, "cannot start a session process for %s: %s", peer, strerror(errno));
+    if (b->confinement->count && cgroup_session(b->confinement, a->cgroup, sizeof a->cgroup)) {
+        log_msg(LOG_ERROR, "cannot make a cgroup for the session of %s: %s", peer, strerror(errno));
         remove_tree(a->directory);
         close(fd);
         return -1;
     }
-    if (pid == 0) {
-        setpgid(0, 0);
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        signal(SIGCHLD, SIG_DFL);
-        signal(SIGTERM, SIG_DFL);
-        signal(SIGINT, SIG_DFL);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        close_for_session(b);
-        SessionLimits limits = b->o->limits;
-#ifdef __SANITIZE_ADDRESS__
-        limits.memory = 0; /* AddressSanitizer's shadow and allocator map far more than any such limit */
-#endif
-        if (enter_session(&b->o->user, &limits, a->directory)) _exit(1);
-        exit(session_serve(fd, &order));
+    memset(b->status, 0, STATUS_SIZE);
+    SessionOrder order = {a->directory, b->o->key, b->name, b->o->max_message_size, b->o->session_quota,
+                          b->status, leftover, leftover_len, sent};
+    if (spawner_order(b->spawner, fd, &order, a->cgroup)) {
+        log_msg(LOG_ERROR, "the session spawner cannot take the session of %s: %s", peer, strerror(errno));
+        if (a->cgroup[0]) cgroup_remove(b->confinement, a->cgroup);
+        remove_tree(a->directory);
+        close(fd);
+        if (errno != EMSGSIZE) b->spawner_gone = 1;
+        return -1;
     }
-    setpgid(pid, pid);
-    a->pid = pid;
     b->busy = 1;
     if (b->has_tracker) tracker_session_started(&b->tracker);
-    if (a->deadline > 0)
-        log_msg(LOG_INFO, "session from %s started (pid %d, timeout %g s)", peer, (int)pid, a->deadline - a->started);
-    else log_msg(LOG_INFO, "session from %s started (pid %d)", peer, (int)pid);
     return 0;
 }
 
@@ -445,6 +427,7 @@ static void end_message(Board *b, int wait_status, const char *reason, Buf *out)
     else snprintf(how, sizeof how, "exited with code %d", WEXITSTATUS(wait_status));
     status_activity(b->status, activity, sizeof activity);
     if (reason) buf_adds(out, reason);
+    else if (a->start_failure[0]) buf_addf(out, "the board could not start a session process: %s", a->start_failure);
     else if (a->over_quota) {
         buf_adds(out, "the session's directory holds ");
         megabytes(out, a->over_quota);
@@ -458,27 +441,26 @@ static void end_message(Board *b, int wait_status, const char *reason, Buf *out)
     else if (a->timed_out) buf_addf(out, "%s expired while %s; the board ended the session", a->timeout_reason, activity);
     else if (!WIFSIGNALED(wait_status) && WEXITSTATUS(wait_status) == 0 &&
              __atomic_load_n(b->status, __ATOMIC_SEQ_CST) == ST_FINISHED) {
+    } else if (a->oom_kills) {
+        buf_adds(out, "the session went over its memory limit of ");
+        megabytes(out, b->o->limits.memory);
+        buf_addf(out, " MB (--session-memory): the kernel killed %llu of its processes, and the board's session "
+                 "process %s while %s", (unsigned long long)a->oom_kills, how, activity);
     } else buf_addf(out, "the board's session process %s while %s", how, activity);
 }
 
-/* Kills and reaps what the session left behind that came to the daemon, a subreaper. */
-static void kill_strays(void) {
-    DIR *proc = opendir("/proc");
-    struct dirent *entry;
-    pid_t self = getpid();
-    while (proc && (entry = readdir(proc))) {
-        pid_t pid = (pid_t)atoi(entry->d_name);
-        char path[64], stat[512];
-        if (pid <= 0) continue;
-        snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-        if (read_text_file(path, stat, sizeof stat) <= 0) continue;
-        char *close_paren = strrchr(stat, ')');
-        int parent = 0;
-        if (close_paren && sscanf(close_paren + 2, "%*c %d", &parent) == 1 && parent == self) kill(pid, SIGKILL);
-    }
-    if (proc) closedir(proc);
-    while (waitpid(-1, NULL, WNOHANG) > 0) {
-    }
+/* Once the session process is reaped: what its cgroup saw, then whatever is left in it killed, and it removed. */
+static void remove_cgroup(Board *b) {
+    Active *a = &b->active;
+    if (!a->cgroup[0]) return;
+    a->oom_kills = cgroup_oom_kills(b->confinement, a->cgroup);
+    uint64_t refused = cgroup_refused_forks(b->confinement, a->cgroup);
+    if (refused)
+        log_msg(LOG_WARNING, "session from %s: the process limit of %llu refused %llu fork(s)", a->peer,
+                (unsigned long long)b->o->limits.processes, (unsigned long long)refused);
+    if (cgroup_remove(b->confinement, a->cgroup))
+        log_msg(LOG_ERROR, "the cgroup of the session from %s could not be emptied and removed", a->peer);
+    a->cgroup[0] = 0;
 }
 
 static void end_session(Board *b, int wait_status, const char *reason) {
@@ -514,26 +496,39 @@ static void end_session(Board *b, int wait_status, const char *reason) {
     buf_free(&notice);
 }
 
+/* SIGKILL every process of the session: its cgroup where it has one, and its process group (by the spawner, which
+ * kills only a session it has not reaped yet, and reports the end). */
 static void kill_session(Board *b) {
-    if (b->busy && b->active.pid > 0) killpg(b->active.pid, SIGKILL);
+    if (!b->busy) return;
+    if (b->active.cgroup[0]) cgroup_kill(b->confinement, b->active.cgroup);
+    if (spawner_kill(b->spawner)) b->spawner_gone = 1;
 }
 
-/* Reaps the session process once it ended: its group killed while its id cannot be reused yet. */
-static void reap(Board *b, int block) {
-    if (!b->busy) {
-        while (waitpid(-1, NULL, WNOHANG) > 0) { /* what a session's strays left when they died */
-        }
-        return;
+/* Reads one report of the spawner: the session started, ended, or could not start. */
+static void on_report(Board *b) {
+    int pid = 0, wait_status = 0;
+    char failure[sizeof b->active.start_failure];
+    int kind = spawner_report(b->spawner, &pid, &wait_status, failure, sizeof failure);
+    Active *a = &b->active;
+    if (kind == REPORT_GONE) {
+        log_msg(LOG_ERROR, "the session spawner (pid %d) is gone; the daemon stops", (int)b->spawner->pid);
+        b->spawner_gone = 1;
+    } else if (kind < 0) {
+    } else if (!b->busy) {
+        log_msg(LOG_ERROR, "the session spawner reported '%c' with no session running; ignored", kind);
+    } else if (kind == REPORT_STARTED) {
+        a->pid = pid;
+        if (a->deadline > 0)
+            log_msg(LOG_INFO, "session from %s started (pid %d, timeout %g s)", a->peer, pid, a->deadline - a->started);
+        else log_msg(LOG_INFO, "session from %s started (pid %d)", a->peer, pid);
+    } else if (kind == REPORT_ENDED) {
+        remove_cgroup(b);
+        end_session(b, wait_status, NULL);
+    } else if (kind == REPORT_FAILED) {
+        snprintf(a->start_failure, sizeof a->start_failure, "%s", failure);
+        remove_cgroup(b);
+        end_session(b, 0, NULL);
     }
-    siginfo_t info;
-    memset(&info, 0, sizeof info);
-    if (waitid(P_PID, (id_t)b->active.pid, &info, WEXITED | WNOWAIT | (block ? 0 : WNOHANG)) || info.si_pid == 0)
-        return;
-    killpg(b->active.pid, SIGKILL);
-    int wait_status = 0;
-    waitpid(b->active.pid, &wait_status, 0);
-    kill_strays();
-    end_session(b, wait_status, NULL);
 }
 
 static uint64_t usage_bytes, usage_entries, usage_entry_limit;
@@ -603,12 +598,13 @@ static double next_timeout(Board *b, double now) {
 
 static void serve_loop(Board *b) {
     struct pollfd *fds = NULL;
-    while (!stop_signal) {
+    while (!stop_signal && !b->spawner_gone) {
         fds = realloc(fds, sizeof(struct pollfd) * (size_t)(b->pending_count + FIRST_PENDING));
         if (!fds) abort();
         fds[0] = (struct pollfd){wake[0], POLLIN, 0};
         fds[1] = (struct pollfd){b->accept_paused_until || b->listener < 0 ? -1 : b->listener, POLLIN, 0};
         fds[2] = (struct pollfd){-1, 0, 0};
+        fds[3] = (struct pollfd){b->spawner->fd, POLLIN, 0};
         if (b->has_tracker) fds[2] = (struct pollfd){b->tracker.fd, tracker_events(&b->tracker), 0};
         if (b->has_proxy) fds[2] = (struct pollfd){b->proxy.fd, proxy_events(&b->proxy), 0};
         int count = b->pending_count;
@@ -621,7 +617,7 @@ static void serve_loop(Board *b) {
             while (read(wake[0], drain, sizeof drain) > 0) {
             }
         }
-        reap(b, 0);
+        if (ready > 0 && fds[3].revents) on_report(b);
         if (ready > 0) {
             /* from the last: a handshake that ends drops its entry, moving the last one into its place */
             for (int k = count; k-- > 0;)
@@ -645,13 +641,21 @@ static void serve_loop(Board *b) {
 
 static void shut_down(Board *b) {
     if (stop_signal) log_msg(LOG_INFO, "received %s, shutting down", signal_name(stop_signal));
-    if (b->busy) {
+    if (b->busy) { /* kill the session and wait for the spawner's report of its end */
         kill_session(b);
-        int wait_status = SIGKILL;
-        waitpid(b->active.pid, &wait_status, 0);
-        kill_strays();
+        int wait_status = SIGKILL, pid, kind = -1;
+        char failure[64];
+        struct pollfd report = {b->spawner->fd, POLLIN, 0};
+        double deadline = monotonic_now() + STOP_TIMEOUT;
+        while (!b->spawner_gone && kind != REPORT_ENDED && kind != REPORT_GONE && monotonic_now() < deadline)
+            if (poll(&report, 1, (int)((deadline - monotonic_now()) * 1000) + 1) > 0)
+                kind = spawner_report(b->spawner, &pid, &wait_status, failure, sizeof failure);
+        if (kind != REPORT_ENDED) wait_status = SIGKILL;
+        remove_cgroup(b);
         end_session(b, wait_status, "the board daemon shut down");
     }
+    spawner_stop(b->spawner); /* its end of the pair closes, and it exits */
+    confinement_destroy(b->confinement);
     while (b->pending_count) drop_pending(b, 0, 1);
     free(b->pending);
     if (b->has_tracker) tracker_close(&b->tracker);
@@ -688,11 +692,12 @@ static int make_work_dir(Board *b) {
     return 0;
 }
 
-int serve_board(const Options *o, const unsigned char *secret, size_t secret_len) {
-    Board b = {.o = o, .secret = (unsigned char *)secret, .secret_len = secret_len, .listener = -1};
+int serve_board(const Options *o, const unsigned char *secret, size_t secret_len, Spawner *spawner,
+                Confinement *confinement, unsigned char *status) {
+    Board b = {.o = o, .secret = (unsigned char *)secret, .secret_len = secret_len, .listener = -1,
+               .spawner = spawner, .confinement = confinement, .status = status};
     if (!secret_len) b.secret = NULL;
-    b.status = mmap(NULL, STATUS_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (b.status == MAP_FAILED || pipe2(wake, O_NONBLOCK | O_CLOEXEC)) {
+    if (pipe2(wake, O_NONBLOCK | O_CLOEXEC)) {
         log_msg(LOG_ERROR, "cannot set up: %s", strerror(errno));
         return 1;
     }
@@ -700,6 +705,7 @@ int serve_board(const Options *o, const unsigned char *secret, size_t secret_len
     if (o->through_proxy) b.port = o->port;
     else if (listen_on(&b)) return 1;
     if (make_work_dir(&b)) return 1;
+    if (b.own_work_dir && spawner_work_dir(spawner, b.work_dir)) b.spawner_gone = 1;
     char host[256] = "";
     gethostname(host, sizeof host - 1);
     if (o->name[0]) snprintf(b.name, sizeof b.name, "%s", o->name);
@@ -712,7 +718,6 @@ int serve_board(const Options *o, const unsigned char *secret, size_t secret_len
         b.has_tracker = 1;
         tracker_init(&b.tracker, o->tracker, o->key, o->custom_addr, b.name, b.port, b.secret, b.secret_len);
     }
-    prctl(PR_SET_CHILD_SUBREAPER, 1); /* what sessions leave behind comes here, to be killed */
     struct sigaction action = {.sa_handler = on_signal};
     sigemptyset(&action.sa_mask);
     sigaction(SIGCHLD, &action, NULL);
@@ -725,5 +730,5 @@ int serve_board(const Options *o, const unsigned char *secret, size_t secret_len
     if (b.has_proxy) proxy_tick(&b.proxy, monotonic_now());
     serve_loop(&b);
     shut_down(&b);
-    return 0;
+    return b.spawner_gone ? 1 : 0;
 }

@@ -4,6 +4,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 
 int main(int argc, char **argv) {
@@ -14,14 +15,30 @@ int main(int argc, char **argv) {
     if (session_user(options.session_user_name, &options.user)) return 2;
     warn_about_user(&options.user);
     prctl(PR_SET_DUMPABLE, 0); /* processes of the daemon's own user cannot read its memory through /proc */
+    /* the sessions' cgroups (on cgroup v2 the daemon may move into a leaf of its own, and so must the spawner), then
+     * the spawner, before the secret is read: sessions are forked from it */
+    static Confinement confinement;
+    confinement_create(&confinement, &options.limits);
+    unsigned char *session_status = mmap(NULL, STATUS_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    Spawner spawner = {0};
+    if (session_status == MAP_FAILED || spawner_start(&spawner, &options, &confinement, session_status)) {
+        confinement_destroy(&confinement);
+        return 1;
+    }
     static unsigned char secret[4097];
     size_t secret_len = 0;
-    if (options.secret_file && load_secret(options.secret_file, secret, &secret_len)) return 2;
+    if (options.secret_file && load_secret(options.secret_file, secret, &secret_len)) {
+        spawner_stop(&spawner);
+        confinement_destroy(&confinement);
+        return 2;
+    }
     if (!secret_len && !options.through_proxy && strcmp(options.host, "127.0.0.1") && strcmp(options.host, "localhost") &&
         strcmp(options.host, "::1"))
         log_msg(LOG_WARNING, "the board server listens on %s without a farm secret: anyone who reaches it can run "
                 "code on it (see docs/security.md)", options.host);
-    status = serve_board(&options, secret, secret_len);
+    status = serve_board(&options, secret, secret_len, &spawner, &confinement, session_status);
     explicit_bzero(secret, sizeof secret);
+    spawner_stop(&spawner); /* where serve_board did not get as far */
+    confinement_destroy(&confinement);
     return status;
 }

@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import pytest
 
 import farm
-from conftest import processes_with_env, reachable_temp, wait_for
+from conftest import BoardServer, check_sanitizer_log, processes_with_env, reachable_temp, wait_for
 from farm.client.tracker import TrackerClient
 from farm.lifetime import PARENT_ENV
 from farm.ops.inventory import load_inventory
@@ -103,8 +103,14 @@ def in_background(function: Callable[..., Any], *args: Any) -> Future:
 class FaultFarm:
     """The daemons of one inventory, the boards, clients and client processes a scenario adds; see the module."""
 
-    def __init__(self, directory: Path, inventory: str, tag: str, temp: Path, supervised: bool) -> None:
+    def __init__(
+        self, directory: Path, inventory: str, tag: str, temp: Path, supervised: bool, server: Optional[BoardServer]
+    ) -> None:
         directory.mkdir(parents=True)
+        if server is not None and server.native:  # the inventory's boards: the launcher's build of the native board
+            assert "- {key: " in inventory, "an inventory of board groups written as {key: ...}"
+            inventory = inventory.replace("- {key: ", "- {server: native, key: ")
+        self.server = server  # of the boards the test starts itself (None: the Python board)
         (directory / "farm.yaml").write_text(inventory)
         self.directory = directory
         self.tag = tag
@@ -150,8 +156,11 @@ class FaultFarm:
         name = "%s-extra-%d" % (key, len(self.extra))
         work_dir = self.temp / name
         options = ["--tracker", "%s:%d" % self.tracker, "--name", name]
-        argv = [*prefix, *board_command(key, host, 0, sys.executable, [*options, "--work-dir", str(work_dir), *extra])]
+        program = [self.server.program] if self.server is not None and self.server.program else None
+        options = [*options, "--work-dir", str(work_dir), *extra]
+        argv = [*prefix, *board_command(key, host, 0, sys.executable, options, server=program)]
         env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})  # it dies with this process, as the stack's do
+        env.update(self.server.env if self.server is not None else {})
         daemon = DaemonProcess(argv, str(self.directory / ("%s.log" % name)), env)
         self.extra.append((key, daemon))
         daemon.wait_for_bind()
@@ -257,6 +266,7 @@ class FaultFarm:
         self.stack.stop()
         for _, daemon in self.extra:
             daemon.stop()
+            check_sanitizer_log(daemon)
 
 
 def assert_farm_whole(
@@ -323,10 +333,14 @@ def assert_nothing_left(tag: str, temp: Path) -> None:
 
 
 @contextlib.contextmanager
-def fault_farms(directory: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., FaultFarm]]:
+def fault_farms(
+    directory: Path, monkeypatch: pytest.MonkeyPatch, server: Optional[BoardServer] = None
+) -> Iterator[Callable[..., FaultFarm]]:
     """``start(inventory, supervised=False)`` brings a farm up; at the end every farm stops, and nothing is left.
 
-    The boards' work directories go to a directory their sessions (run as nobody) can enter.
+    The boards' work directories go to a directory their sessions (run as nobody) can enter. ``server``: the board
+    server the boards run (default: the Python one); a native one runs the inventory's boards as ``server: native``
+    (the launcher's own build) and the boards the test starts as given.
     """
     tag = uuid.uuid4().hex
     started: List[FaultFarm] = []
@@ -335,7 +349,7 @@ def fault_farms(directory: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ca
         monkeypatch.setenv("TMPDIR", str(temp))
 
         def start(inventory: str, supervised: bool = False) -> FaultFarm:
-            faulty = FaultFarm(directory / ("farm-%d" % len(started)), inventory, tag, temp, supervised)
+            faulty = FaultFarm(directory / ("farm-%d" % len(started)), inventory, tag, temp, supervised, server)
             started.append(faulty)
             began = time.monotonic()
             faulty.stack.start(UP_TIMEOUT)

@@ -5,6 +5,11 @@ Each scenario runs a whole farm (tests/faults/fault_farm.py) whose board runs
 code from tests/kernels/confine.c, and ends with :func:`assert_farm_whole`: the
 board is free again, no process of the session is left, nor its directory.
 Where the board has cgroups (root on Linux), each session's cgroup is gone too.
+
+The scenarios run on the native board as well (``board_servers``), but for the daemon's watchdog, which only
+the Python board has (the native board's spawner does its part, and has a scenario of its own): the launcher's
+build for a farm's own boards, and the sanitized build where the test starts the board itself, but where a memory
+limit is set, which AddressSanitizer's reserved address space would exceed.
 """
 
 from __future__ import annotations
@@ -16,13 +21,13 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
-from fault_farm import FaultFarm, assert_farm_whole, fault_farms
+from fault_farm import FaultFarm, assert_farm_whole, fault_farms, parent_and_start
 
 import farm
-from conftest import wait_for
+from conftest import NATIVE_CHECKED, BoardServer, wait_for
 from farm.board import confine
 from farm.ops.processes import DaemonProcess
 from farm.ops.toolchain import compile_shared
@@ -47,8 +52,10 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., FaultFarm]]:
-    with fault_farms(tmp_path, monkeypatch) as starter:
+def start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, board_server: BoardServer
+) -> Iterator[Callable[..., FaultFarm]]:
+    with fault_farms(tmp_path, monkeypatch, board_server) as starter:
         yield starter
 
 
@@ -80,6 +87,7 @@ def assert_removed(cgroups: List[str]) -> None:
 # --- nothing outlives its session ---------------------------------------------------------
 
 
+@pytest.mark.board_servers("python", "native")
 @pytest.mark.parametrize("killer", ["session", "operator"])
 def test_detached_process_dies_when_the_daemon_is_killed(
     start: Callable[..., FaultFarm], library: Path, killer: str
@@ -107,6 +115,8 @@ def test_detached_process_dies_when_the_daemon_is_killed(
     else:
         os.kill(daemon.pid, signal.SIGKILL)
     wait_for(lambda: not alive(daemon.pid), 5, "the board daemon is dead")
+    # the session follows the daemon a moment later: killed by its spawner, which the daemon's death wakes
+    wait_for(lambda: not alive(info["pid"]), 5, "the session process dies with the daemon")
     with pytest.raises(farm.SessionLostError) as caught:
         session.ping()
     wait_for(lambda: not alive(detached), 5, "the detached process %d dies with the daemon" % detached)
@@ -140,16 +150,53 @@ def test_detached_process_dies_when_the_daemon_and_its_watchdog_are_killed(
     os.kill(watchdog, signal.SIGKILL)
     wait_for(lambda: not alive(watchdog), 5, "the watchdog is dead")
     os.kill(daemon.pid, signal.SIGKILL)
+    assert_swept_by_the_next_board(faulty, daemon, session, detached, cgroups, work_dir)
+
+
+def assert_swept_by_the_next_board(
+    faulty: FaultFarm, daemon: DaemonProcess, session: Any, detached: int, cgroups: List[str], work_dir: str
+) -> None:
+    """The launcher restarts the killed board ``daemon``, which kills the ``detached`` process left in the dead
+    daemon's ``cgroups`` and removes them; the dead daemon's directories are removed here (nobody was left to);
+    the client lost its session, and the farm is whole again."""
     faulty.wait(lambda: faulty.board("k-0") is not daemon, 10, "the launcher restarts the board")
     faulty.wait(lambda: not alive(detached), 5, "the detached process %d is killed" % detached)
     assert_removed(cgroups)
-    shutil.rmtree(work_dir)  # the dead daemon's directories: nobody was left to remove them
+    shutil.rmtree(work_dir)
     with pytest.raises(farm.SessionLostError) as caught:
         session.ping()
     says = r"connection to board 'k' at 127\.0\.0\.1:%d lost" % session.port
     assert_farm_whole(faulty, caught.value, farm.SessionLostError, [says], restarted=["k-0"])
 
 
+@pytest.mark.board_servers("native")
+def test_detached_process_dies_when_the_daemon_and_its_spawner_are_killed(
+    start: Callable[..., FaultFarm], library: Path
+) -> None:
+    """The native board has no watchdog: its session spawner cleans up after a dead daemon. With both killed (the
+    daemon stopped first, so that it cannot end the session when its spawner dies), the board the launcher starts
+    in its place kills what is left in the dead daemon's cgroups and removes them."""
+    faulty = start(ONE_BOARD, supervised=True)
+    daemon = faulty.board("k-0")
+    require_cgroups(daemon)
+    session = faulty.request("k")
+    info = session.system_info()
+    spawner = parent_and_start(info["pid"])[0]
+    assert parent_and_start(spawner)[0] == daemon.pid
+    session.upload(library)
+    detached = session.load_module("libconfine.so").get_function("spawn_detached", "int spawn_detached(void)")()
+    cgroups = session_cgroups(detached)
+    assert cgroups and alive(detached)
+    os.kill(daemon.pid, signal.SIGSTOP)
+    os.kill(spawner, signal.SIGKILL)
+    wait_for(lambda: not alive(spawner), 5, "the spawner is dead")
+    os.kill(daemon.pid, signal.SIGKILL)
+    assert_swept_by_the_next_board(faulty, daemon, session, detached, cgroups, os.path.dirname(info["session_dir"]))
+    swept = "removing the cgroup of a board daemon that is gone: .*/farm-board-%d\n" % daemon.pid
+    assert re.search(swept, faulty.board("k-0").log_text())
+
+
+@pytest.mark.board_servers("python", "native")
 def test_detached_process_dies_at_the_end_of_the_session(start: Callable[..., FaultFarm], library: Path) -> None:
     faulty = start(ONE_BOARD)
     session = faulty.request("k")
@@ -163,6 +210,7 @@ def test_detached_process_dies_at_the_end_of_the_session(start: Callable[..., Fa
     assert_farm_whole(faulty)
 
 
+@pytest.mark.board_servers("python", "native")
 def test_each_session_has_its_own_cgroup_removed_at_its_end(start: Callable[..., FaultFarm], library: Path) -> None:
     """Each session's processes are in a cgroup of their own below the board's, which holds no session's
     cgroup once the session ended, and is gone once the board stopped."""
@@ -193,6 +241,7 @@ def board_with(faulty: FaultFarm, *options: str) -> DaemonProcess:
     return daemon
 
 
+@pytest.mark.board_servers("python", NATIVE_CHECKED)
 def test_fork_bomb_is_bounded_by_the_process_limit(start: Callable[..., FaultFarm], library: Path) -> None:
     """A fork bomb (2^8 processes unbounded) stops at --session-processes; the session goes on, and when it
     ends everything it forked goes with it."""
@@ -210,6 +259,7 @@ def test_fork_bomb_is_bounded_by_the_process_limit(start: Callable[..., FaultFar
     assert "the process limit of 32 refused" in daemon.log_text()
 
 
+@pytest.mark.board_servers("python", NATIVE_CHECKED)
 def test_open_files_flood_stops_at_the_limit(start: Callable[..., FaultFarm], library: Path) -> None:
     faulty = start(ONE_BOARD)
     faulty.add_board("c", extra=["--session-open-files", "64"])
@@ -222,6 +272,7 @@ def test_open_files_flood_stops_at_the_limit(start: Callable[..., FaultFarm], li
     assert_farm_whole(faulty)
 
 
+@pytest.mark.board_servers("python", "native")
 def test_memory_over_the_limit_ends_the_session(start: Callable[..., FaultFarm], library: Path) -> None:
     """A session that takes 512 MB on a board that allows 64: the kernel kills it, and the client is told why."""
     faulty = start(ONE_BOARD)
@@ -240,6 +291,7 @@ def test_memory_over_the_limit_ends_the_session(start: Callable[..., FaultFarm],
     assert_farm_whole(faulty, caught.value, farm.SessionLostError, says)
 
 
+@pytest.mark.board_servers("python", NATIVE_CHECKED)
 def test_files_flood_is_stopped_by_the_files_quota(start: Callable[..., FaultFarm], library: Path) -> None:
     """A session that creates 20,000 empty files on a board that allows 1,000: the board ends it."""
     faulty = start(ONE_BOARD)
@@ -259,6 +311,7 @@ def test_files_flood_is_stopped_by_the_files_quota(start: Callable[..., FaultFar
     assert_farm_whole(faulty, caught.value, farm.SessionLostError, says)
 
 
+@pytest.mark.board_servers("python", NATIVE_CHECKED)
 @pytest.mark.parametrize(
     "asked, says",
     [
@@ -304,6 +357,7 @@ def shared_dir() -> Iterator[Path]:
     shutil.rmtree(str(path), ignore_errors=True)
 
 
+@pytest.mark.board_servers("python", "native")
 def test_a_board_that_is_not_root_falls_back_to_resource_limits(
     start: Callable[..., FaultFarm], library: Path, shared_dir: Path
 ) -> None:
@@ -321,7 +375,7 @@ def test_a_board_that_is_not_root_falls_back_to_resource_limits(
     session = faulty.request("c")
     found = limits_of(session.system_info()["pid"])
     assert (found["Max open files"], found["Max core file size"]) == ("64", "0")
-    assert 16 < int(found["Max processes"]) <= 16 + 5  # 16 more than the user ran then: the daemon, its watchdog...
+    assert 16 < int(found["Max processes"]) <= 16 + 5  # 16 more than the user ran then: the daemon, its spawner...
     assert found["Max data size"] == str(64 << 20)
     session.upload(library)
     module = session.load_module("libconfine.so")
@@ -335,6 +389,7 @@ def test_a_board_that_is_not_root_falls_back_to_resource_limits(
     wait_for(lambda: not list(shared_dir.glob("session-*")), 5, "the session's directory is removed")
 
 
+@pytest.mark.board_servers("python", "native")
 def test_an_inventorys_limits_reach_its_boards(start: Callable[..., FaultFarm], kernels: Dict[str, Path]) -> None:
     """A board group's ``limits`` in the inventory become its boards' options: here its maximum session time."""
     faulty = start("tracker: {port: 0}\nboards:\n  - {key: k, limits: {max_session_time: 2, open_files: 100}}\n")

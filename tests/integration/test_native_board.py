@@ -12,6 +12,7 @@ import contextlib
 import os
 import pwd
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -148,19 +149,48 @@ def _memory_holds(pid: int, needles: Dict[str, bytes]) -> List[str]:
     return sorted(set(found))
 
 
+def _parent(pid: int) -> int:
+    with open("/proc/%d/stat" % pid) as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[1])
+
+
 def test_the_session_process_starts_without_the_secret(
     locked_board: DaemonProcess, secret_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The daemon read the secret and proved it on this very connection; the session process it forked holds no
-    copy of it (nor of the proof's key schedule), while what the session was sent is found the same way."""
+    """The daemon read the secret and proved it on this very connection; the session process holds no copy of it
+    (nor of the proof's key schedule), while what the session was sent is found the same way. Nor does the session
+    spawner that forked it, the daemon's child forked before the daemon read the secret, which holds the session's
+    order (the session directory's name among it) until the session started."""
     monkeypatch.setenv(SECRET_ENV, str(secret_file))
     secret = secret_file.read_bytes().rstrip(b"\n")
     marker = b"marker of this session: " + os.urandom(16).hex().encode()
     with farm.connect(*locked_board.address, key=KEY) as session:
         kept = session.array(np.frombuffer(marker, np.uint8))
-        found = _memory_holds(session.system_info()["pid"], {"secret": secret, "marker": marker})
+        info = session.system_info()
+        pid, spawner = info["pid"], _parent(info["pid"])
+        assert _parent(spawner) == locked_board.pid
+        found = _memory_holds(pid, {"secret": secret, "marker": marker})
+        order = os.path.basename(info["session_dir"]).encode()
+        in_spawner = _memory_holds(spawner, {"secret": secret, "order": order})
         assert kept.numpy().tobytes() == marker
     assert found == ["marker"], found
+    assert in_spawner == ["order"], in_spawner
+
+
+def test_a_dead_spawner_stops_the_daemon(board_factory: Callable[..., DaemonProcess]) -> None:
+    """A daemon whose session spawner died starts no other (forked from the daemon now, it would hold the secret):
+    its session dies with the spawner, the client is told the board stopped, and the daemon exits 1 for its
+    supervisor to start it again."""
+    daemon = board_factory(key=KEY)
+    session = farm.connect(*daemon.address, key=KEY)
+    pid = session.system_info()["pid"]
+    spawner = _parent(pid)
+    os.kill(spawner, signal.SIGKILL)
+    assert daemon.process.wait(timeout=30) == 1
+    assert "the session spawner (pid %d) is gone" % spawner in daemon.log_text()
+    with pytest.raises(farm.SessionLostError, match="the board daemon shut down"):
+        session.ping()
+    session.close()
 
 
 @pytest.mark.parametrize("option", ["--tls-cert", "--tls-key", "--tls-ca", "--tls-server-name"])

@@ -1,0 +1,380 @@
+/* The session spawner, as farm/board/spawner.py: the process that forks the sessions. main() forks it before it
+ * reads the farm secret, so neither the spawner nor any session it forks ever held the secret in its memory. The
+ * daemon hands it each admitted connection over a SOCK_SEQPACKET pair (SCM_RIGHTS) with the session's order; the
+ * spawner forks the session process, reaps it, kills what it left behind (the spawner is a subreaper) and reports
+ * how it ended. When the daemon is gone (its end of the pair closes) the spawner does what the Python board's
+ * watchdog does: it kills the running session and its cgroup, removes the session's directory and the daemon's own
+ * work directory, and the farm's cgroups, and exits. Messages: one byte of kind, then packed fields. */
+#define _GNU_SOURCE
+#include "board.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* The daemon's orders: start a session (with its connection), kill the running session's process group. */
+#define ORDER_START 'S'
+#define ORDER_KILL 'K'
+#define ORDER_WORK_DIR 'W' /* the work directory the daemon made, removed when the daemon is gone */
+/* Largest order: the directory, the key, the board's name, the cgroup's name and the bytes after the handshake. */
+#define MAX_ORDER (64u << 10)
+#define MAX_REPORT 1024
+#define ORDER_NUMBERS (3 * 8)
+#define ORDER_LENGTHS 5
+#define ORDER_HEADER (1 + ORDER_NUMBERS + 4 * ORDER_LENGTHS)
+
+typedef struct {
+    int sock, wake[2];
+    const Options *o;
+    unsigned char *status;
+    const Confinement *confinement;
+    pid_t session;        /* the running session's pid and process group (0: none) */
+    char cgroup[64];      /* its cgroup's name ("": none) */
+    char *directory;      /* the last session's directory (NULL: none yet) */
+    char *work_dir;       /* the daemon's own work directory (NULL: one it was given) */
+    int daemon_gone;      /* nobody to report to */
+} SpawnerProcess;
+
+static int child_wake = -1;
+
+static void on_child(int number) {
+    (void)number;
+    int saved = errno;
+    ssize_t ignored = write(child_wake, "", 1);
+    (void)ignored;
+    errno = saved;
+}
+
+static void report(SpawnerProcess *p, char kind, const void *body, size_t len) {
+    unsigned char message[MAX_REPORT];
+    if (len > sizeof message - 1) len = sizeof message - 1;
+    message[0] = (unsigned char)kind;
+    memcpy(message + 1, body, len);
+    if (!p->daemon_gone && send(p->sock, message, len + 1, MSG_NOSIGNAL) < 0)
+        log_msg(LOG_ERROR, "the session spawner cannot reach the daemon: %s", strerror(errno));
+}
+
+static void report_numbers(SpawnerProcess *p, char kind, int32_t pid, int32_t wait_status) {
+    unsigned char body[8];
+    put_u32(body, (uint32_t)pid);
+    put_u32(body + 4, (uint32_t)wait_status);
+    report(p, kind, body, kind == REPORT_STARTED ? 4 : 8);
+}
+
+static void report_failure(SpawnerProcess *p, const char *fmt, const char *detail) {
+    char text[MAX_REPORT - 1];
+    snprintf(text, sizeof text, fmt, detail);
+    report(p, REPORT_FAILED, text, strlen(text));
+}
+
+/* Kills and reaps what a session left behind that came to the spawner, a subreaper: its only other children. */
+static void kill_strays(void) {
+    DIR *proc = opendir("/proc");
+    struct dirent *entry;
+    pid_t self = getpid();
+    while (proc && (entry = readdir(proc))) {
+        pid_t pid = (pid_t)atoi(entry->d_name);
+        char path[64], stat[512];
+        if (pid <= 0) continue;
+        snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+        if (read_text_file(path, stat, sizeof stat) <= 0) continue;
+        char *close_paren = strrchr(stat, ')');
+        int parent = 0;
+        if (close_paren && sscanf(close_paren + 2, "%*c %d", &parent) == 1 && parent == self) kill(pid, SIGKILL);
+    }
+    if (proc) closedir(proc);
+    while (waitpid(-1, NULL, WNOHANG) > 0) {
+    }
+}
+
+static void kill_session(SpawnerProcess *p) {
+    if (p->cgroup[0]) cgroup_kill(p->confinement, p->cgroup);
+    if (p->session) killpg(p->session, SIGKILL);
+}
+
+/* Reaps an ended session: its group killed while its id cannot be reused yet, then the strays; reports it. */
+static void reap(SpawnerProcess *p, int block) {
+    if (!p->session) {
+        while (waitpid(-1, NULL, WNOHANG) > 0) { /* what a session's strays left when they died */
+        }
+        return;
+    }
+    siginfo_t info;
+    memset(&info, 0, sizeof info);
+    if (waitid(P_PID, (id_t)p->session, &info, WEXITED | WNOWAIT | (block ? 0 : WNOHANG)) || info.si_pid == 0)
+        return;
+    killpg(p->session, SIGKILL);
+    int wait_status = 0;
+    waitpid(p->session, &wait_status, 0);
+    pid_t pid = p->session;
+    p->session = 0;
+    kill_strays();
+    report_numbers(p, REPORT_ENDED, pid, wait_status);
+}
+
+/* The session process: give up the spawner's powers, enter the session's cgroup and limits, then serve. */
+static void serve(SpawnerProcess *p, int fd, const SessionOrder *order, const char *cgroup) {
+    setpgid(0, 0);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    signal(SIGCHLD, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_DFL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    close(p->sock);
+    close(p->wake[0]);
+    close(p->wake[1]);
+    SessionLimits limits = p->o->limits;
+    if (*cgroup) { /* first thing: whatever it starts from now on stays in the session's cgroup */
+        if (cgroup_enter(p->confinement, cgroup)) _exit(1);
+        if (cgroup_controls(p->confinement, CONTROL_PIDS)) limits.processes = 0;
+        if (cgroup_controls(p->confinement, CONTROL_MEMORY)) limits.memory = 0;
+    }
+#ifdef __SANITIZE_ADDRESS__
+    limits.memory = 0; /* AddressSanitizer's shadow and allocator map far more than any such limit */
+#endif
+    if (enter_session(&p->o->user, &limits, order->directory)) _exit(1);
+    exit(session_serve(fd, order));
+}
+
+/* A start order: the numbers, then the lengths of the directory, key, name, cgroup and leftover, then those. */
+static void start(SpawnerProcess *p, const unsigned char *message, size_t len, int fd) {
+    if (p->session) {
+        char pid[24];
+        snprintf(pid, sizeof pid, "%d", (int)p->session);
+        report_failure(p, "a session process (pid %s) still runs", pid);
+        return;
+    }
+    if (len < ORDER_HEADER) {
+        report_failure(p, "a start order of %s bytes is too short", len ? "too few" : "no");
+        return;
+    }
+    const unsigned char *at = message + 1 + ORDER_NUMBERS;
+    size_t lengths[ORDER_LENGTHS], total = ORDER_HEADER;
+    for (int k = 0; k < ORDER_LENGTHS; k++) {
+        lengths[k] = get_u32(at + 4 * k);
+        total += lengths[k];
+    }
+    if (total != len || lengths[3] >= sizeof p->cgroup) {
+        report_failure(p, "a start order %s", "of the wrong length");
+        return;
+    }
+    /* each string NUL-terminated in a copy; the leftover bytes as they came */
+    char *strings = xmalloc(len + ORDER_LENGTHS), *text[ORDER_LENGTHS];
+    const unsigned char *from = message + ORDER_HEADER;
+    char *to = strings;
+    for (int k = 0; k < ORDER_LENGTHS; k++) {
+        memcpy(to, from, lengths[k]);
+        to[lengths[k]] = 0;
+        text[k] = to;
+        to += lengths[k] + 1;
+        from += lengths[k];
+    }
+    SessionOrder order = {text[0], text[1], text[2], get_u64(message + 1), get_u64(message + 9), p->status,
+                          (const unsigned char *)text[4], lengths[4], get_u64(message + 17)};
+    snprintf(p->cgroup, sizeof p->cgroup, "%s", text[3]);
+    free(p->directory);
+    p->directory = xstrdup(text[0]);
+    pid_t pid = fork();
+    if (pid < 0) {
+        report_failure(p, "cannot start a session process: %s", strerror(errno));
+        p->cgroup[0] = 0;
+    } else if (pid == 0) {
+        serve(p, fd, &order, text[3]);
+    } else {
+        setpgid(pid, pid);
+        p->session = pid;
+        report_numbers(p, REPORT_STARTED, pid, 0);
+    }
+    free(strings);
+}
+
+/* Carries out one order: 0, or -1 once the daemon is gone. */
+static int on_order(SpawnerProcess *p, unsigned char *message) {
+    union {
+        struct cmsghdr header;
+        char space[CMSG_SPACE(4 * sizeof(int))];
+    } control;
+    struct iovec part = {message, MAX_ORDER};
+    struct msghdr msg = {.msg_iov = &part, .msg_iovlen = 1, .msg_control = &control, .msg_controllen = sizeof control};
+    ssize_t got = recvmsg(p->sock, &msg, MSG_CMSG_CLOEXEC);
+    if (got < 0 && (errno == EINTR || errno == EAGAIN)) return 0;
+    int fds[4], count = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+            for (size_t k = 0; k < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int) && count < 4; k++)
+                memcpy(&fds[count++], CMSG_DATA(c) + k * sizeof(int), sizeof(int));
+    if (got <= 0) {
+        for (int k = 0; k < count; k++) close(fds[k]);
+        return -1;
+    }
+    if (message[0] == ORDER_START && count == 1 && !(msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)))
+        start(p, message, (size_t)got, fds[0]);
+    else if (message[0] == ORDER_KILL) kill_session(p);
+    else if (message[0] == ORDER_WORK_DIR && got > 1 && !memchr(message + 1, 0, (size_t)got - 1)) {
+        free(p->work_dir);
+        p->work_dir = xmalloc((size_t)got);
+        memcpy(p->work_dir, message + 1, (size_t)got - 1);
+        p->work_dir[got - 1] = 0;
+    }
+    else log_msg(LOG_ERROR, "the session spawner got an unexpected order '%c'; ignored", message[0]);
+    for (int k = 0; k < count; k++) close(fds[k]);
+    return 0;
+}
+
+static int spawner_main(SpawnerProcess *p) {
+    for (int number = 1; number < NSIG; number++)
+        if (number == SIGINT || number == SIGTERM || number == SIGPIPE)
+            signal(number, SIG_IGN); /* it ends when the daemon's end of the pair closes */
+    child_wake = p->wake[1];
+    struct sigaction action = {.sa_handler = on_child};
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGCHLD, &action, NULL);
+    prctl(PR_SET_CHILD_SUBREAPER, 1); /* what sessions leave behind comes here, to be killed */
+    unsigned char *message = xmalloc(MAX_ORDER);
+    for (;;) {
+        struct pollfd fds[2] = {{p->sock, POLLIN, 0}, {p->wake[0], POLLIN, 0}};
+        int ready = poll(fds, 2, -1);
+        if (ready < 0 && errno != EINTR) break;
+        if (ready > 0 && fds[1].revents) {
+            char drain[64];
+            while (read(p->wake[0], drain, sizeof drain) > 0) {
+            }
+        }
+        if (ready > 0 && fds[0].revents && on_order(p, message)) break;
+        reap(p, 0);
+    }
+    /* the daemon is gone: nothing of its sessions may outlive it */
+    p->daemon_gone = 1;
+    kill_session(p);
+    reap(p, 1);
+    if (p->cgroup[0]) cgroup_remove(p->confinement, p->cgroup);
+    confinement_destroy(p->confinement);
+    if (p->directory) remove_tree(p->directory);
+    if (p->work_dir) remove_tree(p->work_dir);
+    free(p->directory);
+    free(p->work_dir);
+    free(message);
+    return 0;
+}
+
+int spawner_start(Spawner *sp, const Options *o, const Confinement *confinement, unsigned char *status) {
+    int pair[2];
+    sp->fd = -1;
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair)) {
+        log_msg(LOG_ERROR, "cannot make the session spawner's socket pair: %s", strerror(errno));
+        return -1;
+    }
+    SpawnerProcess p = {.sock = pair[1], .o = o, .status = status, .confinement = confinement};
+    if (pipe2(p.wake, O_NONBLOCK | O_CLOEXEC)) {
+        log_msg(LOG_ERROR, "cannot set up the session spawner: %s", strerror(errno));
+        close(pair[0]);
+        close(pair[1]);
+        return -1;
+    }
+    sp->pid = fork();
+    if (sp->pid == 0) {
+        close(pair[0]);
+        exit(spawner_main(&p));
+    }
+    close(pair[1]);
+    close(p.wake[0]);
+    close(p.wake[1]);
+    if (sp->pid < 0) {
+        log_msg(LOG_ERROR, "cannot start the session spawner: %s", strerror(errno));
+        close(pair[0]);
+        return -1;
+    }
+    sp->fd = pair[0];
+    return 0;
+}
+
+int spawner_order(Spawner *sp, int fd, const SessionOrder *order, const char *cgroup) {
+    const char *text[ORDER_LENGTHS] = {order->directory, order->key, order->name, cgroup,
+                                       (const char *)order->leftover};
+    size_t lengths[ORDER_LENGTHS], total = ORDER_HEADER;
+    for (int k = 0; k < ORDER_LENGTHS; k++) {
+        lengths[k] = k == 4 ? order->leftover_len : strlen(text[k]);
+        total += lengths[k];
+    }
+    if (total > MAX_ORDER) {
+        errno = EMSGSIZE;
+        return -1;
+    }
+    unsigned char *message = xmalloc(total), *at = message + ORDER_HEADER;
+    message[0] = ORDER_START;
+    put_u64(message + 1, order->max_message_size);
+    put_u64(message + 9, order->quota);
+    put_u64(message + 17, order->bytes_sent);
+    for (int k = 0; k < ORDER_LENGTHS; k++) {
+        put_u32(message + 1 + ORDER_NUMBERS + 4 * k, (uint32_t)lengths[k]);
+        memcpy(at, text[k], lengths[k]);
+        at += lengths[k];
+    }
+    union {
+        struct cmsghdr header;
+        char space[CMSG_SPACE(sizeof(int))];
+    } control;
+    memset(&control, 0, sizeof control);
+    struct iovec part = {message, total};
+    struct msghdr msg = {.msg_iov = &part, .msg_iovlen = 1, .msg_control = &control, .msg_controllen = sizeof control};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    ssize_t sent = sendmsg(sp->fd, &msg, MSG_NOSIGNAL);
+    free(message);
+    return sent == (ssize_t)total ? 0 : -1;
+}
+
+int spawner_work_dir(Spawner *sp, const char *path) {
+    size_t n = strlen(path);
+    if (n + 1 > MAX_ORDER) return -1;
+    char *message = xmalloc(n + 1);
+    message[0] = ORDER_WORK_DIR;
+    memcpy(message + 1, path, n);
+    ssize_t sent = send(sp->fd, message, n + 1, MSG_NOSIGNAL);
+    free(message);
+    return sent == (ssize_t)(n + 1) ? 0 : -1;
+}
+
+int spawner_kill(Spawner *sp) {
+    char order = ORDER_KILL;
+    return send(sp->fd, &order, 1, MSG_NOSIGNAL) == 1 ? 0 : -1;
+}
+
+int spawner_report(Spawner *sp, int *pid, int *wait_status, char *text, size_t cap) {
+    unsigned char message[MAX_REPORT + 1];
+    ssize_t got;
+    do got = recv(sp->fd, message, MAX_REPORT, 0);
+    while (got < 0 && errno == EINTR);
+    if (got <= 0) return REPORT_GONE;
+    *pid = got >= 5 ? (int)get_u32(message + 1) : 0;
+    *wait_status = got >= 9 ? (int)get_u32(message + 5) : 0;
+    if (message[0] == REPORT_FAILED && cap) {
+        size_t n = (size_t)got - 1 < cap - 1 ? (size_t)got - 1 : cap - 1;
+        memcpy(text, message + 1, n);
+        text[n] = 0;
+    }
+    if (message[0] == REPORT_STARTED || message[0] == REPORT_ENDED || message[0] == REPORT_FAILED) return message[0];
+    log_msg(LOG_ERROR, "the session spawner sent an unknown report '%c'; ignored", message[0]);
+    return -1;
+}
+
+void spawner_stop(Spawner *sp) {
+    if (sp->fd >= 0) close(sp->fd);
+    sp->fd = -1;
+    if (sp->pid > 0) waitpid(sp->pid, NULL, 0);
+    sp->pid = 0;
+}
