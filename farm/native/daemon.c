@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -17,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -80,6 +82,7 @@ typedef struct {
 } Board;
 
 static int wake[2] = {-1, -1};
+static int work_dir_lock = -1; /* held while the daemon runs: see claim_work_dir */
 static volatile sig_atomic_t stop_signal;
 
 static void on_signal(int number) {
@@ -307,6 +310,13 @@ static void on_opening_data(Board *b, int index) {
 
 /* --- sessions -------------------------------------------------------------------------------- */
 
+/* In a session process whose daemon died (its parent-death signal): the session's whole process group goes, so
+ * that no child it forked keeps the client's connection open. */
+static void daemon_gone(int signum) {
+    (void)signum;
+    kill(0, SIGKILL);
+}
+
 static void session_time(Board *b, double asked) {
     double limit = b->o->max_session_time;
     Active *a = &b->active;
@@ -333,6 +343,7 @@ static void close_for_session(Board *b) {
     explicit_bzero(&b->proxy.proof, sizeof b->proxy.proof);
     explicit_bzero(&b->tracker.proof, sizeof b->tracker.proof);
     if (b->secret) explicit_bzero(b->secret, b->secret_len); /* the session starts without the secret */
+    if (work_dir_lock >= 0) close(work_dir_lock);
 }
 
 /* Starts a session on `fd`: 0, or -1 (logged; the connection closed). */
@@ -370,7 +381,8 @@ static int start_session(Board *b, int fd, const char *peer, double asked, const
     }
     if (pid == 0) {
         setpgid(0, 0);
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        signal(SIGHUP, daemon_gone);
+        prctl(PR_SET_PDEATHSIG, SIGHUP);
         signal(SIGCHLD, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
         signal(SIGINT, SIG_DFL);
@@ -461,22 +473,28 @@ static void end_message(Board *b, int wait_status, const char *reason, Buf *out)
     } else buf_addf(out, "the board's session process %s while %s", how, activity);
 }
 
-/* Kills and reaps what the session left behind that came to the daemon, a subreaper. */
+/* Kills and reaps what the session left behind that came to the daemon, a subreaper: pass after pass, since the
+ * children of each process killed come to the daemon in turn once it is gone. */
 static void kill_strays(void) {
-    DIR *proc = opendir("/proc");
-    struct dirent *entry;
     pid_t self = getpid();
-    while (proc && (entry = readdir(proc))) {
-        pid_t pid = (pid_t)atoi(entry->d_name);
-        char path[64], stat[512];
-        if (pid <= 0) continue;
-        snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-        if (read_text_file(path, stat, sizeof stat) <= 0) continue;
-        char *close_paren = strrchr(stat, ')');
-        int parent = 0;
-        if (close_paren && sscanf(close_paren + 2, "%*c %d", &parent) == 1 && parent == self) kill(pid, SIGKILL);
+    for (int killed = 1; killed;) {
+        killed = 0;
+        DIR *proc = opendir("/proc");
+        struct dirent *entry;
+        while (proc && (entry = readdir(proc))) {
+            pid_t pid = (pid_t)atoi(entry->d_name);
+            char path[64], stat[512];
+            if (pid <= 0) continue;
+            snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+            if (read_text_file(path, stat, sizeof stat) <= 0) continue;
+            char *close_paren = strrchr(stat, ')');
+            int parent = 0;
+            if (close_paren && sscanf(close_paren + 2, "%*c %d", &parent) == 1 && parent == self &&
+                kill(pid, SIGKILL) == 0 && waitpid(pid, NULL, 0) == pid)
+                killed = 1; /* reaped: its own children are the daemon's now */
+        }
+        if (proc) closedir(proc);
     }
-    if (proc) closedir(proc);
     while (waitpid(-1, NULL, WNOHANG) > 0) {
     }
 }
@@ -571,7 +589,7 @@ static void tick(Board *b, double now) {
     if (!b->busy) return;
     Active *a = &b->active;
     if (a->deadline > 0 && now >= a->deadline && !a->timed_out) {
-        log_msg(LOG_WARNING, "session from %s reached its timeout; killing it", a->peer);
+        log_msg(LOG_WARNING, "session from %s reached its timeout of %g s; killing it", a->peer, a->deadline - a->started);
         a->timed_out = 1;
         kill_session(b);
     }
@@ -661,6 +679,43 @@ static void shut_down(Board *b) {
     log_msg(LOG_INFO, "board server stopped");
 }
 
+/* A work directory of this daemon's own holds WORK_DIR_LOCK, locked (flock) as long as the daemon runs. With no
+ * watchdog to remove it when the daemon is killed, the next daemon to start in the same place does: any
+ * farm-board-* directory of this user whose lock it can take belongs to a daemon that is gone. */
+#define WORK_DIR_LOCK ".farm-board.lock"
+
+static void claim_work_dir(const char *work_dir) {
+    char path[PATH_MAX + 32], locked[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/.lock-new", work_dir);
+    snprintf(locked, sizeof locked, "%s/%s", work_dir, WORK_DIR_LOCK);
+    work_dir_lock = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    /* locked before it has its name, so that no other daemon finds it unlocked */
+    if (work_dir_lock < 0 || flock(work_dir_lock, LOCK_EX | LOCK_NB) || rename(path, locked))
+        log_msg(LOG_WARNING, "cannot lock the work directory %s: %s", work_dir, strerror(errno));
+}
+
+static void remove_dead_work_dirs(const char *temp) {
+    DIR *dir = opendir(temp);
+    struct dirent *entry;
+    while (dir && (entry = readdir(dir))) {
+        char path[PATH_MAX], lock[PATH_MAX];
+        struct stat info;
+        if (strncmp(entry->d_name, "farm-board-", 11) ||
+            snprintf(path, sizeof path, "%s/%s", temp, entry->d_name) >= (int)sizeof path ||
+            snprintf(lock, sizeof lock, "%s/%s", path, WORK_DIR_LOCK) >= (int)sizeof lock)
+            continue;
+        if (lstat(path, &info) || !S_ISDIR(info.st_mode) || info.st_uid != geteuid()) continue;
+        int fd = open(lock, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0) continue; /* not a native daemon's, or one still starting */
+        if (!flock(fd, LOCK_EX | LOCK_NB)) {
+            log_msg(LOG_INFO, "removing %s, the work directory of a board daemon that is gone", path);
+            remove_tree(path);
+        }
+        close(fd);
+    }
+    if (dir) closedir(dir);
+}
+
 static int make_work_dir(Board *b) {
     const char *given = b->o->work_dir;
     if (given) {
@@ -678,12 +733,14 @@ static int make_work_dir(Board *b) {
         return 0;
     }
     const char *temp = getenv("TMPDIR");
+    remove_dead_work_dirs(temp && *temp ? temp : "/tmp");
     snprintf(b->work_dir, sizeof b->work_dir, "%s/farm-board-XXXXXX", temp && *temp ? temp : "/tmp");
     if (!mkdtemp(b->work_dir)) {
         log_msg(LOG_ERROR, "cannot make a work directory in %s: %s", temp && *temp ? temp : "/tmp", strerror(errno));
         return -1;
     }
     chmod(b->work_dir, 0711);
+    claim_work_dir(b->work_dir);
     b->own_work_dir = 1;
     return 0;
 }

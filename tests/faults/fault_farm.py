@@ -5,9 +5,11 @@ A :class:`FaultFarm` runs the daemons of an inventory the test writes with
 restarted: every wait of the harness then calls ``supervise()`` from the test's
 thread, which the daemons' parent-death signal is tied to), plus boards the
 test starts itself: with options an inventory cannot give, or inside a network
-namespace. Everything started carries ``FARM_FAULT_TAG=<unique>`` in its
-environment and puts its temporary files under the test's directory, so what is
-left behind is found in /proc and on disk. :func:`assert_farm_whole` is the
+namespace. Every board runs one board server: Python's, or the native one (C), on
+x86_64 built with the sanitizers, whose reports fail the test. Everything started
+carries ``FARM_FAULT_TAG=<unique>`` in its environment and puts its temporary
+files under the test's directory, so what is left behind is found in /proc and
+on disk. :func:`assert_farm_whole` is the
 verdict of every scenario. Nothing of the package is replaced; waits poll a
 condition against a deadline.
 """
@@ -15,6 +17,7 @@ condition against a deadline.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -31,12 +34,15 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import pytest
 
 import farm
-from conftest import processes_with_env, reachable_temp, wait_for
+from conftest import SANITIZER_ENV, SANITIZER_REPORT, processes_with_env, reachable_temp, wait_for
 from farm.client.tracker import TrackerClient
 from farm.lifetime import PARENT_ENV
 from farm.ops.inventory import load_inventory
 from farm.ops.launcher import FarmStack
+from farm.ops.native import SANITIZE_FLAGS, build_server
 from farm.ops.processes import DaemonProcess, board_command
+from farm.ops.targets import host_target
+from farm.ops.toolchain import toolchain_for
 
 logger = logging.getLogger("tests.faults")
 
@@ -63,6 +69,20 @@ tracker = farm.connect_tracker(sys.argv[1], int(sys.argv[2]))
 tracker.request_board(sys.argv[3], user="waiter", on_progress=lambda p: print("queued", p["position"], flush=True))
 print("served", flush=True)
 """
+
+
+def on_server(inventory: str, server: str) -> str:
+    """The inventory with every board group running ``server``: ``python`` (as written), ``native``, or
+    ``native-asan``: the native board built with the sanitizers, through a toolchain entry for this machine."""
+    if server == "python":
+        return inventory
+    text = inventory.replace("  - {key: ", "  - {server: native, key: ")
+    assert text != inventory, "no board group in %r" % inventory
+    if server == "native-asan":
+        toolchain = toolchain_for(host_target())
+        spec = {"compiler": toolchain.compiler, "flags": [*toolchain.flags, *SANITIZE_FLAGS]}
+        text += "toolchains:\n  %s: %s\n" % (toolchain.target.name, json.dumps(spec))  # JSON: YAML's flow style
+    return text
 
 
 def parent_and_start(pid: int) -> Tuple[int, int]:
@@ -103,10 +123,13 @@ def in_background(function: Callable[..., Any], *args: Any) -> Future:
 class FaultFarm:
     """The daemons of one inventory, the boards, clients and client processes a scenario adds; see the module."""
 
-    def __init__(self, directory: Path, inventory: str, tag: str, temp: Path, supervised: bool) -> None:
+    def __init__(
+        self, directory: Path, inventory: str, tag: str, temp: Path, supervised: bool, server: str = "python"
+    ) -> None:
         directory.mkdir(parents=True)
-        (directory / "farm.yaml").write_text(inventory)
+        (directory / "farm.yaml").write_text(on_server(inventory, server))
         self.directory = directory
+        self.server = server
         self.tag = tag
         self.temp = temp  # the boards' TMPDIR: their work directories, with the session directories
         self.supervised = supervised
@@ -149,8 +172,11 @@ class FaultFarm:
         """A board of ``key`` the test starts (``prefix`` before its command, ``extra`` options after), registered."""
         name = "%s-extra-%d" % (key, len(self.extra))
         work_dir = self.temp / name
-        options = ["--tracker", "%s:%d" % self.tracker, "--name", name]
-        argv = [*prefix, *board_command(key, host, 0, sys.executable, [*options, "--work-dir", str(work_dir), *extra])]
+        options = ["--tracker", "%s:%d" % self.tracker, "--name", name, "--work-dir", str(work_dir), *extra]
+        program = None  # the Python board; else the native one, as the inventory's boards run it
+        if self.server != "python":
+            program = [build_server(toolchain_for(host_target(), self.inventory.toolchains))]
+        argv = [*prefix, *board_command(key, host, 0, sys.executable, options, program)]
         env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})  # it dies with this process, as the stack's do
         daemon = DaemonProcess(argv, str(self.directory / ("%s.log" % name)), env)
         self.extra.append((key, daemon))
@@ -223,8 +249,9 @@ class FaultFarm:
 
     def strays(self) -> Dict[int, str]:
         """Processes of this test that are neither the farm's daemons nor a board's own helpers: its children, the
-        session spawner and the watchdog (sessions, and what they leave behind, are the spawner's)."""
-        daemons, boards = set(self.daemon_pids()), set(self.board_pids())
+        session spawner and the watchdog (sessions, and what they leave behind, are the spawner's). The native
+        board has no helpers: its children are its sessions, and what they leave behind once they end."""
+        daemons, boards = set(self.daemon_pids()), set(self.board_pids()) if self.server == "python" else set()
         found = processes_with_env(TAG_ENV, self.tag)
         kept = daemons | {pid for pid in found if parent_and_start(pid)[0] in boards}
         return {pid: command for pid, command in found.items() if pid not in kept}
@@ -236,6 +263,12 @@ class FaultFarm:
         if len(owned) > len(self.stack.boards):
             left += [str(path) for path in owned]
         return left
+
+    def check_sanitizers(self) -> None:
+        """Fail if the sanitizers reported anything in a board's log (its session processes write there too)."""
+        logs = [daemon.process.log_text() for daemon in self.stack.boards] + [d.log_text() for _, d in self.extra]
+        for text in logs:
+            assert SANITIZER_REPORT.search(text) is None, "sanitizers reported:\n%s" % text[-6000:]
 
     def logs(self) -> str:
         """The tail of every daemon's log, for failure messages."""
@@ -323,19 +356,24 @@ def assert_nothing_left(tag: str, temp: Path) -> None:
 
 
 @contextlib.contextmanager
-def fault_farms(directory: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., FaultFarm]]:
+def fault_farms(
+    directory: Path, monkeypatch: pytest.MonkeyPatch, server: str = "python"
+) -> Iterator[Callable[..., FaultFarm]]:
     """``start(inventory, supervised=False)`` brings a farm up; at the end every farm stops, and nothing is left.
 
-    The boards' work directories go to a directory their sessions (run as nobody) can enter.
+    The boards run ``server`` (see :func:`on_server`). Their work directories go to a directory their sessions
+    (run as nobody) can enter.
     """
     tag = uuid.uuid4().hex
     started: List[FaultFarm] = []
     with reachable_temp() as temp:
         monkeypatch.setenv(TAG_ENV, tag)  # inherited by everything the test starts
         monkeypatch.setenv("TMPDIR", str(temp))
+        for name, value in (SANITIZER_ENV if server == "native-asan" else {}).items():
+            monkeypatch.setenv(name, value)
 
         def start(inventory: str, supervised: bool = False) -> FaultFarm:
-            faulty = FaultFarm(directory / ("farm-%d" % len(started)), inventory, tag, temp, supervised)
+            faulty = FaultFarm(directory / ("farm-%d" % len(started)), inventory, tag, temp, supervised, server)
             started.append(faulty)
             began = time.monotonic()
             faulty.stack.start(UP_TIMEOUT)
@@ -351,6 +389,8 @@ def fault_farms(directory: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ca
                 faulty.stop()
             try:
                 assert_nothing_left(tag, temp)
+                for faulty in started:
+                    faulty.check_sanitizers()
             finally:
                 for pid in processes_with_env(TAG_ENV, tag):
                     with contextlib.suppress(ProcessLookupError):
