@@ -690,6 +690,7 @@ def test_sigterm_to_the_daemon_during_a_running_call(board: DaemonProcess, kerne
     assert not os.path.exists(os.path.dirname(info["session_dir"]))
 
 
+@every_board_server
 def test_sigkill_to_the_daemon_takes_the_session_process_along(
     board_factory: Callable[..., DaemonProcess], reachable_tmp: Path
 ) -> None:
@@ -704,6 +705,7 @@ def test_sigkill_to_the_daemon_takes_the_session_process_along(
             session.ping()
 
 
+@every_board_server
 def test_sigkill_to_the_daemon_takes_forked_children_along(
     board_factory: Callable[..., DaemonProcess], reachable_tmp: Path, kernels: dict
 ) -> None:
