@@ -310,11 +310,15 @@ static void on_opening_data(Board *b, int index) {
 
 /* --- sessions -------------------------------------------------------------------------------- */
 
-/* In a session process whose daemon died (its parent-death signal): the session's whole process group goes, so
- * that no child it forked keeps the client's connection open. */
+/* SIGHUP in a session process (and, inherited, in its children). When it is the session process's parent-death
+ * signal, the session's whole process group goes, so that no child it forked keeps the client's connection open;
+ * any other SIGHUP has its default action. */
+static pid_t session_pid, session_daemon;
+
 static void daemon_gone(int signum) {
-    (void)signum;
-    kill(0, SIGKILL);
+    if (getpid() == session_pid && getppid() != session_daemon) kill(0, SIGKILL);
+    signal(signum, SIG_DFL);
+    raise(signum);
 }
 
 static void session_time(Board *b, double asked) {
@@ -372,6 +376,7 @@ static int start_session(Board *b, int fd, const char *peer, double asked, const
     memset(b->status, 0, STATUS_SIZE);
     SessionOrder order = {a->directory, b->o->key, b->name, b->o->max_message_size, b->o->session_quota,
                           b->status, leftover, leftover_len, sent};
+    session_daemon = getpid();
     pid_t pid = fork();
     if (pid < 0) {
         log_msg(LOG_ERROR, "cannot start a session process for %s: %s", peer, strerror(errno));
@@ -381,8 +386,10 @@ static int start_session(Board *b, int fd, const char *peer, double asked, const
     }
     if (pid == 0) {
         setpgid(0, 0);
+        session_pid = getpid();
         signal(SIGHUP, daemon_gone);
         prctl(PR_SET_PDEATHSIG, SIGHUP);
+        if (getppid() != session_daemon) _exit(1); /* the daemon died before the signal was set */
         signal(SIGCHLD, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
         signal(SIGINT, SIG_DFL);

@@ -309,6 +309,8 @@ CRASHES = [
     pytest.param("exit_with", "void exit_with(int code)", (0,), None, 0, id="exit-0"),
     pytest.param("raise_signal", "void raise_signal(int n)", (int(signal.SIGKILL),), signal.SIGKILL, None, id="kill"),
     pytest.param("raise_signal", "void raise_signal(int n)", (int(signal.SIGTERM),), signal.SIGTERM, None, id="term"),
+    # The native session process handles SIGHUP, its signal for a daemon that died; any other SIGHUP is as ever.
+    pytest.param("raise_signal", "void raise_signal(int n)", (int(signal.SIGHUP),), signal.SIGHUP, None, id="hup"),
 ]
 
 
