@@ -76,22 +76,29 @@ static void report_failure(SpawnerProcess *p, const char *fmt, const char *detai
     report(p, REPORT_FAILED, text, strlen(text));
 }
 
-/* Kills and reaps what a session left behind that came to the spawner, a subreaper: its only other children. */
+/* Kills and reaps what a session left behind that came to the spawner, a subreaper: its only other children. Pass
+ * after pass, since the children of each process killed come to the spawner in turn once it is gone (a session
+ * without a cgroup has nothing else to find them by). */
 static void kill_strays(void) {
-    DIR *proc = opendir("/proc");
-    struct dirent *entry;
     pid_t self = getpid();
-    while (proc && (entry = readdir(proc))) {
-        pid_t pid = (pid_t)atoi(entry->d_name);
-        char path[64], stat[512];
-        if (pid <= 0) continue;
-        snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-        if (read_text_file(path, stat, sizeof stat) <= 0) continue;
-        char *close_paren = strrchr(stat, ')');
-        int parent = 0;
-        if (close_paren && sscanf(close_paren + 2, "%*c %d", &parent) == 1 && parent == self) kill(pid, SIGKILL);
+    for (int killed = 1; killed;) {
+        killed = 0;
+        DIR *proc = opendir("/proc");
+        struct dirent *entry;
+        while (proc && (entry = readdir(proc))) {
+            pid_t pid = (pid_t)atoi(entry->d_name);
+            char path[64], stat[512];
+            if (pid <= 0) continue;
+            snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+            if (read_text_file(path, stat, sizeof stat) <= 0) continue;
+            char *close_paren = strrchr(stat, ')');
+            int parent = 0;
+            if (close_paren && sscanf(close_paren + 2, "%*c %d", &parent) == 1 && parent == self &&
+                kill(pid, SIGKILL) == 0 && waitpid(pid, NULL, 0) == pid)
+                killed = 1; /* reaped: its own children are the spawner's now */
+        }
+        if (proc) closedir(proc);
     }
-    if (proc) closedir(proc);
     while (waitpid(-1, NULL, WNOHANG) > 0) {
     }
 }
