@@ -157,12 +157,15 @@ def assert_swept_by_the_next_board(
     faulty: FaultFarm, daemon: DaemonProcess, session: Any, detached: int, cgroups: List[str], work_dir: str
 ) -> None:
     """The launcher restarts the killed board ``daemon``, which kills the ``detached`` process left in the dead
-    daemon's ``cgroups`` and removes them; the dead daemon's directories are removed here (nobody was left to);
-    the client lost its session, and the farm is whole again."""
+    daemon's ``cgroups`` and removes them, and (a native board) the dead daemon's work directory: the Python
+    board's are removed here (nobody was left to); the client lost its session, and the farm is whole again."""
     faulty.wait(lambda: faulty.board("k-0") is not daemon, 10, "the launcher restarts the board")
     faulty.wait(lambda: not alive(detached), 5, "the detached process %d is killed" % detached)
     assert_removed(cgroups)
-    shutil.rmtree(work_dir)
+    if faulty.server is not None and faulty.server.native:
+        faulty.wait(lambda: not os.path.exists(work_dir), 10, "the next board removes %s" % work_dir)
+    else:
+        shutil.rmtree(work_dir)
     with pytest.raises(farm.SessionLostError) as caught:
         session.ping()
     says = r"connection to board 'k' at 127\.0\.0\.1:%d lost" % session.port
