@@ -209,14 +209,14 @@ def test_a_session_whose_spawner_is_killed_takes_its_process_group_along(
     whose spawner is killed (its parent-death signal, SIGHUP) kills its whole process group, so that no child it
     forked keeps the client's connection open."""
     daemon = board_factory(key=KEY, extra=["--work-dir", str(reachable_tmp / "work")])
-    session = farm.connect(*daemon.address, key=KEY)
-    child = 0
-    try:
+    with farm.connect(*daemon.address, key=KEY) as session, contextlib.ExitStack() as cleanup:
         pid = session.system_info()["pid"]
         spawner = _parent(pid)
         session.upload(kernels["libmisbehave.so"])
         child = session.load_module("libmisbehave.so").get_function("fork_sleeper", "int fork_sleeper(void)")()
-        assert child > 0 and not _gone(child) and os.getpgid(child) == pid
+        assert child > 0
+        cleanup.callback(lambda: _gone(child) or os.kill(child, signal.SIGKILL))  # what the test made it fork
+        assert os.getpgid(child) == pid
         os.kill(daemon.pid, signal.SIGSTOP)
         try:
             os.kill(spawner, signal.SIGKILL)
@@ -226,10 +226,6 @@ def test_a_session_whose_spawner_is_killed_takes_its_process_group_along(
         assert daemon.process.wait(timeout=30) == 1
         with pytest.raises(farm.SessionLostError):
             session.ping()
-    finally:
-        if child > 0 and not _gone(child):
-            os.kill(child, signal.SIGKILL)  # the process this test made the session fork
-        session.close()
 
 
 @pytest.mark.parametrize("option", ["--tls-cert", "--tls-key", "--tls-ca", "--tls-server-name"])
