@@ -61,6 +61,8 @@ SANITIZER_REPORT = re.compile(r"ERROR: (Address|Leak)Sanitizer|runtime error:|SU
 NATIVE_CHECKED = NATIVE_SERVERS[-1]
 #: Marks a test (or with ``pytestmark``, a module) to run against both board servers: Python's and the native one.
 every_board_server = pytest.mark.board_servers("python", NATIVE_CHECKED)
+#: Marks a test (or a module) to run on the Python board alone: it needs what only that board has.
+python_board_only = pytest.mark.board_servers("python")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -47,6 +47,10 @@ int read_text_file(const char *path, char *out, size_t cap); /* bytes read (trai
 int remove_tree(const char *path);                           /* rm -rf; 0 or -1 */
 const char *signal_name(int number);
 int dial(const char *host, int port, const char *what, char *why, size_t whylen); /* a connecting socket, or -1 */
+/* Code points of UTF-8 text as Python's surrogateescape decodes it (a byte that is not UTF-8 counts as one), and
+ * the bytes its first `chars` code points take. */
+size_t utf8_chars(const char *text, size_t n);
+size_t utf8_offset(const char *text, size_t n, size_t chars);
 /* 'text' as Python's repr() shows a str, of at most `max_chars` code points; bytes that are not UTF-8 as \udcXX. */
 void py_repr_limit(Buf *b, const char *text, size_t n, size_t max_chars);
 #define py_repr(b, text, n) py_repr_limit(b, text, n, (size_t)-1)

@@ -94,11 +94,13 @@ int enter_session(const SessionUser *user, const SessionLimits *limits, const ch
         signal(SIGXFSZ, SIG_IGN);
         limit(RLIMIT_FSIZE, limits->quota, 0);
     }
+    int parent_death = 0;
+    prctl(PR_GET_PDEATHSIG, &parent_death);
     if (user->do_switch && (setgroups(0, NULL) || setgid(user->gid) || setuid(user->uid))) {
         log_msg(LOG_ERROR, "the session process cannot become %s", user->name);
         return -1;
     }
-    prctl(PR_SET_PDEATHSIG, SIGKILL); /* again: changing user cleared it */
+    prctl(PR_SET_PDEATHSIG, parent_death); /* again: changing user cleared it */
     static const char *const KEPT[] = {"LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM"};
     char *kept[5] = {0};
     for (size_t k = 0; k < 5; k++)

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -19,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -89,6 +91,7 @@ typedef struct {
 } Board;
 
 static int wake[2] = {-1, -1};
+static int work_dir_lock = -1; /* held while the daemon runs: see claim_work_dir */
 static volatile sig_atomic_t stop_signal;
 
 static void on_signal(int number) {
@@ -566,7 +569,7 @@ static void tick(Board *b, double now) {
     if (!b->busy) return;
     Active *a = &b->active;
     if (a->deadline > 0 && now >= a->deadline && !a->timed_out) {
-        log_msg(LOG_WARNING, "session from %s reached its timeout; killing it", a->peer);
+        log_msg(LOG_WARNING, "session from %s reached its timeout of %g s; killing it", a->peer, a->deadline - a->started);
         a->timed_out = 1;
         kill_session(b);
     }
@@ -665,6 +668,44 @@ static void shut_down(Board *b) {
     log_msg(LOG_INFO, "board server stopped");
 }
 
+/* A work directory of this daemon's own holds WORK_DIR_LOCK, locked (flock) as long as the daemon runs. When the
+ * daemon is killed its spawner removes it, unless the spawner is killed too (a launcher kills what is left of a
+ * dead daemon's process group, the spawner with it): then the next daemon to start in the same place does. Any
+ * farm-board-* directory of this user whose lock it can take belongs to a daemon that is gone. */
+#define WORK_DIR_LOCK ".farm-board.lock"
+
+static void claim_work_dir(const char *work_dir) {
+    char path[PATH_MAX + 32], locked[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/.lock-new", work_dir);
+    snprintf(locked, sizeof locked, "%s/%s", work_dir, WORK_DIR_LOCK);
+    work_dir_lock = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    /* locked before it has its name, so that no other daemon finds it unlocked */
+    if (work_dir_lock < 0 || flock(work_dir_lock, LOCK_EX | LOCK_NB) || rename(path, locked))
+        log_msg(LOG_WARNING, "cannot lock the work directory %s: %s", work_dir, strerror(errno));
+}
+
+static void remove_dead_work_dirs(const char *temp) {
+    DIR *dir = opendir(temp);
+    struct dirent *entry;
+    while (dir && (entry = readdir(dir))) {
+        char path[PATH_MAX], lock[PATH_MAX];
+        struct stat info;
+        if (strncmp(entry->d_name, "farm-board-", 11) ||
+            snprintf(path, sizeof path, "%s/%s", temp, entry->d_name) >= (int)sizeof path ||
+            snprintf(lock, sizeof lock, "%s/%s", path, WORK_DIR_LOCK) >= (int)sizeof lock)
+            continue;
+        if (lstat(path, &info) || !S_ISDIR(info.st_mode) || info.st_uid != geteuid()) continue;
+        int fd = open(lock, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0) continue; /* not a native daemon's, or one still starting */
+        if (!flock(fd, LOCK_EX | LOCK_NB)) {
+            log_msg(LOG_INFO, "removing %s, the work directory of a board daemon that is gone", path);
+            remove_tree(path);
+        }
+        close(fd);
+    }
+    if (dir) closedir(dir);
+}
+
 static int make_work_dir(Board *b) {
     const char *given = b->o->work_dir;
     if (given) {
@@ -682,12 +723,14 @@ static int make_work_dir(Board *b) {
         return 0;
     }
     const char *temp = getenv("TMPDIR");
+    remove_dead_work_dirs(temp && *temp ? temp : "/tmp");
     snprintf(b->work_dir, sizeof b->work_dir, "%s/farm-board-XXXXXX", temp && *temp ? temp : "/tmp");
     if (!mkdtemp(b->work_dir)) {
         log_msg(LOG_ERROR, "cannot make a work directory in %s: %s", temp && *temp ? temp : "/tmp", strerror(errno));
         return -1;
     }
     chmod(b->work_dir, 0711);
+    claim_work_dir(b->work_dir);
     b->own_work_dir = 1;
     return 0;
 }

@@ -235,8 +235,11 @@ static int make_parents(Session *s, const char *path) {
     for (char *p = copy + 1; *p; p++) {
         if (*p != '/') continue;
         *p = 0;
-        if (mkdir(copy, 0777) && errno != EEXIST) {
-            fail_errno(s, errno, copy);
+        struct stat info; /* as Python's os.makedirs: an existing name that is not a directory fails, EEXIST */
+        int error = mkdir(copy, 0777) ? errno : 0;
+        if (error == EEXIST && !stat(copy, &info) && S_ISDIR(info.st_mode)) error = 0;
+        if (error) {
+            fail_errno(s, error, copy);
             free(copy);
             return -1;
         }

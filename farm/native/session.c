@@ -151,16 +151,19 @@ static int send_reply(Session *s, uint8_t op, uint32_t request_id, const Buf *me
     return status;
 }
 
+/* At most MAX_ERROR_TEXT characters (code points, as the Python board counts them) of an error's text. */
 static void clipped(Buf *meta, const char *text, size_t n) {
-    if (n <= MAX_ERROR_TEXT) {
+    size_t chars = n <= MAX_ERROR_TEXT ? n : utf8_chars(text, n);
+    if (chars <= MAX_ERROR_TEXT) {
         json_string(meta, text, n);
         return;
     }
     Buf cut = {0};
     size_t half = MAX_ERROR_TEXT / 2;
-    buf_add(&cut, text, half);
-    buf_addf(&cut, "\n[... %zu characters cut ...]\n", n - 2 * half);
-    buf_add(&cut, text + n - half, half);
+    size_t head = utf8_offset(text, n, half), tail = utf8_offset(text, n, chars - half);
+    buf_add(&cut, text, head);
+    buf_addf(&cut, "\n[... %zu characters cut ...]\n", chars - 2 * half);
+    buf_add(&cut, text + tail, n - tail);
     json_string(meta, cut.data, cut.len);
     buf_free(&cut);
 }

@@ -76,22 +76,29 @@ static void report_failure(SpawnerProcess *p, const char *fmt, const char *detai
     report(p, REPORT_FAILED, text, strlen(text));
 }
 
-/* Kills and reaps what a session left behind that came to the spawner, a subreaper: its only other children. */
+/* Kills and reaps what a session left behind that came to the spawner, a subreaper: its only other children. Pass
+ * after pass, since the children of each process killed come to the spawner in turn once it is gone (a session
+ * without a cgroup has nothing else to find them by). */
 static void kill_strays(void) {
-    DIR *proc = opendir("/proc");
-    struct dirent *entry;
     pid_t self = getpid();
-    while (proc && (entry = readdir(proc))) {
-        pid_t pid = (pid_t)atoi(entry->d_name);
-        char path[64], stat[512];
-        if (pid <= 0) continue;
-        snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-        if (read_text_file(path, stat, sizeof stat) <= 0) continue;
-        char *close_paren = strrchr(stat, ')');
-        int parent = 0;
-        if (close_paren && sscanf(close_paren + 2, "%*c %d", &parent) == 1 && parent == self) kill(pid, SIGKILL);
+    for (int killed = 1; killed;) {
+        killed = 0;
+        DIR *proc = opendir("/proc");
+        struct dirent *entry;
+        while (proc && (entry = readdir(proc))) {
+            pid_t pid = (pid_t)atoi(entry->d_name);
+            char path[64], stat[512];
+            if (pid <= 0) continue;
+            snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+            if (read_text_file(path, stat, sizeof stat) <= 0) continue;
+            char *close_paren = strrchr(stat, ')');
+            int parent = 0;
+            if (close_paren && sscanf(close_paren + 2, "%*c %d", &parent) == 1 && parent == self &&
+                kill(pid, SIGKILL) == 0 && waitpid(pid, NULL, 0) == pid)
+                killed = 1; /* reaped: its own children are the spawner's now */
+        }
+        if (proc) closedir(proc);
     }
-    if (proc) closedir(proc);
     while (waitpid(-1, NULL, WNOHANG) > 0) {
     }
 }
@@ -121,10 +128,24 @@ static void reap(SpawnerProcess *p, int block) {
     report_numbers(p, REPORT_ENDED, pid, wait_status);
 }
 
+/* SIGHUP in a session process (and, inherited, in its children). When it is the session process's parent-death
+ * signal (the spawner was killed, and cannot kill the session itself), the session's whole process group goes, so
+ * that no child it forked keeps the client's connection open; any other SIGHUP has its default action. */
+static pid_t session_pid, session_spawner;
+
+static void spawner_gone(int signum) {
+    if (getpid() == session_pid && getppid() != session_spawner) kill(0, SIGKILL);
+    signal(signum, SIG_DFL);
+    raise(signum);
+}
+
 /* The session process: give up the spawner's powers, enter the session's cgroup and limits, then serve. */
 static void serve(SpawnerProcess *p, int fd, const SessionOrder *order, const char *cgroup) {
     setpgid(0, 0);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    session_pid = getpid();
+    signal(SIGHUP, spawner_gone);
+    prctl(PR_SET_PDEATHSIG, SIGHUP); /* enter_session keeps it when it changes user */
+    if (getppid() != session_spawner) _exit(1); /* the spawner died before the signal was set */
     signal(SIGCHLD, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     signal(SIGINT, SIG_DFL);
@@ -185,6 +206,7 @@ static void start(SpawnerProcess *p, const unsigned char *message, size_t len, i
     snprintf(p->cgroup, sizeof p->cgroup, "%s", text[3]);
     free(p->directory);
     p->directory = xstrdup(text[0]);
+    session_spawner = getpid();
     pid_t pid = fork();
     if (pid < 0) {
         report_failure(p, "cannot start a session process: %s", strerror(errno));

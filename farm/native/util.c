@@ -246,6 +246,18 @@ static uint32_t next_code_point(const unsigned char *s, size_t n, size_t *i) {
     return cp;
 }
 
+size_t utf8_chars(const char *text, size_t n) {
+    size_t chars = 0;
+    for (size_t i = 0; i < n; chars++) next_code_point((const unsigned char *)text, n, &i);
+    return chars;
+}
+
+size_t utf8_offset(const char *text, size_t n, size_t chars) {
+    size_t i = 0;
+    for (size_t k = 0; k < chars && i < n; k++) next_code_point((const unsigned char *)text, n, &i);
+    return i;
+}
+
 void py_repr_limit(Buf *b, const char *text, size_t n, size_t max_chars) {
     const unsigned char *s = (const unsigned char *)text;
     size_t chars = 0;

@@ -5,9 +5,11 @@ A :class:`FaultFarm` runs the daemons of an inventory the test writes with
 restarted: every wait of the harness then calls ``supervise()`` from the test's
 thread, which the daemons' parent-death signal is tied to), plus boards the
 test starts itself: with options an inventory cannot give, or inside a network
-namespace. Everything started carries ``FARM_FAULT_TAG=<unique>`` in its
-environment and puts its temporary files under the test's directory, so what is
-left behind is found in /proc and on disk. :func:`assert_farm_whole` is the
+namespace. Every board runs one board server: Python's, or the native one (C), on
+x86_64 built with the sanitizers, whose reports fail the test. Everything started
+carries ``FARM_FAULT_TAG=<unique>`` in its environment and puts its temporary
+files under the test's directory, so what is left behind is found in /proc and
+on disk. :func:`assert_farm_whole` is the
 verdict of every scenario. Nothing of the package is replaced; waits poll a
 condition against a deadline.
 """
@@ -15,6 +17,7 @@ condition against a deadline.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -36,7 +39,10 @@ from farm.client.tracker import TrackerClient
 from farm.lifetime import PARENT_ENV
 from farm.ops.inventory import load_inventory
 from farm.ops.launcher import FarmStack
+from farm.ops.native import SANITIZE_FLAGS
 from farm.ops.processes import DaemonProcess, board_command
+from farm.ops.targets import host_target
+from farm.ops.toolchain import toolchain_for
 
 logger = logging.getLogger("tests.faults")
 
@@ -63,6 +69,21 @@ tracker = farm.connect_tracker(sys.argv[1], int(sys.argv[2]))
 tracker.request_board(sys.argv[3], user="waiter", on_progress=lambda p: print("queued", p["position"], flush=True))
 print("served", flush=True)
 """
+
+
+def on_server(inventory: str, server: Optional[BoardServer]) -> str:
+    """The inventory with every board group running ``server``: the Python board (None, or ``python``: as written),
+    the launcher's build of the native one, or for ``native-asan`` the native board built with the sanitizers,
+    through a toolchain entry for this machine."""
+    if server is None or not server.native:
+        return inventory
+    text = inventory.replace("- {key: ", "- {server: native, key: ")
+    assert text != inventory, "an inventory of board groups written as {key: ...}: %r" % inventory
+    if server.name == "native-asan":
+        toolchain = toolchain_for(host_target())
+        spec = {"compiler": toolchain.compiler, "flags": [*toolchain.flags, *SANITIZE_FLAGS]}
+        text += "toolchains:\n  %s: %s\n" % (toolchain.target.name, json.dumps(spec))  # JSON: YAML's flow style
+    return text
 
 
 def parent_and_start(pid: int) -> Tuple[int, int]:
@@ -107,12 +128,9 @@ class FaultFarm:
         self, directory: Path, inventory: str, tag: str, temp: Path, supervised: bool, server: Optional[BoardServer]
     ) -> None:
         directory.mkdir(parents=True)
-        if server is not None and server.native:  # the inventory's boards: the launcher's build of the native board
-            assert "- {key: " in inventory, "an inventory of board groups written as {key: ...}"
-            inventory = inventory.replace("- {key: ", "- {server: native, key: ")
-        self.server = server  # of the boards the test starts itself (None: the Python board)
-        (directory / "farm.yaml").write_text(inventory)
+        (directory / "farm.yaml").write_text(on_server(inventory, server))
         self.directory = directory
+        self.server = server  # None: the Python board
         self.tag = tag
         self.temp = temp  # the boards' TMPDIR: their work directories, with the session directories
         self.supervised = supervised
@@ -155,12 +173,10 @@ class FaultFarm:
         """A board of ``key`` the test starts (``prefix`` before its command, ``extra`` options after), registered."""
         name = "%s-extra-%d" % (key, len(self.extra))
         work_dir = self.temp / name
-        options = ["--tracker", "%s:%d" % self.tracker, "--name", name]
+        options = ["--tracker", "%s:%d" % self.tracker, "--name", name, "--work-dir", str(work_dir), *extra]
         program = [self.server.program] if self.server is not None and self.server.program else None
-        options = [*options, "--work-dir", str(work_dir), *extra]
         argv = [*prefix, *board_command(key, host, 0, sys.executable, options, server=program)]
         env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})  # it dies with this process, as the stack's do
-        env.update(self.server.env if self.server is not None else {})
         daemon = DaemonProcess(argv, str(self.directory / ("%s.log" % name)), env)
         self.extra.append((key, daemon))
         daemon.wait_for_bind()
@@ -232,7 +248,8 @@ class FaultFarm:
 
     def strays(self) -> Dict[int, str]:
         """Processes of this test that are neither the farm's daemons nor a board's own helpers: its children, the
-        session spawner and the watchdog (sessions, and what they leave behind, are the spawner's)."""
+        session spawner and (on the Python board) the watchdog. Sessions, and what they leave behind, are the
+        spawner's."""
         daemons, boards = set(self.daemon_pids()), set(self.board_pids())
         found = processes_with_env(TAG_ENV, self.tag)
         kept = daemons | {pid for pid in found if parent_and_start(pid)[0] in boards}
@@ -266,6 +283,10 @@ class FaultFarm:
         self.stack.stop()
         for _, daemon in self.extra:
             daemon.stop()
+
+    def check_sanitizers(self) -> None:
+        """Fail if the sanitizers reported anything in a board's log (its session processes write there too)."""
+        for daemon in [board.process for board in self.stack.boards] + [daemon for _, daemon in self.extra]:
             check_sanitizer_log(daemon)
 
 
@@ -338,15 +359,16 @@ def fault_farms(
 ) -> Iterator[Callable[..., FaultFarm]]:
     """``start(inventory, supervised=False)`` brings a farm up; at the end every farm stops, and nothing is left.
 
-    The boards' work directories go to a directory their sessions (run as nobody) can enter. ``server``: the board
-    server the boards run (default: the Python one); a native one runs the inventory's boards as ``server: native``
-    (the launcher's own build) and the boards the test starts as given.
+    The boards run ``server`` (default: the Python board; see :func:`on_server`). Their work directories go to a
+    directory their sessions (run as nobody) can enter.
     """
     tag = uuid.uuid4().hex
     started: List[FaultFarm] = []
     with reachable_temp() as temp:
         monkeypatch.setenv(TAG_ENV, tag)  # inherited by everything the test starts
         monkeypatch.setenv("TMPDIR", str(temp))
+        for name, value in (server.env if server is not None else {}).items():  # the sanitizers' options
+            monkeypatch.setenv(name, value)
 
         def start(inventory: str, supervised: bool = False) -> FaultFarm:
             faulty = FaultFarm(directory / ("farm-%d" % len(started)), inventory, tag, temp, supervised, server)
@@ -365,6 +387,8 @@ def fault_farms(
                 faulty.stop()
             try:
                 assert_nothing_left(tag, temp)
+                for faulty in started:
+                    faulty.check_sanitizers()
             finally:
                 for pid in processes_with_env(TAG_ENV, tag):
                     with contextlib.suppress(ProcessLookupError):

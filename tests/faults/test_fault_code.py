@@ -17,7 +17,7 @@ import pytest
 from fault_farm import FaultFarm, assert_farm_whole, fault_farms
 
 import farm
-from conftest import wait_for
+from conftest import NATIVE_CHECKED, board_server_named, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -27,9 +27,12 @@ QUOTA = 2
 MB = 1 << 20
 
 
-@pytest.fixture
-def start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., FaultFarm]]:
-    with fault_farms(tmp_path, monkeypatch) as starter:
+@pytest.fixture(params=["python", NATIVE_CHECKED])
+def start(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native_builds: Dict[bool, str]
+) -> Iterator[Callable[..., FaultFarm]]:
+    """Each scenario on a farm of Python boards and on one of native boards."""
+    with fault_farms(tmp_path, monkeypatch, board_server_named(request.param, native_builds)) as starter:
         yield starter
 
 

@@ -18,7 +18,7 @@ from farm_certs import TlsFiles
 from fault_farm import HOLDING, QUEUED, FaultFarm, assert_farm_whole, fault_farms, in_background, pause_in_call
 
 import farm
-from conftest import wait_for
+from conftest import NATIVE_CHECKED, board_server_named, wait_for
 from farm.client.session import SESSION_END_GRACE
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
@@ -27,16 +27,22 @@ TWO_BOARDS = "tracker: {port: 0}\nboards:\n  - {key: k, count: 2}\n"
 PROXIED = "tracker: {port: 0}\nproxy: {port: 0}\nboards:\n  - {key: k}\n  - {key: nat, count: 2, proxy: true}\n"
 
 
-@pytest.fixture(params=["plain", "tls"])
+@pytest.fixture(params=["python-plain", "python-tls", NATIVE_CHECKED + "-plain"])
 def start(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tls_files: TlsFiles
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tls_files: TlsFiles,
+    native_builds: Dict[bool, str],
 ) -> Iterator[Callable[..., FaultFarm]]:
     """Each scenario on a plain farm and on one with TLS on every connection (the daemons, the test's clients
-    and the client processes it spawns all take it from the environment)."""
-    if request.param == "tls":
+    and the client processes it spawns all take it from the environment), of Python boards; and on a plain farm
+    of native boards, which have no TLS yet."""
+    server, transport = request.param.rsplit("-", 1)
+    if transport == "tls":
         for name, value in tls_files.daemon().as_env().items():
             monkeypatch.setenv(name, value)
-    with fault_farms(tmp_path, monkeypatch) as starter:
+    with fault_farms(tmp_path, monkeypatch, board_server_named(server, native_builds)) as starter:
         yield starter
 
 

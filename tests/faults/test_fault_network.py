@@ -24,6 +24,7 @@ import pytest
 from fault_farm import FaultFarm, assert_farm_whole, fault_farms, pause_in_call
 
 import farm
+from conftest import NATIVE_CHECKED, board_server_named
 from farm.client.session import SESSION_END_GRACE
 
 logger = logging.getLogger("tests.faults.network")
@@ -102,9 +103,16 @@ def namespace() -> Iterator[Namespace]:
     assert not space.exists(), "left after the test: %r" % space.exists()
 
 
-@pytest.fixture
-def start(namespace: Namespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], FaultFarm]]:
-    """A farm whose tracker listens outside the namespace, and a board of key ``net`` inside it."""
+@pytest.fixture(params=["python", NATIVE_CHECKED])
+def start(
+    request: pytest.FixtureRequest,
+    namespace: Namespace,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    native_builds: Dict[bool, str],
+) -> Iterator[Callable[[], FaultFarm]]:
+    """A farm whose tracker listens outside the namespace, and a board of key ``net`` inside it: a Python board,
+    or a native one."""
 
     def started() -> FaultFarm:
         inventory = "tracker: {host: %s, port: 0}\nboards:\n  - {key: k}\n" % namespace.host_address
@@ -112,7 +120,9 @@ def start(namespace: Namespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         faulty.add_board("net", prefix=namespace.exec, host=namespace.board_address)
         return faulty
 
-    with fault_farms(tmp_path, monkeypatch) as starter:  # stops before the namespace goes
+    with fault_farms(
+        tmp_path, monkeypatch, board_server_named(request.param, native_builds)
+    ) as starter:  # stops before the namespace goes
         yield started
 
 

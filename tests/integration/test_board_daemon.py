@@ -309,6 +309,8 @@ CRASHES = [
     pytest.param("exit_with", "void exit_with(int code)", (0,), None, 0, id="exit-0"),
     pytest.param("raise_signal", "void raise_signal(int n)", (int(signal.SIGKILL),), signal.SIGKILL, None, id="kill"),
     pytest.param("raise_signal", "void raise_signal(int n)", (int(signal.SIGTERM),), signal.SIGTERM, None, id="term"),
+    # The native session process handles SIGHUP, its signal for a daemon that died; any other SIGHUP is as ever.
+    pytest.param("raise_signal", "void raise_signal(int n)", (int(signal.SIGHUP),), signal.SIGHUP, None, id="hup"),
 ]
 
 
@@ -690,6 +692,7 @@ def test_sigterm_to_the_daemon_during_a_running_call(board: DaemonProcess, kerne
     assert not os.path.exists(os.path.dirname(info["session_dir"]))
 
 
+@every_board_server
 def test_sigkill_to_the_daemon_takes_the_session_process_along(
     board_factory: Callable[..., DaemonProcess], reachable_tmp: Path
 ) -> None:
@@ -704,6 +707,7 @@ def test_sigkill_to_the_daemon_takes_the_session_process_along(
             session.ping()
 
 
+@every_board_server
 def test_sigkill_to_the_daemon_takes_forked_children_along(
     board_factory: Callable[..., DaemonProcess], reachable_tmp: Path, kernels: dict
 ) -> None:

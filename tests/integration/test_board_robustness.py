@@ -1,8 +1,9 @@
 """Board robustness on real processes at 127.0.0.1: reloads, uploads, a dead watchdog, limits, resets.
 
-Every board is a ``python -m farm.server`` child process started by the fixtures in
-tests/conftest.py; nothing of the package is replaced or mocked. Waits poll a condition
-against a deadline instead of sleeping.
+Every board is a child process started by the fixtures in tests/conftest.py: ``python -m
+farm.server``, and for every test that applies to a board without Python, the native board
+(docs/native-board.md; the sanitized build where there is one). Nothing of the package is
+replaced or mocked. Waits poll a condition against a deadline instead of sleeping.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ import pytest
 from farm_certs import TlsFiles
 
 import farm
-from conftest import python_env, read_until_closed, wait_for
+from conftest import BoardServer, every_board_server, python_board_only, python_env, read_until_closed, wait_for
 from farm.ops.processes import DaemonProcess
 from farm.ops.toolchain import compile_shared
 from farm.protocol.framing import HEADER, Frame, FrameReader, encode_frame
 from farm.protocol.handshake import CODE_SUCCESS, ReplyReader, encode_hello
 from farm.protocol.ops import Op
 
+pytestmark = every_board_server
 KEY = "test"
 Address = Tuple[str, int]
 
@@ -217,6 +219,7 @@ def test_refused_upload_leaves_no_temporary_file(remote: farm.RemoteSession, nam
 # --- the watchdog dies ---------------------------------------------------------------------
 
 
+@python_board_only  # the native daemon has no watchdog process: it enforces the session timeout itself
 def test_board_serves_after_its_watchdog_was_killed(
     board_factory: Callable[..., DaemonProcess], kernels: Dict[str, Path]
 ) -> None:
@@ -255,18 +258,21 @@ def test_board_serves_after_its_watchdog_was_killed(
 
 
 def test_board_survives_running_out_of_file_descriptors(
-    board_factory: Callable[..., DaemonProcess], tmp_path: Path
+    board_factory: Callable[..., DaemonProcess], board_server: BoardServer, tmp_path: Path
 ) -> None:
-    wrapper = tmp_path / "python-with-48-files"
+    server = board_server.program or sys.executable
+    wrapper = tmp_path / "board-with-48-files"
     wrapper.write_text(
         "#!%s\n"
         "import os, resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))\n"
-        "os.execv(sys.executable, [sys.executable] + sys.argv[1:])\n" % sys.executable
+        "os.execv(%r, [%r] + sys.argv[1:])\n" % (sys.executable, server, server)
     )
     wrapper.chmod(0o755)
+    # The wrapper runs in place of the Python (``-m farm.server`` follows) or of the native daemon.
+    start = {"program": str(wrapper)} if board_server.native else {"python": str(wrapper)}
     # Its share of pending handshakes per address above its descriptors, so that these run out first.
-    daemon = board_factory(key=KEY, python=str(wrapper), extra=["--max-unproven-per-address", "64"])
+    daemon = board_factory(key=KEY, extra=["--max-unproven-per-address", "64"], **start)
     assert open_files_limit(daemon.pid) == 48
     clients: List[socket.socket] = []
     try:
@@ -316,6 +322,7 @@ def test_refused_frame_error_carries_its_own_request_id(board_factory: Callable[
 # --- error replies ------------------------------------------------------------------------------
 
 
+@python_board_only  # run() raises it: the native board's is below, from a lookup of a huge name
 def test_huge_non_ascii_error_message_keeps_the_session(remote: farm.RemoteSession) -> None:
     with pytest.raises(farm.RemoteError) as caught:
         remote.run(lambda: (_ for _ in ()).throw(ValueError("\U0001f600" * 100000)))
@@ -327,6 +334,24 @@ def test_huge_non_ascii_error_message_keeps_the_session(remote: farm.RemoteSessi
     assert "\U0001f600" * 100 in message
     assert len(message) < 100000
     remote.ping()
+
+
+def test_huge_non_ascii_name_in_an_error_is_cut_by_characters(
+    remote: farm.RemoteSession, libraries: Dict[str, Path]
+) -> None:
+    """A lookup of a function named by 80,000 characters outside ASCII (one and two UTF-16 units each): the error
+    keeps the first and last 16 Ki characters of its message whole and counts the characters cut between."""
+    remote.upload(libraries["libversion1.so"], "libname.so")
+    module = remote.load_module("libname.so")
+    name = "\u00e9\U0001f600" * 40000
+    with pytest.raises(farm.RemoteError) as caught:
+        module.get_function(name, "int f(void)")
+    assert not isinstance(caught.value, farm.SessionLostError), caught.value
+    assert caught.value.remote_type == "FarmError"
+    whole, half = "libname.so has no function %r" % name, 16 << 10
+    cut = "\n[... %d characters cut ...]\n" % (len(whole) - 2 * half)
+    assert caught.value.args[0] == "FarmError: " + whole[:half] + cut + whole[-half:]
+    assert module.get_function("version", "int version(void)")() == 1
 
 
 # --- the client resets the connection mid-reply ----------------------------------------------------
@@ -381,19 +406,28 @@ def test_crash_in_a_library_constructor_names_load_module(
 
 # --- a client that leaves in the middle of a call --------------------------------------
 
+#: ``python CLIENT HOST PORT KEY [LIBRARY]``: the call leaves a file named "running" in the session's directory,
+#: which the client prints, and waits. It is ``sleep_long()`` through run(), or with LIBRARY (a board without
+#: Python) the kernel ``mark_and_pause()`` of libfaults.so.
 INTERRUPTED_CLIENT = """
 import sys, time
 import farm
 
 
-def sleep_long(started):
-    open(started, "w").close()  # the board (on this machine) says the call runs
+def sleep_long():
+    open("running", "w").close()
     time.sleep(120)
 
 
 remote = farm.connect(sys.argv[1], int(sys.argv[2]), key=sys.argv[3])
+print(remote.system_info()["session_dir"], flush=True)
+if len(sys.argv) > 4:
+    remote.upload(sys.argv[4])
+    call = remote.load_module("libfaults.so").get_function("mark_and_pause", "void mark_and_pause(void)")
+else:
+    call = lambda: remote.run(sleep_long)
 try:
-    remote.run(sleep_long, sys.argv[4])
+    call()
 except KeyboardInterrupt:
     remote.close()  # must not wait for the board to finish the call
     print("closed:", remote.closed, flush=True)
@@ -404,31 +438,58 @@ except KeyboardInterrupt:
 """
 
 
-@pytest.mark.parametrize("transport", ["plain", "tls"])
 @pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
 def test_a_client_that_leaves_mid_call_frees_the_board(
     board_factory: Callable[..., DaemonProcess],
+    board_server: BoardServer,
+    kernels: Dict[str, Path],
     tmp_path: Path,
-    drop_box: Path,
     how: str,
-    transport: str,
+) -> None:
+    """Ctrl-C (or a kill) during a long call: the client closes at once and the board ends the session."""
+    daemon = board_factory(key=KEY)
+    leave_mid_call(daemon, board_server, kernels["libfaults.so"], tmp_path, how, python_env())
+
+
+@python_board_only  # the native board has no TLS yet
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+def test_a_client_that_leaves_mid_call_under_tls_frees_the_board(
+    board_factory: Callable[..., DaemonProcess],
+    board_server: BoardServer,
+    kernels: Dict[str, Path],
+    tmp_path: Path,
+    how: str,
     tls_files: TlsFiles,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Ctrl-C (or a kill) during a long call: the client closes at once and the board ends the session (under TLS
-    the daemon, which holds the client's connection, sees it go)."""
-    tls_env = tls_files.daemon().as_env() if transport == "tls" else {}
+    """The same under TLS: the daemon, which holds the client's connection, sees it go."""
+    tls_env = tls_files.daemon().as_env()
     for name, value in tls_env.items():
         monkeypatch.setenv(name, value)
     daemon = board_factory(key=KEY, env=python_env(**tls_env))
+    leave_mid_call(daemon, board_server, kernels["libfaults.so"], tmp_path, how, python_env(**tls_env))
+
+
+def first_line(path: Path) -> Optional[str]:
+    """The first line of the file once it is written whole, without its newline."""
+    line, newline, _ = path.read_text().partition("\n")
+    return line if newline else None
+
+
+def leave_mid_call(
+    daemon: DaemonProcess, board_server: BoardServer, library: Path, tmp_path: Path, how: str, env: Dict[str, str]
+) -> None:
+    """Signal a client process (INTERRUPTED_CLIENT) in its call, and check that the board ended the session."""
     host, port = daemon.address
-    script, started, output = tmp_path / "client.py", drop_box / "started", tmp_path / "client.out"
+    script, output = tmp_path / "client.py", tmp_path / "client.out"
     script.write_text(INTERRUPTED_CLIENT)
+    call = "mark_and_pause() from libfaults.so" if board_server.native else "sleep_long()"
     with open(output, "w") as out:
-        argv = [sys.executable, str(script), host, str(port), KEY, str(started)]
-        client = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=python_env(**tls_env))
+        argv = [sys.executable, str(script), host, str(port), KEY, *([str(library)] if board_server.native else [])]
+        client = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
-        wait_for(started.exists, 30, "the board to run the call")
+        session_dir = wait_for(lambda: first_line(output), 30, "the client has a session")
+        wait_for((Path(session_dir) / "running").exists, 30, "the board to run the call")
         client.send_signal(getattr(signal, how))
         client.wait(timeout=60)
     finally:
@@ -442,8 +503,8 @@ def test_a_client_that_leaves_mid_call_frees_the_board(
             in text
         )
     # Long before the 120 s call would end, the board is free for the next client.
-    ended = "the client left while running sleep_long(); the board ended the session"  # once reaped: it is free
+    ended = "the client left while running %s; the board ended the session" % call  # once reaped: it is free
     wait_for(lambda: ended in daemon.log_text(), 10, "the board to end the session")
-    assert "left while running sleep_long(); killing the session" in daemon.log_text()
+    assert "left while running %s; killing the session" % call in daemon.log_text()
     with farm.connect(host, port, key=KEY, connect_timeout=5) as remote:
         remote.ping()

@@ -193,6 +193,41 @@ def test_a_dead_spawner_stops_the_daemon(board_factory: Callable[..., DaemonProc
     session.close()
 
 
+def _gone(pid: int) -> bool:
+    """No such process, or a zombie waiting for its (new) parent."""
+    try:
+        with open("/proc/%d/stat" % pid) as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def test_a_session_whose_spawner_is_killed_takes_its_process_group_along(
+    board_factory: Callable[..., DaemonProcess], reachable_tmp: Path, kernels: Dict[str, Path]
+) -> None:
+    """With the daemon stopped, so that neither it nor the end of the session's cgroup can act: the session process
+    whose spawner is killed (its parent-death signal, SIGHUP) kills its whole process group, so that no child it
+    forked keeps the client's connection open."""
+    daemon = board_factory(key=KEY, extra=["--work-dir", str(reachable_tmp / "work")])
+    with farm.connect(*daemon.address, key=KEY) as session, contextlib.ExitStack() as cleanup:
+        pid = session.system_info()["pid"]
+        spawner = _parent(pid)
+        session.upload(kernels["libmisbehave.so"])
+        child = session.load_module("libmisbehave.so").get_function("fork_sleeper", "int fork_sleeper(void)")()
+        assert child > 0
+        cleanup.callback(lambda: _gone(child) or os.kill(child, signal.SIGKILL))  # what the test made it fork
+        assert os.getpgid(child) == pid
+        os.kill(daemon.pid, signal.SIGSTOP)
+        try:
+            os.kill(spawner, signal.SIGKILL)
+            wait_for(lambda: _gone(pid) and _gone(child), 10, "the session process and its child are gone")
+        finally:
+            os.kill(daemon.pid, signal.SIGCONT)
+        assert daemon.process.wait(timeout=30) == 1
+        with pytest.raises(farm.SessionLostError):
+            session.ping()
+
+
 @pytest.mark.parametrize("option", ["--tls-cert", "--tls-key", "--tls-ca", "--tls-server-name"])
 def test_options_it_does_not_offer_yet_are_refused(board_server: BoardServer, option: str) -> None:
     assert board_server.program is not None

@@ -20,11 +20,10 @@ import numpy as np
 import pytest
 
 import farm
-from conftest import NATIVE_CHECKED, BoardServer, every_board_server, rss
+from conftest import NATIVE_CHECKED, BoardServer, every_board_server, python_board_only, rss
 from farm.client.session import RemotePathEscapeError
 
 pytestmark = every_board_server
-python_board_only = pytest.mark.board_servers("python")
 
 VADD_SIG = "void vadd(const float *a, const float *b, float *c, int64_t n)"
 MATMUL_SIG = "void matmul(const float *a, const float *b, float *c, int64_t m, int64_t k, int64_t n)"
