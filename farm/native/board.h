@@ -273,6 +273,9 @@ typedef struct {
     void *block; /* what to free when not mapped */
 } Array;
 void *session_object(Session *s, uint64_t id, ObjKind kind);
+/* A request's parts decoded once received (session.c), ProtocolError when malformed. */
+int meta_decode(Session *s, const char *text, size_t n, Arena *arena, const JValue **meta);
+int release_field(Session *s, const JValue *meta);
 uint64_t session_add(Session *s, ObjKind kind, void *object);
 
 /* files.c */
@@ -348,6 +351,7 @@ void tracker_session_started(Tracker *t);
 void tracker_session_ended(Tracker *t);
 int tracker_accepts(const Tracker *t, const char *client_key);
 void tracker_close(Tracker *t);
+void tracker_replies(Tracker *t); /* takes the complete replies out of t->in (no socket I/O) */
 
 /* proxy.c: a board behind a proxy */
 typedef struct {

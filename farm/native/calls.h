@@ -61,6 +61,10 @@ typedef struct {
     int count;
 } Prepared;
 
+/* Parses a signature `RET [NAME](TYPE [NAME], ...)`; NULL with an ArgumentError set if it is not one. */
+Signature *parse_signature(Session *s, const char *text, size_t n);
+void free_signature(Signature *sig);
+
 /* Decodes a CALL payload and checks it against the function's signature: 0, or -1 with the error set. */
 int prepare_call(Session *s, const unsigned char *payload, uint64_t size, Prepared *call);
 void call_result(const Prepared *call, void *result, unsigned char out[9]);
