@@ -383,6 +383,7 @@ void proxy_tick(Proxy *p, double now);
 double proxy_next_deadline(const Proxy *p); /* 0: none */
 void proxy_session_ended(Proxy *p);
 void proxy_close(Proxy *p);
+int proxy_reply(Proxy *p, char *client, size_t cap, size_t *used); /* reads p->in (no socket I/O) */
 
 /* daemon.c */
 int serve_board(const Options *o, const unsigned char *secret, size_t secret_len);

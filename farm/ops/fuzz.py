@@ -36,7 +36,7 @@ logger = logging.getLogger("farm.fuzz")
 #: The targets' sources and the regression inputs (``TARGET-WHAT``, each run once by the tests).
 FUZZ_DIR = os.path.join(SOURCE_DIR, "fuzz")
 REGRESSION_DIR = os.path.join(FUZZ_DIR, "regressions")
-TARGETS = ("frame", "call", "signature", "hello", "proof", "json", "tracker")
+TARGETS = ("frame", "call", "signature", "hello", "proof", "proxy", "json", "tracker")
 #: How the daemon's sources and the targets compile: the server's warnings, sanitizers made fatal.
 FLAGS = (
     "-std=c11",
@@ -266,6 +266,17 @@ def _tracker_replies() -> List[bytes]:
     ]
 
 
+def _proxy_replies() -> List[bytes]:
+    from ..protocol.handshake import CODE_BUSY, CODE_MISMATCH, CODE_SUCCESS, encode_reply
+
+    return [
+        encode_reply(CODE_SUCCESS, "client:fuzz -timeout=2.5") + b"RD\x01",
+        encode_reply(CODE_BUSY, "board 'fuzz' is busy"),
+        encode_reply(CODE_MISMATCH),
+        encode_reply(CODE_SUCCESS, "client:\u00e9 -timeout=1e400"),
+    ]
+
+
 def _signatures() -> List[bytes]:
     return [
         b"void vadd(const float *a, const float *b, float *out, int n)",
@@ -295,6 +306,7 @@ def _seeds() -> Dict[str, List[bytes]]:
             "server:\u00e9\u3000key\u2028-timeout=inf".encode(),
         ],
         "proof": _proofs(),
+        "proxy": _proxy_replies(),
         "json": [json.dumps(value).encode() for value in (_JSON_VALUE, [0.5, -0, 1e400, "\ud800"], "\\u00e9")]
         + [
             b'{"a": [1, 2, {"b": null}], "c": "\\ud83d\\ude00\\ud800x"}',

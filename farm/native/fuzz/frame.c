@@ -18,8 +18,10 @@ static void decode_request(Session *s, const Header *h, const JValue *meta, cons
                            size_t size) {
     if (release_field(s, meta)) return;
     switch (h->op) {
+    case OP_TIME: /* options, then a call's payload */
     case OP_CALL:
     case OP_PIPELINED_CALL: {
+        if (h->op == OP_TIME && timing_check(s, meta)) break;
         Prepared *call = xmalloc(sizeof(Prepared));
         prepare_call(s, payload, size, call);
         free(call);
