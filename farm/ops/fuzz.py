@@ -57,6 +57,8 @@ SECRET = b"fuzzing-secret-of-the-farm-0123456789"
 NONCE = b"\x5a" * 32
 MARKER = ".farm-complete"
 _DONE = re.compile(r"^Done (\d+) runs", re.MULTILINE)
+#: A sanitizer's or libFuzzer's report: "==PID==ERROR: AddressSanitizer", "==PID== ERROR: libFuzzer", UBSan's.
+_REPORT = re.compile(r"^==\d+== ?ERROR: |: runtime error: ", re.MULTILINE)
 
 
 def _install_hint() -> str:
@@ -163,7 +165,7 @@ class FuzzRun:
     @property
     def crashed(self) -> bool:
         """Whether a sanitizer or libFuzzer reported an input (a crash, a leak, a timeout)."""
-        return self.returncode != 0 or "ERROR:" in self.output or "runtime error:" in self.output
+        return self.returncode != 0 or _REPORT.search(self.output) is not None
 
 
 def run_fuzzer(
