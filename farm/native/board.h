@@ -277,6 +277,9 @@ typedef struct {
     void *block; /* what to free when not mapped */
 } Array;
 void *session_object(Session *s, uint64_t id, ObjKind kind);
+/* A request's parts decoded once received (session.c), ProtocolError when malformed. */
+int meta_decode(Session *s, const char *text, size_t n, Arena *arena, const JValue **meta);
+int release_field(Session *s, const JValue *meta);
 uint64_t session_add(Session *s, ObjKind kind, void *object);
 
 /* files.c */
@@ -352,6 +355,7 @@ void tracker_session_started(Tracker *t);
 void tracker_session_ended(Tracker *t);
 int tracker_accepts(const Tracker *t, const char *client_key);
 void tracker_close(Tracker *t);
+void tracker_replies(Tracker *t); /* takes the complete replies out of t->in (no socket I/O) */
 
 /* proxy.c: a board behind a proxy */
 typedef struct {
@@ -383,6 +387,7 @@ void proxy_tick(Proxy *p, double now);
 double proxy_next_deadline(const Proxy *p); /* 0: none */
 void proxy_session_ended(Proxy *p);
 void proxy_close(Proxy *p);
+int proxy_reply(Proxy *p, char *client, size_t cap, size_t *used); /* reads p->in (no socket I/O) */
 
 /* cgroup.c: a cgroup per session (farm/board/confine.py) */
 enum { CONTROL_MEMORY = 1, CONTROL_PIDS = 2 };

@@ -203,7 +203,7 @@ static void split_declarator(const char *text, size_t n, Buf *type, char *name, 
     buf_free(&plain);
 }
 
-static void free_signature(Signature *sig) {
+void free_signature(Signature *sig) {
     if (!sig) return;
     free(sig->params);
     free(sig->text);
@@ -211,7 +211,7 @@ static void free_signature(Signature *sig) {
 }
 
 /* Parses `RET [NAME](TYPE [NAME], ...)`; NULL with an ArgumentError if it is not one. */
-static Signature *parse_signature(Session *s, const char *text, size_t n) {
+Signature *parse_signature(Session *s, const char *text, size_t n) {
     Buf compact = {0}, where = {0}, head = {0};
     for (size_t i = 0; i < n;) { /* any run of whitespace is one space */
         while (i < n && isspace((unsigned char)text[i])) i++;

@@ -61,8 +61,14 @@ typedef struct {
     int count;
 } Prepared;
 
+/* Parses a signature `RET [NAME](TYPE [NAME], ...)`; NULL with an ArgumentError set if it is not one. */
+Signature *parse_signature(Session *s, const char *text, size_t n);
+void free_signature(Signature *sig);
+
 /* Decodes a CALL payload and checks it against the function's signature: 0, or -1 with the error set. */
 int prepare_call(Session *s, const unsigned char *payload, uint64_t size, Prepared *call);
+/* TIME's options in a request's metadata (timing.c): 0, or -1 with the ArgumentError set. */
+int timing_check(Session *s, const JValue *meta);
 void call_result(const Prepared *call, void *result, unsigned char out[9]);
 
 #endif

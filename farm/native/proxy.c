@@ -79,8 +79,9 @@ static void greet(Proxy *p) {
     buf_free(&out);
 }
 
-/* The proxy's reply: 1 once a client is paired (its key text in `client`), 0 while waiting, -1 after a retry. */
-static int on_reply(Proxy *p, char *client, size_t cap, size_t *used) {
+/* The proxy's reply in p->in: 1 once a client is paired (its key text in `client`), 0 while waiting, -1 after a
+ * retry. */
+int proxy_reply(Proxy *p, char *client, size_t cap, size_t *used) {
     if (p->in.len < 4) return 0;
     uint32_t code = get_u32((unsigned char *)p->in.data);
     char why[MAX_KEY_LENGTH + 200];
@@ -162,7 +163,7 @@ int proxy_on_event(Proxy *p, short revents, Paired *paired) {
         if (failed || p->proof.stage < 2) return 0;
     }
     size_t used = 0;
-    if (on_reply(p, paired->client, sizeof paired->client, &used) != 1) return 0;
+    if (proxy_reply(p, paired->client, sizeof paired->client, &used) != 1) return 0;
     paired->fd = p->fd;
     paired->leftover_len = p->in.len - used;
     paired->leftover = xmalloc(paired->leftover_len);

@@ -120,6 +120,30 @@ void release_arrays(Session *s, const JValue *ids) {
     }
 }
 
+/* A request's metadata, its `n` bytes of JSON text received: the object in `meta`, or -1 with the ProtocolError. */
+int meta_decode(Session *s, const char *text, size_t n, Arena *arena, const JValue **meta) {
+    char why[300];
+    if (!valid_utf8((const unsigned char *)text, n))
+        return fail(s, "ProtocolError", "frame metadata is not valid JSON: it is not UTF-8");
+    const JValue *parsed = json_parse(text, n, arena, why, sizeof why);
+    if (!parsed) return fail(s, "ProtocolError", "frame metadata is not valid JSON: %s", why);
+    if (parsed->type != J_OBJECT)
+        return fail(s, "ProtocolError", "frame metadata is a JSON %s, not an object", json_type_name(parsed));
+    *meta = parsed;
+    return 0;
+}
+
+/* The arrays a request's 'release' field names are freed before it runs: 0, or -1 with the ProtocolError. */
+int release_field(Session *s, const JValue *meta) {
+    const JValue *release = json_get(meta, "release");
+    if (!release) return 0;
+    int ok = release->type == J_ARRAY;
+    for (size_t k = 0; ok && k < release->len; k++) ok = release->items[k].type == J_INT;
+    if (!ok) return fail(s, "ProtocolError", "request field 'release' is not a list of array ids");
+    release_arrays(s, release);
+    return 0;
+}
+
 static void reply_free(Reply *r) {
     buf_free(&r->meta);
     buf_free(&r->owned);
@@ -311,13 +335,7 @@ static int handle(Session *s, const Header *h, const JValue *meta, Payload *p) {
                  name && name->type == J_STRING ? name->s : "");
         status_running(s->order->status, activity);
     }
-    const JValue *release = json_get(meta, "release");
-    if (release) {
-        int ok = release->type == J_ARRAY;
-        for (size_t k = 0; ok && k < release->len; k++) ok = release->items[k].type == J_INT;
-        if (!ok) status = fail(s, "ProtocolError", "request field 'release' is not a list of array ids");
-        else release_arrays(s, release);
-    }
+    status = release_field(s, meta);
     if (status == 0) status = dispatch(s, h, meta, p, &r);
     status_set(s->order->status, ST_IDLE);
     int go_on = 1;
@@ -362,14 +380,8 @@ static int serve_one(Session *s) {
         } else if (conn_read(&s->conn, text, h.meta_len)) {
             log_msg(LOG_INFO, "the client left");
             goto done;
-        } else if (!valid_utf8((unsigned char *)text, h.meta_len)) {
-            status = fail(s, "ProtocolError", "frame metadata is not valid JSON: it is not UTF-8");
         } else {
-            const JValue *parsed = json_parse(text, h.meta_len, arena, why, sizeof why);
-            if (!parsed) status = fail(s, "ProtocolError", "frame metadata is not valid JSON: %s", why);
-            else if (parsed->type != J_OBJECT)
-                status = fail(s, "ProtocolError", "frame metadata is a JSON %s, not an object", json_type_name(parsed));
-            else meta = parsed;
+            status = meta_decode(s, text, h.meta_len, arena, &meta);
         }
     }
     if (status == 0) {

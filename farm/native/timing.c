@@ -94,6 +94,11 @@ static int timing_options(Session *s, const JValue *meta, TimingOptions *o) {
     return 0;
 }
 
+int timing_check(Session *s, const JValue *meta) {
+    TimingOptions o;
+    return timing_options(s, meta, &o);
+}
+
 /* Nanoseconds `number` calls take. */
 static int64_t batch(ffi_cif *cif, void *function, void **values, uint64_t number) {
     _Alignas(16) unsigned char result[16];

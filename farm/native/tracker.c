@@ -154,8 +154,8 @@ static void on_pending(Tracker *t, const JValue *reply) {
     }
 }
 
-/* The tracker's replies, each an int32 length and JSON. */
-static void on_replies(Tracker *t) {
+/* The tracker's replies received into t->in, each an int32 length and JSON: those complete are taken out. */
+void tracker_replies(Tracker *t) {
     size_t at = 0;
     while (t->in.len - at >= 4) {
         uint32_t length = get_u32((unsigned char *)t->in.data + at);
@@ -181,6 +181,7 @@ static void on_replies(Tracker *t) {
         arena_free(arena);
         at += 4 + length;
     }
+    if (!at) return; /* nothing complete (nor, before the first bytes, any buffer to move within) */
     memmove(t->in.data, t->in.data + at, t->in.len - at);
     t->in.len -= at;
 }
@@ -260,7 +261,7 @@ void tracker_on_event(Tracker *t, short revents) {
     }
     buf_add(&t->in, data, (size_t)got);
     if (!t->opened) on_opening(t);
-    if (t->fd >= 0 && t->opened) on_replies(t);
+    if (t->fd >= 0 && t->opened) tracker_replies(t);
     flush(t);
 }
 

@@ -11,7 +11,7 @@ from ..board import daemon as server
 from ..client import query
 from ..proxy import server as proxy
 from ..tracker import server as tracker
-from . import bench, build, demo, emulators, native, pack, up
+from . import bench, build, demo, emulators, fuzz, native, pack, up
 
 # Subcommands: each module offers add_arguments(parser) and run(args), and imports
 # host-only packages (numpy) inside run, so `farm server` works on a bare board Python.
@@ -25,6 +25,7 @@ COMMANDS = (
     ("demo", demo, "start a board, run a compiled kernel on it and check it against numpy"),
     ("build", build, "compile C sources into a cached shared library for a target or a board key"),
     ("build-server", native, "build the native board server (C, no Python on the board) for a target"),
+    ("fuzz", fuzz, "run the native board server's input parsers under clang's libFuzzer"),
     ("emulators", emulators, "install and inspect qemu-user, the cross compilers and the target Pythons"),
     ("bench", bench, "print a saved benchmark run, or compare two and flag the regressions"),
     ("pack-server", pack, "pack the board server (and cloudpickle) into one zipapp for a bare board Python"),
