@@ -5,7 +5,9 @@ the target's kernels and cached by content as kernels are
 (:func:`farm.ops.toolchain.build_executable`). It links libc, libdl and
 libffi, libffi statically where the toolchain has ``libffi.a``; for a cross
 target whose toolchain has no libffi, Debian's libffi-dev for that
-architecture is fetched once (:func:`target_libffi`). See docs/native-board.md.
+architecture is fetched once (:func:`target_libffi`). TLS is built in (``-DFARM_TLS``, linking libssl and
+libcrypto dynamically) where the toolchain finds OpenSSL's headers and libraries for the target
+(:func:`finds_openssl`); without it the daemon refuses the ``--tls-*`` options. See docs/native-board.md.
 """
 
 from __future__ import annotations
@@ -54,12 +56,12 @@ def sources() -> List[str]:
     return found
 
 
-def _finds_libffi(toolchain: Toolchain) -> bool:
-    """Whether the toolchain finds ``ffi.h`` by itself (its own sysroot, or this machine's for the host)."""
+def _compiles(toolchain: Toolchain, source: str, options: List[str]) -> bool:
+    """Whether the toolchain takes the C ``source`` with ``options`` (``-E``: preprocessed only)."""
     try:
         result = subprocess.run(
-            [*toolchain.command(), "-E", "-x", "c", "-"],
-            input="#include <ffi.h>\n",
+            [*toolchain.command(), "-x", "c", "-", *options],
+            input=source,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -67,6 +69,11 @@ def _finds_libffi(toolchain: Toolchain) -> bool:
     except OSError:
         return False
     return result.returncode == 0
+
+
+def _finds_libffi(toolchain: Toolchain) -> bool:
+    """Whether the toolchain finds ``ffi.h`` by itself (its own sysroot, or this machine's for the host)."""
+    return _compiles(toolchain, "#include <ffi.h>\n", ["-E"])
 
 
 def target_libffi(target: Target, directory: Optional[str] = None) -> str:
@@ -95,6 +102,14 @@ def target_libffi(target: Target, directory: Optional[str] = None) -> str:
     return root
 
 
+def finds_openssl(toolchain: Toolchain) -> bool:
+    """Whether the toolchain builds and links against OpenSSL for its target (its headers, libssl and libcrypto):
+    then the daemon is built with TLS."""
+    probe = "#include <openssl/ssl.h>\nint main(void) { return SSL_CTX_new(TLS_method()) == 0; }\n"
+    with tempfile.TemporaryDirectory(prefix="farm-openssl-") as work:
+        return _compiles(toolchain, probe, ["-o", os.path.join(work, "probe"), "-lssl", "-lcrypto"])
+
+
 def _static_libffi(toolchain: Toolchain) -> Optional[str]:
     """The toolchain's ``libffi.a``, if it has one."""
     command = [*toolchain.command(), "-print-file-name=libffi.a"]
@@ -120,12 +135,27 @@ def _libffi(toolchain: Toolchain) -> Tuple[List[str], List[str], List[str]]:
     return flags, [archive, "-ldl"], [archive, os.path.join(root, "usr", "include", triple, "ffi.h")]
 
 
-def build_server(toolchain: Toolchain, sanitize: bool = False, cache_dir: Optional[str] = None) -> str:
-    """Build the native board server for ``toolchain`` (``sanitize``: with ASan and UBSan); its path in the cache."""
+def build_server(
+    toolchain: Toolchain, sanitize: bool = False, cache_dir: Optional[str] = None, tls: Optional[bool] = None
+) -> str:
+    """Build the native board server for ``toolchain`` (``sanitize``: with ASan and UBSan); its path in the cache.
+
+    ``tls``: build TLS in (BuildError without OpenSSL for the target), or not; None: where OpenSSL is found.
+    """
     if not toolchain.available():
         toolchain.version()  # raises BuildError saying which package to install
     include, libraries, depends = _libffi(toolchain)
+    if tls is None:
+        tls = finds_openssl(toolchain)
+    elif tls and not finds_openssl(toolchain):
+        raise BuildError(
+            "TLS needs OpenSSL for %s: install the Debian package libssl-dev (for a cross target, libssl-dev:%s), "
+            "or give the toolchain's sysroot one" % (toolchain.target.name, toolchain.target.debian_arch or "ARCH")
+        )
     flags = [*FLAGS, '-DFARM_VERSION="%s"' % __version__, *(SANITIZE_FLAGS if sanitize else ()), *include]
+    if tls:
+        flags.append("-DFARM_TLS")
+        libraries = [*libraries, "-lssl", "-lcrypto"]
     name = NAME + ("-sanitized" if sanitize else "")
     try:
         return build_executable(sources(), toolchain, name, flags, libraries, cache_dir, depends)
@@ -139,12 +169,13 @@ def build_server(toolchain: Toolchain, sanitize: bool = False, cache_dir: Option
         raise
 
 
-def host_server(sanitize: bool = False) -> str:
-    """The native board server built for this machine with ``$CC`` or ``cc`` (cached)."""
+def host_server(sanitize: bool = False, tls: Optional[bool] = None) -> str:
+    """The native board server built for this machine with ``$CC`` or ``cc`` (cached); ``tls`` as
+    :func:`build_server` takes it."""
     target = host_target()
     if target is None:
         raise BuildError("this machine's architecture is unknown to the farm")
-    return build_server(toolchain_for(target), sanitize)
+    return build_server(toolchain_for(target), sanitize, tls=tls)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -175,7 +206,17 @@ def _toolchain(args: argparse.Namespace) -> Toolchain:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        server = build_server(_toolchain(args), args.sanitize, args.cache_dir)
+        toolchain = _toolchain(args)
+        tls = finds_openssl(toolchain) if toolchain.available() else False
+        server = build_server(toolchain, args.sanitize, args.cache_dir, tls=tls)
+        if tls:
+            print("farm build-server: TLS built in (OpenSSL, linked dynamically)", file=sys.stderr)
+        else:
+            print(
+                "farm build-server: built without TLS: OpenSSL was not found for %s (install libssl-dev for the "
+                "target); the daemon refuses --tls-*" % toolchain.target.name,
+                file=sys.stderr,
+            )
         if args.output:
             server = copy_artifact(server, args.output, NAME)
     except (BuildError, OSError) as exc:

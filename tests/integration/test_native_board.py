@@ -2,7 +2,7 @@
 
 The protocol it shares with the Python board is tested against both in test_session_api.py,
 test_time_evaluator.py and test_board_daemon.py; here: the farm secret, the session's memory,
-the tracker link and the proxy with a secret, the options it does not offer yet, the upload quota
+the tracker link and the proxy with a secret, a build without TLS, the upload quota
 and ``farm build-server``.
 """
 
@@ -29,7 +29,7 @@ from farm.net.secret import SECRET_ENV
 from farm.ops.emulators import sysroot
 from farm.ops.inventory import parse_inventory
 from farm.ops.launcher import FarmStack
-from farm.ops.native import build_server
+from farm.ops.native import build_server, host_server
 from farm.ops.processes import DaemonProcess
 from farm.ops.targets import EMULATED, TARGETS, host_target
 from farm.ops.toolchain import build_shared, toolchain_for
@@ -193,13 +193,18 @@ def test_a_dead_spawner_stops_the_daemon(board_factory: Callable[..., DaemonProc
     session.close()
 
 
+@pytest.fixture(scope="module")
+def without_tls() -> str:
+    """The native board built without TLS, as for a target where OpenSSL is not found."""
+    return host_server(tls=False)
+
+
 @pytest.mark.parametrize("option", ["--tls-cert", "--tls-key", "--tls-ca", "--tls-server-name"])
-def test_options_it_does_not_offer_yet_are_refused(board_server: BoardServer, option: str) -> None:
-    assert board_server.program is not None
-    argv = [board_server.program, "--port", "0", option, "value"]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=python_env(**board_server.env))
+def test_a_build_without_tls_refuses_the_tls_options(without_tls: str, option: str) -> None:
+    argv = [without_tls, "--port", "0", option, "value"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=python_env())
     assert result.returncode == 2
-    assert "%s is not offered by the native board yet" % option in result.stderr
+    assert "%s: this farm-board was built without TLS (OpenSSL was not found" % option in result.stderr
     assert "docs/native-board.md" in result.stderr
 
 
@@ -231,11 +236,11 @@ def test_an_unknown_session_user_stops_the_daemon(board_server: BoardServer) -> 
     assert expected in result.stderr, result.stderr
 
 
-def test_tls_from_the_environment_is_refused(board_server: BoardServer) -> None:
-    assert board_server.program is not None
-    env = python_env(REMOTEDEV_TLS_CERT="cert.pem", **board_server.env)
-    result = subprocess.run([board_server.program, "--port", "0"], capture_output=True, text=True, timeout=30, env=env)
-    assert result.returncode == 2 and "does not offer TLS yet" in result.stderr
+def test_a_build_without_tls_refuses_tls_from_the_environment(without_tls: str) -> None:
+    env = python_env(REMOTEDEV_TLS_CERT="cert.pem")
+    result = subprocess.run([without_tls, "--port", "0"], capture_output=True, text=True, timeout=30, env=env)
+    assert result.returncode == 2
+    assert "$REMOTEDEV_TLS_CERT is set, but this farm-board was built without TLS" in result.stderr
 
 
 def test_an_upload_over_the_quota_is_refused_and_the_session_goes_on(
