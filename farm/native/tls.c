@@ -19,6 +19,7 @@ int tls_looks_like(const unsigned char *data, size_t n) { /* farm.protocol.peers
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <arpa/inet.h>
 #include <poll.h>
 
 static SSL_CTX *server_ctx, *client_ctx;
@@ -112,11 +113,14 @@ TlsConn *tls_new(int fd, int server_side, const char *host) {
     if (server_side) SSL_set_accept_state(ssl);
     else {
         const char *name = server_name ? server_name : host;
+        unsigned char address[16];
+        int literal = inet_pton(AF_INET, name, address) == 1 || inet_pton(AF_INET6, name, address) == 1;
         SSL_set_connect_state(ssl);
-        SSL_set_tlsext_host_name(ssl, name);
         X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
         X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-        if (!X509_VERIFY_PARAM_set1_host(param, name, 0)) {
+        /* an address is checked against the certificate's IP addresses, and named to it by no SNI (as Python) */
+        if (literal ? !X509_VERIFY_PARAM_set1_ip_asc(param, name)
+                    : !SSL_set_tlsext_host_name(ssl, name) || !X509_VERIFY_PARAM_set1_host(param, name, 0)) {
             SSL_free(ssl);
             ERR_clear_error();
             return NULL;
