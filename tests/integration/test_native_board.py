@@ -22,6 +22,7 @@ from typing import Callable, Dict, List
 
 import numpy as np
 import pytest
+from farm_certs import TlsFiles
 
 import farm
 from conftest import NATIVE_SERVERS, BoardServer, check_sanitizer_log, python_env, require_emulators, wait_for
@@ -177,6 +178,35 @@ def test_the_session_process_starts_without_the_secret(
     assert in_spawner == ["order"], in_spawner
 
 
+def test_under_tls_neither_the_session_nor_the_spawner_holds_the_key(
+    board_factory: Callable[..., DaemonProcess],
+    secret_file: Path,
+    tls_files: TlsFiles,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The daemon reads the TLS key after it forked the spawner, and keeps the client's TLS connection, relaying
+    plain bytes to the session process: neither holds the key (nor a line of its PEM), nor the secret, while the
+    marker the session was sent, through TLS and the relay, is found the same way."""
+    monkeypatch.setenv(SECRET_ENV, str(secret_file))
+    env = python_env(**tls_files.daemon().as_env())
+    board = board_factory(key=KEY, extra=["--secret-file", str(secret_file)], env=env)
+    pem = Path(tls_files.key).read_bytes()
+    lines = [line for line in pem.splitlines() if line and not line.startswith(b"-----")]
+    needles = {"secret": secret_file.read_bytes().rstrip(b"\n"), "key": pem}
+    needles.update(("key line %d" % number, line) for number, line in enumerate(lines))
+    marker = b"marker of this session: " + os.urandom(16).hex().encode()
+    with farm.connect(*board.address, key=KEY, tls=tls_files.client()) as session:
+        kept = session.array(np.frombuffer(marker, np.uint8))
+        info = session.system_info()
+        pid, spawner = info["pid"], _parent(info["pid"])
+        assert _parent(spawner) == board.pid
+        found = _memory_holds(pid, {**needles, "marker": marker})
+        in_spawner = _memory_holds(spawner, {**needles, "order": os.path.basename(info["session_dir"]).encode()})
+        assert kept.numpy().tobytes() == marker
+    assert found == ["marker"], found
+    assert in_spawner == ["order"], in_spawner
+
+
 def test_a_dead_spawner_stops_the_daemon(board_factory: Callable[..., DaemonProcess]) -> None:
     """A daemon whose session spawner died starts no other (forked from the daemon now, it would hold the secret):
     its session dies with the spawner, the client is told the board stopped, and the daemon exits 1 for its
@@ -310,6 +340,7 @@ def test_farm_build_server_writes_one_executable(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "farm.ops.cli", "build-server", "--arch", target.name, "-o", str(tmp_path)]
     first = subprocess.run(command, capture_output=True, text=True, timeout=300, env=python_env())
     assert first.returncode == 0, first.stderr
+    assert "TLS built in (OpenSSL, linked dynamically)" in first.stderr, first.stderr
     built = Path(first.stdout.strip())
     assert built == tmp_path / "farm-board" and os.access(built, os.X_OK)
     version = subprocess.run([str(built), "--version"], capture_output=True, text=True, timeout=30)
