@@ -206,7 +206,7 @@ typedef struct {
     Queue to_child, to_client;
     uint64_t from_child; /* bytes the session process wrote, in all */
     int client_gone, child_done, inner_shut;
-    short outer_wait; /* what the last TLS operation waits for (0: nothing) */
+    short read_wait, write_wait; /* what the client's connection must be ready for to read, to write (TLS) */
 } Relay;
 int relay_start(Relay *r, TlsConn *tls, int outer, int *child_end); /* 0, or -1 (errno) */
 void relay_pump(Relay *r);                                          /* moves what can move now */

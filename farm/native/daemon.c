@@ -442,16 +442,22 @@ static int start_session(Board *b, int fd, TlsConn *tls, const char *peer, doubl
     SessionOrder order = {a->directory, b->o->key, b->name, b->o->max_message_size, b->o->session_quota,
                           b->status, leftover, leftover_len, sent};
     int child_end = fd; /* under TLS the session process gets the relay's end of a socket pair */
-    if (tls && relay_start(&a->relay, tls, fd, &child_end)) child_end = -1;
-    int ordered = child_end >= 0 ? spawner_order(b->spawner, child_end, &order, a->cgroup) : -1;
-    if (tls && child_end >= 0) close(child_end); /* the session process has its own copy now */
-    if (ordered) {
-        log_msg(LOG_ERROR, "the session spawner cannot take the session of %s: %s", peer, strerror(errno));
+    if (tls && relay_start(&a->relay, tls, fd, &child_end)) {
+        log_msg(LOG_ERROR, "cannot relay the session of %s: %s", peer, strerror(errno));
         if (a->cgroup[0]) cgroup_remove(b->confinement, a->cgroup);
         remove_tree(a->directory);
-        if (tls && child_end >= 0) relay_finish(&a->relay, NULL, 0, 0);
-        else close_client(fd, tls);
-        if (errno != EMSGSIZE) b->spawner_gone = 1;
+        close_client(fd, tls);
+        return -1;
+    }
+    int ordered = spawner_order(b->spawner, child_end, &order, a->cgroup), order_errno = errno;
+    if (tls) close(child_end); /* the session process has its own copy now */
+    if (ordered) {
+        log_msg(LOG_ERROR, "the session spawner cannot take the session of %s: %s", peer, strerror(order_errno));
+        if (a->cgroup[0]) cgroup_remove(b->confinement, a->cgroup);
+        remove_tree(a->directory);
+        if (tls) relay_finish(&a->relay, NULL, 0, 0);
+        else close(fd);
+        if (order_errno != EMSGSIZE) b->spawner_gone = 1;
         return -1;
     }
     b->busy = 1;

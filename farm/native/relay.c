@@ -51,6 +51,7 @@ int relay_start(Relay *r, TlsConn *tls, int outer, int *child_end) {
         setsockopt(pair[k], SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
     }
     r->tls = tls, r->outer = outer, r->inner = pair[0];
+    r->read_wait = POLLIN, r->write_wait = POLLOUT;
     *child_end = pair[1];
     int flags = fcntl(outer, F_GETFL);
     fcntl(outer, F_SETFL, flags | O_NONBLOCK);
@@ -91,14 +92,11 @@ static int pump_to_child(Relay *r) {
     int moved = 0;
     while (reads_client(r)) {
         if (make_room(&r->to_child, CHUNK)) break;
-        short wait = 0;
+        short wait = POLLIN;
         long got = tls_read(r->tls, r->to_child.data + r->to_child.end, CHUNK, &wait);
-        if (got == -2) {
-            r->outer_wait = wait;
-            break;
-        }
+        r->read_wait = got == -2 ? wait : POLLIN;
+        if (got == -2) break;
         moved = 1;
-        r->outer_wait = 0;
         if (got <= 0) {
             log_msg(LOG_DEBUG, "the client's TLS connection ended");
             r->client_gone = 1;
@@ -125,12 +123,10 @@ static int pump_to_child(Relay *r) {
 static int pump_to_client(Relay *r) {
     int moved = read_child(r);
     while (writes_client(r)) {
-        short wait = 0;
+        short wait = POLLOUT;
         long sent = tls_write(r->tls, r->to_client.data + r->to_client.start, held(&r->to_client), &wait);
-        if (sent == -2) {
-            r->outer_wait = wait;
-            break;
-        }
+        r->write_wait = sent == -2 ? wait : POLLOUT;
+        if (sent == -2) break;
         if (sent < 0) {
             log_msg(LOG_INFO, "the client's TLS connection broke");
             r->client_gone = 1;
@@ -149,11 +145,7 @@ void relay_pump(Relay *r) {
 }
 
 short relay_outer_events(const Relay *r) {
-    if (r->client_gone) return 0;
-    short events = r->outer_wait;
-    if (reads_client(r)) events |= POLLIN;
-    if (writes_client(r) && !events) events |= POLLOUT;
-    return events;
+    return (short)((reads_client(r) ? r->read_wait : 0) | (writes_client(r) ? r->write_wait : 0));
 }
 
 short relay_inner_events(const Relay *r) {
