@@ -174,12 +174,14 @@ def test_farm_up_with_tls_and_a_secret(tmp_path: Path, tls_files: TlsFiles) -> N
 @pytest.mark.slow
 def test_emulated_boards_speak_tls(tmp_path: Path, tls_files: TlsFiles) -> None:
     """The packed board server under qemu-user gets the TLS files through the environment, listening and
-    behind the proxy."""
+    behind the proxy; so does the native one, built with the target's OpenSSL (Debian's, fetched)."""
     require_emulators()
     inventory = tmp_path / "emulated.yaml"
     inventory.write_text(
         "tracker: {port: 0}\nproxy: {port: 0}\nboards:\n  - {key: aarch64, start: emulated, arch: aarch64}\n"
-        "  - {key: armhf, start: emulated, arch: armhf, proxy: true}\n" + tls_block(tls_files)
+        "  - {key: armhf, start: emulated, arch: armhf, proxy: true}\n"
+        "  - {key: native-aarch64, server: native, start: emulated, arch: aarch64}\n"
+        "  - {key: native-armhf, server: native, start: emulated, arch: armhf, proxy: true}\n" + tls_block(tls_files)
     )
     up = FarmUp(tmp_path / "up", str(inventory), "--timeout", "90")
     try:
@@ -189,6 +191,11 @@ def test_emulated_boards_speak_tls(tmp_path: Path, tls_files: TlsFiles) -> None:
                 with client.request(key, wait=30.0) as session:
                     assert session.system_info()["machine"] == machine
                     assert session.run(sum, [1, 2]) == 3
+                with client.request("native-" + key, wait=30.0) as session:
+                    info = session.system_info()
+                    assert (info["machine"], info["server"]) == (machine, "native")
+                    data = np.arange(1 << 12, dtype=np.int32)
+                    np.testing.assert_array_equal(session.array(data).numpy(), data)
         assert up.signal(signal.SIGTERM) == 0, up.outputs()
     finally:
         up.close()
