@@ -154,6 +154,9 @@ int enter_session(const SessionUser *user, const SessionLimits *limits, const ch
 /* --- options.c ------------------------------------------------------------------------------ */
 
 typedef struct {
+    const char *cert, *key, *ca, *server_name; /* --tls-*, else $REMOTEDEV_TLS_* (NULL: not given) */
+} TlsOptions;
+typedef struct {
     const char *host;
     int port, port_end;
     const char *key, *name, *work_dir, *secret_file;
@@ -168,8 +171,54 @@ typedef struct {
     double max_session_time;     /* 0: none */
     double handshake_timeout;
     int max_unproven, max_unproven_per_address;
+    TlsOptions tls;
+    int tls_enabled; /* a certificate, a key or a CA is named */
 } Options;
 int parse_options(int argc, char **argv, Options *o); /* 0, or the exit code */
+
+/* --- tls.c: TLS on the board's connections (OpenSSL; built in with -DFARM_TLS) ---------------- */
+
+typedef struct TlsConn TlsConn; /* an OpenSSL connection */
+int tls_built_in(void);
+int tls_on(void); /* tls_load() loaded something: every connection of the board uses TLS */
+/* Loads what a daemon that listens and/or dials needs: 0, or -1 logged (the daemon exits with code 2). */
+int tls_load(const TlsOptions *t, int listens, int dials);
+void tls_unload(void);
+TlsConn *tls_new(int fd, int server_side, const char *host); /* NULL on failure; the fd stays the caller's */
+/* 1 once done, 0 while it waits for `events`, -1 failed (why). */
+int tls_handshake(TlsConn *c, short *events, char *why, size_t whylen);
+/* Bytes moved; 0 at the other end's close_notify (reads); -2 while waiting for `events`; -1 broken. */
+long tls_read(TlsConn *c, void *data, size_t n, short *events);
+long tls_write(TlsConn *c, const void *data, size_t n, short *events);
+void tls_free(TlsConn *c, int notify); /* notify: send a close_notify first; the fd is not closed */
+int tls_looks_like(const unsigned char *data, size_t n); /* could these bytes begin a TLS handshake */
+/* A connection the board dialled: its TLS connection started (*c, the first time) and its handshake stepped. */
+int tls_dialled(TlsConn **c, int fd, const char *host, short *events, char *why, size_t whylen);
+/* recv() and send() on a connection, through its TLS connection where it has one (c: NULL without) */
+long link_recv(TlsConn *c, int fd, void *data, size_t n);
+long link_send(TlsConn *c, int fd, const void *data, size_t n);
+int link_send_all(TlsConn *c, int fd, const void *data, size_t n); /* blocking: 0, or -1 */
+
+/* relay.c: under TLS the daemon keeps the client's connection and relays plain bytes to the session process */
+typedef struct {
+    unsigned char *data;
+    size_t start, end, cap;
+} Queue;
+typedef struct {
+    TlsConn *tls;
+    int outer, inner; /* the client's connection; the daemon's end of the socket pair */
+    Queue to_child, to_client;
+    uint64_t from_child; /* bytes the session process wrote, in all */
+    int client_gone, child_done, inner_shut;
+    short read_wait, write_wait; /* what the client's connection must be ready for to read, to write (TLS) */
+} Relay;
+int relay_start(Relay *r, TlsConn *tls, int outer, int *child_end); /* 0, or -1 (errno) */
+void relay_pump(Relay *r);                                          /* moves what can move now */
+short relay_outer_events(const Relay *r);
+short relay_inner_events(const Relay *r);
+void relay_drain_child(Relay *r);
+/* Sends what is held for the client, then `last`, within `timeout` seconds; closes both connections. */
+void relay_finish(Relay *r, const void *last, size_t n, double timeout);
 
 /* --- framing.c: frames on a blocking connection ---------------------------------------------- */
 
@@ -337,6 +386,9 @@ typedef struct {
     const unsigned char *secret;
     size_t secret_len;
     int fd; /* -1 while not connected */
+    TlsConn *tls; /* with TLS: the connection's */
+    int tls_done;
+    short tls_wait; /* what its TLS handshake waits for */
     int connected, opened, in_session;
     Proof proof;
     Buf out, in;
@@ -365,6 +417,9 @@ typedef struct {
     const unsigned char *secret;
     size_t secret_len;
     int fd; /* -1 while not dialled */
+    TlsConn *tls; /* with TLS: the connection's */
+    int tls_done;
+    short tls_wait; /* what its TLS handshake waits for */
     int connected, greeted, in_session;
     Proof proof;
     Buf in;
@@ -374,6 +429,7 @@ typedef struct {
 /* A client the proxy paired with the board: the connection, its key text and what came after the reply. */
 typedef struct {
     int fd;
+    TlsConn *tls; /* with TLS: the connection's */
     char client[MAX_KEY_LENGTH + 1];
     unsigned char *leftover;
     size_t leftover_len;

@@ -38,8 +38,11 @@
 #define ACCEPT_PAUSE 1.0
 /* Seconds a stopping daemon waits for the spawner to report the end of the session it killed. */
 #define STOP_TIMEOUT 5
-/* The poll set: the wake-up pipe, the listener, the tracker link, the spawner, then the pending openings. */
-#define FIRST_PENDING 4
+/* The poll set: the wake-up pipe, the listener, the tracker link, the spawner, under TLS the relay's two
+ * connections, then the pending openings. */
+#define RELAY_OUTER 4
+#define RELAY_INNER 5
+#define FIRST_PENDING 6
 
 typedef struct {
     int fd;
@@ -51,6 +54,9 @@ typedef struct {
     unsigned char buf[OPENING_BUFFER];
     size_t len;
     uint64_t sent;
+    TlsConn *tls; /* under TLS: the connection's, once it began its TLS handshake */
+    int tls_done;
+    short events; /* what the opening waits for */
 } Pending;
 
 typedef struct {
@@ -65,6 +71,9 @@ typedef struct {
     double next_quota_check;
     char cgroup[64];          /* the session's cgroup ("": none) */
     char start_failure[1024]; /* why the spawner could not start the session process */
+    int relayed;              /* under TLS: the daemon relays between fd and the session process */
+    Relay relay;
+    uint64_t sent_before;     /* bytes sent on the connection before the session process took over */
 } Active;
 
 typedef struct {
@@ -157,7 +166,10 @@ static int counted_all(Board *b) {
 
 static void drop_pending(Board *b, int index, int close_it) {
     Pending *p = b->pending[index];
-    if (close_it) close(p->fd);
+    if (close_it) {
+        tls_free(p->tls, 0);
+        close(p->fd);
+    }
     b->pending[index] = b->pending[--b->pending_count];
     explicit_bzero(&p->proof, sizeof p->proof);
     free(p);
@@ -199,6 +211,7 @@ static void accept_one(Board *b) {
     }
     b->pending = grown;
     p->fd = fd;
+    p->events = POLLIN;
     p->counted = 1;
     snprintf(p->peer, sizeof p->peer, "%s:%d", host, port);
     snprintf(p->address, sizeof p->address, "%s", host);
@@ -206,10 +219,10 @@ static void accept_one(Board *b) {
     b->pending[b->pending_count++] = p;
 }
 
-static int send_now(int fd, const Buf *out) {
+static int send_now(Pending *p, const Buf *out) {
     if (!out->len) return 0;
-    ssize_t sent = send(fd, out->data, out->len, MSG_NOSIGNAL);
-    return sent == (ssize_t)out->len ? 0 : -1;
+    long sent = link_send(p->tls, p->fd, out->data, out->len);
+    return sent == (long)out->len ? 0 : -1;
 }
 
 static void tune(int fd) {
@@ -223,8 +236,13 @@ static void set_send_timeout(int fd, int seconds) {
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
 }
 
-static int start_session(Board *b, int fd, const char *peer, double asked, const unsigned char *leftover,
-                         size_t leftover_len, uint64_t sent);
+static int start_session(Board *b, int fd, TlsConn *tls, const char *peer, double asked,
+                         const unsigned char *leftover, size_t leftover_len, uint64_t sent);
+
+static void close_client(int fd, TlsConn *tls) {
+    tls_free(tls, 1);
+    close(fd);
+}
 
 static void admit(Board *b, int index, const Hello *hello, size_t used) {
     Pending *p = b->pending[index];
@@ -255,24 +273,82 @@ static void admit(Board *b, int index, const Hello *hello, size_t used) {
     uint64_t sent = p->sent + reply.len;
     char peer[80];
     snprintf(peer, sizeof peer, "%s", p->peer);
+    TlsConn *tls = p->tls;
+    p->tls = NULL;
     drop_pending(b, index, 0); /* before the fork: the session process closes what is pending */
-    int delivered = send(fd, reply.data, reply.len, MSG_NOSIGNAL) == (ssize_t)reply.len;
+    int delivered = link_send_all(tls, fd, reply.data, reply.len) == 0;
     if (!delivered) log_msg(LOG_INFO, "handshake reply to %s failed: %s", peer, strerror(errno));
-    if (!delivered || code != CODE_SUCCESS) close(fd);
+    if (!delivered || code != CODE_SUCCESS) close_client(fd, tls);
     else {
         set_send_timeout(fd, 0);
         tune(fd);
-        start_session(b, fd, peer, hello->timeout, rest, rest_len, sent);
+        start_session(b, fd, tls, peer, hello->timeout, rest, rest_len, sent);
     }
     buf_free(&reply);
     buf_free(&text);
     free(rest);
 }
 
+/* Under TLS: refuses a peer that does not begin TLS, naming what it spoke, else takes its TLS handshake a step on;
+ * whether it is done (and bytes may follow). */
+static int opening_tls(Board *b, int index) {
+    Pending *p = b->pending[index];
+    char why[600];
+    if (!p->tls) {
+        unsigned char first[5];
+        ssize_t got = recv(p->fd, first, sizeof first, MSG_PEEK);
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return 0;
+        if (got < 0) log_msg(LOG_INFO, "handshake from %s failed: %s", p->peer, strerror(errno));
+        if (got <= 0 || !tls_looks_like(first, (size_t)got)) {
+            if (got > 0) {
+                spoke(first, (size_t)got, why, sizeof why);
+                log_msg(LOG_WARNING, "refused %s: it spoke %s, not TLS", p->peer, why);
+            }
+            drop_pending(b, index, 1);
+            return 0;
+        }
+        if (!(p->tls = tls_new(p->fd, 1, NULL))) {
+            log_msg(LOG_INFO, "refused %s: cannot start TLS", p->peer);
+            drop_pending(b, index, 1);
+            return 0;
+        }
+    }
+    int status = tls_handshake(p->tls, &p->events, why, sizeof why);
+    if (status < 0) {
+        log_msg(LOG_WARNING, "refused %s: TLS handshake failed: %s", p->peer, why);
+        drop_pending(b, index, 1);
+        return 0;
+    }
+    if (status == 0) return 0;
+    p->tls_done = 1;
+    p->events = POLLIN;
+    return 1;
+}
+
+/* What arrived on a pending connection, through TLS where it has it (all TLS holds, up to the buffer's end). */
+static ssize_t opening_recv(Pending *p) {
+    if (!p->tls) return recv(p->fd, p->buf + p->len, sizeof p->buf - p->len, 0);
+    size_t got = 0;
+    while (p->len + got < sizeof p->buf) {
+        short events = POLLIN;
+        long n = tls_read(p->tls, p->buf + p->len + got, sizeof p->buf - p->len - got, &events);
+        p->events = events;
+        if (n > 0) got += (size_t)n;
+        else if (n == -2 && got) break;
+        else if (n == -2) {
+            errno = EAGAIN;
+            return -1;
+        } else return got ? (ssize_t)got : 0; /* its end, or broken */
+    }
+    p->events = POLLIN;
+    return (ssize_t)got;
+}
+
 /* Takes the opening of pending connection `index` on with what arrived. */
 static void on_opening_data(Board *b, int index) {
     Pending *p = b->pending[index];
-    ssize_t got = recv(p->fd, p->buf + p->len, sizeof p->buf - p->len, 0);
+    if (tls_on() && !p->tls_done && !opening_tls(b, index)) return;
+    ssize_t got = opening_recv(p);
     if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
     if (got <= 0) {
         log_msg(LOG_INFO, "%s closed the connection during the handshake", p->peer);
@@ -284,7 +360,7 @@ static void on_opening_data(Board *b, int index) {
     if (b->secret && p->proof.stage < 2) {
         Buf out = {0};
         long used = proof_feed(&p->proof, b->secret, b->secret_len, p->buf, p->len, &out, why, sizeof why);
-        int delivered = send_now(p->fd, &out) == 0;
+        int delivered = send_now(p, &out) == 0;
         p->sent += out.len;
         buf_free(&out);
         if (used < 0) {
@@ -336,20 +412,21 @@ static void session_time(Board *b, double asked) {
 }
 
 /* Starts a session on `fd`: 0, or -1 (logged; the connection closed). */
-static int start_session(Board *b, int fd, const char *peer, double asked, const unsigned char *leftover,
-                         size_t leftover_len, uint64_t sent) {
+static int start_session(Board *b, int fd, TlsConn *tls, const char *peer, double asked,
+                         const unsigned char *leftover, size_t leftover_len, uint64_t sent) {
     Active *a = &b->active;
     memset(a, 0, sizeof *a);
+    a->sent_before = sent;
     snprintf(a->directory, sizeof a->directory, "%s/session-XXXXXX", b->work_dir);
     if (!mkdtemp(a->directory)) {
         log_msg(LOG_ERROR, "cannot make a session directory for %s: %s", peer, strerror(errno));
-        close(fd);
+        close_client(fd, tls);
         return -1;
     }
     if (b->o->user.do_switch && chown(a->directory, b->o->user.uid, b->o->user.gid)) {
         log_msg(LOG_ERROR, "cannot give the session directory to %s: %s", b->o->user.name, strerror(errno));
         rmdir(a->directory);
-        close(fd);
+        close_client(fd, tls);
         return -1;
     }
     snprintf(a->peer, sizeof a->peer, "%s", peer);
@@ -361,21 +438,36 @@ static int start_session(Board *b, int fd, const char *peer, double asked, const
     if (b->confinement->count && cgroup_session(b->confinement, a->cgroup, sizeof a->cgroup)) {
         log_msg(LOG_ERROR, "cannot make a cgroup for the session of %s: %s", peer, strerror(errno));
         remove_tree(a->directory);
-        close(fd);
+        close_client(fd, tls);
         return -1;
     }
     memset(b->status, 0, STATUS_SIZE);
     SessionOrder order = {a->directory, b->o->key, b->name, b->o->max_message_size, b->o->session_quota,
                           b->status, leftover, leftover_len, sent};
-    if (spawner_order(b->spawner, fd, &order, a->cgroup)) {
-        log_msg(LOG_ERROR, "the session spawner cannot take the session of %s: %s", peer, strerror(errno));
+    int child_end = fd; /* under TLS the session process gets the relay's end of a socket pair */
+    if (tls && relay_start(&a->relay, tls, fd, &child_end)) {
+        log_msg(LOG_ERROR, "cannot relay the session of %s: %s", peer, strerror(errno));
         if (a->cgroup[0]) cgroup_remove(b->confinement, a->cgroup);
         remove_tree(a->directory);
-        close(fd);
-        if (errno != EMSGSIZE) b->spawner_gone = 1;
+        close_client(fd, tls);
+        return -1;
+    }
+    int ordered = spawner_order(b->spawner, child_end, &order, a->cgroup), order_errno = errno;
+    if (tls) close(child_end); /* the session process has its own copy now */
+    if (ordered) {
+        log_msg(LOG_ERROR, "the session spawner cannot take the session of %s: %s", peer, strerror(order_errno));
+        if (a->cgroup[0]) cgroup_remove(b->confinement, a->cgroup);
+        remove_tree(a->directory);
+        if (tls) relay_finish(&a->relay, NULL, 0, 0);
+        else close(fd);
+        if (order_errno != EMSGSIZE) b->spawner_gone = 1;
         return -1;
     }
     b->busy = 1;
+    if (tls) {
+        a->relayed = 1;
+        relay_pump(&a->relay);
+    }
     if (b->has_tracker) tracker_session_started(&b->tracker);
     return 0;
 }
@@ -386,12 +478,12 @@ static void paired_by_proxy(Board *b, Paired *paired) {
     char why[8400];
     if (key_parse(paired->client, strlen(paired->client), hello, why, sizeof why)) {
         log_msg(LOG_WARNING, "the proxy passed on a bad client key '%s': %s", paired->client, why);
-        close(paired->fd);
+        close_client(paired->fd, paired->tls);
         proxy_session_ended(&b->proxy); /* dial again */
     } else {
         tune(paired->fd);
         fcntl(paired->fd, F_SETFL, fcntl(paired->fd, F_GETFL) & ~O_NONBLOCK);
-        if (start_session(b, paired->fd, "a client of the proxy", hello->timeout, paired->leftover,
+        if (start_session(b, paired->fd, paired->tls, "a client of the proxy", hello->timeout, paired->leftover,
                           paired->leftover_len, paired->sent))
             proxy_session_ended(&b->proxy);
     }
@@ -413,7 +505,8 @@ static int64_t bytes_written(int fd) {
 
 static int reply_cut_short(Board *b) {
     if (__atomic_load_n(b->status, __ATOMIC_SEQ_CST) != ST_SENDING) return 0;
-    int64_t written = bytes_written(b->active.fd);
+    const Active *a = &b->active; /* under TLS, what it wrote to the relay reaches the client before anything */
+    int64_t written = a->relayed ? (int64_t)(a->sent_before + a->relay.from_child) : bytes_written(a->fd);
     return written < 0 || (uint64_t)written < get_u64(b->status + 8);
 }
 
@@ -477,6 +570,7 @@ static void end_session(Board *b, int wait_status, const char *reason) {
     if (message.len) log_msg(LOG_WARNING, "session from %s ended after %.1f s: %s", a->peer, elapsed, buf_str(&message));
     else log_msg(LOG_INFO, "session from %s ended after %.1f s", a->peer, elapsed);
     remove_tree(a->directory); /* before the client sees the end of the stream */
+    if (a->relayed) relay_drain_child(&a->relay);
     if (reason || !reply_cut_short(b)) {
         buf_adds(&notice, "{\"message\":");
         json_string(&notice, buf_str(&message), message.len);
@@ -489,12 +583,24 @@ static void end_session(Board *b, int wait_status, const char *reason) {
         buf_adds(&notice, ",\"ended\":");
         json_double(&notice, wall_now());
         buf_adds(&notice, "}");
-        set_send_timeout(a->fd, NOTIFY_TIMEOUT);
-        if (send_frame(a->fd, OP_SESSION_END, 0, notice.data, notice.len, NULL, 0))
-            log_msg(LOG_INFO, "could not tell the client: %s", strerror(errno));
-        shutdown(a->fd, SHUT_WR);
+        if (a->relayed) {
+            unsigned char header[FRAME_HEADER];
+            header_encode(header, OP_SESSION_END, 0, (uint32_t)notice.len, 0);
+            Buf frame = {0};
+            buf_add(&frame, header, sizeof header);
+            buf_add(&frame, notice.data, notice.len);
+            relay_finish(&a->relay, frame.data, frame.len, NOTIFY_TIMEOUT);
+            buf_free(&frame);
+        } else {
+            set_send_timeout(a->fd, NOTIFY_TIMEOUT);
+            if (send_frame(a->fd, OP_SESSION_END, 0, notice.data, notice.len, NULL, 0))
+                log_msg(LOG_INFO, "could not tell the client: %s", strerror(errno));
+            shutdown(a->fd, SHUT_WR);
+        }
     }
-    close(a->fd);
+    if (a->relayed && a->relay.outer >= 0) relay_finish(&a->relay, NULL, 0, NOTIFY_TIMEOUT);
+    else if (!a->relayed) close(a->fd);
+    a->relayed = 0;
     buf_free(&message);
     buf_free(&notice);
 }
@@ -608,10 +714,16 @@ static void serve_loop(Board *b) {
         fds[1] = (struct pollfd){b->accept_paused_until || b->listener < 0 ? -1 : b->listener, POLLIN, 0};
         fds[2] = (struct pollfd){-1, 0, 0};
         fds[3] = (struct pollfd){b->spawner->fd, POLLIN, 0};
+        int relayed = b->busy && b->active.relayed;
+        fds[RELAY_OUTER] = (struct pollfd){relayed ? b->active.relay.outer : -1,
+                                           relayed ? relay_outer_events(&b->active.relay) : 0, 0};
+        fds[RELAY_INNER] = (struct pollfd){relayed ? b->active.relay.inner : -1,
+                                           relayed ? relay_inner_events(&b->active.relay) : 0, 0};
         if (b->has_tracker) fds[2] = (struct pollfd){b->tracker.fd, tracker_events(&b->tracker), 0};
         if (b->has_proxy) fds[2] = (struct pollfd){b->proxy.fd, proxy_events(&b->proxy), 0};
         int count = b->pending_count;
-        for (int k = 0; k < count; k++) fds[k + FIRST_PENDING] = (struct pollfd){b->pending[k]->fd, POLLIN, 0};
+        for (int k = 0; k < count; k++)
+            fds[k + FIRST_PENDING] = (struct pollfd){b->pending[k]->fd, b->pending[k]->events, 0};
         int timeout = (int)(next_timeout(b, monotonic_now()) * 1000) + 1;
         int ready = poll(fds, (nfds_t)(count + FIRST_PENDING), timeout);
         if (ready < 0 && errno != EINTR) break;
@@ -620,6 +732,8 @@ static void serve_loop(Board *b) {
             while (read(wake[0], drain, sizeof drain) > 0) {
             }
         }
+        if (ready > 0 && (fds[RELAY_OUTER].revents || fds[RELAY_INNER].revents) && b->busy && b->active.relayed)
+            relay_pump(&b->active.relay);
         if (ready > 0 && fds[3].revents) on_report(b);
         if (ready > 0) {
             /* from the last: a handshake that ends drops its entry, moving the last one into its place */

@@ -16,7 +16,7 @@ int main(int argc, char **argv) {
     warn_about_user(&options.user);
     prctl(PR_SET_DUMPABLE, 0); /* processes of the daemon's own user cannot read its memory through /proc */
     /* the sessions' cgroups (on cgroup v2 the daemon may move into a leaf of its own, and so must the spawner), then
-     * the spawner, before the secret is read: sessions are forked from it */
+     * the spawner, before the secret and the TLS key are read: sessions are forked from it */
     static Confinement confinement;
     confinement_create(&confinement, &options.limits);
     unsigned char *session_status = mmap(NULL, STATUS_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -32,12 +32,22 @@ int main(int argc, char **argv) {
         confinement_destroy(&confinement);
         return 2;
     }
+    /* the TLS key after the spawner too: no session process is forked from a process that read it */
+    if (options.tls_enabled &&
+        tls_load(&options.tls, !options.through_proxy, options.through_proxy || options.tracker != NULL)) {
+        explicit_bzero(secret, sizeof secret);
+        tls_unload();
+        spawner_stop(&spawner);
+        confinement_destroy(&confinement);
+        return 2;
+    }
     if (!secret_len && !options.through_proxy && strcmp(options.host, "127.0.0.1") && strcmp(options.host, "localhost") &&
         strcmp(options.host, "::1"))
         log_msg(LOG_WARNING, "the board server listens on %s without a farm secret: anyone who reaches it can run "
                 "code on it (see docs/security.md)", options.host);
     status = serve_board(&options, secret, secret_len, &spawner, &confinement, session_status);
     explicit_bzero(secret, sizeof secret);
+    tls_unload();
     spawner_stop(&spawner); /* where serve_board did not get as far */
     confinement_destroy(&confinement);
     return status;

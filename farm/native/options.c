@@ -17,6 +17,7 @@ static const char USAGE[] =
     "                  [--max-session-time SECONDS] [--handshake-timeout SECONDS] [--name NAME]\n"
     "                  [--secret-file PATH] [--tracker HOST:PORT] [--custom-addr ADDR] [--through-proxy]\n"
     "                  [--max-unproven N] [--max-unproven-per-address N]\n"
+    "                  [--tls-cert PATH] [--tls-key PATH] [--tls-ca PATH] [--tls-server-name NAME]\n"
     "                  [--log-level {DEBUG,INFO,WARNING,ERROR}]\n"
     "The native board server: the same options as `python -m farm.server` (see docs/native-board.md).\n";
 
@@ -55,8 +56,8 @@ static int integer(const char *name, const char *text, int *out) {
     return 0;
 }
 
-/* Options of the Python board that the native board does not offer yet: refused, never ignored. */
-static const char *const NOT_YET[] = {"--tls-cert", "--tls-key", "--tls-ca", "--tls-server-name"};
+/* The TLS options: refused, never ignored, by a daemon built without TLS. */
+static const char *const TLS_OPTIONS[] = {"--tls-cert", "--tls-key", "--tls-ca", "--tls-server-name"};
 
 int parse_options(int argc, char **argv, Options *o) {
     *o = (Options){.host = "127.0.0.1", .port = 9090, .port_end = 9199, .key = "", .name = "",
@@ -68,13 +69,18 @@ int parse_options(int argc, char **argv, Options *o) {
                                 .memory = pages > 0 && page_size > 0 ? (uint64_t)pages * (uint64_t)page_size / 2 : 0};
     o->secret_file = getenv("REMOTEDEV_SECRET_FILE");
     if (o->secret_file && !*o->secret_file) o->secret_file = NULL;
-    static const char *const TLS_ENV[] = {"REMOTEDEV_TLS_CERT", "REMOTEDEV_TLS_KEY", "REMOTEDEV_TLS_CA"};
-    for (size_t k = 0; k < 3; k++)
-        if (getenv(TLS_ENV[k]) && *getenv(TLS_ENV[k])) {
-            fprintf(stderr, "farm-board: $%s is set, but the native board does not offer TLS yet "
-                            "(see docs/native-board.md)\n", TLS_ENV[k]);
+    static const char *const TLS_ENV[] = {"REMOTEDEV_TLS_CERT", "REMOTEDEV_TLS_KEY", "REMOTEDEV_TLS_CA",
+                                          "REMOTEDEV_TLS_SERVER_NAME"};
+    const char **tls_fields[] = {&o->tls.cert, &o->tls.key, &o->tls.ca, &o->tls.server_name};
+    for (size_t k = 0; k < 4; k++) {
+        const char *value = getenv(TLS_ENV[k]);
+        *tls_fields[k] = value && *value ? value : NULL;
+        if (*tls_fields[k] && k < 3 && !tls_built_in()) {
+            fprintf(stderr, "farm-board: $%s is set, but this farm-board was built without TLS (OpenSSL was not "
+                            "found for its target; see docs/native-board.md)\n", TLS_ENV[k]);
             return 2;
         }
+    }
     for (int i = 1; i < argc; i++) {
         char *arg = argv[i], *value = NULL, name[64];
         if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
@@ -90,10 +96,10 @@ int parse_options(int argc, char **argv, Options *o) {
         if (strncmp(arg, "--", 2) || n >= sizeof name) return usage_error("unrecognized arguments: %s%s", arg, "");
         memcpy(name, arg, n);
         name[n] = 0;
-        for (size_t k = 0; k < sizeof NOT_YET / sizeof NOT_YET[0]; k++)
-            if (!strcmp(name, NOT_YET[k])) {
-                fprintf(stderr, "farm-board: %s is not offered by the native board yet (see docs/native-board.md)\n",
-                        name);
+        for (size_t k = 0; k < sizeof TLS_OPTIONS / sizeof TLS_OPTIONS[0]; k++)
+            if (!strcmp(name, TLS_OPTIONS[k]) && !tls_built_in()) {
+                fprintf(stderr, "farm-board: %s: this farm-board was built without TLS (OpenSSL was not found for "
+                                "its target; see docs/native-board.md)\n", name);
                 return 2;
             }
         if (!strcmp(name, "--through-proxy") && !equals) {
@@ -113,6 +119,10 @@ int parse_options(int argc, char **argv, Options *o) {
         else if (!strcmp(name, "--work-dir")) o->work_dir = value;
         else if (!strcmp(name, "--secret-file")) o->secret_file = *value ? value : NULL;
         else if (!strcmp(name, "--custom-addr")) o->custom_addr = value;
+        else if (!strcmp(name, "--tls-cert")) o->tls.cert = *value ? value : NULL;
+        else if (!strcmp(name, "--tls-key")) o->tls.key = *value ? value : NULL;
+        else if (!strcmp(name, "--tls-ca")) o->tls.ca = *value ? value : NULL;
+        else if (!strcmp(name, "--tls-server-name")) o->tls.server_name = *value ? value : NULL;
         else if (!strcmp(name, "--session-user")) o->session_user_name = value;
         else if (!strcmp(name, "--session-processes")) status = whole(name, value, 0, &o->limits.processes);
         else if (!strcmp(name, "--session-open-files")) status = whole(name, value, 0, &o->limits.open_files);
@@ -155,6 +165,7 @@ int parse_options(int argc, char **argv, Options *o) {
         if (status) return status;
     }
     o->limits.quota = o->session_quota;
+    o->tls_enabled = o->tls.cert || o->tls.key || o->tls.ca;
     if (o->port < 0 || o->port > 65535)
         return usage_error("argument --port: %s is outside the TCP port range 0..65535%s", "the port", "");
     return 0;

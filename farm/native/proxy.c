@@ -25,9 +25,11 @@ void proxy_init(Proxy *p, const char *host, int port, const char *key, const uns
 }
 
 static void drop(Proxy *p) {
+    tls_free(p->tls, 0);
+    p->tls = NULL;
     if (p->fd >= 0) close(p->fd);
     p->fd = -1;
-    p->connected = p->greeted = 0;
+    p->connected = p->greeted = p->tls_done = 0;
     p->in.len = 0;
     explicit_bzero(&p->proof, sizeof p->proof);
 }
@@ -48,7 +50,7 @@ static void dial_proxy(Proxy *p) {
 /* A few bytes into an almost empty socket buffer; -1 (and dial again later) if that fails. */
 static int send_small(Proxy *p, const Buf *out) {
     if (!out->len) return 0;
-    if (send(p->fd, out->data, out->len, MSG_NOSIGNAL) != (ssize_t)out->len) {
+    if (link_send(p->tls, p->fd, out->data, out->len) != (long)out->len) {
         char why[300];
         snprintf(why, sizeof why, "lost the proxy: %s", strerror(errno));
         retry(p, why);
@@ -114,7 +116,10 @@ int proxy_reply(Proxy *p, char *client, size_t cap, size_t *used) {
     return 1;
 }
 
-short proxy_events(const Proxy *p) { return p->connected ? POLLIN : POLLOUT; }
+short proxy_events(const Proxy *p) {
+    if (p->connected && tls_on() && !p->tls_done) return p->tls_wait;
+    return p->connected ? POLLIN : POLLOUT;
+}
 
 int proxy_on_event(Proxy *p, short revents, Paired *paired) {
     if (p->fd < 0) return 0;
@@ -129,12 +134,28 @@ int proxy_on_event(Proxy *p, short revents, Paired *paired) {
             return 0;
         }
         p->connected = 1;
+        p->tls_wait = POLLOUT;
+        if (!tls_on()) {
+            greet(p);
+            return 0;
+        }
+    }
+    if (tls_on() && !p->tls_done) { /* TLS first: the opening runs inside it */
+        int status = tls_dialled(&p->tls, p->fd, p->host, &p->tls_wait, why, sizeof why);
+        if (status < 0) {
+            char message[800];
+            snprintf(message, sizeof message, "TLS with the proxy failed: %s", why);
+            retry(p, message);
+            return 0;
+        }
+        if (!status) return 0;
+        p->tls_done = 1;
         greet(p);
         return 0;
     }
     if (!(revents & (POLLIN | POLLHUP | POLLERR))) return 0;
-    char data[4096];
-    ssize_t got = recv(p->fd, data, sizeof data, 0);
+    char data[16384]; /* a whole TLS record: what TLS holds back would wait for no event */
+    long got = link_recv(p->tls, p->fd, data, sizeof data);
     if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return 0;
     if (got <= 0) {
         retry(p, got == 0 ? "the proxy closed the connection" : "lost the proxy");
@@ -165,6 +186,9 @@ int proxy_on_event(Proxy *p, short revents, Paired *paired) {
     size_t used = 0;
     if (proxy_reply(p, paired->client, sizeof paired->client, &used) != 1) return 0;
     paired->fd = p->fd;
+    paired->tls = p->tls;
+    p->tls = NULL;
+    p->tls_done = 0;
     paired->leftover_len = p->in.len - used;
     paired->leftover = xmalloc(paired->leftover_len);
     memcpy(paired->leftover, p->in.data + used, paired->leftover_len);

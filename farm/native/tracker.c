@@ -45,9 +45,11 @@ static void schedule_retry(Tracker *t, const char *why) {
 }
 
 static void disconnect(Tracker *t) {
+    tls_free(t->tls, 0);
+    t->tls = NULL;
     if (t->fd >= 0) close(t->fd);
     t->fd = -1;
-    t->connected = t->opened = 0;
+    t->connected = t->opened = t->tls_done = 0;
     t->out.len = t->in.len = 0;
     t->expected_count = 0;
     if (!t->in_session) t->matchkey[0] = 0; /* a new one is offered on reconnecting */
@@ -219,7 +221,7 @@ static void on_opening(Tracker *t) {
 
 static void flush(Tracker *t) {
     while (t->fd >= 0 && t->connected && t->out.len) {
-        ssize_t sent = send(t->fd, t->out.data, t->out.len, MSG_NOSIGNAL);
+        long sent = link_send(t->tls, t->fd, t->out.data, t->out.len);
         if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
         if (sent < 0 && errno == EINTR) continue;
         if (sent < 0) {
@@ -233,7 +235,10 @@ static void flush(Tracker *t) {
     }
 }
 
-short tracker_events(const Tracker *t) { return (short)(POLLIN | (!t->connected || t->out.len ? POLLOUT : 0)); }
+short tracker_events(const Tracker *t) {
+    if (t->connected && tls_on() && !t->tls_done) return t->tls_wait;
+    return (short)(POLLIN | (!t->connected || t->out.len ? POLLOUT : 0));
+}
 
 void tracker_on_event(Tracker *t, short revents) {
     if (t->fd < 0) return;
@@ -249,11 +254,24 @@ void tracker_on_event(Tracker *t, short revents) {
             return;
         }
         t->connected = 1;
+        t->tls_wait = POLLOUT;
+    }
+    if (tls_on() && !t->tls_done) { /* TLS first: the opening runs inside it */
+        char why[600];
+        int status = tls_dialled(&t->tls, t->fd, t->host, &t->tls_wait, why, sizeof why);
+        if (status < 0) {
+            char message[1000];
+            snprintf(message, sizeof message, "TLS with the tracker at %s:%d failed: %s", t->host, t->port, why);
+            lost(t, message);
+            return;
+        }
+        if (!status) return;
+        t->tls_done = 1;
     }
     flush(t);
     if (t->fd < 0 || !(revents & (POLLIN | POLLHUP | POLLERR))) return;
     char data[65536];
-    ssize_t got = recv(t->fd, data, sizeof data, 0);
+    long got = link_recv(t->tls, t->fd, data, sizeof data);
     if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
     if (got <= 0) {
         lost(t, got == 0 ? "the tracker closed the connection" : "lost the tracker");

@@ -454,10 +454,6 @@ def parse_inventory(text: str, path: str = "<inventory>") -> Inventory:
     expected = "one of the boards' keys (%s)" % ", ".join(sorted(set(keys)))
     default_key = _get(doc, top, (), "default_key", lambda value: value in keys, expected, keys[0])
     tls = _tls(doc, top["tls"]) if top.get("tls") is not None else None
-    for index, group in enumerate(boards):
-        if tls is not None and group.server == "native" and group.start != "external":
-            raise doc.error(("boards", index, "server"), "the Python board server in a farm with TLS (the native "
-                            "one offers no TLS yet)", group.server)  # fmt: skip
     return Inventory(path, tracker, proxy, boards, default_key, toolchains, tls)
 
 

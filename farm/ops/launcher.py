@@ -201,7 +201,8 @@ class FarmStack:
         for key, group in natives.items():
             target = group.target
             assert target is not None
-            server = build_server(toolchain_for(target, self.inventory.toolchains))
+            # under TLS a native board needs it built in: a BuildError names the missing OpenSSL
+            server = build_server(toolchain_for(target, self.inventory.toolchains), tls=self.tls.enabled or None)
             emulated = group.start == "emulated"
             commands[key] = [target.qemu, "-L", sysroot(target.name), server] if emulated else [server]
         return commands

@@ -192,6 +192,11 @@ def board(
     if variant == "tls":
         monkeypatch.setenv(TLS_ENV["ca"], tls_files.ca)
         return board_factory(key=KEY, env=python_env(**tls_files.daemon().as_env()))
+    if variant == "native-tls":  # the native board under TLS: its relay, as the Python board's
+        monkeypatch.setenv(TLS_ENV["ca"], tls_files.ca)
+        server = board_server_named(NATIVE_CHECKED, native_builds)
+        env = python_env(**server.env, **tls_files.daemon().as_env())
+        return board_factory(key=KEY, env=env, **server.start_options())
     if variant in NATIVE_SERVERS:
         server = board_server_named(variant, native_builds)
         return board_factory(key=KEY, env=python_env(**server.env), **server.start_options())
@@ -199,8 +204,8 @@ def board(
 
 
 #: Run a test on a plain board, on one under TLS (where the daemon relays the session's bytes), and on the native
-#: board (which offers no TLS yet).
-EVERY_BOARD = pytest.mark.parametrize("board", ["plain", "tls", NATIVE_CHECKED], indirect=True)
+#: board, plain and under TLS (where it relays as the Python board does).
+EVERY_BOARD = pytest.mark.parametrize("board", ["plain", "tls", NATIVE_CHECKED, "native-tls"], indirect=True)
 
 
 @pytest.fixture

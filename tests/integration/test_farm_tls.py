@@ -12,8 +12,9 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Dict, Iterator, Optional
 
+import numpy as np
 import pytest
 from farm_certs import TlsFiles
 from test_farm_up import FarmUp, require_emulators
@@ -25,7 +26,10 @@ from farm.net.tls import ENV, TlsConfig
 from farm.ops.inventory import parse_inventory
 from farm.ops.launcher import FarmStack
 
-BOARDS = "tracker: {port: 0}\nproxy: {port: 0}\nboards:\n  - {key: sealed}\n  - {key: sealed, proxy: true}\n"
+PYTHON_BOARDS = "tracker: {port: 0}\nproxy: {port: 0}\nboards:\n  - {key: sealed}\n  - {key: sealed, proxy: true}\n"
+BOARDS = PYTHON_BOARDS + "  - {key: sealed, server: native}\n  - {key: sealed, server: native, proxy: true}\n"
+#: The Python boards, then the native ones: each registers with the tracker over TLS, directly or through the proxy.
+SEALED = {"sealed-0": "python", "sealed-1": "python", "sealed-2": "native", "sealed-3": "native"}
 INNER = ("-p", "no:hypothesispytest", "-p", "no:cacheprovider")
 
 
@@ -43,7 +47,7 @@ def no_tls_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def sealed_farm(tmp_path_factory: pytest.TempPathFactory, tls_files: TlsFiles) -> Iterator[FarmStack]:
     """The launcher's farm of an inventory with a tls block (nothing in the environment): a listening board
-    and one behind the proxy."""
+    and one behind the proxy, of the Python board server and of the native one."""
     inventory = parse_inventory(BOARDS + tls_block(tls_files), "sealed.yaml")
     stack = FarmStack(inventory, str(tmp_path_factory.mktemp("farm")))
     stack.start(timeout=30)
@@ -55,11 +59,14 @@ def log_of(stack: FarmStack, name: str) -> str:
     return (Path(stack.log_dir) / (name + ".log")).read_text()
 
 
-def board_names(tracker: farm.TrackerClient, count: int) -> set:
+def board_names(tracker: farm.TrackerClient, count: int) -> Dict[str, str]:
+    """Each board's name and server, of ``count`` boards held at once; an array goes to each and back."""
     sessions = [tracker.request("sealed", wait=20.0) for _ in range(count)]
     try:
-        assert all(session.run(sum, [1, 2]) == 3 for session in sessions)
-        return {session.system_info()["name"] for session in sessions}
+        data = np.arange(1 << 16, dtype=np.float32)
+        for session in sessions:
+            np.testing.assert_array_equal(session.array(data).numpy(), data)
+        return {info["name"]: info["server"] for info in (session.system_info() for session in sessions)}
     finally:
         for session in sessions:
             session.close()
@@ -70,12 +77,12 @@ def test_members_with_the_farm_ca_get_boards_directly_and_through_the_proxy(
 ) -> None:
     assert sealed_farm.describe()["tls"] == {"ca": tls_files.ca}
     with farm.connect_tracker(*sealed_farm.tracker_address, tls=tls_files.client()) as tracker:
-        assert board_names(tracker, 2) == {"sealed-0", "sealed-1"}
+        assert board_names(tracker, 4) == SEALED
 
 
 def test_one_certificate_for_the_whole_farm_by_server_name(sealed_farm: FarmStack, tls_files: TlsFiles) -> None:
     with farm.connect_tracker(*sealed_farm.tracker_address, tls=tls_files.client(server_name="farm.test")) as tracker:
-        assert board_names(tracker, 2) == {"sealed-0", "sealed-1"}
+        assert board_names(tracker, 4) == SEALED
     with pytest.raises(TrackerError, match="not valid for 'elsewhere.test'"):
         farm.connect_tracker(*sealed_farm.tracker_address, tls=tls_files.client(server_name="elsewhere.test"))
 
@@ -101,7 +108,7 @@ def test_clients_without_tls_or_with_another_ca_are_refused_and_logged(
 
 def test_the_plugin_brings_up_the_inventorys_tls_farm(pytester: pytest.Pytester, tls_files: TlsFiles) -> None:
     """No TLS option: the inventory's block reaches the daemons, the controller and the xdist workers."""
-    inventory = pytester.makefile(".yaml", farm=BOARDS + tls_block(tls_files, "farm.test"))
+    inventory = pytester.makefile(".yaml", farm=PYTHON_BOARDS + tls_block(tls_files, "farm.test"))
     pytester.makepyfile(
         """
         import os
@@ -123,7 +130,7 @@ def test_the_plugin_brings_up_the_inventorys_tls_farm(pytester: pytest.Pytester,
 def test_the_plugin_reaches_a_tls_farm_with_its_ca(
     pytester: pytest.Pytester, sealed_farm: FarmStack, tls_files: TlsFiles
 ) -> None:
-    pytester.makepyfile("def test_board(device):\n    assert device.run(sum, [1, 2]) == 3\n")
+    pytester.makepyfile("def test_board(device):\n    assert device.system_info()['key'] == 'sealed'\n")
     tracker = "%s:%d" % sealed_farm.tracker_address
     result = pytester.runpytest_subprocess(*INNER, "--tracker", tracker, "--tls-ca", tls_files.ca, timeout=120)
     result.assert_outcomes(passed=1)
@@ -156,7 +163,7 @@ def test_farm_up_with_tls_and_a_secret(tmp_path: Path, tls_files: TlsFiles) -> N
         address = tuple(described["tracker"])
         members = tls_files.client(server_name="farm.test")
         with farm.connect_tracker(*address, tls=members, secret=secret.read_bytes()) as client:
-            assert board_names(client, 2) == {"sealed-0", "sealed-1"}
+            assert board_names(client, 4) == SEALED
         with pytest.raises(TrackerError):
             farm.connect_tracker(*address, tls=members)  # the CA without the secret
         assert up.signal(signal.SIGTERM) == 0, up.outputs()
@@ -167,12 +174,14 @@ def test_farm_up_with_tls_and_a_secret(tmp_path: Path, tls_files: TlsFiles) -> N
 @pytest.mark.slow
 def test_emulated_boards_speak_tls(tmp_path: Path, tls_files: TlsFiles) -> None:
     """The packed board server under qemu-user gets the TLS files through the environment, listening and
-    behind the proxy."""
+    behind the proxy; so does the native one, built with the target's OpenSSL (Debian's, fetched)."""
     require_emulators()
     inventory = tmp_path / "emulated.yaml"
     inventory.write_text(
         "tracker: {port: 0}\nproxy: {port: 0}\nboards:\n  - {key: aarch64, start: emulated, arch: aarch64}\n"
-        "  - {key: armhf, start: emulated, arch: armhf, proxy: true}\n" + tls_block(tls_files)
+        "  - {key: armhf, start: emulated, arch: armhf, proxy: true}\n"
+        "  - {key: native-aarch64, server: native, start: emulated, arch: aarch64}\n"
+        "  - {key: native-armhf, server: native, start: emulated, arch: armhf, proxy: true}\n" + tls_block(tls_files)
     )
     up = FarmUp(tmp_path / "up", str(inventory), "--timeout", "90")
     try:
@@ -182,6 +191,11 @@ def test_emulated_boards_speak_tls(tmp_path: Path, tls_files: TlsFiles) -> None:
                 with client.request(key, wait=30.0) as session:
                     assert session.system_info()["machine"] == machine
                     assert session.run(sum, [1, 2]) == 3
+                with client.request("native-" + key, wait=30.0) as session:
+                    info = session.system_info()
+                    assert (info["machine"], info["server"]) == (machine, "native")
+                    data = np.arange(1 << 12, dtype=np.int32)
+                    np.testing.assert_array_equal(session.array(data).numpy(), data)
         assert up.signal(signal.SIGTERM) == 0, up.outputs()
     finally:
         up.close()

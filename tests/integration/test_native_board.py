@@ -2,7 +2,7 @@
 
 The protocol it shares with the Python board is tested against both in test_session_api.py,
 test_time_evaluator.py and test_board_daemon.py; here: the farm secret, the session's memory,
-the tracker link and the proxy with a secret, the options it does not offer yet, the upload quota
+the tracker link and the proxy with a secret, a build without TLS, the upload quota
 and ``farm build-server``.
 """
 
@@ -22,6 +22,7 @@ from typing import Callable, Dict, List
 
 import numpy as np
 import pytest
+from farm_certs import TlsFiles
 
 import farm
 from conftest import NATIVE_SERVERS, BoardServer, check_sanitizer_log, python_env, require_emulators, wait_for
@@ -29,7 +30,7 @@ from farm.net.secret import SECRET_ENV
 from farm.ops.emulators import sysroot
 from farm.ops.inventory import parse_inventory
 from farm.ops.launcher import FarmStack
-from farm.ops.native import build_server
+from farm.ops.native import build_server, host_server
 from farm.ops.processes import DaemonProcess
 from farm.ops.targets import EMULATED, TARGETS, host_target
 from farm.ops.toolchain import build_shared, toolchain_for
@@ -177,6 +178,35 @@ def test_the_session_process_starts_without_the_secret(
     assert in_spawner == ["order"], in_spawner
 
 
+def test_under_tls_neither_the_session_nor_the_spawner_holds_the_key(
+    board_factory: Callable[..., DaemonProcess],
+    secret_file: Path,
+    tls_files: TlsFiles,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The daemon reads the TLS key after it forked the spawner, and keeps the client's TLS connection, relaying
+    plain bytes to the session process: neither holds the key (nor a line of its PEM), nor the secret, while the
+    marker the session was sent, through TLS and the relay, is found the same way."""
+    monkeypatch.setenv(SECRET_ENV, str(secret_file))
+    env = python_env(**tls_files.daemon().as_env())
+    board = board_factory(key=KEY, extra=["--secret-file", str(secret_file)], env=env)
+    pem = Path(tls_files.key).read_bytes()
+    lines = [line for line in pem.splitlines() if line and not line.startswith(b"-----")]
+    needles = {"secret": secret_file.read_bytes().rstrip(b"\n"), "key": pem}
+    needles.update(("key line %d" % number, line) for number, line in enumerate(lines))
+    marker = b"marker of this session: " + os.urandom(16).hex().encode()
+    with farm.connect(*board.address, key=KEY, tls=tls_files.client()) as session:
+        kept = session.array(np.frombuffer(marker, np.uint8))
+        info = session.system_info()
+        pid, spawner = info["pid"], _parent(info["pid"])
+        assert _parent(spawner) == board.pid
+        found = _memory_holds(pid, {**needles, "marker": marker})
+        in_spawner = _memory_holds(spawner, {**needles, "order": os.path.basename(info["session_dir"]).encode()})
+        assert kept.numpy().tobytes() == marker
+    assert found == ["marker"], found
+    assert in_spawner == ["order"], in_spawner
+
+
 def test_a_dead_spawner_stops_the_daemon(board_factory: Callable[..., DaemonProcess]) -> None:
     """A daemon whose session spawner died starts no other (forked from the daemon now, it would hold the secret):
     its session dies with the spawner, the client is told the board stopped, and the daemon exits 1 for its
@@ -228,13 +258,18 @@ def test_a_session_whose_spawner_is_killed_takes_its_process_group_along(
             session.ping()
 
 
+@pytest.fixture(scope="module")
+def without_tls() -> str:
+    """The native board built without TLS, as for a target where OpenSSL is not found."""
+    return host_server(tls=False)
+
+
 @pytest.mark.parametrize("option", ["--tls-cert", "--tls-key", "--tls-ca", "--tls-server-name"])
-def test_options_it_does_not_offer_yet_are_refused(board_server: BoardServer, option: str) -> None:
-    assert board_server.program is not None
-    argv = [board_server.program, "--port", "0", option, "value"]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=python_env(**board_server.env))
+def test_a_build_without_tls_refuses_the_tls_options(without_tls: str, option: str) -> None:
+    argv = [without_tls, "--port", "0", option, "value"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=python_env())
     assert result.returncode == 2
-    assert "%s is not offered by the native board yet" % option in result.stderr
+    assert "%s: this farm-board was built without TLS (OpenSSL was not found" % option in result.stderr
     assert "docs/native-board.md" in result.stderr
 
 
@@ -266,11 +301,11 @@ def test_an_unknown_session_user_stops_the_daemon(board_server: BoardServer) -> 
     assert expected in result.stderr, result.stderr
 
 
-def test_tls_from_the_environment_is_refused(board_server: BoardServer) -> None:
-    assert board_server.program is not None
-    env = python_env(REMOTEDEV_TLS_CERT="cert.pem", **board_server.env)
-    result = subprocess.run([board_server.program, "--port", "0"], capture_output=True, text=True, timeout=30, env=env)
-    assert result.returncode == 2 and "does not offer TLS yet" in result.stderr
+def test_a_build_without_tls_refuses_tls_from_the_environment(without_tls: str) -> None:
+    env = python_env(REMOTEDEV_TLS_CERT="cert.pem")
+    result = subprocess.run([without_tls, "--port", "0"], capture_output=True, text=True, timeout=30, env=env)
+    assert result.returncode == 2
+    assert "$REMOTEDEV_TLS_CERT is set, but this farm-board was built without TLS" in result.stderr
 
 
 def test_an_upload_over_the_quota_is_refused_and_the_session_goes_on(
@@ -340,6 +375,7 @@ def test_farm_build_server_writes_one_executable(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "farm.ops.cli", "build-server", "--arch", target.name, "-o", str(tmp_path)]
     first = subprocess.run(command, capture_output=True, text=True, timeout=300, env=python_env())
     assert first.returncode == 0, first.stderr
+    assert "TLS built in (OpenSSL, linked dynamically)" in first.stderr, first.stderr
     built = Path(first.stdout.strip())
     assert built == tmp_path / "farm-board" and os.access(built, os.X_OK)
     version = subprocess.run([str(built), "--version"], capture_output=True, text=True, timeout=30)

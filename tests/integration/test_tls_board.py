@@ -2,7 +2,8 @@
 
 The crash, timeout, busy and shutdown behaviour under TLS runs in
 test_board_daemon.py (``EVERY_BOARD``); here: who gets in, what the logs
-and errors say, the relay's bytes, and strangers that do not finish TLS.
+and errors say, the relay's bytes, and strangers that do not finish TLS, on
+the Python board and on the native one alike.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import pytest
 from farm_certs import TlsFiles
 
 import farm
-from conftest import fd_count, python_env, wait_for
+from conftest import BoardServer, every_board_server, fd_count, python_env, wait_for
 from farm.net.tls import TlsConfig
 from farm.ops.processes import DaemonProcess
 from farm.protocol.handshake import encode_hello
 
+pytestmark = every_board_server
 KEY = "secure"
 
 
@@ -122,16 +124,19 @@ def test_arrays_round_trip_through_the_relay(tls_board: DaemonProcess, tls_files
         session.ping()
 
 
-def test_a_board_exits_with_a_clear_error_on_an_unusable_certificate(tmp_path: Path, tls_files: TlsFiles) -> None:
+def test_a_board_exits_with_a_clear_error_on_an_unusable_certificate(
+    tmp_path: Path, tls_files: TlsFiles, board_server: BoardServer
+) -> None:
     cases: Dict[str, Dict[str, str]] = {
         "missing.pem": TlsConfig(str(tmp_path / "missing.pem"), tls_files.key, tls_files.ca).as_env(),
         "--tls-key": TlsConfig(tls_files.cert, None, tls_files.ca).as_env(),
         "does not match": TlsConfig(tls_files.cert, tls_files.other_key, tls_files.ca).as_env(),
     }
     for expected, env in cases.items():
+        program = [board_server.program] if board_server.program else [sys.executable, "-m", "farm.server"]
         done = subprocess.run(
-            [sys.executable, "-m", "farm.server", "--port", "0", "--key", KEY],
-            env=python_env(**env),
+            [*program, "--port", "0", "--key", KEY],
+            env=python_env(**env, **board_server.env),
             capture_output=True,
             text=True,
             timeout=30,

@@ -583,8 +583,6 @@ def test_a_board_group_names_its_session_user() -> None:
     assert "session_user" in error_of("boards:\n  - {key: a, session_user: 'two words'}\n")
 
 
-def test_native_boards_are_refused_in_a_farm_with_tls(tmp_path: Path) -> None:
-    with pytest.raises(InventoryError) as info:
-        parse_in(tls_dir(tmp_path), "boards:\n  - {key: k, server: native}\n" + TLS_OK)
-    expected = "boards[0].server: expected the Python board server in a farm with TLS (the native one offers no TLS"
-    assert expected in str(info.value), str(info.value)
+def test_native_boards_may_serve_a_farm_with_tls(tmp_path: Path) -> None:
+    inventory = parse_in(tls_dir(tmp_path), "boards:\n  - {key: k, server: native}\n" + TLS_OK)
+    assert inventory.tls is not None and [group.server for group in inventory.boards] == ["native"]
