@@ -27,7 +27,7 @@ TWO_BOARDS = "tracker: {port: 0}\nboards:\n  - {key: k, count: 2}\n"
 PROXIED = "tracker: {port: 0}\nproxy: {port: 0}\nboards:\n  - {key: k}\n  - {key: nat, count: 2, proxy: true}\n"
 
 
-@pytest.fixture(params=["python-plain", "python-tls", NATIVE_CHECKED + "-plain"])
+@pytest.fixture(params=["python-plain", "python-tls", NATIVE_CHECKED + "-plain", NATIVE_CHECKED + "-tls"])
 def start(
     request: pytest.FixtureRequest,
     tmp_path: Path,
@@ -36,8 +36,7 @@ def start(
     native_builds: Dict[bool, str],
 ) -> Iterator[Callable[..., FaultFarm]]:
     """Each scenario on a plain farm and on one with TLS on every connection (the daemons, the test's clients
-    and the client processes it spawns all take it from the environment), of Python boards; and on a plain farm
-    of native boards, which have no TLS yet."""
+    and the client processes it spawns all take it from the environment), of Python boards and of native ones."""
     server, transport = request.param.rsplit("-", 1)
     if transport == "tls":
         for name, value in tls_files.daemon().as_env().items():

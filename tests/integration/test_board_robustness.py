@@ -451,7 +451,6 @@ def test_a_client_that_leaves_mid_call_frees_the_board(
     leave_mid_call(daemon, board_server, kernels["libfaults.so"], tmp_path, how, python_env())
 
 
-@python_board_only  # the native board has no TLS yet
 @pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
 def test_a_client_that_leaves_mid_call_under_tls_frees_the_board(
     board_factory: Callable[..., DaemonProcess],
