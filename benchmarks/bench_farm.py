@@ -200,14 +200,15 @@ def measure_examples(workdir: str, args: Any) -> Dict[str, Any]:
         argv += ["--device-key", variant] if variant in KEYS else []
         return argv, str(harness.PROJECT), dict.fromkeys(keys, TESTS_PER_KEY)
 
-    result = take_turns(workdir, prepare, KEYS, args.example_repeats, ["emulated"] * args.example_warmup)
+    keys = args.example_keys.split(",")
+    result = take_turns(workdir, prepare, keys, args.example_repeats, ["emulated"] * args.example_warmup)
 
     def sums(key: str, field: str) -> List[Optional[float]]:
         return [run["keys"].get(key, {}).get(field) for run in result["runs"][key]]
 
     ratios = {"%s_over_local" % key: {"call": ratio_spread(sums(key, "call_s"), sums("local", "call_s")),
                                       "held": ratio_spread(sums(key, "held_s"), sums("local", "held_s"))}
-              for key in EMULATED}  # fmt: skip
+              for key in keys if key != "local"}  # fmt: skip
     return dict(result, ratios=ratios)
 
 
@@ -267,7 +268,12 @@ def passed(results: Dict[str, Any]) -> bool:
 def check_args(args: Any) -> Optional[str]:
     counts = (args.tests, args.workers, args.boards, args.repeats, args.example_repeats, args.cache_repeats)
     valid = min(counts) >= 1 and args.hold > 0 and 0 <= args.proxied <= args.boards
-    return None if valid else "the counts must be >= 1, --hold positive, --proxied between 0 and --boards"
+    if not valid:
+        return "the counts must be >= 1, --hold positive, --proxied between 0 and --boards"
+    keys = args.example_keys.split(",")
+    if "local" not in keys or not set(keys) <= set(KEYS):
+        return "--example-keys: local and any of %s, comma-separated" % ", ".join(EMULATED)
+    return None
 
 
 def machine_extra() -> Dict[str, Any]:
@@ -300,6 +306,7 @@ TOOL = Tool(
         "repeats": Option(3, 1, "runs of each synthetic-suite variant"),
         "warmup": Option(1, 0, "untimed runs of hold0 before them"),
         "example_repeats": Option(3, 1, "runs of each key's example suite"),
+        "example_keys": Option(",".join(KEYS), "local,aarch64", "the keys whose example suite runs", str),
         "example_warmup": Option(1, 0, "untimed runs of the whole emulated example suite before them"),
         "cache_repeats": Option(10, 2, "misses and hits per architecture"),
     },

@@ -125,14 +125,15 @@ def check_farm_emulated(results: Dict[str, Any]) -> None:
     ready, examples, cache = (results["scenarios"][name] for name in ("ready", "examples", "cache"))
     assert (ready["emulated"]["boards"], ready["emulated"]["keys"]) == (4, sorted(KEYS))
     check_spread(ready["emulated_over_local"], 1, "ratio")
-    assert examples["failures"] == [] and examples["warmup_runs"] == [] and set(examples["runs"]) == set(KEYS)
+    keys = {"local", "aarch64"}  # --quick's keys (tests/integration/test_examples.py runs the suite on every key)
+    assert examples["failures"] == [] and examples["warmup_runs"] == [] and set(examples["runs"]) == keys
     for key, (run,) in examples["runs"].items():
         assert run["passed"] and run["outcomes"] == {"passed": 15} and list(run["keys"]) == [key], (key, run)
         entry = run["keys"][key]
         assert entry["tests"] == 15 and entry["queue_wait_s"] >= 0, key
         assert 0 < entry["call_s"] < entry["held_s"], key  # each test's call runs inside its hold
         check_spread(examples["variants"][key]["call_s"], 1, key)
-    assert set(examples["ratios"]) == {"aarch64_over_local", "armhf_over_local"}
+    assert set(examples["ratios"]) == {"aarch64_over_local"}
     for name, row in examples["ratios"].items():
         for kind in ("call", "held"):
             check_spread(row[kind], 1, (name, kind))

@@ -105,6 +105,8 @@ def board(pool: Pool) -> Iterator[ImpatientBoard]:
     pool.wait_state(pending=0, free=1)
     yield board
     board.stop.set()
+    board.join(timeout=10)  # before the tracker stops: a call cut short by its end raises in the thread
+    assert not board.is_alive()
 
 
 # --- no starvation ----------------------------------------------------------------------------
