@@ -34,6 +34,7 @@ const char *buf_str(Buf *b); /* NUL-terminated contents ("" when empty) */
 
 void *xmalloc(size_t n);   /* aborts on failure: for small bookkeeping only */
 char *xstrdup(const char *s);
+void release_free_memory(void); /* after start-up's transient allocations: an idle daemon keeps little resident */
 double monotonic_now(void); /* seconds */
 double wall_now(void);      /* seconds since the epoch */
 int64_t monotonic_ns(void);

@@ -19,6 +19,7 @@ int main(int argc, char **argv) {
      * the spawner, before the secret and the TLS key are read: sessions are forked from it */
     static Confinement confinement;
     confinement_create(&confinement, &options.limits);
+    release_free_memory(); /* what the cgroup set-up read (/proc/self/mountinfo) is not kept by the daemon */
     unsigned char *session_status = mmap(NULL, STATUS_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     Spawner spawner = {0};
     if (session_status == MAP_FAILED || spawner_start(&spawner, &options, &confinement, session_status)) {

@@ -16,11 +16,63 @@ int tls_looks_like(const unsigned char *data, size_t n) { /* farm.protocol.peers
 
 #ifdef FARM_TLS
 
+/* OpenSSL's headers only: libssl (and libcrypto, which it needs) is loaded by tls_load(), so a daemon without TLS
+ * never maps them (an idle board stays small). The functions used are resolved into `lib`, typed as the headers
+ * declare them; the headers' macros that stand for functions (SSL_CTX_set_mode, SSL_set_tlsext_host_name, ...)
+ * are written as the functions they stand for. */
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <poll.h>
+
+#define OPENSSL_FUNCTIONS(F)                                                                                    \
+    F(ERR_peek_last_error) F(ERR_reason_error_string) F(ERR_clear_error) F(TLS_server_method)                   \
+    F(TLS_client_method) F(SSL_CTX_new) F(SSL_CTX_free) F(SSL_CTX_ctrl) F(SSL_CTX_use_certificate_chain_file)   \
+    F(SSL_CTX_use_PrivateKey_file) F(SSL_CTX_check_private_key) F(SSL_CTX_load_verify_locations)                \
+    F(SSL_CTX_set_default_verify_paths) F(SSL_CTX_set_verify) F(SSL_new) F(SSL_free) F(SSL_set_fd) F(SSL_ctrl)  \
+    F(SSL_set_accept_state) F(SSL_set_connect_state) F(SSL_get0_param) F(X509_VERIFY_PARAM_set_hostflags)       \
+    F(X509_VERIFY_PARAM_set1_ip_asc) F(X509_VERIFY_PARAM_set1_host) F(SSL_get_error) F(SSL_do_handshake)        \
+    F(SSL_get_verify_result) F(X509_verify_cert_error_string) F(SSL_read_ex) F(SSL_write_ex) F(SSL_shutdown)
+
+#define AS_MEMBER(name) __typeof__(&name) name;
+static struct {
+    OPENSSL_FUNCTIONS(AS_MEMBER)
+} lib;
+
+/* The sonames tried, the one of the headers built against first (OpenSSL 3's, else 1.1's). */
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+static const char *const SONAMES[] = {"libssl.so.3", "libssl.so.1.1"};
+#else
+static const char *const SONAMES[] = {"libssl.so.1.1", "libssl.so.3"};
+#endif
+
+/* Loads libssl (once) and resolves every function of `lib` in it and its libcrypto: 0, or -1 (logged). */
+static int load_openssl(void) {
+    static void *handle;
+    if (handle) return 0;
+    const char *failed = NULL;
+    for (size_t k = 0; k < sizeof SONAMES / sizeof SONAMES[0] && !handle; k++)
+        handle = dlopen(SONAMES[k], RTLD_NOW | RTLD_LOCAL);
+    if (!handle) {
+        log_msg(LOG_ERROR, "TLS needs OpenSSL on the board: cannot load %s (nor %s): %s", SONAMES[0], SONAMES[1],
+                dlerror());
+        return -1;
+    }
+#define RESOLVE(name) \
+    if (!failed && !(*(void **)&lib.name = dlsym(handle, #name))) failed = #name;
+    OPENSSL_FUNCTIONS(RESOLVE)
+#undef RESOLVE
+    if (failed) {
+        log_msg(LOG_ERROR, "TLS needs OpenSSL 1.1.1 or later on the board: the loaded libssl lacks %s", failed);
+        dlclose(handle);
+        handle = NULL;
+        memset(&lib, 0, sizeof lib);
+        return -1;
+    }
+    return 0;
+}
 
 static SSL_CTX *server_ctx, *client_ctx;
 static const char *server_name; /* --tls-server-name: the name every daemon's certificate carries */
@@ -31,11 +83,11 @@ int tls_on(void) { return server_ctx || client_ctx; }
 
 /* The reason of the last OpenSSL error, as Python's ssl module names it (e.g. "WRONG_VERSION_NUMBER"). */
 static void last_reason(char *out, size_t cap) {
-    unsigned long code = ERR_peek_last_error();
-    const char *reason = code ? ERR_reason_error_string(code) : NULL;
+    unsigned long code = lib.ERR_peek_last_error();
+    const char *reason = code ? lib.ERR_reason_error_string(code) : NULL;
     snprintf(out, cap, "%s", reason ? reason : "unknown error");
     for (char *p = out; *p; p++) *p = *p == ' ' ? '_' : (char)(*p >= 'a' && *p <= 'z' ? *p - 32 : *p);
-    ERR_clear_error();
+    lib.ERR_clear_error();
 }
 
 /* A file that cannot be opened, in the system's words (as Python's ssl module says it). */
@@ -51,6 +103,7 @@ static int unreadable(const char *path, char *why, size_t whylen) {
 
 int tls_load(const TlsOptions *t, int listens, int dials) {
     char why[256];
+    if (load_openssl()) return -1;
     server_name = t->server_name;
     if (listens) {
         if (!t->cert || !t->key) {
@@ -61,16 +114,16 @@ int tls_load(const TlsOptions *t, int listens, int dials) {
             log_msg(LOG_ERROR, "cannot load the TLS certificate %s with its key %s: %s", t->cert, t->key, why);
             return -1;
         }
-        server_ctx = SSL_CTX_new(TLS_server_method());
-        if (!server_ctx || !SSL_CTX_set_min_proto_version(server_ctx, TLS1_2_VERSION) ||
-            SSL_CTX_use_certificate_chain_file(server_ctx, t->cert) != 1 ||
-            SSL_CTX_use_PrivateKey_file(server_ctx, t->key, SSL_FILETYPE_PEM) != 1 ||
-            SSL_CTX_check_private_key(server_ctx) != 1) {
+        server_ctx = lib.SSL_CTX_new(lib.TLS_server_method());
+        if (!server_ctx || !lib.SSL_CTX_ctrl(server_ctx, SSL_CTRL_SET_MIN_PROTO_VERSION, TLS1_2_VERSION, NULL) ||
+            lib.SSL_CTX_use_certificate_chain_file(server_ctx, t->cert) != 1 ||
+            lib.SSL_CTX_use_PrivateKey_file(server_ctx, t->key, SSL_FILETYPE_PEM) != 1 ||
+            lib.SSL_CTX_check_private_key(server_ctx) != 1) {
             last_reason(why, sizeof why);
             log_msg(LOG_ERROR, "cannot load the TLS certificate %s with its key %s: %s", t->cert, t->key, why);
             return -1;
         }
-        SSL_CTX_set_mode(server_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+        lib.SSL_CTX_ctrl(server_ctx, SSL_CTRL_MODE, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER, NULL);
     }
     if (dials) {
         if (!t->ca) {
@@ -82,47 +135,48 @@ int tls_load(const TlsOptions *t, int listens, int dials) {
             log_msg(LOG_ERROR, "cannot load the TLS CA %s: %s", t->ca, why);
             return -1;
         }
-        client_ctx = SSL_CTX_new(TLS_client_method());
-        int loaded = client_ctx && SSL_CTX_set_min_proto_version(client_ctx, TLS1_2_VERSION) &&
-                     (strcmp(t->ca, "system") ? SSL_CTX_load_verify_locations(client_ctx, t->ca, NULL)
-                                              : SSL_CTX_set_default_verify_paths(client_ctx)) == 1;
+        client_ctx = lib.SSL_CTX_new(lib.TLS_client_method());
+        int loaded = client_ctx && lib.SSL_CTX_ctrl(client_ctx, SSL_CTRL_SET_MIN_PROTO_VERSION, TLS1_2_VERSION, NULL) &&
+                     (strcmp(t->ca, "system") ? lib.SSL_CTX_load_verify_locations(client_ctx, t->ca, NULL)
+                                              : lib.SSL_CTX_set_default_verify_paths(client_ctx)) == 1;
         if (!loaded) {
             last_reason(why, sizeof why);
             log_msg(LOG_ERROR, "cannot load the TLS CA %s: %s", t->ca, why);
             return -1;
         }
-        SSL_CTX_set_verify(client_ctx, SSL_VERIFY_PEER, NULL);
-        SSL_CTX_set_mode(client_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+        lib.SSL_CTX_set_verify(client_ctx, SSL_VERIFY_PEER, NULL);
+        lib.SSL_CTX_ctrl(client_ctx, SSL_CTRL_MODE, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER, NULL);
     }
     return 0;
 }
 
 void tls_unload(void) {
-    SSL_CTX_free(server_ctx);
-    SSL_CTX_free(client_ctx);
+    if (!lib.SSL_CTX_free) return; /* OpenSSL was never loaded */
+    lib.SSL_CTX_free(server_ctx);
+    lib.SSL_CTX_free(client_ctx);
     server_ctx = client_ctx = NULL;
 }
 
 TlsConn *tls_new(int fd, int server_side, const char *host) {
-    SSL *ssl = SSL_new(server_side ? server_ctx : client_ctx);
-    if (!ssl || !SSL_set_fd(ssl, fd)) {
-        SSL_free(ssl);
-        ERR_clear_error();
+    SSL *ssl = lib.SSL_new(server_side ? server_ctx : client_ctx);
+    if (!ssl || !lib.SSL_set_fd(ssl, fd)) {
+        lib.SSL_free(ssl);
+        lib.ERR_clear_error();
         return NULL;
     }
-    if (server_side) SSL_set_accept_state(ssl);
+    if (server_side) lib.SSL_set_accept_state(ssl);
     else {
         const char *name = server_name ? server_name : host;
         unsigned char address[16];
         int literal = inet_pton(AF_INET, name, address) == 1 || inet_pton(AF_INET6, name, address) == 1;
-        SSL_set_connect_state(ssl);
-        X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
-        X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+        lib.SSL_set_connect_state(ssl);
+        X509_VERIFY_PARAM *param = lib.SSL_get0_param(ssl);
+        lib.X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
         /* an address is checked against the certificate's IP addresses, and named to it by no SNI (as Python) */
-        if (literal ? !X509_VERIFY_PARAM_set1_ip_asc(param, name)
-                    : !SSL_set_tlsext_host_name(ssl, name) || !X509_VERIFY_PARAM_set1_host(param, name, 0)) {
-            SSL_free(ssl);
-            ERR_clear_error();
+        if (literal ? !lib.X509_VERIFY_PARAM_set1_ip_asc(param, name)
+                    : !lib.SSL_ctrl(ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name, (void *)name) || !lib.X509_VERIFY_PARAM_set1_host(param, name, 0)) {
+            lib.SSL_free(ssl);
+            lib.ERR_clear_error();
             return NULL;
         }
     }
@@ -131,7 +185,7 @@ TlsConn *tls_new(int fd, int server_side, const char *host) {
 
 /* An OpenSSL result in the functions' terms: -2 (and the events to wait for) to try again, -1 failed. */
 static int outcome(SSL *ssl, int result, short *events) {
-    switch (SSL_get_error(ssl, result)) {
+    switch (lib.SSL_get_error(ssl, result)) {
     case SSL_ERROR_WANT_READ: *events = POLLIN; return -2;
     case SSL_ERROR_WANT_WRITE: *events = POLLOUT; return -2;
     case SSL_ERROR_ZERO_RETURN: return 0;
@@ -141,16 +195,16 @@ static int outcome(SSL *ssl, int result, short *events) {
 
 int tls_handshake(TlsConn *c, short *events, char *why, size_t whylen) {
     SSL *ssl = (SSL *)c;
-    ERR_clear_error();
-    int result = SSL_do_handshake(ssl);
+    lib.ERR_clear_error();
+    int result = lib.SSL_do_handshake(ssl);
     if (result == 1) return 1;
-    int kind = SSL_get_error(ssl, result);
+    int kind = lib.SSL_get_error(ssl, result);
     if (outcome(ssl, result, events) == -2) return 0;
-    long verified = SSL_get_verify_result(ssl);
+    long verified = lib.SSL_get_verify_result(ssl);
     char reason[256];
     last_reason(reason, sizeof reason);
     if (verified != X509_V_OK)
-        snprintf(why, whylen, "the certificate was refused: %s", X509_verify_cert_error_string(verified));
+        snprintf(why, whylen, "the certificate was refused: %s", lib.X509_verify_cert_error_string(verified));
     else if (!strcmp(reason, "WRONG_VERSION_NUMBER") || !strcmp(reason, "HTTP_REQUEST") ||
              !strcmp(reason, "PACKET_LENGTH_TOO_LONG") || !strcmp(reason, "UNEXPECTED_EOF_WHILE_READING"))
         snprintf(why, whylen, "the other end does not speak TLS (%s)", reason);
@@ -164,15 +218,15 @@ int tls_handshake(TlsConn *c, short *events, char *why, size_t whylen) {
     return -1;
 }
 
-/* One SSL_read_ex() or SSL_write_ex(): bytes moved, 0 at a read's close_notify, -2 waiting (events), -1. */
+/* One lib.SSL_read_ex() or lib.SSL_write_ex(): bytes moved, 0 at a read's close_notify, -2 waiting (events), -1. */
 static long transfer(TlsConn *c, void *data, size_t n, int writing, short *events) {
     if (!n) return 0;
-    ERR_clear_error();
+    lib.ERR_clear_error();
     size_t moved = 0;
-    int result = writing ? SSL_write_ex((SSL *)c, data, n, &moved) : SSL_read_ex((SSL *)c, data, n, &moved);
+    int result = writing ? lib.SSL_write_ex((SSL *)c, data, n, &moved) : lib.SSL_read_ex((SSL *)c, data, n, &moved);
     if (result == 1) return (long)moved;
     int status = outcome((SSL *)c, result, events);
-    ERR_clear_error();
+    lib.ERR_clear_error();
     return writing && status == 0 ? -1 : status;
 }
 
@@ -184,9 +238,9 @@ long tls_write(TlsConn *c, const void *data, size_t n, short *events) {
 
 void tls_free(TlsConn *c, int notify) {
     if (!c) return;
-    if (notify) SSL_shutdown((SSL *)c); /* a close_notify, not waiting for the other's */
-    SSL_free((SSL *)c);
-    ERR_clear_error();
+    if (notify) lib.SSL_shutdown((SSL *)c); /* a close_notify, not waiting for the other's */
+    lib.SSL_free((SSL *)c);
+    lib.ERR_clear_error();
 }
 
 #else /* built without TLS: options.c refuses the options, so none of these is called with TLS on */

@@ -5,6 +5,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <netdb.h>
 #include <signal.h>
 #include <stdio.h>
@@ -113,6 +116,12 @@ void *xmalloc(size_t n) {
         abort();
     }
     return p;
+}
+
+void release_free_memory(void) {
+#ifdef __GLIBC__
+    malloc_trim(0); /* the heap's free pages back to the system, not only its top */
+#endif
 }
 
 char *xstrdup(const char *s) {

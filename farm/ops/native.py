@@ -5,8 +5,9 @@ the target's kernels and cached by content as kernels are
 (:func:`farm.ops.toolchain.build_executable`). It links libc, libdl and
 libffi, libffi statically where the toolchain has ``libffi.a``; for a cross
 target whose toolchain has no libffi, Debian's libffi-dev for that
-architecture is fetched once (:func:`target_libffi`). TLS is built in (``-DFARM_TLS``, linking libssl and
-libcrypto dynamically) where OpenSSL is found for the target: the toolchain's own (:func:`finds_openssl`), else
+architecture is fetched once (:func:`target_libffi`). TLS is built in (``-DFARM_TLS``, against OpenSSL's
+headers only: the daemon loads libssl with ``dlopen`` when it is given TLS, so a board without TLS never maps
+libssl or libcrypto) where OpenSSL is found for the target: the toolchain's own (:func:`finds_openssl`), else
 for a cross target Debian's libssl-dev fetched as libffi-dev is (:func:`target_openssl`); without it the daemon
 refuses the ``--tls-*`` options. See docs/native-board.md.
 """
@@ -131,10 +132,11 @@ def _fetches_for(toolchain: Toolchain) -> bool:
 
 
 def openssl(toolchain: Toolchain) -> Optional[Tuple[List[str], List[str], List[str]]]:
-    """Where OpenSSL comes from, as :func:`_libffi` says it for libffi: the toolchain's own, else for a cross target
+    """Where OpenSSL's headers come from (flags, what to link: nothing, as libssl is loaded at run time, and the
+    files the build depends on), as :func:`_libffi` says it for libffi: the toolchain's own, else for a cross target
     Debian's libssl-dev fetched by :func:`target_openssl`; None where there is none (or it cannot be fetched)."""
     if finds_openssl(toolchain):
-        return [], ["-lssl", "-lcrypto"], []
+        return [], [], []
     if not _fetches_for(toolchain):
         return None
     try:
@@ -143,10 +145,10 @@ def openssl(toolchain: Toolchain) -> Optional[Tuple[List[str], List[str], List[s
         logger.warning("%s: building without TLS", exc)
         return None
     triple = toolchain.target.triple
-    include, library = os.path.join(root, "usr", "include"), os.path.join(root, "usr", "lib", triple)
+    include = os.path.join(root, "usr", "include")
     header = os.path.join(include, triple, "openssl", "opensslconf.h")
     flags = ["-I", os.path.join(include, triple), "-I", include]
-    return flags, ["-L", library, "-lssl", "-lcrypto"], [header, os.path.join(library, "libssl.so")]
+    return flags, [], [header]
 
 
 def _static_libffi(toolchain: Toolchain) -> Optional[str]:
@@ -248,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
         tls = toolchain.available() and openssl(toolchain) is not None
         server = build_server(toolchain, args.sanitize, args.cache_dir, tls=tls)
         if tls:
-            print("farm build-server: TLS built in (OpenSSL, linked dynamically)", file=sys.stderr)
+            print("farm build-server: TLS built in (OpenSSL, loaded at run time when TLS is given)", file=sys.stderr)
         else:
             print(
                 "farm build-server: built without TLS: OpenSSL was not found for %s (install libssl-dev, for a "

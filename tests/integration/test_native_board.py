@@ -273,6 +273,23 @@ def test_a_build_without_tls_refuses_the_tls_options(without_tls: str, option: s
     assert "docs/native-board.md" in result.stderr
 
 
+def _processes_of(pid: int) -> List[int]:
+    """A process and its children (the daemon and its session spawner)."""
+    with open("/proc/%d/task/%d/children" % (pid, pid)) as children:
+        return [pid, *(int(child) for child in children.read().split())]
+
+
+def test_an_idle_board_without_tls_does_not_map_openssl(board_factory: Callable[..., DaemonProcess]) -> None:
+    """OpenSSL is loaded only when TLS is given: a board without it maps neither libssl nor libcrypto."""
+    daemon = board_factory(key=KEY)
+    with farm.connect(*daemon.address, key=KEY) as session:
+        session.ping()
+    for pid in _processes_of(daemon.pid):
+        with open("/proc/%d/maps" % pid) as maps:
+            mapped = [line for line in maps if "libssl" in line or "libcrypto" in line]
+        assert mapped == [], (pid, mapped)
+
+
 def _limits_of(pid: int) -> Dict[str, str]:
     """Soft limits of a process, by the name /proc/PID/limits gives each."""
     with open("/proc/%d/limits" % pid) as limits:
@@ -375,7 +392,7 @@ def test_farm_build_server_writes_one_executable(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "farm.ops.cli", "build-server", "--arch", target.name, "-o", str(tmp_path)]
     first = subprocess.run(command, capture_output=True, text=True, timeout=300, env=python_env())
     assert first.returncode == 0, first.stderr
-    assert "TLS built in (OpenSSL, linked dynamically)" in first.stderr, first.stderr
+    assert "TLS built in (OpenSSL, loaded at run time when TLS is given)" in first.stderr, first.stderr
     built = Path(first.stdout.strip())
     assert built == tmp_path / "farm-board" and os.access(built, os.X_OK)
     version = subprocess.run([str(built), "--version"], capture_output=True, text=True, timeout=30)
