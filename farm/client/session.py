@@ -48,7 +48,16 @@ from ..net.tls import ENV as TLS_ENV
 from ..net.tls import TlsConfig, TlsError
 from ..net.transport import ConnectionClosed, FramedSocket, tune
 from ..protocol.auth import AuthError
-from ..protocol.calls import decode_result, encode_call, tag_of
+from ..protocol.calls import (
+    MAX_ARGS,
+    NOT_A_RESULT,
+    RESULT_FRAME_SIZE,
+    CallFrame,
+    decode_result,
+    encode_call,
+    read_result_frame,
+    tag_of,
+)
 from ..protocol.framing import Frame, FrameReader
 from ..protocol.handshake import CODE_BUSY, CODE_MISMATCH, encode_hello
 from ..protocol.opening import Connector, Kind, Opened, Refused
@@ -62,6 +71,8 @@ from .timing import BenchmarkResult
 PathLike = Union[str, "os.PathLike[str]"]
 SUPPORTED_DTYPES = tuple(sorted(DTYPE_SIZES))
 
+#: Argument shapes one function keeps a CALL frame for; a function called with ever new ones starts afresh.
+_FRAMES_PER_FUNCTION = 16
 _RESULT, _CALL, _PIPELINED_CALL = int(Op.RESULT), int(Op.CALL), int(Op.PIPELINED_CALL)  # plain ints: quicker
 #: Most freed array ids one request carries to the board.
 MAX_RELEASE = 4096
@@ -218,6 +229,7 @@ class RemoteSession:
         self.port = port
         self.key = key
         self._conn = FramedSocket(sock, FrameReader(), initial=leftover)
+        self._reply = bytearray(RESULT_FRAME_SIZE)  # a call's usual reply is received here
         self._next_id = 1
         self._release: List[int] = []
         self._closed = False
@@ -290,6 +302,59 @@ class RemoteSession:
         if frame.op == _RESULT and frame.request_id == request_id:
             return frame
         return self._check_reply(frame, request_id)
+
+    def _call(self, call: CallFrame, values: Sequence[Any]) -> Any:
+        """The value a CALL of ``call`` filled with ``values`` returned (see :meth:`RemoteFunction.__call__`).
+
+        The fast path sends the frame from its buffer and receives the usual reply with one receive into a
+        buffer kept for it; a reply of any other kind goes on to the general reader and its checks. A session
+        with anything else to do first (pipelined replies to collect, arrays to release, a receive buffer with
+        bytes in it, a lost or closed session) takes the general path from the start.
+        """
+        conn = self._conn
+        if (
+            self._pipeline.in_flight
+            or self._release
+            or self._lost is not None
+            or self._closed
+            or not conn.reader.empty
+        ):
+            return self._call_result(self._request(_CALL, None, call.payload(values)))
+        request_id = self._next_id
+        self._next_id = request_id % 0xFFFFFFFF + 1
+        try:
+            conn.sock.sendall(call.fill(request_id, values))
+        except (OSError, ProtocolError) as exc:
+            raise self._connection_lost("sending a request", exc) from None
+        except BaseException:
+            self._abandon()
+            raise
+        reply = self._reply
+        try:
+            count = conn.sock.recv_into(reply, RESULT_FRAME_SIZE)
+            if count == RESULT_FRAME_SIZE:
+                value = read_result_frame(reply, request_id)
+                if value is not NOT_A_RESULT:
+                    return value
+            elif not count:
+                raise ConnectionClosed(False)
+            conn.reader.push(memoryview(reply)[:count])
+            frame = conn.recv()
+        except (OSError, ProtocolError) as exc:
+            raise self._connection_lost("waiting for a reply", exc) from None
+        except BaseException:
+            self._abandon()
+            raise
+        if frame.op != _RESULT or frame.request_id != request_id:
+            frame = self._check_reply(frame, request_id)
+        return self._call_result(frame)
+
+    def _call_result(self, frame: Frame) -> Any:
+        """The value in the RESULT of a call; a result that makes no sense gives the session up."""
+        try:
+            return decode_result(frame.payload)
+        except ProtocolError as exc:
+            raise self._broken_reply("a call result that makes no sense (%s)" % exc) from None
 
     def _send_pipelined(self, op: int, payload: Any, decode: Callable[[Frame], Any], description: str) -> CallFuture:
         """Send a request without waiting for its reply: a future of ``decode(reply)``."""
@@ -742,6 +807,7 @@ class RemoteFunction:
         self.name = name
         self.signature = signature
         self._returns_bool = signature is not None and signature.restype.kind == "bool"
+        self._frames: Dict[str, CallFrame] = {}  # by argument tags: the CALL frame, built once
 
     def _encode_argument(self, index: int, arg: Any) -> Tuple[str, Any]:
         """Tag and value of an argument of a less usual type (the common ones are inlined in ``__call__``)."""
@@ -769,26 +835,40 @@ class RemoteFunction:
 
     def __call__(self, *args: Any) -> Any:
         """Call the function on the board and return its result (inside ``session.pipeline()``: a future of it)."""
-        payload = self._payload(args)
-        if self.session._pipelining is not None:
-            return self.session._send_pipelined(_PIPELINED_CALL, payload, self._result, self.name + "()")
-        return self._result(self.session._request(_CALL, None, payload))
+        tags, values = self._arguments(args)
+        session = self.session
+        if session._pipelining is not None:
+            payload = encode_call(self.id, tags, values)
+            return session._send_pipelined(_PIPELINED_CALL, payload, self._result, self.name + "()")
+        call = self._frames.get(tags) or self._frame(tags)
+        result = session._call(call, values)
+        if self._returns_bool and result is not None:
+            return bool(result)
+        return result
+
+    def _frame(self, tags: str) -> CallFrame:
+        """The CALL frame for arguments tagged ``tags``, built and kept (a few shapes per function at most)."""
+        if len(self._frames) >= _FRAMES_PER_FUNCTION:
+            self._frames.clear()
+        call = self._frames[tags] = CallFrame(_CALL, self.id, tags)
+        return call
 
     def submit(self, *args: Any) -> CallFuture:
         """Send the call without waiting for its reply; a future of its result (see ``session.pipeline()``)."""
         return self.session._send_pipelined(_PIPELINED_CALL, self._payload(args), self._result, self.name + "()")
 
     def _result(self, frame: Frame) -> Any:
-        try:
-            result = decode_result(frame.payload)
-        except ProtocolError as exc:
-            raise self.session._broken_reply("a call result that makes no sense (%s)" % exc) from None
+        result = self.session._call_result(frame)
         if self._returns_bool and result is not None:
             return bool(result)
         return result
 
     def _payload(self, args: Sequence[Any]) -> bytes:
         """The CALL payload of ``args``, checked against the signature; ArgumentError before anything is sent."""
+        return encode_call(self.id, *self._arguments(args))
+
+    def _arguments(self, args: Sequence[Any]) -> Tuple[str, List[Any]]:
+        """The tags and values of ``args``, checked against the signature; ArgumentError before anything is sent."""
         tags: List[str] = []
         values: List[Any] = []
         dtypes: List[Optional[str]] = []
@@ -816,7 +896,9 @@ class RemoteFunction:
         tag_string = "".join(tags)
         if self.signature is not None:
             self.signature.check(tag_string, dtypes, values)
-        return encode_call(self.id, tag_string, values)
+        if len(tag_string) > MAX_ARGS:
+            raise ArgumentError("a call takes at most %d arguments, got %d" % (MAX_ARGS, len(tag_string)))
+        return tag_string, values
 
     def time_evaluator(
         self,

@@ -17,6 +17,8 @@ import struct
 from typing import Any, Dict, NamedTuple, Sequence, Tuple
 
 from ..errors import ArgumentError, ProtocolError
+from .framing import FRAME_MAGIC, HEADER, VERSION
+from .ops import Op
 
 TAGS = "aiufn"
 _VALUE_FORMATS = {"a": "Q", "i": "q", "u": "Q", "f": "d", "n": "Q"}
@@ -111,3 +113,64 @@ def decode_result(payload: Any) -> Any:
     if payload[0] == ord("v"):
         return None
     raise ProtocolError("call result has bad tag %r" % chr(payload[0]))
+
+
+#: A RESULT frame's header fields as the client checks them, and the result's tag byte:
+#: magic, version and op as one u32, request id, metadata length, payload length, tag.
+_RESULT_HEAD = struct.Struct("<IIIQB")
+#: The RESULT frame of a call: a 20-byte frame header without metadata, then the 9-byte result payload.
+RESULT_FRAME_SIZE = _RESULT_HEAD.size + 8
+_VALUE_AT = {ord(tag): struct.Struct("<" + _VALUE_FORMATS[tag]).unpack_from for tag in "iuf"}
+_VOID_TAG = ord("v")
+_REQUEST_ID = struct.Struct("<I")
+_FRAME_HEADER_SIZE = HEADER.size
+_MAGIC_WORD = int.from_bytes(FRAME_MAGIC + bytes([VERSION]), "little")  # the header's first three bytes
+_RESULT_WORD = _MAGIC_WORD | int(Op.RESULT) << 24
+
+
+class CallFrame:
+    """The whole CALL frame (header and payload) of one function and one set of argument tags, built once.
+
+    The bytes that stay the same from call to call (frame header, function id, argument count, tags) are
+    written once into a buffer that every call reuses; a call writes only its request id and its values.
+    The frame is the one :func:`~farm.protocol.framing.encode_frame` makes of :func:`encode_call`'s payload.
+    """
+
+    __slots__ = ("buffer", "_values", "_values_at")
+
+    def __init__(self, op: int, function_id: int, tags: str) -> None:
+        layout = _by_tags.get(tags) or _layout(tags)
+        head = struct.Struct("<IIIQ")  # magic, version and op as one u32, request id, metadata length, payload length
+        self.buffer = bytearray(head.size + layout.whole.size)
+        head.pack_into(self.buffer, 0, _MAGIC_WORD | op << 24, 0, 0, layout.whole.size)
+        layout.whole.pack_into(self.buffer, head.size, function_id, len(tags), layout.tag_bytes, *bytes(len(tags)))
+        self._values = struct.Struct("<" + "".join(_VALUE_FORMATS[tag] for tag in tags)).pack_into
+        self._values_at = head.size + _PREFIX_SIZE + len(tags)
+
+    def fill(self, request_id: int, values: Sequence[Any]) -> bytearray:
+        """The frame's buffer holding ``request_id`` and ``values`` (valid until the next ``fill``)."""
+        _REQUEST_ID.pack_into(self.buffer, 4, request_id)
+        self._values(self.buffer, self._values_at, *values)
+        return self.buffer
+
+    def payload(self, values: Sequence[Any]) -> bytes:
+        """The frame's payload alone for ``values``: what :func:`encode_call` returns."""
+        return bytes(memoryview(self.fill(0, values))[_FRAME_HEADER_SIZE:])
+
+
+#: What :func:`read_result_frame` returns for a frame that is not the plain RESULT of the call.
+NOT_A_RESULT = object()
+
+
+def read_result_frame(frame: Any, request_id: int) -> Any:
+    """The value in ``frame`` (:data:`RESULT_FRAME_SIZE` bytes) if it is the RESULT of call ``request_id`` without
+    metadata and a known tag, else :data:`NOT_A_RESULT`: an error, a notice, another request's reply or a bad result
+    are the general path's to read (:class:`~farm.protocol.framing.FrameReader`, :func:`decode_result`).
+    """
+    word, reply_id, meta_len, size, tag = _RESULT_HEAD.unpack_from(frame)
+    if word != _RESULT_WORD or reply_id != request_id or meta_len or size != 9:
+        return NOT_A_RESULT
+    unpack = _VALUE_AT.get(tag)
+    if unpack is not None:
+        return unpack(frame, _RESULT_HEAD.size)[0]
+    return None if tag == _VOID_TAG else NOT_A_RESULT

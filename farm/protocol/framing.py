@@ -129,6 +129,11 @@ class FrameReader:
         """True while part of a frame has been received but not all of it."""
         return self._payload is not None or self._end > self._start
 
+    @property
+    def empty(self) -> bool:
+        """True when every byte received has been read out as frames: the next frame is all still to come."""
+        return not self._frames and self._payload is None and self._end == self._start
+
     def writable(self) -> memoryview:
         """The buffer the next received bytes should be written into.
 

@@ -1,0 +1,81 @@
+"""The CALL frame built once per argument shape and the RESULT frame read without the general reader."""
+
+from __future__ import annotations
+
+from typing import Any, List, Tuple
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from farm.protocol.calls import (
+    NOT_A_RESULT,
+    RESULT_FRAME_SIZE,
+    CallFrame,
+    decode_call,
+    encode_call,
+    encode_result,
+    read_result_frame,
+)
+from farm.protocol.framing import FrameReader, encode_frame
+from farm.protocol.ops import Op
+
+_VALUES = {
+    "a": st.integers(0, (1 << 64) - 1),
+    "u": st.integers(0, (1 << 64) - 1),
+    "i": st.integers(-(1 << 63), (1 << 63) - 1),
+    "f": st.floats(allow_nan=False),
+    "n": st.just(0),
+}
+_REQUEST_IDS = st.integers(1, 0xFFFFFFFF)
+
+
+@st.composite
+def _arguments(draw: Any) -> Tuple[str, List[Any]]:
+    tags = draw(st.text(alphabet="aiufn", max_size=12))
+    return tags, [draw(_VALUES[tag]) for tag in tags]
+
+
+@given(st.integers(0, 0xFFFFFFFF), _arguments(), _REQUEST_IDS)
+def test_call_frame_is_the_general_encoding(
+    function_id: int, arguments: Tuple[str, List[Any]], request_id: int
+) -> None:
+    tags, values = arguments
+    call = CallFrame(int(Op.CALL), function_id, tags)
+    expected = encode_frame(int(Op.CALL), request_id, None, encode_call(function_id, tags, values))
+    assert bytes(call.fill(request_id, values)) == b"".join(expected)
+    assert call.payload(values) == encode_call(function_id, tags, values)
+
+
+@given(_arguments(), st.lists(_REQUEST_IDS, min_size=2, max_size=4))
+def test_a_reused_call_frame_reads_back_each_call(arguments: Tuple[str, List[Any]], request_ids: List[int]) -> None:
+    tags, values = arguments
+    call = CallFrame(int(Op.CALL), 7, tags)
+    for request_id in request_ids:
+        (frame,) = FrameReader().feed(bytes(call.fill(request_id, values)))
+        assert (frame.op, frame.request_id, frame.meta) == (int(Op.CALL), request_id, {})
+        assert decode_call(frame.payload) == (7, tags, tuple(values))
+
+
+@given(
+    st.one_of(st.none(), st.integers(-(1 << 63), (1 << 64) - 1), st.floats(allow_nan=False), st.booleans().map(int)),
+    _REQUEST_IDS,
+)
+def test_result_frame_reads_as_the_general_path(value: Any, request_id: int) -> None:
+    (frame,) = encode_frame(int(Op.RESULT), request_id, None, encode_result(value))
+    assert len(frame) == RESULT_FRAME_SIZE
+    assert read_result_frame(frame, request_id) == value
+    assert read_result_frame(bytearray(frame), request_id) == value
+
+
+def test_other_frames_are_left_to_the_general_path() -> None:
+    result = encode_result(5)
+    others = [
+        encode_frame(int(Op.RESULT), 4, None, result)[0],  # another request's
+        encode_frame(int(Op.ERROR), 3, None, result)[0],
+        encode_frame(int(Op.SESSION_END), 3, None, result)[0],
+        b"XD" + encode_frame(int(Op.RESULT), 3, None, result)[0][2:],
+        encode_frame(int(Op.RESULT), 3, None, b"?" + bytes(8))[0],  # a tag no board sends
+    ]
+    for frame in others:
+        assert read_result_frame(frame, 3) is NOT_A_RESULT
+    assert read_result_frame(encode_frame(int(Op.RESULT), 3, None, result)[0], 3) == 5
