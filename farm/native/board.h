@@ -110,6 +110,7 @@ typedef struct {
     unsigned char ours[NONCE_SIZE], theirs[NONCE_SIZE];
 } Proof;
 int proof_start(Proof *p);
+void proof_clear(Proof *p); /* its nonces wiped */
 /* Consume from data[0..n): returns bytes used, -1 when refused (a refusal to send may be in `out`). */
 long proof_feed(Proof *p, const unsigned char *secret, size_t secret_len, const unsigned char *data, size_t n,
                 Buf *out, char *why, size_t whylen);
@@ -199,6 +200,26 @@ int tls_dialled(TlsConn **c, int fd, const char *host, short *events, char *why,
 long link_recv(TlsConn *c, int fd, void *data, size_t n);
 long link_send(TlsConn *c, int fd, const void *data, size_t n);
 int link_send_all(TlsConn *c, int fd, const void *data, size_t n); /* blocking: 0, or -1 */
+
+/* dial.c: an outgoing link of the board (to its tracker or its proxy), TLS first, redialled after a backoff */
+typedef struct {
+    char host[256];
+    int port;
+    int fd; /* -1 while not dialled */
+    TlsConn *tls; /* with TLS: the connection's */
+    int connected, tls_done;
+    short tls_wait; /* what its TLS handshake waits for */
+    double retry_delay, next_attempt;
+} Dial;
+void dial_init(Dial *d, const char *host, int port);
+int dial_start(Dial *d, const char *what, char *why, size_t whylen); /* a connect started: 0, or -1 (why) */
+void dial_close(Dial *d);
+void dial_hand_over(Dial *d); /* its connection (fd and TLS) is someone else's now: forgotten, not closed */
+void dial_backoff(Dial *d); /* the next attempt after the delay, which doubles up to a cap */
+void dial_reset_backoff(Dial *d);
+short dial_events(const Dial *d, short ready); /* ready: what to wait for once connected and through TLS */
+/* The connect finished and TLS stepped: 1 when the link is ready, 0 while not yet, -1 if it failed (why). */
+int dial_progress(Dial *d, short revents, const char *what, char *why, size_t whylen);
 
 /* relay.c: under TLS the daemon keeps the client's connection and relays plain bytes to the session process */
 typedef struct {
@@ -381,21 +402,17 @@ const char *elf_machine(const char *path, char *out, size_t cap); /* NULL if not
 
 /* tracker.c: the board's registration with a tracker */
 typedef struct {
-    char host[256];
-    int port, board_port;
+    Dial link;
+    int board_port;
     const char *key, *custom_addr, *name;
     const unsigned char *secret;
     size_t secret_len;
-    int fd; /* -1 while not connected */
-    TlsConn *tls; /* with TLS: the connection's */
-    int tls_done;
-    short tls_wait; /* what its TLS handshake waits for */
-    int connected, opened, in_session;
+    int opened, in_session;
     Proof proof;
     Buf out, in;
     char expected[64]; /* what each outstanding request was: u(pdate_info), p(ut), g(et pending match keys) */
     int expected_count;
-    double retry_delay, next_attempt, next_poll, handed_out_since;
+    double next_poll, handed_out_since;
     char matchkey[MAX_KEY_LENGTH + 64]; /* what a client must present now; empty while in a session */
 } Tracker;
 void tracker_init(Tracker *t, const char *address, const char *key, const char *custom_addr, const char *name,
@@ -412,20 +429,14 @@ void tracker_replies(Tracker *t); /* takes the complete replies out of t->in (no
 
 /* proxy.c: a board behind a proxy */
 typedef struct {
-    char host[256];
-    int port;
+    Dial link;
     const char *key;
     const unsigned char *secret;
     size_t secret_len;
-    int fd; /* -1 while not dialled */
-    TlsConn *tls; /* with TLS: the connection's */
-    int tls_done;
-    short tls_wait; /* what its TLS handshake waits for */
-    int connected, greeted, in_session;
+    int greeted, in_session;
     Proof proof;
     Buf in;
     uint64_t sent; /* bytes sent on this connection: the session counts on from there */
-    double retry_delay, next_attempt;
 } Proxy;
 /* A client the proxy paired with the board: the connection, its key text and what came after the reply. */
 typedef struct {

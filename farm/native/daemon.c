@@ -171,7 +171,7 @@ static void drop_pending(Board *b, int index, int close_it) {
         close(p->fd);
     }
     b->pending[index] = b->pending[--b->pending_count];
-    explicit_bzero(&p->proof, sizeof p->proof);
+    proof_clear(&p->proof);
     free(p);
 }
 
@@ -719,8 +719,8 @@ static void serve_loop(Board *b) {
                                            relayed ? relay_outer_events(&b->active.relay) : 0, 0};
         fds[RELAY_INNER] = (struct pollfd){relayed ? b->active.relay.inner : -1,
                                            relayed ? relay_inner_events(&b->active.relay) : 0, 0};
-        if (b->has_tracker) fds[2] = (struct pollfd){b->tracker.fd, tracker_events(&b->tracker), 0};
-        if (b->has_proxy) fds[2] = (struct pollfd){b->proxy.fd, proxy_events(&b->proxy), 0};
+        if (b->has_tracker) fds[2] = (struct pollfd){b->tracker.link.fd, tracker_events(&b->tracker), 0};
+        if (b->has_proxy) fds[2] = (struct pollfd){b->proxy.link.fd, proxy_events(&b->proxy), 0};
         int count = b->pending_count;
         for (int k = 0; k < count; k++)
             fds[k + FIRST_PENDING] = (struct pollfd){b->pending[k]->fd, b->pending[k]->events, 0};
@@ -742,10 +742,10 @@ static void serve_loop(Board *b) {
                     b->pending[k]->fd == fds[k + FIRST_PENDING].fd)
                     on_opening_data(b, k);
             if (fds[1].revents & POLLIN) accept_one(b);
-            if (fds[2].revents && b->has_tracker && b->tracker.fd == fds[2].fd)
+            if (fds[2].revents && b->has_tracker && b->tracker.link.fd == fds[2].fd)
                 tracker_on_event(&b->tracker, fds[2].revents);
             Paired paired;
-            if (fds[2].revents && b->has_proxy && b->proxy.fd == fds[2].fd &&
+            if (fds[2].revents && b->has_proxy && b->proxy.link.fd == fds[2].fd &&
                 proxy_on_event(&b->proxy, fds[2].revents, &paired))
                 paired_by_proxy(b, &paired);
         }

@@ -33,6 +33,8 @@ static int random_bytes(unsigned char *out, size_t n) {
     return got == n ? 0 : -1;
 }
 
+void proof_clear(Proof *p) { explicit_bzero(p, sizeof *p); }
+
 int proof_start(Proof *p) {
     memset(p, 0, sizeof *p);
     return random_bytes(p->ours, NONCE_SIZE);

@@ -12,45 +12,36 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define RETRY_FIRST 0.25
-#define RETRY_LAST 2.0
 #define CODE_DUPLICATE 0xFF272
 
 void proxy_init(Proxy *p, const char *host, int port, const char *key, const unsigned char *secret, size_t secret_len) {
     memset(p, 0, sizeof *p);
-    snprintf(p->host, sizeof p->host, "%s", host);
-    p->port = port, p->key = key, p->secret = secret, p->secret_len = secret_len;
-    p->fd = -1;
-    p->retry_delay = RETRY_FIRST;
+    dial_init(&p->link, host, port);
+    p->key = key, p->secret = secret, p->secret_len = secret_len;
 }
 
 static void drop(Proxy *p) {
-    tls_free(p->tls, 0);
-    p->tls = NULL;
-    if (p->fd >= 0) close(p->fd);
-    p->fd = -1;
-    p->connected = p->greeted = p->tls_done = 0;
+    dial_close(&p->link);
+    p->greeted = 0;
     p->in.len = 0;
-    explicit_bzero(&p->proof, sizeof p->proof);
+    proof_clear(&p->proof);
 }
 
 static void retry(Proxy *p, const char *why) {
     drop(p);
-    log_msg(LOG_INFO, "%s (%s:%d); dialling again in %.2f s", why, p->host, p->port, p->retry_delay);
-    p->next_attempt = monotonic_now() + p->retry_delay;
-    p->retry_delay = p->retry_delay * 2 < RETRY_LAST ? p->retry_delay * 2 : RETRY_LAST;
+    log_msg(LOG_INFO, "%s (%s:%d); dialling again in %.2f s", why, p->link.host, p->link.port, p->link.retry_delay);
+    dial_backoff(&p->link);
 }
 
 static void dial_proxy(Proxy *p) {
     char why[600];
-    p->fd = dial(p->host, p->port, "proxy", why, sizeof why);
-    if (p->fd < 0) retry(p, why);
+    if (dial_start(&p->link, "proxy", why, sizeof why)) retry(p, why);
 }
 
 /* A few bytes into an almost empty socket buffer; -1 (and dial again later) if that fails. */
 static int send_small(Proxy *p, const Buf *out) {
     if (!out->len) return 0;
-    if (link_send(p->tls, p->fd, out->data, out->len) != (long)out->len) {
+    if (link_send(p->link.tls, p->link.fd, out->data, out->len) != (long)out->len) {
         char why[300];
         snprintf(why, sizeof why, "lost the proxy: %s", strerror(errno));
         retry(p, why);
@@ -77,7 +68,7 @@ static void greet(Proxy *p) {
     if (p->secret) proof_connector_start(&p->proof, &out);
     else hello(p, &out);
     if (send_small(p, &out) == 0 && !p->secret)
-        log_msg(LOG_INFO, "waiting at the proxy %s:%d for a client", p->host, p->port);
+        log_msg(LOG_INFO, "waiting at the proxy %s:%d for a client", p->link.host, p->link.port);
     buf_free(&out);
 }
 
@@ -116,46 +107,21 @@ int proxy_reply(Proxy *p, char *client, size_t cap, size_t *used) {
     return 1;
 }
 
-short proxy_events(const Proxy *p) {
-    if (p->connected && tls_on() && !p->tls_done) return p->tls_wait;
-    return p->connected ? POLLIN : POLLOUT;
-}
+short proxy_events(const Proxy *p) { return dial_events(&p->link, POLLIN); }
 
 int proxy_on_event(Proxy *p, short revents, Paired *paired) {
-    if (p->fd < 0) return 0;
+    if (p->link.fd < 0) return 0;
     char why[600];
-    if (!p->connected) {
-        int error = 0;
-        socklen_t length = sizeof error;
-        getsockopt(p->fd, SOL_SOCKET, SO_ERROR, &error, &length);
-        if (error) {
-            snprintf(why, sizeof why, "cannot reach the proxy: %s", strerror(error));
-            retry(p, why);
-            return 0;
-        }
-        p->connected = 1;
-        p->tls_wait = POLLOUT;
-        if (!tls_on()) {
-            greet(p);
-            return 0;
-        }
-    }
-    if (tls_on() && !p->tls_done) { /* TLS first: the opening runs inside it */
-        int status = tls_dialled(&p->tls, p->fd, p->host, &p->tls_wait, why, sizeof why);
-        if (status < 0) {
-            char message[800];
-            snprintf(message, sizeof message, "TLS with the proxy failed: %s", why);
-            retry(p, message);
-            return 0;
-        }
-        if (!status) return 0;
-        p->tls_done = 1;
+    int ready = dial_progress(&p->link, revents, "proxy", why, sizeof why);
+    if (ready < 0) retry(p, why);
+    if (ready <= 0) return 0;
+    if (!p->greeted) { /* the link just became ready: the opening starts, and the proxy answers later */
         greet(p);
         return 0;
     }
     if (!(revents & (POLLIN | POLLHUP | POLLERR))) return 0;
     char data[16384]; /* a whole TLS record: what TLS holds back would wait for no event */
-    long got = link_recv(p->tls, p->fd, data, sizeof data);
+    long got = link_recv(p->link.tls, p->link.fd, data, sizeof data);
     if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return 0;
     if (got <= 0) {
         retry(p, got == 0 ? "the proxy closed the connection" : "lost the proxy");
@@ -176,7 +142,7 @@ int proxy_on_event(Proxy *p, short revents, Paired *paired) {
         memmove(p->in.data, p->in.data + used, p->in.len - (size_t)used);
         p->in.len -= (size_t)used;
         if (p->proof.stage == 2) {
-            log_msg(LOG_INFO, "waiting at the proxy %s:%d for a client", p->host, p->port);
+            log_msg(LOG_INFO, "waiting at the proxy %s:%d for a client", p->link.host, p->link.port);
             hello(p, &out);
         }
         int failed = send_small(p, &out);
@@ -185,31 +151,29 @@ int proxy_on_event(Proxy *p, short revents, Paired *paired) {
     }
     size_t used = 0;
     if (proxy_reply(p, paired->client, sizeof paired->client, &used) != 1) return 0;
-    paired->fd = p->fd;
-    paired->tls = p->tls;
-    p->tls = NULL;
-    p->tls_done = 0;
+    paired->fd = p->link.fd;
+    paired->tls = p->link.tls;
     paired->leftover_len = p->in.len - used;
     paired->leftover = xmalloc(paired->leftover_len);
     memcpy(paired->leftover, p->in.data + used, paired->leftover_len);
     paired->sent = p->sent;
-    p->fd = -1; /* the session's now */
-    p->connected = p->greeted = 0;
+    dial_hand_over(&p->link); /* the connection is the session's now */
+    dial_reset_backoff(&p->link);
+    p->greeted = 0;
     p->in.len = 0;
     p->in_session = 1;
-    p->retry_delay = RETRY_FIRST;
     return 1;
 }
 
 void proxy_tick(Proxy *p, double now) {
-    if (p->fd < 0 && !p->in_session && now >= p->next_attempt) dial_proxy(p);
+    if (p->link.fd < 0 && !p->in_session && now >= p->link.next_attempt) dial_proxy(p);
 }
 
-double proxy_next_deadline(const Proxy *p) { return p->fd < 0 && !p->in_session ? p->next_attempt : 0; }
+double proxy_next_deadline(const Proxy *p) { return p->link.fd < 0 && !p->in_session ? p->link.next_attempt : 0; }
 
 void proxy_session_ended(Proxy *p) {
     p->in_session = 0;
-    p->next_attempt = monotonic_now();
+    p->link.next_attempt = monotonic_now();
 }
 
 void proxy_close(Proxy *p) {

@@ -19,8 +19,6 @@
 #define CODE_UPDATE_INFO 5
 #define CODE_GET_PENDING 7
 #define MAX_MESSAGE (1u << 20)
-#define RETRY_FIRST 0.25
-#define RETRY_LAST 2.0
 #define POLL_PERIOD 1.0
 #define UNUSED_MATCHKEY_TIMEOUT 5.0
 
@@ -30,30 +28,25 @@ void tracker_init(Tracker *t, const char *address, const char *key, const char *
     const char *colon = strrchr(address, ':');
     size_t host_len = (size_t)(colon - address);
     if (address[0] == '[' && host_len > 1 && address[host_len - 1] == ']') address++, host_len -= 2;
-    snprintf(t->host, sizeof t->host, "%.*s", (int)host_len, address);
-    t->port = atoi(colon + 1);
+    char host[sizeof t->link.host];
+    snprintf(host, sizeof host, "%.*s", (int)host_len, address);
+    dial_init(&t->link, host, atoi(colon + 1));
     t->key = key, t->custom_addr = custom_addr, t->name = name, t->board_port = port;
     t->secret = secret, t->secret_len = secret_len;
-    t->fd = -1;
-    t->retry_delay = RETRY_FIRST;
 }
 
 static void schedule_retry(Tracker *t, const char *why) {
-    if (why) log_msg(LOG_INFO, "%s; retrying in %.2f s", why, t->retry_delay);
-    t->next_attempt = monotonic_now() + t->retry_delay;
-    t->retry_delay = t->retry_delay * 2 < RETRY_LAST ? t->retry_delay * 2 : RETRY_LAST;
+    if (why) log_msg(LOG_INFO, "%s; retrying in %.2f s", why, t->link.retry_delay);
+    dial_backoff(&t->link);
 }
 
 static void disconnect(Tracker *t) {
-    tls_free(t->tls, 0);
-    t->tls = NULL;
-    if (t->fd >= 0) close(t->fd);
-    t->fd = -1;
-    t->connected = t->opened = t->tls_done = 0;
+    dial_close(&t->link);
+    t->opened = 0;
     t->out.len = t->in.len = 0;
     t->expected_count = 0;
     if (!t->in_session) t->matchkey[0] = 0; /* a new one is offered on reconnecting */
-    explicit_bzero(&t->proof, sizeof t->proof);
+    proof_clear(&t->proof);
 }
 
 static void lost(Tracker *t, const char *why) {
@@ -64,12 +57,10 @@ static void lost(Tracker *t, const char *why) {
 
 static void connect_now(Tracker *t) {
     char why[600];
-    int fd = dial(t->host, t->port, "tracker", why, sizeof why);
-    if (fd < 0) {
+    if (dial_start(&t->link, "tracker", why, sizeof why)) {
         schedule_retry(t, why);
         return;
     }
-    t->fd = fd;
     t->out.len = t->in.len = 0;
     if (t->secret) { /* the proof of the secret first; else the magic alone in its segment, as TVM's tracker wants */
         proof_connector_start(&t->proof, &t->out);
@@ -118,8 +109,8 @@ static void offer(Tracker *t) {
 
 static void on_opened(Tracker *t) {
     t->opened = 1;
-    t->retry_delay = RETRY_FIRST; /* only a tracker that took us resets the backoff */
-    log_msg(LOG_INFO, "registered with the tracker at %s:%d", t->host, t->port);
+    dial_reset_backoff(&t->link); /* only a tracker that took us resets the backoff */
+    log_msg(LOG_INFO, "registered with the tracker at %s:%d", t->link.host, t->link.port);
     Buf json = {0};
     buf_addf(&json, "[%d,{\"key\":", CODE_UPDATE_INFO);
     Buf key = {0};
@@ -191,7 +182,7 @@ void tracker_replies(Tracker *t) {
 /* Takes the opening on with what arrived: the proof's answers, then the magic's echo. */
 static void on_opening(Tracker *t) {
     char why[600], peer[300];
-    snprintf(peer, sizeof peer, "the tracker at %s:%d", t->host, t->port);
+    snprintf(peer, sizeof peer, "the tracker at %s:%d", t->link.host, t->link.port);
     if (t->secret && t->proof.stage < 2) {
         long used = proof_connector_feed(&t->proof, t->secret, t->secret_len, (unsigned char *)t->in.data, t->in.len,
                                          &t->out, why, sizeof why);
@@ -220,8 +211,8 @@ static void on_opening(Tracker *t) {
 }
 
 static void flush(Tracker *t) {
-    while (t->fd >= 0 && t->connected && t->out.len) {
-        long sent = link_send(t->tls, t->fd, t->out.data, t->out.len);
+    while (t->link.fd >= 0 && t->link.connected && t->out.len) {
+        long sent = link_send(t->link.tls, t->link.fd, t->out.data, t->out.len);
         if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
         if (sent < 0 && errno == EINTR) continue;
         if (sent < 0) {
@@ -235,43 +226,18 @@ static void flush(Tracker *t) {
     }
 }
 
-short tracker_events(const Tracker *t) {
-    if (t->connected && tls_on() && !t->tls_done) return t->tls_wait;
-    return (short)(POLLIN | (!t->connected || t->out.len ? POLLOUT : 0));
-}
+short tracker_events(const Tracker *t) { return dial_events(&t->link, (short)(POLLIN | (t->out.len ? POLLOUT : 0))); }
 
 void tracker_on_event(Tracker *t, short revents) {
-    if (t->fd < 0) return;
-    if (!t->connected) {
-        if (!(revents & (POLLOUT | POLLERR | POLLHUP))) return;
-        int error = 0;
-        socklen_t length = sizeof error;
-        getsockopt(t->fd, SOL_SOCKET, SO_ERROR, &error, &length);
-        if (error) {
-            char why[300];
-            snprintf(why, sizeof why, "cannot reach the tracker: %s", strerror(error));
-            lost(t, why);
-            return;
-        }
-        t->connected = 1;
-        t->tls_wait = POLLOUT;
-    }
-    if (tls_on() && !t->tls_done) { /* TLS first: the opening runs inside it */
-        char why[600];
-        int status = tls_dialled(&t->tls, t->fd, t->host, &t->tls_wait, why, sizeof why);
-        if (status < 0) {
-            char message[1000];
-            snprintf(message, sizeof message, "TLS with the tracker at %s:%d failed: %s", t->host, t->port, why);
-            lost(t, message);
-            return;
-        }
-        if (!status) return;
-        t->tls_done = 1;
-    }
+    if (t->link.fd < 0) return;
+    char why[1000];
+    int ready = dial_progress(&t->link, revents, "tracker", why, sizeof why);
+    if (ready < 0) lost(t, why);
+    if (ready <= 0) return;
     flush(t);
-    if (t->fd < 0 || !(revents & (POLLIN | POLLHUP | POLLERR))) return;
+    if (t->link.fd < 0 || !(revents & (POLLIN | POLLHUP | POLLERR))) return;
     char data[65536];
-    long got = link_recv(t->tls, t->fd, data, sizeof data);
+    long got = link_recv(t->link.tls, t->link.fd, data, sizeof data);
     if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
     if (got <= 0) {
         lost(t, got == 0 ? "the tracker closed the connection" : "lost the tracker");
@@ -279,13 +245,13 @@ void tracker_on_event(Tracker *t, short revents) {
     }
     buf_add(&t->in, data, (size_t)got);
     if (!t->opened) on_opening(t);
-    if (t->fd >= 0 && t->opened) tracker_replies(t);
+    if (t->link.fd >= 0 && t->opened) tracker_replies(t);
     flush(t);
 }
 
 void tracker_tick(Tracker *t, double now) {
-    if (t->fd < 0) {
-        if (now >= t->next_attempt) connect_now(t);
+    if (t->link.fd < 0) {
+        if (now >= t->link.next_attempt) connect_now(t);
         return;
     }
     if (t->opened && !t->in_session && now >= t->next_poll && !t->expected_count) {
@@ -299,7 +265,7 @@ void tracker_tick(Tracker *t, double now) {
 }
 
 double tracker_next_deadline(const Tracker *t) {
-    if (t->fd < 0) return t->next_attempt;
+    if (t->link.fd < 0) return t->link.next_attempt;
     if (t->opened && !t->in_session && !t->expected_count) return t->next_poll;
     return 0; /* nothing to do until the tracker answers or the session ends */
 }
