@@ -5,7 +5,7 @@ On loopback, in one run; the TVM side runs when the ``tvm`` extra imports (``--n
 * **requests**: from ``connect_tracker(...)`` to the first remote call answered on a free board (``request(key)``,
   then ``ping()`` on ours, ``rpc.test.addone(1)`` on TVM's), also with the tracker connection kept. Each repeat
   closes the session and waits until the board is offered again; the variants take turns. ``--before DIR`` adds a
-  tracker and a board of the checkout in DIR.
+  tracker and a board of the checkout in DIR, ``--native`` a tracker and a native board.
 * **concurrency**: client threads cycling request -> ping -> close over a few boards of one key, each with a random
   priority; once plain, once with progress reports. Cycles per second; every board free again and nothing pending;
   from the tracker's log of hand-outs, requests served in priority order, then arrival order.
@@ -49,6 +49,7 @@ from harness import Headline, Option, Scenario, Tool, judged, logger, mmm, sprea
 
 from farm.client.tracker import TrackerClient, connect_tracker  # noqa: E402
 from farm.net.tls import TlsConfig  # noqa: E402
+from farm.ops.native import host_server  # noqa: E402
 from farm.ops.processes import DaemonProcess, board_command  # noqa: E402
 from farm.protocol.tracker import Code, MessageReader, encode_magic, encode_message  # noqa: E402
 
@@ -110,8 +111,12 @@ class Processes:
     def tracker(self, checkout: Optional[str] = None) -> Tuple[DaemonProcess, Address]:
         return self.start("tracker", [sys.executable, "-m", "farm.tracker", "--host", HOST, "--port", "0"], checkout)
 
-    def board(self, key: str, tracker: Address, checkout: Optional[str] = None) -> None:
-        self.start("board", board_command(key, HOST, 0, extra=["--tracker", "%s:%d" % tracker]), checkout)
+    def board(
+        self, key: str, tracker: Address, checkout: Optional[str] = None, server: Optional[List[str]] = None
+    ) -> None:
+        """A board of ``key`` registered with ``tracker``: ``checkout``'s Python board, or the program ``server``."""
+        argv = board_command(key, HOST, 0, extra=["--tracker", "%s:%d" % tracker], server=server)
+        self.start("board", argv, checkout)
 
     def tvm(self, module: str, *extra: str) -> Address:
         """TVM's ``rpc_tracker`` or ``rpc_server`` (which take no port 0, but a range)."""
@@ -343,6 +348,7 @@ def measure_requests(procs: Processes, args: Any) -> Dict[str, Any]:
     cycles: Dict[str, Callable[[], Tuple[float, float]]] = {}
     sides: List[Tuple[str, Optional[str]]] = [("farm", None)]
     sides += [("before", os.path.abspath(args.before))] if args.before else []
+    sides += [("native", None)] if args.native else []
     sides += [("tvm", None)] if args.tvm_rpc is not None else []
     try:
         for name, checkout in sides:
@@ -352,7 +358,7 @@ def measure_requests(procs: Processes, args: Any) -> Dict[str, Any]:
                 connect, call = args.tvm_rpc.connect_tracker, addone
             else:
                 address = procs.tracker(checkout)[1]
-                procs.board(KEY_REQUEST, address, checkout)
+                procs.board(KEY_REQUEST, address, checkout, server=[host_server()] if name == "native" else None)
                 connect, call = connect_tracker, lambda session: session.ping()
             watch = connect_tracker(*address, timeout=DEADLINE)
             kept = connect(*address)
@@ -885,6 +891,10 @@ def ratios(results: Dict[str, Any]) -> Dict[str, Any]:
             out["request%s_%s_over_farm" % (variant, other)] = (
                 judged(value, REQUEST_TARGET, ">=") if judge else {"ratio": value}
             )
+    for variant in ("", "_kept"):
+        if "tvm" + variant in request and "native" + variant in request:
+            value = request["tvm" + variant]["median"] / request["native" + variant]["median"]
+            out["request%s_tvm_over_native" % variant] = judged(value, REQUEST_TARGET, ">=")
     if "tvm" in request:
         value = request["tvm"]["first"] / request["farm"]["first"]
         out["request_first_tvm_over_farm"] = judged(value, REQUEST_TARGET, ">=")
@@ -901,14 +911,18 @@ def headline(results: Dict[str, Any]) -> List[Headline]:
                                             ("requests", "concurrency", "summary", "scale", "board"))  # fmt: skip
     ratio, rows = results["ratios"], []
     for variant, label in (("", "request to a ready session"), ("_kept", "same, tracker connection kept")):
-        if "farm" + variant not in request:
-            continue
-        ours, tvm = "%.2f ms" % request["farm" + variant]["median"], ratio.get("request%s_tvm_over_farm" % variant)
-        rows.append(Headline(label, ours, anchor="%.2f ms" % request["tvm" + variant]["median"] if tvm else "-",
-                             ratio="%.1f x faster" % tvm["ratio"] if tvm else "-",
-                             target=">= %g x faster" % REQUEST_TARGET, met=tvm["pass"] if tvm else None))  # fmt: skip
+        for side, which in (("farm", ""), ("native", ", native board")):
+            if side + variant not in request:
+                continue
+            ours, tvm = request[side + variant]["median"], ratio.get("request%s_tvm_over_%s" % (variant, side))
+            anchor = "%.2f ms" % request["tvm" + variant]["median"] if tvm else "-"
+            rows.append(Headline(label + which, "%.2f ms" % ours, anchor=anchor,
+                                 target=">= %g x faster" % REQUEST_TARGET,
+                                 ratio="%.1f x faster" % tvm["ratio"] if tvm else "-",
+                                 met=tvm["pass"] if tvm else None))  # fmt: skip
         before = ratio.get("request%s_before_over_farm" % variant)
         if before:
+            ours = "%.2f ms" % request["farm" + variant]["median"]
             rows.append(Headline(label + ": code before", ours, ratio="%.2f (before / ours)" % before["ratio"],
                                  anchor="%.2f ms (before)" % request["before" + variant]["median"]))  # fmt: skip
     for phase in ("plain", "progress") if load else ():
@@ -958,6 +972,7 @@ TOOL = Tool(
     rounds=Option(40, 3, "timed requests per variant"),
     options={
         "before": Option("", "", "a checkout (a directory holding farm/) whose tracker and board are measured", str),
+        "native": Option(False, help="requests: add a tracker with a board of the native board server (C)", type=bool),
         "clients": Option(100, 10, "concurrent clients"),
         "boards": Option(4, 2, "boards under the one key of the concurrency run"),
         "duration": Option(20.0, 2.0, "seconds of cycling per phase", float),

@@ -1,4 +1,4 @@
-"""Tie a process's life to its parent's (Linux ``PR_SET_PDEATHSIG``; standard library only).
+"""Tie a process's life to its parent's (Linux ``PR_SET_PDEATHSIG``), and name it for ``ps``; standard library only.
 
 A launcher that starts daemons sets ``FARM_PARENT_PID`` in their environment;
 each daemon calls :func:`die_with_launcher` first thing, so it goes when the
@@ -21,6 +21,7 @@ logger = logging.getLogger("farm.lifetime")
 PARENT_ENV = "FARM_PARENT_PID"
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_NAME, _PR_GET_NAME = 15, 16
 
 
 def die_with_parent(parent_pid: int, signal_number: int = signal.SIGKILL) -> None:
@@ -61,6 +62,19 @@ def become_subreaper() -> bool:
         return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1) == 0
     except (OSError, AttributeError):
         return False
+
+
+def rename_process(name: str) -> str:
+    """Set the name ``ps`` shows for this process (Linux: at most 15 bytes); the name it had ("" elsewhere)."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return ""
+    previous = ctypes.create_string_buffer(16)
+    if prctl(_PR_GET_NAME, previous) != 0:
+        return ""
+    prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]))
+    return previous.value.decode(errors="replace")
 
 
 def child_pids() -> List[int]:

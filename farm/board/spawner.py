@@ -6,7 +6,15 @@ thing, before it reads either, and hands it each admitted connection over a
 Unix socket pair (``SCM_RIGHTS``). The spawner forks the session process,
 which becomes the session user (:mod:`farm.board.sandbox`) and serves; the spawner
 reaps it, kills what it left behind (it is a subreaper), and tells the daemon
-its pid and how it ended. The spawner dies with the daemon
+its pid and how it ended.
+
+A session process is forked ahead of its client: when the daemon is ready for
+the next session it orders a *standby*, which leaves the spawner's state
+behind, moves into the next session's cgroup (a write to ``cgroup.procs``
+waits for the kernel's read-copy-update grace period, 5 to 30 ms on a cgroup v2
+hierarchy that saw no move for a while), takes its limits and becomes the
+session user, then waits. The next connection goes to it with its order; only
+the session's directory, environment and connection are left to set up. The spawner dies with the daemon
 (``PR_SET_PDEATHSIG``); the daemon stops when the spawner is gone, since a
 new one forked from it would carry the secrets.
 
@@ -25,9 +33,9 @@ import signal
 import socket
 import struct
 import sys
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from ..lifetime import become_subreaper, die_with_parent, kill_children, kill_group, run_then_exit
+from ..lifetime import become_subreaper, die_with_parent, kill_children, kill_group, rename_process, run_then_exit
 from ..net.transport import FramedSocket
 from ..protocol.framing import FrameReader
 from . import confine
@@ -44,8 +52,9 @@ from .session import Session, SessionStatus
 
 logger = logging.getLogger("farm.spawner")
 
-# The daemon's orders: start a session (with its connection), kill the session's process group, check the setup.
-_START, _KILL, _CHECK = b"S", b"K", b"C"
+# The daemon's orders: start a session (with its connection), kill the session's process group, check the setup,
+# fork a standby session process (in the cgroup named) for the next session.
+_START, _KILL, _CHECK, _STANDBY = b"S", b"K", b"C", b"W"
 # The spawner's reports: a session started (pid), ended (pid, wait status), could not start; the check's answer.
 STARTED, ENDED, FAILED, _CHECKED = b"P", b"E", b"F", b"R"
 _PIDS = struct.Struct("<ii")
@@ -53,6 +62,8 @@ _PIDS = struct.Struct("<ii")
 MAX_MESSAGE = 1 << 20
 #: Largest report the spawner sends (the check's answer is the longest).
 MAX_REPORT = 64 << 10
+#: The process name (``/proc/PID/comm``) of a standby session process until its session comes.
+STANDBY_NAME = "farm-standby"
 #: Seconds the daemon waits for the spawner's answer to the check at start (a board under qemu is slow).
 CHECK_TIMEOUT = 60.0
 
@@ -68,6 +79,14 @@ class SessionOrder(NamedTuple):
     quota: int
     max_message_size: int
     cgroup: str  # the name of the session's cgroup in the farm's ("": none)
+
+
+class _Standby(NamedTuple):
+    """A session process forked ahead of its session: its pid, the spawner's end of its socket, its cgroup."""
+
+    pid: int
+    sock: socket.socket
+    cgroup: str
 
 
 class SpawnerGone(Exception):
@@ -103,6 +122,11 @@ class Spawner:
     def kill(self) -> None:
         """Kill the running session's process group (nothing if none runs)."""
         self._send(_KILL)
+
+    def stand_by(self, cgroup: str) -> None:
+        """Have the spawner fork the next session's process now, in the farm's cgroup ``cgroup`` ("": none), so that
+        the next :meth:`start` naming that cgroup only hands it its order (one in the spawner replaces any other)."""
+        self._send(_STANDBY + cgroup.encode())
 
     def check(self, work_dir: str, private_files: Sequence[str]) -> Dict[str, List[str]]:
         """Try the session user's view of the board, from a process that became it: ``problems`` that would
@@ -169,6 +193,7 @@ class _SpawnerProcess:
         self.start_directory = start_directory
         self.daemon_pid = daemon_pid
         self.session = 0  # the running session's pid (and process group)
+        self.standby: Optional[_Standby] = None  # the next session's process, forked ahead
         self._wakeup_r, self._wakeup_w = os.pipe()
         self._selector = selectors.DefaultSelector()
 
@@ -190,10 +215,13 @@ class _SpawnerProcess:
                 if key.fileobj is self.sock and not self._on_order():
                     self._kill()
                     self._reap(block=True)
+                    if self.standby is not None:
+                        _retire(self.standby)
                     return
                 if key.fileobj == self._wakeup_r:
                     _drain(self._wakeup_r)
             self._reap()
+            self._reap_standby()
 
     def _on_order(self) -> bool:
         """Carry out one order; False once the daemon is gone."""
@@ -210,6 +238,8 @@ class _SpawnerProcess:
             self._kill()
         elif kind == _CHECK:
             self._report(_CHECKED + json.dumps(self._check(json.loads(body.decode()))).encode())
+        elif kind == _STANDBY:
+            self._stand_by(body.decode())
         else:
             logger.error("the session spawner got an unexpected order %r; ignored", kind)
         for fd in fds:
@@ -223,25 +253,59 @@ class _SpawnerProcess:
             logger.error("the session spawner cannot reach the daemon: %s", exc)
 
     def _start(self, body: bytes, fd: int) -> None:
-        fields = json.loads(body.decode())
-        fields["leftover"] = fields["leftover"].encode("latin-1")
-        order = SessionOrder(**fields)
+        """Start the session of the order in ``body`` on connection ``fd``: hand it to the standby if that is in the
+        order's cgroup, else fork the session process now."""
+        order = _order(body)
+        standby, self.standby = self.standby, None
+        if standby is not None and standby.cgroup == order.cgroup and _hand_over(standby, body, fd):
+            pid = standby.pid
+        else:
+            if standby is not None:
+                _retire(standby)
+            try:
+                pid = self._fork(order.cgroup, lambda: self._serve(order, fd))
+            except OSError as exc:
+                self._report(FAILED + ("cannot start a session process: %s" % exc).encode())
+                return
+        self.session = pid
+        self._report(STARTED + _PIDS.pack(pid, 0))
+
+    def _stand_by(self, cgroup: str) -> None:
+        """Fork the next session's process now, in ``cgroup``, to wait for its order (replacing any standby)."""
+        if self.standby is not None:
+            _retire(self.standby)
+            self.standby = None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            pid = os.fork()
+            pid = self._fork(cgroup, lambda: self._await_order(theirs), also_close=ours)
         except OSError as exc:
-            self._report(FAILED + ("cannot start a session process: %s" % exc).encode())
+            logger.error("cannot fork a standby session process: %s", exc)
+            ours.close()
             return
+        finally:
+            theirs.close()
+        self.standby = _Standby(pid, ours, cgroup)
+
+    def _fork(self, cgroup: str, then: Callable[[], None], also_close: Optional[socket.socket] = None) -> int:
+        """Fork a session process that leaves the spawner (into ``cgroup``, as the session user); then ``then``."""
+        pid = os.fork()
         if pid == 0:
-            run_then_exit(lambda: self._serve(order, fd), logger, "session process")
+            if also_close is not None:
+                also_close.close()
+
+            def session_process() -> None:
+                self._leave_spawner(cgroup)
+                then()
+
+            run_then_exit(session_process, logger, "session process")
         try:
             os.setpgid(pid, pid)
         except OSError:
             pass  # the child already did it, or already exited
-        self.session = pid
-        self._report(STARTED + _PIDS.pack(pid, 0))
+        return pid
 
-    def _serve(self, order: SessionOrder, fd: int) -> None:
-        """The session process: give up the daemon's and the spawner's powers, then serve."""
+    def _leave_spawner(self, cgroup_name: str) -> None:
+        """In a session process: drop the spawner's state and powers, enter the session's cgroup and limits."""
         os.setpgid(0, 0)
         signal.set_wakeup_fd(-1)
         for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
@@ -252,12 +316,27 @@ class _SpawnerProcess:
         os.close(self._wakeup_w)
         spawner = os.getppid()
         cgroup = None
-        if order.cgroup and self.confinement is not None:
-            cgroup = confine.SessionCgroup(self.confinement.hierarchies, order.cgroup)
+        if cgroup_name and self.confinement is not None:
+            cgroup = confine.SessionCgroup(self.confinement.hierarchies, cgroup_name)
         # before any of the client's code, and while it may still write cgroups; its limits for the session user
         confine.enter(cgroup, self.limits, self.user.uid)
         become(self.user)
         die_with_parent(spawner)  # after changing user, which clears the parent-death signal
+
+    def _await_order(self, sock: socket.socket) -> None:
+        """A standby (named ``STANDBY_NAME`` meanwhile): wait for the order and the connection of its session, then
+        serve; return if retired."""
+        name = rename_process(STANDBY_NAME)
+        message, ancillary, _flags, _ = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(4))
+        sock.close()
+        fds = _received_fds(ancillary)
+        if message and len(fds) == 1:
+            if name:
+                rename_process(name)
+            self._serve(_order(message), fds[0])
+
+    def _serve(self, order: SessionOrder, fd: int) -> None:
+        """The session process, once it left the spawner: its directory and environment, then serve."""
         os.chdir(order.directory)
         environment = session_environment(self.user, order.directory, dict(os.environ))
         os.environ.clear()
@@ -297,8 +376,18 @@ class _SpawnerProcess:
                 return
             kill_group(pid)
         self.session = 0
-        kill_children()  # what the session left outside its group: the spawner's only other children
+        # what the session left outside its group: the spawner's only other children but the standby
+        kill_children(keep=(self.standby.pid,) if self.standby is not None else ())
         self._report(ENDED + _PIDS.pack(pid, wait_status))
+
+    def _reap_standby(self) -> None:
+        """Forget a standby that ended before its session (it could not enter its cgroup, say): the next session
+        is forked when it starts."""
+        standby = self.standby
+        if standby is not None and os.waitpid(standby.pid, os.WNOHANG)[0]:
+            logger.warning("the standby session process %d ended before its session", standby.pid)
+            standby.sock.close()
+            self.standby = None
 
     def _check(self, request: Dict[str, Any]) -> Dict[str, List[str]]:
         """Fork a process that becomes the session user and looks at what sessions will need and must not read."""
@@ -335,6 +424,35 @@ class _SpawnerProcess:
         readable = [path for path in request["private"] if os.access(path, os.R_OK)]
         dropped = [p for p in unsafe_import_paths(sys.path, self.start_directory) if p and p != self.start_directory]
         return {"problems": problems, "readable": readable, "dropped": dropped}
+
+
+def _order(body: bytes) -> SessionOrder:
+    fields = json.loads(body.decode())
+    fields["leftover"] = fields["leftover"].encode("latin-1")
+    return SessionOrder(**fields)
+
+
+def _hand_over(standby: _Standby, order: bytes, fd: int) -> bool:
+    """Send ``standby`` its session's order and connection; False if it is gone."""
+    try:
+        standby.sock.sendmsg([order], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())])
+    except OSError as exc:
+        logger.warning("the standby session process %d is gone (%s); forking the session's", standby.pid, exc)
+        _retire(standby)
+        return False
+    standby.sock.close()
+    return True
+
+
+def _retire(standby: _Standby) -> None:
+    """End a standby that will have no session: kill its group and reap it."""
+    standby.sock.close()
+    kill_group(standby.pid)
+    try:
+        os.kill(standby.pid, signal.SIGKILL)
+        os.waitpid(standby.pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
 
 
 def _received_fds(ancillary: List[Tuple[int, int, bytes]]) -> List[int]:

@@ -1,11 +1,12 @@
 """The board daemon's sessions: started through the spawner, watched, ended, and their end told to the client.
 
 One session runs at a time, in a process the spawner (:mod:`farm.board.spawner`)
-forks. The supervisor hands it the client's connection, learns from the
-spawner's reports when it started and how it ended, ends it when it passes its
-time, its quota or loses its client, and then tells the client how and when it
-ran, removes its directory and its cgroup. The :class:`~farm.board.watchdog.Watchdog`
-cleans up after a daemon that dies. Standard library only, Python >= 3.8.
+forks ahead of it, in the cgroup the supervisor made for it. The supervisor
+hands it the client's connection, learns from the spawner's reports when it
+started and how it ended, ends it when it passes its time, its quota or loses
+its client, and then tells the client how and when it ran, removes its
+directory and its cgroup. The :class:`~farm.board.watchdog.Watchdog` cleans up
+after a daemon that dies. Standard library only, Python >= 3.8.
 """
 
 from __future__ import annotations
@@ -166,12 +167,14 @@ class Supervisor:
         self.spawner_alive = True
         self._subreaper = False
         self._watchdog: Optional[Watchdog] = None
+        self._next_cgroup: Optional[confine.SessionCgroup] = None  # the standby's, made ahead of the next session
 
     def begin(self, own_work_dir: Optional[str]) -> None:
         """Fork the watchdog (which removes ``own_work_dir`` too, if the daemon dies) and become a subreaper."""
         self._watchdog = Watchdog(own_work_dir, self._confinement)
         self._subreaper = become_subreaper()  # what sessions leave behind in sessions of their own comes here
         self._selector.register(self._spawner.sock, selectors.EVENT_READ, self)
+        self._stand_by()
 
     @property
     def watchdog(self) -> Watchdog:
@@ -194,8 +197,10 @@ class Supervisor:
             logger.error("cannot make a session directory for %s: %s", peer, exc)
             sock.close()
             return
+        cgroup, self._next_cgroup = self._next_cgroup, None
         try:
-            cgroup = self._confinement.session() if self._confinement is not None else None
+            if cgroup is None and self._confinement is not None:
+                cgroup = self._confinement.session()
         except OSError as exc:
             logger.error("cannot make a cgroup for the session of %s: %s", peer, exc)
             shutil.rmtree(directory, ignore_errors=True)
@@ -228,6 +233,20 @@ class Supervisor:
             relay.register()
         if self._link is not None:
             self._link.session_started()
+
+    def _stand_by(self) -> None:
+        """Have the spawner fork the next session's process now, in the cgroup made for it here: the slow part of
+        starting a session (the move into a cgroup) is then done before its client comes."""
+        if self._next_cgroup is None and self._confinement is not None:
+            try:
+                self._next_cgroup = self._confinement.session()
+            except OSError as exc:
+                logger.error("cannot make a cgroup for the next session ahead of it: %s", exc)
+                return
+        try:
+            self._spawner.stand_by(self._next_cgroup.name if self._next_cgroup is not None else "")
+        except SpawnerGone as exc:
+            self._spawner_gone(exc)
 
     def _session_directory(self) -> str:
         """A new session directory, mode 700, owned by the session user."""
@@ -266,10 +285,12 @@ class Supervisor:
             self.watchdog.watch(0)
             self._remove_cgroup(active)
             self._end_session(active, report_numbers(body)[1])
+            self._stand_by()
         elif kind == FAILED:
             active.start_failure = body.decode("utf-8", "replace")
             self._remove_cgroup(active)
             self._end_session(active, 0)
+            self._stand_by()
         else:
             logger.error("the session spawner sent an unknown report %r; ignored", kind)
 

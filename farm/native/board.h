@@ -494,6 +494,7 @@ int spawner_start(Spawner *sp, const Options *o, const Confinement *confinement,
 int spawner_order(Spawner *sp, int fd, const SessionOrder *order, const char *cgroup); /* 0, or -1 (errno) */
 int spawner_kill(Spawner *sp);
 int spawner_work_dir(Spawner *sp, const char *path); /* removed by the spawner when the daemon is gone */
+int spawner_standby(Spawner *sp, const char *cgroup); /* fork the next session's process now, in `cgroup` ("": none) */
 /* The next report (REPORT_*, -1 for an unknown one); `pid`, `wait_status`, and for a failure its text. */
 int spawner_report(Spawner *sp, int *pid, int *wait_status, char *text, size_t cap);
 void spawner_stop(Spawner *sp); /* closes the daemon's end (the spawner then exits) and reaps it */

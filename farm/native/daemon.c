@@ -97,6 +97,7 @@ typedef struct {
     Spawner *spawner;      /* forks the sessions */
     int spawner_gone;      /* then the daemon stops, exit code 1 */
     Confinement *confinement;
+    char next_cgroup[64]; /* made ahead for the next session, whose process waits in it ("": none) */
 } Board;
 
 static int wake[2] = {-1, -1};
@@ -411,6 +412,19 @@ static void session_time(Board *b, double asked) {
     }
 }
 
+/* Has the spawner fork the next session's process now, in a cgroup made for it here: the slow part of a session's
+ * start (the move into its cgroup) is then done before its client comes (spawner.c). */
+static void stand_by(Board *b) {
+    if (b->spawner_gone) return;
+    if (b->confinement->count && !b->next_cgroup[0] &&
+        cgroup_session(b->confinement, b->next_cgroup, sizeof b->next_cgroup)) {
+        log_msg(LOG_ERROR, "cannot make a cgroup for the next session ahead of it: %s", strerror(errno));
+        b->next_cgroup[0] = 0;
+        return;
+    }
+    if (spawner_standby(b->spawner, b->next_cgroup)) b->spawner_gone = 1;
+}
+
 /* Starts a session on `fd`: 0, or -1 (logged; the connection closed). */
 static int start_session(Board *b, int fd, TlsConn *tls, const char *peer, double asked,
                          const unsigned char *leftover, size_t leftover_len, uint64_t sent) {
@@ -435,7 +449,10 @@ static int start_session(Board *b, int fd, TlsConn *tls, const char *peer, doubl
     a->started_at = wall_now();
     a->next_quota_check = a->started + QUOTA_CHECK_PERIOD;
     session_time(b, asked);
-    if (b->confinement->count && cgroup_session(b->confinement, a->cgroup, sizeof a->cgroup)) {
+    if (b->next_cgroup[0]) { /* the standby waits in it */
+        snprintf(a->cgroup, sizeof a->cgroup, "%s", b->next_cgroup);
+        b->next_cgroup[0] = 0;
+    } else if (b->confinement->count && cgroup_session(b->confinement, a->cgroup, sizeof a->cgroup)) {
         log_msg(LOG_ERROR, "cannot make a cgroup for the session of %s: %s", peer, strerror(errno));
         remove_tree(a->directory);
         close_client(fd, tls);
@@ -633,10 +650,12 @@ static void on_report(Board *b) {
     } else if (kind == REPORT_ENDED) {
         remove_cgroup(b);
         end_session(b, wait_status, NULL);
+        stand_by(b);
     } else if (kind == REPORT_FAILED) {
         snprintf(a->start_failure, sizeof a->start_failure, "%s", failure);
         remove_cgroup(b);
         end_session(b, 0, NULL);
+        stand_by(b);
     }
 }
 
@@ -863,6 +882,7 @@ int serve_board(const Options *o, const unsigned char *secret, size_t secret_len
     else if (listen_on(&b)) return 1;
     if (make_work_dir(&b)) return 1;
     if (b.own_work_dir && spawner_work_dir(spawner, b.work_dir)) b.spawner_gone = 1;
+    stand_by(&b);
     char host[256] = "";
     gethostname(host, sizeof host - 1);
     if (o->name[0]) snprintf(b.name, sizeof b.name, "%s", o->name);

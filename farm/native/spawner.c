@@ -4,7 +4,12 @@
  * spawner forks the session process, reaps it, kills what it left behind (the spawner is a subreaper) and reports
  * how it ended. When the daemon is gone (its end of the pair closes) the spawner does what the Python board's
  * watchdog does: it kills the running session and its cgroup, removes the session's directory and the daemon's own
- * work directory, and the farm's cgroups, and exits. Messages: one byte of kind, then packed fields. */
+ * work directory, and the farm's cgroups, and exits. Messages: one byte of kind, then packed fields.
+ *
+ * As on the Python board, each session process is forked ahead of its client: when the daemon is ready for the next
+ * session it orders a standby in that session's cgroup. The standby leaves the spawner and moves into the cgroup
+ * (the slow part of a start: the write to cgroup.procs waits for an RCU grace period), names itself farm-standby,
+ * and waits on a socket pair of its own for the start order, which the spawner passes on with the connection. */
 #define _GNU_SOURCE
 #include "board.h"
 
@@ -25,6 +30,8 @@
 #define ORDER_START 'S'
 #define ORDER_KILL 'K'
 #define ORDER_WORK_DIR 'W' /* the work directory the daemon made, removed when the daemon is gone */
+#define ORDER_STANDBY 'B'  /* fork the next session's process now, in the cgroup named */
+#define STANDBY_NAME "farm-standby"
 /* Largest order: the directory, the key, the board's name, the cgroup's name and the bytes after the handshake. */
 #define MAX_ORDER (64u << 10)
 #define MAX_REPORT 1024
@@ -39,12 +46,16 @@ typedef struct {
     const Confinement *confinement;
     pid_t session;        /* the running session's pid and process group (0: none) */
     char cgroup[64];      /* its cgroup's name ("": none) */
+    pid_t standby;        /* the next session's process, forked ahead (0: none) */
+    int standby_sock;     /* the spawner's end of the standby's socket pair */
+    char standby_cgroup[64];
     char *directory;      /* the last session's directory (NULL: none yet) */
     char *work_dir;       /* the daemon's own work directory (NULL: one it was given) */
     int daemon_gone;      /* nobody to report to */
 } SpawnerProcess;
 
 static int child_wake = -1;
+static unsigned char order_buffer[MAX_ORDER]; /* the orders the spawner (or a standby) receives */
 
 static void on_child(int number) {
     (void)number;
@@ -76,10 +87,24 @@ static void report_failure(SpawnerProcess *p, const char *fmt, const char *detai
     report(p, REPORT_FAILED, text, strlen(text));
 }
 
-/* Kills and reaps what a session left behind that came to the spawner, a subreaper: its only other children. Pass
- * after pass, since the children of each process killed come to the spawner in turn once it is gone (a session
- * without a cgroup has nothing else to find them by). */
-static void kill_strays(void) {
+/* Forgets the standby once it is reaped (it ended before its session: the next session is forked when it starts). */
+static void forget_standby(SpawnerProcess *p) {
+    log_msg(LOG_WARNING, "the standby session process %d ended before its session", (int)p->standby);
+    close(p->standby_sock);
+    p->standby = 0;
+}
+
+/* Reaps any child that ended: what a session's strays left when they died, or the standby. */
+static void reap_any(SpawnerProcess *p) {
+    pid_t pid;
+    while ((pid = waitpid(-1, NULL, WNOHANG)) > 0)
+        if (p->standby && pid == p->standby) forget_standby(p);
+}
+
+/* Kills and reaps what a session left behind that came to the spawner, a subreaper: its only other children but
+ * the standby. Pass after pass, since the children of each process killed come to the spawner in turn once it is
+ * gone (a session without a cgroup has nothing else to find them by). */
+static void kill_strays(SpawnerProcess *p) {
     pid_t self = getpid();
     for (int killed = 1; killed;) {
         killed = 0;
@@ -88,7 +113,7 @@ static void kill_strays(void) {
         while (proc && (entry = readdir(proc))) {
             pid_t pid = (pid_t)atoi(entry->d_name);
             char path[64], stat[512];
-            if (pid <= 0) continue;
+            if (pid <= 0 || pid == p->standby) continue;
             snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
             if (read_text_file(path, stat, sizeof stat) <= 0) continue;
             char *close_paren = strrchr(stat, ')');
@@ -99,8 +124,7 @@ static void kill_strays(void) {
         }
         if (proc) closedir(proc);
     }
-    while (waitpid(-1, NULL, WNOHANG) > 0) {
-    }
+    reap_any(p);
 }
 
 static void kill_session(SpawnerProcess *p) {
@@ -111,8 +135,7 @@ static void kill_session(SpawnerProcess *p) {
 /* Reaps an ended session: its group killed while its id cannot be reused yet, then the strays; reports it. */
 static void reap(SpawnerProcess *p, int block) {
     if (!p->session) {
-        while (waitpid(-1, NULL, WNOHANG) > 0) { /* what a session's strays left when they died */
-        }
+        reap_any(p);
         return;
     }
     siginfo_t info;
@@ -124,7 +147,7 @@ static void reap(SpawnerProcess *p, int block) {
     waitpid(p->session, &wait_status, 0);
     pid_t pid = p->session;
     p->session = 0;
-    kill_strays();
+    kill_strays(p);
     report_numbers(p, REPORT_ENDED, pid, wait_status);
 }
 
@@ -139,8 +162,8 @@ static void spawner_gone(int signum) {
     raise(signum);
 }
 
-/* The session process: give up the spawner's powers, enter the session's cgroup and limits, then serve. */
-static void serve(SpawnerProcess *p, int fd, const SessionOrder *order, const char *cgroup) {
+/* In a session process: give up the spawner's powers and enter the session's cgroup; the limits left to set. */
+static SessionLimits leave_spawner(SpawnerProcess *p, const char *cgroup) {
     setpgid(0, 0);
     session_pid = getpid();
     signal(SIGHUP, spawner_gone);
@@ -164,36 +187,67 @@ static void serve(SpawnerProcess *p, int fd, const SessionOrder *order, const ch
 #ifdef __SANITIZE_ADDRESS__
     limits.memory = 0; /* AddressSanitizer's shadow and allocator map far more than any such limit */
 #endif
-    if (enter_session(&p->o->user, &limits, order->directory)) _exit(1);
+    return limits;
+}
+
+/* The session process, once it left the spawner: its limits, user and environment, then serve. */
+static void serve(SpawnerProcess *p, int fd, const SessionOrder *order, const SessionLimits *limits) {
+    if (enter_session(&p->o->user, limits, order->directory)) _exit(1);
     exit(session_serve(fd, order));
 }
 
-/* A start order: the numbers, then the lengths of the directory, key, name, cgroup and leftover, then those. */
-static void start(SpawnerProcess *p, const unsigned char *message, size_t len, int fd) {
-    if (p->session) {
-        char pid[24];
-        snprintf(pid, sizeof pid, "%d", (int)p->session);
-        report_failure(p, "a session process (pid %s) still runs", pid);
-        return;
-    }
-    if (len < ORDER_HEADER) {
-        report_failure(p, "a start order of %s bytes is too short", len ? "too few" : "no");
-        return;
-    }
+/* Sends one message with descriptor `fd` attached (SCM_RIGHTS): 0, or -1 (errno). */
+static int send_with_fd(int sock, const void *message, size_t len, int fd) {
+    union {
+        struct cmsghdr header;
+        char space[CMSG_SPACE(sizeof(int))];
+    } control;
+    memset(&control, 0, sizeof control);
+    struct iovec part = {(void *)message, len};
+    struct msghdr msg = {.msg_iov = &part, .msg_iovlen = 1, .msg_control = &control, .msg_controllen = sizeof control};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    return sendmsg(sock, &msg, MSG_NOSIGNAL) == (ssize_t)len ? 0 : -1;
+}
+
+/* Receives one message and the descriptors that came with it (at most 4, the rest closed by the kernel's
+ * MSG_CTRUNC): its length (0 at the end of the stream, -1 on an error), and whether it was cut short. */
+static ssize_t receive_message(int sock, unsigned char *message, size_t cap, int fds[4], int *count, int *cut) {
+    union {
+        struct cmsghdr header;
+        char space[CMSG_SPACE(4 * sizeof(int))];
+    } control;
+    struct iovec part = {message, cap};
+    struct msghdr msg = {.msg_iov = &part, .msg_iovlen = 1, .msg_control = &control, .msg_controllen = sizeof control};
+    ssize_t got = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+    *count = 0;
+    if (got < 0) return -1;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+            for (size_t k = 0; k < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int) && *count < 4; k++)
+                memcpy(&fds[(*count)++], CMSG_DATA(c) + k * sizeof(int), sizeof(int));
+    *cut = (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0;
+    return got;
+}
+
+/* A start order: the numbers, then the lengths of the directory, key, name, cgroup and leftover, then those.
+ * Fills `order` and `cgroup` (pointing into `*strings`, which the caller frees): NULL, or what is wrong. */
+static const char *parse_order(SpawnerProcess *p, const unsigned char *message, size_t len, SessionOrder *order,
+                               const char **cgroup, char **strings) {
+    if (len < ORDER_HEADER) return "that is too short";
     const unsigned char *at = message + 1 + ORDER_NUMBERS;
     size_t lengths[ORDER_LENGTHS], total = ORDER_HEADER;
     for (int k = 0; k < ORDER_LENGTHS; k++) {
         lengths[k] = get_u32(at + 4 * k);
         total += lengths[k];
     }
-    if (total != len || lengths[3] >= sizeof p->cgroup) {
-        report_failure(p, "a start order %s", "of the wrong length");
-        return;
-    }
+    if (total != len || lengths[3] >= sizeof p->cgroup) return "of the wrong length";
     /* each string NUL-terminated in a copy; the leftover bytes as they came */
-    char *strings = xmalloc(len + ORDER_LENGTHS), *text[ORDER_LENGTHS];
+    char *text[ORDER_LENGTHS], *to = *strings = xmalloc(len + ORDER_LENGTHS);
     const unsigned char *from = message + ORDER_HEADER;
-    char *to = strings;
     for (int k = 0; k < ORDER_LENGTHS; k++) {
         memcpy(to, from, lengths[k]);
         to[lengths[k]] = 0;
@@ -201,49 +255,134 @@ static void start(SpawnerProcess *p, const unsigned char *message, size_t len, i
         to += lengths[k] + 1;
         from += lengths[k];
     }
-    SessionOrder order = {text[0], text[1], text[2], get_u64(message + 1), get_u64(message + 9), p->status,
-                          (const unsigned char *)text[4], lengths[4], get_u64(message + 17)};
-    snprintf(p->cgroup, sizeof p->cgroup, "%s", text[3]);
-    free(p->directory);
-    p->directory = xstrdup(text[0]);
+    SessionOrder parsed = {text[0], text[1], text[2], get_u64(message + 1), get_u64(message + 9), p->status,
+                           (const unsigned char *)text[4], lengths[4], get_u64(message + 17)};
+    *order = parsed;
+    *cgroup = text[3];
+    return NULL;
+}
+
+/* A standby, named STANDBY_NAME meanwhile: waits for its session's order and connection, then serves; it exits
+ * when the spawner retires it (its end of the pair closes). */
+static void await_order(SpawnerProcess *p, int sock, const SessionLimits *limits) {
+    char name[16] = "";
+    prctl(PR_GET_NAME, name);
+    prctl(PR_SET_NAME, STANDBY_NAME);
+    unsigned char *message = order_buffer; /* this process's own copy */
+    int fds[4], count, cut;
+    ssize_t got = receive_message(sock, message, MAX_ORDER, fds, &count, &cut);
+    close(sock);
+    SessionOrder order;
+    const char *cgroup;
+    char *strings = NULL;
+    if (got <= 0 || cut || count != 1 || message[0] != ORDER_START ||
+        parse_order(p, message, (size_t)got, &order, &cgroup, &strings))
+        _exit(0);
+    prctl(PR_SET_NAME, name);
+    serve(p, fds[0], &order, limits);
+}
+
+/* Ends the standby, which will have no session: its group killed, and reaped. */
+static void retire_standby(SpawnerProcess *p) {
+    if (!p->standby) return;
+    close(p->standby_sock);
+    killpg(p->standby, SIGKILL);
+    kill(p->standby, SIGKILL);
+    waitpid(p->standby, NULL, 0);
+    p->standby = 0;
+}
+
+/* Forks the next session's process now, in `cgroup`, to wait for its order (replacing any standby). */
+static void stand_by(SpawnerProcess *p, const char *cgroup) {
+    retire_standby(p);
+    int pair[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair)) {
+        log_msg(LOG_ERROR, "cannot make a standby session process's socket pair: %s", strerror(errno));
+        return;
+    }
     session_spawner = getpid();
     pid_t pid = fork();
-    if (pid < 0) {
-        report_failure(p, "cannot start a session process: %s", strerror(errno));
-        p->cgroup[0] = 0;
-    } else if (pid == 0) {
-        serve(p, fd, &order, text[3]);
-    } else {
-        setpgid(pid, pid);
-        p->session = pid;
-        report_numbers(p, REPORT_STARTED, pid, 0);
+    if (pid == 0) {
+        close(pair[0]);
+        SessionLimits limits = leave_spawner(p, cgroup);
+        await_order(p, pair[1], &limits);
     }
+    close(pair[1]);
+    if (pid < 0) {
+        log_msg(LOG_ERROR, "cannot fork a standby session process: %s", strerror(errno));
+        close(pair[0]);
+        return;
+    }
+    setpgid(pid, pid);
+    p->standby = pid;
+    p->standby_sock = pair[0];
+    snprintf(p->standby_cgroup, sizeof p->standby_cgroup, "%s", cgroup);
+}
+
+/* Starts the session of a start order on connection `fd`: the standby takes it if it waits in the order's cgroup,
+ * else the session process is forked now. */
+static void start(SpawnerProcess *p, const unsigned char *message, size_t len, int fd) {
+    if (p->session) {
+        char pid[24];
+        snprintf(pid, sizeof pid, "%d", (int)p->session);
+        report_failure(p, "a session process (pid %s) still runs", pid);
+        return;
+    }
+    SessionOrder order;
+    const char *cgroup, *wrong;
+    char *strings = NULL;
+    if ((wrong = parse_order(p, message, len, &order, &cgroup, &strings))) {
+        report_failure(p, "a start order %s", wrong);
+        free(strings);
+        return;
+    }
+    snprintf(p->cgroup, sizeof p->cgroup, "%s", cgroup);
+    free(p->directory);
+    p->directory = xstrdup(order.directory);
+    pid_t pid = p->standby;
+    if (pid && !strcmp(p->standby_cgroup, cgroup) && !send_with_fd(p->standby_sock, message, len, fd)) {
+        close(p->standby_sock); /* handed over */
+        p->standby = 0;
+    } else {
+        if (pid) log_msg(LOG_WARNING, "the standby session process %d is gone; forking the session's", (int)pid);
+        retire_standby(p);
+        session_spawner = getpid();
+        pid = fork();
+        if (pid == 0) {
+            SessionLimits limits = leave_spawner(p, cgroup);
+            serve(p, fd, &order, &limits);
+        }
+        if (pid < 0) {
+            report_failure(p, "cannot start a session process: %s", strerror(errno));
+            p->cgroup[0] = 0;
+            free(strings);
+            return;
+        }
+        setpgid(pid, pid);
+    }
+    p->session = pid;
+    report_numbers(p, REPORT_STARTED, pid, 0);
     free(strings);
 }
 
 /* Carries out one order: 0, or -1 once the daemon is gone. */
 static int on_order(SpawnerProcess *p, unsigned char *message) {
-    union {
-        struct cmsghdr header;
-        char space[CMSG_SPACE(4 * sizeof(int))];
-    } control;
-    struct iovec part = {message, MAX_ORDER};
-    struct msghdr msg = {.msg_iov = &part, .msg_iovlen = 1, .msg_control = &control, .msg_controllen = sizeof control};
-    ssize_t got = recvmsg(p->sock, &msg, MSG_CMSG_CLOEXEC);
+    int fds[4], count, cut;
+    ssize_t got = receive_message(p->sock, message, MAX_ORDER, fds, &count, &cut);
     if (got < 0 && (errno == EINTR || errno == EAGAIN)) return 0;
-    int fds[4], count = 0;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
-            for (size_t k = 0; k < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int) && count < 4; k++)
-                memcpy(&fds[count++], CMSG_DATA(c) + k * sizeof(int), sizeof(int));
     if (got <= 0) {
         for (int k = 0; k < count; k++) close(fds[k]);
         return -1;
     }
-    if (message[0] == ORDER_START && count == 1 && !(msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)))
-        start(p, message, (size_t)got, fds[0]);
+    if (message[0] == ORDER_START && count == 1 && !cut) start(p, message, (size_t)got, fds[0]);
     else if (message[0] == ORDER_KILL) kill_session(p);
-    else if (message[0] == ORDER_WORK_DIR && got > 1 && !memchr(message + 1, 0, (size_t)got - 1)) {
+    else if (message[0] == ORDER_STANDBY && (size_t)got - 1 < sizeof p->standby_cgroup &&
+             !memchr(message + 1, 0, (size_t)got - 1)) {
+        char cgroup[sizeof p->standby_cgroup];
+        memcpy(cgroup, message + 1, (size_t)got - 1);
+        cgroup[got - 1] = 0;
+        stand_by(p, cgroup);
+    } else if (message[0] == ORDER_WORK_DIR && got > 1 && !memchr(message + 1, 0, (size_t)got - 1)) {
         free(p->work_dir);
         p->work_dir = xmalloc((size_t)got);
         memcpy(p->work_dir, message + 1, (size_t)got - 1);
@@ -263,7 +402,7 @@ static int spawner_main(SpawnerProcess *p) {
     sigemptyset(&action.sa_mask);
     sigaction(SIGCHLD, &action, NULL);
     prctl(PR_SET_CHILD_SUBREAPER, 1); /* what sessions leave behind comes here, to be killed */
-    unsigned char *message = xmalloc(MAX_ORDER);
+    unsigned char *message = order_buffer;
     for (;;) {
         struct pollfd fds[2] = {{p->sock, POLLIN, 0}, {p->wake[0], POLLIN, 0}};
         int ready = poll(fds, 2, -1);
@@ -280,13 +419,13 @@ static int spawner_main(SpawnerProcess *p) {
     p->daemon_gone = 1;
     kill_session(p);
     reap(p, 1);
+    retire_standby(p);
     if (p->cgroup[0]) cgroup_remove(p->confinement, p->cgroup);
     confinement_destroy(p->confinement);
     if (p->directory) remove_tree(p->directory);
     if (p->work_dir) remove_tree(p->work_dir);
     free(p->directory);
     free(p->work_dir);
-    free(message);
     return 0;
 }
 
@@ -343,21 +482,21 @@ int spawner_order(Spawner *sp, int fd, const SessionOrder *order, const char *cg
         memcpy(at, text[k], lengths[k]);
         at += lengths[k];
     }
-    union {
-        struct cmsghdr header;
-        char space[CMSG_SPACE(sizeof(int))];
-    } control;
-    memset(&control, 0, sizeof control);
-    struct iovec part = {message, total};
-    struct msghdr msg = {.msg_iov = &part, .msg_iovlen = 1, .msg_control = &control, .msg_controllen = sizeof control};
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &fd, sizeof fd);
-    ssize_t sent = sendmsg(sp->fd, &msg, MSG_NOSIGNAL);
+    int status = send_with_fd(sp->fd, message, total, fd);
     free(message);
-    return sent == (ssize_t)total ? 0 : -1;
+    return status;
+}
+
+int spawner_standby(Spawner *sp, const char *cgroup) {
+    char message[1 + 64];
+    size_t n = strlen(cgroup);
+    if (n >= sizeof message - 1) {
+        errno = EMSGSIZE;
+        return -1;
+    }
+    message[0] = ORDER_STANDBY;
+    memcpy(message + 1, cgroup, n);
+    return send(sp->fd, message, n + 1, MSG_NOSIGNAL) == (ssize_t)(n + 1) ? 0 : -1;
 }
 
 int spawner_work_dir(Spawner *sp, const char *path) {

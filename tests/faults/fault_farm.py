@@ -35,6 +35,7 @@ import pytest
 
 import farm
 from conftest import BoardServer, check_sanitizer_log, processes_with_env, reachable_temp, wait_for
+from farm.board.spawner import STANDBY_NAME
 from farm.client.tracker import TrackerClient
 from farm.lifetime import PARENT_ENV
 from farm.ops.inventory import load_inventory
@@ -94,6 +95,15 @@ def parent_and_start(pid: int) -> Tuple[int, int]:
     except OSError:
         return 0, 0
     return int(fields[1]), int(fields[19])
+
+
+def process_name(pid: int) -> str:
+    """The name ``ps`` shows for ``pid`` (``/proc/PID/comm``); "" if it is gone."""
+    try:
+        with open("/proc/%d/comm" % pid) as handle:
+            return handle.read().rstrip("\n")
+    except OSError:
+        return ""
 
 
 def pause_in_call(session: Any, kernels: Dict[str, Path]) -> Future:
@@ -248,11 +258,17 @@ class FaultFarm:
 
     def strays(self) -> Dict[int, str]:
         """Processes of this test that are neither the farm's daemons nor a board's own helpers: its children, the
-        session spawner and (on the Python board) the watchdog. Sessions, and what they leave behind, are the
-        spawner's."""
+        session spawner and (on the Python board) the watchdog, and the spawner's one standby session process, if
+        any (:data:`~farm.board.spawner.STANDBY_NAME`). Sessions, and what they leave behind, are the spawner's."""
         daemons, boards = set(self.daemon_pids()), set(self.board_pids())
         found = processes_with_env(TAG_ENV, self.tag)
-        kept = daemons | {pid for pid in found if parent_and_start(pid)[0] in boards}
+        helpers = {pid for pid in found if parent_and_start(pid)[0] in boards}
+        standbys = {}  # by spawner
+        for pid in found:
+            parent = parent_and_start(pid)[0]
+            if parent in helpers and process_name(pid) == STANDBY_NAME and parent not in standbys:
+                standbys[parent] = pid
+        kept = daemons | helpers | set(standbys.values())
         return {pid: command for pid, command in found.items() if pid not in kept}
 
     def leftover_directories(self) -> List[str]:

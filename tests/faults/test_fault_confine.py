@@ -21,14 +21,15 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
-from fault_farm import FaultFarm, assert_farm_whole, fault_farms, parent_and_start
+from fault_farm import FaultFarm, assert_farm_whole, fault_farms, parent_and_start, process_name
 
 import farm
 from conftest import NATIVE_CHECKED, BoardServer, wait_for
 from farm.board import confine
+from farm.board.spawner import STANDBY_NAME
 from farm.ops.processes import DaemonProcess
 from farm.ops.toolchain import compile_shared
 
@@ -222,7 +223,8 @@ def test_detached_process_dies_at_the_end_of_the_session(start: Callable[..., Fa
 @pytest.mark.board_servers("python", "native")
 def test_each_session_has_its_own_cgroup_removed_at_its_end(start: Callable[..., FaultFarm], library: Path) -> None:
     """Each session's processes are in a cgroup of their own below the board's, which holds no session's
-    cgroup once the session ended, and is gone once the board stopped."""
+    cgroup once the session ended (only the next session's, with its standby process in it), and is gone once
+    the board stopped."""
     faulty = start(ONE_BOARD)
     daemon = faulty.board("k-0")
     require_cgroups(daemon)
@@ -236,9 +238,52 @@ def test_each_session_has_its_own_cgroup_removed_at_its_end(start: Callable[...,
         session.close()
         assert_removed(cgroups)
         assert_farm_whole(faulty)
-    assert all(not any(name.startswith("session-") for name in os.listdir(path)) for path in farm_cgroups)
+    for path in farm_cgroups:
+        ahead = [os.path.join(path, name) for name in os.listdir(path) if name.startswith("session-")]
+        assert len(ahead) <= 1, ahead
+        pids = [int(pid) for cgroup in ahead for pid in Path(cgroup, "cgroup.procs").read_text().split()]
+        waiting = [process_name(pid) for pid in pids]
+        assert waiting in ([], [STANDBY_NAME]), "the next session's cgroup holds %s" % waiting
     faulty.stack.stop()
     wait_for(lambda: not any(os.path.exists(path) for path in farm_cgroups), 10, "the board's cgroups are removed")
+
+
+@pytest.mark.board_servers("python", "native")
+def test_the_next_session_process_waits_in_its_cgroup_before_its_client_comes(
+    start: Callable[..., FaultFarm], library: Path
+) -> None:
+    """A free board forks its next session's process ahead of the client, so that the slow move into a cgroup is
+    not on the request's path: it waits, named ``farm-standby``, in a session cgroup of its own, and the next
+    session runs in it. One killed meanwhile costs only that head start: the session is forked when it starts."""
+    faulty = start(ONE_BOARD)
+    daemon = faulty.board("k-0")
+    require_cgroups(daemon)
+    standby = wait_for(lambda: standby_of(daemon.pid), 10, "a standby session process")
+    waiting_in = session_cgroups(standby)
+    assert waiting_in and all(os.path.basename(path).startswith("session-") for path in waiting_in), waiting_in
+    session = faulty.request("k")
+    assert session.system_info()["pid"] == standby
+    assert session_cgroups(standby) == waiting_in
+    session.close()
+    assert_farm_whole(faulty)
+    second = wait_for(lambda: standby_of(daemon.pid), 10, "the next standby session process")
+    assert second != standby
+    os.kill(second, signal.SIGKILL)
+    wait_for(lambda: not alive(second), 5, "the standby is gone")
+    session = faulty.request("k")
+    pid = session.system_info()["pid"]
+    assert pid not in (standby, second) and session_cgroups(pid)
+    session.close()
+    assert_farm_whole(faulty)
+
+
+def standby_of(daemon: int) -> Optional[int]:
+    """The standby session process of the board daemon ``daemon``: a child of its spawner, so named."""
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        parent = parent_and_start(int(entry))[0]
+        if parent and process_name(int(entry)) == STANDBY_NAME and parent_and_start(parent)[0] == daemon:
+            return int(entry)
+    return None
 
 
 # --- bounded resources ----------------------------------------------------------------------
