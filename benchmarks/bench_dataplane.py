@@ -296,19 +296,28 @@ def setup(args: Any, workdir: str) -> Iterator[State]:
 # --- the scenarios ---------------------------------------------------------------------------------------
 
 
-def group_rss_kib(pgid: int) -> int:
-    """The resident memory of every process in process group ``pgid``, in KiB."""
-    total = 0
+def tree_rss_kib(root: int) -> int:
+    """The resident memory of process ``root`` and all its descendants, in KiB."""
+    parents: Dict[int, int] = {}
     for entry in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError, KeyError):  # gone, or a kernel thread
-            if os.getpgid(int(entry)) == pgid:
-                total += harness.proc_status(int(entry))["VmRSS"]
+        with contextlib.suppress(OSError):  # gone meanwhile
+            with open("/proc/%s/stat" % entry, encoding="ascii", errors="replace") as handle:
+                parents[int(entry)] = int(handle.read().rpartition(")")[2].split()[1])
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree, grew = tree | more, bool(more)
+    total = 0
+    for pid in tree:
+        with contextlib.suppress(OSError, KeyError):
+            total += harness.proc_status(pid)["VmRSS"]
     return total
 
 
 def measure_footprint(state: State, args: Any) -> Dict[str, Any]:
-    """Idle daemons: before any session of this run, each board's processes together (each in its own group)."""
-    idle = {name + "_idle_rss_kib": group_rss_kib(side.board.pid) for name, side in state.sides.items()}
+    """Idle daemons: before any session of this run, each board's processes together (the daemon and every process
+    it started: its spawner, watchdog and the standby session process)."""
+    idle = {name + "_idle_rss_kib": tree_rss_kib(side.board.pid) for name, side in state.sides.items()}
     start = {name.replace(" ", "_") + "_start_s": round(side.start_s, 3) for name, side in state.boards.items()}
     figures: Dict[str, Any] = dict(idle, **start)
     if state.native_server:

@@ -24,8 +24,8 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 
 from .. import __version__
 from ..errors import ArgumentError, DataError, FarmError, PathEscapeError, ProtocolError, SkippedCallError
-from ..net.transport import FramedSocket
-from ..protocol.calls import MAX_ARGS, decode_call, encode_result
+from ..net.transport import ConnectionClosed, FramedSocket
+from ..protocol.calls import MAX_ARGS, RESULT_FRAME_SIZE, ResultFrame, decode_call, encode_result, read_call_frame
 from ..protocol.framing import DEFAULT_MAX_PAYLOAD, Buffer, Frame, encode_frame
 from ..protocol.ops import PICKLE_PROTOCOL, RESULT_PICKLE, Op
 from ..protocol.timing import timing_options
@@ -133,6 +133,8 @@ MMAP_THRESHOLD = 256 << 10
 ALIGNMENT = 64
 _NO_ARRAYS = (None,) * MAX_ARGS
 # Plain ints are quicker to reach than enum members on the call path.
+#: Bytes one receive takes when the session waits for a request: a call's whole frame, or the start of anything.
+_REQUEST_BUFFER = 16 << 10
 _ARRAY_NEW, _ARRAY_WRITE, _UPLOAD, _RESULT = int(Op.ARRAY_NEW), int(Op.ARRAY_WRITE), int(Op.UPLOAD), int(Op.RESULT)
 # Operations that record what they run themselves (or run nothing worth naming).
 _OWN_ACTIVITY = (int(Op.CALL), int(Op.RUN), int(Op.PING), int(Op.TIME), int(Op.PIPELINED_CALL))
@@ -271,6 +273,8 @@ class Session:
         self.quota = quota  # bytes the session's directory may hold (0: no limit)
         self._refused_uploads: Dict[int, str] = {}  # id of a refused upload's buffer -> why
         self._received = received  # bytes that came with the handshake: the first frames
+        self._request = bytearray(_REQUEST_BUFFER)  # what one receive of the fast path of calls brings
+        self._result = ResultFrame()  # the reply of a call the fast path answers
         self._bytes_sent = bytes_sent  # on this connection so far, the handshake reply included
         self.root = os.path.realpath(root)
         self.key = key
@@ -309,15 +313,29 @@ class Session:
     # --- the request loop -------------------------------------------------
 
     def serve(self) -> None:
-        """Answer requests until the client closes, leaves, or breaks the protocol."""
+        """Answer requests until the client closes, leaves, or breaks the protocol.
+
+        A read that brings exactly one CALL frame without metadata, as a client's call does, is answered on a
+        fast path (:meth:`_answer_call`); anything else goes to the frame reader and :meth:`handle`.
+        """
         if self.quota:
             limit_file_size(self.quota)
+        reader, sock, request = self.conn.reader, self.conn.sock, self._request
         try:
             while True:
                 try:
                     if self._received:
                         received, self._received = self._received, b""
-                        self.conn.reader.push(received)
+                        reader.push(received)
+                    elif reader.empty:
+                        count = sock.recv_into(request)
+                        if not count:
+                            raise ConnectionClosed(False)
+                        call = read_call_frame(request, count)
+                        if call is not None:
+                            self._answer_call(*call)
+                            continue
+                        reader.push(memoryview(request)[:count])
                     frame = self.conn.recv()
                 except ProtocolError as exc:
                     # Frames that arrived whole before the bad one still get their answers.
@@ -362,6 +380,20 @@ class Session:
         self.status.state = SessionStatus.IDLE
         self._send(_RESULT, frame.request_id, meta, payload)
         return True
+
+    def _answer_call(self, request_id: int, function_id: int, tags: str, values: Sequence[Any]) -> None:
+        """Answer a CALL the fast path read: as :meth:`handle` and :meth:`_call` do, with the reply built in place."""
+        try:
+            function, arguments = self._call_values(function_id, tags, values)
+            self.status.running_encoded(function.activity)
+            result = function.cfunc(*arguments)
+        except Exception as exc:
+            self.status.state = SessionStatus.IDLE
+            self._reply_error(request_id, exc)
+            return
+        self.status.state = SessionStatus.IDLE
+        self._bytes_sent += RESULT_FRAME_SIZE
+        self.conn.sock.sendall(self._result.fill(request_id, result))
 
     def _send(self, op: int, request_id: int, meta: Optional[dict] = None, payload: Buffer = b"") -> None:
         parts = encode_frame(op, request_id, meta, payload)
@@ -614,7 +646,10 @@ class Session:
 
     def _call_arguments(self, payload: Buffer) -> Tuple[_Function, Sequence[Any]]:
         """The function a CALL payload names and the values to call it with, checked against its signature."""
-        function_id, tags, decoded = decode_call(payload)
+        return self._call_values(*decode_call(payload))
+
+    def _call_values(self, function_id: int, tags: str, decoded: Sequence[Any]) -> Tuple[_Function, Sequence[Any]]:
+        """Function ``function_id`` and the values to call it with (``decoded``, tagged ``tags``), checked."""
         values: Sequence[Any] = decoded
         dtypes: Sequence[Optional[str]]
         function = self._functions.get(function_id)

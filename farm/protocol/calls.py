@@ -14,7 +14,7 @@ and an 8-byte value. All little-endian.
 from __future__ import annotations
 
 import struct
-from typing import Any, Dict, NamedTuple, Sequence, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 from ..errors import ArgumentError, ProtocolError
 from .framing import FRAME_MAGIC, HEADER, VERSION
@@ -123,9 +123,14 @@ RESULT_FRAME_SIZE = _RESULT_HEAD.size + 8
 _VALUE_AT = {ord(tag): struct.Struct("<" + _VALUE_FORMATS[tag]).unpack_from for tag in "iuf"}
 _VOID_TAG = ord("v")
 _REQUEST_ID = struct.Struct("<I")
+#: A CALL frame's header fields and its payload's prefix, as the board reads them: magic, version and op as one
+#: u32, request id, metadata length, payload length, function id, argument count.
+_CALL_HEAD = struct.Struct("<IIIQIH")
+_INT_RESULT = struct.Struct("<cq")
 _FRAME_HEADER_SIZE = HEADER.size
 _MAGIC_WORD = int.from_bytes(FRAME_MAGIC + bytes([VERSION]), "little")  # the header's first three bytes
 _RESULT_WORD = _MAGIC_WORD | int(Op.RESULT) << 24
+_CALL_WORD = _MAGIC_WORD | int(Op.CALL) << 24
 
 
 class CallFrame:
@@ -174,3 +179,38 @@ def read_result_frame(frame: Any, request_id: int) -> Any:
     if unpack is not None:
         return unpack(frame, _RESULT_HEAD.size)[0]
     return None if tag == _VOID_TAG else NOT_A_RESULT
+
+
+def read_call_frame(frame: Any, count: int) -> Optional[Tuple[int, int, str, Tuple[Any, ...]]]:
+    """``(request id, function id, tags, values)`` if the first ``count`` bytes of ``frame`` are exactly one CALL
+    frame without metadata, with argument tags seen before (what a client's call sends); else None, for the general
+    reader (:class:`~farm.protocol.framing.FrameReader`, :func:`decode_call`) to read and check."""
+    if count < _CALL_HEAD.size:
+        return None
+    word, request_id, meta_len, size, function_id, argc = _CALL_HEAD.unpack_from(frame)
+    if word != _CALL_WORD or meta_len or size != count - _FRAME_HEADER_SIZE:
+        return None
+    layout = _by_tag_bytes.get(bytes(frame[_CALL_HEAD.size : _CALL_HEAD.size + argc]))
+    if layout is None or layout.whole.size != size:
+        return None
+    return request_id, function_id, layout.tags, layout.whole.unpack_from(frame, _FRAME_HEADER_SIZE)[3:]
+
+
+class ResultFrame:
+    """The RESULT frame of a call, in one buffer that each call fills with its request id and value: the frame
+    :func:`~farm.protocol.framing.encode_frame` makes of :func:`encode_result`'s payload."""
+
+    __slots__ = ("buffer",)
+
+    def __init__(self) -> None:
+        self.buffer = bytearray(RESULT_FRAME_SIZE)
+        _RESULT_HEAD.pack_into(self.buffer, 0, _RESULT_WORD, 0, 0, 9, _VOID_TAG)
+
+    def fill(self, request_id: int, value: Any) -> bytearray:
+        """The frame's buffer holding ``request_id`` and ``value`` (valid until the next ``fill``)."""
+        _REQUEST_ID.pack_into(self.buffer, 4, request_id)
+        if type(value) is int and -(1 << 63) <= value < (1 << 63):
+            _INT_RESULT.pack_into(self.buffer, _FRAME_HEADER_SIZE, b"i", value)
+        else:
+            self.buffer[_FRAME_HEADER_SIZE:] = encode_result(value)
+        return self.buffer

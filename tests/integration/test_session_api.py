@@ -508,6 +508,19 @@ def test_wrong_array_dtype(vadd_setup, remote: farm.RemoteSession) -> None:
     np.testing.assert_array_equal(int_out.numpy(), ints)
 
 
+def test_an_array_the_board_does_not_hold_is_refused_there_and_the_session_goes_on(vadd_setup) -> None:
+    """A call the client lets through (an array id the board never gave out) is refused by the board, on the path
+    that answers plain calls, and the calls after it are answered."""
+    vadd, a, b, c, sentinel = vadd_setup
+    made_up = farm.RemoteArray(a.session, 1 << 40, (8,), np.float32)
+    for _ in range(2):  # the second time the same shape of call, after an error
+        with pytest.raises(farm.RemoteError, match="argument 1 is an array that was freed or is not of this session"):
+            vadd(made_up, b, c, 8)
+        np.testing.assert_array_equal(c.numpy(), sentinel)
+    vadd(a, b, c, 8)
+    np.testing.assert_array_equal(c.numpy(), np.arange(8, dtype=np.float32) * 3)
+
+
 def test_host_numpy_array_instead_of_remote(vadd_setup) -> None:
     vadd, a, _b, c, sentinel = vadd_setup
     host = np.arange(8, dtype=np.float32)

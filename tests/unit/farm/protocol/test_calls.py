@@ -1,4 +1,5 @@
-"""The CALL frame built once per argument shape and the RESULT frame read without the general reader."""
+"""The CALL frame built once per argument shape and the RESULT frame read without the general reader (the client's
+fast path); the CALL frame read and the RESULT frame built in place (the board's)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from farm.protocol.calls import (
     NOT_A_RESULT,
     RESULT_FRAME_SIZE,
     CallFrame,
+    ResultFrame,
     decode_call,
     encode_call,
     encode_result,
+    read_call_frame,
     read_result_frame,
 )
 from farm.protocol.framing import FrameReader, encode_frame
@@ -79,3 +82,48 @@ def test_other_frames_are_left_to_the_general_path() -> None:
     for frame in others:
         assert read_result_frame(frame, 3) is NOT_A_RESULT
     assert read_result_frame(encode_frame(int(Op.RESULT), 3, None, result)[0], 3) == 5
+
+
+@given(st.integers(0, 0xFFFFFFFF), _arguments(), _REQUEST_IDS)
+def test_the_board_reads_a_call_frame_as_the_general_path(
+    function_id: int, arguments: Tuple[str, List[Any]], request_id: int
+) -> None:
+    tags, values = arguments
+    frame = b"".join(encode_frame(int(Op.CALL), request_id, None, encode_call(function_id, tags, values)))
+    buffer = bytearray(frame) + b"\0" * 64  # a receive buffer holds more than one read brought
+    assert read_call_frame(buffer, len(frame)) == (request_id, function_id, tags, tuple(values))
+
+
+def test_anything_but_one_whole_call_is_left_to_the_general_reader() -> None:
+    def call(request_id: int, meta: Any = None, op: Op = Op.CALL, tags: str = "ai") -> bytes:
+        return b"".join(encode_frame(int(op), request_id, meta, encode_call(3, tags, [1, 2][: len(tags)])))
+
+    whole = call(5)
+    others = [
+        whole[:-1],  # part of a frame
+        whole + call(6),  # two frames in one read
+        call(5, {"release": [1]}),  # metadata
+        call(5, op=Op.PIPELINED_CALL),
+        b"XD" + whole[2:],
+        whole[:24] + b"\x01\x00" + whole[26:],  # an argument count the payload's length disagrees with
+        call(5, tags="uu")[:26] + b"??" + call(5, tags="uu")[28:],  # tags no client sends
+    ]
+    for frame in others:
+        assert read_call_frame(bytearray(frame), len(frame)) is None
+    assert read_call_frame(bytearray(whole), len(whole)) == (5, 3, "ai", (1, 2))
+
+
+@given(
+    st.lists(
+        st.one_of(st.none(), st.integers(-(1 << 63), (1 << 64) - 1), st.floats(allow_nan=False), st.booleans()),
+        max_size=4,
+    ),
+    _REQUEST_IDS,
+)
+def test_a_result_frame_filled_in_place_is_the_general_encoding(values: List[Any], request_id: int) -> None:
+    result = ResultFrame()
+    for value in values:  # one buffer, filled call after call
+        assert (
+            bytes(result.fill(request_id, value))
+            == encode_frame(int(Op.RESULT), request_id, None, encode_result(value))[0]
+        )
