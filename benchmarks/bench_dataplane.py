@@ -277,11 +277,15 @@ def setup(args: Any, workdir: str) -> Iterator[State]:
             device, arrays = state.tvm.remote.cpu(), (*case.inputs(), np.zeros(1, np.float32))
             tensors = [state.tvm.tvm.runtime.tensor(array, device) for array in arrays]
             state.tvm_call = (state.tvm.module(case, remote=True)["vadd"], tensors)
-        if args.cpus_far:  # before any session: the board forks it, and it inherits the daemon's CPUs
-            for pid in [side.board.pid for side in state.sides.values()] + [state.raw.process.pid]:
-                os.sched_setaffinity(pid, args.cpus_far)
-            if state.tvm is not None:  # TVM's server runs in a worker process of its own
-                os.sched_setaffinity(state.tvm.server.proc._proc.pid, args.cpus_far)
+        if args.cpus_far:  # each board's every process (its sessions come from its spawner or standby), the peer
+            for pid in [pid for side in state.sides.values() for pid in process_tree(side.board.pid)]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.sched_setaffinity(pid, args.cpus_far)
+            os.sched_setaffinity(state.raw.process.pid, args.cpus_far)
+            if state.tvm is not None:  # TVM's server: a worker process, which forks one for each session
+                for pid in process_tree(state.tvm.server.proc._proc.pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.sched_setaffinity(pid, args.cpus_far)
         yield state
     finally:
         if state.raw is not None:
@@ -296,8 +300,8 @@ def setup(args: Any, workdir: str) -> Iterator[State]:
 # --- the scenarios ---------------------------------------------------------------------------------------
 
 
-def tree_rss_kib(root: int) -> int:
-    """The resident memory of process ``root`` and all its descendants, in KiB."""
+def process_tree(root: int) -> List[int]:
+    """Process ``root`` and all its descendants."""
     parents: Dict[int, int] = {}
     for entry in filter(str.isdigit, os.listdir("/proc")):
         with contextlib.suppress(OSError):  # gone meanwhile
@@ -307,8 +311,13 @@ def tree_rss_kib(root: int) -> int:
     while grew:
         more = {pid for pid, parent in parents.items() if parent in tree} - tree
         tree, grew = tree | more, bool(more)
+    return sorted(tree)
+
+
+def tree_rss_kib(root: int) -> int:
+    """The resident memory of process ``root`` and all its descendants, in KiB."""
     total = 0
-    for pid in tree:
+    for pid in process_tree(root):
         with contextlib.suppress(OSError, KeyError):
             total += harness.proc_status(pid)["VmRSS"]
     return total
