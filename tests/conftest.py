@@ -23,6 +23,7 @@ import pytest
 from farm_certs import TlsFiles, make_tls_files
 
 import farm
+from farm.board.spawner import STANDBY_NAME
 from farm.ops.emulators import EmulatorError, python_command
 from farm.ops.native import host_server
 from farm.ops.processes import DaemonProcess, start_board
@@ -377,6 +378,34 @@ def rss(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) << 10
     raise AssertionError("no VmRSS for process %d" % pid)
+
+
+def process_name(pid: int) -> str:
+    """The name ``ps`` shows for ``pid`` (``/proc/PID/comm``); "" if it is gone."""
+    try:
+        with open("/proc/%d/comm" % pid) as handle:
+            return handle.read().rstrip("\n")
+    except OSError:
+        return ""
+
+
+def parent_of(pid: int) -> int:
+    """The parent pid of ``pid``; 0 if it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return 0
+
+
+def standby_of(daemon: int) -> Optional[int]:
+    """The standby session process of board daemon ``daemon`` (a child of its spawner, named ``farm-standby``:
+    the next session's process, forked ahead of it), or None."""
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        parent = parent_of(int(entry))
+        if parent and process_name(int(entry)) == STANDBY_NAME and parent_of(parent) == daemon:
+            return int(entry)
+    return None
 
 
 def processes_with_env(name: str, value: str) -> Dict[int, str]:

@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import pytest
 
 import farm
-from conftest import BoardServer, check_sanitizer_log, processes_with_env, reachable_temp, wait_for
+from conftest import BoardServer, check_sanitizer_log, process_name, processes_with_env, reachable_temp, wait_for
 from farm.board.spawner import STANDBY_NAME
 from farm.client.tracker import TrackerClient
 from farm.lifetime import PARENT_ENV
@@ -95,15 +95,6 @@ def parent_and_start(pid: int) -> Tuple[int, int]:
     except OSError:
         return 0, 0
     return int(fields[1]), int(fields[19])
-
-
-def process_name(pid: int) -> str:
-    """The name ``ps`` shows for ``pid`` (``/proc/PID/comm``); "" if it is gone."""
-    try:
-        with open("/proc/%d/comm" % pid) as handle:
-            return handle.read().rstrip("\n")
-    except OSError:
-        return ""
 
 
 def pause_in_call(session: Any, kernels: Dict[str, Path]) -> Future:

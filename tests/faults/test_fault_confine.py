@@ -21,13 +21,13 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
-from fault_farm import FaultFarm, assert_farm_whole, fault_farms, parent_and_start, process_name
+from fault_farm import FaultFarm, assert_farm_whole, fault_farms, parent_and_start
 
 import farm
-from conftest import NATIVE_CHECKED, BoardServer, wait_for
+from conftest import NATIVE_CHECKED, BoardServer, process_name, standby_of, wait_for
 from farm.board import confine
 from farm.board.spawner import STANDBY_NAME
 from farm.ops.processes import DaemonProcess
@@ -275,15 +275,6 @@ def test_the_next_session_process_waits_in_its_cgroup_before_its_client_comes(
     assert pid not in (standby, second) and session_cgroups(pid)
     session.close()
     assert_farm_whole(faulty)
-
-
-def standby_of(daemon: int) -> Optional[int]:
-    """The standby session process of the board daemon ``daemon``: a child of its spawner, so named."""
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        parent = parent_and_start(int(entry))[0]
-        if parent and process_name(int(entry)) == STANDBY_NAME and parent_and_start(parent)[0] == daemon:
-            return int(entry)
-    return None
 
 
 # --- bounded resources ----------------------------------------------------------------------

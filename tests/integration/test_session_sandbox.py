@@ -22,7 +22,7 @@ import pytest
 from farm_certs import TlsFiles
 
 import farm
-from conftest import python_env, wait_for
+from conftest import python_env, standby_of, wait_for
 from farm.net.tls import TlsConfig
 from farm.ops.inventory import load_inventory
 from farm.ops.launcher import FarmStack
@@ -281,6 +281,48 @@ def test_a_session_cannot_kill_its_daemon_or_spawner(start: Callable[..., Daemon
         assert session.run(lambda: kill(os.getppid())) == "refused: Operation not permitted"
         session.ping()
     assert daemon.process.poll() is None
+
+
+def reach_into(pid: int) -> Dict[str, str]:
+    """Try to read another process's memory and to trace it: what each attempt got."""
+    import ctypes
+    import os
+
+    got = {}
+    try:
+        with open("/proc/%d/mem" % pid, "rb", 0) as mem:
+            mem.read(1)
+        got["mem"] = "read"
+    except OSError as exc:
+        got["mem"] = "refused: %s" % exc.strerror
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.ptrace(16, pid, None, None) == 0:  # PTRACE_ATTACH
+        got["ptrace"] = "attached"
+    else:
+        got["ptrace"] = "refused: %s" % os.strerror(ctypes.get_errno())
+    return got
+
+
+def test_a_session_cannot_reach_into_another_boards_standby_session_process(
+    start: Callable[..., DaemonProcess],
+) -> None:
+    """Two boards sharing a session user (docs/security.md): a session of one finds the other's standby, the next
+    session's process waiting as that user, but can neither read its memory nor trace it. It may signal it, as any
+    process of its user; the other board then forks its next session when it comes."""
+    waiting, attacker = start(), start()
+    standby = wait_for(lambda: standby_of(waiting.pid), 10, "the first board's standby session process")
+    with farm.connect(*attacker.address, key=KEY) as session:
+        assert session.run(lambda: __import__("os").getuid()) == 65534
+        assert session.run(reach_into, standby) == {
+            "mem": "refused: Permission denied",
+            "ptrace": "refused: Operation not permitted",
+        }
+        assert session.run(kill, standby) == "killed"
+    with farm.connect(*waiting.address, key=KEY) as session:
+        assert session.run(lambda: __import__("os").getpid()) != standby
+        assert session.run(lambda: __import__("os").getuid()) == 65534
+    noticed = ("ended before its session", "is gone; forking the session's")  # reaped first, or found gone
+    assert waiting.process.poll() is None and any(text in waiting.log_text() for text in noticed)
 
 
 @pytest.mark.parametrize("daemon_user", ["root", "nobody"])
