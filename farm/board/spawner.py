@@ -249,6 +249,8 @@ class _SpawnerProcess:
     def _report(self, message: bytes) -> None:
         try:
             self.sock.send(message)
+        except (BrokenPipeError, ConnectionResetError):  # it died or stopped: the spawner follows it
+            logger.info("the session spawner's daemon is gone; its report is dropped")
         except OSError as exc:
             logger.error("the session spawner cannot reach the daemon: %s", exc)
 

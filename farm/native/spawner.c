@@ -70,8 +70,10 @@ static void report(SpawnerProcess *p, char kind, const void *body, size_t len) {
     if (len > sizeof message - 1) len = sizeof message - 1;
     message[0] = (unsigned char)kind;
     memcpy(message + 1, body, len);
-    if (!p->daemon_gone && send(p->sock, message, len + 1, MSG_NOSIGNAL) < 0)
-        log_msg(LOG_ERROR, "the session spawner cannot reach the daemon: %s", strerror(errno));
+    if (p->daemon_gone || send(p->sock, message, len + 1, MSG_NOSIGNAL) >= 0) return;
+    if (errno == EPIPE || errno == ECONNRESET) /* it died or stopped: the spawner follows it */
+        log_msg(LOG_INFO, "the session spawner's daemon is gone; its report is dropped");
+    else log_msg(LOG_ERROR, "the session spawner cannot reach the daemon: %s", strerror(errno));
 }
 
 static void report_numbers(SpawnerProcess *p, char kind, int32_t pid, int32_t wait_status) {
