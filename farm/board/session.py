@@ -132,9 +132,9 @@ MMAP_THRESHOLD = 256 << 10
 #: Array storage is aligned for any SIMD load.
 ALIGNMENT = 64
 _NO_ARRAYS = (None,) * MAX_ARGS
-# Plain ints are quicker to reach than enum members on the call path.
 #: Bytes one receive takes when the session waits for a request: a call's whole frame, or the start of anything.
 _REQUEST_BUFFER = 16 << 10
+# Plain ints are quicker to reach than enum members on the call path.
 _ARRAY_NEW, _ARRAY_WRITE, _UPLOAD, _RESULT = int(Op.ARRAY_NEW), int(Op.ARRAY_WRITE), int(Op.UPLOAD), int(Op.RESULT)
 # Operations that record what they run themselves (or run nothing worth naming).
 _OWN_ACTIVITY = (int(Op.CALL), int(Op.RUN), int(Op.PING), int(Op.TIME), int(Op.PIPELINED_CALL))

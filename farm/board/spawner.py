@@ -6,7 +6,9 @@ thing, before it reads either, and hands it each admitted connection over a
 Unix socket pair (``SCM_RIGHTS``). The spawner forks the session process,
 which becomes the session user (:mod:`farm.board.sandbox`) and serves; the spawner
 reaps it, kills what it left behind (it is a subreaper), and tells the daemon
-its pid and how it ended.
+its pid and how it ended. The spawner dies with the daemon
+(``PR_SET_PDEATHSIG``); the daemon stops when the spawner is gone, since a
+new one forked from it would carry the secrets.
 
 A session process is forked ahead of its client: when the daemon is ready for
 the next session it orders a *standby*, which leaves the spawner's state
@@ -14,9 +16,7 @@ behind, moves into the next session's cgroup (a write to ``cgroup.procs``
 waits for the kernel's read-copy-update grace period, 5 to 30 ms on a cgroup v2
 hierarchy that saw no move for a while), takes its limits and becomes the
 session user, then waits. The next connection goes to it with its order; only
-the session's directory, environment and connection are left to set up. The spawner dies with the daemon
-(``PR_SET_PDEATHSIG``); the daemon stops when the spawner is gone, since a
-new one forked from it would carry the secrets.
+the session's directory, environment and connection are left to set up.
 
 Messages are datagrams of a ``SOCK_SEQPACKET`` pair: one byte of kind, then
 JSON (or packed integers).
