@@ -29,6 +29,7 @@ void buf_add(Buf *b, const void *data, size_t n);
 void buf_adds(Buf *b, const char *text);
 void buf_addf(Buf *b, const char *fmt, ...) FORMAT(2, 3);
 void buf_vaddf(Buf *b, const char *fmt, va_list args);
+void buf_reset(Buf *b); /* empty, its memory kept: a buffer whose allocation failed takes bytes again */
 void buf_free(Buf *b);
 const char *buf_str(Buf *b); /* NUL-terminated contents ("" when empty) */
 

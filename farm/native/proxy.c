@@ -23,7 +23,7 @@ void proxy_init(Proxy *p, const char *host, int port, const char *key, const uns
 static void drop(Proxy *p) {
     dial_close(&p->link);
     p->greeted = 0;
-    p->in.len = 0;
+    buf_reset(&p->in);
     proof_clear(&p->proof);
 }
 
@@ -40,6 +40,10 @@ static void dial_proxy(Proxy *p) {
 
 /* A few bytes into an almost empty socket buffer; -1 (and dial again later) if that fails. */
 static int send_small(Proxy *p, const Buf *out) {
+    if (out->failed) { /* a message cut short would make no sense to the proxy */
+        retry(p, "no memory for the messages to the proxy");
+        return -1;
+    }
     if (!out->len) return 0;
     if (link_send(p->link.tls, p->link.fd, out->data, out->len) != (long)out->len) {
         char why[300];
@@ -128,6 +132,10 @@ int proxy_on_event(Proxy *p, short revents, Paired *paired) {
         return 0;
     }
     buf_add(&p->in, data, (size_t)got);
+    if (p->in.failed) {
+        retry(p, "no memory for what the proxy sent");
+        return 0;
+    }
     if (p->secret && p->proof.stage < 2) {
         Buf out = {0};
         long used = proof_connector_feed(&p->proof, p->secret, p->secret_len, (unsigned char *)p->in.data, p->in.len,
@@ -160,7 +168,7 @@ int proxy_on_event(Proxy *p, short revents, Paired *paired) {
     dial_hand_over(&p->link); /* the connection is the session's now */
     dial_reset_backoff(&p->link);
     p->greeted = 0;
-    p->in.len = 0;
+    buf_reset(&p->in);
     p->in_session = 1;
     return 1;
 }

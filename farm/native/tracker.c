@@ -43,7 +43,8 @@ static void schedule_retry(Tracker *t, const char *why) {
 static void disconnect(Tracker *t) {
     dial_close(&t->link);
     t->opened = 0;
-    t->out.len = t->in.len = 0;
+    buf_reset(&t->out);
+    buf_reset(&t->in);
     t->expected_count = 0;
     if (!t->in_session) t->matchkey[0] = 0; /* a new one is offered on reconnecting */
     proof_clear(&t->proof);
@@ -61,7 +62,8 @@ static void connect_now(Tracker *t) {
         schedule_retry(t, why);
         return;
     }
-    t->out.len = t->in.len = 0;
+    buf_reset(&t->out);
+    buf_reset(&t->in);
     if (t->secret) { /* the proof of the secret first; else the magic alone in its segment, as TVM's tracker wants */
         proof_connector_start(&t->proof, &t->out);
     } else {
@@ -211,6 +213,10 @@ static void on_opening(Tracker *t) {
 }
 
 static void flush(Tracker *t) {
+    if (t->out.failed) { /* a message was cut short: what follows it would make no sense to the tracker */
+        lost(t, "no memory for the messages to the tracker");
+        return;
+    }
     while (t->link.fd >= 0 && t->link.connected && t->out.len) {
         long sent = link_send(t->link.tls, t->link.fd, t->out.data, t->out.len);
         if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
@@ -244,6 +250,10 @@ void tracker_on_event(Tracker *t, short revents) {
         return;
     }
     buf_add(&t->in, data, (size_t)got);
+    if (t->in.failed) { /* what came is lost: the stream cannot be read on */
+        lost(t, "no memory for what the tracker sent");
+        return;
+    }
     if (!t->opened) on_opening(t);
     if (t->link.fd >= 0 && t->opened) tracker_replies(t);
     flush(t);

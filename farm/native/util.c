@@ -100,6 +100,11 @@ void buf_addf(Buf *b, const char *fmt, ...) {
     va_end(args);
 }
 
+void buf_reset(Buf *b) {
+    b->len = 0;
+    b->failed = 0;
+}
+
 void buf_free(Buf *b) {
     free(b->data);
     b->data = NULL;

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 import pytest
@@ -33,7 +33,7 @@ from farm.ops.launcher import FarmStack
 from farm.ops.native import build_server, host_server
 from farm.ops.processes import DaemonProcess
 from farm.ops.targets import EMULATED, TARGETS, host_target
-from farm.ops.toolchain import build_shared, toolchain_for
+from farm.ops.toolchain import build_shared, compile_shared, toolchain_for
 from farm.protocol.handshake import encode_hello
 
 pytestmark = pytest.mark.board_servers(*NATIVE_SERVERS)
@@ -112,6 +112,87 @@ def test_a_locked_board_registers_with_a_locked_tracker(
         with farm.connect_tracker(*tracker_address) as client, client.request(KEY, wait=10) as session:
             assert session.system_info()["server"] == "native"
             assert session.port == board.address[1]  # type: ignore[index]
+
+
+FAIL_REALLOC_SOURCE = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <unistd.h>
+/* realloc fails above FAIL_REALLOC_OVER bytes in the process this was loaded into (not in those it forks) */
+static pid_t target;
+static size_t limit;
+__attribute__((constructor)) static void init(void) {
+    const char *value = getenv("FAIL_REALLOC_OVER");
+    limit = value ? strtoul(value, NULL, 10) : 0;
+    target = getpid();
+}
+void *realloc(void *old, size_t size) {
+    static void *(*real)(void *, size_t);
+    if (!real) real = (void *(*)(void *, size_t))dlsym(RTLD_NEXT, "realloc");
+    return limit && size > limit && getpid() == target ? NULL : real(old, size);
+}
+"""
+
+
+class InjectingRelay:
+    """Relays connections to ``target``; on the first, once the target's first 4 bytes (the tracker's magic) went
+    back, it sends ``injected`` to the client too."""
+
+    def __init__(self, target: Tuple[str, int], injected: bytes) -> None:
+        self.target, self.injected, self.connections = target, injected, 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = self.listener.getsockname()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.listener.accept()
+                self.connections += 1
+                server = socket.create_connection(self.target)
+                inject = self.injected if self.connections == 1 else b""
+                threading.Thread(target=self._pipe, args=(client, server, b""), daemon=True).start()
+                threading.Thread(target=self._pipe, args=(server, client, inject), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket, inject: bytes) -> None:
+        with contextlib.suppress(OSError):
+            if inject:
+                sink.sendall(source.recv(4, socket.MSG_WAITALL) + inject)
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.mark.board_servers("native")  # under ASan its runtime must come first, before any preloaded library
+def test_a_tracker_link_that_runs_out_of_memory_reconnects(
+    board_factory: Callable[..., DaemonProcess], tmp_path: Path
+) -> None:
+    """A reply the tracker link has no memory for (realloc fails above 512 KiB) loses the connection, not the link:
+    the board reconnects with empty buffers and registers, rather than dropping every later reply in silence."""
+    shim = tmp_path / "libfailrealloc.so"
+    (tmp_path / "failrealloc.c").write_text(FAIL_REALLOC_SOURCE)
+    compile_shared([tmp_path / "failrealloc.c"], shim, libraries=["-ldl"])
+    tracker = DaemonProcess([sys.executable, "-m", "farm.tracker", "--host", "127.0.0.1", "--port", "0"],
+                            str(tmp_path / "tracker.log"), env=python_env())  # fmt: skip
+    with tracker:
+        address = tracker.wait_for_bind()
+        long_reply = (600 << 10).to_bytes(4, "little") + b"x" * (600 << 10)  # under the 1 MiB a reply may have
+        relay = InjectingRelay(address, long_reply)
+        env = dict(python_env(), LD_PRELOAD=str(shim), FAIL_REALLOC_OVER=str(512 << 10))
+        board = board_factory(key=KEY, extra=["--tracker", "%s:%d" % relay.address], env=env)
+        wait_for(lambda: "no memory for what the tracker sent; reconnecting" in board.log_text(), 15, "the loss")
+        wait_for(lambda: relay.connections >= 2, 15, "the board dials the tracker again")
+        after_the_loss = lambda: board.log_text().partition("no memory for what the tracker sent")[2]  # noqa: E731
+        wait_for(lambda: "registered with the tracker" in after_the_loss(), 15, "the board registers again")
+        with farm.connect_tracker(*address) as client, client.request(KEY, wait=10) as session:
+            assert session.system_info()["server"] == "native"
 
 
 def test_a_locked_board_waits_at_a_locked_proxy(
