@@ -164,6 +164,13 @@ def reachable_temp(prefix: str = "remotedev-test-") -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def base_temp_fixed_first(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """pytest finds its base temporary directory from TMPDIR the first time it is asked (unless xdist set it): ask
+    before any test points TMPDIR at a directory of its own, which is gone by the time the next test asks."""
+    tmp_path_factory.getbasetemp()
+
+
 @pytest.fixture
 def reachable_tmp() -> Iterator[Path]:
     """:func:`reachable_temp` for one test."""

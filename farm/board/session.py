@@ -668,8 +668,8 @@ class Session:
     def _time(self, frame: Frame) -> Reply:
         asked = {name: value for name, value in frame.meta.items() if name != "release"}  # handled already
         options = timing_options(asked, max_flush_bytes=self.max_payload)
-        function, values = self._call_arguments(frame.payload)
-        _, tags, decoded = decode_call(frame.payload)
+        function_id, tags, decoded = decode_call(frame.payload)
+        function, values = self._call_values(function_id, tags, decoded)
         first = None
         if tags[:1] == "a":
             array = self._arrays[decoded[0]]
