@@ -28,6 +28,7 @@ from farm.protocol.handshake import encode_hello
 
 pytestmark = every_board_server
 KEY = "secure"
+VADD_SIG = "void vadd(const float *a, const float *b, float *c, int64_t n)"
 
 
 @pytest.fixture
@@ -122,6 +123,28 @@ def test_arrays_round_trip_through_the_relay(tls_board: DaemonProcess, tls_files
         remote = session.array(data)
         np.testing.assert_array_equal(remote.numpy(), data)
         session.ping()
+
+
+def test_calls_through_tls_take_the_fast_paths_and_their_errors_the_general_one(
+    tls_board: DaemonProcess, tls_files: TlsFiles, kernels: Dict[str, Path]
+) -> None:
+    """Calls over TLS: the client's one send and one receive per call on a TLS socket, the relay, the board's
+    answer; a call the board refuses comes back as an error, and the calls after it and pipelined ones are answered."""
+    with farm.connect(*tls_board.address, key=KEY, tls=tls_files.client()) as session:
+        session.upload(kernels["libvadd.so"])
+        vadd = session.load_module("libvadd.so").get_function("vadd", VADD_SIG)
+        x = np.arange(8, dtype=np.float32)
+        a, b, c = session.array(x), session.array(x * 2), session.empty(8, "float32")
+        for _ in range(50):
+            assert vadd(a, b, c, 8) is None
+        np.testing.assert_array_equal(c.numpy(), x * 3)
+        made_up = farm.RemoteArray(session, 1 << 40, (8,), np.float32)
+        with pytest.raises(farm.RemoteError, match="argument 1 is an array that was freed or is not of this session"):
+            vadd(made_up, b, c, 8)
+        with session.pipeline():
+            futures = [vadd.submit(a, a, c, 8) for _ in range(20)]
+        assert [future.result() for future in futures] == [None] * 20
+        np.testing.assert_array_equal(c.numpy(), x * 2)
 
 
 def test_a_board_exits_with_a_clear_error_on_an_unusable_certificate(
