@@ -114,17 +114,21 @@ def test_a_locked_board_registers_with_a_locked_tracker(
             assert session.port == board.address[1]  # type: ignore[index]
 
 
-FAIL_REALLOC_SOURCE = r"""
+FAULT_SHIM_SOURCE = r"""
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
-/* realloc fails above FAIL_REALLOC_OVER bytes in the process this was loaded into (not in those it forks) */
+/* Preloaded into a daemon: realloc fails above FAIL_REALLOC_OVER bytes in the process it was loaded into (not in
+ * those it forks); dlopen fails, as for a missing library, for names that start with FAIL_DLOPEN_PREFIX. */
 static pid_t target;
 static size_t limit;
+static const char *refused;
 __attribute__((constructor)) static void init(void) {
     const char *value = getenv("FAIL_REALLOC_OVER");
     limit = value ? strtoul(value, NULL, 10) : 0;
+    refused = getenv("FAIL_DLOPEN_PREFIX");
     target = getpid();
 }
 void *realloc(void *old, size_t size) {
@@ -132,7 +136,22 @@ void *realloc(void *old, size_t size) {
     if (!real) real = (void *(*)(void *, size_t))dlsym(RTLD_NEXT, "realloc");
     return limit && size > limit && getpid() == target ? NULL : real(old, size);
 }
+void *dlopen(const char *file, int mode) {
+    static void *(*real)(const char *, int);
+    if (!real) real = (void *(*)(const char *, int))dlsym(RTLD_NEXT, "dlopen");
+    if (refused && *refused && file && !strncmp(file, refused, strlen(refused)))
+        return real("/nonexistent/for-the-test.so", mode); /* fails, and dlerror() says why */
+    return real(file, mode);
+}
 """
+
+
+@pytest.fixture
+def fault_shim(tmp_path: Path) -> Path:
+    """A library to preload into a daemon that makes allocations or the loading of libraries fail on purpose."""
+    source = tmp_path / "faultshim.c"
+    source.write_text(FAULT_SHIM_SOURCE)
+    return Path(compile_shared([source], tmp_path / "libfaultshim.so", libraries=["-ldl"]))
 
 
 class InjectingRelay:
@@ -172,20 +191,17 @@ class InjectingRelay:
 
 @pytest.mark.board_servers("native")  # under ASan its runtime must come first, before any preloaded library
 def test_a_tracker_link_that_runs_out_of_memory_reconnects(
-    board_factory: Callable[..., DaemonProcess], tmp_path: Path
+    board_factory: Callable[..., DaemonProcess], tmp_path: Path, fault_shim: Path
 ) -> None:
     """A reply the tracker link has no memory for (realloc fails above 512 KiB) loses the connection, not the link:
     the board reconnects with empty buffers and registers, rather than dropping every later reply in silence."""
-    shim = tmp_path / "libfailrealloc.so"
-    (tmp_path / "failrealloc.c").write_text(FAIL_REALLOC_SOURCE)
-    compile_shared([tmp_path / "failrealloc.c"], shim, libraries=["-ldl"])
     tracker = DaemonProcess([sys.executable, "-m", "farm.tracker", "--host", "127.0.0.1", "--port", "0"],
                             str(tmp_path / "tracker.log"), env=python_env())  # fmt: skip
     with tracker:
         address = tracker.wait_for_bind()
         long_reply = (600 << 10).to_bytes(4, "little") + b"x" * (600 << 10)  # under the 1 MiB a reply may have
         relay = InjectingRelay(address, long_reply)
-        env = dict(python_env(), LD_PRELOAD=str(shim), FAIL_REALLOC_OVER=str(512 << 10))
+        env = dict(python_env(), LD_PRELOAD=str(fault_shim), FAIL_REALLOC_OVER=str(512 << 10))
         board = board_factory(key=KEY, extra=["--tracker", "%s:%d" % relay.address], env=env)
         wait_for(lambda: "no memory for what the tracker sent; reconnecting" in board.log_text(), 15, "the loss")
         wait_for(lambda: relay.connections >= 2, 15, "the board dials the tracker again")
@@ -352,6 +368,23 @@ def test_a_build_without_tls_refuses_the_tls_options(without_tls: str, option: s
     assert result.returncode == 2
     assert "%s: this farm-board was built without TLS (OpenSSL was not found" % option in result.stderr
     assert "docs/native-board.md" in result.stderr
+
+
+@pytest.mark.board_servers("native")  # under ASan its runtime must come first, before any preloaded library
+def test_a_board_without_openssl_refuses_tls_naming_the_library(
+    board_server: BoardServer, fault_shim: Path, tls_files: TlsFiles, tmp_path: Path
+) -> None:
+    """OpenSSL is loaded only when TLS is asked for: a board that cannot load it stops and says which library."""
+    env = dict(python_env(**tls_files.daemon().as_env()), LD_PRELOAD=str(fault_shim), FAIL_DLOPEN_PREFIX="libssl")
+    result = subprocess.run([board_server.program, "--port", "0"], capture_output=True, text=True, timeout=30, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "TLS needs OpenSSL on the board: cannot load libssl.so.3 (nor libssl.so.1.1)" in result.stderr
+    assert "/nonexistent/for-the-test.so" in result.stderr  # dlopen's own words follow
+    del env["FAIL_DLOPEN_PREFIX"]  # the same board with its OpenSSL serves TLS
+    with DaemonProcess([board_server.program, "--port", "0", "--key", KEY], str(tmp_path / "board.log"), env) as board:
+        board.wait_for_bind()
+        with farm.connect(*board.address, key=KEY, tls=tls_files.client()) as session:
+            assert session.system_info()["server"] == "native"
 
 
 def _processes_of(pid: int) -> List[int]:
