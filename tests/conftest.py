@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy  # noqa: F401  (see below)
 import pytest
@@ -396,13 +396,19 @@ def process_name(pid: int) -> str:
         return ""
 
 
+def parent_and_start(pid: int) -> Tuple[int, int]:
+    """The parent pid and the start time (clock ticks since boot) of ``pid``; (0, 0) if it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid, encoding="utf-8", errors="replace") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()  # the command may hold spaces and parentheses
+    except OSError:
+        return 0, 0
+    return int(fields[1]), int(fields[19])
+
+
 def parent_of(pid: int) -> int:
     """The parent pid of ``pid``; 0 if it is gone."""
-    try:
-        with open("/proc/%d/stat" % pid) as handle:
-            return int(handle.read().rsplit(")", 1)[1].split()[1])
-    except OSError:
-        return 0
+    return parent_and_start(pid)[0]
 
 
 def standby_of(daemon: int) -> Optional[int]:

@@ -132,8 +132,6 @@ MMAP_THRESHOLD = 256 << 10
 #: Array storage is aligned for any SIMD load.
 ALIGNMENT = 64
 _NO_ARRAYS = (None,) * MAX_ARGS
-#: Bytes one receive takes when the session waits for a request: a call's whole frame, or the start of anything.
-_REQUEST_BUFFER = 16 << 10
 # Plain ints are quicker to reach than enum members on the call path.
 _ARRAY_NEW, _ARRAY_WRITE, _UPLOAD, _RESULT = int(Op.ARRAY_NEW), int(Op.ARRAY_WRITE), int(Op.UPLOAD), int(Op.RESULT)
 # Operations that record what they run themselves (or run nothing worth naming).
@@ -273,7 +271,6 @@ class Session:
         self.quota = quota  # bytes the session's directory may hold (0: no limit)
         self._refused_uploads: Dict[int, str] = {}  # id of a refused upload's buffer -> why
         self._received = received  # bytes that came with the handshake: the first frames
-        self._request = bytearray(_REQUEST_BUFFER)  # what one receive of the fast path of calls brings
         self._result = ResultFrame()  # the reply of a call the fast path answers
         self._bytes_sent = bytes_sent  # on this connection so far, the handshake reply included
         self.root = os.path.realpath(root)
@@ -316,27 +313,14 @@ class Session:
         """Answer requests until the client closes, leaves, or breaks the protocol.
 
         A read that brings exactly one CALL frame without metadata, as a client's call does, is answered on a
-        fast path (:meth:`_answer_call`); anything else goes to the frame reader and :meth:`handle`.
+        fast path (:meth:`_answer_call`); the frame reader takes anything else, and :meth:`handle` answers it.
         """
         if self.quota:
             limit_file_size(self.quota)
-        reader, sock, request = self.conn.reader, self.conn.sock, self._request
         try:
             while True:
                 try:
-                    if self._received:
-                        received, self._received = self._received, b""
-                        reader.push(received)
-                    elif reader.empty:
-                        count = sock.recv_into(request)
-                        if not count:
-                            raise ConnectionClosed(False)
-                        call = read_call_frame(request, count)
-                        if call is not None:
-                            self._answer_call(*call)
-                            continue
-                        reader.push(memoryview(request)[:count])
-                    frame = self.conn.recv()
+                    frame = self._next_request()
                 except ProtocolError as exc:
                     # Frames that arrived whole before the bad one still get their answers.
                     queued = self.conn.reader.next_frame()
@@ -347,10 +331,30 @@ class Session:
                     logger.warning("closing session: %s", exc)
                     self._reply_error(self.conn.reader.request_id, exc, with_traceback=False)
                     return
-                if not self.handle(frame):
+                if frame is not None and not self.handle(frame):
                     return
         except ConnectionError as exc:  # ConnectionClosed too: the client has gone
             logger.info("the client left: %s", exc)
+
+    def _next_request(self) -> Optional[Frame]:
+        """The next request's frame; None for a call that the fast path answered already."""
+        reader = self.conn.reader
+        if self._received:
+            received, self._received = self._received, b""
+            reader.push(received)
+        elif reader.empty:
+            buffer = reader.writable()
+            count = self.conn.sock.recv_into(buffer)
+            if not count:
+                raise ConnectionClosed(False)
+            call = read_call_frame(buffer, count)
+            if call is not None:
+                self._answer_call(*call)  # the reader is left empty: the bytes were the call
+                return None
+            frame = reader.received(count)
+            if frame is not None:
+                return frame
+        return self.conn.recv()
 
     def handle(self, frame: Frame) -> bool:
         """Answer one request; False when the session must end."""

@@ -167,20 +167,28 @@ class FrameReader:
             count = recv_into(self._view)
             if not count:
                 return None
-            self._end = count  # the general path takes over from here, and request_id reads this frame
-            if count < HEADER.size:
-                self._parse()
-                continue
-            _magic, _version, op, request_id, meta_len, size = self._header_at(0)
-            head_end = HEADER.size + meta_len
-            if count != head_end + size or size > INLINE_PAYLOAD:
-                self._parse()
-                continue
-            meta = self._decode_meta(HEADER.size, head_end) if meta_len else {}
-            payload = self._place_payload(op, meta, size, self._view[head_end:count]) if size else _EMPTY
-            self._end = 0
-            return Frame(op, request_id, meta, payload)  # type: ignore[arg-type]  # all of it arrived: not None
+            frame = self.received(count)
+            if frame is not None:
+                return frame
         return self._frames.popleft()
+
+    def received(self, count: int) -> Optional[Frame]:
+        """Take ``count`` bytes that one read put into an empty reader's ``writable()``: the frame, when they are
+        exactly one with a small payload (built directly, without the general parsing path); else None, and the
+        frames they completed wait in ``next_frame()``."""
+        self._end = count  # the general path takes over from here, and request_id reads this frame
+        if count < HEADER.size:
+            self._parse()
+            return None
+        _magic, _version, op, request_id, meta_len, size = self._header_at(0)
+        head_end = HEADER.size + meta_len
+        if count != head_end + size or size > INLINE_PAYLOAD:
+            self._parse()
+            return None
+        meta = self._decode_meta(HEADER.size, head_end) if meta_len else {}
+        payload = self._place_payload(op, meta, size, self._view[head_end:count]) if size else _EMPTY
+        self._end = 0
+        return Frame(op, request_id, meta, payload)  # type: ignore[arg-type]  # all of it arrived: not None
 
     def advance(self, count: int) -> None:
         """Record that ``count`` bytes were written into ``writable()``."""

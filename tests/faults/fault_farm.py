@@ -34,7 +34,15 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import pytest
 
 import farm
-from conftest import BoardServer, check_sanitizer_log, process_name, processes_with_env, reachable_temp, wait_for
+from conftest import (
+    BoardServer,
+    check_sanitizer_log,
+    parent_and_start,
+    process_name,
+    processes_with_env,
+    reachable_temp,
+    wait_for,
+)
 from farm.board.spawner import STANDBY_NAME
 from farm.client.tracker import TrackerClient
 from farm.lifetime import PARENT_ENV
@@ -85,16 +93,6 @@ def on_server(inventory: str, server: Optional[BoardServer]) -> str:
         spec = {"compiler": toolchain.compiler, "flags": [*toolchain.flags, *SANITIZE_FLAGS]}
         text += "toolchains:\n  %s: %s\n" % (toolchain.target.name, json.dumps(spec))  # JSON: YAML's flow style
     return text
-
-
-def parent_and_start(pid: int) -> Tuple[int, int]:
-    """The parent pid and the start time (clock ticks since boot) of ``pid``; (0, 0) if it is gone."""
-    try:
-        with open("/proc/%d/stat" % pid) as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0, 0
-    return int(fields[1]), int(fields[19])
 
 
 def pause_in_call(session: Any, kernels: Dict[str, Path]) -> Future:

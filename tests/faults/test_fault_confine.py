@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
-from fault_farm import FaultFarm, assert_farm_whole, fault_farms, parent_and_start
+from fault_farm import FaultFarm, assert_farm_whole, fault_farms
 
 import farm
-from conftest import NATIVE_CHECKED, BoardServer, process_name, standby_of, wait_for
+from conftest import NATIVE_CHECKED, BoardServer, parent_and_start, process_name, standby_of, wait_for
 from farm.board import confine
 from farm.board.spawner import STANDBY_NAME
 from farm.ops.processes import DaemonProcess

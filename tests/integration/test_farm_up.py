@@ -25,7 +25,7 @@ from typing import IO, Any, Callable, Dict, Iterable, Iterator, List, Optional, 
 import pytest
 
 import farm
-from conftest import processes_with_env, python_env, wait_for
+from conftest import parent_of, processes_with_env, python_env, wait_for
 from farm.ops import emulators
 from farm.ops.targets import EMULATED
 
@@ -56,15 +56,6 @@ boards:
 def tagged(tag: str) -> Dict[int, str]:
     """Live processes whose environment has ``FARM_UP_TEST_TAG=tag``: pid -> command line."""
     return processes_with_env(TAG_ENV, tag)
-
-
-def parent_of(pid: int) -> Optional[int]:
-    try:
-        with open("/proc/%d/stat" % pid, encoding="utf-8", errors="replace") as handle:
-            stat = handle.read()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])  # the command may hold spaces and parentheses
 
 
 def kill_tagged(tag: str) -> None:

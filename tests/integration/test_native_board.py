@@ -25,7 +25,15 @@ import pytest
 from farm_certs import TlsFiles
 
 import farm
-from conftest import NATIVE_SERVERS, BoardServer, check_sanitizer_log, python_env, require_emulators, wait_for
+from conftest import (
+    NATIVE_SERVERS,
+    BoardServer,
+    check_sanitizer_log,
+    parent_of,
+    python_env,
+    require_emulators,
+    wait_for,
+)
 from farm.net.secret import SECRET_ENV
 from farm.ops.emulators import sysroot
 from farm.ops.inventory import parse_inventory
@@ -247,11 +255,6 @@ def _memory_holds(pid: int, needles: Dict[str, bytes]) -> List[str]:
     return sorted(set(found))
 
 
-def _parent(pid: int) -> int:
-    with open("/proc/%d/stat" % pid) as stat:
-        return int(stat.read().rsplit(")", 1)[1].split()[1])
-
-
 def test_the_session_process_starts_without_the_secret(
     locked_board: DaemonProcess, secret_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -265,8 +268,8 @@ def test_the_session_process_starts_without_the_secret(
     with farm.connect(*locked_board.address, key=KEY) as session:
         kept = session.array(np.frombuffer(marker, np.uint8))
         info = session.system_info()
-        pid, spawner = info["pid"], _parent(info["pid"])
-        assert _parent(spawner) == locked_board.pid
+        pid, spawner = info["pid"], parent_of(info["pid"])
+        assert parent_of(spawner) == locked_board.pid
         found = _memory_holds(pid, {"secret": secret, "marker": marker})
         order = os.path.basename(info["session_dir"]).encode()
         in_spawner = _memory_holds(spawner, {"secret": secret, "order": order})
@@ -295,8 +298,8 @@ def test_under_tls_neither_the_session_nor_the_spawner_holds_the_key(
     with farm.connect(*board.address, key=KEY, tls=tls_files.client()) as session:
         kept = session.array(np.frombuffer(marker, np.uint8))
         info = session.system_info()
-        pid, spawner = info["pid"], _parent(info["pid"])
-        assert _parent(spawner) == board.pid
+        pid, spawner = info["pid"], parent_of(info["pid"])
+        assert parent_of(spawner) == board.pid
         found = _memory_holds(pid, {**needles, "marker": marker})
         in_spawner = _memory_holds(spawner, {**needles, "order": os.path.basename(info["session_dir"]).encode()})
         assert kept.numpy().tobytes() == marker
@@ -311,7 +314,7 @@ def test_a_dead_spawner_stops_the_daemon(board_factory: Callable[..., DaemonProc
     daemon = board_factory(key=KEY)
     session = farm.connect(*daemon.address, key=KEY)
     pid = session.system_info()["pid"]
-    spawner = _parent(pid)
+    spawner = parent_of(pid)
     os.kill(spawner, signal.SIGKILL)
     assert daemon.process.wait(timeout=30) == 1
     assert "the session spawner (pid %d) is gone" % spawner in daemon.log_text()
@@ -338,7 +341,7 @@ def test_a_session_whose_spawner_is_killed_takes_its_process_group_along(
     daemon = board_factory(key=KEY, extra=["--work-dir", str(reachable_tmp / "work")])
     with farm.connect(*daemon.address, key=KEY) as session, contextlib.ExitStack() as cleanup:
         pid = session.system_info()["pid"]
-        spawner = _parent(pid)
+        spawner = parent_of(pid)
         session.upload(kernels["libmisbehave.so"])
         child = session.load_module("libmisbehave.so").get_function("fork_sleeper", "int fork_sleeper(void)")()
         assert child > 0
