@@ -233,8 +233,12 @@ def check_regression(results: Dict[str, Any]) -> None:
             alarms, detected = pair["false_alarms"][spec], pair["detected"][spec]
             assert alarms["pairs"] == 4 * 3 and 0 <= alarms["flagged"] + alarms["noisy"] <= alarms["pairs"], alarms
             assert detected["pairs"] == 4 and 0 <= detected["flagged"] + detected["noisy"] <= 4, (name, detected)
-        assert pair["medians_us"]["slowed"]["median"] > pair["medians_us"]["base"]["median"] > 0, name
-    assert all(row["flagged"] >= 3 for row in results["scenarios"]["vadd"]["detected"].values())
+        assert pair["medians_us"]["slowed"]["median"] > 0 and pair["medians_us"]["base"]["median"] > 0, name
+    # -O0 against -O2 is several times slower, beyond any noise; two more steps in twelve (the "steps" pair) are not:
+    # on a busy machine a whole run of its base build can come out slower than its slowed one
+    vadd = results["scenarios"]["vadd"]
+    assert vadd["medians_us"]["slowed"]["median"] > vadd["medians_us"]["base"]["median"]
+    assert all(row["flagged"] >= 3 for row in vadd["detected"].values())
     assert len(results["headline"]) == 4 and results["headline"][0]["figure"].startswith("regression check")
 
 
