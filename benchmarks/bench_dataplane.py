@@ -30,6 +30,8 @@ from bench_timing import Case, TvmSide
 from harness import Headline, Option, Scenario, Tool, figures_report, interleaved, judged, spread
 
 import farm  # noqa: E402  (harness puts this checkout first on the path)
+from farm.client.callpath import ENV as COMPILED_CALLS_ENV  # noqa: E402
+from farm.client.session import RemoteFunction  # noqa: E402
 from farm.net.tls import TlsConfig  # noqa: E402
 from farm.ops.native import host_server  # noqa: E402
 from farm.ops.processes import DaemonProcess, board_command  # noqa: E402
@@ -54,9 +56,11 @@ CALLS = {
     "arrays8": ("int arrays8(float *a, float *b, float *c, float *d, float *e, float *f, float *g, float *h)",
                 "aaaaaaaa"),
 }  # fmt: skip
+#: Calls measured on the client's Python path too (``REMOTEDEV_COMPILED_CALLS=0``), beside the compiled one.
+PYTHON_CLIENT_CALLS = ("noop_signature", "vadd_n1")
 MB = 1e6
 THROUGHPUT_TARGET = 0.7  # farm throughput at least this fraction of the raw socket's ...
-CALL_TARGET = 1.5  # ... and a no-op call at most this multiple of the raw ping-pong
+CALL_TARGET = 1.3  # ... and a no-op call at most this multiple of the raw ping-pong
 _COMMAND = struct.Struct("<cQ")  # to the raw peer: P(ing-pongs), U(pload), D(ownload) or Q(uit), and a count
 _PING = 8
 
@@ -202,7 +206,15 @@ class Side:
         for name, (signature, kinds) in CALLS.items():
             arguments = [self.session.empty(1, "float32") if kind == "a" else int(kind) for kind in kinds]
             self.calls[name] = (module.get_function(name.split("_")[0], signature=signature), arguments)
-        if self.calls["noop_signature"][0]() != 0 or self.calls["noop_no_signature"][0]() != 0:
+        os.environ[COMPILED_CALLS_ENV] = "0"  # the same functions again, called on the client's Python path
+        try:
+            for call in PYTHON_CLIENT_CALLS:
+                function, arguments = self.calls[call]
+                again = RemoteFunction(self.session, function.id, function.name, function.signature)
+                self.calls[call + "_python_client"] = (again, arguments)
+        finally:
+            del os.environ[COMPILED_CALLS_ENV]
+        if any(self.calls[call][0]() != 0 for call in ("noop_signature", "noop_no_signature", "noop_python_client")):
             raise RuntimeError("noop() did not return 0 on the %s board" % self.name)
 
     def stop(self) -> None:
@@ -359,7 +371,8 @@ def measure_calls(state: State, args: Any) -> Dict[str, Any]:
     calls = {name + "_noop_signature": side.calls["noop_signature"] for name, side in state.sides.items()}
     calls["farm_noop_no_signature"] = state.sides["farm"].calls["noop_no_signature"]
     for name in ("farm", "native"):
-        calls.update({name + "_" + call: state.sides[name].calls[call] for call in CALLS if name in state.sides})
+        named = [*CALLS, *(call + "_python_client" for call in PYTHON_CLIENT_CALLS)]
+        calls.update({name + "_" + call: state.sides[name].calls[call] for call in named if name in state.sides})
     calls.update({"tvm_vadd_n1": state.tvm_call} if state.tvm_call else {})
     calls["farm_ping"] = (state.sides["farm"].session.ping, [])
     batches: Dict[str, Callable[[int], Any]] = {"raw_pingpong": state.raw.ping_pong}

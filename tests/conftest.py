@@ -24,6 +24,7 @@ from farm_certs import TlsFiles, make_tls_files
 
 import farm
 from farm.board.spawner import STANDBY_NAME
+from farm.client import callpath
 from farm.ops.emulators import EmulatorError, python_command
 from farm.ops.native import host_server
 from farm.ops.processes import DaemonProcess, start_board
@@ -169,6 +170,17 @@ def base_temp_fixed_first(tmp_path_factory: pytest.TempPathFactory) -> None:
     """pytest finds its base temporary directory from TMPDIR the first time it is asked (unless xdist set it): ask
     before any test points TMPDIR at a directory of its own, which is gone by the time the next test asks."""
     tmp_path_factory.getbasetemp()
+
+
+@pytest.fixture(params=["compiled", "python"])
+def client_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The client's call path for the functions a test looks up after it: the compiled one (which must be built:
+    the test fails, never skips, without it) or the pure-Python one."""
+    if request.param == "compiled":
+        assert callpath.available(), "the compiled call path (farm.client._callpath) is not built"
+    else:
+        monkeypatch.setenv(callpath.ENV, "0")
+    return str(request.param)
 
 
 @pytest.fixture

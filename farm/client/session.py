@@ -65,6 +65,7 @@ from ..protocol.ops import PICKLE_PROTOCOL, RESULT_PICKLE, Op
 from ..protocol.timing import TimingOptions, timing_options
 from ..protocol.values import decode_value
 from ..signature import DTYPE_SIZES, Signature, parse_signature
+from .callpath import BAIL, compiled_path
 from .pipeline import MAX_IN_FLIGHT, CallFuture, Pipeline
 from .timing import BenchmarkResult
 
@@ -332,13 +333,52 @@ class RemoteSession:
         reply = self._reply
         try:
             count = conn.sock.recv_into(reply, RESULT_FRAME_SIZE)
-            if count == RESULT_FRAME_SIZE:
-                value = read_result_frame(reply, request_id)
-                if value is not NOT_A_RESULT:
-                    return value
-            elif not count:
+        except OSError as exc:
+            raise self._connection_lost("waiting for a reply", exc) from None
+        except BaseException:
+            self._abandon()
+            raise
+        if count == RESULT_FRAME_SIZE:
+            value = read_result_frame(reply, request_id)
+            if value is not NOT_A_RESULT:
+                return value
+        return self._call_result(self._reply_after(request_id, memoryview(reply)[:count]))
+
+    def _compiled_call(self, path: Any, args: Sequence[Any], decode: Callable[[Frame], Any]) -> Any:
+        """The value of a call on its compiled path (:mod:`farm.client.callpath`), a reply other than its plain
+        RESULT read by the general reader and ``decode``; :data:`~farm.client.callpath.BAIL` for the Python path
+        to take the call (arguments the plan does not cover, or a session with anything else to do first)."""
+        if (
+            self._pipelining is not None
+            or self._pipeline.in_flight
+            or self._release
+            or self._lost is not None
+            or self._closed
+            or not self._conn.reader.empty
+        ):
+            return BAIL
+        request_id = self._next_id
+        try:
+            value = path.call(request_id, args)
+        except OSError as exc:
+            raise self._connection_lost("waiting for a reply" if path.sent else "sending a request", exc) from None
+        except BaseException:
+            self._abandon()
+            raise
+        if value is BAIL:
+            return BAIL
+        self._next_id = request_id % 0xFFFFFFFF + 1
+        if value is NOT_A_RESULT:
+            return decode(self._reply_after(request_id, path.received_bytes()))
+        return value
+
+    def _reply_after(self, request_id: int, received: Any) -> Frame:
+        """The reply to call ``request_id`` of which ``received`` came first, read by the general reader."""
+        conn = self._conn
+        try:
+            if not received:
                 raise ConnectionClosed(False)
-            conn.reader.push(memoryview(reply)[:count])
+            conn.reader.push(received)
             frame = conn.recv()
         except (OSError, ProtocolError) as exc:
             raise self._connection_lost("waiting for a reply", exc) from None
@@ -347,7 +387,7 @@ class RemoteSession:
             raise
         if frame.op != _RESULT or frame.request_id != request_id:
             frame = self._check_reply(frame, request_id)
-        return self._call_result(frame)
+        return frame
 
     def _call_result(self, frame: Frame) -> Any:
         """The value in the RESULT of a call; a result that makes no sense gives the session up."""
@@ -808,6 +848,9 @@ class RemoteFunction:
         self.signature = signature
         self._returns_bool = signature is not None and signature.restype.kind == "bool"
         self._frames: Dict[str, CallFrame] = {}  # by argument tags: the CALL frame, built once
+        self._path = compiled_path(session._conn.sock, function_id, session, RemoteArray, signature,
+                                   self._returns_bool)  # fmt: skip
+        self._decode = self._result
 
     def _encode_argument(self, index: int, arg: Any) -> Tuple[str, Any]:
         """Tag and value of an argument of a less usual type (the common ones are inlined in ``__call__``)."""
@@ -835,8 +878,12 @@ class RemoteFunction:
 
     def __call__(self, *args: Any) -> Any:
         """Call the function on the board and return its result (inside ``session.pipeline()``: a future of it)."""
-        tags, values = self._arguments(args)
         session = self.session
+        if self._path is not None:
+            result = session._compiled_call(self._path, args, self._decode)
+            if result is not BAIL:
+                return result
+        tags, values = self._arguments(args)
         if session._pipelining is not None:
             payload = encode_call(self.id, tags, values)
             return session._send_pipelined(_PIPELINED_CALL, payload, self._result, self.name + "()")

@@ -105,7 +105,7 @@ def other_session(board_factory) -> Iterator[farm.RemoteSession]:
 
 
 @pytest.fixture
-def linalg(remote: farm.RemoteSession, kernels: Dict[str, Path]) -> farm.RemoteModule:
+def linalg(remote: farm.RemoteSession, kernels: Dict[str, Path], client_path: str) -> farm.RemoteModule:
     remote.upload(kernels["liblinalg.so"])
     return remote.load_module("liblinalg.so")
 
@@ -360,10 +360,11 @@ def test_symlink_to_outside_directory_is_not_followed(remote: farm.RemoteSession
 # --- native code ---------------------------------------------------------------------
 
 
-def test_vadd_with_signature(remote: farm.RemoteSession, kernels: Dict[str, Path]) -> None:
+def test_vadd_with_signature(remote: farm.RemoteSession, kernels: Dict[str, Path], client_path: str) -> None:
     assert remote.upload(kernels["libvadd.so"]) == "libvadd.so"
     module = remote.load_module("libvadd.so")
     vadd = module.get_function("vadd", signature=VADD_SIG)
+    assert (vadd._path is not None) == (client_path == "compiled")
     x = np.arange(1000, dtype=np.float32)
     y = np.linspace(-5, 5, 1000, dtype=np.float32)
     a, b = remote.array(x), remote.array(y)
@@ -475,7 +476,7 @@ def test_get_function_of_missing_symbol(linalg: farm.RemoteModule, remote: farm.
 
 
 @pytest.fixture
-def vadd_setup(remote: farm.RemoteSession, kernels: Dict[str, Path]):
+def vadd_setup(remote: farm.RemoteSession, kernels: Dict[str, Path], client_path: str):
     remote.upload(kernels["libvadd.so"])
     vadd = remote.load_module("libvadd.so").get_function("vadd", VADD_SIG)
     x = np.arange(8, dtype=np.float32)
