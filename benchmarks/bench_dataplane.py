@@ -214,7 +214,8 @@ class Side:
                 self.calls[call + "_python_client"] = (again, arguments)
         finally:
             del os.environ[COMPILED_CALLS_ENV]
-        if any(self.calls[call][0]() != 0 for call in ("noop_signature", "noop_no_signature", "noop_python_client")):
+        noops = ("noop_signature", "noop_no_signature", "noop_signature_python_client")
+        if any(self.calls[call][0]() != 0 for call in noops):
             raise RuntimeError("noop() did not return 0 on the %s board" % self.name)
 
     def stop(self) -> None:
