@@ -38,6 +38,9 @@ static int in_list(const char *word, const char *const *list, size_t n) {
 }
 #define IN(word, list) in_list(word, list, sizeof list / sizeof list[0])
 
+/* What the session status says while a function runs, before its label. */
+#define RUNNING "running "
+
 /* The words of a type, split at whitespace and '*', qualifiers dropped, joined by single spaces. */
 static void type_words(const char *text, size_t n, char *out, size_t cap, int *count) {
     size_t at = 0;
@@ -314,7 +317,7 @@ void function_free(void *function) {
     Function *f = function;
     free_signature(f->signature);
     free(f->types);
-    free(f->label);
+    free(f->activity);
 }
 
 int op_load_module(Session *s, const JValue *meta, Reply *r) {
@@ -384,16 +387,17 @@ int op_get_function(Session *s, const JValue *meta, Reply *r) {
     Function *f = xmalloc(sizeof(Function));
     f->symbol = symbol;
     f->signature = sig;
-    Buf label = {0};
-    buf_addf(&label, "%s() from %s", name, module->name);
-    f->label = label.data ? label.data : xstrdup("a function");
+    Buf activity = {0};
+    buf_addf(&activity, "%s%s() from %s", RUNNING, name, module->name);
+    f->activity = activity.data ? activity.data : xstrdup(RUNNING "a function");
+    f->label = f->activity + strlen(RUNNING);
     if (sig) {
         f->types = xmalloc(sizeof(ffi_type *) * (size_t)(sig->count + 1));
         for (int k = 0; k < sig->count; k++) f->types[k] = sig->params[k].ffi;
         if (ffi_prep_cif(&f->cif, FFI_DEFAULT_ABI, (unsigned)sig->count, sig->ret.ffi, f->types) != FFI_OK) {
             free_signature(sig);
             free(f->types);
-            free(f->label);
+            free(f->activity);
             free(f);
             return fail(s, "ArgumentError", "libffi cannot call a function of this signature");
         }
@@ -596,20 +600,15 @@ int op_pipelined_call(Session *s, uint32_t request_id, const unsigned char *payl
 }
 
 int op_call(Session *s, const unsigned char *payload, uint64_t size, Reply *r) {
-    Prepared *call = malloc(sizeof(Prepared));
-    if (!call) return fail(s, "MemoryError", "no memory for a call");
-    if (prepare_call(s, payload, size, call)) {
-        free(call);
-        return -1;
-    }
-    char activity[512];
-    snprintf(activity, sizeof activity, "running %s", call->function->label);
-    status_running(s->order->status, activity);
+    /* A session process answers one request at a time: one call's storage serves them all (it is too large to
+       allocate per call, and malloc would consolidate its free lists each time). */
+    static Prepared call;
+    if (prepare_call(s, payload, size, &call)) return -1;
+    status_running(s->order->status, call.function->activity);
     _Alignas(16) unsigned char result[16] = {0};
-    ffi_call(call->use, FFI_FN(call->function->symbol), result, call->values);
+    ffi_call(call.use, FFI_FN(call.function->symbol), result, call.values);
     unsigned char record[9];
-    call_result(call, result, record);
+    call_result(&call, result, record);
     buf_add(&r->owned, record, 9);
-    free(call);
     return 0;
 }

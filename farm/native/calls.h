@@ -31,7 +31,8 @@ typedef struct {
 
 typedef struct {
     void *symbol;
-    char *label; /* "vadd() from libvadd.so" */
+    char *activity; /* what the session status shows while it runs: "running vadd() from libvadd.so" */
+    char *label;    /* "vadd() from libvadd.so": the end of `activity` */
     Signature *signature; /* NULL: pointers, C int and double as the arguments' tags say */
     ffi_cif cif;          /* with a signature: prepared once */
     ffi_type **types;

@@ -367,7 +367,7 @@ static int serve_one(Session *s) {
         send_error(s, h.request_id);
         return 0;
     }
-    Arena *arena = arena_new();
+    Arena *arena = NULL; /* for the metadata: a request without any (a call) needs none */
     char *text = NULL;
     JValue empty = {.type = J_OBJECT};
     const JValue *meta = &empty;
@@ -381,6 +381,7 @@ static int serve_one(Session *s) {
             log_msg(LOG_INFO, "the client left");
             goto done;
         } else {
+            arena = arena_new();
             status = meta_decode(s, text, h.meta_len, arena, &meta);
         }
     }

@@ -39,11 +39,12 @@ def vectors(remote: farm.RemoteSession) -> Dict[str, farm.RemoteArray]:
 def test_a_kernel_of_known_cost_reads_within_its_bounds(
     remote: farm.RemoteSession, timing: farm.RemoteModule, board_server: BoardServer
 ) -> None:
-    """spin_ns(50 µs) spins at least 50 µs; what the loop costs is not counted (a loose upper bound: a busy
-    machine preempts the spin, which only lengthens it)."""
+    """spin_ns(50 µs) spins at least 50 µs; what the loop costs is not counted (a loose upper bound, on the
+    fastest repeat: a busy machine preempts the spin, which only lengthens it, and can do so in most repeats)."""
     result = timing.time_evaluator("spin_ns", remote.cpu(), number=20, repeat=5, signature=SPIN)(50_000)
     assert isinstance(result, farm.BenchmarkResult) and len(result.results) == 5 and result.number == 20
-    assert 50e-6 - result.overhead_spread_s <= result.median < 50e-6 * 3 + 1e-3, result
+    assert 50e-6 - result.overhead_spread_s <= result.median, result
+    assert result.min < 50e-6 * 3 + 1e-3, result
     method = "board-native" if board_server.native else "board-python"
     assert result.min <= result.median <= result.max and result.method == method
     assert result.overhead_s > 0 and result.function == "spin_ns"

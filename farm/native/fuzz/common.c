@@ -30,7 +30,8 @@ static void fuzz_function(Session *s, const char *signature) {
     Function *f = xmalloc(sizeof(Function));
     memset(f, 0, sizeof *f);
     f->symbol = (void *)abort; /* never called: the targets only prepare calls */
-    f->label = xstrdup("f() from fuzz.so");
+    f->activity = xstrdup("running f() from fuzz.so");
+    f->label = f->activity + strlen("running ");
     if (signature) {
         f->signature = parse_signature(s, signature, strlen(signature));
         if (!f->signature) abort();
