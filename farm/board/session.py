@@ -57,6 +57,7 @@ class SessionStatus:
 
     def __init__(self) -> None:
         self._mm = mmap.mmap(-1, self._SIZE)  # anonymous and MAP_SHARED: survives fork
+        self._shown: Optional[bytes] = None  # the activity text last written, by this process
 
     @property
     def state(self) -> int:
@@ -77,7 +78,9 @@ class SessionStatus:
         return len(data).to_bytes(2, "little") + data
 
     def running_encoded(self, activity: bytes) -> None:
-        self._mm[16 : 16 + len(activity)] = activity
+        if activity is not self._shown:  # the same function called again: its text is there already
+            self._mm[16 : 16 + len(activity)] = activity
+            self._shown = activity
         self._mm[0] = self.RUNNING
 
     def sending(self, reply_end: int) -> None:
@@ -113,6 +116,17 @@ class _Function(NamedTuple):
     activity: bytes  # "running vadd() from libvadd.so", encoded for SessionStatus
     signature: Optional[Signature]
     label: str  # "vadd() from libvadd.so"
+    settled_tags: Optional[str]  # argument tags whose values need no check or conversion (see _settled_tags)
+
+
+def _settled_tags(signature: Optional[Signature]) -> Optional[str]:
+    """The argument tags of a call whose values the signature takes as they come: its usual tags when it has no
+    pointer (arrays are looked up) and no integer narrower than int64 (values are range-checked); else None."""
+    if signature is None or any(param.type.kind == "pointer" for param in signature.params):
+        return None
+    if any(low != -(1 << 63) or high != 1 << 63 for _index, low, high in signature.int_ranges):
+        return None
+    return signature.usual_tags
 
 
 def _field(meta: dict, name: str, kind: Any, default: Any = ...) -> Any:
@@ -625,7 +639,8 @@ class Session:
             cfunc.restype = signature.restype.ctype
         function_id = self._new_id()
         label = "%s() from %s" % (name, module_name)
-        self._functions[function_id] = _Function(cfunc, SessionStatus.encode("running " + label), signature, label)
+        activity = SessionStatus.encode("running " + label)
+        self._functions[function_id] = _Function(cfunc, activity, signature, label, _settled_tags(signature))
         return {"id": function_id}, b""
 
     def _call(self, frame: Frame) -> Reply:
@@ -659,6 +674,8 @@ class Session:
         function = self._functions.get(function_id)
         if function is None:
             raise FarmError("function %d was not looked up in this session" % function_id)
+        if tags == function.settled_tags:
+            return function, decoded
         if "a" in tags or "n" in tags:
             values, dtypes = self._pointer_arguments(tags, values)
         else:

@@ -37,6 +37,7 @@ class _Layout(NamedTuple):
     tags: str
     tag_bytes: bytes
     whole: struct.Struct  # function id, count, tag bytes, values
+    frame: struct.Struct  # the whole CALL frame without metadata: the frame header's fields, then as ``whole``
 
 
 _by_tags: Dict[str, _Layout] = {}
@@ -52,9 +53,9 @@ def _layout(tags: str) -> _Layout:
         if len(_by_tags) > 1024:
             _by_tags.clear()
             _by_tag_bytes.clear()
-        values = "".join(_VALUE_FORMATS[tag] for tag in tags)
+        payload = "IH%ds%s" % (len(tags), "".join(_VALUE_FORMATS[tag] for tag in tags))
         tag_bytes = tags.encode("ascii")
-        layout = _Layout(tags, tag_bytes, struct.Struct("<IH%ds%s" % (len(tags), values)))
+        layout = _Layout(tags, tag_bytes, struct.Struct("<" + payload), struct.Struct("<IIIQ" + payload))
         _by_tags[tags] = _by_tag_bytes[tag_bytes] = layout
     return layout
 
@@ -126,7 +127,8 @@ _REQUEST_ID = struct.Struct("<I")
 #: A CALL frame's header fields and its payload's prefix, as the board reads them: magic, version and op as one
 #: u32, request id, metadata length, payload length, function id, argument count.
 _CALL_HEAD = struct.Struct("<IIIQIH")
-_INT_RESULT = struct.Struct("<cq")
+#: A RESULT frame of an int from its request id on: request id, metadata length, payload length, tag, value.
+_INT_RESULT_FROM_ID = struct.Struct("<IIQcq")
 _FRAME_HEADER_SIZE = HEADER.size
 _MAGIC_WORD = int.from_bytes(FRAME_MAGIC + bytes([VERSION]), "little")  # the header's first three bytes
 _RESULT_WORD = _MAGIC_WORD | int(Op.RESULT) << 24
@@ -181,19 +183,43 @@ def read_result_frame(frame: Any, request_id: int) -> Any:
     return None if tag == _VOID_TAG else NOT_A_RESULT
 
 
+#: The layout of the CALL frame last read of each size: the next one of that size most likely has it too.
+_by_frame_size: Dict[int, _Layout] = {}
+
+
 def read_call_frame(frame: Any, count: int) -> Optional[Tuple[int, int, str, Tuple[Any, ...]]]:
     """``(request id, function id, tags, values)`` if the first ``count`` bytes of ``frame`` are exactly one CALL
     frame without metadata, with argument tags seen before (what a client's call sends); else None, for the general
-    reader (:class:`~farm.protocol.framing.FrameReader`, :func:`decode_call`) to read and check."""
+    reader (:class:`~farm.protocol.framing.FrameReader`, :func:`decode_call`) to read and check.
+
+    The frame is read in one unpack with the layout of the last call frame of its size, and every field checked;
+    a frame with other tags is read with the layout of its own.
+    """
+    layout = _by_frame_size.get(count)
+    fields = layout.frame.unpack_from(frame) if layout is not None else None
+    if layout is None or fields is None or fields[6] != layout.tag_bytes:
+        layout = _layout_of_frame(frame, count)
+        if layout is None:
+            return None
+        fields = layout.frame.unpack_from(frame)
+    if fields[0] != _CALL_WORD or fields[2] or fields[3] != count - _FRAME_HEADER_SIZE or fields[5] != len(fields[6]):
+        return None
+    return fields[1], fields[4], layout.tags, fields[7:]
+
+
+def _layout_of_frame(frame: Any, count: int) -> Optional[_Layout]:
+    """The layout of the argument tags of the CALL frame of ``count`` bytes in ``frame`` if they were seen before
+    and it has that size (else None), kept as the likely layout of the next frame of that size."""
     if count < _CALL_HEAD.size:
         return None
-    word, request_id, meta_len, size, function_id, argc = _CALL_HEAD.unpack_from(frame)
-    if word != _CALL_WORD or meta_len or size != count - _FRAME_HEADER_SIZE:
-        return None
+    argc = _CALL_HEAD.unpack_from(frame)[5]
     layout = _by_tag_bytes.get(bytes(frame[_CALL_HEAD.size : _CALL_HEAD.size + argc]))
-    if layout is None or layout.whole.size != size:
+    if layout is None or layout.frame.size != count:
         return None
-    return request_id, function_id, layout.tags, layout.whole.unpack_from(frame, _FRAME_HEADER_SIZE)[3:]
+    if len(_by_frame_size) > 1024:
+        _by_frame_size.clear()
+    _by_frame_size[count] = layout
+    return layout
 
 
 class ResultFrame:
@@ -208,9 +234,9 @@ class ResultFrame:
 
     def fill(self, request_id: int, value: Any) -> bytearray:
         """The frame's buffer holding ``request_id`` and ``value`` (valid until the next ``fill``)."""
-        _REQUEST_ID.pack_into(self.buffer, 4, request_id)
         if type(value) is int and -(1 << 63) <= value < (1 << 63):
-            _INT_RESULT.pack_into(self.buffer, _FRAME_HEADER_SIZE, b"i", value)
+            _INT_RESULT_FROM_ID.pack_into(self.buffer, 4, request_id, 0, 9, b"i", value)
         else:
+            _REQUEST_ID.pack_into(self.buffer, 4, request_id)
             self.buffer[_FRAME_HEADER_SIZE:] = encode_result(value)
         return self.buffer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import socket
@@ -13,6 +14,8 @@ import pytest
 from farm.board.session import (
     Session,
     SessionStatus,
+    _Function,
+    _settled_tags,
     directory_usage,
     megabytes,
     over_files_message,
@@ -20,7 +23,9 @@ from farm.board.session import (
 )
 from farm.errors import PathEscapeError
 from farm.net.transport import FramedSocket
+from farm.protocol.calls import encode_call, encode_result
 from farm.protocol.ops import Op
+from farm.signature import parse_signature
 
 MB = 1 << 20
 
@@ -147,3 +152,38 @@ def test_close_and_an_unknown_operation_end_the_session(pair: Pair) -> None:
     assert not goes_on and reply.op == Op.ERROR and "unknown operation 99" in reply.meta["message"]
     goes_on, reply = ask(pair, Op.CLOSE)
     assert not goes_on and reply.op == Op.RESULT
+
+
+# --- calls -----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("signature", "settled"),
+    [
+        ("int noop(void)", ""),
+        ("int64_t f(int64_t a, double b, bool c, long long d)", "ifii"),
+        ("void f(float *x)", None),  # an array is looked up
+        ("void f(int32_t x)", None),  # a value is range-checked
+        ("void f(uint64_t x)", None),  # a negative int64 is out of its range
+        (None, None),  # values are converted as their tags say
+    ],
+)
+def test_the_calls_whose_values_go_unchecked_are_those_the_tags_settle(signature: Optional[str], settled: Any) -> None:
+    assert _settled_tags(parse_signature(signature) if signature else None) == settled
+
+
+def test_a_call_is_checked_unless_its_tags_settle_it(pair: Pair) -> None:
+    """abs() takes an int: a value past int32 is refused on the board; labs() takes a long (int64 here): any int64
+    value goes through as it is."""
+    libc = ctypes.CDLL(None)
+    for function_id, name, text in [(1, "abs", "int abs(int x)"), (2, "labs", "long labs(long x)")]:
+        signature = parse_signature(text)
+        cfunc = getattr(libc, name)
+        cfunc.argtypes, cfunc.restype = [param.type.ctype for param in signature.params], signature.restype.ctype
+        activity = SessionStatus.encode("running " + name)
+        pair.session._functions[function_id] = _Function(cfunc, activity, signature, name, _settled_tags(signature))
+    reply = ask(pair, Op.CALL, None, encode_call(1, "i", [-(1 << 31) - 1]))[1]
+    assert reply.op == Op.ERROR and "outside the range of int" in reply.meta["message"]
+    assert bytes(ask(pair, Op.CALL, None, encode_call(1, "i", [-7]))[1].payload) == encode_result(7)
+    reply = ask(pair, Op.CALL, None, encode_call(2, "i", [-(1 << 40)]))[1]
+    assert bytes(reply.payload) == encode_result(1 << 40)

@@ -94,6 +94,20 @@ def test_the_board_reads_a_call_frame_as_the_general_path(
     assert read_call_frame(buffer, len(frame)) == (request_id, function_id, tags, tuple(values))
 
 
+def test_frames_of_one_size_with_other_tags_are_each_read_with_their_own() -> None:
+    """The board reads a frame with the layout of the last frame of its size, checking that guess: frames of the
+    same size and other tags, or a CALL of that size with other header fields, are each read as they are."""
+    frames = [(5, "ai", [1, 2]), (6, "ia", [-3, 4]), (7, "ff", [0.5, -1.5]), (8, "ai", [9, 10]), (9, "an", [11, 0])]
+    for request_id, tags, values in frames:
+        frame = b"".join(encode_frame(int(Op.CALL), request_id, None, encode_call(3, tags, values)))
+        assert read_call_frame(bytearray(frame), len(frame)) == (request_id, 3, tags, tuple(values))
+    frame = bytearray(b"".join(encode_frame(int(Op.CALL), 10, None, encode_call(3, "ai", [1, 2]))))
+    frame[3] = int(Op.PIPELINED_CALL)
+    assert read_call_frame(frame, len(frame)) is None
+    frame[3], frame[24] = int(Op.CALL), 3  # an argument count the tags disagree with
+    assert read_call_frame(frame, len(frame)) is None
+
+
 def test_anything_but_one_whole_call_is_left_to_the_general_reader() -> None:
     def call(request_id: int, meta: Any = None, op: Op = Op.CALL, tags: str = "ai") -> bytes:
         return b"".join(encode_frame(int(op), request_id, meta, encode_call(3, tags, [1, 2][: len(tags)])))
