@@ -36,6 +36,10 @@ const char *buf_str(Buf *b); /* NUL-terminated contents ("" when empty) */
 void *xmalloc(size_t n);   /* aborts on failure: for small bookkeeping only */
 char *xstrdup(const char *s);
 void release_free_memory(void); /* after start-up's transient allocations: an idle daemon keeps little resident */
+/* Unmaps the resident pages of code (private read-only executable file mappings) before a process idles: each page
+ * comes back, from the page cache, when next run, so the process keeps resident only the code it runs while idle
+ * (start-up code and the neighbours the kernel maps around each fault are let go). Never for written mappings. */
+void drop_code_pages(void);
 double monotonic_now(void); /* seconds */
 double wall_now(void);      /* seconds since the epoch */
 int64_t monotonic_ns(void);

@@ -905,6 +905,7 @@ int serve_board(const Options *o, const unsigned char *secret, size_t secret_len
     else log_msg(LOG_INFO, "bind to %s:%d", o->host, b.port);
     if (b.has_tracker) tracker_tick(&b.tracker, monotonic_now());
     if (b.has_proxy) proxy_tick(&b.proxy, monotonic_now());
+    drop_code_pages(); /* started: what start-up ran is not kept resident */
     serve_loop(&b);
     shut_down(&b);
     return b.spawner_gone ? 1 : 0;

@@ -272,6 +272,7 @@ static void await_order(SpawnerProcess *p, int sock, const SessionLimits *limits
     prctl(PR_SET_NAME, STANDBY_NAME);
     unsigned char *message = order_buffer; /* this process's own copy */
     int fds[4], count, cut;
+    drop_code_pages(); /* it may wait long: it keeps resident only what it runs once its order comes */
     ssize_t got = receive_message(sock, message, MAX_ORDER, fds, &count, &cut);
     close(sock);
     SessionOrder order;
@@ -405,6 +406,7 @@ static int spawner_main(SpawnerProcess *p) {
     sigaction(SIGCHLD, &action, NULL);
     prctl(PR_SET_CHILD_SUBREAPER, 1); /* what sessions leave behind comes here, to be killed */
     unsigned char *message = order_buffer;
+    drop_code_pages(); /* the daemon's start-up code, run before the fork, is not kept resident here either */
     for (;;) {
         struct pollfd fds[2] = {{p->sock, POLLIN, 0}, {p->wake[0], POLLIN, 0}};
         int ready = poll(fds, 2, -1);

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -127,6 +128,38 @@ void release_free_memory(void) {
 #ifdef __GLIBC__
     malloc_trim(0); /* the heap's free pages back to the system, not only its top */
 #endif
+}
+
+/* Whether a line of /proc/self/maps is a private read-only executable mapping of a file: code, never written. */
+static int is_code_mapping(const char *line, unsigned long *start, unsigned long *end) {
+    char perms[5];
+    int path_at = 0;
+    if (sscanf(line, "%lx-%lx %4s %*s %*s %*s %n", start, end, perms, &path_at) != 3) return 0;
+    return !strcmp(perms, "r-xp") && path_at && line[path_at] == '/';
+}
+
+void drop_code_pages(void) {
+    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    char text[4096]; /* on the stack, read a piece at a time: no page of the heap or .bss is touched for it */
+    size_t held = 0;
+    for (;;) {
+        ssize_t got = read(fd, text + held, sizeof text - 1 - held);
+        if (got <= 0) break;
+        held += (size_t)got;
+        text[held] = 0;
+        char *line = text, *newline;
+        while ((newline = strchr(line, '\n'))) {
+            *newline = 0;
+            unsigned long start, end;
+            if (is_code_mapping(line, &start, &end)) madvise((void *)start, end - start, MADV_DONTNEED);
+            line = newline + 1;
+        }
+        held = (size_t)(text + held - line);
+        if (held == sizeof text - 1) held = 0; /* a line longer than the buffer: not a mapping worth reading */
+        memmove(text, line, held);
+    }
+    close(fd);
 }
 
 char *xstrdup(const char *s) {

@@ -39,7 +39,11 @@ def check_dataplane(results: Dict[str, Any]) -> None:
     sessions, calls, transfers = (results["scenarios"][name] for name in ("sessions", "calls", "transfers"))
     assert set(sessions) >= {"farm", "tls", "before", "native"}
     footprint = results["scenarios"]["footprint"]
-    assert all(positive(footprint[side + "_idle_rss_kib"]) for side in ("farm", "tls", "before", "native"))
+    for side in ("farm", "tls", "before", "native"):
+        idle = {figure: footprint["%s_idle_%s_kib" % (side, figure)] for figure in ("daemon_rss", "resident",
+                                                                                      "rss_sum")}  # fmt: skip
+        assert positive(idle["daemon_rss"]) and idle["daemon_rss"] < idle["rss_sum"], idle
+        assert idle["resident"] is None or idle["daemon_rss"] <= idle["resident"] <= idle["rss_sum"], idle
     assert positive(footprint["native_binary_bytes"])
     for side in ("farm", "tls", "before", "native"):
         assert sessions[side]["open_ms"]["rounds"] == 4
