@@ -9,7 +9,7 @@ class CallPath:
     received: int
     def __init__(
         self,
-        fd: int,
+        sock: Any,
         function_id: int,
         session: Any,
         array_type: type,

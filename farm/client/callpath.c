@@ -47,7 +47,7 @@ struct param {
 
 typedef struct {
     PyObject_HEAD
-    int fd;
+    PyObject *sock; /* the session's socket: its descriptor is read at each call, -1 once it is closed */
     PyObject *session;
     PyObject *array_type;
     PyObject *bail;
@@ -215,8 +215,8 @@ static Py_ssize_t write_frame(CallPath *self, uint32_t request_id, PyObject *arg
 
 /* -- the round trip --------------------------------------------------------------------------------------- */
 
-/* Send `size` bytes of the frame and receive up to a RESULT frame's size; 0, or -1 with a Python error. */
-static int round_trip(CallPath *self, Py_ssize_t size)
+/* Send `size` bytes of the frame on `fd` and receive up to a RESULT frame's size; 0, or -1 with a Python error. */
+static int round_trip(CallPath *self, int fd, Py_ssize_t size)
 {
     Py_ssize_t done = 0;
     ssize_t got = 0;
@@ -226,13 +226,13 @@ static int round_trip(CallPath *self, Py_ssize_t size)
     for (;;) {
         Py_BEGIN_ALLOW_THREADS
         while (done < size) {
-            ssize_t sent = send(self->fd, self->frame + done, (size_t)(size - done), MSG_NOSIGNAL);
+            ssize_t sent = send(fd, self->frame + done, (size_t)(size - done), MSG_NOSIGNAL);
             if (sent < 0)
                 break;
             done += sent;
         }
         if (done == size)
-            got = recv(self->fd, self->reply, RESULT_FRAME_SIZE, 0);
+            got = recv(fd, self->reply, RESULT_FRAME_SIZE, 0);
         error = errno;
         Py_END_ALLOW_THREADS
         self->sent = done == size;
@@ -294,7 +294,13 @@ static PyObject *CallPath_call(CallPath *self, PyObject *const *argv, Py_ssize_t
     Py_ssize_t size = write_frame(self, (uint32_t)request_id, argv[1]);
     if (size <= 0)
         return size == 0 ? new_ref(self->bail) : NULL;
-    if (round_trip(self, size) < 0)
+    int fd = PyObject_AsFileDescriptor(self->sock); /* the socket's fileno(): never a number it gave up */
+    if (fd < 0) {
+        PyErr_Clear();
+        errno = EBADF;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (round_trip(self, fd, size) < 0)
         return NULL;
     return read_result(self, (uint32_t)request_id);
 }
@@ -376,7 +382,7 @@ static int read_plan(CallPath *self, PyObject *plan)
 
 static int CallPath_init(CallPath *self, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"fd", "function_id", "session", "array_type", "plan", "returns_bool", "bail",
+    static char *keywords[] = {"sock", "function_id", "session", "array_type", "plan", "returns_bool", "bail",
                                "not_a_result", NULL};
     unsigned int function_id;
     PyObject *plan;
@@ -384,10 +390,11 @@ static int CallPath_init(CallPath *self, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_TypeError, "a CallPath is made once");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iIOO!OpOO", keywords, &self->fd, &function_id, &self->session,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OIOO!OpOO", keywords, &self->sock, &function_id, &self->session,
                                      &PyType_Type, &self->array_type, &plan, &self->returns_bool, &self->bail,
                                      &self->not_a_result))
         return -1;
+    Py_INCREF(self->sock);
     Py_INCREF(self->session);
     Py_INCREF(self->array_type);
     Py_INCREF(self->bail);
@@ -401,6 +408,7 @@ static int CallPath_init(CallPath *self, PyObject *args, PyObject *kwargs)
 static int CallPath_traverse(CallPath *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->sock);
     Py_VISIT(self->session);
     Py_VISIT(self->array_type);
     Py_VISIT(self->bail);
@@ -410,6 +418,7 @@ static int CallPath_traverse(CallPath *self, visitproc visit, void *arg)
 
 static int CallPath_clear(CallPath *self)
 {
+    Py_CLEAR(self->sock);
     Py_CLEAR(self->session);
     Py_CLEAR(self->array_type);
     Py_CLEAR(self->bail);
@@ -445,7 +454,7 @@ static PyGetSetDef CallPath_getset[] = {
 };
 
 static PyType_Slot CallPath_slots[] = {
-    {Py_tp_doc, "CallPath(fd, function_id, session, array_type, plan, returns_bool, bail, not_a_result): the "
+    {Py_tp_doc, "CallPath(sock, function_id, session, array_type, plan, returns_bool, bail, not_a_result): the "
                 "compiled call of one function of one session"},
     {Py_tp_init, CallPath_init},
     {Py_tp_new, PyType_GenericNew},

@@ -70,6 +70,4 @@ def compiled_path(sock: Any, function_id: int, session: Any, array_type: type, s
     if signature is not None and len(signature.params) > MAX_ARGS:
         return None
     assert _CallPath is not None
-    return _CallPath(
-        sock.fileno(), function_id, session, array_type, plan(signature), returns_bool, BAIL, NOT_A_RESULT
-    )
+    return _CallPath(sock, function_id, session, array_type, plan(signature), returns_bool, BAIL, NOT_A_RESULT)

@@ -7,6 +7,8 @@ Python path, whose checks and messages then apply.
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import signal
 import socket
@@ -214,6 +216,30 @@ def test_a_failed_send_says_so(board: Board) -> None:
     board.sock.close()
     with pytest.raises(SessionLostError, match="lost while sending a request"):
         function()
+
+
+def test_a_closed_socket_is_not_written_through_the_number_it_gave_up(board: Board) -> None:
+    """The compiled path asks the socket for its descriptor at each call: once closed, whatever took its number
+    next (here a pipe) gets nothing, and the call fails with EBADF."""
+    path = board.function("int f(void)")._path
+    assert path is not None
+    board.reply(1, 0)
+    assert path.call(1, ()) == 0 and board.received()  # a call on the open socket first
+    client = board.session._conn.sock
+    number = client.fileno()
+    read_end, write_end = os.pipe()
+    client.close()
+    os.dup2(write_end, number)  # the socket's old number now writes into the pipe
+    try:
+        with pytest.raises(OSError) as raised:
+            path.call(1, ())
+        assert raised.value.errno == errno.EBADF
+        os.set_blocking(read_end, False)
+        with pytest.raises(BlockingIOError):
+            os.read(read_end, 64)
+    finally:
+        for descriptor in (number, read_end, write_end):
+            os.close(descriptor)
 
 
 def test_a_board_that_goes_silent_past_the_session_timeout_is_named(board: Board) -> None:
