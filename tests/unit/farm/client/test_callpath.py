@@ -191,6 +191,26 @@ def test_a_reply_other_than_the_plain_result_goes_to_the_general_reader(board: B
     assert board.session._next_id == 4
 
 
+@pytest.mark.parametrize(
+    ("reply", "says"),
+    [
+        (b"XD" + bytes(27), "bad frame magic"),  # not this protocol
+        (b"".join(encode_frame(int(Op.RESULT), 1, None, b"?" + bytes(8))), "makes no sense"),  # an unknown tag
+        (b"".join(encode_frame(int(Op.RESULT), 9, None, encode_result(1))), "unexpected frame 64 for request 9"),
+        (struct.pack("<2sBBIIQ", b"RD", 1, int(Op.RESULT), 1, 0, 1 << 60) + bytes(9), "exceeds the limit"),
+    ],
+)
+def test_a_hostile_reply_loses_the_session_and_is_never_a_value(board: Board, reply: bytes, says: str) -> None:
+    """What a hostile board answers a call on the compiled path goes to the general reader and its limits: the
+    session is given up with the reason, and nothing of the reply is returned as the call's value."""
+    function = board.function("int64_t f(void)")
+    board.sock.sendall(reply)
+    board.sock.shutdown(socket.SHUT_WR)  # a reader that waited for more would see the end, not hang
+    with pytest.raises(SessionLostError, match=says):
+        function()
+    assert board.session._lost is not None
+
+
 def test_a_reply_in_two_pieces_is_read_whole(board: Board) -> None:
     function = board.function("double f(void)")
     reply = b"".join(encode_frame(int(Op.RESULT), 1, None, encode_result(1.5)))
