@@ -219,6 +219,35 @@ def test_a_tracker_link_that_runs_out_of_memory_reconnects(
             assert session.system_info()["server"] == "native"
 
 
+@pytest.mark.board_servers("native")  # under ASan its runtime must come first, before any preloaded library
+def test_a_proxy_link_that_runs_out_of_memory_dials_again(
+    board_server: BoardServer, tmp_path: Path, fault_shim: Path
+) -> None:
+    """What the proxy sends that the link has no memory for (realloc fails above 8 KiB; 16 KiB come after the first
+    pairing's reply code) loses that connection, not the link: the board dials again with an empty buffer, waits at
+    the proxy, and the next client gets a session through it."""
+    argv = [sys.executable, "-m", "farm.proxy", "--host", "127.0.0.1", "--port", "0"]
+    with contextlib.ExitStack() as stack:
+        proxy = stack.enter_context(DaemonProcess(argv, str(tmp_path / "proxy.log"), env=python_env()))
+        address = proxy.wait_for_bind()
+        relay = InjectingRelay(address, b"x" * (16 << 10))
+        env = python_env(**board_server.env, LD_PRELOAD=str(fault_shim), FAIL_REALLOC_OVER=str(8 << 10))
+        assert board_server.program is not None
+        argv = [board_server.program, "--host", relay.address[0], "--port", str(relay.address[1]), "--key", KEY]
+        board = DaemonProcess([*argv, "--through-proxy"], str(tmp_path / "board.log"), env=env)
+        stack.enter_context(board)
+        wait_for(lambda: "waiting at the proxy" in board.log_text(), 15, "the board waits at the proxy")
+        with pytest.raises((farm.HandshakeError, farm.SessionLostError)):  # its pairing brought the 16 KiB
+            with farm.connect(*address, key=KEY, connect_timeout=10) as lost:
+                lost.system_info()
+        wait_for(lambda: "no memory for what the proxy sent" in board.log_text(), 15, "the loss")
+        after_the_loss = lambda: board.log_text().partition("no memory for what the proxy sent")[2]  # noqa: E731
+        wait_for(lambda: "waiting at the proxy" in after_the_loss(), 15, "the board waits at the proxy again")
+        assert relay.connections >= 2
+        with farm.connect(*address, key=KEY, connect_timeout=10) as session:
+            assert session.system_info()["server"] == "native"
+
+
 def test_a_locked_board_waits_at_a_locked_proxy(
     board_server: BoardServer, secret_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
