@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 import harness
 import numpy as np
@@ -30,6 +30,7 @@ from bench_timing import Case, TvmSide
 from harness import Headline, Option, Scenario, Tool, figures_report, interleaved, judged, spread
 
 import farm  # noqa: E402  (harness puts this checkout first on the path)
+from farm.board.spawner import STANDBY_NAME  # noqa: E402
 from farm.client.callpath import ENV as COMPILED_CALLS_ENV  # noqa: E402
 from farm.client.session import RemoteFunction  # noqa: E402
 from farm.net.tls import TlsConfig  # noqa: E402
@@ -268,6 +269,7 @@ class State:
         self.native_server = ""  # the native board server's executable, with --native
         self.tvm: Optional[TvmSide] = None
         self.tvm_call: Any = None  # TVM's vadd of three arrays of one element on its server, and its arguments
+        self.with_standby: Set[str] = set()  # the sides whose idle board had a standby session process (footprint)
 
     @property
     def sides(self) -> Dict[str, Side]:
@@ -345,6 +347,19 @@ def resident_frames(pid: int) -> Optional[set]:
     return None if hidden else frames
 
 
+def process_name(pid: int) -> str:
+    """A live process's name (``/proc/PID/comm``); "" once it is gone."""
+    with contextlib.suppress(OSError):
+        with open("/proc/%d/comm" % pid, encoding="utf-8", errors="replace") as handle:
+            return handle.read().strip()
+    return ""
+
+
+def has_standby(root: int) -> bool:
+    """Whether process ``root`` or one of its descendants is a standby session process, waiting for its session."""
+    return STANDBY_NAME in (process_name(pid) for pid in process_tree(root))
+
+
 def idle_footprint(root: int) -> Dict[str, Any]:
     """Process ``root`` and all its descendants, in KiB: the root's resident memory (``daemon_rss``), the pages they
     hold together, each counted once (``resident``: None unless root), and the sums of their resident memories
@@ -370,11 +385,27 @@ def measure_footprint(state: State, args: Any) -> Dict[str, Any]:
     it started: its spawner, watchdog and the standby session process)."""
     idle = {"%s_idle_%s_kib" % (name, figure): value for name, side in state.sides.items()
             for figure, value in idle_footprint(side.board.pid).items()}  # fmt: skip
+    state.with_standby = {name for name, side in state.sides.items() if has_standby(side.board.pid)}
     start = {name.replace(" ", "_") + "_start_s": round(side.start_s, 3) for name, side in state.boards.items()}
     figures: Dict[str, Any] = dict(idle, **start)
     if state.native_server:
         figures["native_binary_bytes"] = os.path.getsize(state.native_server)
     return figures
+
+
+def measure_idle_after(state: State, args: Any) -> Dict[str, Any]:
+    """Idle daemons again, after this run's sessions (``--only footprint,sessions,idle_after``): what serving them
+    left resident, read once each board that had a standby session process when idle before has one again, and
+    half a second has passed."""
+    for side in state.sides.values():
+        deadline = time.monotonic() + 10
+        while side.name in state.with_standby and not has_standby(side.board.pid):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the %s board has no standby session process 10 s after its sessions" % side.name)
+            time.sleep(0.02)
+    time.sleep(0.5)
+    return {"%s_idle_after_%s_kib" % (name, figure): value for name, side in state.sides.items()
+            for figure, value in idle_footprint(side.board.pid).items()}  # fmt: skip
 
 
 def measure_sessions(state: State, args: Any) -> Dict[str, Any]:
@@ -535,6 +566,8 @@ TOOL = Tool(
         Scenario("footprint", measure_footprint, figures_report("### Footprint", "figure", "value")),
         Scenario("sessions", measure_sessions, figures_report("### Sessions, ms", "board", "open", "open + close",
                                                             "sessions")),
+        Scenario("idle_after", measure_idle_after, figures_report("### Footprint after the sessions", "figure",
+                                                                  "value")),
         Scenario("calls", measure_calls, figures_report("### Calls, us per round trip", "variant", "batches: median "
                  "(min-max)", "batches"), limit="raw TCP ping-pong", target="<= %g x" % CALL_TARGET),
         Scenario("transfers", measure_transfers, figures_report("### Transfers of %(size_mib)g MiB, MB/s", "variant",

@@ -651,11 +651,13 @@ static void on_report(Board *b) {
         remove_cgroup(b);
         end_session(b, wait_status, NULL);
         stand_by(b);
+        drop_code_pages(); /* idle again: what the session's start and end ran is not kept resident */
     } else if (kind == REPORT_FAILED) {
         snprintf(a->start_failure, sizeof a->start_failure, "%s", failure);
         remove_cgroup(b);
         end_session(b, 0, NULL);
         stand_by(b);
+        drop_code_pages();
     }
 }
 

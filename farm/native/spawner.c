@@ -385,6 +385,7 @@ static int on_order(SpawnerProcess *p, unsigned char *message) {
         memcpy(cgroup, message + 1, (size_t)got - 1);
         cgroup[got - 1] = 0;
         stand_by(p, cgroup);
+        drop_code_pages(); /* a standby is ordered when the board is idle again: so is the spawner */
     } else if (message[0] == ORDER_WORK_DIR && got > 1 && !memchr(message + 1, 0, (size_t)got - 1)) {
         free(p->work_dir);
         p->work_dir = xmalloc((size_t)got);

@@ -6,6 +6,7 @@ asserted in tests/integration and tests/faults.
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -35,15 +36,18 @@ def run_tool(path: str, args: List[str], directory: Path, timeout: float = 300) 
     return results
 
 
+IDLE_FIGURES = ("daemon_rss", "resident", "rss_sum")
+
+
 def check_dataplane(results: Dict[str, Any]) -> None:
     sessions, calls, transfers = (results["scenarios"][name] for name in ("sessions", "calls", "transfers"))
     assert set(sessions) >= {"farm", "tls", "before", "native"}
     footprint = results["scenarios"]["footprint"]
-    for side in ("farm", "tls", "before", "native"):
-        idle = {figure: footprint["%s_idle_%s_kib" % (side, figure)] for figure in ("daemon_rss", "resident",
-                                                                                      "rss_sum")}  # fmt: skip
-        assert positive(idle["daemon_rss"]) and idle["daemon_rss"] < idle["rss_sum"], idle
-        assert idle["resident"] is None or idle["daemon_rss"] <= idle["resident"] <= idle["rss_sum"], idle
+    for side, when in itertools.product(("farm", "tls", "before", "native"), ("idle", "idle_after")):
+        read = results["scenarios"]["footprint" if when == "idle" else "idle_after"]
+        idle = {figure: read["%s_%s_%s_kib" % (side, when, figure)] for figure in IDLE_FIGURES}
+        assert positive(idle["daemon_rss"]) and idle["daemon_rss"] < idle["rss_sum"], (when, idle)
+        assert idle["resident"] is None or idle["daemon_rss"] <= idle["resident"] <= idle["rss_sum"], (when, idle)
     assert positive(footprint["native_binary_bytes"])
     for side in ("farm", "tls", "before", "native"):
         assert sessions[side]["open_ms"]["rounds"] == 4
