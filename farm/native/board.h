@@ -40,6 +40,9 @@ void release_free_memory(void); /* after start-up's transient allocations: an id
  * comes back, from the page cache, when next run, so the process keeps resident only the code it runs while idle
  * (start-up code and the neighbours the kernel maps around each fault are let go). Never for written mappings. */
 void drop_code_pages(void);
+/* Seconds a board stays idle after a session before its daemon and spawner drop their code pages: sessions one
+ * after the other do not pay for it. */
+#define IDLE_DROP_DELAY 1.0
 double monotonic_now(void); /* seconds */
 double wall_now(void);      /* seconds since the epoch */
 int64_t monotonic_ns(void);

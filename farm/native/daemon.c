@@ -98,6 +98,7 @@ typedef struct {
     int spawner_gone;      /* then the daemon stops, exit code 1 */
     Confinement *confinement;
     char next_cgroup[64]; /* made ahead for the next session, whose process waits in it ("": none) */
+    double drop_at;       /* when to drop the code pages, if still idle then (0: done) */
 } Board;
 
 static int wake[2] = {-1, -1};
@@ -651,13 +652,13 @@ static void on_report(Board *b) {
         remove_cgroup(b);
         end_session(b, wait_status, NULL);
         stand_by(b);
-        drop_code_pages(); /* idle again: what the session's start and end ran is not kept resident */
+        b->drop_at = monotonic_now() + IDLE_DROP_DELAY; /* idle again: see tick */
     } else if (kind == REPORT_FAILED) {
         snprintf(a->start_failure, sizeof a->start_failure, "%s", failure);
         remove_cgroup(b);
         end_session(b, 0, NULL);
         stand_by(b);
-        drop_code_pages();
+        b->drop_at = monotonic_now() + IDLE_DROP_DELAY;
     }
 }
 
@@ -693,6 +694,10 @@ static void tick(Board *b, double now) {
             drop_pending(b, k, 1);
         }
     if (b->accept_paused_until && now >= b->accept_paused_until) b->accept_paused_until = 0;
+    if (b->drop_at > 0 && now >= b->drop_at) {
+        if (!b->busy) drop_code_pages(); /* idle since the last session: what it ran is not kept resident */
+        b->drop_at = 0;
+    }
     if (!b->busy) return;
     Active *a = &b->active;
     if (a->deadline > 0 && now >= a->deadline && !a->timed_out) {
@@ -723,6 +728,7 @@ static double next_timeout(Board *b, double now) {
     if (b->busy && b->active.next_quota_check < soonest) soonest = b->active.next_quota_check;
     double link = b->has_tracker ? tracker_next_deadline(&b->tracker) : b->has_proxy ? proxy_next_deadline(&b->proxy) : 0;
     if (link > 0 && link < soonest) soonest = link;
+    if (b->drop_at > 0 && b->drop_at < soonest) soonest = b->drop_at;
     return soonest > now ? soonest - now : 0;
 }
 

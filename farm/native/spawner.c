@@ -52,6 +52,7 @@ typedef struct {
     char *directory;      /* the last session's directory (NULL: none yet) */
     char *work_dir;       /* the daemon's own work directory (NULL: one it was given) */
     int daemon_gone;      /* nobody to report to */
+    double drop_at;       /* when to drop the code pages, if no session runs then (0: done) */
 } SpawnerProcess;
 
 static int child_wake = -1;
@@ -385,7 +386,7 @@ static int on_order(SpawnerProcess *p, unsigned char *message) {
         memcpy(cgroup, message + 1, (size_t)got - 1);
         cgroup[got - 1] = 0;
         stand_by(p, cgroup);
-        drop_code_pages(); /* a standby is ordered when the board is idle again: so is the spawner */
+        p->drop_at = monotonic_now() + IDLE_DROP_DELAY; /* a standby is ordered when the board is idle again */
     } else if (message[0] == ORDER_WORK_DIR && got > 1 && !memchr(message + 1, 0, (size_t)got - 1)) {
         free(p->work_dir);
         p->work_dir = xmalloc((size_t)got);
@@ -410,8 +411,13 @@ static int spawner_main(SpawnerProcess *p) {
     drop_code_pages(); /* the daemon's start-up code, run before the fork, is not kept resident here either */
     for (;;) {
         struct pollfd fds[2] = {{p->sock, POLLIN, 0}, {p->wake[0], POLLIN, 0}};
-        int ready = poll(fds, 2, -1);
+        double wait = p->drop_at > 0 ? p->drop_at - monotonic_now() : -1;
+        int ready = poll(fds, 2, p->drop_at > 0 ? (wait > 0 ? (int)(wait * 1000) + 1 : 0) : -1);
         if (ready < 0 && errno != EINTR) break;
+        if (p->drop_at > 0 && monotonic_now() >= p->drop_at) {
+            if (!p->session) drop_code_pages(); /* idle since the last session */
+            p->drop_at = 0;
+        }
         if (ready > 0 && fds[1].revents) {
             char drain[64];
             while (read(p->wake[0], drain, sizeof drain) > 0) {
