@@ -396,14 +396,14 @@ def measure_footprint(state: State, args: Any) -> Dict[str, Any]:
 def measure_idle_after(state: State, args: Any) -> Dict[str, Any]:
     """Idle daemons again, after this run's sessions (``--only footprint,sessions,idle_after``): what serving them
     left resident, read once each board that had a standby session process when idle before has one again, and
-    half a second has passed."""
+    then 1.5 s later: an idle native board drops its code pages a second after its last session."""
     for side in state.sides.values():
         deadline = time.monotonic() + 10
         while side.name in state.with_standby and not has_standby(side.board.pid):
             if time.monotonic() > deadline:
                 raise RuntimeError("the %s board has no standby session process 10 s after its sessions" % side.name)
             time.sleep(0.02)
-    time.sleep(0.5)
+    time.sleep(1.5)
     return {"%s_idle_after_%s_kib" % (name, figure): value for name, side in state.sides.items()
             for figure, value in idle_footprint(side.board.pid).items()}  # fmt: skip
 
