@@ -59,6 +59,9 @@ class ActiveSession:
         self.sock = sock
         self.relay = relay  # under TLS: the daemon relays between the client and the session process
         self.sent_before = 0  # bytes sent on the connection before the session process took over
+        # what bytes_written counts beyond the bytes written: the SYN of a connection the board dialled (through a
+        # proxy), which the kernel counts as acknowledged; nothing on one it accepted
+        self.counted_beyond = 0
         self.peer = peer
         self.directory = directory
         self.status = status  # shared with the session process; one session at a time
@@ -210,6 +213,7 @@ class Supervisor:
         timeout, timeout_reason = session_time(timeout, self.config.max_session_time)
         active = ActiveSession(sock, peer, directory, timeout, self._spawner.status, relay, cgroup, timeout_reason)
         active.sent_before = bytes_sent
+        active.counted_beyond = counted_beyond(sock, bytes_sent) if relay is None else 0
         order = SessionOrder(
             directory,
             leftover,
@@ -443,6 +447,7 @@ def reply_cut_short(active: ActiveSession) -> bool:
         written: Optional[int] = active.sent_before + active.relay.from_child
     else:
         written = bytes_written(active.sock)
+        written = written - active.counted_beyond if written is not None else None
     return written is None or written < active.status.reply_end
 
 
@@ -468,6 +473,13 @@ def hung_up_while_running(active: ActiveSession) -> bool:
     poller = select.poll()
     poller.register(active.sock, hangup)
     return bool(poller.poll(0))
+
+
+def counted_beyond(sock: socket.socket, sent: int) -> int:
+    """What :func:`bytes_written` counts on ``sock`` beyond the ``sent`` bytes written to it so far: 1 for the SYN of
+    a connection this end dialled, which the kernel counts as an acknowledged byte; 0 for one it accepted."""
+    written = bytes_written(sock)
+    return written - sent if written is not None else 0
 
 
 def bytes_written(sock: socket.socket) -> Optional[int]:

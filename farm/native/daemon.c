@@ -74,6 +74,8 @@ typedef struct {
     int relayed;              /* under TLS: the daemon relays between fd and the session process */
     Relay relay;
     uint64_t sent_before;     /* bytes sent on the connection before the session process took over */
+    int64_t counted_beyond;   /* what bytes_written counts beyond the bytes written: the SYN of a connection the
+                                 board dialled (through a proxy), counted as acknowledged; 0 on one it accepted */
 } Active;
 
 typedef struct {
@@ -426,6 +428,18 @@ static void stand_by(Board *b) {
     if (spawner_standby(b->spawner, b->next_cgroup)) b->spawner_gone = 1;
 }
 
+/* Bytes written to a TCP socket so far by anyone holding it: acknowledged plus queued (Linux); -1 if unknown. */
+static int64_t bytes_written(int fd) {
+    unsigned char info[256] = {0};
+    socklen_t length = sizeof info;
+    int queued = 0;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, info, &length) || length < 128 || ioctl(fd, TIOCOUTQ, &queued))
+        return -1;
+    uint64_t acked;
+    memcpy(&acked, info + 120, sizeof acked); /* tcpi_bytes_acked */
+    return (int64_t)acked + queued;
+}
+
 /* Starts a session on `fd`: 0, or -1 (logged; the connection closed). */
 static int start_session(Board *b, int fd, TlsConn *tls, const char *peer, double asked,
                          const unsigned char *leftover, size_t leftover_len, uint64_t sent) {
@@ -446,6 +460,8 @@ static int start_session(Board *b, int fd, TlsConn *tls, const char *peer, doubl
     }
     snprintf(a->peer, sizeof a->peer, "%s", peer);
     a->fd = fd;
+    int64_t written = tls ? -1 : bytes_written(fd);
+    a->counted_beyond = written >= 0 ? written - (int64_t)sent : 0;
     a->started = monotonic_now();
     a->started_at = wall_now();
     a->next_quota_check = a->started + QUOTA_CHECK_PERIOD;
@@ -509,22 +525,11 @@ static void paired_by_proxy(Board *b, Paired *paired) {
     free(paired->leftover);
 }
 
-/* Bytes written to a TCP socket so far by anyone holding it: acknowledged plus queued (Linux); -1 if unknown. */
-static int64_t bytes_written(int fd) {
-    unsigned char info[256] = {0};
-    socklen_t length = sizeof info;
-    int queued = 0;
-    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, info, &length) || length < 128 || ioctl(fd, TIOCOUTQ, &queued))
-        return -1;
-    uint64_t acked;
-    memcpy(&acked, info + 120, sizeof acked); /* tcpi_bytes_acked */
-    return (int64_t)acked + queued;
-}
-
 static int reply_cut_short(Board *b) {
     if (__atomic_load_n(b->status, __ATOMIC_SEQ_CST) != ST_SENDING) return 0;
     const Active *a = &b->active; /* under TLS, what it wrote to the relay reaches the client before anything */
     int64_t written = a->relayed ? (int64_t)(a->sent_before + a->relay.from_child) : bytes_written(a->fd);
+    if (!a->relayed && written >= 0) written -= a->counted_beyond;
     return written < 0 || (uint64_t)written < get_u64(b->status + 8);
 }
 

@@ -14,6 +14,7 @@ from farm.board.supervisor import (
     QUOTA_CHECK_PERIOD,
     ActiveSession,
     bytes_written,
+    counted_beyond,
     describe_exit,
     end_message,
     hung_up_while_running,
@@ -156,6 +157,26 @@ def test_bytes_written_counts_an_accepted_tcp_connection() -> None:
                 server.sendall(b"x" * 1000)
                 assert bytes_written(server) == 1000
                 assert client.recv(2000)
+
+
+def test_a_reply_cut_short_by_one_byte_is_told_on_a_connection_the_board_dialled() -> None:
+    """On a connection it dialled (a board behind a proxy) the kernel counts the SYN as an acknowledged byte: the
+    session start takes it off, so a reply one byte short of its end is still cut short."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        with socket.create_connection(listener.getsockname()) as dialled:
+            proxy, _ = listener.accept()
+            with proxy:
+                dialled.sendall(b"hello")
+                assert proxy.recv(5, socket.MSG_WAITALL) == b"hello"
+                active = session(dialled)
+                active.sent_before = 5
+                active.counted_beyond = counted_beyond(dialled, 5)
+                assert active.counted_beyond in (0, 1)  # the SYN, where the kernel counts it (Linux does)
+                dialled.sendall(b"x" * 1000)
+                active.status.sending(5 + 1001)  # the reply ends one byte later than what was written
+                assert reply_cut_short(active)
+                active.status.sending(5 + 1000)
+                assert not reply_cut_short(active)
 
 
 @pytest.mark.skipif(not hasattr(select, "POLLRDHUP"), reason="POLLRDHUP is Linux's")
