@@ -221,8 +221,6 @@ static int round_trip(CallPath *self, int fd, Py_ssize_t size)
     Py_ssize_t done = 0;
     ssize_t got = 0;
     int error = 0;
-    self->sent = 0;
-    self->received = 0;
     for (;;) {
         Py_BEGIN_ALLOW_THREADS
         while (done < size) {
