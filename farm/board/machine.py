@@ -7,6 +7,7 @@ their own laid out as sysfs and procfs. Standard library only: boards run it.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 from typing import Any, Dict, List, Optional
@@ -123,6 +124,45 @@ def current_cpu(root: str = "/") -> int:
     return processor if processor is not None else 0
 
 
+def finite(value: Any) -> Optional[float]:
+    """``value`` as a float if it is a finite int or float (not a bool), else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def checked_state(value: Any) -> Dict[str, Any]:
+    """A state as a peer reported it, each field :func:`noise` reads set to None unless it has its type; the
+    rest as reported."""
+    if not isinstance(value, dict):
+        return {}
+    state = dict(value)
+    averages = state.get("load_average")
+    if not (isinstance(averages, list) and averages and all(finite(item) is not None for item in averages)):
+        state["load_average"] = None
+    for name in ("cpu_count", "other_processes_running", "cpu"):
+        if not (isinstance(state.get(name), int) and not isinstance(state.get(name), bool)):
+            state[name] = None
+    for name in ("governor", "emulator"):
+        if not isinstance(state.get(name), str):
+            state[name] = None
+    state["throttled"] = state.get("throttled") if isinstance(state.get("throttled"), bool) else None
+    return state
+
+
+def contention(state: Dict[str, Any]) -> List[str]:
+    """Why ``state`` says other processes competed with the timing loop for the board's CPUs: a high load
+    average, or as many other processes running as there are CPUs. Empty when it says neither."""
+    reasons = []
+    averages, cpus = state.get("load_average"), state.get("cpu_count") or 1
+    if averages and averages[0] - 1 > BUSY_LOAD_PER_CPU * cpus:  # less the timing loop's own
+        reasons.append("the load average is %.2f on %d CPUs" % (averages[0], cpus))
+    others = state.get("other_processes_running")
+    if others is not None and others >= cpus:
+        reasons.append("%d other processes were running on %d CPUs" % (others, cpus))
+    return reasons
+
+
 def noise(state: Dict[str, Any], spread: Optional[float] = None, on_cpu: Optional[float] = None) -> List[str]:
     """Why a figure measured in ``state`` may be noisy, given the repeats' coefficient of variation ``spread``
     and the lowest share of a repeat's time the process was on a CPU (``on_cpu``): each reason a sentence;
@@ -133,12 +173,7 @@ def noise(state: Dict[str, Any], spread: Optional[float] = None, on_cpu: Optiona
         reasons.append("the CPU governor is %r, not %r" % (governor, STEADY_GOVERNOR))
     if state.get("throttled"):
         reasons.append("the board has throttled")
-    averages, cpus = state.get("load_average"), state.get("cpu_count") or 1
-    if averages and averages[0] - 1 > BUSY_LOAD_PER_CPU * cpus:  # less the timing loop's own
-        reasons.append("the load average is %.2f on %d CPUs" % (averages[0], cpus))
-    others = state.get("other_processes_running")
-    if others is not None and others >= cpus:
-        reasons.append("%d other processes were running on %d CPUs" % (others, cpus))
+    reasons.extend(contention(state))
     if on_cpu is not None and on_cpu < ON_CPU:
         reasons.append(
             "the loop ran only %.0f%% of the time of a repeat (other processes took the CPU, or the function waits)"

@@ -10,11 +10,10 @@ checked before it is used.
 
 from __future__ import annotations
 
-import math
 import statistics
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..board.machine import noise
+from ..board.machine import checked_state, finite, noise
 from ..protocol.timing import MAX_REPEAT
 
 #: Fields of ``to_dict()``, in order.
@@ -24,36 +23,12 @@ FIELDS = (
 )  # fmt: skip
 
 
-def _float(value: Any) -> Optional[float]:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
-
-
 def _shares(value: Any) -> List[float]:
     """The on-CPU shares of a reply: finite numbers only, at most one per repeat."""
     if not isinstance(value, list):
         return []
-    shares = [_float(item) for item in value[:MAX_REPEAT]]
+    shares = [finite(item) for item in value[:MAX_REPEAT]]
     return [share for share in shares if share is not None]
-
-
-def _state(value: Any) -> Dict[str, Any]:
-    """The parts of a board's reported state that have the types :func:`noise` reads; the rest as reported."""
-    if not isinstance(value, dict):
-        return {}
-    state = dict(value)
-    averages = state.get("load_average")
-    if not (isinstance(averages, list) and averages and all(_float(item) is not None for item in averages)):
-        state["load_average"] = None
-    for name in ("cpu_count", "other_processes_running", "cpu"):
-        if not (isinstance(state.get(name), int) and not isinstance(state.get(name), bool)):
-            state[name] = None
-    for name in ("governor", "emulator"):
-        if not isinstance(state.get(name), str):
-            state[name] = None
-    state["throttled"] = state.get("throttled") if isinstance(state.get("throttled"), bool) else None
-    return state
 
 
 class BenchmarkResult:
@@ -99,7 +74,7 @@ class BenchmarkResult:
             resolved = self.mean > self.overhead_spread_s  # below it, the spread is the method's own
             lowest = min(self.on_cpu) if self.on_cpu else None
             noise_reasons = (
-                noise(_state(state), self.spread if resolved else None, lowest) if state is not None else []
+                noise(checked_state(state), self.spread if resolved else None, lowest) if state is not None else []
             )
         self.noise = list(noise_reasons)
 
@@ -120,10 +95,10 @@ class BenchmarkResult:
         results = meta.get("results")
         if not isinstance(results, list) or len(results) != repeat:
             raise ValueError("the reply does not hold %d figures" % repeat)
-        figures = [_float(result) for result in results]
+        figures = [finite(result) for result in results]
         if any(figure is None or figure < 0 for figure in figures):
             raise ValueError("the reply's figures are not non-negative numbers")
-        number, overhead, cpu = meta.get("number"), _float(meta.get("overhead_s")), meta.get("cpu")
+        number, overhead, cpu = meta.get("number"), finite(meta.get("overhead_s")), meta.get("cpu")
         if not isinstance(number, int) or isinstance(number, bool) or number < 1 or overhead is None:
             raise ValueError("the reply's number of runs or overhead is missing")
         return cls(
@@ -133,9 +108,9 @@ class BenchmarkResult:
             method=str(meta.get("method", ""))[:40],
             number=number,
             overhead_s=overhead,
-            overhead_spread_s=_float(meta.get("overhead_spread_s")) or 0.0,
+            overhead_spread_s=finite(meta.get("overhead_spread_s")) or 0.0,
             cpu=cpu if isinstance(cpu, int) and not isinstance(cpu, bool) else None,
-            state=_state(meta.get("state")),
+            state=checked_state(meta.get("state")),
             on_cpu=_shares(meta.get("on_cpu")),
         )
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+from ..board.machine import checked_state, contention, finite
 from ..errors import FarmError
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,20 @@ class Entry:
     def samples(self) -> List[float]:
         """The seconds of each repeat (the result's ``results``)."""
         return [float(value) for value in self.result.get("results") or ()]
+
+    @property
+    def on_cpu(self) -> Optional[List[float]]:
+        """The share of each repeat's wall time the timing loop ran on a CPU (its ``on_cpu``); None unless
+        there is one positive finite share per repeat (a TVM result has none, short repeats are not shared)."""
+        shares = [finite(value) for value in self.result.get("on_cpu") or ()]
+        if not shares or len(shares) != len(self.samples) or not all(share and share > 0 for share in shares):
+            return None
+        return [float(share) for share in shares if share is not None]
+
+    @property
+    def contention(self) -> List[str]:
+        """Why the result's board state says other processes competed for its CPUs (empty: it does not)."""
+        return contention(checked_state(self.result.get("state")))
 
     @classmethod
     def from_result(cls, test: str, result: Any, key: Optional[str] = None, board: Optional[str] = None) -> Entry:

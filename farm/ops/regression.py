@@ -7,7 +7,8 @@ A result is a regression only when all hold:
 * a one-sided Mann-Whitney U test of the repeats says the candidate is slower with p < ``ALPHA`` (0.01);
 * the slowdown is beyond the noise: the candidate's fastest repeat is worse than the baseline's fastest beyond
   the threshold (a change of the code slows every repeat; other work on the board slows some), and when either
-  run is flagged noisy, worse than the baseline's 90 % quantile too (a busy board slows whole runs).
+  run is flagged noisy, worse than the baseline's 90 % quantile too (a busy board slows whole runs), and, when
+  the candidate's board was busy, its loop's time on a CPU is worse too (other processes take wall time only).
   Otherwise the verdict is NOISY, which does not fail.
 
 Why Mann-Whitney U: it compares ranks, so the long right tail of timings (a preempted repeat) weighs no
@@ -27,6 +28,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+from ..board.machine import ON_CPU
 from ..errors import FarmError
 from .benchruns import Entry, Run, format_seconds, text_table
 
@@ -280,7 +282,28 @@ def _within_noise(baseline: Entry, candidate: Entry, spec: FailSpec) -> str:
         runs = "the %s run is" % noisy[0] if len(noisy) == 1 else "both runs are"
         return "%s noisy and the fastest repeat is within %s of the baseline's %d%% quantile" % (
             runs, spec, round(100 * NOISY_QUANTILE))  # fmt: skip
-    return ""
+    return _cpu_taken(baseline, candidate, spec)
+
+
+def _cpu_taken(baseline: Entry, candidate: Entry, spec: FailSpec) -> str:
+    """Why a slowdown may be other processes taking the board's CPU ("" if it cannot be): the function kept
+    the CPU through a repeat of the baseline (it does not wait), the candidate's board says other processes
+    competed for its CPUs, and the loop's time on a CPU (each repeat's seconds times its share on a CPU) is not
+    worse beyond the threshold. A change of the code costs time on the CPU; a busy board costs wall time only."""
+    before, after = baseline.on_cpu, candidate.on_cpu
+    busy = candidate.contention
+    if before is None or after is None or not busy or max(before) < ON_CPU:
+        return ""
+    old = spec.figure([seconds * share for seconds, share in zip(baseline.samples, before)])
+    new = spec.figure([seconds * share for seconds, share in zip(candidate.samples, after)])
+    if spec.worse(old, new):
+        return ""
+    return (
+        "the candidate's loop was on a CPU %.0f%% of the time (the median of its repeats; the baseline's %.0f%%) "
+        "while %s, and its %s time on a CPU, %s, is within %s of the baseline's %s: other processes took the CPU"
+        % (100 * statistics.median(after), 100 * statistics.median(before), busy[0], spec.statistic,
+           format_seconds(new), spec, format_seconds(old))
+    )  # fmt: skip
 
 
 def _noisy_run(baseline: Entry, candidate: Entry) -> str:

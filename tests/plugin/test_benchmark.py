@@ -7,8 +7,11 @@ loose bounds only: these tests prove the plumbing, not the machine's speed.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import socket
+import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
@@ -238,10 +241,11 @@ def test_a_busy_loop_beside_the_board_makes_figures_noisy(pytester: pytest.Pytes
 
 # --- saving, comparing, failing ----------------------------------------------------------------------
 
+#: number=1: ``number`` grows until a repeat lasts min_repeat_ms, and a call of the slowed build lasts longer alone.
 LCG_TEST = (
     """
 def test_lcg(device, timed, device_benchmark):
-    device_benchmark(timed.get_function("lcg_steps", %r), 300_000)
+    device_benchmark(timed.get_function("lcg_steps", %r), 300_000, number=1)
 """
     % LCG
 )
@@ -295,6 +299,68 @@ def test_the_same_build_compared_with_itself_is_never_a_regression(pytester: pyt
         rows = [line.split() for line in result.outlines if line.startswith("test_spin.py::test_spin::spin_ns ")]
         [row] = [row for row in rows if row[1] == "alpha"]  # the table's row, not a line saying why under it
         assert row[-1] in ("same", "improvement", "noisy"), "attempt %d: %s" % (attempt, row)
+
+
+#: Both kernels timed on one CPU (PIN_CPU), so that processes spinning on it take the timing loop's CPU.
+PINNED_TEST = """
+import os
+
+
+def test_spin(device, timed, device_benchmark):
+    device_benchmark(timed.get_function("spin_ns", %r), 100_000, pin_cpu=int(os.environ["PIN_CPU"]))
+
+
+def test_lcg(device, timed, device_benchmark):
+    device_benchmark(timed.get_function("lcg_steps", %r), 300_000, number=1, pin_cpu=int(os.environ["PIN_CPU"]))
+""" % (SPIN, LCG)
+
+#: A process that spins on one CPU for at most two minutes (should the test that started it die).
+SPINNER = """
+import os, sys, time
+os.sched_setaffinity(0, {int(sys.argv[1])})
+print("spinning", flush=True)
+end = time.monotonic() + 120
+while time.monotonic() < end:
+    pass
+"""
+
+
+@contextlib.contextmanager
+def spinning_on(cpu: int, processes: int) -> Iterator[None]:
+    """``processes`` processes spinning on ``cpu`` until the block ends."""
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", SPINNER, str(cpu)], stdout=subprocess.PIPE, text=True)
+        for _ in range(processes)
+    ]
+    try:
+        for spinner in spinners:
+            assert spinner.stdout is not None and spinner.stdout.readline() == "spinning\n"
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+            if spinner.stdout is not None:
+                spinner.stdout.close()
+
+
+def test_a_busy_board_is_not_read_as_a_slower_build_and_a_slower_build_still_is(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes spin on the CPU the kernels are timed on through the compared run: the spin (which waits for
+    the clock) takes far longer in wall time but no longer on a CPU, so it is noise and its test passes; the
+    slowed build of lcg_steps, 64 times the work, is still a regression under the same load."""
+    pytester.makepyfile(test_pinned=PINNED_TEST)
+    monkeypatch.setenv("PIN_CPU", str(min(os.sched_getaffinity(0))))
+    run(pytester, "--device-benchmark-save", "base").assert_outcomes(passed=2)
+    monkeypatch.setenv("TIMED_FLAGS", SLOWED)
+    with spinning_on(min(os.sched_getaffinity(0)), processes=2):
+        result = run(pytester, "--device-benchmark-compare", "--device-benchmark-fail", "median:10%")
+    result.assert_outcomes(passed=1, failed=1)
+    assert list(failure_messages(pytester)) == ["test_lcg"]
+    [spin] = [line for line in result.outlines if line.startswith("test_pinned.py::test_spin::spin_ns [alpha]: ")]
+    assert spin.endswith("other processes took the CPU"), spin
+    result.stdout.fnmatch_lines(["test_pinned.py::test_lcg::lcg_steps*REGRESSION"])
 
 
 #: A board busy during the first timing only: slow_at_first's first SLOW_CALLS calls (the warm-up and 1 x 5 runs

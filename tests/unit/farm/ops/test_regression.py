@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from typing import List, Sequence
+from typing import Any, List, Sequence
 
 import numpy as np
 import pytest
@@ -41,9 +41,15 @@ TRIALS = 1000  # per false-alarm measurement: a bounded loop, about a second
 
 
 def entry(
-    samples: Sequence[float], test: str = "t.py::test_add", key: str = "local", noise: Sequence[str] = ()
+    samples: Sequence[float],
+    test: str = "t.py::test_add",
+    key: str = "local",
+    noise: Sequence[str] = (),
+    **result: Any,
 ) -> Entry:
-    return Entry(test, key, key + "-0", {"results": [float(value) for value in samples], "noise": list(noise)})
+    """An entry of ``samples``; ``result`` adds to its result (``on_cpu``, ``state``)."""
+    data = {"results": [float(value) for value in samples], "noise": list(noise), **result}
+    return Entry(test, key, key + "-0", data)
 
 
 def timings(seed: int, n: int, scale: float = 1e-3, spread: float = 0.05) -> List[float]:
@@ -229,6 +235,49 @@ def test_on_a_noisy_run_a_slowdown_must_clear_the_baseline_spread() -> None:
     )
     preempted = [*before[:9], 0.5]  # ten repeats, one of which took 500 ms
     assert compare_entries(entry(preempted, noise=busy), entry([3 * v for v in before[:10]]), "median:10%").regression
+
+
+#: A board where other processes ran: its load average and its count of running processes both say so.
+BUSY = {"load_average": [2.67, 1.9, 1.2], "cpu_count": 2, "other_processes_running": 3}
+QUIET = {"load_average": [0.1, 0.1, 0.1], "cpu_count": 2, "other_processes_running": 0}
+
+
+def test_a_busy_board_that_took_the_loops_cpu_is_noise_when_its_time_on_a_cpu_held() -> None:
+    """Every repeat twice as slow in wall time, the loop on a CPU half the time on a busy board: the time on a
+    CPU held, so other processes took the CPU. The same wall times with the time on a CPU doubled, on a quiet
+    board, or for a function that waits in the baseline too, stay regressions."""
+    before = timings(3, 20, scale=1e-4, spread=0.01)
+    after = [2 * value for value in timings(4, 20, scale=1e-4, spread=0.01)]
+    kept, halved = [1.0] * 20, [0.5] * 20
+    baseline = entry(before, on_cpu=kept, state=QUIET)
+    taken = compare_entries(baseline, entry(after, on_cpu=halved, state=BUSY), "median:10%")
+    assert taken.verdict == NOISY and not taken.regression
+    assert taken.message().endswith(
+        "the candidate's loop was on a CPU 50% of the time (the median of its repeats; the baseline's 100%) while "
+        "the load average is 2.67 on 2 CPUs, and its median time on a CPU, 100 us, is within median:10% of the "
+        "baseline's 99.7 us: other processes took the CPU"
+    ), taken.message()
+    slower_code = compare_entries(baseline, entry(after, on_cpu=kept, state=BUSY), "median:10%")
+    assert slower_code.regression  # the time on a CPU doubled too: the code got slower
+    assert compare_entries(baseline, entry(after, on_cpu=halved, state=QUIET), "median:10%").regression
+    waits = entry(before, on_cpu=[0.6] * 20, state=QUIET)  # never on a CPU 90% of a repeat: the function waits
+    assert compare_entries(waits, entry(after, on_cpu=[0.3] * 20, state=BUSY), "median:10%").regression
+    absolute = compare_entries(baseline, entry(after, on_cpu=halved, state=BUSY), "median:0.00001")
+    assert absolute.verdict == NOISY
+
+
+@pytest.mark.parametrize(
+    "shares",
+    [None, [], [0.5] * 19, [0.5] * 19 + [0.0], [0.5] * 19 + [float("nan")], [0.5] * 19 + ["0.5"], [0.5] * 19 + [True]],
+)
+def test_shares_that_are_not_one_positive_number_per_repeat_decide_nothing(shares: Any) -> None:
+    before = timings(3, 20, scale=1e-4, spread=0.01)
+    after = [2 * value for value in timings(4, 20, scale=1e-4, spread=0.01)]
+    baseline = entry(before, on_cpu=[1.0] * 20, state=QUIET)
+    assert compare_entries(baseline, entry(after, on_cpu=shares, state=BUSY), "median:10%").regression
+    assert compare_entries(entry(before, on_cpu=shares), entry(after, on_cpu=[0.5] * 20, state=BUSY)).regression
+    hostile_state = {"load_average": "high", "cpu_count": True, "other_processes_running": [9]}
+    assert compare_entries(baseline, entry(after, on_cpu=[0.5] * 20, state=hostile_state)).regression
 
 
 def test_too_few_repeats_are_not_decided() -> None:
