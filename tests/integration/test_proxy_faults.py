@@ -253,6 +253,15 @@ def running(pid: int) -> bool:
         return False
 
 
+def session_pid(board: DaemonProcess) -> int:
+    """The pid of the board's latest session process, from its log: the board logs it when its spawner reports
+    the start, which may come after the session has answered its first call."""
+    started = wait_for(
+        lambda: re.findall(r"session from .* started \(pid (\d+)", board.log_text()), 10, "the board logs the session"
+    )
+    return int(started[-1])
+
+
 @pytest.mark.parametrize("when", ["between-calls", "during-a-call"])
 def test_board_killed_mid_session_fails_the_client_quickly(proxied: Farm, kernels: Dict[str, Path], when: str) -> None:
     board = proxied.started[-1]
@@ -261,7 +270,7 @@ def test_board_killed_mid_session_fails_the_client_quickly(proxied: Farm, kernel
     try:
         in_thread(session.ping, 10, "a call through the proxy")
         if when == "between-calls":
-            child = int(re.findall(r"session from .* started \(pid (\d+)", board.log_text())[-1])
+            child = session_pid(board)
             os.kill(board.pid, signal.SIGKILL)
             board.process.wait(10)
             started = time.monotonic()
@@ -272,7 +281,7 @@ def test_board_killed_mid_session_fails_the_client_quickly(proxied: Farm, kernel
         else:
             in_thread(lambda: session.upload(kernels["libmisbehave.so"]), 10, "an upload through the proxy")
             spin = in_thread(lambda: session.load_module("libmisbehave.so")["spin_forever"], 10, "loading a module")
-            child = int(re.findall(r"session from .* started \(pid (\d+)", board.log_text())[-1])
+            child = session_pid(board)
             idle = cpu_ticks(child)
             outcome: Dict[str, BaseException] = {}
 

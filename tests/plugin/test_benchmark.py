@@ -359,7 +359,7 @@ def test_a_busy_board_is_not_read_as_a_slower_build_and_a_slower_build_still_is(
     result.assert_outcomes(passed=1, failed=1)
     assert list(failure_messages(pytester)) == ["test_lcg"]
     [spin] = [line for line in result.outlines if line.startswith("test_pinned.py::test_spin::spin_ns [alpha]: ")]
-    assert spin.endswith("other processes took the CPU"), spin
+    assert "but not failed as noise: " in spin, spin  # on a quiet baseline: "... other processes took the CPU"
     result.stdout.fnmatch_lines(["test_pinned.py::test_lcg::lcg_steps*REGRESSION"])
 
 
