@@ -262,7 +262,7 @@ class FaultFarm:
 
     def leftover_directories(self) -> List[str]:
         """Session directories on disk, and work directories of board daemons that are gone."""
-        left = [str(path) for path in self.temp.glob("*/session-*")]
+        left = session_directories(self.temp)
         owned = sorted(self.temp.glob("farm-board-*"))  # each running board of the stack owns one
         if len(owned) > len(self.stack.boards):
             left += [str(path) for path in owned]
@@ -341,15 +341,25 @@ def assert_farm_whole(
     assert restarts == sorted(restarted), "restarted by the launcher: %r, expected %r" % (restarts, list(restarted))
 
 
+def session_directories(temp: Path) -> List[str]:
+    """The session directories in the board directories under ``temp``. A board directory removed while it is
+    listed (its daemon is stopping) has none: a glob would raise FileNotFoundError there."""
+    found = []
+    for board in temp.iterdir():
+        try:
+            found += [str(path) for path in board.iterdir() if path.name.startswith("session-")]
+        except (FileNotFoundError, NotADirectoryError, PermissionError):  # as a glob skips what it cannot read
+            continue
+    return found
+
+
 def assert_nothing_left(tag: str, temp: Path) -> None:
     """After the farm stopped: no process of the test and no session directory within GONE_TIMEOUT."""
     left: Dict[str, Any] = {}
 
     def gone() -> bool:
         left["processes"] = processes_with_env(TAG_ENV, tag)
-        left["directories"] = [str(path) for path in temp.glob("*/session-*")] + [
-            str(path) for path in temp.glob("farm-board-*")
-        ]
+        left["directories"] = session_directories(temp) + [str(path) for path in temp.glob("farm-board-*")]
         return not left["processes"] and not left["directories"]
 
     try:

