@@ -76,7 +76,8 @@ class Entry:
     def on_cpu(self) -> Optional[List[float]]:
         """The share of each repeat's wall time the timing loop ran on a CPU (its ``on_cpu``); None unless
         there is one positive finite share per repeat (a TVM result has none, short repeats are not shared)."""
-        shares = [finite(value) for value in self.result.get("on_cpu") or ()]
+        reported = self.result.get("on_cpu")
+        shares = [finite(value) for value in reported] if isinstance(reported, list) else []
         if not shares or len(shares) != len(self.samples) or not all(share and share > 0 for share in shares):
             return None
         return [float(share) for share in shares if share is not None]

@@ -268,7 +268,15 @@ def test_a_busy_board_that_took_the_loops_cpu_is_noise_when_its_time_on_a_cpu_he
 
 @pytest.mark.parametrize(
     "shares",
-    [None, [], [0.5] * 19, [0.5] * 19 + [0.0], [0.5] * 19 + [float("nan")], [0.5] * 19 + ["0.5"], [0.5] * 19 + [True]],
+    [
+        None,
+        7,
+        "0.5" * 20,
+        {"0": 0.5},
+        [],
+        [0.5] * 19,
+        *([0.5] * 19 + [bad] for bad in (None, 0.0, float("nan"), "0.5", True)),
+    ],
 )
 def test_shares_that_are_not_one_positive_number_per_repeat_decide_nothing(shares: Any) -> None:
     before = timings(3, 20, scale=1e-4, spread=0.01)
