@@ -341,9 +341,9 @@ def spinning_on(cpu: int, processes: int) -> Iterator[None]:
 def test_a_busy_board_is_not_read_as_a_slower_build_and_a_slower_build_still_is(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two processes spin on the CPU the kernels are timed on through the compared run: the spin (which waits for
-    the clock) takes far longer in wall time but no longer on a CPU, so it is noise and its test passes; the
-    slowed build of lcg_steps, 64 times the work, is still a regression under the same load."""
+    """Two processes spin on the CPU the kernels are timed on through the compared run: spin_ns (which runs until
+    the clock has moved on 100 us) takes far longer in wall time but no more time on a CPU, so it is noise and its
+    test passes; the slowed build of lcg_steps, 64 times the work, is still a regression under the same load."""
     pytester.makepyfile(test_pinned=PINNED_TEST)
     monkeypatch.setenv("PIN_CPU", str(min(os.sched_getaffinity(0))))
     run(pytester, "--device-benchmark-save", "base").assert_outcomes(passed=2)
