@@ -155,7 +155,9 @@ class Leases:
             failure = "waited %.1f s for a board of key %r: %s" % (time.monotonic() - started, key, exc)
         if failure:
             pytest.fail(failure, pytrace=False)  # outside the except: no chained traceback in the report
-        address = "%s:%s" % (getattr(session, "host", "?"), getattr(session, "port", "?"))
+        board = tracker.assigned  # where the session is (a TVM session does not say)
+        assert board is not None  # request() returned a session
+        address = "%s:%d" % (board.host, board.port)
         lease = Lease(key, session, tracker, time.monotonic() - started, time.time(), address, address)
         self.leases.append(lease)
         lease.board_id = _board_name(session) or address

@@ -109,6 +109,8 @@ class TrackerClient:
         self.credentials = Credentials(secret if secret is not None else secret_from(), tls)
         self._reader = MessageReader(expect_magic=False)  # (the opening takes the magic's echo)
         self._pending: list = []
+        #: The board the last ``request()`` opened a session on (a TVM session does not say where it is).
+        self.assigned: Optional[Assignment] = None
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
@@ -301,9 +303,12 @@ class TrackerClient:
                 key, priority, user, remaining, wait_for_key, protocols, on_progress, progress_every
             )
             try:
-                return _open_session(board, session_timeout, self.credentials)
+                session = _open_session(board, session_timeout, self.credentials)
             except (OSError, HandshakeError) as exc:
                 failures.append("%s:%d: %s" % (board.host, board.port, exc))
+                continue
+            self.assigned = board
+            return session
         raise TrackerError(
             "the tracker handed out boards of key %r that could not be reached: %s" % (key, "; ".join(failures))
         )
