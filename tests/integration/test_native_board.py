@@ -117,9 +117,11 @@ def test_a_locked_board_registers_with_a_locked_tracker(
         )
         wait_for(lambda: "registered with the tracker" in board.log_text(), 10, "the board registers")
         monkeypatch.setenv(SECRET_ENV, str(secret_file))
-        with farm.connect_tracker(*tracker_address) as client, client.request(KEY, wait=10) as session:
-            assert session.system_info()["server"] == "native"
-            assert session.port == board.address[1]  # type: ignore[index]
+        # wait_for_key: the board logs its registration once the tracker took its connection, before its offer
+        with farm.connect_tracker(*tracker_address) as client:
+            with client.request(KEY, wait=10, wait_for_key=True) as session:
+                assert session.system_info()["server"] == "native"
+                assert session.port == board.address[1]  # type: ignore[index]
 
 
 FAULT_SHIM_SOURCE = r"""
@@ -215,7 +217,8 @@ def test_a_tracker_link_that_runs_out_of_memory_reconnects(
         wait_for(lambda: relay.connections >= 2, 15, "the board dials the tracker again")
         after_the_loss = lambda: board.log_text().partition("no memory for what the tracker sent")[2]  # noqa: E731
         wait_for(lambda: "registered with the tracker" in after_the_loss(), 15, "the board registers again")
-        with farm.connect_tracker(*address) as client, client.request(KEY, wait=10) as session:
+        # wait_for_key: the board logs its registration once the tracker took its connection, before its offer
+        with farm.connect_tracker(*address) as client, client.request(KEY, wait=10, wait_for_key=True) as session:
             assert session.system_info()["server"] == "native"
 
 

@@ -164,8 +164,8 @@ def test_packed_board_serves_through_a_tracker(
     tracker = daemons([sys.executable, "-m", "farm.tracker", "--host", "127.0.0.1", "--port", "0"], python_env())
     host, port = tracker.wait_for_bind()
     board = start_packed(daemons, interpreter, pyz, empty_dir, "--tracker", "%s:%d" % (host, port))
-    board.wait_for_log(REGISTERED)
-    with farm.connect_tracker(host, port) as client, client.request(KEY, wait=30) as session:
+    board.wait_for_log(REGISTERED)  # the tracker took its connection; its offer may still be on the way
+    with farm.connect_tracker(host, port) as client, client.request(KEY, wait=30, wait_for_key=True) as session:
         assert session.system_info()["key"] == KEY
         check_vadd(session, kernels)
         session.run(os.getpid)
