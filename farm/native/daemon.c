@@ -637,6 +637,15 @@ static void kill_session(Board *b) {
 }
 
 /* Reads one report of the spawner: the session started, ended, or could not start. */
+/* The session ended (or never started): its cgroup goes, the next session's process is forked ahead, and the
+ * board is idle again (see tick). */
+static void session_over(Board *b, int wait_status) {
+    remove_cgroup(b);
+    end_session(b, wait_status, NULL);
+    stand_by(b);
+    b->drop_at = monotonic_now() + IDLE_DROP_DELAY;
+}
+
 static void on_report(Board *b) {
     int pid = 0, wait_status = 0;
     char failure[sizeof b->active.start_failure];
@@ -654,16 +663,10 @@ static void on_report(Board *b) {
             log_msg(LOG_INFO, "session from %s started (pid %d, timeout %g s)", a->peer, pid, a->deadline - a->started);
         else log_msg(LOG_INFO, "session from %s started (pid %d)", a->peer, pid);
     } else if (kind == REPORT_ENDED) {
-        remove_cgroup(b);
-        end_session(b, wait_status, NULL);
-        stand_by(b);
-        b->drop_at = monotonic_now() + IDLE_DROP_DELAY; /* idle again: see tick */
+        session_over(b, wait_status);
     } else if (kind == REPORT_FAILED) {
         snprintf(a->start_failure, sizeof a->start_failure, "%s", failure);
-        remove_cgroup(b);
-        end_session(b, 0, NULL);
-        stand_by(b);
-        b->drop_at = monotonic_now() + IDLE_DROP_DELAY;
+        session_over(b, 0);
     }
 }
 
