@@ -13,6 +13,7 @@ per second. Every process shares one CPU by default (``--pin same``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import multiprocessing
 import os
@@ -397,12 +398,10 @@ def measure_idle_after(state: State, args: Any) -> Dict[str, Any]:
     """Idle daemons again, after this run's sessions (``--only footprint,sessions,idle_after``): what serving them
     left resident, read once each board that had a standby session process when idle before has one again, and
     then 1.5 s later: an idle native board drops its code pages a second after its last session."""
-    for side in state.sides.values():
-        deadline = time.monotonic() + 10
-        while side.name in state.with_standby and not has_standby(side.board.pid):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the %s board has no standby session process 10 s after its sessions" % side.name)
-            time.sleep(0.02)
+    for name, side in state.sides.items():
+        if name in state.with_standby:
+            standing_by = functools.partial(has_standby, side.board.pid)
+            harness.wait_until(standing_by, 10, "the %s board has a standby session process" % name, 0.02)
     time.sleep(1.5)
     return {"%s_idle_after_%s_kib" % (name, figure): value for name, side in state.sides.items()
             for figure, value in idle_footprint(side.board.pid).items()}  # fmt: skip
